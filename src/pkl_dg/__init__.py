@@ -1,0 +1,20 @@
+"""napari-pkl-dg: physics-guided diffusion deconvolution for fluorescence microscopy.
+
+The core (``physics``, ``guidance``, ``diffusion``, ``restore``) imports neither napari nor Qt.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pkl_dg.settings import RestoreSettings  # noqa: E402
+
+__all__ = ["RestoreResult", "RestoreSettings", "StepRecord", "__version__", "restore", "restore_iter"]
+
+
+def __getattr__(name: str):  # lazy: keep `import pkl_dg` light (no torch until needed)
+    if name in ("restore", "restore_iter", "RestoreResult", "StepRecord"):
+        from pkl_dg import restoration as _restore_mod
+
+        return getattr(_restore_mod, name)
+    raise AttributeError(f"module 'pkl_dg' has no attribute {name!r}")

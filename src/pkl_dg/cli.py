@@ -1,0 +1,54 @@
+"""Console entry point ``pkl-dg``.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the module
+registers its parser and sets ``func`` (taking the parsed namespace, returning an exit
+code). Importing this module must not import napari or Qt: GUI subcommands import them
+inside their ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module paths of subcommands, in the order shown in --help
+_SUBCOMMANDS = (
+    "pkl_dg.cli_restore",
+)
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pkl_dg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pkl-dg",
+        description="Physics-guided diffusion deconvolution of fluorescence microscopy images.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _SUBCOMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"pkl-dg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pkl-dg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

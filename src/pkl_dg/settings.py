@@ -1,0 +1,210 @@
+"""The one settings schema of a restoration.
+
+:class:`RestoreSettings` feeds the CLI flags (``pkl_dg.cli``), the napari dock widget and
+the metadata written with every result, so the three never drift apart. Every field
+carries its label, tooltip (in a microscopist's words), group, bounds and choices in the
+dataclass field metadata; consumers read them through :func:`field_specs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("pkl", "anscombe", "l2", "none", "rl")
+METHOD_LABELS = {
+    "pkl": "PKL (Poisson KL)",
+    "anscombe": "Anscombe + L2",
+    "l2": "L2",
+    "none": "Unguided prior",
+    "rl": "Richardson–Lucy",
+}
+PSF_KINDS = ("gaussian", "airy", "file", "array")
+STEP_RULES = ("poisson", "adaptive")
+RAMPS = ("linear", "cosine")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _f(default: Any, label: str, help: str, group: str, *, min: float | None = None,
+       max: float | None = None, choices: tuple | None = None, unit: str = "") -> Any:
+    meta = {"label": label, "help": help, "group": group, "min": min, "max": max,
+            "choices": choices, "unit": unit}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """All parameters of one restoration (see the field metadata for their meaning)."""
+
+    # --- PSF -----------------------------------------------------------------------
+    psf_kind: str = _f("gaussian", "PSF model",
+                       "Where the point-spread function comes from: a Gaussian of given width, "
+                       "a widefield Airy (Born–Wolf) PSF from the optics, a PSF image file, or "
+                       "an array/layer you supply.", "PSF", choices=PSF_KINDS)
+    psf_sigma: float = _f(2.0, "Gaussian σ", "Standard deviation of the Gaussian PSF along X "
+                          "(and Y unless σ Y is set). FWHM = 2.355·σ.", "PSF",
+                          min=0.3, max=50.0, unit="px")
+    psf_sigma_y: float = _f(0.0, "Gaussian σ Y", "Standard deviation along Y for an "
+                            "anisotropic Gaussian PSF; 0 means the same as σ.", "PSF",
+                            min=0.0, max=50.0, unit="px")
+    na: float = _f(1.4, "Numerical aperture", "Numerical aperture of the objective (Airy PSF).",
+                   "PSF", min=0.05, max=1.7)
+    wavelength_nm: float = _f(520.0, "Emission wavelength", "Peak emission wavelength of the "
+                              "fluorophore (Airy PSF).", "PSF", min=200.0, max=1500.0, unit="nm")
+    pixel_size_nm: float = _f(65.0, "Pixel size", "Size of one image pixel in the sample plane "
+                              "(camera pixel / magnification).", "PSF", min=1.0, max=10000.0,
+                              unit="nm")
+    psf_path: str = _f("", "PSF file", "TIFF or .npy PSF image (a 3D PSF gives its in-focus "
+                       "plane). Used when PSF model is 'file'.", "PSF")
+    psf_pixel_size_nm: float = _f(0.0, "PSF pixel size", "Pixel size of the PSF file when it "
+                                  "differs from the image's (it is then resampled); 0 means "
+                                  "the same as the image.", "PSF", min=0.0, max=10000.0,
+                                  unit="nm")
+
+    # --- Photon calibration ---------------------------------------------------------
+    offset: float = _f(0.0, "Camera offset", "Camera baseline in ADU, subtracted first.",
+                       "Calibration", min=0.0, max=1e6, unit="ADU")
+    gain: float = _f(1.0, "Gain", "Camera conversion gain in photo-electrons per ADU; the "
+                     "image is converted to photon counts as (ADU − offset)·gain.",
+                     "Calibration", min=1e-4, max=1e4, unit="e⁻/ADU")
+    background: float = _f(-1.0, "Background", "Constant background in photons per pixel "
+                           "(out-of-focus haze, dark signal). −1 estimates it from the image "
+                           "(its 1st percentile).", "Calibration", min=-1.0, max=1e7,
+                           unit="photons")
+    read_noise: float = _f(0.0, "Read noise", "Camera read noise (rms) in electrons; enters "
+                           "the PKL likelihood as a variance shift.", "Calibration",
+                           min=0.0, max=1000.0, unit="e⁻")
+
+    # --- Guidance -----------------------------------------------------------------
+    method: str = _f("pkl", "Method", "How the restoration agrees with the measurement: PKL "
+                     "(Poisson likelihood, best for photon-limited data), Anscombe + L2, "
+                     "plain L2, the unguided prior (ignores the data; shows what the model "
+                     "invents), or classical Richardson–Lucy.", "Guidance", choices=METHODS)
+    step_rule: str = _f("poisson", "Step rule", "'poisson': Poisson-preconditioned steps "
+                        "x ← x − λ·x/Aᵀ1·∇f (λ = 1 is one Richardson–Lucy iteration). "
+                        "'adaptive': the paper's normalised step, moving x by λ·‖x‖ along "
+                        "−∇f/‖∇f‖.", "Guidance", choices=STEP_RULES)
+    lam: float = _f(1.0, "Step size λ", "Guidance strength per sub-iteration (see step rule).",
+                    "Guidance", min=0.0, max=10.0)
+    sub_iterations: int = _f(10, "Sub-iterations", "Data-consistency iterations per "
+                             "diffusion step. More follow the data more closely (like more "
+                             "Richardson–Lucy iterations); brighter images need more.",
+                             "Guidance", min=1, max=200)
+    t_threshold: int = _f(800, "Ramp end T_thr", "Guidance ramps up from 0 at t = T to "
+                          "full strength at t = T_thr (T = 1000).", "Guidance",
+                          min=0, max=999)
+    ramp: str = _f("linear", "Ramp", "Shape of the guidance ramp before T_thr.", "Guidance",
+                   choices=RAMPS)
+
+    # --- Sampler / iterations -------------------------------------------------------
+    steps: int = _f(25, "Diffusion steps", "Number of DDIM steps (each shows one frame).",
+                    "Sampler", min=1, max=1000)
+    eta: float = _f(0.0, "η (stochasticity)", "DDIM η: 0 is deterministic given the seed, "
+                    "1 is ancestral sampling.", "Sampler", min=0.0, max=1.0)
+    seed: int = _f(0, "Seed", "Random seed: the same seed gives the same result.", "Sampler",
+                   min=0, max=2**31 - 1)
+    rl_iterations: int = _f(30, "RL iterations", "Iterations of Richardson–Lucy (method "
+                            "'rl').", "Sampler", min=1, max=10000)
+    tv_weight: float = _f(0.0, "RL TV weight", "Total-variation regularisation of "
+                          "Richardson–Lucy (0 = off; 0.002 is mild).", "Sampler",
+                          min=0.0, max=0.1)
+
+    # --- Model / device ---------------------------------------------------------------
+    model: str = _f("", "Model file", "A .safetensors prior (with its .json config beside "
+                    "it); empty uses the prior shipped with the plugin.", "Model")
+    device: str = _f("auto", "Device", "Where to compute: auto picks CUDA, then Apple MPS, "
+                     "then CPU.", "Model", choices=DEVICES)
+    precision: str = _f("auto", "Precision", "Network precision: auto uses bf16 where the "
+                        "hardware supports it (physics always runs in float32).", "Model",
+                        choices=PRECISIONS)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range or unknown value."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            label = meta["label"]
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ValueError(f"{label} ({f.name}) must be one of "
+                                 f"{', '.join(meta['choices'])}; got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if value != value:  # NaN
+                    raise ValueError(f"{label} ({f.name}) is NaN")
+                lo, hi = meta["min"], meta["max"]
+                if lo is not None and value < lo or hi is not None and value > hi:
+                    raise ValueError(f"{label} ({f.name}) = {value} is outside "
+                                     f"[{lo}, {hi}] {meta['unit']}".rstrip())
+
+    def replace(self, **changes: Any) -> "RestoreSettings":
+        """Return a copy with ``changes`` applied (validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RestoreSettings":
+        """Build from a dict, e.g. saved metadata; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        typed = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                typed[f.name] = _coerce(f.type, data[f.name], f.name)
+        return cls(**typed)
+
+
+def _coerce(type_name: Any, value: Any, name: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "")
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name} must be a {kind}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a consumer (CLI, widget) needs to present one setting."""
+
+    name: str
+    type: str
+    default: Any
+    label: str
+    help: str
+    group: str
+    min: float | None
+    max: float | None
+    choices: tuple | None
+    unit: str
+
+
+def field_specs() -> list[FieldSpec]:
+    """All settings in declaration order, with their presentation metadata."""
+    out = []
+    for f in dataclasses.fields(RestoreSettings):
+        m = f.metadata
+        type_name = f.type if isinstance(f.type, str) else f.type.__name__
+        out.append(FieldSpec(f.name, type_name, f.default, m["label"], m["help"], m["group"],
+                             m["min"], m["max"], m["choices"], m["unit"]))
+    return out
