@@ -1,0 +1,331 @@
+"""Training loop of the diffusion prior (ε-prediction, cosine schedule, T = 1000).
+
+Adam, gradient clipping, an EMA copy of the weights, bf16 autocast on CPUs that support it,
+periodic checkpoints and resume. Checkpoints are safetensors + JSON only (no pickle):
+
+``OUT/checkpoint/``
+    ``model.safetensors`` (raw weights), ``ema.safetensors`` (EMA weights),
+    ``optimizer.safetensors`` (Adam moments and the torch RNG state), ``state.json``
+    (step, config, numpy RNG state, loss history, elapsed wall time).
+
+``OUT/model.safetensors`` + ``OUT/model.json`` always hold the latest EMA weights in the
+loadable format of :mod:`pkl_dg.diffusion.model_io`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pkl_dg.diffusion.model_io import save_model
+from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod, q_sample
+from pkl_dg.diffusion.unet import UNet, UNetConfig
+from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    data: str | None = None
+    steps: int = 10000
+    batch: int = 16
+    patch: int = 128
+    lr: float = 2e-4
+    width: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 1
+    attention: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    ema_decay: float = 0.999
+    warmup: int = 200
+    grad_clip: float = 1.0
+    checkpoint_minutes: float = 10.0
+    log_every: int = 50
+    procedural_fraction: float | None = None
+    pool: int = 64
+    command: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be ≥ 1, got {self.steps}")
+        if self.batch < 1:
+            raise ValueError(f"--batch must be ≥ 1, got {self.batch}")
+        if self.patch < 16 or self.patch % 16:
+            raise ValueError(f"--patch must be a multiple of 16 and ≥ 16, got {self.patch}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.width < 8 or self.width % 8:
+            raise ValueError(f"--width must be a multiple of 8 (GroupNorm groups), got {self.width}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; an explicit device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available to torch: use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps requested but MPS is not available: use --device cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "fp32":
+        return False
+    if device.type == "cpu":
+        ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    elif device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    else:
+        ok = False
+    if precision == "bf16" and not ok:
+        raise ValueError(f"bf16 training requested but {device} does not support it: use fp32")
+    return ok
+
+
+# ---------------------------------------------------------------- checkpoint I/O (no pickle)
+
+def _state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            t = val if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"state.{idx}.{key}"] = t.detach().to("cpu", copy=True).contiguous()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if not name.startswith("state."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+def save_checkpoint(out: Path, model, ema, opt, state: dict) -> Path:
+    """Write ``out/checkpoint`` atomically (temporary directory, then rename)."""
+    from safetensors.torch import save_file
+
+    final = out / CHECKPOINT_DIR
+    tmp = out / (CHECKPOINT_DIR + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(_state_tensors(model), str(tmp / "model.safetensors"))
+    save_file(_state_tensors(ema), str(tmp / "ema.safetensors"))
+    opt_tensors, groups = _optimizer_tensors(opt)
+    opt_tensors["torch_rng_state"] = torch.get_rng_state()
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    state = dict(state, optimizer=groups)
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    old = out / (CHECKPOINT_DIR + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    for cand in (p, p / CHECKPOINT_DIR):
+        if (cand / "state.json").is_file():
+            return cand
+    raise FileNotFoundError(f"--resume {p}: no checkpoint found (expected {p / CHECKPOINT_DIR / 'state.json'}); "
+                            "give the --out directory of an earlier `pkl-dg train` run")
+
+
+def load_checkpoint(ckpt: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint {ckpt / 'state.json'} is corrupt ({exc})") from exc
+    tensors = {}
+    for name in ("model", "ema", "optimizer"):
+        f = ckpt / f"{name}.safetensors"
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint file {f} is missing: the checkpoint is incomplete")
+        try:
+            tensors[name] = load_file(str(f))
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"checkpoint file {f} is corrupt or truncated ({exc})") from exc
+    return state, tensors
+
+
+# ---------------------------------------------------------------- training
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_p = list(ema.parameters())
+    mod_p = list(model.parameters())
+    torch._foreach_lerp_(ema_p, mod_p, 1.0 - decay)
+
+
+def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
+                   bf16: bool) -> torch.Tensor:
+    """ε-prediction MSE at uniformly drawn timesteps."""
+    n = x0.shape[0]
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=gen).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    xt = q_sample(x0, t, noise, alphas_cumprod)
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        eps = model(xt, t)
+    return F.mse_loss(eps.float(), noise)
+
+
+def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
+    user = TiffSource(cfg.data, rng, cfg.patch) if cfg.data else None
+    p = cfg.procedural_fraction
+    if p is None:
+        p = 0.25 if user is not None else 1.0
+    if user is None and p < 1.0:
+        raise ValueError("a procedural fraction below 1 needs --data DIR with your own images")
+    proc = PhantomSource(rng, cfg.patch, pool=cfg.pool) if p > 0 else None
+    return MixedSource(proc, user, p, rng)
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    """Train (or continue training) a prior; return a summary dict.
+
+    With ``resume``, architecture, optimiser, EMA, step and RNG state come from the checkpoint;
+    ``cfg.steps`` is the total number of steps to reach.
+    """
+    from tqdm import tqdm
+
+    out = Path(cfg.out).expanduser()
+    state = None
+    if resume:
+        ckpt = find_checkpoint(resume)
+        state, tensors = load_checkpoint(ckpt)
+        old = state["config"]
+        # the architecture and data recipe of the checkpoint win; steps/out/device/lr may change
+        for key in ("width", "channel_mult", "num_res_blocks", "attention", "patch", "seed", "data",
+                    "procedural_fraction", "pool", "ema_decay"):
+            setattr(cfg, key, old[key] if key != "channel_mult" else tuple(old[key]))
+    cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    bf16 = resolve_bf16(cfg.precision, device)
+
+    ucfg = UNetConfig(width=cfg.width, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks,
+                      attention=cfg.attention)
+    torch.manual_seed(cfg.seed)
+    model = UNet(ucfg).to(device)
+    ema = UNet(ucfg).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed, history = 0, 0.0, []
+    if state is not None:
+        try:
+            model.load_state_dict(tensors["model"])
+            ema.load_state_dict(tensors["ema"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint in {resume} does not match its own config: {exc}") from exc
+        _load_optimizer(opt, tensors["optimizer"], state["optimizer"])
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr
+        rng.bit_generator.state = state["numpy_rng"]
+        gen.set_state(tensors["optimizer"]["torch_rng_state"])
+        step, elapsed, history = int(state["step"]), float(state["elapsed_s"]), list(state["history"])
+    source = build_source(cfg, rng)
+    alphas = cosine_alphas_cumprod().float().to(device)
+
+    def snapshot(final: bool) -> None:
+        loss_recent = float(np.mean([h[1] for h in history[-10:]])) if history else float("nan")
+        st = {"step": step, "elapsed_s": elapsed, "config": asdict(cfg), "history": history,
+              "numpy_rng": rng.bit_generator.state, "bf16": bf16, "device": str(device)}
+        save_checkpoint(out, model, ema, opt, st)
+        recipe = {"command": cfg.command, "steps": step, "batch": cfg.batch, "patch": cfg.patch,
+                  "lr": cfg.lr, "ema_decay": cfg.ema_decay, "warmup": cfg.warmup, "seed": cfg.seed,
+                  "precision": "bf16 autocast" if bf16 else "fp32", "device": str(device),
+                  "data": "procedural phantoms" + (f" + TIFFs from {cfg.data}" if cfg.data else ""),
+                  "loss": "MSE(eps_pred, eps), t ~ U{0..999}", "final_loss": loss_recent,
+                  "wall_time_s": round(elapsed, 1), "weights": "EMA", "finished": final}
+        save_model(ema, {"training": recipe}, out)
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+               dynamic_ncols=True, desc="train")
+    last_ckpt = time.monotonic()
+    t_prev = time.monotonic()
+    running = None
+    try:
+        while step < cfg.steps:
+            x0 = torch.from_numpy(source.batch(cfg.batch)).to(device) * 2.0 - 1.0
+            lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = diffusion_loss(model, x0, alphas, gen, bf16)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise ValueError(f"training diverged at step {step} (loss {lv}); lower --lr")
+            running = lv if running is None else 0.98 * running + 0.02 * lv
+            now = time.monotonic()
+            elapsed += now - t_prev
+            t_prev = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                history.append([step, running, round(elapsed, 1)])
+                print(json.dumps({"step": step, "loss": round(running, 5), "elapsed_s": round(elapsed, 1),
+                                  "s_per_step": round(elapsed / max(step, 1), 3)}), flush=True)
+            if now - last_ckpt >= cfg.checkpoint_minutes * 60:
+                snapshot(final=False)
+                last_ckpt = time.monotonic()
+                t_prev = last_ckpt
+    except KeyboardInterrupt:
+        bar.close()
+        snapshot(final=False)
+        raise
+    bar.close()
+    if not history or history[-1][0] != step:
+        history.append([step, running if running is not None else float("nan"), round(elapsed, 1)])
+    snapshot(final=True)
+    return {"step": step, "loss": running, "elapsed_s": elapsed, "out": str(out)}
