@@ -69,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     image = read_image(args.input)
     gen = restore_iter(image, settings)
-    bar = tqdm(total=None, desc=f"{settings.method}", unit="step", file=sys.stderr,
-               disable=args.quiet)
+    bars = []  # created on the first frame, so input errors print only their message
 
     def progress(rec) -> None:
-        bar.total = rec.total
+        if not bars:
+            bars.append(tqdm(total=rec.total, desc=settings.method, unit="step",
+                             file=sys.stderr, disable=args.quiet))
+        bar = bars[0]
         bar.update(1)
         if rec.nll is not None:
             bar.set_postfix_str(f"misfit {rec.nll:.4g}", refresh=False)
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_to_end(gen, progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     meta = {**result.metadata, "input_file": str(args.input)}
     write_result(args.output, result.image, meta, overwrite=args.overwrite)
     if not args.quiet:

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from pkl_dg.cli import main
+from pkl_dg.imageio import read_metadata
+
+
+@pytest.fixture
+def image_file(tmp_path, scene):
+    _, y, _, _ = scene
+    p = tmp_path / "in.tif"
+    tifffile.imwrite(p, y.astype(np.uint16))
+    return p
+
+
+def test_restore_round_trip(tmp_path, image_file, capsys):
+    out = tmp_path / "out.tif"
+    rc = main(["restore", str(image_file), "-o", str(out), "--method", "rl",
+               "--rl-iterations", "5", "--psf-sigma", "1.5", "--background", "2"])
+    assert rc == 0
+    img = tifffile.imread(out)
+    assert img.dtype == np.float32 and img.shape == (48, 48)
+    meta = read_metadata(out)
+    assert meta["settings"]["method"] == "rl" and meta["settings"]["psf_sigma"] == 1.5
+    assert meta["settings"]["rl_iterations"] == 5 and meta["units"] == "photons"
+    assert "5/5" in capsys.readouterr().err  # progress bar on stderr
+
+
+def test_refuses_to_overwrite(tmp_path, image_file, capsys):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"keep me")
+    rc = main(["restore", str(image_file), "-o", str(out), "--method", "rl", "--quiet"])
+    assert rc == 2 and out.read_bytes() == b"keep me"
+    assert "--overwrite" in capsys.readouterr().err
+    rc = main(["restore", str(image_file), "-o", str(out), "--method", "rl", "--quiet",
+               "--rl-iterations", "2", "--overwrite"])
+    assert rc == 0 and tifffile.imread(out).dtype == np.float32
+
+
+def test_psf_file_and_airy_flags(tmp_path, image_file):
+    from pkl_dg.cli_restore import settings_from_args
+    from pkl_dg.cli import build_parser
+    from pkl_dg.physics import gaussian_psf
+
+    psf = tmp_path / "psf.npy"
+    np.save(psf, gaussian_psf(1.2))
+    out = tmp_path / "o.tif"
+    assert main(["restore", str(image_file), "-o", str(out), "--psf", str(psf),
+                 "--method", "rl", "--rl-iterations", "2", "--quiet"]) == 0
+    assert read_metadata(out)["settings"]["psf_kind"] == "file"
+    args = build_parser().parse_args(["restore", "x.tif", "-o", "y.tif", "--na", "1.2",
+                                      "--wavelength", "600", "--pixel-size", "80"])
+    s = settings_from_args(args)
+    assert (s.psf_kind, s.na, s.wavelength_nm, s.pixel_size_nm) == ("airy", 1.2, 600.0, 80.0)
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda p: None, "not found"),
+    (lambda p: tifffile.imwrite(p, np.zeros((32, 32, 3), np.uint8)), "RGB"),
+    (lambda p: tifffile.imwrite(p, np.full((32, 32), np.nan, np.float32)), "NaN"),
+    (lambda p: p.write_bytes(b"not a tiff"), "cannot read"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, make, msg):
+    src = tmp_path / "bad.tif"
+    make(src)
+    proc = subprocess.run([sys.executable, "-m", "pkl_dg.cli", "restore", str(src), "-o",
+                           str(tmp_path / "o.tif"), "--method", "rl"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and msg in err
+
+
+def test_psf_too_large_and_bad_value_exit_2(tmp_path, image_file, capsys):
+    rc = main(["restore", str(image_file), "-o", str(tmp_path / "o.tif"), "--method", "rl",
+               "--psf-sigma", "12"])
+    assert rc == 2 and "larger than the image" in capsys.readouterr().err
+    rc = main(["restore", str(image_file), "-o", str(tmp_path / "o.tif"), "--gain", "-1"])
+    assert rc == 2 and "Gain" in capsys.readouterr().err
+
+
+def test_cli_does_not_import_qt_or_napari():
+    code = ("import sys, pkl_dg, pkl_dg.cli; pkl_dg.cli.build_parser(); "
+            "import pkl_dg.restoration; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'magicgui')]; "
+            "print(json.dumps(bad))")
+    proc = subprocess.run([sys.executable, "-c", "import json; " + code],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout) == []
