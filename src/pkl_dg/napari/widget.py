@@ -1,0 +1,599 @@
+"""The "PKL Deconvolution" dock widget.
+
+Controls are generated from :func:`pkl_dg.settings.field_specs` (label, tooltip, bounds,
+choices, unit), so the widget, the CLI flags and the metadata written with each result share
+one schema. The only controls not in the schema are the widget's own: the input layer, where
+the PSF comes from (a PSF image layer or a bead image besides the schema's Gaussian / Airy /
+file) and the buttons.
+
+A run copies the input plane, then a napari ``thread_worker`` around
+:func:`pkl_dg.napari.worker.restoration_frames` streams every step into one output layer
+(``"<input> [<method>]"``), updated in place. Problems go to napari notifications; the input
+layer is never modified.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                            QScrollArea, QVBoxLayout, QWidget)
+
+from pkl_dg.napari import psf_sources
+from pkl_dg.napari.state import PSF_SOURCES, SettingsStore, WidgetState
+from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, RunFailure,
+                                  resolve_psf, restoration_frames)
+from pkl_dg.settings import METHOD_LABELS, FieldSpec, RestoreSettings, field_specs
+
+if TYPE_CHECKING:
+    import napari
+
+GROUPS = ("PSF", "Calibration", "Guidance", "Sampler", "Model")
+#: text shown instead of a number at a field's minimum, where the minimum means "automatic"
+SPECIAL_VALUE_TEXT = {
+    "background": "auto",
+    "psf_sigma_y": "same as σ",
+    "psf_pixel_size_nm": "same as image",
+    "tv_weight": "off",
+}
+STEP_OVERRIDES = {"gain": 0.01, "read_noise": 0.1, "na": 0.01, "lam": 0.05}
+FILE_FILTERS = {"model": "*.safetensors", "psf_path": "*.tif *.tiff *.npy"}
+
+INPUT_TIP = ("Fluorescence image to restore (single channel). For a stack or time series "
+             "(last two axes Y, X) the plane currently shown in the viewer is restored.")
+
+
+def short_method_label(method: str) -> str:
+    return METHOD_LABELS[method].split(" (")[0]
+
+
+def _image_layer_choices(viewer: "napari.viewer.Viewer"):
+    def choices(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+    return choices
+
+
+def _float_step(spec: FieldSpec) -> float:
+    if spec.name in STEP_OVERRIDES:
+        return STEP_OVERRIDES[spec.name]
+    hi = spec.max if spec.max is not None else 1e6
+    for limit, step in ((0.1, 0.001), (1.0, 0.01), (10.0, 0.1), (100.0, 0.1)):
+        if hi <= limit:
+            return step
+    return 1.0
+
+
+def make_control(spec: FieldSpec):
+    """One magicgui control for a settings field (label with unit, tooltip with range)."""
+    label = f"{spec.label} ({spec.unit})" if spec.unit else spec.label
+    tip = spec.help
+    if spec.min is not None and spec.max is not None and not spec.choices:
+        tip += f"\nRange {spec.min:g} – {spec.max:g}{' ' + spec.unit if spec.unit else ''}."
+    common = {"name": spec.name, "label": label, "tooltip": tip}
+    if spec.choices:
+        names = METHOD_LABELS if spec.name == "method" else {}
+        return ComboBox(choices=[(names.get(c, c), c) for c in spec.choices],
+                        value=spec.default, **common)
+    if spec.type == "float":
+        ctrl = FloatSpinBox(min=spec.min, max=spec.max, step=_float_step(spec),
+                            value=spec.default, **common)
+    elif spec.type == "int":
+        ctrl = SpinBox(min=int(spec.min), max=int(spec.max), step=1, value=spec.default,
+                       **common)
+    else:
+        ctrl = FileEdit(mode="r", filter=FILE_FILTERS.get(spec.name), **common)
+        ctrl.line_edit.value = spec.default
+        return ctrl
+    if spec.name in SPECIAL_VALUE_TEXT:
+        ctrl.native.setSpecialValueText(SPECIAL_VALUE_TEXT[spec.name])
+    return ctrl
+
+
+def _read(ctrl) -> Any:
+    return ctrl.line_edit.value.strip() if isinstance(ctrl, FileEdit) else ctrl.value
+
+
+def _write(ctrl, value: Any) -> None:
+    if isinstance(ctrl, FileEdit):
+        ctrl.line_edit.value = str(value)
+    else:
+        ctrl.value = value
+
+
+def pixel_size_nm_of(layer: Image) -> float | None:
+    """The layer's X pixel size in nm when its scale has physical units, else ``None``."""
+    import pint
+
+    unit = layer.units[-1]
+    if str(unit) in ("pixel", "px", ""):
+        return None
+    try:
+        return float((layer.scale[-1] * unit).to("nm").magnitude)
+    except pint.errors.DimensionalityError:
+        return None
+
+
+@dataclass
+class _Run:
+    """Book-keeping of the run in progress."""
+
+    input_layer: Image
+    settings: RestoreSettings
+    name: str
+    plane: tuple[int, ...]
+    started: float = field(default_factory=time.perf_counter)
+    frames: int = 0
+    total: int = 0
+    status: str = "running"
+    auto_contrast: tuple[float, float] | None = None
+
+
+class PKLDeconvolutionWidget(QWidget):
+    """Dock widget: pick an image, PSF, calibration, method, schedule; Run; watch it sharpen.
+
+    Attributes tests and scripts may use: ``controls`` (name → magicgui control, one per
+    settings field), ``operator_cache`` (forward models per image shape and PSF),
+    ``model_cache`` (networks per model path and device), ``output_layer``, and the
+    ``run_finished(status)`` signal with status "done", "cancelled", "failed" or "error".
+    """
+
+    run_finished = Signal(str)
+    frame_shown = Signal(int)  # step index, after the output layer was updated
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer",
+                 store: SettingsStore | None = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.store = store if store is not None else SettingsStore()
+        self.operator_cache = OperatorCache()
+        self.model_cache = ModelCache()
+        self.output_layer: Image | None = None
+        self._worker = None
+        self._run: _Run | None = None
+        self._loading = False
+        self._save_warned = False
+        self.controls: dict[str, Any] = {}
+        self._build()
+        state, message = self.store.load()
+        if message:
+            show_warning(message)
+        self.apply_state(state)
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.input_combo.value = active
+        self._on_input_changed()
+        layers = self.viewer.layers.events
+        layers.inserted.connect(self._on_layer_inserted)
+        layers.removed.connect(self._on_layer_removed)
+        layers.moved.connect(self._reset_layer_choices)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self) -> None:
+        choices = _image_layer_choices(self.viewer)
+        self.input_combo = ComboBox(name="input", label="Image", choices=choices,
+                                    tooltip=INPUT_TIP)
+        self.psf_source = ComboBox(name="psf_source", label="PSF from",
+                                   choices=[(v, k) for k, v in PSF_SOURCES.items()],
+                                   tooltip="Where the point-spread function comes from. A PSF "
+                                   "image layer is used as is (normalised); from a bead image "
+                                   "the isolated beads are averaged.")
+        self.psf_layer_combo = ComboBox(name="psf_layer", label="PSF layer", choices=choices,
+                                        tooltip="Image layer holding a measured or simulated "
+                                        "PSF (a 3D stack gives its brightest plane).")
+        self.bead_layer_combo = ComboBox(name="bead_layer", label="Bead image",
+                                         choices=choices, tooltip="Image of sub-resolution "
+                                         "beads; isolated beads are averaged into the PSF.")
+        self.bead_box = SpinBox(name="bead_box", label="Bead box (px)", min=5, max=255, step=2,
+                                value=25, tooltip="Size of the window cut around each bead; "
+                                "beads closer than half of it to another bead are skipped.")
+        by_group: dict[str, list] = {g: [] for g in GROUPS}
+        for spec in field_specs():
+            if spec.name == "psf_kind":  # replaced by the widget's "PSF from"
+                continue
+            ctrl = make_control(spec)
+            self.controls[spec.name] = ctrl
+            by_group.setdefault(spec.group, []).append(ctrl)
+        by_group["PSF"] = [self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
+                           self.bead_box] + by_group["PSF"]
+
+        form = QWidget()
+        form_layout = QVBoxLayout(form)
+        form_layout.setContentsMargins(0, 0, 0, 0)
+        form_layout.addWidget(Container(widgets=[self.input_combo], labels=True).native)
+        titles = {"PSF": "PSF", "Calibration": "Photon calibration",
+                  "Guidance": "Guidance", "Sampler": "Sampler / iterations",
+                  "Model": "Model and device"}
+        for group, ctrls in by_group.items():
+            box = QGroupBox(titles.get(group, group))
+            box_layout = QVBoxLayout(box)
+            box_layout.setContentsMargins(4, 4, 4, 4)
+            box_layout.addWidget(Container(widgets=ctrls, labels=True).native)
+            if group == "PSF":
+                self.show_psf_button = QPushButton("Show PSF")
+                self.show_psf_button.setToolTip("Add the PSF these settings give as a layer "
+                                                "(updated in place), to check it.")
+                self.show_psf_button.clicked.connect(self.show_psf)
+                box_layout.addWidget(self.show_psf_button)
+            form_layout.addWidget(box)
+        form_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(form)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Restore the selected image (the displayed plane of a "
+                                   "stack) into the layer '<image> [<method>]'.")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop after the current step; the output layer keeps "
+                                      "the last estimate.")
+        self.cancel_button.setEnabled(False)
+        self.defaults_button = QPushButton("Restore defaults")
+        self.defaults_button.setToolTip("Reset every setting to its default (saved).")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.defaults_button.clicked.connect(self.restore_defaults)
+        buttons = QHBoxLayout()
+        for b in (self.run_button, self.cancel_button, self.defaults_button):
+            buttons.addWidget(b)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        self.progress.setToolTip("Steps done and estimated time left.")
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(scroll, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
+
+        for ctrl in list(self.controls.values()) + [self.psf_source, self.bead_box]:
+            ctrl.changed.connect(self._on_setting_changed)
+        self.input_combo.changed.connect(self._on_input_changed)
+
+    # ------------------------------------------------------------------ state
+    def current_state(self) -> WidgetState:
+        """Settings as currently shown; raises ``ValueError`` if a value is invalid."""
+        values = {name: _read(ctrl) for name, ctrl in self.controls.items()}
+        source = self.psf_source.value
+        values["psf_kind"] = source if source in ("gaussian", "airy", "file") else "array"
+        return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
+                           bead_box=int(self.bead_box.value))
+
+    def apply_state(self, state: WidgetState) -> None:
+        self._loading = True
+        try:
+            for name, ctrl in self.controls.items():
+                _write(ctrl, getattr(state.settings, name))
+            self.psf_source.value = state.psf_source
+            self.bead_box.value = state.bead_box
+        finally:
+            self._loading = False
+        self._update_visibility()
+
+    def restore_defaults(self) -> None:
+        self.apply_state(WidgetState())
+        self._save()
+        self.status_label.setText("Settings reset to their defaults.")
+
+    def _on_setting_changed(self, *_args) -> None:
+        if self._loading:
+            return
+        self._update_visibility()
+        self._save()
+
+    def _save(self) -> None:
+        try:
+            self.store.save(self.current_state())
+        except (OSError, ValueError) as exc:
+            if not self._save_warned:  # warn once per session, not on every click
+                show_warning(f"PKL settings could not be saved to {self.store.path}: {exc}")
+                self._save_warned = True
+
+    def _update_visibility(self) -> None:
+        src = self.psf_source.value
+        method = self.controls["method"].value
+        guided = method in ("pkl", "anscombe", "l2")
+        shown = {
+            "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
+            "na": src == "airy", "wavelength_nm": src == "airy",
+            "pixel_size_nm": src in ("airy", "file", "layer"),
+            "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
+            "step_rule": guided, "lam": guided, "sub_iterations": guided,
+            "t_threshold": guided, "ramp": guided,
+            "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
+            "rl_iterations": method == "rl", "tv_weight": method == "rl",
+            "model": method != "rl", "precision": method != "rl",
+        }
+        for name, visible in shown.items():
+            if name in self.controls:
+                self.controls[name].visible = visible
+        self.psf_layer_combo.visible = src == "layer"
+        self.bead_layer_combo.visible = src == "beads"
+        self.bead_box.visible = src == "beads"
+
+    # ------------------------------------------------------------------ layers
+    def _reset_layer_choices(self, *_args) -> None:
+        for combo in (self.input_combo, self.psf_layer_combo, self.bead_layer_combo):
+            combo.reset_choices()
+
+    def _on_layer_inserted(self, event) -> None:
+        had_input = self.input_combo.value is not None
+        self._reset_layer_choices()
+        if not had_input and isinstance(event.value, Image):
+            self.input_combo.value = event.value
+
+    def _on_input_changed(self, *_args) -> None:
+        layer = self.input_combo.value
+        if layer is None:
+            return
+        nm = pixel_size_nm_of(layer)
+        if nm is not None and self.controls["pixel_size_nm"].value != nm:
+            spec = next(s for s in field_specs() if s.name == "pixel_size_nm")
+            if spec.min <= nm <= spec.max:
+                self.controls["pixel_size_nm"].value = nm
+
+    def _on_layer_removed(self, event) -> None:
+        self._reset_layer_choices()
+        removed = event.value
+        if removed is self.output_layer:
+            self.output_layer = None
+        run = self._run
+        if run is None or self._worker is None:
+            return
+        if removed is run.input_layer:
+            show_warning(f"The input layer '{run.name}' was removed during the run: the "
+                         "restoration was stopped. Add the image again and press Run.")
+            self.cancel()
+        elif run.frames and self.output_layer is None and run.status == "running":
+            show_warning("The output layer was removed during the run: the restoration was "
+                         "stopped. Press Run to start again.")
+            self.cancel()
+
+    def selected_plane(self, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
+        """A float copy of the 2D plane to restore and its index in the leading axes."""
+        if layer.rgb:
+            raise ValueError(f"'{layer.name}' is an RGB image: deconvolution needs one "
+                             "fluorescence channel. Split the channels (right-click the layer "
+                             "> Split RGB) and pick one.")
+        data = layer.data[0] if layer.multiscale else layer.data
+        if data.ndim < 2 or min(data.shape[-2:]) < 2:
+            raise ValueError(f"'{layer.name}' ({' × '.join(map(str, data.shape))}) is not an "
+                             "image: pick a 2D image or a stack whose last two axes are Y, X.")
+        if data.ndim == 2:
+            index: tuple[int, ...] = ()
+        else:
+            point = layer.world_to_data(self.viewer.dims.point)
+            index = tuple(int(np.clip(round(p), 0, s - 1))
+                          for p, s in zip(point[:-2], data.shape[:-2]))
+        return np.array(data[index], copy=True), index
+
+    def _psf_request(self, source: str) -> PsfRequest:
+        request = PsfRequest(source=source, bead_box=int(self.bead_box.value))
+        combo = {"layer": self.psf_layer_combo, "beads": self.bead_layer_combo}.get(source)
+        if combo is not None:
+            layer = combo.value
+            if layer is None:
+                raise ValueError(f"Pick the {'PSF' if source == 'layer' else 'bead'} image "
+                                 "layer (or choose another 'PSF from').")
+            request.layer_name = layer.name
+            if source == "layer":
+                request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
+            else:
+                request.data, _ = self.selected_plane(layer)
+        return request
+
+    # ------------------------------------------------------------------ actions
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def show_psf(self) -> Image | None:
+        """Add (or update) a layer showing the PSF of the current settings."""
+        try:
+            state = self.current_state()
+            layer = self.input_combo.value
+            shape = self.selected_plane(layer)[0].shape if layer is not None else (256, 256)
+            _raw, psf, _settings, notes = resolve_psf(
+                state.settings, self._psf_request(state.psf_source), shape)
+        except (ValueError, FileNotFoundError) as exc:
+            show_error(f"Cannot show the PSF: {exc}")
+            return None
+        desc = psf_sources.describe_psf(state.settings, state.psf_source)
+        if "psf_beads_used" in notes:
+            desc += f" ({notes['psf_beads_used']} beads)"
+        kwargs = {}
+        if layer is not None:
+            kwargs = {"scale": layer.scale[-2:], "units": layer.units[-2:]}
+        name = "PSF (PKL)"
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
+            psf_layer = self.viewer.layers[name]
+            psf_layer.data = psf
+            psf_layer.contrast_limits = (0.0, float(psf.max()))
+        else:
+            psf_layer = self.viewer.add_image(psf, name=name, colormap="inferno",
+                                              contrast_limits=(0.0, float(psf.max())),
+                                              **kwargs)
+        psf_layer.metadata = {"description": desc, **notes}
+        self.status_label.setText(f"PSF: {desc}, {psf.shape[0]}×{psf.shape[1]} px, sum 1.")
+        return psf_layer
+
+    def run(self) -> bool:
+        """Start a restoration; returns False (with a notification) when it cannot start."""
+        if self.is_running:
+            show_warning("A restoration is already running: wait for it or press Cancel "
+                         "before starting another.")
+            return False
+        layer = self.input_combo.value
+        if layer is None:
+            show_error("No image to restore: open an image (or File > Open Sample > PKL "
+                       "Deconvolution) and pick it as 'Image'.")
+            return False
+        try:
+            state = self.current_state()
+            plane, index = self.selected_plane(layer)
+            request = self._psf_request(state.psf_source)
+        except (ValueError, FileNotFoundError) as exc:
+            show_error(str(exc))
+            return False
+        self._save()
+        settings = state.settings
+        name = f"{layer.name} [{short_method_label(settings.method)}]"
+        if index:
+            name += f" @{','.join(map(str, index))}"
+        self._run = _Run(input_layer=layer, settings=settings, name=name, plane=index)
+        worker = thread_worker(restoration_frames, start_thread=False)(
+            plane, settings, request, self.operator_cache, self.model_cache)
+        worker.yielded.connect(self._on_frame)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy until the first frame (PSF, model loading)
+        self.progress.setFormat("preparing…")
+        self.status_label.setText(f"Restoring '{layer.name}' with "
+                                  f"{METHOD_LABELS[settings.method]}…")
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running restoration to stop after its current step."""
+        if self._worker is None:
+            return
+        if self._run is not None:
+            self._run.status = "cancelling"
+        self.progress.setFormat("cancelling…")
+        self._worker.quit()
+
+    # ------------------------------------------------------------------ worker callbacks
+    def _output_for(self, frame: np.ndarray) -> Image:
+        run = self._run
+        layer = self.output_layer
+        if layer is not None and layer in self.viewer.layers and layer.name == run.name:
+            return layer
+        existing = self.viewer.layers[run.name] if run.name in self.viewer.layers else None
+        if isinstance(existing, Image) and existing.ndim == 2:
+            self.output_layer = existing
+            return existing
+        src = run.input_layer
+        self.output_layer = self.viewer.add_image(
+            frame, name=run.name, scale=src.scale[-2:], translate=src.translate[-2:],
+            units=src.units[-2:], axis_labels=src.axis_labels[-2:],
+            colormap=src.colormap.name, metadata={"status": "running"})
+        run.auto_contrast = None
+        return self.output_layer
+
+    def _on_frame(self, record) -> None:
+        run = self._run
+        if run is None:
+            return
+        if run.frames and self.output_layer is None:
+            return  # output removed: the run is being cancelled
+        frame = np.asarray(record.image, dtype=np.float32)
+        layer = self._output_for(frame)
+        layer.data = frame
+        self._auto_contrast(layer, frame)
+        run.frames += 1
+        run.total = record.total
+        elapsed = time.perf_counter() - run.started
+        per_step = elapsed / max(record.index, 1)
+        eta = per_step * (record.total - record.index)
+        self.progress.setRange(0, record.total)
+        self.progress.setValue(record.index)
+        if run.status == "running":
+            self.progress.setFormat(f"step {record.index}/{record.total} · ETA {eta:.0f} s")
+        self.frame_shown.emit(record.index)
+
+    def _auto_contrast(self, layer: Image, frame: np.ndarray) -> None:
+        """Contrast from the 0.1–99.9 % range, until the user sets the contrast themselves."""
+        run = self._run
+        current = tuple(float(v) for v in layer.contrast_limits)
+        if run.auto_contrast is not None and not np.allclose(current, run.auto_contrast):
+            return
+        finite = frame[np.isfinite(frame)]
+        if finite.size == 0:
+            return
+        lo, hi = (float(v) for v in np.percentile(finite, (0.1, 99.9)))
+        if hi <= lo:
+            hi = lo + 1.0
+        layer.contrast_limits_range = (min(lo, float(finite.min())),
+                                       max(hi, float(finite.max())))
+        layer.contrast_limits = (lo, hi)
+        run.auto_contrast = tuple(float(v) for v in layer.contrast_limits)
+
+    def _on_returned(self, result) -> None:
+        run = self._run
+        if isinstance(result, RunFailure):
+            run.status = "failed"
+            show_error(result.message)
+            return
+        image = np.asarray(result.image, dtype=np.float32)
+        layer = self._output_for(image)
+        layer.data = image
+        self._auto_contrast(layer, image)
+        metadata = dict(result.metadata)
+        notes = dict(metadata.get("napari", {}))
+        notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
+        metadata["napari"] = notes
+        layer.metadata = metadata
+        run.status = "done"
+        elapsed = time.perf_counter() - run.started
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat(f"done in {elapsed:.1f} s")
+        self.status_label.setText(f"'{run.name}': restored in {elapsed:.1f} s.")
+
+    def _on_aborted(self) -> None:
+        run = self._run
+        run.status = "cancelled"
+        if self.output_layer is not None:
+            self.output_layer.metadata = {
+                "status": "cancelled", "steps_completed": run.frames, "steps_total": run.total,
+                "settings": run.settings.to_dict(),
+                "napari": {"input_layer": run.input_layer.name, "plane": list(run.plane)}}
+        self.progress.setFormat(f"cancelled at step {run.frames}/{run.total or '?'}")
+        self.status_label.setText(f"Cancelled after {run.frames} step(s); '{run.name}' holds "
+                                  "the last estimate.")
+
+    def _on_errored(self, exc: Exception) -> None:
+        # napari's worker already reports the exception (with its traceback) as a notification
+        self._run.status = "error"
+        self.progress.setFormat("error")
+        self.status_label.setText(f"Error: {exc}")
+
+    def _on_finished(self) -> None:
+        run = self._run
+        status = run.status if run is not None else "done"
+        if status in ("running", "cancelling"):
+            status = "cancelled"
+        if status == "failed":
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("failed")
+            self.status_label.setText("Failed: see the notification.")
+        self._worker = None
+        self.cancel_button.setEnabled(False)
+        self.run_finished.emit(status)
+
+    def cleanup(self) -> None:
+        """Stop a running restoration (the widget is being closed)."""
+        if self._worker is not None:
+            self._worker.quit()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.cleanup()
+        super().closeEvent(event)

@@ -1,0 +1,200 @@
+"""Qt-free parts of the napari plugin: persisted state, sample data, bead PSF, worker, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pkl_dg.napari.psf_sources import psf_from_beads
+from pkl_dg.napari.sample_data import make_sample, make_sample_data
+from pkl_dg.napari.state import SettingsStore, WidgetState
+from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, RunFailure,
+                                  restoration_frames)
+from pkl_dg.settings import RestoreSettings
+
+
+# ---------------------------------------------------------------- persisted settings
+def test_state_round_trip(tmp_path):
+    store = SettingsStore(tmp_path / "cfg" / "w.json")
+    state = WidgetState(settings=RestoreSettings(psf_sigma=1.3, method="rl", steps=7),
+                        psf_source="beads", bead_box=31)
+    store.save(state)
+    loaded, message = store.load()
+    assert message is None
+    assert loaded == state
+
+
+def test_state_missing_file_gives_defaults_quietly(tmp_path):
+    loaded, message = SettingsStore(tmp_path / "none.json").load()
+    assert loaded == WidgetState() and message is None
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 99}),
+                                     json.dumps({"version": 1, "settings": {"bogus": 1}}),
+                                     json.dumps({"version": 1, "settings": {"steps": -3}})])
+def test_state_bad_file_gives_defaults_with_a_message(tmp_path, content):
+    path = tmp_path / "w.json"
+    path.write_text(content)
+    loaded, message = SettingsStore(path).load()
+    assert loaded == WidgetState()
+    assert message and str(path) in message
+
+
+def test_state_default_location_follows_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path))
+    assert SettingsStore().path.parent == tmp_path
+
+
+# ---------------------------------------------------------------- sample data
+def test_sample_data_three_layers_deterministic():
+    layers = make_sample_data()
+    names = [meta["name"] for _data, meta, _kind in layers]
+    assert names == ["cells ground truth", "cells PSF", "cells"]
+    assert all(kind == "image" for *_rest, kind in layers)
+    measured, truth, psf = make_sample()
+    assert measured.shape == truth.shape == (256, 256)
+    assert measured.dtype == np.uint16 and truth.dtype == np.float32
+    assert abs(psf.sum() - 1) < 1e-5 and psf.shape[0] % 2 == 1
+    again = make_sample()[0]
+    np.testing.assert_array_equal(measured, again)
+    # widefield-like: the measurement matches the blurred truth better than the truth itself
+    from pkl_dg.napari.sample_data import _blur_linear
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    blurred = _blur_linear(truth.astype(np.float64), psf)
+    assert corr(measured, blurred) > corr(measured, truth) + 0.05
+    assert measured.min() >= 0 and 50 < measured.max() < 1000
+
+
+# ---------------------------------------------------------------- bead PSF
+def _bead_image(sigma=1.5, n=128):
+    from pkl_dg.physics import gaussian_psf
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((n, n))
+    for y, x in ((30, 30), (30, 90), (90, 40), (95, 95)):
+        img[y, x] = 2000.0
+    k = gaussian_psf(sigma)
+    from scipy.signal import fftconvolve
+    img = fftconvolve(img, k, mode="same") + 20
+    return rng.poisson(img).astype(np.float32)
+
+
+def test_psf_from_beads_recovers_width():
+    from pkl_dg.physics import fwhm_of
+
+    psf, n = psf_from_beads(_bead_image(1.5), box=21)
+    assert n == 4
+    assert psf.shape == (21, 21) and abs(psf.sum() - 1) < 1e-5
+    c = psf.shape[0] // 2
+    assert np.unravel_index(np.argmax(psf), psf.shape) == (c, c)
+    assert fwhm_of(psf[c]) == pytest.approx(2.355 * 1.5, rel=0.15)
+
+
+def test_psf_from_beads_none_found():
+    with pytest.raises(ValueError, match="No isolated bead"):
+        psf_from_beads(np.random.default_rng(0).poisson(20, (64, 64)).astype(float), box=21)
+
+
+# ---------------------------------------------------------------- worker generator
+def _drain(gen):
+    frames = []
+    while True:
+        try:
+            frames.append(next(gen))
+        except StopIteration as stop:
+            return frames, stop.value
+
+
+def test_worker_streams_frames_and_reuses_operator(constant_denoiser):
+    measured, _truth, _psf = make_sample((64, 64))
+    ops, models = OperatorCache(), ModelCache()
+    models.put("", "auto", constant_denoiser)
+    settings = RestoreSettings(steps=3, sub_iterations=2)
+    frames, result = _drain(restoration_frames(measured, settings, PsfRequest("gaussian"),
+                                               ops, models))
+    assert [f.index for f in frames] == [1, 2, 3]
+    assert result.image.shape == (64, 64) and result.image.dtype == np.float32
+    assert result.metadata["napari"]["psf_source"] == "gaussian"
+    (op,) = ops.operators()
+    misses = op.cache.misses
+    _drain(restoration_frames(measured, settings, PsfRequest("gaussian"), ops, models))
+    assert len(ops) == 1 and op.cache.misses == misses and op.cache.hits > 0
+    _drain(restoration_frames(measured[:48, :56], settings, PsfRequest("gaussian"), ops, models))
+    assert len(ops) == 2  # another shape gets its own forward model
+
+
+def test_worker_psf_from_layer_and_beads(constant_denoiser):
+    measured, _truth, psf = make_sample((64, 64))
+    ops = OperatorCache()
+    settings = RestoreSettings(method="rl", rl_iterations=2)
+    _f, result = _drain(restoration_frames(measured, settings,
+                                           PsfRequest("layer", psf, layer_name="cells PSF"),
+                                           ops, ModelCache()))
+    assert result.metadata["napari"]["psf_layer"] == "cells PSF"
+    assert result.settings.psf_kind == "array"
+    _f, result = _drain(restoration_frames(measured, settings,
+                                           PsfRequest("beads", _bead_image()[:64, :64],
+                                                      bead_box=15, layer_name="beads"),
+                                           ops, ModelCache()))
+    assert result.metadata["napari"]["psf_beads_used"] >= 1
+
+
+@pytest.mark.parametrize("image, request_, match", [
+    (np.zeros((32, 32), np.float32), PsfRequest("gaussian"), "all zero"),
+    (np.full((32, 32), np.nan, np.float32), PsfRequest("gaussian"), "NaN"),
+    (np.ones((12, 12), np.float32), PsfRequest("layer", np.ones((15, 15))), "larger than"),
+])
+def test_worker_user_errors_become_failures(image, request_, match):
+    before = image.copy()
+    frames, result = _drain(restoration_frames(image, RestoreSettings(method="rl"), request_,
+                                               OperatorCache(), ModelCache()))
+    assert frames == [] and isinstance(result, RunFailure)
+    assert match in result.message
+    np.testing.assert_array_equal(image, before)
+
+
+def test_worker_bad_model_file_is_a_failure(tmp_path):
+    bad = tmp_path / "prior.safetensors"
+    bad.write_bytes(b"not a model")
+    measured = make_sample((32, 32))[0]
+    _f, result = _drain(restoration_frames(measured, RestoreSettings(model=str(bad), steps=2),
+                                           PsfRequest("gaussian"), OperatorCache(),
+                                           ModelCache()))
+    assert isinstance(result, RunFailure) and result.message
+
+
+# ---------------------------------------------------------------- CLI, import hygiene
+def test_import_and_cli_do_not_import_napari_or_qt():
+    code = ("import sys, pkl_dg, pkl_dg.cli; pkl_dg.cli.build_parser(); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('napari', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'magicgui')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_demo_subcommand_registered():
+    from pkl_dg.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--screenshot", "x.png", "--steps", "3"])
+    assert args.screenshot == "x.png" and args.steps == 3 and callable(args.func)
+
+
+def test_npe2_validate():
+    npe2 = pytest.importorskip("npe2")
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-pkl-dg")
+    manifest.validate_imports()
+    assert [w.display_name for w in manifest.contributions.widgets] == ["PKL Deconvolution"]
+    assert [s.key for s in manifest.contributions.sample_data] == ["cells"]
+    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-pkl-dg"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "valid" in proc.stdout, proc.stdout + proc.stderr
+    assert npe2
