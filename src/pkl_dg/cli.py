@@ -16,7 +16,6 @@ import sys
 _SUBCOMMANDS = (
     "pkl_dg.cli_restore",
     "pkl_dg.napari.cli_demo",
-    "pkl_dg.napari.cli_demo",
     "pkl_dg.training.cli_train",
 )
 
