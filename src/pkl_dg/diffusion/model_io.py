@@ -52,6 +52,7 @@ def build_metadata(model: UNet, config: dict | None = None) -> dict:
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "name": f"pkl-dg UNet w{model.config.width}",
         "architecture": {"name": "UNet", "config": model.config.to_dict()},
         "noise_schedule": dict(NOISE_SCHEDULE),
         "prediction": "epsilon",

@@ -62,9 +62,11 @@ def _splat(canvas: np.ndarray, ys: np.ndarray, xs: np.ndarray, wts: np.ndarray) 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
     """Zero-mean, unit-std Gaussian random field with correlation length ~``scale`` px."""
+    scale = min(scale, min(shape) / 4)  # keep the field random on small canvases
     f = _gaussian_blur(rng.standard_normal(shape), scale)
+    f = f - f.mean()
     s = f.std()
-    return f / s if s > 0 else f
+    return f / s if s > 1e-12 else np.zeros(shape)
 
 
 def _curve(rng: np.random.Generator, start: np.ndarray, angle: float, length: float,

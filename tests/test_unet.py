@@ -1,0 +1,175 @@
+"""UNet denoiser and model file I/O (safetensors + JSON)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pkl_dg.diffusion.model_io import default_model_path, load_model, save_model
+from pkl_dg.diffusion.schedule import cosine_alphas_cumprod
+from pkl_dg.diffusion.unet import UNet, UNetConfig
+from pkl_dg.training.train import diffusion_loss
+
+TINY = UNetConfig(width=8, channel_mult=(1, 2), num_res_blocks=1, groups=4)
+
+
+def tiny(seed: int = 0, **kw) -> UNet:
+    torch.manual_seed(seed)
+    cfg = UNetConfig(**{**TINY.to_dict(), **kw})
+    return UNet(cfg).eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (2, 1, 17, 23), (1, 1, 5, 9)])
+def test_forward_any_size(shape):
+    m = tiny()
+    x = torch.randn(shape)
+    t = torch.full((shape[0],), 500, dtype=torch.long)
+    with torch.inference_mode():
+        y = m(x, t)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_attention_variant_and_bad_input():
+    m = tiny(attention=True, attention_heads=2)
+    x = torch.randn(1, 1, 24, 40)
+    with torch.inference_mode():
+        assert m(x, torch.tensor([3])).shape == x.shape
+    with pytest.raises(ValueError, match="expects"):
+        m(torch.randn(1, 2, 16, 16), torch.tensor([3]))
+    with pytest.raises(ValueError, match="timesteps"):
+        m(torch.randn(2, 1, 16, 16), torch.tensor([3, 4, 5]))
+
+
+def test_config_json_roundtrip_and_validation():
+    cfg = UNetConfig(width=16, channel_mult=(1, 2, 4), attention=True)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert UNetConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError, match="unknown UNet config keys"):
+        UNetConfig.from_dict({**d, "bogus": 1})
+    with pytest.raises(ValueError, match="divisible"):
+        UNetConfig(width=12)
+
+
+def test_no_lazy_layers():
+    m = tiny()
+    keys = set(m.state_dict())
+    n = sum(p.numel() for p in m.parameters())
+    with torch.inference_mode():
+        m(torch.randn(1, 1, 20, 20), torch.tensor([10]))
+    assert set(m.state_dict()) == keys
+    assert sum(p.numel() for p in m.parameters()) == n
+
+
+def test_every_parameter_gets_gradient():
+    m = tiny(attention=True, attention_heads=2).train()
+    x0 = torch.rand(4, 1, 32, 32) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    loss = diffusion_loss(m, x0, cosine_alphas_cumprod().float(), gen, bf16=False)
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not bool((p.grad != 0).any())]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_bf16_autocast_close_to_fp32():
+    m = tiny()
+    x = torch.randn(1, 1, 32, 32)
+    t = torch.tensor([200])
+    with torch.inference_mode():
+        ref = m(x, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m(x, t).float()
+    assert torch.allclose(ref, low, atol=0.1 * ref.abs().max().item())
+
+
+def test_save_load_bit_identical(tmp_path):
+    m = tiny(seed=3)
+    path = save_model(m, {"training": {"steps": 0}}, tmp_path / "prior")
+    assert path.name == "model.safetensors" and (tmp_path / "prior" / "model.json").is_file()
+    meta = json.loads((tmp_path / "prior" / "model.json").read_text())
+    assert meta["noise_schedule"] == {"name": "cosine", "num_timesteps": 1000, "s": 0.008}
+    assert meta["prediction"] == "epsilon"
+    assert meta["intensity_mapping"]["formula"] == "z = 2*x/s - 1"
+    x = torch.randn(2, 1, 24, 24)
+    t = torch.tensor([0, 999])
+    for where in (tmp_path / "prior", path, str(path)):
+        loaded, meta2 = load_model(where)
+        assert not loaded.training
+        with torch.inference_mode():
+            assert torch.equal(m(x, t), loaded(x, t))
+        assert meta2["training"] == {"steps": 0}
+    # no pickle: the weights file is a safetensors header + raw data
+    assert path.read_bytes()[8:9] == b"{"
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        load_model(tmp_path)
+    save_model(tiny(), None, tmp_path / "m")
+    (tmp_path / "m" / "model.json").unlink()
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        load_model(tmp_path / "m")
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"\x80\x04junk")
+    with pytest.raises(ValueError, match="not a .safetensors file"):
+        load_model(pt)
+
+
+def test_truncated_weights(tmp_path):
+    path = save_model(tiny(), None, tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors.*corrupt or truncated"):
+        load_model(tmp_path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_model(tmp_path)
+
+
+def test_corrupt_metadata(tmp_path):
+    save_model(tiny(), None, tmp_path)
+    meta_path = tmp_path / "model.json"
+    good = meta_path.read_text()
+    meta_path.write_text(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"model\.json is not valid JSON"):
+        load_model(tmp_path)
+    meta = json.loads(good)
+    meta_path.write_text(json.dumps({**meta, "prediction": "v"}))
+    with pytest.raises(ValueError, match="prediction"):
+        load_model(tmp_path)
+    meta_path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="not a pkl-dg prior"):
+        load_model(tmp_path)
+
+
+def test_mismatched_architecture(tmp_path):
+    save_model(tiny(), None, tmp_path)
+    meta_path = tmp_path / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["architecture"]["config"]["width"] = 16
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="shape .* same training run"):
+        load_model(tmp_path)
+    meta["architecture"]["config"]["width"] = 8
+    meta["architecture"]["config"]["channel_mult"] = [1, 2, 2]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="missing tensors"):
+        load_model(tmp_path)
+
+
+def test_default_model():
+    w = default_model_path() / "model.safetensors"
+    if not w.is_file():
+        with pytest.raises(FileNotFoundError, match="no shipped default prior"):
+            load_model(None)
+        pytest.skip("no shipped weights in this checkout")
+    m, meta = load_model(None)
+    assert sum(p.numel() for p in m.parameters()) == meta["parameters"]
+    assert w.stat().st_size <= 25 * 2**20
+    with torch.inference_mode():
+        y = m(torch.randn(1, 1, 40, 40), torch.tensor([100]))
+    assert y.shape == (1, 1, 40, 40) and torch.isfinite(y).all()
