@@ -61,6 +61,11 @@ def _image_layer_choices(viewer: "napari.viewer.Viewer"):
     return choices
 
 
+def same_layer(a: Any, b: Any) -> bool:
+    """Identity of layers (plugins get napari objects through proxies, so not ``is``)."""
+    return a is not None and b is not None and a.unique_id == b.unique_id
+
+
 def _float_step(spec: FieldSpec) -> float:
     if spec.name in STEP_OVERRIDES:
         return STEP_OVERRIDES[spec.name]
@@ -186,10 +191,12 @@ class PKLDeconvolutionWidget(QWidget):
                                    "image layer is used as is (normalised); from a bead image "
                                    "the isolated beads are averaged.")
         self.psf_layer_combo = ComboBox(name="psf_layer", label="PSF layer", choices=choices,
+                                        nullable=True, value=None,
                                         tooltip="Image layer holding a measured or simulated "
                                         "PSF (a 3D stack gives its brightest plane).")
         self.bead_layer_combo = ComboBox(name="bead_layer", label="Bead image",
-                                         choices=choices, tooltip="Image of sub-resolution "
+                                         choices=choices, nullable=True, value=None,
+                                         tooltip="Image of sub-resolution "
                                          "beads; isolated beads are averaged into the PSF.")
         self.bead_box = SpinBox(name="bead_box", label="Bead box (px)", min=5, max=255, step=2,
                                 value=25, tooltip="Size of the window cut around each bead; "
@@ -348,12 +355,12 @@ class PKLDeconvolutionWidget(QWidget):
     def _on_layer_removed(self, event) -> None:
         self._reset_layer_choices()
         removed = event.value
-        if removed is self.output_layer:
+        if same_layer(removed, self.output_layer):
             self.output_layer = None
         run = self._run
         if run is None or self._worker is None:
             return
-        if removed is run.input_layer:
+        if same_layer(removed, run.input_layer):
             show_warning(f"The input layer '{run.name}' was removed during the run: the "
                          "restoration was stopped. Add the image again and press Run.")
             self.cancel()
@@ -483,7 +490,8 @@ class PKLDeconvolutionWidget(QWidget):
     def _output_for(self, frame: np.ndarray) -> Image:
         run = self._run
         layer = self.output_layer
-        if layer is not None and layer in self.viewer.layers and layer.name == run.name:
+        if layer is not None and layer.name == run.name and any(
+                same_layer(layer, other) for other in self.viewer.layers):
             return layer
         existing = self.viewer.layers[run.name] if run.name in self.viewer.layers else None
         if isinstance(existing, Image) and existing.ndim == 2:

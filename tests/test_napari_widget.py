@@ -1,0 +1,313 @@
+"""The PKL Deconvolution dock widget in a real viewer (needs a display: run under xvfb-run).
+
+A tiny analytic denoiser (``constant_denoiser`` from conftest) stands in for the prior, so
+runs take well under a second per step on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.layers import Image  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from pkl_dg.napari.widget import PKLDeconvolutionWidget  # noqa: E402
+from pkl_dg.settings import RestoreSettings, field_specs  # noqa: E402
+
+pytestmark = pytest.mark.gui
+PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def notes():
+    """Notifications dispatched during the test, as (severity, message)."""
+    seen: list[tuple[str, str]] = []
+
+    def record(event):
+        seen.append((str(event.severity), str(event.message)))
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot, constant_denoiser):
+    """Viewer with the sample data and the widget docked through the manifest."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells")
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    widget.model_cache.put("", "auto", constant_denoiser)
+    widget.controls["steps"].value = 4
+    widget.controls["sub_iterations"].value = 2
+    yield viewer, widget
+    if widget.is_running:
+        widget.cancel()
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=30000)
+
+
+def run_and_wait(qtbot, widget, timeout=60000) -> str:
+    with qtbot.waitSignal(widget.run_finished, timeout=timeout) as blocker:
+        assert widget.run()
+    return blocker.args[0]
+
+
+class SlowDenoiser:
+    """Wraps a denoiser and sleeps per call, so a run is long enough to cancel."""
+
+    def __init__(self, inner, delay=0.3):
+        self.inner, self.delay = inner, delay
+
+    def __call__(self, x, t):
+        time.sleep(self.delay)
+        return self.inner(x, t)
+
+
+# ---------------------------------------------------------------- construction
+def test_widget_from_manifest_has_a_control_per_setting(viewer_widget):
+    viewer, widget = viewer_widget
+    assert isinstance(widget, PKLDeconvolutionWidget)
+    names = {s.name for s in field_specs()} - {"psf_kind"}  # "PSF from" replaces psf_kind
+    assert set(widget.controls) == names
+    for spec in field_specs():
+        if spec.name in widget.controls:
+            assert spec.help in widget.controls[spec.name].tooltip
+    assert [layer.name for layer in viewer.layers] == ["cells ground truth", "cells PSF",
+                                                       "cells"]
+    assert widget.input_combo.value.unique_id == viewer.layers["cells"].unique_id
+    # the layer's physical scale (0.065 µm) prefills the pixel size
+    assert widget.controls["pixel_size_nm"].value == pytest.approx(65.0)
+    assert widget.current_state().settings == RestoreSettings(pixel_size_nm=65.0, steps=4,
+                                                              sub_iterations=2)
+
+
+def _shown(ctrl) -> bool:  # the viewer window is not shown in tests: ask "not hidden"
+    return not ctrl.native.isHidden()
+
+
+def test_visibility_follows_psf_source_and_method(viewer_widget):
+    _viewer, widget = viewer_widget
+    c = widget.controls
+    assert _shown(c["psf_sigma"]) and not _shown(c["na"]) and not _shown(widget.bead_box)
+    widget.psf_source.value = "airy"
+    assert not _shown(c["psf_sigma"]) and _shown(c["na"])
+    widget.psf_source.value = "beads"
+    assert _shown(widget.bead_layer_combo) and _shown(widget.bead_box)
+    widget.controls["method"].value = "rl"
+    assert _shown(c["rl_iterations"]) and not _shown(c["steps"])
+
+
+def test_settings_persist_and_restore_defaults(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    first = PKLDeconvolutionWidget(viewer)
+    first.controls["psf_sigma"].value = 1.7
+    first.controls["method"].value = "anscombe"
+    first.psf_source.value = "airy"
+    second = PKLDeconvolutionWidget(viewer)  # a new session reads the saved file
+    state = second.current_state()
+    assert state.settings.psf_sigma == 1.7 and state.settings.method == "anscombe"
+    assert state.psf_source == "airy"
+    second.restore_defaults()
+    assert PKLDeconvolutionWidget(viewer).current_state().settings == RestoreSettings()
+    assert not [n for n in notes if "ERROR" in n[0].upper()]
+
+
+def test_corrupt_settings_file_warns(make_napari_viewer, notes, tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "napari-widget.json").write_text("{oops")
+    widget = PKLDeconvolutionWidget(make_napari_viewer())
+    assert widget.current_state().settings == RestoreSettings()
+    assert any("could not be used" in msg for _sev, msg in notes)
+
+
+def test_show_psf_adds_one_layer(viewer_widget):
+    viewer, widget = viewer_widget
+    layer = widget.show_psf()
+    assert layer is not None and layer.name == "PSF (PKL)"
+    assert abs(float(layer.data.sum()) - 1) < 1e-5
+    widget.controls["psf_sigma"].value = 3.0
+    again = widget.show_psf()
+    assert again.unique_id == layer.unique_id
+    assert layer.data.shape[0] > 17, layer.data.shape
+    assert sum(lyr.name == "PSF (PKL)" for lyr in viewer.layers) == 1
+
+
+# ---------------------------------------------------------------- runs
+def test_run_streams_into_one_layer_with_input_scale(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    source = viewer.layers["cells"]
+    before = source.data.copy()
+    layers_seen, steps_seen = set(), []
+
+    def on_frame(index):
+        layers_seen.add(widget.output_layer.unique_id)
+        steps_seen.append(index)
+    widget.frame_shown.connect(on_frame)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert steps_seen == [1, 2, 3, 4] and len(layers_seen) == 1
+    out = viewer.layers["cells [PKL]"]
+    assert out.unique_id == widget.output_layer.unique_id
+    assert len(viewer.layers) == 4, [lyr.name for lyr in viewer.layers]
+    assert out.data.dtype == np.float32 and out.data.shape == source.data.shape
+    np.testing.assert_allclose(out.scale, source.scale)
+    np.testing.assert_allclose(out.translate, source.translate)
+    assert tuple(map(str, out.units)) == tuple(map(str, source.units))
+    lo, hi = out.contrast_limits
+    assert lo < hi and lo >= float(out.data.min()) - 1e-3
+    md = out.metadata
+    assert md["settings"]["steps"] == 4 and md["settings"]["method"] == "pkl"
+    assert md["napari"]["input_layer"] == "cells" and "background_photons" in md
+    np.testing.assert_array_equal(source.data, before)
+    assert not [n for n in notes if "ERROR" in n[0].upper()]
+
+
+def test_second_run_reuses_operator_otf(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    assert run_and_wait(qtbot, widget) == "done"
+    (op,) = widget.operator_cache.operators()
+    hits, misses = op.cache.hits, op.cache.misses
+    assert run_and_wait(qtbot, widget) == "done"
+    assert len(widget.operator_cache) == 1 and widget.operator_cache.created == 1
+    assert op.cache.misses == misses and op.cache.hits > hits
+    assert sum(lyr.name.startswith("cells [") for lyr in viewer.layers) == 1
+    # another shape gets its own operator
+    viewer.add_image(viewer.layers["cells"].data[:100, :120].copy(), name="crop")
+    widget.input_combo.value = viewer.layers["crop"]
+    assert run_and_wait(qtbot, widget) == "done"
+    assert len(widget.operator_cache) == 2
+
+
+def test_cancel_stops_early_and_second_run_is_refused(viewer_widget, qtbot, notes,
+                                                      constant_denoiser):
+    viewer, widget = viewer_widget
+    widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser))
+    widget.controls["steps"].value = 40
+    frames = []
+    widget.frame_shown.connect(frames.append)
+    with qtbot.waitSignal(widget.run_finished, timeout=60000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: len(frames) >= 2, timeout=30000)
+        assert widget.run() is False  # refused while running
+        assert any("already running" in msg for _sev, msg in notes)
+        widget.cancel()
+    assert blocker.args == ["cancelled"]
+    assert len(frames) < 10
+    out = widget.output_layer
+    assert out.metadata["status"] == "cancelled"
+    assert out.metadata["steps_completed"] == len(frames)
+    assert not widget.is_running and widget.run_button.isEnabled()
+
+
+def test_input_removed_during_run_stops_it(viewer_widget, qtbot, notes, constant_denoiser):
+    viewer, widget = viewer_widget
+    widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser))
+    widget.controls["steps"].value = 40
+    frames = []
+    widget.frame_shown.connect(frames.append)
+    with qtbot.waitSignal(widget.run_finished, timeout=60000) as blocker:
+        widget.run()
+        qtbot.waitUntil(lambda: len(frames) >= 1, timeout=30000)
+        viewer.layers.remove("cells")
+    assert blocker.args == ["cancelled"]
+    assert any("was removed during the run" in msg for _sev, msg in notes)
+
+
+def test_nd_layer_restores_displayed_plane(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    plane = viewer.layers["cells"].data[:64, :64].astype(np.float32)
+    stack = np.stack([plane * 0 + 1, plane, plane * 2])
+    layer = viewer.add_image(stack, name="stack", scale=(2.0, 0.1, 0.1))
+    viewer.dims.set_current_step(0, 2)
+    widget.input_combo.value = layer
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    widget.controls["background"].value = 0.0  # then RL keeps the plane's flux
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.output_layer
+    assert out.name == "stack [Richardson–Lucy] @2" and out.data.shape == (64, 64)
+    np.testing.assert_allclose(out.scale, (0.1, 0.1))
+    assert out.metadata["napari"]["plane"] == [2]
+    assert out.data.mean() == pytest.approx(2 * plane.mean(), rel=0.05)
+
+
+# ---------------------------------------------------------------- errors
+def _error_messages(notes):
+    return [msg for sev, msg in notes if "ERROR" in sev.upper()]
+
+
+@pytest.mark.parametrize("case", ["rgb", "nan", "empty", "psf_too_large", "bad_model"])
+def test_errors_notify_and_leave_input_unchanged(viewer_widget, qtbot, notes, tmp_path, case):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    if case == "rgb":
+        data = rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)
+        layer = viewer.add_image(data, name=case, rgb=True)
+        expected = "RGB"
+    elif case == "nan":
+        data = rng.poisson(10, (32, 32)).astype(np.float32)
+        data[3, 4] = np.nan
+        layer = viewer.add_image(data, name=case)
+        expected = "NaN"
+    elif case == "empty":
+        data = np.zeros((32, 32), np.float32)
+        layer = viewer.add_image(data, name=case)
+        expected = "all zero"
+    elif case == "psf_too_large":
+        data = rng.poisson(10, (12, 12)).astype(np.float32)
+        layer = viewer.add_image(data, name=case)
+        widget.controls["psf_sigma"].value = 3.0
+        expected = "larger than the image"
+    else:
+        bad = tmp_path / "broken.safetensors"
+        bad.write_bytes(b"\x00not a model")
+        widget.controls["model"].line_edit.value = str(bad)
+        data = rng.poisson(10, (32, 32)).astype(np.float32)
+        layer = viewer.add_image(data, name=case)
+        expected = "broken"
+    before = np.array(layer.data, copy=True)
+    widget.input_combo.value = layer
+    n_layers = len(viewer.layers)
+    if widget.run():
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=30000)
+    qtbot.waitUntil(lambda: bool(_error_messages(notes)), timeout=5000)
+    assert any(expected in msg for msg in _error_messages(notes)), notes
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+    assert len(viewer.layers) == n_layers  # no half-made output layer
+    assert not widget.is_running and widget.run_button.isEnabled()
+
+
+def test_one_dimensional_data_is_refused(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(np.ones((1, 40), np.float32), name="line")
+    widget.input_combo.value = layer
+    assert widget.run() is False
+    assert any("not an image" in msg for msg in _error_messages(notes))
+
+
+def test_bead_psf_and_missing_layer(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    widget.psf_source.value = "beads"
+    widget.bead_layer_combo.value = None
+    assert widget.run() is False
+    assert any("bead image layer" in msg for msg in _error_messages(notes))
+    beads = np.full((96, 96), 10.0, np.float32)
+    yy, xx = np.mgrid[0:96, 0:96]
+    for y, x in ((25, 25), (25, 70), (70, 48)):
+        beads += 500 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.8 ** 2))
+    viewer.add_image(beads, name="beads")
+    widget.bead_layer_combo.value = viewer.layers["beads"]
+    widget.bead_box.value = 21
+    psf_layer = widget.show_psf()
+    assert psf_layer is not None and psf_layer.metadata["psf_beads_used"] == 3
