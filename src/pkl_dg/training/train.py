@@ -192,6 +192,23 @@ def load_checkpoint(ckpt: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]
 
 # ---------------------------------------------------------------- training
 
+def _install_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt so a killed run still writes its checkpoint.
+
+    Returns the previous handler (restore it with ``signal.signal``), or None off the main thread.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     ema_p = list(ema.parameters())
@@ -285,6 +302,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         save_model(ema, {"training": recipe}, out)
 
     model.train()
+    previous_sigterm = _install_sigterm()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0,
                dynamic_ncols=True, desc="train")
     last_ckpt = time.monotonic()
@@ -314,8 +332,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 history.append([step, running, round(elapsed, 1)])
-                print(json.dumps({"step": step, "loss": round(running, 5), "elapsed_s": round(elapsed, 1),
-                                  "s_per_step": round(elapsed / max(step, 1), 3)}), flush=True)
+                line = json.dumps({"step": step, "loss": round(running, 5), "elapsed_s": round(elapsed, 1),
+                                   "s_per_step": round(elapsed / max(step, 1), 3)})
+                tqdm.write(line, file=sys.stdout)
+                sys.stdout.flush()
             if now - last_ckpt >= cfg.checkpoint_minutes * 60:
                 snapshot(final=False)
                 last_ckpt = time.monotonic()
@@ -324,6 +344,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         bar.close()
         snapshot(final=False)
         raise
+    finally:
+        if previous_sigterm is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous_sigterm)
     bar.close()
     if not history or history[-1][0] != step:
         history.append([step, running if running is not None else float("nan"), round(elapsed, 1)])
