@@ -182,7 +182,8 @@ def test_import_and_cli_do_not_import_napari_or_qt():
 def test_demo_subcommand_registered():
     from pkl_dg.cli import build_parser
 
-    args = build_parser().parse_args(["demo", "--screenshot", "x.png", "--steps", "3"])
+    args = build_parser().parse_args(["demo", "--screenshot", "x.png", "--steps", "3",
+                                      "--method", "rl"])
     assert args.screenshot == "x.png" and args.steps == 3 and callable(args.func)
 
 

@@ -30,8 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--screenshot", metavar="FILE", help="PNG file to write, then exit")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="method of the screenshot run (default: the settings' default, pkl)")
-    p.add_argument("--steps", type=int, default=25,
-                   help="diffusion steps of the screenshot run (default 25)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps (RL iterations with --method rl) of the screenshot "
+                   "run (default: the settings' default)")
+    p.add_argument("--model", default=None,
+                   help="prior (.safetensors) for the screenshot run (default: the shipped one)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="give up the screenshot run after this many seconds (default 600)")
     p.add_argument("--size", default="1500x950",
@@ -68,7 +71,11 @@ def _screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
 
     if args.method:
         widget.controls["method"].value = args.method
-    widget.controls["steps"].value = args.steps
+    if args.steps is not None:
+        key = "rl_iterations" if widget.controls["method"].value == "rl" else "steps"
+        widget.controls[key].value = args.steps
+    if args.model is not None:
+        widget.controls["model"].line_edit.value = args.model
     widget.input_combo.value = viewer.layers[SAMPLE]
     outcome: list[str] = []
     loop = QEventLoop()
