@@ -311,3 +311,44 @@ def test_bead_psf_and_missing_layer(viewer_widget, qtbot, notes):
     widget.bead_box.value = 21
     psf_layer = widget.show_psf()
     assert psf_layer is not None and psf_layer.metadata["psf_beads_used"] == 3
+
+
+def test_whole_stack_fills_one_layer_block_by_block(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    plane = viewer.layers["cells"].data[:48, :48].astype(np.float32)
+    stack = np.stack([plane, plane * 2])
+    layer = viewer.add_image(stack, name="stack", scale=(3.0, 0.1, 0.1))
+    widget.input_combo.value = layer
+    assert not widget.stack_combo.native.isHidden()
+    widget.stack_combo.value = "all"
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    widget.controls["background"].value = 0.0
+    blocks = []
+    widget.frame_shown.connect(blocks.append)
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.output_layer
+    assert out.name == "stack [Richardson–Lucy]" and out.data.shape == stack.shape
+    np.testing.assert_allclose(out.scale, layer.scale)
+    assert blocks == [1, 2, 3, 4]  # 2 iterations × 2 planes, into the same layer
+    assert out.data[1].mean() == pytest.approx(2 * out.data[0].mean(), rel=0.05)
+    np.testing.assert_array_equal(layer.data, stack)
+
+
+def test_3d_mode_restores_the_volume_and_posterior_std(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    vol = rng.poisson(20, (9, 32, 32)).astype(np.float32)
+    layer = viewer.add_image(vol, name="vol", scale=(0.3, 0.1, 0.1))
+    widget.input_combo.value = layer
+    widget.controls["mode"].value = "3d"
+    widget.controls["psf_sigma"].value = 1.0
+    widget.controls["psf_sigma_z"].value = 0.7  # 7 planes
+    widget.controls["steps"].value = 2
+    widget.controls["samples"].value = 2
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.output_layer
+    assert out.data.shape == vol.shape and out.name == "vol [PKL]"
+    np.testing.assert_allclose(out.scale, layer.scale)
+    std = viewer.layers["vol [PKL] std"]
+    assert std.data.shape == vol.shape and float(std.data.max()) >= 0

@@ -31,6 +31,14 @@ PSF_SOURCES = {
 }
 
 
+#: How much of a stack one run restores (the core's "mode" says whether a block is a YX plane
+#: or a ZYX volume).
+STACK_EXTENTS = {
+    "displayed": "Displayed plane / volume",
+    "all": "Whole stack",
+}
+
+
 @dataclass
 class WidgetState:
     """Everything the widget persists."""
@@ -38,10 +46,12 @@ class WidgetState:
     settings: RestoreSettings = field(default_factory=RestoreSettings)
     psf_source: str = "gaussian"
     bead_box: int = 25
+    stack: str = "displayed"
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": FORMAT_VERSION, "settings": self.settings.to_dict(),
-                "widget": {"psf_source": self.psf_source, "bead_box": self.bead_box}}
+                "widget": {"psf_source": self.psf_source, "bead_box": self.bead_box,
+                           "stack": self.stack}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WidgetState":
@@ -56,7 +66,10 @@ class WidgetState:
         bead_box = int(extra.get("bead_box", 25))
         if not 5 <= bead_box <= 255:
             raise ValueError(f"bead box {bead_box} outside [5, 255]")
-        return cls(settings=settings, psf_source=psf_source, bead_box=bead_box)
+        stack = str(extra.get("stack", "displayed"))
+        if stack not in STACK_EXTENTS:
+            raise ValueError(f"unknown stack extent {stack!r}")
+        return cls(settings=settings, psf_source=psf_source, bead_box=bead_box, stack=stack)
 
 
 def default_config_dir() -> Path:

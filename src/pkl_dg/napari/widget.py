@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushB
                             QScrollArea, QVBoxLayout, QWidget)
 
 from pkl_dg.napari import psf_sources
-from pkl_dg.napari.state import PSF_SOURCES, SettingsStore, WidgetState
+from pkl_dg.napari.state import PSF_SOURCES, STACK_EXTENTS, SettingsStore, WidgetState
 from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, RunFailure,
                                   resolve_psf, restoration_frames)
 from pkl_dg.settings import METHOD_LABELS, FieldSpec, RestoreSettings, field_specs
@@ -36,7 +36,7 @@ from pkl_dg.settings import METHOD_LABELS, FieldSpec, RestoreSettings, field_spe
 if TYPE_CHECKING:
     import napari
 
-GROUPS = ("PSF", "Calibration", "Guidance", "Sampler", "Model")
+GROUPS = ("Data", "PSF", "Calibration", "Guidance", "Sampler", "Model")
 #: text shown instead of a number at a field's minimum, where the minimum means "automatic"
 SPECIAL_VALUE_TEXT = {
     "background": "auto",
@@ -47,8 +47,12 @@ SPECIAL_VALUE_TEXT = {
 STEP_OVERRIDES = {"gain": 0.01, "read_noise": 0.1, "na": 0.01, "lam": 0.05}
 FILE_FILTERS = {"model": "*.safetensors", "psf_path": "*.tif *.tiff *.npy"}
 
-INPUT_TIP = ("Fluorescence image to restore (single channel). For a stack or time series "
-             "(last two axes Y, X) the plane currently shown in the viewer is restored.")
+INPUT_TIP = ("Fluorescence image to restore (single channel, last two axes Y, X). For a "
+             "stack or time series, 'Stack' chooses between the plane (or, in 3D mode, the "
+             "volume) currently shown in the viewer and the whole stack, block by block.")
+STACK_TIP = ("Restore only the plane shown in the viewer (in 3D mode: the Z-stack shown) "
+             "into a 2D (3D) layer, or every plane (volume) of the stack one after the other "
+             "into a layer of the stack's shape. Each block costs a full run.")
 
 
 def short_method_label(method: str) -> str:
@@ -133,7 +137,9 @@ class _Run:
     input_layer: Image
     settings: RestoreSettings
     name: str
-    plane: tuple[int, ...]
+    plane: tuple[int, ...]  # index of the displayed block in the leading axes; () otherwise
+    whole_stack: bool  # the output has the input's shape and is filled block by block
+    block_ndim: int  # 2 (YX plane) or 3 (ZYX volume)
     started: float = field(default_factory=time.perf_counter)
     frames: int = 0
     total: int = 0
@@ -198,6 +204,9 @@ class PKLDeconvolutionWidget(QWidget):
                                          choices=choices, nullable=True, value=None,
                                          tooltip="Image of sub-resolution "
                                          "beads; isolated beads are averaged into the PSF.")
+        self.stack_combo = ComboBox(name="stack", label="Stack",
+                                    choices=[(v, k) for k, v in STACK_EXTENTS.items()],
+                                    tooltip=STACK_TIP)
         self.bead_box = SpinBox(name="bead_box", label="Bead box (px)", min=5, max=255, step=2,
                                 value=25, tooltip="Size of the window cut around each bead; "
                                 "beads closer than half of it to another bead are skipped.")
@@ -208,6 +217,7 @@ class PKLDeconvolutionWidget(QWidget):
             ctrl = make_control(spec)
             self.controls[spec.name] = ctrl
             by_group.setdefault(spec.group, []).append(ctrl)
+        by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
         by_group["PSF"] = [self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
                            self.bead_box] + by_group["PSF"]
 
@@ -215,7 +225,7 @@ class PKLDeconvolutionWidget(QWidget):
         form_layout = QVBoxLayout(form)
         form_layout.setContentsMargins(0, 0, 0, 0)
         form_layout.addWidget(Container(widgets=[self.input_combo], labels=True).native)
-        titles = {"PSF": "PSF", "Calibration": "Photon calibration",
+        titles = {"Data": "Data", "PSF": "PSF", "Calibration": "Photon calibration",
                   "Guidance": "Guidance", "Sampler": "Sampler / iterations",
                   "Model": "Model and device"}
         for group, ctrls in by_group.items():
@@ -266,7 +276,8 @@ class PKLDeconvolutionWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
 
-        for ctrl in list(self.controls.values()) + [self.psf_source, self.bead_box]:
+        for ctrl in list(self.controls.values()) + [self.psf_source, self.bead_box,
+                                                     self.stack_combo]:
             ctrl.changed.connect(self._on_setting_changed)
         self.input_combo.changed.connect(self._on_input_changed)
 
@@ -277,7 +288,7 @@ class PKLDeconvolutionWidget(QWidget):
         source = self.psf_source.value
         values["psf_kind"] = source if source in ("gaussian", "airy", "file") else "array"
         return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
-                           bead_box=int(self.bead_box.value))
+                           bead_box=int(self.bead_box.value), stack=self.stack_combo.value)
 
     def apply_state(self, state: WidgetState) -> None:
         self._loading = True
@@ -286,6 +297,7 @@ class PKLDeconvolutionWidget(QWidget):
                 _write(ctrl, getattr(state.settings, name))
             self.psf_source.value = state.psf_source
             self.bead_box.value = state.bead_box
+            self.stack_combo.value = state.stack
         finally:
             self._loading = False
         self._update_visibility()
@@ -313,8 +325,11 @@ class PKLDeconvolutionWidget(QWidget):
         src = self.psf_source.value
         method = self.controls["method"].value
         guided = method in ("pkl", "anscombe", "l2")
+        mode_3d = self.controls["mode"].value == "3d" if "mode" in self.controls else False
         shown = {
             "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
+            "psf_sigma_z": src == "gaussian" and mode_3d,
+            "samples": method != "rl", "tile_size": method != "rl",
             "na": src == "airy", "wavelength_nm": src == "airy",
             "pixel_size_nm": src in ("airy", "file", "layer"),
             "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
@@ -330,6 +345,8 @@ class PKLDeconvolutionWidget(QWidget):
         self.psf_layer_combo.visible = src == "layer"
         self.bead_layer_combo.visible = src == "beads"
         self.bead_box.visible = src == "beads"
+        layer = self.input_combo.value
+        self.stack_combo.visible = layer is not None and layer.ndim > (3 if mode_3d else 2)
 
     # ------------------------------------------------------------------ layers
     def _reset_layer_choices(self, *_args) -> None:
@@ -343,6 +360,7 @@ class PKLDeconvolutionWidget(QWidget):
             self.input_combo.value = event.value
 
     def _on_input_changed(self, *_args) -> None:
+        self._update_visibility()
         layer = self.input_combo.value
         if layer is None:
             return
@@ -369,22 +387,34 @@ class PKLDeconvolutionWidget(QWidget):
                          "stopped. Press Run to start again.")
             self.cancel()
 
-    def selected_plane(self, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
-        """A float copy of the 2D plane to restore and its index in the leading axes."""
+    def selected_block(self, layer: Image, mode: str = "2d", whole_stack: bool = False
+                       ) -> tuple[Any, tuple[int, ...]]:
+        """What a run restores, and the index of the displayed block in the leading axes.
+
+        A block is a YX plane (``mode`` "2d") or a ZYX volume ("3d"). The displayed block is
+        returned as a copy; the whole stack (``whole_stack``) as the layer's own array, which
+        the core only reads (block by block, so dask data stay lazy).
+        """
         if layer.rgb:
             raise ValueError(f"'{layer.name}' is an RGB image: deconvolution needs one "
                              "fluorescence channel. Split the channels (right-click the layer "
                              "> Split RGB) and pick one.")
         data = layer.data[0] if layer.multiscale else layer.data
+        block_ndim = 3 if mode == "3d" else 2
+        shape = " × ".join(map(str, data.shape))
         if data.ndim < 2 or min(data.shape[-2:]) < 2:
-            raise ValueError(f"'{layer.name}' ({' × '.join(map(str, data.shape))}) is not an "
-                             "image: pick a 2D image or a stack whose last two axes are Y, X.")
-        if data.ndim == 2:
-            index: tuple[int, ...] = ()
-        else:
-            point = layer.world_to_data(self.viewer.dims.point)
-            index = tuple(int(np.clip(round(p), 0, s - 1))
-                          for p, s in zip(point[:-2], data.shape[:-2]))
+            raise ValueError(f"'{layer.name}' ({shape}) is not an image: pick a 2D image or a "
+                             "stack whose last two axes are Y, X.")
+        if data.ndim < block_ndim:
+            raise ValueError(f"'{layer.name}' ({shape}) is 2D: 3D deconvolution needs a "
+                             "Z-stack (last three axes Z, Y, X). Choose Deconvolution '2d'.")
+        if data.ndim == block_ndim:
+            return np.array(data, copy=True), ()
+        if whole_stack:
+            return data, ()
+        point = layer.world_to_data(self.viewer.dims.point)
+        index = tuple(int(np.clip(round(p), 0, n - 1))
+                      for p, n in zip(point[:data.ndim - block_ndim], data.shape))
         return np.array(data[index], copy=True), index
 
     def _psf_request(self, source: str) -> PsfRequest:
@@ -399,7 +429,7 @@ class PKLDeconvolutionWidget(QWidget):
             if source == "layer":
                 request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
             else:
-                request.data, _ = self.selected_plane(layer)
+                request.data, _ = self.selected_block(layer)
         return request
 
     # ------------------------------------------------------------------ actions
@@ -412,7 +442,9 @@ class PKLDeconvolutionWidget(QWidget):
         try:
             state = self.current_state()
             layer = self.input_combo.value
-            shape = self.selected_plane(layer)[0].shape if layer is not None else (256, 256)
+            shape = (np.shape(self.selected_block(layer, state.settings.mode,
+                                                  state.stack == "all")[0])
+                     if layer is not None else (256, 256))
             _raw, psf, _settings, notes = resolve_psf(
                 state.settings, self._psf_request(state.psf_source), shape)
         except (ValueError, FileNotFoundError) as exc:
@@ -423,7 +455,8 @@ class PKLDeconvolutionWidget(QWidget):
             desc += f" ({notes['psf_beads_used']} beads)"
         kwargs = {}
         if layer is not None:
-            kwargs = {"scale": layer.scale[-2:], "units": layer.units[-2:]}
+            n = psf.ndim
+            kwargs = {"scale": layer.scale[-n:], "units": layer.units[-n:]}
         name = "PSF (PKL)"
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
             psf_layer = self.viewer.layers[name]
@@ -434,7 +467,8 @@ class PKLDeconvolutionWidget(QWidget):
                                               contrast_limits=(0.0, float(psf.max())),
                                               **kwargs)
         psf_layer.metadata = {"description": desc, **notes}
-        self.status_label.setText(f"PSF: {desc}, {psf.shape[0]}×{psf.shape[1]} px, sum 1.")
+        self.status_label.setText(f"PSF: {desc}, {' × '.join(map(str, psf.shape))} px, "
+                                  "sum 1.")
         return psf_layer
 
     def run(self) -> bool:
@@ -450,7 +484,8 @@ class PKLDeconvolutionWidget(QWidget):
             return False
         try:
             state = self.current_state()
-            plane, index = self.selected_plane(layer)
+            whole = state.stack == "all"
+            image, index = self.selected_block(layer, state.settings.mode, whole)
             request = self._psf_request(state.psf_source)
         except (ValueError, FileNotFoundError) as exc:
             show_error(str(exc))
@@ -460,9 +495,11 @@ class PKLDeconvolutionWidget(QWidget):
         name = f"{layer.name} [{short_method_label(settings.method)}]"
         if index:
             name += f" @{','.join(map(str, index))}"
-        self._run = _Run(input_layer=layer, settings=settings, name=name, plane=index)
+        block_ndim = 3 if settings.mode == "3d" else 2
+        self._run = _Run(input_layer=layer, settings=settings, name=name, plane=index,
+                         whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim)
         worker = thread_worker(restoration_frames, start_thread=False)(
-            plane, settings, request, self.operator_cache, self.model_cache)
+            image, settings, request, self.operator_cache, self.model_cache)
         worker.yielded.connect(self._on_frame)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)
@@ -488,22 +525,37 @@ class PKLDeconvolutionWidget(QWidget):
 
     # ------------------------------------------------------------------ worker callbacks
     def _output_for(self, frame: np.ndarray) -> Image:
+        """The output layer of this run (created on its first frame, reused afterwards)."""
         run = self._run
+        src = run.input_layer
+        shape = src.data.shape if run.whole_stack else frame.shape
         layer = self.output_layer
-        if layer is not None and layer.name == run.name and any(
+        if layer is not None and layer.name == run.name and layer.data.shape == shape and any(
                 same_layer(layer, other) for other in self.viewer.layers):
             return layer
         existing = self.viewer.layers[run.name] if run.name in self.viewer.layers else None
-        if isinstance(existing, Image) and existing.ndim == 2:
+        if isinstance(existing, Image) and existing.data.shape == shape and \
+                existing.data.dtype == np.float32:
             self.output_layer = existing
             return existing
-        src = run.input_layer
+        n = len(shape)
+        data = np.zeros(shape, np.float32) if run.whole_stack else frame
         self.output_layer = self.viewer.add_image(
-            frame, name=run.name, scale=src.scale[-2:], translate=src.translate[-2:],
-            units=src.units[-2:], axis_labels=src.axis_labels[-2:],
+            data, name=run.name, scale=src.scale[-n:], translate=src.translate[-n:],
+            units=src.units[-n:], axis_labels=src.axis_labels[-n:],
             colormap=src.colormap.name, metadata={"status": "running"})
         run.auto_contrast = None
         return self.output_layer
+
+    def _show(self, layer: Image, block: tuple[int, ...], image: np.ndarray) -> None:
+        """Put one frame into the output layer, in place."""
+        if self._run.whole_stack:
+            if layer.data.dtype != np.float32 or not layer.data.flags.writeable:
+                layer.data = np.zeros(layer.data.shape, np.float32)
+            layer.data[block] = image
+            layer.refresh()
+        else:
+            layer.data = image
 
     def _on_frame(self, record) -> None:
         run = self._run
@@ -513,7 +565,7 @@ class PKLDeconvolutionWidget(QWidget):
             return  # output removed: the run is being cancelled
         frame = np.asarray(record.image, dtype=np.float32)
         layer = self._output_for(frame)
-        layer.data = frame
+        self._show(layer, tuple(getattr(record, "block", ())), frame)
         self._auto_contrast(layer, frame)
         run.frames += 1
         run.total = record.total
@@ -553,6 +605,9 @@ class PKLDeconvolutionWidget(QWidget):
         layer = self._output_for(image)
         layer.data = image
         self._auto_contrast(layer, image)
+        std = getattr(result, "std", None)
+        if std is not None and run.settings.samples > 1:
+            self._show_std(layer, np.asarray(std, dtype=np.float32))
         metadata = dict(result.metadata)
         notes = dict(metadata.get("napari", {}))
         notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
@@ -564,6 +619,22 @@ class PKLDeconvolutionWidget(QWidget):
         self.progress.setValue(1)
         self.progress.setFormat(f"done in {elapsed:.1f} s")
         self.status_label.setText(f"'{run.name}': restored in {elapsed:.1f} s.")
+
+    def _show_std(self, out: Image, std: np.ndarray) -> None:
+        """Per-pixel standard deviation over posterior samples, as its own layer."""
+        name = f"{out.name} std"
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
+            layer = self.viewer.layers[name]
+            layer.data = std
+        else:
+            layer = self.viewer.add_image(std, name=name, scale=out.scale,
+                                          translate=out.translate, units=out.units,
+                                          colormap="viridis", visible=False)
+        hi = float(np.percentile(std, 99.9)) if std.size else 1.0
+        layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
+        layer.metadata = {"description": "per-pixel standard deviation over "
+                          f"{self._run.settings.samples} posterior samples (photons)",
+                          "of_layer": out.name}
 
     def _on_aborted(self) -> None:
         run = self._run
