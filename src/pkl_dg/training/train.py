@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     alphas = cosine_alphas_cumprod().float().to(device)
 
     def snapshot(final: bool) -> None:
-        loss_recent = float(np.mean([h[1] for h in history[-10:]])) if history else float("nan")
+        loss_recent = float(running) if running is not None else float("nan")  # EMA (0.98) of the loss
         st = {"step": step, "elapsed_s": elapsed, "config": asdict(cfg), "history": history,
               "numpy_rng": rng.bit_generator.state, "bf16": bf16, "device": str(device)}
         save_checkpoint(out, model, ema, opt, st)
@@ -307,7 +307,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                dynamic_ncols=True, desc="train")
     last_ckpt = time.monotonic()
     t_prev = time.monotonic()
-    running = None
+    running = history[-1][1] if history else None
     try:
         while step < cfg.steps:
             x0 = torch.from_numpy(source.batch(cfg.batch)).to(device) * 2.0 - 1.0
