@@ -44,6 +44,12 @@ SPECIAL_VALUE_TEXT = {
     "psf_pixel_size_nm": "same as image",
     "tv_weight": "off",
 }
+#: display names of choice values (the stored values stay the schema's keys)
+CHOICE_LABELS = {
+    "method": METHOD_LABELS,
+    "mode": {"2d": "2D (plane by plane)", "3d": "3D (Z-stack volume)"},
+    "step_rule": {"poisson": "Poisson-preconditioned", "adaptive": "adaptive (paper)"},
+}
 STEP_OVERRIDES = {"gain": 0.01, "read_noise": 0.1, "na": 0.01, "lam": 0.05}
 FILE_FILTERS = {"model": "*.safetensors", "psf_path": "*.tif *.tiff *.npy"}
 
@@ -88,7 +94,7 @@ def make_control(spec: FieldSpec):
         tip += f"\nRange {spec.min:g} – {spec.max:g}{' ' + spec.unit if spec.unit else ''}."
     common = {"name": spec.name, "label": label, "tooltip": tip}
     if spec.choices:
-        names = METHOD_LABELS if spec.name == "method" else {}
+        names = CHOICE_LABELS.get(spec.name, {})
         return ComboBox(choices=[(names.get(c, c), c) for c in spec.choices],
                         value=spec.default, **common)
     if spec.type == "float":
