@@ -352,3 +352,17 @@ def test_3d_mode_restores_the_volume_and_posterior_std(viewer_widget, qtbot):
     np.testing.assert_allclose(out.scale, layer.scale)
     std = viewer.layers["vol [PKL] std"]
     assert std.data.shape == vol.shape and float(std.data.max()) >= 0
+
+
+def test_closing_the_dock_stops_the_run(viewer_widget, qtbot, notes, constant_denoiser):
+    viewer, widget = viewer_widget
+    widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser))
+    widget.controls["steps"].value = 40
+    frames = []
+    widget.frame_shown.connect(frames.append)
+    with qtbot.waitSignal(widget.run_finished, timeout=60000) as blocker:
+        widget.run()
+        qtbot.waitUntil(lambda: len(frames) >= 1, timeout=30000)
+        viewer.window.remove_dock_widget("all")
+    assert blocker.args == ["cancelled"] and len(frames) < 10
+    assert any("was closed" in msg for _sev, msg in notes)

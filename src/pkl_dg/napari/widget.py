@@ -23,7 +23,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBo
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QScrollArea, QVBoxLayout, QWidget)
 
@@ -682,3 +682,11 @@ class PKLDeconvolutionWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cleanup()
         super().closeEvent(event)
+
+    def event(self, event) -> bool:
+        # napari removes a closed dock widget by un-parenting it: stop the run then too
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and \
+                self.is_running:
+            show_info("PKL Deconvolution was closed: the running restoration was stopped.")
+            self.cancel()
+        return super().event(event)
