@@ -89,8 +89,9 @@ def _screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
     if outcome != ["done"]:
         if not outcome:
             widget.cancel()
+        why = widget.last_error if outcome and widget.last_error else "no result"
         print(f"pkl-dg demo: error: restoration {outcome[0] if outcome else 'timed out'}: "
-              f"{widget.status_label.text()}", file=sys.stderr)
+              f"{why}", file=sys.stderr)
         return 1
     # input and result side by side
     for layer in viewer.layers:

@@ -177,6 +177,7 @@ class PKLDeconvolutionWidget(QWidget):
         self._run: _Run | None = None
         self._loading = False
         self._save_warned = False
+        self.last_error: str | None = None  # message of the last failed run
         self.controls: dict[str, Any] = {}
         self._build()
         state, message = self.store.load()
@@ -497,6 +498,7 @@ class PKLDeconvolutionWidget(QWidget):
             show_error(str(exc))
             return False
         self._save()
+        self.last_error = None
         settings = state.settings
         name = f"{layer.name} [{short_method_label(settings.method)}]"
         if index:
@@ -605,6 +607,7 @@ class PKLDeconvolutionWidget(QWidget):
         run = self._run
         if isinstance(result, RunFailure):
             run.status = "failed"
+            self.last_error = result.message
             show_error(result.message)
             return
         image = np.asarray(result.image, dtype=np.float32)
@@ -657,6 +660,7 @@ class PKLDeconvolutionWidget(QWidget):
     def _on_errored(self, exc: Exception) -> None:
         # napari's worker already reports the exception (with its traceback) as a notification
         self._run.status = "error"
+        self.last_error = f"{type(exc).__name__}: {exc}"
         self.progress.setFormat("error")
         self.status_label.setText(f"Error: {exc}")
 
@@ -669,7 +673,7 @@ class PKLDeconvolutionWidget(QWidget):
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
             self.progress.setFormat("failed")
-            self.status_label.setText("Failed: see the notification.")
+            self.status_label.setText(f"Failed: {self.last_error}")
         self._worker = None
         self.cancel_button.setEnabled(False)
         self.run_finished.emit(status)
