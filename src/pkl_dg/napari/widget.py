@@ -252,6 +252,7 @@ class PKLDeconvolutionWidget(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(form)
+        self._scroll, self._form = scroll, form
 
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Restore the selected image (the displayed plane of a "
@@ -682,6 +683,14 @@ class PKLDeconvolutionWidget(QWidget):
         """Stop a running restoration (the widget is being closed)."""
         if self._worker is not None:
             self._worker.quit()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        # once styled: room for the form plus a vertical scroll bar, so nothing is clipped
+        width = (self._form.minimumSizeHint().width()
+                 + self._scroll.verticalScrollBar().sizeHint().width()
+                 + 2 * self._scroll.frameWidth() + 2)
+        self._scroll.setMinimumWidth(width)
+        super().showEvent(event)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cleanup()
