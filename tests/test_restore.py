@@ -92,7 +92,7 @@ def test_operator_reuse_hits_the_otf_cache(scene):
 @pytest.mark.parametrize("image,msg", [
     (np.zeros((32, 32, 3)), "RGB"),
     (np.ones(50), "2D"),
-    (np.ones((3, 32, 32)), "2D"),
+    (np.ones((2, 2)), "too small"),
     (np.zeros((32, 32)), "all zero"),
     (np.full((32, 32), np.nan), "NaN"),
     (np.ones((4, 40)), "too small"),
@@ -101,6 +101,16 @@ def test_operator_reuse_hits_the_otf_cache(scene):
 def test_invalid_images_refused(image, msg):
     with pytest.raises(ValueError, match=msg):
         next(restore_iter(image, method="rl"))
+
+
+def test_3d_mode_needs_a_stack_and_a_3d_psf(scene):
+    _, y, _, _ = scene
+    with pytest.raises(ValueError, match="Z-stack"):
+        next(restore_iter(y, method="rl", mode="3d", psf_sigma_z=1.0))
+    with pytest.raises(ValueError, match="σ Z > 0"):
+        next(restore_iter(np.stack([y] * 9), method="rl", mode="3d"))
+    with pytest.raises(ValueError, match="3D PSF"):
+        next(restore_iter(np.stack([y] * 9), method="rl", mode="3d", psf=np.ones((5, 5))))
 
 
 def test_psf_problems_refused(scene):

@@ -39,7 +39,7 @@ def test_yields_steps_frames_and_stops_when_closed(scene, constant_denoiser):
     frames = list(guided_ddim(constant_denoiser, y, fm, mapping, steps=7))
     assert [f.index for f in frames] == list(range(1, 8))
     assert all(f.total == 7 for f in frames) and frames[-1].t == 0
-    assert frames[0].x0.shape == (1, 1, *y.shape) and frames[0].x0.dtype == torch.float32
+    assert frames[0].x0.shape == (1, *y.shape) and frames[0].x0.dtype == torch.float32
 
     constant_denoiser.calls = 0
     gen = guided_ddim(constant_denoiser, y, fm, mapping, steps=50)
@@ -105,7 +105,7 @@ def test_batch_of_samples_and_bf16_autocast(scene):
                               guidance=GuidanceStep(get_likelihood("anscombe")),
                               generator=gen, autocast_dtype=torch.bfloat16))
     last = frames[-1]
-    assert last.x0.shape == (3, 1, *y.shape) and last.x0.dtype == torch.float32
+    assert last.x0.shape == (3, *y.shape) and last.x0.dtype == torch.float32
     assert last.nll.shape == (3,) and torch.isfinite(last.x0).all()
     assert not torch.equal(last.x0[0], last.x0[1])  # different noise per sample
 

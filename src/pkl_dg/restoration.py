@@ -4,13 +4,18 @@ Both take an image in camera units, convert it to photons ((ADU − offset)·gai
 PSF and forward model from one :class:`~pkl_dg.settings.RestoreSettings`, and run the chosen
 method: guided diffusion ('pkl', 'anscombe', 'l2'), the unguided prior ('none') or
 Richardson–Lucy ('rl'). Results are float32 photon counts; the input is never modified.
+
+Stacks: the last two axes are YX. In 2D mode every YX plane is restored on its own; in 3D
+mode the last three axes (ZYX) form one volume restored with a 3D PSF while the 2D prior
+denoises its planes as a batch. Other leading axes (T, C, …) are iterated one block at a
+time, each read with ``np.asarray(image[index])`` so dask-backed data are loaded lazily.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +24,7 @@ from pkl_dg import __version__
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import guided_ddim
+from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
 from pkl_dg.richardson_lucy import richardson_lucy, richardson_lucy_iter
@@ -27,17 +33,27 @@ from pkl_dg.settings import RestoreSettings
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
 MIN_SIDE = 8
+TILE_OVERLAP = 64
 
 
 @dataclass
 class StepRecord:
-    """One streamed frame: the current estimate in photons (float32, input's 2D shape)."""
+    """One streamed frame.
+
+    ``image`` is the current estimate (photons, float32) of the block being restored: the
+    whole image for 2D input, else the plane (2D mode) or volume (3D mode) at ``block``,
+    the index into the input's leading axes. ``index``/``total`` count steps over the
+    whole run; ``step``/``steps`` within the block.
+    """
 
     index: int
     total: int
     t: int
     image: np.ndarray
     nll: float | None = None
+    block: tuple[int, ...] = ()
+    step: int = 0
+    steps: int = 0
 
 
 @dataclass
@@ -45,30 +61,47 @@ class RestoreResult:
     image: np.ndarray
     settings: RestoreSettings
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: per-pixel standard deviation over posterior samples (zero for one sample);
+    #: None for Richardson–Lucy, which draws no samples
+    std: np.ndarray | None = None
 
 
-def validate_image(image: Any) -> np.ndarray:
-    """Check a single-channel 2D image and return a float32 copy of it."""
-    arr = np.asarray(image)
-    if arr.dtype == bool or np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"image has dtype {arr.dtype}: a fluorescence image must be real "
-                         "numbers (integer or float)")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        raise ValueError(f"image of shape {arr.shape} looks like RGB(A): deconvolution needs "
-                         "single-channel fluorescence data; split the channels and restore "
-                         "each one")
-    if arr.ndim != 2:
-        raise ValueError(f"image must be 2D (Y, X), got shape {arr.shape}: pick one plane "
-                         "of a stack (its last two axes)")
-    if min(arr.shape) < MIN_SIDE:
-        raise ValueError(f"image {arr.shape[0]}×{arr.shape[1]} is too small: both sides "
-                         f"must be at least {MIN_SIDE} pixels")
-    out = arr.astype(np.float32, copy=True)
+def check_image_shape(shape: tuple[int, ...], mode: str = "2d") -> None:
+    """Refuse shapes that are not single-channel YX images or stacks of them."""
+    if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
+        raise ValueError(f"image of shape {tuple(shape)} looks like RGB(A): deconvolution "
+                         "needs single-channel fluorescence data; split the channels and "
+                         "restore each one")
+    need = 3 if mode == "3d" else 2
+    if len(shape) < need:
+        what = "a Z-stack (Z, Y, X)" if mode == "3d" else "at least 2D (Y, X)"
+        raise ValueError(f"image must be {what}, got shape {tuple(shape)}")
+    if min(shape[-2:]) < MIN_SIDE:
+        raise ValueError(f"image {shape[-2]}×{shape[-1]} is too small: both sides must be "
+                         f"at least {MIN_SIDE} pixels")
+
+
+def validate_block(block: Any, dtype: Any) -> np.ndarray:
+    """Check one plane or volume and return a float32 copy of it."""
+    if np.dtype(dtype) == bool or np.issubdtype(dtype, np.complexfloating) or \
+            not np.issubdtype(dtype, np.number):
+        raise ValueError(f"image has dtype {np.dtype(dtype)}: a fluorescence image must be "
+                         "real numbers (integer or float)")
+    out = np.array(block, dtype=np.float32, copy=True)
     if not np.all(np.isfinite(out)):
         raise ValueError("image contains NaN or infinite values: fix or mask them first")
     if not np.any(out != 0):
         raise ValueError("image is all zero: there is nothing to restore")
     return out
+
+
+def validate_image(image: Any) -> np.ndarray:
+    """Check a single-channel 2D image and return a float32 copy of it."""
+    arr = np.asarray(image)
+    check_image_shape(arr.shape)
+    if arr.ndim != 2:
+        raise ValueError(f"image must be 2D (Y, X), got shape {arr.shape}")
+    return validate_block(arr, arr.dtype)
 
 
 def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
@@ -98,7 +131,8 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     Parameters
     ----------
     image
-        2D array in camera units (ADU); converted with the settings' offset and gain.
+        Array (numpy, dask, …) in camera units (ADU), last two axes YX; converted with the
+        settings' offset and gain.
     settings, overrides
         The parameters; keyword overrides (e.g. ``method="rl"``) replace fields.
     psf
@@ -112,64 +146,100 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     """
     s = _settings_from(settings, overrides)
     t_start = time.perf_counter()
-    img = validate_image(image)
-    y_np = (img - np.float32(s.offset)) * np.float32(s.gain)
-    psf_arr = build_psf(s, img.shape, psf)
+    shape = tuple(np.shape(image))
+    dtype = getattr(image, "dtype", np.asarray(image).dtype if not shape else None)
+    check_image_shape(shape, s.mode)
+    block_ndim = 3 if s.mode == "3d" else 2
+    lead = shape[: len(shape) - block_ndim]
+    psf_arr = build_psf(s, shape, psf)
     device = resolve_device(s.device)
     if operator is None:
         operator = PSFConvolution(psf_arr)
     elif tuple(operator.psf.shape) != psf_arr.shape or not torch.allclose(
             operator.psf, torch.from_numpy(psf_arr).double(), atol=1e-7):
         raise ValueError("the supplied operator was built for a different PSF")
-    y = torch.from_numpy(y_np).to(device)
+    meta: dict[str, Any] = {
+        "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
+        "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
+        "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
+    }
+    net = None
+    if s.method != "rl":
+        net = denoiser
+        if net is None:
+            from pkl_dg.diffusion.model_io import load_model
+
+            net, model_cfg = load_model(s.model or None, device=device)
+            meta["model"] = {"path": s.model or "shipped default",
+                             "name": model_cfg.get("name", "")}
+        if s.tile_size and max(shape[-2:]) > s.tile_size:
+            net = TiledDenoiser(net, tile=s.tile_size, overlap=min(TILE_OVERLAP, s.tile_size // 4))
+            meta["tile_size"] = s.tile_size
+        meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
+
+    steps_per_block = s.rl_iterations if s.method == "rl" else s.steps
+    indices = list(np.ndindex(*lead))
+    total = steps_per_block * len(indices)
+    out = np.empty(shape, dtype=np.float32)
+    std = np.zeros(shape, dtype=np.float32) if s.method != "rl" else None
+    done = 0
+    for idx in indices:
+        y = torch.from_numpy(
+            (validate_block(image[idx] if idx else image, dtype) - np.float32(s.offset))
+            * np.float32(s.gain)).to(device)
+        gen = _restore_block(y, s, operator, net, device)
+        block_meta: dict[str, Any] = {"index": list(idx)}
+        while True:
+            try:
+                step, steps, t, x, nll = next(gen)
+            except StopIteration as stop:
+                block_meta.update(stop.value)
+                break
+            done += 1
+            mean = x.mean(dim=0) if x.ndim > y.ndim else x
+            yield StepRecord(done, total, t, mean.float().cpu().numpy(), float(nll), idx,
+                             step, steps)
+        out[idx] = mean.float().cpu().numpy()
+        if std is not None and x.ndim > y.ndim:
+            std[idx] = x.std(dim=0).float().cpu().numpy()
+        meta["blocks"].append(block_meta)
+    if len(indices) == 1:  # a single image: its background and scale at top level
+        meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
+    meta["seconds"] = round(time.perf_counter() - t_start, 3)
+    return RestoreResult(out, s, meta, std)
+
+
+def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
+                   net: Callable | None, device: torch.device
+                   ) -> Generator[tuple, None, dict[str, Any]]:
+    """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll)."""
     background = s.background if s.background >= 0 else estimate_background(y, operator)
     fm = ForwardModel(operator, background, float(s.read_noise) ** 2)
     pkl = get_likelihood("pkl")
-    meta: dict[str, Any] = {
-        "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
-        "background_photons": background, "psf_shape": list(psf_arr.shape),
-        "input_shape": list(img.shape), "input_dtype": str(np.asarray(image).dtype),
-        "device": str(device),
-    }
-
-    def record(i: int, total: int, t: int, x: torch.Tensor, nll: torch.Tensor) -> StepRecord:
-        return StepRecord(i, total, t, x.reshape(img.shape).float().cpu().numpy(),
-                          float(nll.reshape(-1)[0]))
-
-    x_final = None
+    info: dict[str, Any] = {"background_photons": background}
     if s.method == "rl":
         n = s.rl_iterations
         for i, x in enumerate(richardson_lucy_iter(y, fm, n, s.tv_weight), start=1):
             with torch.inference_mode():
-                nll = pkl.nll(x, y, fm)
-            x_final = x
-            yield record(i, n, i, x, nll)
-    else:
-        if denoiser is None:
-            from pkl_dg.diffusion.model_io import load_model
-
-            denoiser, model_cfg = load_model(s.model or None, device=device)
-            meta["model"] = {"path": s.model or "shipped default",
-                             "name": model_cfg.get("name", "")}
-        with torch.inference_mode():
-            rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
-        mapping = IntensityMapping(scale_from_estimate(rough))
-        guidance = None
-        if s.method != "none":
-            guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam,
-                                    s.sub_iterations)
-        cast = autocast_dtype(s.precision, device)
-        meta["intensity_scale"] = mapping.scale
-        meta["network_dtype"] = str(cast or torch.float32)
-        gen = torch.Generator().manual_seed(s.seed)
-        for step in guided_ddim(denoiser, y, fm, mapping, steps=s.steps, eta=s.eta,
-                                guidance=guidance, misfit=pkl, t_threshold=s.t_threshold,
-                                ramp=s.ramp, generator=gen, autocast_dtype=cast):
-            x_final = step.x0
-            yield record(step.index, step.total, step.t, step.x0, step.nll)
-    meta["seconds"] = round(time.perf_counter() - t_start, 3)
-    out = x_final.reshape(img.shape).float().cpu().numpy()
-    return RestoreResult(out, s, meta)
+                nll = pkl.nll(x, y, fm).sum()
+            yield i, n, i, x, nll
+        return info
+    with torch.inference_mode():
+        rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
+    mapping = IntensityMapping(scale_from_estimate(rough))
+    info["intensity_scale"] = mapping.scale
+    guidance = None
+    if s.method != "none":
+        guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, s.sub_iterations)
+    gen = torch.Generator().manual_seed(s.seed)
+    frames: Iterator = guided_ddim(net, y, fm, mapping, steps=s.steps, eta=s.eta,
+                                   guidance=guidance, misfit=pkl, t_threshold=s.t_threshold,
+                                   ramp=s.ramp, num_samples=s.samples, generator=gen,
+                                   autocast_dtype=autocast_dtype(s.precision, device))
+    for f in frames:
+        x = f.x0 if s.samples > 1 else f.x0[0]
+        yield f.index, f.total, f.t, x, f.nll.mean()
+    return info
 
 
 def restore(image: Any, psf: np.ndarray | None = None, settings: RestoreSettings | None = None,

@@ -22,6 +22,7 @@ METHOD_LABELS = {
     "rl": "Richardson–Lucy",
 }
 PSF_KINDS = ("gaussian", "airy", "file", "array")
+MODES = ("2d", "3d")
 STEP_RULES = ("poisson", "adaptive")
 RAMPS = ("linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -39,6 +40,12 @@ def _f(default: Any, label: str, help: str, group: str, *, min: float | None = N
 class RestoreSettings:
     """All parameters of one restoration (see the field metadata for their meaning)."""
 
+    # --- Data ----------------------------------------------------------------------
+    mode: str = _f("2d", "Deconvolution", "'2d': every YX plane of a stack is restored on "
+                   "its own with a 2D PSF. '3d': a Z-stack (last three axes ZYX) is "
+                   "restored as a volume with a 3D PSF; the 2D prior denoises every plane.",
+                   "Data", choices=MODES)
+
     # --- PSF -----------------------------------------------------------------------
     psf_kind: str = _f("gaussian", "PSF model",
                        "Where the point-spread function comes from: a Gaussian of given width, "
@@ -50,6 +57,9 @@ class RestoreSettings:
     psf_sigma_y: float = _f(0.0, "Gaussian σ Y", "Standard deviation along Y for an "
                             "anisotropic Gaussian PSF; 0 means the same as σ.", "PSF",
                             min=0.0, max=50.0, unit="px")
+    psf_sigma_z: float = _f(0.0, "Gaussian σ Z", "Standard deviation of a 3D Gaussian PSF "
+                            "along Z, in planes (3D mode only).", "PSF", min=0.0, max=50.0,
+                            unit="planes")
     na: float = _f(1.4, "Numerical aperture", "Numerical aperture of the objective (Airy PSF).",
                    "PSF", min=0.05, max=1.7)
     wavelength_nm: float = _f(520.0, "Emission wavelength", "Peak emission wavelength of the "
@@ -112,6 +122,11 @@ class RestoreSettings:
                           "Richardson–Lucy (0 = off; 0.002 is mild).", "Sampler",
                           min=0.0, max=0.1)
 
+    samples: int = _f(1, "Posterior samples", "Number of restorations drawn with different "
+                      "noise; with more than one the result is their mean and a per-pixel "
+                      "standard deviation shows where the model is unsure.", "Sampler",
+                      min=1, max=64)
+
     # --- Model / device ---------------------------------------------------------------
     model: str = _f("", "Model file", "A .safetensors prior (with its .json config beside "
                     "it); empty uses the prior shipped with the plugin.", "Model")
@@ -120,6 +135,10 @@ class RestoreSettings:
     precision: str = _f("auto", "Precision", "Network precision: auto uses bf16 where the "
                         "hardware supports it (physics always runs in float32).", "Model",
                         choices=PRECISIONS)
+    tile_size: int = _f(1024, "Network tile", "Images wider or taller than this run the "
+                        "network on overlapping tiles (bounded memory); 0 never tiles. The "
+                        "physics always acts on the whole image.", "Model", min=0,
+                        max=16384, unit="px")
 
     def __post_init__(self) -> None:
         self.validate()

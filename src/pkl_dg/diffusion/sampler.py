@@ -29,7 +29,7 @@ class SamplerStep:
     index: int          # 1-based step number
     total: int          # number of steps
     t: int              # diffusion timestep of this step
-    x0: torch.Tensor    # corrected x̂0, photons, (N, 1, H, W)
+    x0: torch.Tensor    # corrected x̂0, photons, (N, *y.shape)
     nll: torch.Tensor   # data misfit of x0 per sample (N,)
 
 
@@ -40,7 +40,11 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
                 generator: torch.Generator | None = None,
                 autocast_dtype: torch.dtype | None = None,
                 alphas_cumprod: torch.Tensor | None = None) -> Iterator[SamplerStep]:
-    """Sample x̂0 given the measurement ``y`` (photons, (H, W)).
+    """Sample x̂0 given the measurement ``y`` (photons, (H, W) or (P, H, W)).
+
+    For a stack ``y`` of P planes the network denoises all planes as one batch. With a 3D
+    forward model (3D PSF) the planes are a volume: guidance and its norms act on the
+    whole (P, H, W) volume of each sample. With a 2D PSF they are independent planes.
 
     Parameters
     ----------
@@ -58,16 +62,21 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"η must be in [0, 1], got {eta}")
-    if y.ndim != 2:
-        raise ValueError(f"measurement must be 2D (H, W), got shape {tuple(y.shape)}")
+    if y.ndim not in (2, 3):
+        raise ValueError(f"measurement must be (H, W) or (P, H, W), got shape {tuple(y.shape)}")
     ac = (alphas_cumprod if alphas_cumprod is not None else cosine_alphas_cumprod()).double()
     T = ac.shape[0]
     ts = ddim_timesteps(steps, T)
     device = y.device
     misfit = misfit or (guidance.likelihood if guidance is not None else None)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    shape = (num_samples, 1, *y.shape)
-    yb = y.reshape(1, 1, *y.shape)
+    planes = y.shape[0] if y.ndim == 3 else 1
+    h, w = y.shape[-2:]
+    shape = (num_samples * planes, 1, h, w)  # what the network sees
+    if y.ndim == 3 and fm.conv.ndim == 3:  # a volume per sample
+        gshape, yb = (num_samples, planes, h, w), y.reshape(1, planes, h, w)
+    else:  # independent 2D planes
+        gshape, yb = shape, y.reshape(planes, 1, h, w).repeat(num_samples, 1, 1, 1)
     cast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
             else nullcontext())
 
@@ -77,23 +86,27 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
         with torch.inference_mode():
             a_t = float(ac[t])
             a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-            tt = torch.full((num_samples,), t, dtype=torch.long, device=device)
+            tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
             with cast:
                 eps = denoiser(x, tt)
             eps = eps.float()
             z0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, 1.0)
-            x0 = mapping.to_intensity(z0).clamp(min=0)
+            x0 = mapping.to_intensity(z0).clamp(min=0).reshape(gshape)
             if guidance is not None:
                 x0 = guidance(x0, yb, fm, ramp_weight(t, T, t_threshold, ramp))
-            z0 = mapping.to_model(x0)
+            z0 = mapping.to_model(x0).reshape(shape)
             eps = (x - math.sqrt(a_t) * z0) / math.sqrt(1 - a_t)
             if i + 1 < len(ts):
                 sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
                 x = math.sqrt(a_prev) * z0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
                 if sigma > 0:
                     x = x + sigma * torch.randn(shape, generator=gen).to(device)
-            nll = misfit.nll(x0, yb, fm) if misfit is not None else torch.zeros(num_samples)
-        yield SamplerStep(index=i + 1, total=len(ts), t=t, x0=x0, nll=nll)
+            if misfit is not None:
+                nll = misfit.nll(x0, yb, fm).reshape(num_samples, -1).sum(dim=1)
+            else:
+                nll = torch.zeros(num_samples)
+            out = x0.reshape(num_samples, *y.shape)
+        yield SamplerStep(index=i + 1, total=len(ts), t=t, x0=out, nll=nll)
 
 
 __all__ = ["Denoiser", "NUM_TRAIN_TIMESTEPS", "SamplerStep", "guided_ddim"]

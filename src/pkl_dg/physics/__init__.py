@@ -9,6 +9,7 @@ from pkl_dg.physics.psf import (
     fwhm_of,
     fwhm_to_sigma,
     gaussian_psf,
+    gaussian_psf_3d,
     in_focus_plane,
     load_psf,
     prepare_psf,
@@ -17,6 +18,6 @@ from pkl_dg.physics.psf import (
 
 __all__ = [
     "ForwardModel", "LRUCache", "PSFConvolution", "airy_psf", "build_psf", "check_psf_fits",
-    "fwhm_of", "fwhm_to_sigma", "gaussian_psf", "in_focus_plane", "load_psf", "prepare_psf",
+    "fwhm_of", "fwhm_to_sigma", "gaussian_psf", "gaussian_psf_3d", "in_focus_plane", "load_psf", "prepare_psf",
     "resample_psf", "smooth_size",
 ]

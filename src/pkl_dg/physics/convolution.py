@@ -1,4 +1,4 @@
-"""Linear (not circular) PSF convolution ``A`` and its exact adjoint ``Aᵀ``.
+"""Linear (not circular) PSF convolution ``A`` and its exact adjoint ``Aᵀ``, in 2D or 3D.
 
 ``A = C·K·P``: P mirrors the image by the PSF half-size at every edge (torch's 'reflect'
 convention, edge pixel not repeated), K convolves, C crops back to the image. The
@@ -80,140 +80,157 @@ class LRUCache:
 
 
 class PSFConvolution:
-    """The blur operator of one PSF, usable on images of any size ≥ the PSF.
+    """The blur operator of one PSF (2D or 3D), usable on images of any size ≥ the PSF.
 
     Parameters
     ----------
     psf
-        2D kernel with odd sides (see :func:`pkl_dg.physics.psf.prepare_psf`); it is used
-        as given (normalise it to sum 1 for a photon-conserving blur).
+        2D or 3D kernel with odd sides (see :func:`pkl_dg.physics.psf.prepare_psf`); it is
+        used as given (normalise it to sum 1 for a photon-conserving blur). A d-dimensional
+        PSF acts on the last d axes of its input; leading axes are a batch.
     backend
-        ``"fft"`` (default) or ``"kornia"``.
+        ``"fft"`` (default) or ``"kornia"`` (``filter2d`` / ``filter3d``).
     cache_size
         Number of OTFs (one per padded shape, dtype, device) kept; least recently used go.
-
-    Tensors passed to :meth:`A` / :meth:`A_adjoint` have shape ``(..., H, W)``.
     """
 
     def __init__(self, psf: np.ndarray | torch.Tensor, backend: str = "fft",
                  cache_size: int = 8) -> None:
         k = torch.as_tensor(np.asarray(psf) if not torch.is_tensor(psf) else psf)
         k = k.detach().to(torch.float64).cpu()
-        if k.ndim != 2:
-            raise ValueError(f"PSF must be 2D, got shape {tuple(k.shape)}")
-        if k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
+        if k.ndim not in (2, 3):
+            raise ValueError(f"PSF must be 2D or 3D, got shape {tuple(k.shape)}")
+        if any(n % 2 == 0 for n in k.shape):
             raise ValueError(f"PSF sides must be odd (centre pixel defined), got {tuple(k.shape)}")
         if not torch.isfinite(k).all():
             raise ValueError("PSF contains NaN or infinite values")
         if backend not in ("fft", "kornia"):
             raise ValueError(f"backend must be 'fft' or 'kornia', got {backend!r}")
         self.psf = k
+        self.ndim = k.ndim
         self.backend = backend
-        self.radius = (k.shape[0] // 2, k.shape[1] // 2)
+        self.radius = tuple(n // 2 for n in k.shape)
         self.cache = LRUCache(cache_size)  # OTFs: hit/miss counters are public
         self._aux = LRUCache(cache_size)   # reflect indices, Aᵀ1, kernels per device
 
+    def _dims(self) -> tuple[int, ...]:
+        return tuple(range(-self.ndim, 0))
+
     # ---- geometry -----------------------------------------------------------------
-    def padded_shape(self, h: int, w: int) -> tuple[int, int]:
-        """FFT size for an h×w image: smooth and ≥ the reflect-padded size (no wrap)."""
-        ry, rx = self.radius
-        return smooth_size(h + 2 * ry), smooth_size(w + 2 * rx)
+    def padded_shape(self, *shape: int) -> tuple[int, ...]:
+        """FFT size for an image of ``shape``: smooth and ≥ the reflect-padded size (no wrap)."""
+        return tuple(smooth_size(n + 2 * r) for n, r in zip(shape, self.radius))
 
-    def _indices(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        ry, rx = self.radius
-        if self.psf.shape[0] > h or self.psf.shape[1] > w:
-            raise ValueError(f"PSF ({self.psf.shape[0]}×{self.psf.shape[1]}) is larger than "
-                             f"the image ({h}×{w}): crop the PSF or pick a larger image")
-        return self._aux.get(("idx", h, w, str(device)), lambda: (
-            _reflect_index(h, ry).to(device), _reflect_index(w, rx).to(device)))
+    def _indices(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+        if any(p > n for p, n in zip(self.psf.shape, shape)):
+            psf_s = "×".join(map(str, self.psf.shape))
+            img_s = "×".join(map(str, shape))
+            raise ValueError(f"PSF ({psf_s}) is larger than the image ({img_s}): "
+                             "crop the PSF or pick a larger image")
+        return self._aux.get(("idx", shape, str(device)), lambda: tuple(
+            _reflect_index(n, r).to(device) for n, r in zip(shape, self.radius)))
 
-    def otf(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """rfft2 of the PSF placed with its centre at the origin of a ``shape`` grid (cached)."""
+    def otf(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """rfftn of the PSF placed with its centre at the origin of a ``shape`` grid (cached)."""
         key = (tuple(shape), dtype, str(device))
 
         def make() -> torch.Tensor:
-            ry, rx = self.radius
             grid = torch.zeros(shape, dtype=torch.float64)
-            grid[: self.psf.shape[0], : self.psf.shape[1]] = self.psf
-            grid = torch.roll(grid, shifts=(-ry, -rx), dims=(0, 1))
-            return torch.fft.rfft2(grid).to(device=device, dtype=_complex_of(dtype))
+            grid[tuple(slice(0, n) for n in self.psf.shape)] = self.psf
+            grid = torch.roll(grid, shifts=tuple(-r for r in self.radius),
+                              dims=tuple(range(self.ndim)))
+            return torch.fft.rfftn(grid).to(device=device, dtype=_complex_of(dtype))
 
         return self.cache.get(key, make)
 
     def precompute(self, image_shapes, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu") -> None:
         """Fill the OTF cache for common image sizes ahead of time."""
-        for h, w in image_shapes:
-            self.otf(self.padded_shape(h, w), dtype, torch.device(device))
+        for shape in image_shapes:
+            self.otf(self.padded_shape(*shape), dtype, torch.device(device))
 
     # ---- padding and its adjoint ------------------------------------------------
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        iy, ix = self._indices(x.shape[-2], x.shape[-1], x.device)
-        return x.index_select(-2, iy).index_select(-1, ix)
+        for dim, idx in zip(self._dims(), self._indices(tuple(x.shape[-self.ndim:]), x.device)):
+            x = x.index_select(dim, idx)
+        return x
 
-    def _fold(self, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _fold(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """Adjoint of :meth:`_pad`: add every padded pixel back onto its source pixel."""
-        iy, ix = self._indices(h, w, z.device)
-        cols = torch.zeros(*z.shape[:-1], w, dtype=z.dtype, device=z.device)
-        cols.index_add_(-1, ix, z)
-        out = torch.zeros(*z.shape[:-2], h, w, dtype=z.dtype, device=z.device)
-        out.index_add_(-2, iy, cols)
-        return out
+        for dim, idx, n in zip(self._dims(), self._indices(shape, z.device), shape):
+            out_shape = list(z.shape)
+            out_shape[dim] = n
+            out = torch.zeros(out_shape, dtype=z.dtype, device=z.device)
+            out.index_add_(dim, idx, z)
+            z = out
+        return z
+
+    def _centre(self, shape: tuple[int, ...], offset: int = 1) -> tuple[slice, ...]:
+        return (Ellipsis,) + tuple(slice(offset * r, offset * r + n)
+                                   for r, n in zip(self.radius, shape))
 
     # ---- the operator -------------------------------------------------------------
     def A(self, x: torch.Tensor) -> torch.Tensor:
-        """Blur ``x`` (..., H, W) with the PSF; output has the same shape."""
-        h, w = x.shape[-2:]
-        ry, rx = self.radius
+        """Blur ``x`` (..., [Z,] Y, X) with the PSF; output has the same shape."""
+        shape = tuple(x.shape[-self.ndim:])
         xp = self._pad(x)
         if self.backend == "fft":
-            shape = self.padded_shape(h, w)
-            spec = torch.fft.rfft2(xp, s=shape) * self.otf(shape, x.dtype, x.device)
-            full = torch.fft.irfft2(spec, s=shape)
-            return full[..., ry: ry + h, rx: rx + w]
+            fshape = self.padded_shape(*shape)
+            spec = torch.fft.rfftn(xp, s=fshape, dim=self._dims())
+            full = torch.fft.irfftn(spec * self.otf(fshape, x.dtype, x.device), s=fshape,
+                                    dim=self._dims())
+            return full[self._centre(shape)]
         return self._kornia_valid(xp, self._kernel(x, flip=False))
 
     def A_adjoint(self, z: torch.Tensor) -> torch.Tensor:
         """The exact adjoint of :meth:`A`."""
-        h, w = z.shape[-2:]
-        ry, rx = self.radius
-        hp, wp = h + 2 * ry, w + 2 * rx
+        shape = tuple(z.shape[-self.ndim:])
+        padded = tuple(n + 2 * r for n, r in zip(shape, self.radius))
+        lead = tuple(z.shape[: z.ndim - self.ndim])
         if self.backend == "fft":
-            shape = self.padded_shape(h, w)
-            canvas = torch.zeros(*z.shape[:-2], *shape, dtype=z.dtype, device=z.device)
-            canvas[..., ry: ry + h, rx: rx + w] = z
-            spec = torch.fft.rfft2(canvas) * self.otf(shape, z.dtype, z.device).conj()
-            full = torch.fft.irfft2(spec, s=shape)[..., :hp, :wp]
+            fshape = self.padded_shape(*shape)
+            canvas = torch.zeros(*lead, *fshape, dtype=z.dtype, device=z.device)
+            canvas[self._centre(shape)] = z
+            spec = torch.fft.rfftn(canvas, dim=self._dims())
+            spec = spec * self.otf(fshape, z.dtype, z.device).conj()
+            full = torch.fft.irfftn(spec, s=fshape, dim=self._dims())
+            full = full[(Ellipsis,) + tuple(slice(0, n) for n in padded)]
         else:
-            canvas = torch.zeros(*z.shape[:-2], hp + 2 * ry, wp + 2 * rx, dtype=z.dtype,
-                                 device=z.device)
-            canvas[..., 2 * ry: 2 * ry + h, 2 * rx: 2 * rx + w] = z
+            canvas = torch.zeros(*lead, *(n + 2 * r for n, r in zip(padded, self.radius)),
+                                 dtype=z.dtype, device=z.device)
+            canvas[self._centre(shape, offset=2)] = z
             full = self._kornia_valid(canvas, self._kernel(z, flip=True))
-        return self._fold(full, h, w)
+        return self._fold(full, shape)
 
-    def adjoint_ones(self, h: int, w: int, dtype: torch.dtype = torch.float32,
+    def adjoint_ones(self, *shape: int, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu") -> torch.Tensor:
-        """Aᵀ1 for an h×w image (cached): the Richardson–Lucy normaliser."""
+        """Aᵀ1 for an image of ``shape`` (cached): the Richardson–Lucy normaliser."""
         device = torch.device(device)
-        return self._aux.get(("ones", h, w, dtype, str(device)), lambda: self.A_adjoint(
-            torch.ones(h, w, dtype=dtype, device=device)))
+        return self._aux.get(("ones", shape, dtype, str(device)), lambda: self.A_adjoint(
+            torch.ones(shape, dtype=dtype, device=device)))
 
     # ---- kornia backend ------------------------------------------------------------
     def _kernel(self, like: torch.Tensor, flip: bool) -> torch.Tensor:
         key = ("kernel", flip, like.dtype, str(like.device))
-        return self._aux.get(key, lambda: (self.psf.flip(0, 1) if flip else self.psf)
+        return self._aux.get(key, lambda: (self.psf.flip(self._dims()) if flip else self.psf)
                              .to(dtype=like.dtype, device=like.device))
 
     def _kornia_valid(self, xp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Convolution of a padded image keeping only fully supported outputs."""
         import kornia
 
-        lead = xp.shape[:-2]
-        flat = xp.reshape(-1, 1, *xp.shape[-2:])
-        # filter2d correlates; flipping the kernel makes it a true convolution
-        out = kornia.filters.filter2d(flat, kernel.flip(0, 1)[None], border_type="constant",
-                                      padding="valid")
-        return out.reshape(*lead, *out.shape[-2:])
+        d = self.ndim
+        lead = xp.shape[:-d]
+        flat = xp.reshape(-1, 1, *xp.shape[-d:])
+        # filter2d/3d correlate; flipping the kernel makes it a true convolution
+        k = kernel.flip(self._dims())[None]
+        if d == 2:
+            out = kornia.filters.filter2d(flat, k, border_type="constant", padding="valid")
+        else:  # filter3d only pads to 'same' size: crop the fully supported part
+            out = kornia.filters.filter3d(flat, k, border_type="constant")
+            out = out[(Ellipsis,) + tuple(slice(r, n - r) for r, n in
+                                          zip(self.radius, out.shape[-d:]))]
+        return out.reshape(*lead, *out.shape[-d:])
 
 
 def _complex_of(dtype: torch.dtype) -> torch.dtype:

@@ -42,4 +42,5 @@ class ForwardModel:
         return self.conv.A(x) + self.background
 
     def adjoint_ones(self, like: torch.Tensor) -> torch.Tensor:
-        return self.conv.adjoint_ones(like.shape[-2], like.shape[-1], like.dtype, like.device)
+        d = self.conv.ndim
+        return self.conv.adjoint_ones(*like.shape[-d:], dtype=like.dtype, device=like.device)

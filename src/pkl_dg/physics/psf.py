@@ -36,41 +36,62 @@ def in_focus_plane(psf: np.ndarray) -> np.ndarray:
 
 
 def prepare_psf(psf: np.ndarray, *, subtract_floor: bool = False,
-                max_size: int | None = None) -> np.ndarray:
+                max_size: int | None = None, keep_3d: bool = False) -> np.ndarray:
     """Turn a measured PSF image into a normalised, centred, odd-sized kernel.
 
-    Steps: 3D → in-focus plane; negative values clipped; optionally a background floor
-    (the median of the outermost pixel ring) subtracted and clipped; the centroid is moved
-    to the centre pixel (sub-pixel shift, linear interpolation); crop to the largest odd
-    box around the centre (at most ``max_size``); normalised to sum 1.
+    Steps: a 3D PSF gives its in-focus plane (unless ``keep_3d``); negative values are
+    clipped; optionally a background floor (the median of the outermost pixels) is
+    subtracted and clipped; the centroid is moved to the centre pixel (sub-pixel shift,
+    linear interpolation); crop to the largest odd box around the centre (sides at most
+    ``max_size``); normalised to sum 1.
     """
     arr = np.asarray(psf, dtype=np.float64)
-    if arr.ndim == 3:
+    if arr.ndim == 3 and not keep_3d:
         arr = in_focus_plane(arr)
-    if arr.ndim != 2:
-        raise ValueError(f"PSF must be 2D (or a 3D stack), got shape {arr.shape}")
+    if arr.ndim not in ((2, 3) if keep_3d else (2,)):
+        raise ValueError(f"PSF must be 2D{' or 3D' if keep_3d else ' (or a 3D stack)'}, "
+                         f"got shape {arr.shape}")
     _check_finite_nonzero(arr)
     arr = np.clip(arr, 0, None)
     if subtract_floor and min(arr.shape) >= 3:
-        ring = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
-        arr = np.clip(arr - np.median(ring), 0, None)
+        inner = tuple(slice(1, -1) for _ in arr.shape)
+        border = np.ones(arr.shape, dtype=bool)
+        border[inner] = False
+        arr = np.clip(arr - np.median(arr[border]), 0, None)
         _check_finite_nonzero(arr, "PSF after background-floor subtraction")
 
     # centre on the centroid: integer part by cropping, fractional part by interpolation
-    cy, cx = ndimage.center_of_mass(arr)
-    iy, ix = int(round(cy)), int(round(cx))
-    half_y = min(iy, arr.shape[0] - 1 - iy)
-    half_x = min(ix, arr.shape[1] - 1 - ix)
-    if max_size is not None:
-        half_y = min(half_y, (max_size - 1) // 2)
-        half_x = min(half_x, (max_size - 1) // 2)
-    crop = arr[iy - half_y: iy + half_y + 1, ix - half_x: ix + half_x + 1]
-    frac = (cy - iy, cx - ix)
-    if abs(frac[0]) > 1e-6 or abs(frac[1]) > 1e-6:
-        crop = ndimage.shift(crop, (-frac[0], -frac[1]), order=1, mode="constant", cval=0.0)
+    centre = ndimage.center_of_mass(arr)
+    box, frac = [], []
+    for c, n in zip(centre, arr.shape):
+        i = int(round(c))
+        half = min(i, n - 1 - i)
+        if max_size is not None:
+            half = min(half, (max_size - 1) // 2)
+        box.append(slice(i - half, i + half + 1))
+        frac.append(c - i)
+    crop = arr[tuple(box)]
+    if any(abs(f) > 1e-6 for f in frac):
+        crop = ndimage.shift(crop, [-f for f in frac], order=1, mode="constant", cval=0.0)
         crop = np.clip(crop, 0, None)
     _check_finite_nonzero(crop, "PSF after centring and cropping")
     return (crop / crop.sum()).astype(np.float32)
+
+
+def gaussian_psf_3d(sigma: float, sigma_z: float, sigma_y: float | None = None) -> np.ndarray:
+    """A 3D Gaussian PSF (Z, Y, X): the 2D pixel-integrated Gaussian times one along Z."""
+    if not (math.isfinite(sigma_z) and sigma_z > 0):
+        raise ValueError(f"a 3D Gaussian PSF needs σ Z > 0 (planes), got {sigma_z}")
+    lateral = gaussian_psf(sigma, sigma_y).astype(np.float64)
+    k = _gaussian_1d(sigma_z)[:, None, None] * lateral[None]
+    return (k / k.sum()).astype(np.float32)
+
+
+def _gaussian_1d(s: float, n: int | None = None) -> np.ndarray:
+    """Gaussian integrated exactly over each pixel; ``n`` samples or 2·ceil(4σ)+1."""
+    half = (n - 1) // 2 if n else max(1, math.ceil(4 * s))
+    edges = (np.arange(-half, half + 2) - 0.5) / (math.sqrt(2) * s)
+    return np.diff(special.erf(edges)) / 2
 
 
 def gaussian_psf(sigma: float, sigma_y: float | None = None, size: int | None = None) -> np.ndarray:
@@ -84,14 +105,9 @@ def gaussian_psf(sigma: float, sigma_y: float | None = None, size: int | None = 
         if not (math.isfinite(s) and s > 0):
             raise ValueError(f"Gaussian PSF {name} must be a positive number of pixels, got {s}")
 
-    def axis(s: float, n: int | None) -> np.ndarray:
-        half = (n - 1) // 2 if n else max(1, math.ceil(4 * s))
-        edges = (np.arange(-half, half + 2) - 0.5) / (math.sqrt(2) * s)
-        return np.diff(special.erf(edges)) / 2  # exact integral over each pixel
-
     if size is not None and (size < 1 or size % 2 == 0):
         raise ValueError(f"PSF size must be a positive odd number, got {size}")
-    k = np.outer(axis(sy, size), axis(sigma, size))
+    k = np.outer(_gaussian_1d(sy, size), _gaussian_1d(sigma, size))
     return (k / k.sum()).astype(np.float32)
 
 
@@ -157,12 +173,32 @@ def load_psf(path: str | Path) -> np.ndarray:
 
 
 def check_psf_fits(psf_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
-    """Refuse a PSF larger than the image."""
-    ph, pw = psf_shape[-2:]
-    ih, iw = image_shape[-2:]
-    if ph > ih or pw > iw:
-        raise ValueError(f"PSF ({ph}×{pw}) is larger than the image ({ih}×{iw}): "
-                         "crop the PSF or pick a larger image")
+    """Refuse a PSF larger than the image (compared on the PSF's axes)."""
+    d = len(psf_shape)
+    if len(image_shape) < d:
+        raise ValueError(f"a {d}D PSF needs an image with at least {d} axes, got "
+                         f"shape {tuple(image_shape)}")
+    img = tuple(image_shape[-d:])
+    if any(p > n for p, n in zip(psf_shape, img)):
+        raise ValueError(f"PSF ({'×'.join(map(str, psf_shape))}) is larger than the image "
+                         f"({'×'.join(map(str, img))}): crop the PSF or pick a larger image")
+
+
+def _build_psf_3d(settings, psf: np.ndarray | None) -> np.ndarray:
+    if psf is None and settings.psf_kind == "file":
+        if not settings.psf_path:
+            raise ValueError("PSF model is 'file' but no PSF file was given")
+        psf = load_psf(settings.psf_path)
+    if psf is not None:
+        if np.ndim(psf) != 3:
+            raise ValueError(f"3D deconvolution needs a 3D PSF (Z, Y, X); got shape "
+                             f"{np.shape(psf)}: pick a PSF stack or use 2D mode")
+        return prepare_psf(psf, subtract_floor=settings.psf_kind == "file", keep_3d=True)
+    if settings.psf_kind == "gaussian":
+        return gaussian_psf_3d(settings.psf_sigma, settings.psf_sigma_z,
+                               settings.psf_sigma_y or None)
+    raise ValueError(f"3D deconvolution needs a 3D PSF: use a Gaussian PSF with σ Z > 0 or "
+                     f"a measured PSF stack (PSF model {settings.psf_kind!r} is 2D only)")
 
 
 def build_psf(settings, image_shape: tuple[int, ...] | None = None,
@@ -170,8 +206,14 @@ def build_psf(settings, image_shape: tuple[int, ...] | None = None,
     """The PSF described by a :class:`~pkl_dg.settings.RestoreSettings`.
 
     ``psf`` (an array, e.g. from a napari layer) takes precedence over the settings' model.
-    When ``image_shape`` is given the PSF is checked to fit inside it.
+    In 3D mode the PSF is 3D (ZYX). When ``image_shape`` is given the PSF is checked to fit
+    inside it (its last two or three axes).
     """
+    if settings.mode == "3d":
+        out = _build_psf_3d(settings, psf)
+        if image_shape is not None:
+            check_psf_fits(out.shape, image_shape)
+        return out
     if psf is not None:
         out = prepare_psf(psf)
         if settings.psf_pixel_size_nm > 0:
