@@ -199,3 +199,25 @@ def test_npe2_validate():
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "valid" in proc.stdout, proc.stdout + proc.stderr
     assert npe2
+
+
+def test_wheel_ships_the_manifest(tmp_path):
+    """The top-level napari.yaml reaches the wheel through the src/pkl_dg/napari.yaml link."""
+    pytest.importorskip("hatchling")
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("napari_pkl_dg-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = zf.read("pkl_dg/napari.yaml").decode()
+        entry_points = next(zf.read(n).decode() for n in zf.namelist()
+                            if n.endswith("entry_points.txt"))
+        names = zf.namelist()
+    assert shipped == (root / "napari.yaml").read_text()
+    assert "napari-pkl-dg = pkl_dg:napari.yaml" in entry_points
+    assert "pkl_dg/napari/widget.py" in names
