@@ -17,6 +17,7 @@ _SUBCOMMANDS = (
     "pkl_dg.cli_restore",
     "pkl_dg.napari.cli_demo",
     "pkl_dg.training.cli_train",
+    "pkl_dg.bench.cli_bench",
 )
 
 

@@ -1,0 +1,6 @@
+"""Benchmarks: restoration quality against Richardson–Lucy and a speed breakdown.
+
+``pkl-dg bench speed`` and ``pkl-dg bench quality`` write JSON; ``pkl-dg bench report``
+turns that JSON into BENCHMARKS.md and a PSNR-vs-photons plot. Every mode has a smoke
+variant (tiny sizes, few steps, a tiny random network) that the test suite runs.
+"""

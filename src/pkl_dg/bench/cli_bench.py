@@ -1,0 +1,141 @@
+"""``pkl-dg bench {speed,quality,report}``: run the benchmarks and write BENCHMARKS.md.
+
+Regenerate everything (from the repository root)::
+
+    pkl-dg bench speed --json benchmarks/speed.json
+    pkl-dg bench quality --json benchmarks/quality.json
+    pkl-dg bench report --quality benchmarks/quality.json --speed benchmarks/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from pkl_dg.bench.common import parse_int_list
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _write_json(path: str, data: dict) -> None:
+    out = Path(path)
+    if out.parent and not out.parent.exists():
+        raise ValueError(f"folder {out.parent} does not exist: create it or choose another "
+                         "--json path")
+    data["command"] = "pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if Path(sys.argv[0]).name == "pkl-dg" else None
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n",
+                   encoding="utf-8")
+    tmp.replace(out)
+    _log(f"wrote {out}")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.speed import SMOKE, run_speed
+
+    _set_threads(args.threads)
+
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
+    sizes = parse_int_list(args.sizes, "--sizes") if args.sizes else (
+        SMOKE["sizes"] if args.smoke else [256, 512, 1024, 2048])
+    if min(sizes) < 32:
+        raise ValueError(f"sizes must be at least 32 pixels (the PSF must fit), got {sizes}")
+    repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 3)
+    result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max, log=_log)
+    result["note"] = args.note
+    _write_json(args.json, result)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.quality import run_quality
+
+    _set_threads(args.threads)
+
+    photons = parse_int_list(args.photons, "--photons") if args.photons else None
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    result = run_quality(realdata=args.realdata, smoke=args.smoke, photons=photons,
+                         seeds=args.seeds, methods=methods, model=args.model,
+                         reduced=args.reduced, log=_log)
+    result["note"] = args.note
+    _write_json(args.json, result)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.report import write_report
+
+    out = write_report(quality_path=args.quality, speed_path=args.speed, out=args.out,
+                       plot=args.plot)
+    _log(f"wrote {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="run the speed / quality benchmarks, write "
+                              "BENCHMARKS.md", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,report}")
+    sub.required = True
+
+    s = sub.add_parser("speed", help="time the network, guided steps, physics, RL, restore")
+    s.add_argument("--json", required=True, help="output JSON file")
+    s.add_argument("--sizes", default=None, help="comma-separated square sizes "
+                   "(default 256,512,1024,2048; smoke 32,48)")
+    s.add_argument("--repeats", type=int, default=None, help="repeats per figure; medians "
+                   "are reported (default 3; smoke 1)")
+    s.add_argument("--e2e-max", type=int, default=1024, help="largest size restored end to "
+                   "end; larger ones are estimated from first frame + steps (default 1024)")
+    s.add_argument("--model", default=None, help="time this prior instead of the shipped one")
+    s.add_argument("--smoke", action="store_true", help="tiny sizes, few steps, tiny random "
+                   "network (for tests)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads "
+                   "(default: torch's choice); use 1 when another job occupies a core")
+    s.add_argument("--note", default=None, help="free text stored with the results (e.g. "
+                   "other load on the machine)")
+    s.set_defaults(func=_speed)
+
+    q = sub.add_parser("quality", help="PSNR/SSIM/FRC of every method on synthetic and "
+                       "real data")
+    q.add_argument("--json", required=True, help="output JSON file")
+    q.add_argument("--photons", default=None, help="peak photon levels "
+                   "(default 10,30,100,1000)")
+    q.add_argument("--seeds", type=int, default=None, help="noise seeds per case (default 3)")
+    q.add_argument("--methods", default=None, help="subset of widefield,rl_best,rl30,l2,"
+                   "anscombe,pkl,none (default all)")
+    q.add_argument("--model", default=None, help="evaluate this prior instead of the shipped one")
+    q.add_argument("--realdata", default=None, help="folder of the public test data "
+                   "(default: ../shared/realdata beside the repository)")
+    q.add_argument("--reduced", action="store_true", help="fewer crops and seeds (for a "
+                   "time-limited run; stated in the report)")
+    q.add_argument("--smoke", action="store_true", help="one tiny crop, one photon level, "
+                   "few steps, tiny random network (for tests)")
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads "
+                   "(default: torch's choice); use 1 when another job occupies a core")
+    q.add_argument("--note", default=None, help="free text stored with the results")
+    q.set_defaults(func=_quality)
+
+    r = sub.add_parser("report", help="regenerate BENCHMARKS.md and the plot from the JSON")
+    r.add_argument("--quality", required=True, help="quality JSON")
+    r.add_argument("--speed", required=True, help="speed JSON")
+    r.add_argument("--out", default="BENCHMARKS.md", help="markdown file (default "
+                   "BENCHMARKS.md)")
+    r.add_argument("--plot", default="benchmarks/quality_psnr.png", help="PSNR-vs-photons "
+                   "PNG (default benchmarks/quality_psnr.png)")
+    r.set_defaults(func=_report)

@@ -1,0 +1,131 @@
+"""The benchmarks' smoke modes run end to end, write the expected JSON and render a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pkl_dg.cli import main
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+SPEED_ROW_KEYS = {"size", "network", "forward_adjoint", "rl_iteration", "restore", "memory"}
+
+
+@pytest.fixture(scope="module")
+def speed_json(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "speed.json"
+    assert main(["bench", "speed", "--smoke", "--json", str(out), "--sizes", "32"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_speed_smoke_writes_expected_keys(speed_json):
+    d = speed_json
+    assert d["kind"] == "speed" and d["smoke"] is True
+    assert {"machine", "network", "matmul", "sizes", "repeats"} <= set(d)
+    assert d["matmul"]["fp32_gflops"] > 0 and d["matmul"]["bf16_gflops"] > 0
+    row = d["sizes"][0]
+    assert SPEED_ROW_KEYS <= set(row) and row["size"] == 32
+    net = row["network"]
+    assert net["ms"]["fp32"] > 0 and net["ms"]["bf16"] > 0 and net["flops"] > 0
+    assert row["forward_adjoint"]["warm_cache"]["misses"] == 1
+    assert row["forward_adjoint"]["warm_cache"]["hits"] >= 1
+    rl = row["rl_iteration"]
+    assert rl["ours_ms"] > 0 and rl["skimage_ms"] > 0
+    assert rl["skimage_over_ours"] == pytest.approx(rl["skimage_ms"] / rl["ours_ms"])
+    rs = row["restore"]
+    assert rs["first_frame_s"] > 0 and rs["guided_step_ms"] > 0
+    assert 0 <= rs["guided_step_non_network_share"] <= 1
+    assert rs["end_to_end_estimated"] is False and rs["end_to_end_s"] >= rs["first_frame_s"]
+    assert row["memory"]["peak_rss_mb"] >= row["memory"]["baseline_rss_mb"] > 0
+
+
+def test_speed_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "speed", "--smoke", "--json", str(tmp_path / "s.json"),
+                 "--sizes", "8"]) == 2
+    assert "at least 32" in capsys.readouterr().err
+    assert main(["bench", "speed", "--smoke", "--json", str(tmp_path / "no" / "s.json"),
+                 "--sizes", "abc"]) == 2
+
+
+def test_quality_missing_realdata_is_a_clear_error(tmp_path, capsys):
+    code = main(["bench", "quality", "--smoke", "--json", str(tmp_path / "q.json"),
+                 "--realdata", str(tmp_path / "nowhere")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "realdata" in err
+
+
+@pytest.fixture(scope="module")
+def quality_json(tmp_path_factory) -> dict:
+    if not REALDATA.is_dir():
+        pytest.skip(f"real test data not present at {REALDATA} (the shared/realdata folder "
+                    "beside the checkout): the quality benchmark's objects come from it")
+    out = tmp_path_factory.mktemp("bench") / "quality.json"
+    assert main(["bench", "quality", "--smoke", "--json", str(out),
+                 "--realdata", str(REALDATA)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_quality_smoke_writes_expected_keys(quality_json):
+    d = quality_json
+    assert d["kind"] == "quality" and d["smoke"] is True
+    assert {"config", "objects", "real_fit", "records", "model", "skipped_methods"} <= set(d)
+    assert {o["source"] for o in d["objects"]} == {"biosr", "bars", "celegans"}
+    methods = {r["method"] for r in d["records"]}
+    assert methods == {"widefield", "rl_best", "rl30", "l2", "anscombe", "pkl", "none"}
+    for r in d["records"]:
+        assert {"case", "source", "psf", "photons", "seed", "psnr", "ssim", "frc_px",
+                "time_s"} <= set(r)
+    assert {r["psf"] for r in d["records"] if r["case"] == "synthetic"} == {"gaussian", "airy"}
+    assert any(r["case"] == "real" for r in d["records"])
+    assert 0.5 < d["real_fit"]["sigma_px"] < 5.0
+    rl = [r for r in d["records"] if r["method"] == "rl_best"]
+    assert all(1 <= r["best_iteration"] <= r["iteration_cap"] for r in rl)
+
+
+def test_report_renders_markdown_and_plot(tmp_path, quality_json, speed_json):
+    q, s = tmp_path / "q.json", tmp_path / "s.json"
+    q.write_text(json.dumps(quality_json))
+    s.write_text(json.dumps(speed_json))
+    md, png = tmp_path / "B.md", tmp_path / "plot.png"
+    assert main(["bench", "report", "--quality", str(q), "--speed", str(s), "--out", str(md),
+                 "--plot", str(png)]) == 0
+    text = md.read_text()
+    for needle in ("# Benchmarks", "## Machine", "## Speed", "## Quality", "SMOKE RUN",
+                   "pkl-dg bench report", "PKL vs", "BioSR widefield→SIM pair", "plot.png"):
+        assert needle in text, needle
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_states_missing_diffusion_rows(tmp_path, speed_json):
+    from pkl_dg.bench.report import render
+
+    quality = {
+        "kind": "quality", "smoke": False, "reduced": False, "created": "now",
+        "machine": speed_json["machine"], "wall_s": 1.0,
+        "config": {"photons": [10], "seeds": 1, "biosr_crops": 1, "rl_cap": 5,
+                   "photons_definition": "max", "gaussian_sigma_px": 2.0,
+                   "airy": {"na": 1.2, "wavelength_nm": 520.0, "pixel_size_nm": 45.0},
+                   "airy_psf_shape": [43, 43], "background_photons": 2.0,
+                   "diffusion_settings": "defaults"},
+        "objects": [{"source": "bars", "name": "bars", "shape": [64, 64]}],
+        "real_fit": {"sigma_px": 2.0, "scale": 1.0, "offset": 0.0, "pearson_r": 0.99},
+        "model": {"source": "missing"},
+        "skipped_methods": {"pkl": "not run: no trained prior available (x)"},
+        "records": [
+            {"case": "synthetic", "source": "bars", "psf": "gaussian", "photons": 10, "seed": 0,
+             "method": m, "psnr": p, "ssim": 0.5, "frc_px": float("inf"), "time_s": 0.1}
+            for m, p in (("widefield", 20.0), ("rl30", 22.0))],
+    }
+    text = render(quality, speed_json, None)
+    assert "await the trained prior" in text
+    assert "No PKL results in this run" in text
+    assert "| widefield input | 20.00 / 0.500 / ∞ |" in text
+
+
+def test_report_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "report", "--quality", str(tmp_path / "q.json"), "--speed",
+                 str(tmp_path / "s.json"), "--out", str(tmp_path / "B.md")]) == 2
+    assert "pkl-dg bench quality" in capsys.readouterr().err
