@@ -37,6 +37,8 @@ def register(subparsers) -> None:
                    help="auto: bf16 autocast where the device supports it")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the checkpoint of an earlier run (its --out directory)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default: torch's choice); 1 is best on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
@@ -56,7 +58,14 @@ def _parse_mult(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from pkl_dg.training.train import TrainConfig, train
+
+    if args.threads < 0:
+        raise ValueError(f"--threads must be ≥ 0 (0 = torch's default), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = TrainConfig(
         out=args.out, data=args.data, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
