@@ -169,6 +169,20 @@ def test_worker_bad_model_file_is_a_failure(tmp_path):
     assert isinstance(result, RunFailure) and result.message
 
 
+def test_model_cache_loads_once_and_reloads_a_changed_file(tmp_path):
+    import os
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"x")
+    calls = []
+    cache = ModelCache(loader=lambda p, d: calls.append((p, d)) or object())
+    first = cache.get(str(path), "cpu")
+    assert cache.get(str(path), "cpu") is first and cache.loads == 1
+    assert cache.get(str(path), "cuda") is not first and cache.loads == 2
+    os.utime(path, (1, 1))
+    assert cache.get(str(path), "cpu") is not first and cache.loads == 3
+
+
 # ---------------------------------------------------------------- CLI, import hygiene
 def test_import_and_cli_do_not_import_napari_or_qt():
     code = ("import sys, pkl_dg, pkl_dg.cli; pkl_dg.cli.build_parser(); "

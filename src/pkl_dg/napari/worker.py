@@ -109,19 +109,33 @@ class ModelCache:
 
     def put(self, model_path: str, device: str, denoiser: Any) -> None:
         with self._lock:
-            self._models[(model_path, device)] = denoiser
+            self._models[(model_path, device)] = (denoiser, _file_stamp(model_path))
 
     def get(self, model_path: str, device: str) -> Any:
+        """The network for (path, device), loaded once; reloaded if the file changed."""
         with self._lock:
             key = (model_path, device)
-            if key not in self._models:
-                self._models[key] = self._loader(model_path, device)
+            stamp = _file_stamp(model_path)
+            entry = self._models.get(key)
+            if entry is None or entry[1] != stamp:
+                entry = (self._loader(model_path, device), stamp)
+                self._models[key] = entry
                 self.loads += 1
-            return self._models[key]
+            return entry[0]
 
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
+
+
+def _file_stamp(model_path: str) -> float | None:
+    """Modification time of a model file (or directory), None for the shipped default."""
+    import os
+
+    try:
+        return os.stat(model_path).st_mtime if model_path else None
+    except OSError:
+        return None  # missing: the loader reports it
 
 
 def _default_loader(model_path: str, device: str) -> Any:
