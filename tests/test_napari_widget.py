@@ -366,3 +366,14 @@ def test_closing_the_dock_stops_the_run(viewer_widget, qtbot, notes, constant_de
         viewer.window.remove_dock_widget("all")
     assert blocker.args == ["cancelled"] and len(frames) < 10
     assert any("was closed" in msg for _sev, msg in notes)
+
+
+def test_multiscale_layer_restores_full_resolution(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    base = np.asarray(viewer.layers["cells"].data[:64, :64], np.float32)
+    layer = viewer.add_image([base, base[::2, ::2]], name="pyramid", multiscale=True)
+    widget.input_combo.value = layer
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layer.data.shape == (64, 64)

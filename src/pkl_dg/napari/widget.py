@@ -146,6 +146,7 @@ class _Run:
     plane: tuple[int, ...]  # index of the displayed block in the leading axes; () otherwise
     whole_stack: bool  # the output has the input's shape and is filled block by block
     block_ndim: int  # 2 (YX plane) or 3 (ZYX volume)
+    shape: tuple[int, ...]  # of what is restored (the output's shape)
     started: float = field(default_factory=time.perf_counter)
     frames: int = 0
     total: int = 0
@@ -506,7 +507,8 @@ class PKLDeconvolutionWidget(QWidget):
             name += f" @{','.join(map(str, index))}"
         block_ndim = 3 if settings.mode == "3d" else 2
         self._run = _Run(input_layer=layer, settings=settings, name=name, plane=index,
-                         whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim)
+                         whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
+                         shape=tuple(np.shape(image)))
         worker = thread_worker(restoration_frames, start_thread=False)(
             image, settings, request, self.operator_cache, self.model_cache)
         worker.yielded.connect(self._on_frame)
@@ -537,7 +539,7 @@ class PKLDeconvolutionWidget(QWidget):
         """The output layer of this run (created on its first frame, reused afterwards)."""
         run = self._run
         src = run.input_layer
-        shape = src.data.shape if run.whole_stack else frame.shape
+        shape = run.shape
         layer = self.output_layer
         if layer is not None and layer.name == run.name and layer.data.shape == shape and any(
                 same_layer(layer, other) for other in self.viewer.layers):
