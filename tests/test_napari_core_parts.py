@@ -71,6 +71,16 @@ def test_sample_data_three_layers_deterministic():
     assert measured.min() >= 0 and 50 < measured.max() < 1000
 
 
+def test_sample_stack_is_a_blurred_zstack():
+    from pkl_dg.napari.sample_data import make_sample_3d, make_sample_data_3d
+
+    measured, truth, psf = make_sample_3d((12, 48, 48), sigma_z=1.0)
+    assert measured.shape == truth.shape == (12, 48, 48) and measured.dtype == np.uint16
+    assert psf.ndim == 3 and all(n % 2 for n in psf.shape) and abs(psf.sum() - 1) < 1e-5
+    names = [meta["name"] for _d, meta, _k in make_sample_data_3d()]
+    assert names == ["stack ground truth", "stack PSF", "stack"]
+
+
 # ---------------------------------------------------------------- bead PSF
 def _bead_image(sigma=1.5, n=128):
     from pkl_dg.physics import gaussian_psf

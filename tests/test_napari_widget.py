@@ -377,3 +377,19 @@ def test_multiscale_layer_restores_full_resolution(viewer_widget, qtbot):
     widget.controls["rl_iterations"].value = 2
     assert run_and_wait(qtbot, widget) == "done"
     assert widget.output_layer.data.shape == (64, 64)
+
+
+def test_stack_sample_in_3d_mode(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "stack")
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    stack = viewer.layers["stack"]
+    assert widget.input_combo.value.unique_id == stack.unique_id
+    widget.controls["mode"].value = "3d"
+    widget.controls["psf_sigma_z"].value = 1.5
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.output_layer
+    assert out.data.shape == stack.data.shape and out.name == "stack [Richardson–Lucy]"
+    np.testing.assert_allclose(out.scale, stack.scale)

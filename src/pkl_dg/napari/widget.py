@@ -388,7 +388,7 @@ class PKLDeconvolutionWidget(QWidget):
         if run is None or self._worker is None:
             return
         if same_layer(removed, run.input_layer):
-            show_warning(f"The input layer '{run.name}' was removed during the run: the "
+            show_warning(f"The input layer '{removed.name}' was removed during the run: the "
                          "restoration was stopped. Add the image again and press Run.")
             self.cancel()
         elif run.frames and self.output_layer is None and run.status == "running":
