@@ -211,6 +211,16 @@ def test_demo_subcommand_registered():
     assert args.screenshot == "x.png" and args.steps == 3 and callable(args.func)
 
 
+def test_demo_without_display_says_what_to_do(monkeypatch, capsys):
+    from pkl_dg.cli import main
+
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["demo", "--screenshot", "x.png"]) == 2
+    assert "xvfb-run" in capsys.readouterr().err
+
+
 def test_npe2_validate():
     npe2 = pytest.importorskip("npe2")
     from npe2 import PluginManifest

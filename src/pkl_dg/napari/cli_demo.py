@@ -42,7 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
+def _check_display() -> None:
+    """Qt aborts the process without a display; say what to do instead."""
+    if sys.platform.startswith("linux") and not any(
+            os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
+        raise ValueError("no display found (DISPLAY is not set): napari needs one. On a "
+                         "headless machine run it under a virtual display, e.g. "
+                         "`xvfb-run -a pkl-dg demo --screenshot demo.png`")
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    _check_display()
     if args.screenshot:
         os.environ["PKL_DG_CONFIG_DIR"] = tempfile.mkdtemp(prefix="pkl-dg-demo-")
     try:
