@@ -3,6 +3,8 @@
 Modules (careamics-napari style, each small and separately testable):
 
 - :mod:`pkl_dg.napari.widget` -- the "PKL Deconvolution" dock widget (Qt, magicgui);
+- :mod:`pkl_dg.napari.controls` -- its controls, generated from the settings schema;
+- :mod:`pkl_dg.napari.output` -- the output layers a run streams into;
 - :mod:`pkl_dg.napari.worker` -- the generator run in a napari ``thread_worker`` and the
   forward-model / network caches it uses (no Qt);
 - :mod:`pkl_dg.napari.psf_sources` -- PSF from settings, a PSF layer or a bead image (no Qt);

@@ -15,11 +15,10 @@ layer is never modified.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from magicgui.widgets import ComboBox, Container, SpinBox
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -28,131 +27,18 @@ from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushB
                             QScrollArea, QVBoxLayout, QWidget)
 
 from pkl_dg.napari import psf_sources
+from pkl_dg.napari.controls import (GROUPS, INPUT_TIP, STACK_TIP, image_layer_choices,
+                                    make_control, pixel_size_nm_of, read_control,
+                                    short_method_label, write_control)
+from pkl_dg.napari.output import (Run, auto_contrast, output_layer_for, same_layer,
+                                  show_frame, show_std)
 from pkl_dg.napari.state import PSF_SOURCES, STACK_EXTENTS, SettingsStore, WidgetState
 from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, RunFailure,
                                   resolve_psf, restoration_frames)
-from pkl_dg.settings import METHOD_LABELS, FieldSpec, RestoreSettings, field_specs
+from pkl_dg.settings import METHOD_LABELS, RestoreSettings, field_specs
 
 if TYPE_CHECKING:
     import napari
-
-GROUPS = ("Data", "PSF", "Calibration", "Guidance", "Sampler", "Model")
-#: text shown instead of a number at a field's minimum, where the minimum means "automatic"
-SPECIAL_VALUE_TEXT = {
-    "background": "auto",
-    "psf_sigma_y": "same as σ",
-    "psf_pixel_size_nm": "same as image",
-    "tv_weight": "off",
-}
-#: display names of choice values (the stored values stay the schema's keys)
-CHOICE_LABELS = {
-    "method": METHOD_LABELS,
-    "mode": {"2d": "2D (plane by plane)", "3d": "3D (Z-stack volume)"},
-    "step_rule": {"poisson": "Poisson-preconditioned", "adaptive": "adaptive (paper)"},
-}
-STEP_OVERRIDES = {"gain": 0.01, "read_noise": 0.1, "na": 0.01, "lam": 0.05}
-FILE_FILTERS = {"model": "*.safetensors", "psf_path": "*.tif *.tiff *.npy"}
-
-INPUT_TIP = ("Fluorescence image to restore (single channel, last two axes Y, X). For a "
-             "stack or time series, 'Stack' chooses between the plane (or, in 3D mode, the "
-             "volume) currently shown in the viewer and the whole stack, block by block.")
-STACK_TIP = ("Restore only the plane shown in the viewer (in 3D mode: the Z-stack shown) "
-             "into a 2D (3D) layer, or every plane (volume) of the stack one after the other "
-             "into a layer of the stack's shape. Each block costs a full run.")
-
-
-def short_method_label(method: str) -> str:
-    return METHOD_LABELS[method].split(" (")[0]
-
-
-def _image_layer_choices(viewer: "napari.viewer.Viewer"):
-    def choices(_widget=None):
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
-    return choices
-
-
-def same_layer(a: Any, b: Any) -> bool:
-    """Identity of layers (plugins get napari objects through proxies, so not ``is``)."""
-    return a is not None and b is not None and a.unique_id == b.unique_id
-
-
-def _float_step(spec: FieldSpec) -> float:
-    if spec.name in STEP_OVERRIDES:
-        return STEP_OVERRIDES[spec.name]
-    hi = spec.max if spec.max is not None else 1e6
-    for limit, step in ((0.1, 0.001), (1.0, 0.01), (10.0, 0.1), (100.0, 0.1)):
-        if hi <= limit:
-            return step
-    return 1.0
-
-
-def make_control(spec: FieldSpec):
-    """One magicgui control for a settings field (label with unit, tooltip with range)."""
-    label = f"{spec.label} ({spec.unit})" if spec.unit else spec.label
-    tip = spec.help
-    if spec.min is not None and spec.max is not None and not spec.choices:
-        tip += f"\nRange {spec.min:g} – {spec.max:g}{' ' + spec.unit if spec.unit else ''}."
-    common = {"name": spec.name, "label": label, "tooltip": tip}
-    if spec.choices:
-        names = CHOICE_LABELS.get(spec.name, {})
-        return ComboBox(choices=[(names.get(c, c), c) for c in spec.choices],
-                        value=spec.default, **common)
-    if spec.type == "float":
-        ctrl = FloatSpinBox(min=spec.min, max=spec.max, step=_float_step(spec),
-                            value=spec.default, **common)
-    elif spec.type == "int":
-        ctrl = SpinBox(min=int(spec.min), max=int(spec.max), step=1, value=spec.default,
-                       **common)
-    else:
-        ctrl = FileEdit(mode="r", filter=FILE_FILTERS.get(spec.name), **common)
-        ctrl.line_edit.value = spec.default
-        return ctrl
-    if spec.name in SPECIAL_VALUE_TEXT:
-        ctrl.native.setSpecialValueText(SPECIAL_VALUE_TEXT[spec.name])
-    return ctrl
-
-
-def _read(ctrl) -> Any:
-    return ctrl.line_edit.value.strip() if isinstance(ctrl, FileEdit) else ctrl.value
-
-
-def _write(ctrl, value: Any) -> None:
-    if isinstance(ctrl, FileEdit):
-        ctrl.line_edit.value = str(value)
-    else:
-        ctrl.value = value
-
-
-def pixel_size_nm_of(layer: Image) -> float | None:
-    """The layer's X pixel size in nm when its scale has physical units, else ``None``."""
-    import pint
-
-    unit = layer.units[-1]
-    if str(unit) in ("pixel", "px", ""):
-        return None
-    try:
-        return float((layer.scale[-1] * unit).to("nm").magnitude)
-    except pint.errors.DimensionalityError:
-        return None
-
-
-@dataclass
-class _Run:
-    """Book-keeping of the run in progress."""
-
-    input_layer: Image
-    settings: RestoreSettings
-    name: str
-    plane: tuple[int, ...]  # index of the displayed block in the leading axes; () otherwise
-    whole_stack: bool  # the output has the input's shape and is filled block by block
-    block_ndim: int  # 2 (YX plane) or 3 (ZYX volume)
-    shape: tuple[int, ...]  # of what is restored (the output's shape)
-    started: float = field(default_factory=time.perf_counter)
-    frames: int = 0
-    total: int = 0
-    status: str = "running"
-    auto_contrast: tuple[float, float] | None = None
-
 
 class PKLDeconvolutionWidget(QWidget):
     """Dock widget: pick an image, PSF, calibration, method, schedule; Run; watch it sharpen.
@@ -175,7 +61,7 @@ class PKLDeconvolutionWidget(QWidget):
         self.model_cache = ModelCache()
         self.output_layer: Image | None = None
         self._worker = None
-        self._run: _Run | None = None
+        self._run: Run | None = None
         self._loading = False
         self._save_warned = False
         self.last_error: str | None = None  # message of the last failed run
@@ -196,7 +82,7 @@ class PKLDeconvolutionWidget(QWidget):
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
-        choices = _image_layer_choices(self.viewer)
+        choices = image_layer_choices(self.viewer)
         self.input_combo = ComboBox(name="input", label="Image", choices=choices,
                                     tooltip=INPUT_TIP)
         self.psf_source = ComboBox(name="psf_source", label="PSF from",
@@ -293,7 +179,7 @@ class PKLDeconvolutionWidget(QWidget):
     # ------------------------------------------------------------------ state
     def current_state(self) -> WidgetState:
         """Settings as currently shown; raises ``ValueError`` if a value is invalid."""
-        values = {name: _read(ctrl) for name, ctrl in self.controls.items()}
+        values = {name: read_control(ctrl) for name, ctrl in self.controls.items()}
         source = self.psf_source.value
         values["psf_kind"] = source if source in ("gaussian", "airy", "file") else "array"
         return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
@@ -303,7 +189,7 @@ class PKLDeconvolutionWidget(QWidget):
         self._loading = True
         try:
             for name, ctrl in self.controls.items():
-                _write(ctrl, getattr(state.settings, name))
+                write_control(ctrl, getattr(state.settings, name))
             self.psf_source.value = state.psf_source
             self.bead_box.value = state.bead_box
             self.stack_combo.value = state.stack
@@ -506,7 +392,7 @@ class PKLDeconvolutionWidget(QWidget):
         if index:
             name += f" @{','.join(map(str, index))}"
         block_ndim = 3 if settings.mode == "3d" else 2
-        self._run = _Run(input_layer=layer, settings=settings, name=name, plane=index,
+        self._run = Run(input_layer=layer, settings=settings, name=name, plane=index,
                          whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
                          shape=tuple(np.shape(image)))
         worker = thread_worker(restoration_frames, start_thread=False)(
@@ -535,38 +421,9 @@ class PKLDeconvolutionWidget(QWidget):
         self._worker.quit()
 
     # ------------------------------------------------------------------ worker callbacks
-    def _output_for(self, frame: np.ndarray) -> Image:
-        """The output layer of this run (created on its first frame, reused afterwards)."""
-        run = self._run
-        src = run.input_layer
-        shape = run.shape
-        layer = self.output_layer
-        if layer is not None and layer.name == run.name and layer.data.shape == shape and any(
-                same_layer(layer, other) for other in self.viewer.layers):
-            return layer
-        existing = self.viewer.layers[run.name] if run.name in self.viewer.layers else None
-        if isinstance(existing, Image) and existing.data.shape == shape and \
-                existing.data.dtype == np.float32:
-            self.output_layer = existing
-            return existing
-        n = len(shape)
-        data = np.zeros(shape, np.float32) if run.whole_stack else frame
-        self.output_layer = self.viewer.add_image(
-            data, name=run.name, scale=src.scale[-n:], translate=src.translate[-n:],
-            units=src.units[-n:], axis_labels=src.axis_labels[-n:],
-            colormap=src.colormap.name, metadata={"status": "running"})
-        run.auto_contrast = None
+    def _output(self, frame: np.ndarray) -> Image:
+        self.output_layer = output_layer_for(self.viewer, self._run, self.output_layer, frame)
         return self.output_layer
-
-    def _show(self, layer: Image, block: tuple[int, ...], image: np.ndarray) -> None:
-        """Put one frame into the output layer, in place."""
-        if self._run.whole_stack:
-            if layer.data.dtype != np.float32 or not layer.data.flags.writeable:
-                layer.data = np.zeros(layer.data.shape, np.float32)
-            layer.data[block] = image
-            layer.refresh()
-        else:
-            layer.data = image
 
     def _on_frame(self, record) -> None:
         run = self._run
@@ -575,9 +432,9 @@ class PKLDeconvolutionWidget(QWidget):
         if run.frames and self.output_layer is None:
             return  # output removed: the run is being cancelled
         frame = np.asarray(record.image, dtype=np.float32)
-        layer = self._output_for(frame)
-        self._show(layer, tuple(getattr(record, "block", ())), frame)
-        self._auto_contrast(layer, frame)
+        layer = self._output(frame)
+        show_frame(layer, run, tuple(record.block), frame)
+        auto_contrast(layer, run, frame)
         run.frames += 1
         run.total = record.total
         elapsed = time.perf_counter() - run.started
@@ -589,23 +446,6 @@ class PKLDeconvolutionWidget(QWidget):
             self.progress.setFormat(f"step {record.index}/{record.total} · ETA {eta:.0f} s")
         self.frame_shown.emit(record.index)
 
-    def _auto_contrast(self, layer: Image, frame: np.ndarray) -> None:
-        """Contrast from the 0.1–99.9 % range, until the user sets the contrast themselves."""
-        run = self._run
-        current = tuple(float(v) for v in layer.contrast_limits)
-        if run.auto_contrast is not None and not np.allclose(current, run.auto_contrast):
-            return
-        finite = frame[np.isfinite(frame)]
-        if finite.size == 0:
-            return
-        lo, hi = (float(v) for v in np.percentile(finite, (0.1, 99.9)))
-        if hi <= lo:
-            hi = lo + 1.0
-        layer.contrast_limits_range = (min(lo, float(finite.min())),
-                                       max(hi, float(finite.max())))
-        layer.contrast_limits = (lo, hi)
-        run.auto_contrast = tuple(float(v) for v in layer.contrast_limits)
-
     def _on_returned(self, result) -> None:
         run = self._run
         if isinstance(result, RunFailure):
@@ -614,12 +454,12 @@ class PKLDeconvolutionWidget(QWidget):
             show_error(result.message)
             return
         image = np.asarray(result.image, dtype=np.float32)
-        layer = self._output_for(image)
+        layer = self._output(image)
         layer.data = image
-        self._auto_contrast(layer, image)
-        std = getattr(result, "std", None)
-        if std is not None and run.settings.samples > 1:
-            self._show_std(layer, np.asarray(std, dtype=np.float32))
+        auto_contrast(layer, run, image)
+        if result.std is not None and run.settings.samples > 1:
+            show_std(self.viewer, layer, np.asarray(result.std, dtype=np.float32),
+                     run.settings.samples)
         metadata = dict(result.metadata)
         notes = dict(metadata.get("napari", {}))
         notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
@@ -631,22 +471,6 @@ class PKLDeconvolutionWidget(QWidget):
         self.progress.setValue(1)
         self.progress.setFormat(f"done in {elapsed:.1f} s")
         self.status_label.setText(f"'{run.name}': restored in {elapsed:.1f} s.")
-
-    def _show_std(self, out: Image, std: np.ndarray) -> None:
-        """Per-pixel standard deviation over posterior samples, as its own layer."""
-        name = f"{out.name} std"
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-            layer = self.viewer.layers[name]
-            layer.data = std
-        else:
-            layer = self.viewer.add_image(std, name=name, scale=out.scale,
-                                          translate=out.translate, units=out.units,
-                                          colormap="viridis", visible=False)
-        hi = float(np.percentile(std, 99.9)) if std.size else 1.0
-        layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
-        layer.metadata = {"description": "per-pixel standard deviation over "
-                          f"{self._run.settings.samples} posterior samples (photons)",
-                          "of_layer": out.name}
 
     def _on_aborted(self) -> None:
         run = self._run

@@ -1,0 +1,117 @@
+"""Controls of the dock widget, generated from the settings schema (magicgui, no napari state).
+
+:func:`make_control` turns one :class:`pkl_dg.settings.FieldSpec` into a magicgui control
+with its label (and unit), tooltip (the schema's help plus the allowed range), bounds and
+choices, so the widget never restates what the schema says.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, SpinBox
+from napari.layers import Image
+
+from pkl_dg.settings import METHOD_LABELS, FieldSpec
+
+if TYPE_CHECKING:
+    import napari
+
+GROUPS = ("Data", "PSF", "Calibration", "Guidance", "Sampler", "Model")
+#: text shown instead of a number at a field's minimum, where the minimum means "automatic"
+SPECIAL_VALUE_TEXT = {
+    "background": "auto",
+    "psf_sigma_y": "same as σ",
+    "psf_pixel_size_nm": "same as image",
+    "tv_weight": "off",
+}
+#: display names of choice values (the stored values stay the schema's keys)
+CHOICE_LABELS = {
+    "method": METHOD_LABELS,
+    "mode": {"2d": "2D (plane by plane)", "3d": "3D (Z-stack volume)"},
+    "step_rule": {"poisson": "Poisson-preconditioned", "adaptive": "adaptive (paper)"},
+}
+STEP_OVERRIDES = {"gain": 0.01, "read_noise": 0.1, "na": 0.01, "lam": 0.05}
+FILE_FILTERS = {"model": "*.safetensors", "psf_path": "*.tif *.tiff *.npy"}
+
+INPUT_TIP = ("Fluorescence image to restore (single channel, last two axes Y, X). For a "
+             "stack or time series, 'Stack' chooses between the plane (or, in 3D mode, the "
+             "volume) currently shown in the viewer and the whole stack, block by block.")
+STACK_TIP = ("Restore only the plane shown in the viewer (in 3D mode: the Z-stack shown) "
+             "into a 2D (3D) layer, or every plane (volume) of the stack one after the other "
+             "into a layer of the stack's shape. Each block costs a full run.")
+
+
+def short_method_label(method: str) -> str:
+    return METHOD_LABELS[method].split(" (")[0]
+
+
+def image_layer_choices(viewer: "napari.viewer.Viewer"):
+    def choices(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+    return choices
+
+
+def same_layer(a: Any, b: Any) -> bool:
+    """Identity of layers (plugins get napari objects through proxies, so not ``is``)."""
+    return a is not None and b is not None and a.unique_id == b.unique_id
+
+
+def _float_step(spec: FieldSpec) -> float:
+    if spec.name in STEP_OVERRIDES:
+        return STEP_OVERRIDES[spec.name]
+    hi = spec.max if spec.max is not None else 1e6
+    for limit, step in ((0.1, 0.001), (1.0, 0.01), (10.0, 0.1), (100.0, 0.1)):
+        if hi <= limit:
+            return step
+    return 1.0
+
+
+def make_control(spec: FieldSpec):
+    """One magicgui control for a settings field (label with unit, tooltip with range)."""
+    label = f"{spec.label} ({spec.unit})" if spec.unit else spec.label
+    tip = spec.help
+    if spec.min is not None and spec.max is not None and not spec.choices:
+        tip += f"\nRange {spec.min:g} – {spec.max:g}{' ' + spec.unit if spec.unit else ''}."
+    common = {"name": spec.name, "label": label, "tooltip": tip}
+    if spec.choices:
+        names = CHOICE_LABELS.get(spec.name, {})
+        return ComboBox(choices=[(names.get(c, c), c) for c in spec.choices],
+                        value=spec.default, **common)
+    if spec.type == "float":
+        ctrl = FloatSpinBox(min=spec.min, max=spec.max, step=_float_step(spec),
+                            value=spec.default, **common)
+    elif spec.type == "int":
+        ctrl = SpinBox(min=int(spec.min), max=int(spec.max), step=1, value=spec.default,
+                       **common)
+    else:
+        ctrl = FileEdit(mode="r", filter=FILE_FILTERS.get(spec.name), **common)
+        ctrl.line_edit.value = spec.default
+        return ctrl
+    if spec.name in SPECIAL_VALUE_TEXT:
+        ctrl.native.setSpecialValueText(SPECIAL_VALUE_TEXT[spec.name])
+    return ctrl
+
+
+def read_control(ctrl) -> Any:
+    return ctrl.line_edit.value.strip() if isinstance(ctrl, FileEdit) else ctrl.value
+
+
+def write_control(ctrl, value: Any) -> None:
+    if isinstance(ctrl, FileEdit):
+        ctrl.line_edit.value = str(value)
+    else:
+        ctrl.value = value
+
+
+def pixel_size_nm_of(layer: Image) -> float | None:
+    """The layer's X pixel size in nm when its scale has physical units, else ``None``."""
+    import pint
+
+    unit = layer.units[-1]
+    if str(unit) in ("pixel", "px", ""):
+        return None
+    try:
+        return float((layer.scale[-1] * unit).to("nm").magnitude)
+    except pint.errors.DimensionalityError:
+        return None

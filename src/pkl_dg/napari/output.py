@@ -1,0 +1,107 @@
+"""The output layers of a run (napari, no Qt widgets).
+
+A run writes every streamed frame into ONE image layer named ``"<input> [<method>]"``
+(``@<index>`` appended when only the displayed block of a stack is restored), created on the
+first frame with the input's scale, translate, units and axis labels for the axes it covers,
+float32, and updated in place afterwards. Contrast limits follow the 0.1–99.9 percentiles of
+each frame until the user changes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+
+from pkl_dg.settings import RestoreSettings
+
+
+def same_layer(a: Any, b: Any) -> bool:
+    """Identity of layers (plugins get napari objects through proxies, so not ``is``)."""
+    return a is not None and b is not None and a.unique_id == b.unique_id
+
+
+@dataclass
+class Run:
+    """Book-keeping of the run in progress."""
+
+    input_layer: Image
+    settings: RestoreSettings
+    name: str
+    plane: tuple[int, ...]  # index of the displayed block in the leading axes; () otherwise
+    whole_stack: bool  # the output has the input's shape and is filled block by block
+    block_ndim: int  # 2 (YX plane) or 3 (ZYX volume)
+    shape: tuple[int, ...]  # of what is restored (the output's shape)
+    started: float = field(default_factory=time.perf_counter)
+    frames: int = 0
+    total: int = 0
+    status: str = "running"
+    auto_contrast: tuple[float, float] | None = None
+
+
+def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.ndarray
+                     ) -> Image:
+    """The output layer of ``run``: ``current`` if still valid, a same-named float32 layer of
+    the right shape from an earlier run, or a new one (created from ``frame``)."""
+    src = run.input_layer
+    shape = run.shape
+    if current is not None and current.name == run.name and current.data.shape == shape \
+            and any(same_layer(current, other) for other in viewer.layers):
+        return current
+    existing = viewer.layers[run.name] if run.name in viewer.layers else None
+    if isinstance(existing, Image) and existing.data.shape == shape and \
+            existing.data.dtype == np.float32:
+        return existing
+    n = len(shape)
+    data = np.zeros(shape, np.float32) if run.whole_stack else frame
+    run.auto_contrast = None
+    return viewer.add_image(
+        data, name=run.name, scale=src.scale[-n:], translate=src.translate[-n:],
+        units=src.units[-n:], axis_labels=src.axis_labels[-n:],
+        colormap=src.colormap.name, metadata={"status": "running"})
+
+
+def show_frame(layer: Image, run: Run, block: tuple[int, ...], image: np.ndarray) -> None:
+    """Put one frame into the output layer, in place."""
+    if run.whole_stack:
+        if layer.data.dtype != np.float32 or not layer.data.flags.writeable:
+            layer.data = np.zeros(layer.data.shape, np.float32)
+        layer.data[block] = image
+        layer.refresh()
+    else:
+        layer.data = image
+
+
+def auto_contrast(layer: Image, run: Run, frame: np.ndarray) -> None:
+    """Contrast from the 0.1–99.9 % range, until the user sets the contrast themselves."""
+    current = tuple(float(v) for v in layer.contrast_limits)
+    if run.auto_contrast is not None and not np.allclose(current, run.auto_contrast):
+        return
+    finite = frame[np.isfinite(frame)]
+    if finite.size == 0:
+        return
+    lo, hi = (float(v) for v in np.percentile(finite, (0.1, 99.9)))
+    if hi <= lo:
+        hi = lo + 1.0
+    layer.contrast_limits_range = (min(lo, float(finite.min())), max(hi, float(finite.max())))
+    layer.contrast_limits = (lo, hi)
+    run.auto_contrast = tuple(float(v) for v in layer.contrast_limits)
+
+
+def show_std(viewer: Any, out: Image, std: np.ndarray, samples: int) -> Image:
+    """Per-pixel standard deviation over posterior samples, as its own (hidden) layer."""
+    name = f"{out.name} std"
+    if name in viewer.layers and isinstance(viewer.layers[name], Image):
+        layer = viewer.layers[name]
+        layer.data = std
+    else:
+        layer = viewer.add_image(std, name=name, scale=out.scale, translate=out.translate,
+                                 units=out.units, colormap="viridis", visible=False)
+    hi = float(np.percentile(std, 99.9)) if std.size else 1.0
+    layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
+    layer.metadata = {"description": "per-pixel standard deviation over "
+                      f"{samples} posterior samples (photons)", "of_layer": out.name}
+    return layer
