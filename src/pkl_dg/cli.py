@@ -15,6 +15,7 @@ import sys
 # module paths of subcommands, in the order shown in --help
 _SUBCOMMANDS = (
     "pkl_dg.cli_restore",
+    "pkl_dg.cli_compare",
     "pkl_dg.napari.cli_demo",
     "pkl_dg.training.cli_train",
     "pkl_dg.bench.cli_bench",
