@@ -166,7 +166,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     wpath, mpath = _resolve(path)
     meta = read_metadata(mpath)
     try:
-        cfg = UNetConfig.from_dict(meta["architecture"]["config"])
+        arch_cfg = dict(meta["architecture"]["config"])
+        arch_cfg.setdefault("output", "eps")  # files written before the v-output existed
+        cfg = UNetConfig.from_dict(arch_cfg)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"model metadata {mpath}: invalid architecture config ({exc})") from exc
     model = UNet(cfg)

@@ -47,6 +47,7 @@ class TrainConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2, 4)
     num_res_blocks: int = 1
     attention: bool = False
+    output: str = "v"
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -257,13 +258,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         for key in ("width", "channel_mult", "num_res_blocks", "attention", "patch", "seed", "data",
                     "procedural_fraction", "pool", "ema_decay"):
             setattr(cfg, key, old[key] if key != "channel_mult" else tuple(old[key]))
+        cfg.output = old.get("output", "eps")
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     bf16 = resolve_bf16(cfg.precision, device)
 
     ucfg = UNetConfig(width=cfg.width, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks,
-                      attention=cfg.attention)
+                      attention=cfg.attention, output=cfg.output)
     torch.manual_seed(cfg.seed)
     model = UNet(ucfg).to(device)
     ema = UNet(ucfg).to(device)

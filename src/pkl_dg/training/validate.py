@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=987654)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--out", default="")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared, busy CPU more threads stall)")
     a = p.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     res = run(a.model, a.n, a.size, tuple(float(v) for v in a.peaks.split(",")), a.background,
               tuple(a.methods.split(",")), a.seed, a.steps)
     for peak, d in res["summary_psnr_ssim"].items():
