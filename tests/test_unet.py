@@ -173,3 +173,25 @@ def test_default_model():
     with torch.inference_mode():
         y = m(torch.randn(1, 1, 40, 40), torch.tensor([100]))
     assert y.shape == (1, 1, 40, 40) and torch.isfinite(y).all()
+
+
+def test_v_output_is_identity_like_at_large_t():
+    """With the v head, ε ≈ x_t at t = T−1 already at initialisation."""
+    m = tiny()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        eps = m(x, torch.tensor([999, 999]))
+    assert float(((eps - x) ** 2).mean()) < 0.05 * float((x ** 2).mean())
+
+
+def test_old_metadata_without_output_loads_as_eps(tmp_path):
+    m = tiny(output="eps")
+    save_model(m, None, tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    del meta["architecture"]["config"]["output"]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    loaded, _ = load_model(tmp_path)
+    assert loaded.config.output == "eps"
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([500])
+    with torch.inference_mode():
+        assert torch.equal(m(x, t), loaded(x, t))
