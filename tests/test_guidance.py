@@ -108,3 +108,24 @@ def test_rl_sharpens_and_tv_regularises():
 def test_unknown_guidance_refused():
     with pytest.raises(ValueError, match="unknown guidance"):
         get_likelihood("l1")
+
+
+def test_expected_deviance_and_discrepancy_stop():
+    from pkl_dg.guidance.discrepancy import deviance_ratio, expected_deviance
+
+    e = expected_deviance(torch.tensor([0.1, 1.0, 10.0, 1000.0, 1e5]))
+    assert e[0] < 0.6 and 1.1 < e[1] < 1.2
+    assert e[2] == pytest.approx(1 + 1 / 60, abs=0.01) and e[4] == pytest.approx(1.0, abs=1e-4)
+    g = torch.Generator().manual_seed(0)
+    mu = torch.rand(1, 1, 64, 64, generator=g) * 30 + 0.5
+    y = torch.poisson(mu, generator=g)
+    assert deviance_ratio(y, mu) == pytest.approx(1.0, abs=0.05)
+
+    fm, x, y = _setup()
+    x = torch.full_like(x, float(y.mean()))
+    pkl = get_likelihood("pkl")
+    full = GuidanceStep(pkl, "poisson", 1.0, 200)(x, y, fm)
+    stopped = GuidanceStep(pkl, "poisson", 1.0, 200, discrepancy=1.0)(x, y, fm)
+    r_full = float(deviance_ratio(y, fm.mean(full)))
+    r_stop = float(deviance_ratio(y, fm.mean(stopped)))
+    assert r_full < 0.9 < r_stop <= 1.0  # stopped right after reaching the noise level

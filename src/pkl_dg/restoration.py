@@ -230,7 +230,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     info["intensity_scale"] = mapping.scale
     guidance = None
     if s.method != "none":
-        guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, s.sub_iterations)
+        guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, s.sub_iterations,
+                                s.discrepancy)
     gen = torch.Generator().manual_seed(s.seed)
     frames: Iterator = guided_ddim(net, y, fm, mapping, steps=s.steps, eta=s.eta,
                                    guidance=guidance, misfit=pkl, t_threshold=s.t_threshold,

@@ -103,6 +103,11 @@ class RestoreSettings:
                              "diffusion step. More follow the data more closely (like more "
                              "Richardson–Lucy iterations); brighter images need more.",
                              "Guidance", min=1, max=200)
+    discrepancy: float = _f(0.0, "Stop at noise level", "When > 0, each diffusion step stops "
+                            "its sub-iterations once the result fits the data down to the "
+                            "expected Poisson noise (deviance ≤ this × its expected value), "
+                            "so the effort adapts to the photon count. 0 = always run all "
+                            "sub-iterations.", "Guidance", min=0.0, max=10.0)
     t_threshold: int = _f(800, "Ramp end T_thr", "Guidance ramps up from 0 at t = T to "
                           "full strength at t = T_thr (T = 1000).", "Guidance",
                           min=0, max=999)

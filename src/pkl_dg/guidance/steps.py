@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.likelihoods import Likelihood
 from pkl_dg.physics.forward import ForwardModel
 
@@ -54,27 +55,39 @@ class GuidanceStep:
     rule: str = "poisson"
     lam: float = 1.0
     sub_iterations: int = 1
+    #: > 0: stop a sample's sub-iterations once its Poisson deviance is at most this
+    #: multiple of its expected value (the discrepancy principle; ``sub_iterations`` is
+    #: then the maximum). 0 runs all sub-iterations.
+    discrepancy: float = 0.0
     eps: float = 1e-12
 
     def __post_init__(self) -> None:
         if self.rule not in ("poisson", "adaptive"):
             raise ValueError(f"step rule must be 'poisson' or 'adaptive', got {self.rule!r}")
-        if self.lam < 0 or self.sub_iterations < 1:
-            raise ValueError("λ must be ≥ 0 and sub-iterations ≥ 1")
+        if self.lam < 0 or self.sub_iterations < 1 or self.discrepancy < 0:
+            raise ValueError("λ and the discrepancy target must be ≥ 0, sub-iterations ≥ 1")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
                  weight: float = 1.0) -> torch.Tensor:
         step = weight * self.lam
         if step == 0:
             return x
+        active = None  # per-sample mask while the discrepancy principle is on
         for _ in range(self.sub_iterations):
+            if self.discrepancy > 0:
+                s2 = fm.read_noise_var
+                ratio = deviance_ratio(y + s2, fm.mean(x) + s2)
+                active = (ratio > self.discrepancy).reshape(-1, *([1] * (x.ndim - 1)))
+                if not bool(active.any()):
+                    break
             g = self.likelihood.grad(x, y, fm)
             if self.rule == "poisson":
                 pre = x / fm.adjoint_ones(x).clamp(min=self.eps)
                 if not self.likelihood.dimensionless:
                     mu_mean = fm.mean(x).reshape(x.shape[0], -1).mean(dim=1)
                     pre = pre / mu_mean.clamp(min=self.eps).reshape(-1, *([1] * (x.ndim - 1)))
-                x = (x - step * pre * g).clamp(min=0)
+                new = (x - step * pre * g).clamp(min=0)
             else:
-                x = (x - step * _norm(x) / (_norm(g) + self.eps) * g).clamp(min=0)
+                new = (x - step * _norm(x) / (_norm(g) + self.eps) * g).clamp(min=0)
+            x = new if active is None else torch.where(active, new, x)
         return x
