@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a TIFF or ``.npy`` image."""
+def read_image(path: str | Path, what: str = "input image") -> np.ndarray:
+    """Read a TIFF or ``.npy`` image (``what`` names it in error messages)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"input image not found: {p}")
+        raise FileNotFoundError(f"{what} not found: {p}")
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile
@@ -26,7 +26,7 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.load(p, allow_pickle=False)
         except ValueError as exc:
             raise ValueError(f"cannot read {p}: {exc}") from None
-    raise ValueError(f"unsupported image type {suffix!r} for {p}: use .tif, .tiff or .npy")
+    raise ValueError(f"{what} {p} has unsupported type {suffix!r}: use .tif, .tiff or .npy")
 
 
 def write_result(path: str | Path, image: np.ndarray, metadata: dict, overwrite: bool = False) -> None:

@@ -156,20 +156,9 @@ def resample_psf(psf: np.ndarray, from_pixel_nm: float, to_pixel_nm: float) -> n
 
 def load_psf(path: str | Path) -> np.ndarray:
     """Read a PSF image from a TIFF or ``.npy`` file (not yet normalised)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"PSF file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    from pkl_dg.imageio import read_image
 
-        return np.asarray(tifffile.imread(p))
-    if suffix == ".npy":
-        try:
-            return np.load(p, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"cannot read PSF {p}: {exc}") from None
-    raise ValueError(f"PSF file {p} has unsupported type {suffix!r}: use .tif, .tiff or .npy")
+    return read_image(path, what="PSF file")
 
 
 def check_psf_fits(psf_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
