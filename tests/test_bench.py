@@ -17,7 +17,14 @@ SPEED_ROW_KEYS = {"size", "network", "forward_adjoint", "rl_iteration", "restore
 def speed_json(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "speed.json"
     assert main(["bench", "speed", "--smoke", "--json", str(out), "--sizes", "32"]) == 0
-    return json.loads(out.read_text())
+    return strict_load(out)
+
+
+def strict_load(path: Path) -> dict:
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def test_speed_smoke_writes_expected_keys(speed_json):
@@ -65,7 +72,7 @@ def quality_json(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "quality.json"
     assert main(["bench", "quality", "--smoke", "--json", str(out),
                  "--realdata", str(REALDATA)]) == 0
-    return json.loads(out.read_text())
+    return strict_load(out)
 
 
 def test_quality_smoke_writes_expected_keys(quality_json):
@@ -76,6 +83,7 @@ def test_quality_smoke_writes_expected_keys(quality_json):
     methods = {r["method"] for r in d["records"]}
     assert methods == {"widefield", "rl_best", "rl30", "l2", "anscombe", "pkl", "none"}
     for r in d["records"]:
+        assert r["frc_px"] is None or r["frc_px"] >= 2.0
         assert {"case", "source", "psf", "photons", "seed", "psnr", "ssim", "frc_px",
                 "time_s"} <= set(r)
     assert {r["psf"] for r in d["records"] if r["case"] == "synthetic"} == {"gaussian", "airy"}

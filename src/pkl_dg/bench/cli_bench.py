@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -21,6 +22,17 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def strict_json(value):
+    """Standard JSON has no inf/NaN: they become null (an FRC of null means ∞: unresolved)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _write_json(path: str, data: dict) -> None:
     out = Path(path)
     if out.parent and not out.parent.exists():
@@ -29,7 +41,7 @@ def _write_json(path: str, data: dict) -> None:
     data["command"] = "pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if Path(sys.argv[0]).name == "pkl-dg" else None
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n",
+    tmp.write_text(json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n",
                    encoding="utf-8")
     tmp.replace(out)
     _log(f"wrote {out}")

@@ -49,7 +49,8 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
     for key, rs in groups.items():
         psnr = np.array([r["psnr"] for r in rs], dtype=float)
         ssim = np.array([r["ssim"] for r in rs], dtype=float)
-        frc = np.array([r["frc_px"] for r in rs], dtype=float)
+        # null FRC (strict JSON) = inf: nothing correlated above the threshold
+        frc = np.array([np.inf if r["frc_px"] is None else r["frc_px"] for r in rs], dtype=float)
         out[key] = {"n": len(rs), "psnr": float(psnr.mean()), "psnr_std": float(psnr.std()),
                     "ssim": float(ssim.mean()), "ssim_std": float(ssim.std()),
                     "frc_px": float(np.median(frc)), "time_s": float(np.mean([r["time_s"] for r in rs])),
@@ -133,6 +134,14 @@ def speed_section(speed: dict) -> list[str]:
           "process restoring that size (imports and network included; a few frames).",
           "- *achieved GFLOP/s*: FLOPs of one forward counted with "
           "`torch.utils.flop_counter.FlopCounterMode` divided by the measured forward time."]
+    cast = "bf16" if "bfloat16" in speed["default_network_precision"] else "fp32"
+    ratios = ", ".join(
+        f"{r['restore']['guided_step_network_ms'] / r['network']['ms'][cast]:.1f}× at "
+        f"{r['size']}² ({r['restore']['steps_timed']} steps)" for r in speed["sizes"])
+    notes.append(f"The network inside the guided steps vs its standalone {cast} forward: "
+                 f"{ratios}. Above 1× is time the same forward loses inside a restoration "
+                 "(memory traffic / allocation between network and physics, or load from "
+                 "other processes); the cause was not isolated.")
     L += [f"- {n}" for n in notes]
     L.append("")
     return L
