@@ -92,3 +92,30 @@ def test_cli_does_not_import_qt_or_napari():
     proc = subprocess.run([sys.executable, "-c", "import json; " + code],
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout) == []
+
+
+def test_stack_and_samples(tmp_path, scene, monkeypatch):
+    import torch
+
+    import pkl_dg.restoration as restoration
+
+    _, y, _, _ = scene
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, np.stack([y, y]).astype(np.float32))
+    out = tmp_path / "o.tif"
+    assert main(["restore", str(src), "-o", str(out), "--method", "rl",
+                 "--rl-iterations", "2", "--quiet"]) == 0
+    assert tifffile.imread(out).shape == (2, 48, 48)
+
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def fake_load(path, device="cpu"):
+        return (lambda x, t: conv(x)), {"name": "test"}
+
+    monkeypatch.setattr("pkl_dg.diffusion.model_io.load_model", fake_load)
+    out2 = tmp_path / "s.tif"
+    assert main(["restore", str(src), "-o", str(out2), "--steps", "2", "--samples", "3",
+                 "--eta", "1", "--quiet"]) == 0
+    std = tifffile.imread(tmp_path / "s_std.tif")
+    assert std.shape == (2, 48, 48) and std.mean() > 0
+    assert read_metadata(out2)["std_file"].endswith("s_std.tif")

@@ -47,9 +47,11 @@ def settings_from_args(args: argparse.Namespace) -> RestoreSettings:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "restore", help="restore a 2D image (TIFF or .npy) to a float32 TIFF",
-        description="Deconvolve one 2D fluorescence image. Output: float32 photon counts, "
-                    "all parameters as JSON in the TIFF description.")
+        "restore", help="restore an image or stack (TIFF or .npy) to a float32 TIFF",
+        description="Deconvolve a fluorescence image or stack (last two axes YX; --mode 3d "
+                    "treats the last three as a ZYX volume). Output: float32 photon counts, "
+                    "all parameters as JSON in the TIFF description; with --samples N > 1 "
+                    "also OUT_std.tif, the per-pixel posterior standard deviation.")
     p.add_argument("input", type=Path, help="input image (.tif, .tiff or .npy)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .tif")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -64,9 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from pkl_dg.imageio import read_image, write_result
     from pkl_dg.restoration import restore_iter, run_to_end
 
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists: pass --overwrite to replace it")
     settings = settings_from_args(args)
+    outputs = [args.output]
+    if settings.samples > 1:
+        outputs.append(args.output.with_name(args.output.stem + "_std" + args.output.suffix))
+    for out in outputs:
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
     image = read_image(args.input)
     gen = restore_iter(image, settings)
     bars = []  # created on the first frame, so input errors print only their message
@@ -86,8 +92,17 @@ def run(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     meta = {**result.metadata, "input_file": str(args.input)}
+    std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)
+    if settings.samples > 1:
+        meta["std_file"] = str(std_path)
     write_result(args.output, result.image, meta, overwrite=args.overwrite)
+    if settings.samples > 1:
+        write_result(std_path, result.std, {**meta, "content": "per-pixel standard deviation "
+                                            "over posterior samples (photons)"},
+                     overwrite=args.overwrite)
     if not args.quiet:
-        print(f"wrote {args.output} ({result.image.shape[0]}×{result.image.shape[1]} float32, "
-              f"{meta['seconds']} s)", file=sys.stderr)
+        shape = "×".join(map(str, result.image.shape))
+        extra = f" and {std_path.name}" if settings.samples > 1 else ""
+        print(f"wrote {args.output}{extra} ({shape} float32, {meta['seconds']} s)",
+              file=sys.stderr)
     return 0
