@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image
 
 from pkl_dg.settings import METHOD_LABELS, FieldSpec
@@ -24,6 +24,7 @@ SPECIAL_VALUE_TEXT = {
     "psf_sigma_y": "same as σ",
     "psf_pixel_size_nm": "same as image",
     "tv_weight": "off",
+    "discrepancy": "off",
 }
 #: display names of choice values (the stored values stay the schema's keys)
 CHOICE_LABELS = {
@@ -84,10 +85,16 @@ def make_control(spec: FieldSpec):
     elif spec.type == "int":
         ctrl = SpinBox(min=int(spec.min), max=int(spec.max), step=1, value=spec.default,
                        **common)
-    else:
-        ctrl = FileEdit(mode="r", filter=FILE_FILTERS.get(spec.name), **common)
+    elif spec.type == "bool":
+        return CheckBox(value=spec.default, **common)
+    elif spec.type == "str" and spec.name in FILE_FILTERS:
+        ctrl = FileEdit(mode="r", filter=FILE_FILTERS[spec.name], **common)
         ctrl.line_edit.value = spec.default
         return ctrl
+    elif spec.type == "str":
+        return LineEdit(value=spec.default, **common)
+    else:
+        raise TypeError(f"no widget control for setting {spec.name} of type {spec.type}")
     if spec.name in SPECIAL_VALUE_TEXT:
         ctrl.native.setSpecialValueText(SPECIAL_VALUE_TEXT[spec.name])
     return ctrl

@@ -229,7 +229,7 @@ class PKLDeconvolutionWidget(QWidget):
             "pixel_size_nm": src in ("airy", "file", "layer"),
             "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
             "step_rule": guided, "lam": guided, "sub_iterations": guided,
-            "t_threshold": guided, "ramp": guided,
+            "t_threshold": guided, "ramp": guided, "discrepancy": guided,
             "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
             "rl_iterations": method == "rl", "tv_weight": method == "rl",
             "model": method != "rl", "precision": method != "rl",
