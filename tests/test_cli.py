@@ -97,8 +97,6 @@ def test_cli_does_not_import_qt_or_napari():
 def test_stack_and_samples(tmp_path, scene, monkeypatch):
     import torch
 
-    import pkl_dg.restoration as restoration
-
     _, y, _, _ = scene
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, np.stack([y, y]).astype(np.float32))
