@@ -137,3 +137,46 @@ def test_report_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "report", "--quality", str(tmp_path / "q.json"), "--speed",
                  str(tmp_path / "s.json"), "--out", str(tmp_path / "B.md")]) == 2
     assert "pkl-dg bench quality" in capsys.readouterr().err
+
+
+def test_fitted_sigma_recovers_the_blur():
+    import numpy as np
+    import torch
+
+    from pkl_dg.bench.quality import fit_gaussian_sigma
+    from pkl_dg.physics import PSFConvolution, gaussian_psf
+
+    rng = np.random.default_rng(0)
+    gt = np.zeros((96, 96))
+    gt[rng.integers(0, 96, 60), rng.integers(0, 96, 60)] = 100.0
+    with torch.inference_mode():
+        raw = PSFConvolution(gaussian_psf(1.7)).A(torch.from_numpy(gt.astype(np.float32)))
+    raw = 0.5 * raw.numpy().astype(np.float64) + 20.0
+    fit = fit_gaussian_sigma(raw, gt)
+    assert fit["sigma_px"] == pytest.approx(1.7, abs=0.02)
+    assert fit["scale"] == pytest.approx(0.5, rel=0.02)
+    assert fit["offset"] == pytest.approx(20.0, abs=0.5)
+
+
+def test_rl_oracle_picks_the_best_psnr_iteration():
+    import numpy as np
+    import torch
+
+    from pkl_dg.bench.quality import _psnr_fast, rl_oracle, simulate
+    from pkl_dg.metrics import normalize_percentile
+    from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+    from pkl_dg.richardson_lucy import richardson_lucy_iter
+
+    rng = np.random.default_rng(1)
+    obj = np.zeros((48, 48), dtype=np.float32)
+    obj[rng.integers(4, 44, 20), rng.integers(4, 44, 20)] = 1.0
+    psf = gaussian_psf(2.0)
+    y = simulate(obj, psf, 30, seed=0)
+    img, it, secs = rl_oracle(y, psf, 2.0, obj, cap=40)
+    assert 1 <= it <= 40 and secs >= 0
+    best = _psnr_fast(img, normalize_percentile(obj))
+    fm = ForwardModel(PSFConvolution(psf), 2.0)
+    with torch.inference_mode():
+        scores = [_psnr_fast(x.numpy(), normalize_percentile(obj))
+                  for x in richardson_lucy_iter(torch.from_numpy(y), fm, 40)]
+    assert best == pytest.approx(max(scores)) and scores[it - 1] == pytest.approx(best)

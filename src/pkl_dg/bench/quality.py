@@ -259,7 +259,8 @@ def load_denoiser(methods: list[str], smoke: bool, model: str | None, explicit: 
         log(f"diffusion methods {', '.join(wanted)} skipped: {reason}")
         return None, {"source": "missing", "error": str(exc)}, {m: reason for m in wanted}
     return net, {"source": model or "shipped prior (pkl_dg/weights)", "name": meta.get("name"),
-                 "description": describe(meta), "training": meta.get("training", {})}, {}
+                 "description": describe(meta), "training": meta.get("training", {}),
+                 "config": meta["architecture"]["config"]}, {}
 
 
 def run_quality(realdata: str | None = None, smoke: bool = False, photons: list[int] | None = None,

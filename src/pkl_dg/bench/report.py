@@ -75,9 +75,15 @@ def _methods_present(quality: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-def speed_section(speed: dict) -> list[str]:
+def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
     L = ["## Speed", ""]
     net = speed["network"]
+    qcfg = ((quality or {}).get("model") or {}).get("config")
+    if qcfg is not None:
+        same = qcfg == net["config"]
+        L += [f"The timed network's architecture is {'the same as' if same else 'DIFFERENT from'} "
+              f"that of the prior evaluated in the quality section ({quality['model']['source']}).",
+              ""]
     L.append(f"Network timed: {net['source']}, {net['parameters'] / 1e6:.2f} M parameters "
              f"(width {net['config'].get('width')}, channel_mult {net['config'].get('channel_mult')}). "
              f"Default network precision on this machine: {speed['default_network_precision']}. "
@@ -346,7 +352,7 @@ def render(quality: dict, speed: dict, plot_rel: str | None) -> str:
          f"Speed results from {speed['created']}, quality results from {quality['created']}.",
          ""]
     L += machine_section(speed, quality)
-    L += speed_section(speed)
+    L += speed_section(speed, quality)
     L += quality_section(quality, plot_rel)
     return "\n".join(L).rstrip() + "\n"
 
