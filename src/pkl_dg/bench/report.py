@@ -80,7 +80,9 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
     net = speed["network"]
     qcfg = ((quality or {}).get("model") or {}).get("config")
     if qcfg is not None:
-        same = qcfg == net["config"]
+        keys = ("width", "channel_mult", "num_res_blocks", "attention", "attention_heads",
+                "unshuffle", "groups", "in_channels", "time_embed_mult")  # what sets the cost
+        same = all(qcfg.get(k) == net["config"].get(k) for k in keys)
         L += [f"The timed network's architecture is {'the same as' if same else 'DIFFERENT from'} "
               f"that of the prior evaluated in the quality section ({quality['model']['source']}).",
               ""]
