@@ -67,6 +67,9 @@ def run_demo(args: argparse.Namespace) -> int:
     viewer.open_sample(PLUGIN, SAMPLE)
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     if not args.screenshot:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(200, viewer.reset_view)  # fit the image once the window has its size
         napari.run()
         return 0
     try:
