@@ -412,3 +412,25 @@ def test_gui_stays_responsive_while_running(viewer_widget, qtbot, constant_denoi
         widget.cancel()
     gaps = np.diff(ticks)
     assert len(ticks) >= 20 and gaps.max() < 0.5  # the event loop never blocked on a step
+
+
+def test_model_file_is_loaded_once_and_reused(viewer_widget, qtbot, tmp_path):
+    """A real (untrained, tiny) prior saved with model_io, chosen in the Model field."""
+    import torch
+
+    from pkl_dg.diffusion.model_io import save_model
+    from pkl_dg.diffusion.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
+    path = save_model(net, None, tmp_path / "prior")
+    viewer, widget = viewer_widget
+    crop = viewer.add_image(np.asarray(viewer.layers["cells"].data[:48, :48]), name="crop")
+    widget.input_combo.value = crop
+    widget.controls["model"].line_edit.value = str(path)
+    widget.controls["steps"].value = 2
+    assert run_and_wait(qtbot, widget) == "done"
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.model_cache.loads == 1
+    md = widget.output_layer.metadata
+    assert md["napari"]["model"] == str(path) and md["settings"]["model"] == str(path)
