@@ -95,6 +95,20 @@ def _shown(ctrl) -> bool:  # the viewer window is not shown in tests: ask "not h
     return not ctrl.native.isHidden()
 
 
+def _names(combo) -> list[str]:
+    return [combo.native.itemText(i) for i in range(combo.native.count())]
+
+
+def test_layer_pickers_follow_the_layer_list(viewer_widget):
+    viewer, widget = viewer_widget
+    viewer.layers["cells"].name = "renamed"
+    assert "renamed" in _names(widget.input_combo) and "cells" not in _names(widget.input_combo)
+    viewer.add_image(np.ones((16, 16)), name="new")
+    assert "new" in _names(widget.psf_layer_combo)
+    viewer.layers.remove("new")
+    assert "new" not in _names(widget.input_combo)
+
+
 def test_visibility_follows_psf_source_and_method(viewer_widget):
     _viewer, widget = viewer_widget
     c = widget.controls

@@ -79,6 +79,8 @@ class PKLDeconvolutionWidget(QWidget):
         layers.inserted.connect(self._on_layer_inserted)
         layers.removed.connect(self._on_layer_removed)
         layers.moved.connect(self._reset_layer_choices)
+        for layer in self.viewer.layers:  # a renamed layer shows its new name
+            layer.events.name.connect(self._reset_layer_choices)
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
@@ -250,6 +252,7 @@ class PKLDeconvolutionWidget(QWidget):
 
     def _on_layer_inserted(self, event) -> None:
         had_input = self.input_combo.value is not None
+        event.value.events.name.connect(self._reset_layer_choices)
         self._reset_layer_choices()
         if not had_input and isinstance(event.value, Image):
             self.input_combo.value = event.value
@@ -266,8 +269,9 @@ class PKLDeconvolutionWidget(QWidget):
                 self.controls["pixel_size_nm"].value = nm
 
     def _on_layer_removed(self, event) -> None:
-        self._reset_layer_choices()
         removed = event.value
+        removed.events.name.disconnect(self._reset_layer_choices)
+        self._reset_layer_choices()
         if same_layer(removed, self.output_layer):
             self.output_layer = None
         run = self._run
