@@ -3,8 +3,8 @@
 
 Nothing is downloaded. The ground truth is a deterministic mix of curved filaments (like
 microtubules), puncta (like vesicles) and two dim cell bodies, in photons per pixel. It is
-blurred with a Gaussian PSF (σ = 2 px, the plugin's default PSF) by zero-padded (linear, not
-circular) FFT convolution, a constant background is added and Poisson noise drawn. Pixel size
+blurred with a Gaussian PSF (σ = 2 px: exactly the PSF the default settings build) by
+zero-padded (linear, not circular) FFT convolution, a constant background is added and Poisson noise drawn. Pixel size
 is 65 nm (a 100×/1.4 objective on a 6.5 µm camera pixel).
 """
 
@@ -17,14 +17,11 @@ PSF_SIGMA_PX = 2.0
 BACKGROUND = 10.0
 
 
-def gaussian_psf(sigma: float = PSF_SIGMA_PX, size: int | None = None) -> np.ndarray:
-    """Centred 2D Gaussian PSF (odd size, ≥ 8σ wide), normalised to sum 1."""
-    if size is None:
-        size = 2 * int(np.ceil(4 * sigma)) + 1
-    r = np.arange(size) - size // 2
-    g = np.exp(-0.5 * (r / sigma) ** 2)
-    psf = np.outer(g, g)
-    return (psf / psf.sum()).astype(np.float32)
+def gaussian_psf(sigma: float = PSF_SIGMA_PX) -> np.ndarray:
+    """The core's pixel-integrated Gaussian PSF: exactly what the default settings build."""
+    from pkl_dg.physics import gaussian_psf as core_gaussian_psf
+
+    return core_gaussian_psf(sigma)
 
 
 def _blur_linear(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -104,11 +101,10 @@ def _blur_linear_nd(volume: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def gaussian_psf_3d(sigma: float = PSF_SIGMA_PX, sigma_z: float = 1.5) -> np.ndarray:
-    """Separable 3D Gaussian PSF (Z, Y, X), odd sizes ≥ 8σ, normalised to sum 1."""
-    nz = 2 * int(np.ceil(4 * sigma_z)) + 1
-    gz = np.exp(-0.5 * ((np.arange(nz) - nz // 2) / sigma_z) ** 2)
-    psf = gz[:, None, None] * gaussian_psf(sigma)[None].astype(np.float64)
-    return (psf / psf.sum()).astype(np.float32)
+    """The core's 3D Gaussian PSF (Z, Y, X), as 3D mode builds it from the same σ's."""
+    from pkl_dg.physics import gaussian_psf_3d as core_gaussian_psf_3d
+
+    return core_gaussian_psf_3d(sigma, sigma_z)
 
 
 def make_sample_3d(shape: tuple[int, int, int] = (24, 128, 128), seed: int = 0,
