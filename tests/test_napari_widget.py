@@ -413,7 +413,7 @@ def test_gui_stays_responsive_while_running(viewer_widget, qtbot, constant_denoi
     from qtpy.QtCore import QTimer
 
     _viewer, widget = viewer_widget
-    widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser, delay=0.2))
+    widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser, delay=1.0))
     widget.controls["steps"].value = 40
     ticks = []
     timer = QTimer()
@@ -425,7 +425,8 @@ def test_gui_stays_responsive_while_running(viewer_widget, qtbot, constant_denoi
         timer.stop()
         widget.cancel()
     gaps = np.diff(ticks)
-    assert len(ticks) >= 20 and gaps.max() < 0.5  # the event loop never blocked on a step
+    # each step takes > 1 s in the worker; the event loop never waited for one
+    assert len(ticks) >= 10 and gaps.max() < 0.7
 
 
 def test_model_file_is_loaded_once_and_reused(viewer_widget, qtbot, tmp_path):
