@@ -236,6 +236,16 @@ def fit_gaussian_sigma(raw: np.ndarray, gt: np.ndarray) -> dict:
             "rms_residual": float(np.sqrt(err / raw.size))}
 
 
+def _diffusion_settings(cfg: dict) -> str:
+    from pkl_dg.settings import RestoreSettings
+
+    d = RestoreSettings()
+    steps = cfg["steps"] or d.steps
+    return (f"RestoreSettings defaults: {steps} DDIM steps, η = {d.eta}, step rule "
+            f"{d.step_rule}, λ = {d.lam}, {d.sub_iterations} sub-iterations, T_thr = "
+            f"{d.t_threshold} ({d.ramp} ramp), precision {d.precision}, seed = noise seed")
+
+
 def load_denoiser(methods: list[str], smoke: bool, model: str | None, explicit: bool,
                   log) -> tuple[object | None, dict, dict[str, str]]:
     """The prior for the diffusion methods, its description, and skipped methods."""
@@ -333,8 +343,7 @@ def run_quality(realdata: str | None = None, smoke: bool = False, photons: list[
                    "airy": AIRY, "airy_psf_shape": list(kernels["airy"].shape),
                    "photons_definition": "object maximum in photons before blur",
                    "methods": methods,
-                   "diffusion_settings": "defaults of RestoreSettings" + (
-                       f" with steps={cfg['steps']}" if cfg["steps"] else "")},
+                   "diffusion_settings": _diffusion_settings(cfg)},
         "objects": [{"source": o["source"], "name": o["name"], "shape": list(o["image"].shape)}
                     for o in objects],
         "real_fit": fit, "model": model_desc, "skipped_methods": skipped,
