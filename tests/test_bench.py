@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,22 @@ SPEED_ROW_KEYS = {"size", "network", "forward_adjoint", "rl_iteration", "restore
 @pytest.fixture(scope="module")
 def speed_json(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "speed.json"
-    assert main(["bench", "speed", "--smoke", "--json", str(out), "--sizes", "32"]) == 0
+    with one_thread():
+        assert main(["bench", "speed", "--smoke", "--threads", "1", "--json", str(out),
+                     "--sizes", "32"]) == 0
     return strict_load(out)
+
+
+@contextmanager
+def one_thread():
+    """The smoke runs use 1 torch thread (robust to a busy machine); restore the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def strict_load(path: Path) -> dict:
@@ -70,8 +85,9 @@ def quality_json(tmp_path_factory) -> dict:
         pytest.skip(f"real test data not present at {REALDATA} (the shared/realdata folder "
                     "beside the checkout): the quality benchmark's objects come from it")
     out = tmp_path_factory.mktemp("bench") / "quality.json"
-    assert main(["bench", "quality", "--smoke", "--json", str(out),
-                 "--realdata", str(REALDATA)]) == 0
+    with one_thread():
+        assert main(["bench", "quality", "--smoke", "--threads", "1", "--json", str(out),
+                     "--realdata", str(REALDATA)]) == 0
     return strict_load(out)
 
 
@@ -139,7 +155,16 @@ def test_report_missing_file_is_a_clear_error(tmp_path, capsys):
     assert "pkl-dg bench quality" in capsys.readouterr().err
 
 
-def test_fitted_sigma_recovers_the_blur():
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        import torch
+
+        torch.set_num_threads(1)
+        yield
+
+
+def test_fitted_sigma_recovers_the_blur(single_thread):
     import numpy as np
     import torch
 
@@ -158,7 +183,7 @@ def test_fitted_sigma_recovers_the_blur():
     assert fit["offset"] == pytest.approx(20.0, abs=0.5)
 
 
-def test_rl_oracle_picks_the_best_psnr_iteration():
+def test_rl_oracle_picks_the_best_psnr_iteration(single_thread):
     import numpy as np
     import torch
 

@@ -64,8 +64,8 @@ FULL = {"photons": [10, 30, 100, 1000], "seeds": 3, "biosr_crops": 2, "crop": CR
         "rl_cap": RL_CAP, "steps": None, "real_seeds": 2}
 REDUCED = {"photons": [10, 30, 100, 1000], "seeds": 1, "biosr_crops": 1, "crop": CROP,
            "rl_cap": RL_CAP, "steps": None, "real_seeds": 1}
-SMOKE = {"photons": [100], "seeds": 1, "biosr_crops": 1, "crop": 64, "rl_cap": 5,
-         "steps": 3, "real_seeds": 1, "real_crop": 96}
+SMOKE = {"photons": [100], "seeds": 1, "biosr_crops": 1, "crop": 48, "rl_cap": 5,
+         "steps": 2, "real_seeds": 1, "real_crop": 64}
 
 
 def default_realdata() -> Path:
