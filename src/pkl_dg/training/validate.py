@@ -50,7 +50,7 @@ def rl_best(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: float) -
 
 
 def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], background: float,
-        methods: tuple[str, ...], seed: int, steps: int) -> dict:
+        methods: tuple[str, ...], seed: int, steps: int, settings: dict | None = None) -> dict:
     from pkl_dg import restore
     from pkl_dg.diffusion.model_io import load_model
     from pkl_dg.metrics import care_scores
@@ -68,7 +68,7 @@ def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], backgrou
             res = {"input": care_scores(y, gt), "rl_best": rl_best(y, gt, psf, background)}
             for m in methods:
                 x = restore(y, psf=psf, method=m, steps=steps, seed=0, background=background,
-                            denoiser=denoiser)
+                            denoiser=denoiser, **(settings or {}))
                 res[m] = care_scores(x, gt)
             for name, s in res.items():
                 r = rows.setdefault(f"{peak:g}", {}).setdefault(name, [])
@@ -78,7 +78,7 @@ def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], backgrou
     summary = {p: {n: np.mean(v, axis=0).round(4).tolist() for n, v in d.items()} for p, d in rows.items()}
     return {"summary_psnr_ssim": summary, "per_image": rows, "n_images": n_images, "size": size,
             "background": background, "psf": "gaussian sigma 2 px", "seed": seed, "steps": steps,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "settings": settings or {}, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tuple[str, ...],
@@ -123,11 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair", nargs=2, metavar=("RAW", "GT"), default=None,
                    help="score a real widefield/ground-truth TIFF pair instead of phantoms")
     p.add_argument("--sigma", type=float, default=2.0, help="Gaussian PSF σ for --pair")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="restore setting override, e.g. --set sub_iterations=3 (repeatable)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared, busy CPU more threads stall)")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    settings = {}
+    for item in a.set:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(val)
+        except json.JSONDecodeError:
+            settings[key] = val
     if a.pair:
         res = run_pair(a.pair[0], a.pair[1], a.sigma, a.model, tuple(a.methods.split(",")), a.steps)
         print(json.dumps(res, indent=1))
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(res, f, indent=1)
         return 0
     res = run(a.model, a.n, a.size, tuple(float(v) for v in a.peaks.split(",")), a.background,
-              tuple(a.methods.split(",")), a.seed, a.steps)
+              tuple(a.methods.split(",")), a.seed, a.steps, settings)
     for peak, d in res["summary_psnr_ssim"].items():
         print(peak, {k: v for k, v in d.items()})
     if a.out:
