@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--widths", default="32")
     p.add_argument("--sizes", default="256,512")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = p.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     if a.model is not None:
         from pkl_dg.diffusion.model_io import load_model
 
