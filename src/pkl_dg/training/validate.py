@@ -67,8 +67,9 @@ def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], backgrou
             y = make_case(gt, peak, background, psf, seed=seed * 1000 + k)
             res = {"input": care_scores(y, gt), "rl_best": rl_best(y, gt, psf, background)}
             for m in methods:
-                x = restore(y, psf=psf, method=m, steps=steps, seed=0, background=background,
-                            denoiser=denoiser, **(settings or {}))
+                kw = dict(settings or {}, **({"steps": steps} if steps else {}))
+                x = restore(y, psf=psf, method=m, seed=0, background=background,
+                            denoiser=denoiser, **kw)
                 res[m] = care_scores(x, gt)
             for name, s in res.items():
                 r = rows.setdefault(f"{peak:g}", {}).setdefault(name, [])
@@ -78,7 +79,15 @@ def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], backgrou
     summary = {p: {n: np.mean(v, axis=0).round(4).tolist() for n, v in d.items()} for p, d in rows.items()}
     return {"summary_psnr_ssim": summary, "per_image": rows, "n_images": n_images, "size": size,
             "background": background, "psf": "gaussian sigma 2 px", "seed": seed, "steps": steps,
-            "settings": settings or {}, "seconds": round(time.perf_counter() - t0, 1)}
+            "settings_overrides": settings or {}, "restore_settings": _effective_settings(settings, steps),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _effective_settings(settings: dict | None, steps: int) -> dict:
+    from pkl_dg.settings import RestoreSettings
+
+    kw = dict(settings or {}, **({"steps": steps} if steps else {}))
+    return RestoreSettings().replace(**kw).to_dict() if kw else RestoreSettings().to_dict()
 
 
 def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tuple[str, ...],
@@ -104,7 +113,8 @@ def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tup
     denoiser, _ = load_model(model or None)
     res = {"input": care_scores(raw, gt), "rl_best": rl_best(raw, gt, psf, background)}
     for m in methods:
-        x = restore(raw, psf=psf, method=m, steps=steps, seed=0, background=background, denoiser=denoiser)
+        kw = {"steps": steps} if steps else {}
+        x = restore(raw, psf=psf, method=m, seed=0, background=background, denoiser=denoiser, **kw)
         res[m] = care_scores(x, gt)
     return {"scores": res, "background": background, "sigma": sigma, "raw": raw_path, "gt": gt_path}
 
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--background", type=float, default=2.0)
     p.add_argument("--methods", default="pkl,l2,anscombe")
     p.add_argument("--seed", type=int, default=987654)
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--steps", type=int, default=0, help="diffusion steps (0: the restore default)")
     p.add_argument("--out", default="")
     p.add_argument("--pair", nargs=2, metavar=("RAW", "GT"), default=None,
                    help="score a real widefield/ground-truth TIFF pair instead of phantoms")
