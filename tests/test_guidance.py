@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pkl_dg.guidance import LIKELIHOODS, GuidanceStep, get_likelihood, ramp_weight
+from pkl_dg.guidance.steps import auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 from pkl_dg.richardson_lucy import richardson_lucy, richardson_lucy_iter
 
@@ -54,7 +55,9 @@ def test_default_step_moves_estimate_meaningfully():
 
     s = RestoreSettings()
     fm, x, y = _setup(dtype=torch.float32)
-    step = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, s.sub_iterations)
+    assert s.sub_iterations == 0  # automatic: the smallest automatic k is the hardest case
+    k = auto_sub_iterations(1.0)
+    step = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, k)
     moved = step(x, y, fm) - x
     assert moved.abs().mean() > 0.05 * x.mean()  # > 5 % of the mean intensity per pixel
     adaptive = GuidanceStep(get_likelihood("pkl"), "adaptive", 0.1, 1)
@@ -129,3 +132,9 @@ def test_expected_deviance_and_discrepancy_stop():
     r_full = float(deviance_ratio(y, fm.mean(full)))
     r_stop = float(deviance_ratio(y, fm.mean(stopped)))
     assert r_full < 0.9 < r_stop <= 1.0  # stopped right after reaching the noise level
+
+
+def test_auto_sub_iterations_grow_with_brightness():
+    ks = [auto_sub_iterations(p) for p in (1, 7, 70, 700, 7000, 1e6)]
+    assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == 60
+    assert auto_sub_iterations(7) == 2 and auto_sub_iterations(0) == 1

@@ -5,6 +5,7 @@ from pkl_dg.diffusion.mapping import IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import guided_ddim
 from pkl_dg.diffusion.schedule import cosine_alphas_cumprod, ddim_timesteps, q_sample
 from pkl_dg.guidance import GuidanceStep, get_likelihood
+from pkl_dg.guidance.steps import auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 
 
@@ -83,7 +84,8 @@ def test_guidance_lowers_data_misfit_clearly(scene, constant_denoiser):
     s = RestoreSettings()
     y, fm, mapping = _problem(scene)
     pkl = get_likelihood("pkl")
-    guid = GuidanceStep(pkl, s.step_rule, s.lam, s.sub_iterations)
+    k = s.sub_iterations or auto_sub_iterations(float(y.max()))
+    guid = GuidanceStep(pkl, s.step_rule, s.lam, k)
     kw = dict(steps=10, misfit=pkl, t_threshold=s.t_threshold, ramp=s.ramp)
     unguided = list(guided_ddim(constant_denoiser, y, fm, mapping, **kw))[-1]
     guided = list(guided_ddim(constant_denoiser, y, fm, mapping, guidance=guid, **kw))[-1]
