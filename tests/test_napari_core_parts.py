@@ -125,7 +125,7 @@ def test_worker_streams_frames_and_reuses_operator(constant_denoiser):
     measured, _truth, _psf = make_sample((64, 64))
     ops, models = OperatorCache(), ModelCache()
     models.put("", "auto", constant_denoiser)
-    settings = RestoreSettings(steps=3, sub_iterations=2)
+    settings = RestoreSettings(steps=3, sub_iterations=2, samples=1)
     frames, result = _drain(restoration_frames(measured, settings, PsfRequest("gaussian"),
                                                ops, models))
     assert [f.index for f in frames] == [1, 2, 3]

@@ -25,6 +25,7 @@ SPECIAL_VALUE_TEXT = {
     "psf_pixel_size_nm": "same as image",
     "tv_weight": "off",
     "discrepancy": "off",
+    "sub_iterations": "auto",
 }
 #: display names of choice values (the stored values stay the schema's keys)
 CHOICE_LABELS = {
@@ -83,7 +84,9 @@ def make_control(spec: FieldSpec):
         ctrl = FloatSpinBox(min=spec.min, max=spec.max, step=_float_step(spec),
                             value=spec.default, **common)
     elif spec.type == "int":
-        ctrl = SpinBox(min=int(spec.min), max=int(spec.max), step=1, value=spec.default,
+        if spec.name in SPECIAL_VALUE_TEXT:  # superqt's int spin box shows no special text
+            common["label"] += f" ({spec.min:g} = {SPECIAL_VALUE_TEXT[spec.name]})"
+        return SpinBox(min=int(spec.min), max=int(spec.max), step=1, value=spec.default,
                        **common)
     elif spec.type == "bool":
         return CheckBox(value=spec.default, **common)
