@@ -1,6 +1,6 @@
 """Guided DDIM sampling as a generator of per-step records.
 
-Each step: ε̂ = net(x_t, t) → x̂0 (model domain, clipped to [−1, 1]) → intensity → guidance
+Each step: ε̂ = net(x_t, t) → x̂0 (model domain, clipped to [−1, 2]) → intensity → guidance
 step (no backprop through the network) → back to the model domain → ε re-derived from the
 corrected x̂0 → x_{t−1} by DDIM (Song et al. 2021) with stochasticity η. Every step yields
 its corrected x̂0 in photon units; closing the generator stops the run.
@@ -22,6 +22,12 @@ from pkl_dg.guidance.steps import GuidanceStep, ramp_weight
 from pkl_dg.physics.forward import ForwardModel
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: x̂0 is clipped to [−1, Z_MAX] in the model domain, i.e. to [0, 1.5·s] photons. Not at +1:
+#: bright sparse spots lie above the scale s and must survive (clipping at +1 cost up to
+#: 0.2 dB); but bounded, so a wild x̂0 at large t cannot overshoot the multiplicative
+#: guidance step into all-zero, from which it cannot recover.
+Z_MAX = 2.0
 
 
 @dataclass
@@ -90,7 +96,7 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
             with cast:
                 eps = denoiser(x, tt)
             eps = eps.float()
-            z0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, 1.0)
+            z0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, Z_MAX)
             x0 = mapping.to_intensity(z0).clamp(min=0).reshape(gshape)
             if guidance is not None:
                 x0 = guidance(x0, yb, fm, ramp_weight(t, T, t_threshold, ramp))
