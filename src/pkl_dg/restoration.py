@@ -167,7 +167,12 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     net = None
     if s.method != "rl":
         net = denoiser
-        if net is None:
+        if net is not None:
+            cfg = getattr(net, "config", None)
+            meta["model"] = {"path": "network supplied by the caller",
+                             "class": type(net).__name__,
+                             "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
+        else:
             from pkl_dg.diffusion.model_io import load_model
 
             net, model_cfg = load_model(s.model or None, device=device)
