@@ -248,7 +248,10 @@ def _diffusion_settings(cfg: dict) -> str:
     d = RestoreSettings()
     steps = cfg["steps"] or d.steps
     return (f"RestoreSettings defaults: {steps} DDIM steps, η = {d.eta}, step rule "
-            f"{d.step_rule}, λ = {d.lam}, {d.sub_iterations} sub-iterations, T_thr = "
+            f"{d.step_rule}, λ = {d.lam}, "
+            + (f"{d.sub_iterations} sub-iterations" if d.sub_iterations else
+               "sub-iterations automatic from brightness (sub_iterations = 0)")
+            + f", T_thr = "
             f"{d.t_threshold} ({d.ramp} ramp), precision {d.precision}, seed = noise seed")
 
 

@@ -138,7 +138,7 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
           f"process ({rl0['note']}). skimage/ours > 1 means ours is faster.",
           f"- *first frame*: from calling `restore_iter` to its first streamed frame, network "
           "already loaded, new operator (cold OTF); includes the 20-iteration RL scale estimate.",
-          f"- *end-to-end*: all {s0['steps']} default steps; *peak RSS*: `ru_maxrss` of a fresh "
+          f"- *end-to-end*: all {s0['steps']} steps (the default when measured); *peak RSS*: `ru_maxrss` of a fresh "
           "process restoring that size (imports and network included; a few frames).",
           "- *achieved GFLOP/s*: FLOPs of one forward counted with "
           "`torch.utils.flop_counter.FlopCounterMode` divided by the measured forward time."]
