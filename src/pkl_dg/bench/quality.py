@@ -247,7 +247,9 @@ def _diffusion_settings(cfg: dict) -> str:
 
     d = RestoreSettings()
     steps = cfg["steps"] or d.steps
-    return (f"RestoreSettings defaults: {steps} DDIM steps, η = {d.eta}, step rule "
+    samples = getattr(d, "samples", 1)
+    return (f"RestoreSettings defaults: {steps} DDIM steps, {samples} posterior sample(s) "
+            f"averaged, η = {d.eta}, step rule "
             f"{d.step_rule}, λ = {d.lam}, "
             + (f"{d.sub_iterations} sub-iterations" if d.sub_iterations else
                "sub-iterations automatic from brightness (sub_iterations = 0)")
