@@ -1,0 +1,113 @@
+"""The "Compare methods" dock widget in a real viewer (needs a display: run under xvfb-run)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import torch  # noqa: E402
+
+from pkl_dg.napari.compare_widget import CompareMethodsWidget  # noqa: E402
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.gui
+PLUGIN, WIDGET = "napari-pkl-dg", "Compare methods"
+
+
+class ZeroDenoiser(torch.nn.Module):
+    def forward(self, x, t, *args, **kwargs):
+        return torch.zeros_like(x)
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells")
+    widget = CompareMethodsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name=WIDGET)
+    widget.denoiser = ZeroDenoiser()
+    widget.settings_overrides = {"steps": 2, "rl_iterations": 3, "samples": 1}
+    widget.input_combo.setCurrentText("cells")
+    yield viewer, widget
+    if widget.is_running:
+        widget.cancel()
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=30000)
+
+
+def run_and_wait(qtbot, widget):
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+    return blocker.args[0]
+
+
+def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path):
+    viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    widget.gt_combo.setCurrentText("cells ground truth")
+    before = np.array(viewer.layers["cells"].data, copy=True)
+    assert run_and_wait(qtbot, widget) == "done"
+    names = [layer.name for layer in viewer.layers]
+    assert "cells [Richardson–Lucy]" in names and "cells [PKL]" in names
+    for layer in widget.layers.values():
+        assert layer.data.shape == before.shape
+        np.testing.assert_allclose(layer.scale, viewer.layers["cells"].scale)
+    np.testing.assert_array_equal(viewer.layers["cells"].data, before)
+    assert widget.table.rowCount() == 2
+    assert set(widget.comparison.misfit) == {"rl", "pkl"}
+
+    out = tmp_path / "m.csv"
+    assert widget.export_csv(out)
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 2 and {"psnr_db", "ssim", "nrmse", "frc_px"} <= set(rows[0])
+
+    res = widget.add_residual("pkl")
+    assert res is not None and res.name == "cells [PKL] residual"
+    assert res.data.shape == before.shape and np.isfinite(res.data).all()
+
+    widget.grid_box.setChecked(True)
+    assert widget.grid.enabled
+    cl = {tuple(layer.contrast_limits) for layer in widget.layers.values()}
+    assert len(cl) == 1
+    widget.grid_box.setChecked(False)
+    assert not widget.grid.enabled
+
+
+def test_errors_are_notified_not_raised(viewer_widget, qtbot):
+    _viewer, widget = viewer_widget
+    for box in widget.method_boxes.values():
+        box.setChecked(False)
+    assert not widget.run()
+    assert widget.add_residual("pkl") is None
+    assert not widget.export_csv("nowhere.csv")
+
+
+def test_cancel_stops_the_run(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "pkl")
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
+        widget.cancel()
+    assert blocker.args[0] == "cancelled"
+    assert "cells [PKL]" in [layer.name for layer in viewer.layers]
+
+
+def test_manifest_entry_point_resolves():
+    """The python_name a manifest entry would use imports to the widget class."""
+    import importlib
+
+    module, _, name = "pkl_dg.napari.compare_widget:CompareMethodsWidget".partition(":")
+    assert getattr(importlib.import_module(module), name) is CompareMethodsWidget
