@@ -227,7 +227,8 @@ def test_npe2_validate():
 
     manifest = PluginManifest.from_distribution("napari-pkl-dg")
     manifest.validate_imports()
-    assert [w.display_name for w in manifest.contributions.widgets] == ["PKL Deconvolution"]
+    assert [w.display_name for w in manifest.contributions.widgets] == ["PKL Deconvolution",
+                                                                      "Compare methods"]
     assert [s.key for s in manifest.contributions.sample_data] == ["cells", "stack"]
     proc = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-pkl-dg"],
                           capture_output=True, text=True)
