@@ -203,9 +203,9 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                 break
             done += 1
             mean = x.mean(dim=0) if x.ndim > y.ndim else x
-            yield StepRecord(done, total, t, mean.float().cpu().numpy(), float(nll), idx,
-                             step, steps)
-        out[idx] = mean.float().cpu().numpy()
+            frame = mean.float().cpu().numpy()
+            yield StepRecord(done, total, t, frame, float(nll), idx, step, steps)
+        out[idx] = frame  # the last frame is the block's result
         if std is not None and x.ndim > y.ndim:
             std[idx] = x.std(dim=0).float().cpu().numpy()
         meta["blocks"].append(block_meta)

@@ -72,6 +72,7 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
         raise ValueError(f"measurement must be (H, W) or (P, H, W), got shape {tuple(y.shape)}")
     ac = (alphas_cumprod if alphas_cumprod is not None else cosine_alphas_cumprod()).double()
     T = ac.shape[0]
+    abar = ac.tolist()  # python floats: no tensor indexing inside the step loop
     ts = ddim_timesteps(steps, T)
     device = y.device
     misfit = misfit or (guidance.likelihood if guidance is not None else None)
@@ -90,8 +91,8 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
         x = torch.randn(shape, generator=gen).to(device)
     for i, t in enumerate(ts):
         with torch.inference_mode():
-            a_t = float(ac[t])
-            a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            a_t = abar[t]
+            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
             tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
             with cast:
                 eps = denoiser(x, tt)
