@@ -13,7 +13,8 @@ from pkl_dg.diffusion.model_io import load_model
 from pkl_dg.diffusion.schedule import cosine_alphas_cumprod
 from pkl_dg.diffusion.unet import UNet, UNetConfig
 from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
-from pkl_dg.training.phantoms import PhantomConfig, normalise_patch, phantom_batch, render_phantom
+from pkl_dg.training.phantoms import (TRAINING_MIX, PhantomConfig, normalise_patch, parse_mix, phantom_batch,
+                                     render_phantom)
 from pkl_dg.training.train import diffusion_loss
 
 TINY_ARGS = ["--batch", "2", "--patch", "32", "--width", "8", "--channel-mult", "1,2",
@@ -31,12 +32,56 @@ def test_phantoms_deterministic_finite_in_range():
     assert all(img.std() > 0 for img in a)
 
 
-@pytest.mark.parametrize("kind", ["microtubules", "actin", "puncta", "cells", "mixed"])
+@pytest.mark.parametrize("kind", ["microtubules", "actin", "puncta", "cells", "mixed", "blobs"])
 def test_each_kind_renders_structure(kind):
     rng = np.random.default_rng(1)
     img = render_phantom(rng, 96, PhantomConfig(kinds=(kind,), kind_weights=(1.0,)))
     assert img.shape == (96, 96) and np.isfinite(img).all() and img.min() >= 0
     assert img.max() > 0 and img.std() > 0
+
+
+def test_blobs_are_large_and_smooth():
+    """The blobs kind (without its optional puncta) fills a large area with a smooth object."""
+    from pkl_dg.training.phantoms import _layer_blobs
+
+    img = _layer_blobs(np.random.default_rng(3), (128, 128), 1.0)
+    assert (img > 0.5 * img.max()).mean() > 0.03  # a big object, not sparse spots
+    # smooth: neighbouring-pixel differences are small compared with the dynamic range
+    assert np.abs(np.diff(img, axis=1)).mean() < 0.05 * img.max()
+
+
+def test_parse_mix():
+    cfg = parse_mix(TRAINING_MIX)
+    assert "blobs" in cfg.kinds and abs(cfg.kind_p.sum() - 1) < 1e-12
+    assert parse_mix("cells:1, blobs:3").kind_p.tolist() == [0.25, 0.75]
+    for bad, msg in (("cells", "kind:weight"), ("cells:-1", "kind:weight"), ("cells:x", "kind:weight"),
+                     ("cells:0", "no positive weight"), ("stars:1", "unknown phantom kinds")):
+        with pytest.raises(ValueError, match=msg):
+            parse_mix(bad)
+
+
+def test_cli_train_init_fine_tunes_from_a_model(tmp_path):
+    """--init copies weights and architecture of a saved model; a tiny lr leaves them ≈ unchanged.
+
+    Without --init the run would start from the seed-0 random init, which the 2 Adam steps of
+    the base run (lr 2e-4) moved by ~1e-4: far outside the tolerance below.
+    """
+    base = tmp_path / "base"
+    assert cli.main(["train", "--out", str(base), "--steps", "2", *TINY_ARGS]) == 0
+    start, _ = load_model(base)
+    out = tmp_path / "ft"
+    args = [a for a in TINY_ARGS if a not in ("--width", "8")]  # the width must come from --init
+    rc = cli.main(["train", "--out", str(out), "--init", str(base), "--steps", "3", "--lr", "1e-12",
+                   "--phantom-mix", "blobs:1", *args])
+    assert rc == 0
+    tuned, meta = load_model(out)
+    assert tuned.config.width == 8
+    assert meta["training"]["init"] == str(base) and meta["training"]["phantom_mix"] == "blobs:1"
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # resume keeps the mix and init of the checkpoint
+    assert cli.main(["train", "--out", str(out), "--resume", str(out), "--steps", "4", *args]) == 0
+    assert load_model(out)[1]["training"]["phantom_mix"] == "blobs:1"
 
 
 def test_unknown_kind_and_tiny_size():
@@ -151,6 +196,8 @@ def test_cli_train_with_user_data(tmp_path):
     (["--data", "/nonexistent/dir"], "not a directory"),
     (["--resume", "/nonexistent/dir"], "no checkpoint found"),
     (["--channel-mult", "1,x"], "comma-separated"),
+    (["--phantom-mix", "cells:x"], "kind:weight"),
+    (["--init", "/nonexistent/dir", "--resume", "/nonexistent/dir"], "give one"),
 ])
 def test_cli_train_errors(tmp_path, capsys, extra, message):
     args = ["train", "--out", str(tmp_path / "o"), "--steps", "1", *TINY_ARGS, *extra]

@@ -35,6 +35,12 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast where the device supports it")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                   help="start from the weights (and architecture) of a saved model, e.g. "
+                        "src/pkl_dg/weights, with a fresh optimiser: fine-tuning")
+    p.add_argument("--phantom-mix", default=None, metavar="KIND:W,...",
+                   help="procedural structure kinds and their weights (default: "
+                        "microtubules, actin, puncta, cells, mixed and large smooth blobs)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the checkpoint of an earlier run (its --out directory)")
     p.add_argument("--threads", type=int, default=0,
@@ -64,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 0:
         raise ValueError(f"--threads must be ≥ 0 (0 = torch's default), got {args.threads}")
+    if args.init and args.resume:
+        raise ValueError("--init starts a new run from a model; --resume continues a checkpoint: give one")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         width=args.width, channel_mult=_parse_mult(args.channel_mult), num_res_blocks=args.blocks,
         attention=args.attention, device=args.device, precision=args.precision, seed=args.seed,
         ema_decay=args.ema_decay, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-        procedural_fraction=args.procedural_fraction,
+        procedural_fraction=args.procedural_fraction, init=args.init,
+        **({"phantom_mix": args.phantom_mix} if args.phantom_mix else {}),
         command=("pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
                  if sys.argv and sys.argv[0].endswith("pkl-dg") else ""),
     )

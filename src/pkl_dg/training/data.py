@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pkl_dg.training.phantoms import augment, normalise_patch, render_phantom
+from pkl_dg.training.phantoms import PhantomConfig, augment, normalise_patch, render_phantom
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -24,20 +24,21 @@ class PhantomSource:
     """
 
     def __init__(self, rng: np.random.Generator, patch: int, pool: int = 64, refresh: int = 2,
-                 canvas: int | None = None) -> None:
+                 canvas: int | None = None, config: PhantomConfig | None = None) -> None:
         if patch < 16:
             raise ValueError(f"patch size must be at least 16 px, got {patch}")
         self.rng = rng
         self.patch = patch
         self.canvas = max(canvas or 256, patch)
         self.refresh = refresh
-        self.pool = [render_phantom(rng, self.canvas) for _ in range(pool)]
+        self.config = config
+        self.pool = [render_phantom(rng, self.canvas, config) for _ in range(pool)]
         self._next = 0
 
     def step(self) -> None:
         """Replace the ``refresh`` oldest canvases."""
         for _ in range(self.refresh):
-            self.pool[self._next] = render_phantom(self.rng, self.canvas)
+            self.pool[self._next] = render_phantom(self.rng, self.canvas, self.config)
             self._next = (self._next + 1) % len(self.pool)
 
     def sample(self) -> np.ndarray:

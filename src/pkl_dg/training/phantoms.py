@@ -8,6 +8,8 @@ same images on every machine. Structures:
 * puncta (sub-resolution spots) and vesicles (small rings);
 * membrane outlines: closed smooth contours of cell-sized objects;
 * nuclei and blobs: filled smooth shapes with low-pass texture and soft edges;
+* large smooth objects (``blobs``): few big nuclei/cell bodies, weakly textured, sometimes
+  with nucleoli-like bright spots, on a dark or hazy background;
 * dim and bright regions (smooth gain field) and varied smooth backgrounds.
 
 Images are float32 in ``[0, 1]`` (see :func:`normalise_patch`): the model domain is
@@ -18,11 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PhantomConfig", "render_phantom", "normalise_patch", "augment", "phantom_batch"]
+__all__ = ["PhantomConfig", "TRAINING_MIX", "parse_mix", "render_phantom", "normalise_patch", "augment", "phantom_batch"]
 
 
 class PhantomConfig:
-    """Knobs of the generator (defaults are what the shipped prior was trained with)."""
+    """Which structure kinds a phantom is drawn from, with their probabilities.
+
+    The default mix is the one the validation protocol uses (``phantom_batch``) and the one
+    the first 8,671 steps of the shipped prior were trained on. :data:`TRAINING_MIX` adds
+    the ``blobs`` kind; :func:`parse_mix` reads a ``kind:weight,...`` string.
+    """
 
     def __init__(self, kinds: tuple[str, ...] = ("microtubules", "actin", "puncta", "cells", "mixed"),
                  kind_weights: tuple[float, ...] = (0.25, 0.25, 0.1, 0.15, 0.25)) -> None:
@@ -177,13 +184,69 @@ def _layer_cells(rng, shape, density):
     return _gaussian_blur(mem, rng.uniform(0.5, 1.2)) + blobs
 
 
+def _layer_blobs(rng, shape, density):
+    """A few large, smooth, weakly textured objects (nuclei, cell bodies) with soft edges."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros(shape)
+    for _ in range(int(rng.integers(1, 4))):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        rn = rng.uniform(12, 0.45 * min(h, w))
+        ey = rng.uniform(0.6, 1.4)
+        ang = rng.uniform(0, np.pi)
+        dy = (yy - cy + h / 2) % h - h / 2
+        dx = (xx - cx + w / 2) % w - w / 2
+        u = dy * np.cos(ang) + dx * np.sin(ang)
+        v = -dy * np.sin(ang) + dx * np.cos(ang)
+        d = np.sqrt((u / ey) ** 2 + (v * ey) ** 2) / rn
+        edge = 1 / (1 + np.exp(np.clip((d - 1) * rng.uniform(4, 30), -50, 50)))
+        # texture from none to moderate, correlation length 2–12 px
+        tex = 1 + rng.uniform(0.0, 0.35) * _smooth_noise(rng, shape, rng.uniform(2.0, 12.0))
+        if rng.random() < 0.4:  # brighter or dimmer rim (lamina-like)
+            tex = tex + rng.uniform(-0.3, 0.6) * np.exp(-0.5 * ((d - 0.9) / 0.08) ** 2)
+        obj = np.clip(edge * tex, 0, None) * rng.uniform(0.3, 1.0)
+        if rng.random() < 0.4:  # nucleoli: a few bright soft spots inside
+            c = np.zeros(shape)
+            k = int(rng.integers(1, 5))
+            ys = cy + rng.uniform(-0.5, 0.5, k) * rn
+            xs = cx + rng.uniform(-0.5, 0.5, k) * rn
+            sig = rng.uniform(1.5, 4.0)
+            _splat(c, ys, xs, rng.uniform(0.3, 1.0, k) * 2 * np.pi * sig ** 2 * obj.max())
+            obj = obj + _gaussian_blur(c, sig)
+        out += obj
+    return out
+
+
 _KINDS = {
     "microtubules": (_layer_microtubules,),
     "actin": (_layer_actin,),
     "puncta": (_layer_puncta,),
     "cells": (_layer_cells, _layer_puncta),
     "mixed": (_layer_microtubules, _layer_actin, _layer_puncta, _layer_cells),
+    "blobs": (_layer_blobs, _layer_puncta),
 }
+
+#: Mix used to fine-tune the shipped prior from step 8,671 on (adds large smooth objects).
+TRAINING_MIX = "microtubules:0.2,actin:0.2,puncta:0.1,cells:0.15,mixed:0.2,blobs:0.15"
+
+
+def parse_mix(text: str) -> PhantomConfig:
+    """``"kind:weight,kind:weight"`` → :class:`PhantomConfig` (clear error on bad input)."""
+    kinds, weights = [], []
+    for part in text.split(","):
+        name, sep, wt = part.strip().partition(":")
+        try:
+            value = float(wt) if sep else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"phantom mix entry {part!r} must look like kind:weight with a weight ≥ 0 "
+                             f"(known kinds: {', '.join(_KINDS)})")
+        kinds.append(name)
+        weights.append(value)
+    if sum(weights) <= 0:
+        raise ValueError(f"phantom mix {text!r} has no positive weight")
+    return PhantomConfig(tuple(kinds), tuple(weights))
 
 
 # ---------------------------------------------------------------- public API

@@ -31,6 +31,7 @@ from pkl_dg.diffusion.model_io import save_model
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod, q_sample
 from pkl_dg.diffusion.unet import UNet, UNetConfig
 from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
+from pkl_dg.training.phantoms import TRAINING_MIX, parse_mix
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -58,6 +59,8 @@ class TrainConfig:
     log_every: int = 50
     procedural_fraction: float | None = None
     pool: int = 64
+    phantom_mix: str = TRAINING_MIX
+    init: str | None = None
     command: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -76,6 +79,7 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        parse_mix(self.phantom_mix)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -229,6 +233,24 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, gen: t
     return F.mse_loss(eps.float(), noise)
 
 
+_DEFAULT_MIX = "microtubules:0.25,actin:0.25,puncta:0.1,cells:0.15,mixed:0.25"
+
+
+def _init_from_model(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Read the starting weights for ``--init`` and copy their architecture into ``cfg``."""
+    from pkl_dg.diffusion.model_io import load_model
+
+    net, meta = load_model(cfg.init)
+    arch = meta["architecture"]["config"]
+    cfg.width = int(arch["width"])
+    cfg.channel_mult = tuple(int(m) for m in arch["channel_mult"])
+    cfg.num_res_blocks = int(arch["num_res_blocks"])
+    cfg.attention = bool(arch["attention"])
+    cfg.output = arch.get("output", "eps")
+    cfg.validate()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
 def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
     user = TiffSource(cfg.data, rng, cfg.patch) if cfg.data else None
     p = cfg.procedural_fraction
@@ -236,7 +258,7 @@ def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
         p = 0.25 if user is not None else 1.0
     if user is None and p < 1.0:
         raise ValueError("a procedural fraction below 1 needs --data DIR with your own images")
-    proc = PhantomSource(rng, cfg.patch, pool=cfg.pool) if p > 0 else None
+    proc = PhantomSource(rng, cfg.patch, pool=cfg.pool, config=parse_mix(cfg.phantom_mix)) if p > 0 else None
     return MixedSource(proc, user, p, rng)
 
 
@@ -244,7 +266,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     """Train (or continue training) a prior; return a summary dict.
 
     With ``resume``, architecture, optimiser, EMA, step and RNG state come from the checkpoint;
-    ``cfg.steps`` is the total number of steps to reach.
+    ``cfg.steps`` is the total number of steps to reach. With ``cfg.init`` (a model directory
+    as written by :func:`save_model`, e.g. the shipped prior), a new run starts from those
+    weights (architecture included) with a fresh optimiser: fine-tuning.
     """
     from tqdm import tqdm
 
@@ -259,6 +283,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                     "procedural_fraction", "pool", "ema_decay"):
             setattr(cfg, key, old[key] if key != "channel_mult" else tuple(old[key]))
         cfg.output = old.get("output", "eps")
+        # checkpoints from before these options existed used the default mix and no init
+        cfg.phantom_mix = old.get("phantom_mix", _DEFAULT_MIX)
+        cfg.init = old.get("init")
+    init_tensors = None
+    if cfg.init and state is None:
+        init_tensors = _init_from_model(cfg)
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -287,6 +317,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         rng.bit_generator.state = state["numpy_rng"]
         gen.set_state(tensors["optimizer"]["torch_rng_state"])
         step, elapsed, history = int(state["step"]), float(state["elapsed_s"]), list(state["history"])
+    if init_tensors is not None:
+        model.load_state_dict(init_tensors)
+        ema.load_state_dict(init_tensors)
     source = build_source(cfg, rng)
     alphas = cosine_alphas_cumprod().float().to(device)
 
@@ -299,6 +332,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                   "lr": cfg.lr, "ema_decay": cfg.ema_decay, "warmup": cfg.warmup, "seed": cfg.seed,
                   "precision": "bf16 autocast" if bf16 else "fp32", "device": str(device),
                   "data": "procedural phantoms" + (f" + TIFFs from {cfg.data}" if cfg.data else ""),
+                  "phantom_mix": cfg.phantom_mix, "init": cfg.init,
                   "loss": "MSE(eps_pred, eps), t ~ U{0..999}", "final_loss": loss_recent,
                   "wall_time_s": round(elapsed, 1), "weights": "EMA", "finished": final}
         save_model(ema, {"training": recipe}, out)
