@@ -60,7 +60,36 @@ def test_speed_smoke_writes_expected_keys(speed_json):
     assert rs["first_frame_s"] > 0 and rs["guided_step_ms"] > 0
     assert 0 <= rs["guided_step_non_network_share"] <= 1
     assert rs["end_to_end_estimated"] is False and rs["end_to_end_s"] >= rs["first_frame_s"]
-    assert row["memory"]["peak_rss_mb"] >= row["memory"]["baseline_rss_mb"] > 0
+    mem = row["memory"]
+    assert mem["peak_rss_mb"] >= mem["baseline_rss_mb"] > 0
+    assert mem["restore_extra_mb"] == pytest.approx(mem["peak_rss_mb"] - mem["baseline_rss_mb"])
+    pq = d["precision_quality"]
+    assert set(pq["by_peak"]) == {"30"} and len(pq["per_case"]) == 1
+    v = pq["by_peak"]["30"]
+    assert v["psnr_diff"] == pytest.approx(v["bf16_psnr"] - v["fp32_psnr"])
+    assert 0 <= v["max_rel_pixel_diff"] < 0.5  # same seed: bf16 changes details, not the image
+
+
+def test_memory_high_water_mark_resets_and_sees_an_allocation():
+    """The peak-memory method must see what happens after the reset, and only that."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak memory is measured through /proc (Linux only)")
+    code = (
+        "import numpy as np\n"
+        "from pkl_dg.bench.speed import _proc_status_mb\n"
+        "big = np.ones(300 * 2**20 // 8); del big\n"          # an early peak, then freed
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = _proc_status_mb('VmRSS'); hwm0 = _proc_status_mb('VmHWM')\n"
+        "a = np.ones(100 * 2**20 // 8)\n"
+        "print(base, hwm0, _proc_status_mb('VmHWM'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    base, hwm0, hwm1 = map(float, out.stdout.split())
+    assert hwm0 < base + 50          # the 300 MB peak before the reset is forgotten
+    assert 90 < hwm1 - base < 150    # the 100 MB array after it is seen
 
 
 def test_speed_rejects_bad_arguments(tmp_path, capsys):
@@ -118,7 +147,8 @@ def test_report_renders_markdown_and_plot(tmp_path, quality_json, speed_json):
                  "--plot", str(png)]) == 0
     text = md.read_text()
     for needle in ("# Benchmarks", "## Machine", "## Speed", "## Quality", "SMOKE RUN",
-                   "pkl-dg bench report", "PKL vs", "BioSR widefield→SIM pair", "plot.png"):
+                   "pkl-dg bench report", "PKL vs", "BioSR widefield→SIM pair", "plot.png",
+                   "bf16 vs fp32", "restore's own"):
         assert needle in text, needle
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

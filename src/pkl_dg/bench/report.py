@@ -99,7 +99,7 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
              f"**{mm['bf16_gflops']:.1f} GFLOP/s bf16**.")
     L += ["", "| size | network fp32 ms | network bf16 ms | guided step ms | not network | "
           "A+Aᵀ cold ms | A+Aᵀ warm ms | RL iter ours ms | RL iter skimage ms | skimage/ours | "
-          "first frame s | end-to-end s | peak RSS MB |",
+          "first frame s | end-to-end s | peak RSS MB (restore's own) |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for row in speed["sizes"]:
@@ -114,7 +114,7 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
                  f"{rs['guided_step_ms']:.0f} | {share * 100:.0f} % | {fa['cold_ms']:.2f} | "
                  f"{fa['warm_ms']:.2f} | {rl['ours_ms']:.2f} | {rl['skimage_ms']:.2f} | "
                  f"{rl['skimage_over_ours']:.2f}× | {rs['first_frame_s']:.2f} | {e2e} | "
-                 f"{mem['peak_rss_mb']:.0f} |")
+                 f"{mem['peak_rss_mb']:.0f} (+{mem['restore_extra_mb']:.0f}) |")
     L += ["", "| size | network GFLOP per forward | achieved GFLOP/s fp32 | of fp32 matmul | "
           "achieved GFLOP/s bf16 | of bf16 matmul |", "|---|---|---|---|---|---|"]
     for row in speed["sizes"]:
@@ -126,7 +126,8 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
     rl0 = speed["sizes"][0]["rl_iteration"]
     L += ["", "How to read it:",
           f"- *guided step*: one DDIM step of `restore_iter` at the default settings "
-          f"(method {s0['method']}, {s0['sub_iterations']} sub-iterations, step rule "
+          f"(method {s0['method']}, {s0['samples']} posterior samples as one batch, "
+          f"{s0['sub_iterations'] or 'automatic'} sub-iterations, step rule "
           f"{s0['step_rule']}, precision {s0['precision']}); *not network* is the share of "
           "that step outside the network forward (timed by a wrapper inside the same runs).",
           "- *A+Aᵀ*: one blur and one adjoint blur; *cold* builds a new operator each time "
@@ -138,19 +139,42 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
           f"process ({rl0['note']}). skimage/ours > 1 means ours is faster.",
           f"- *first frame*: from calling `restore_iter` to its first streamed frame, network "
           "already loaded, new operator (cold OTF); includes the 20-iteration RL scale estimate.",
-          f"- *end-to-end*: all {s0['steps']} steps (the default when measured); *peak RSS*: `ru_maxrss` of a fresh "
-          "process restoring that size (imports and network included; a few frames).",
+          f"- *end-to-end*: all {s0['steps']} steps (the default when measured); *peak RSS*: the "
+          "memory high-water mark of a fresh process restoring that size for "
+          f"{speed['sizes'][0]['memory']['frames']} frames (imports, network and image "
+          "included); in brackets what the restoration added on top of that baseline.",
           "- *achieved GFLOP/s*: FLOPs of one forward counted with "
           "`torch.utils.flop_counter.FlopCounterMode` divided by the measured forward time."]
     cast = "bf16" if "bfloat16" in speed["default_network_precision"] else "fp32"
+    n_samp = s0["samples"]
     ratios = ", ".join(
-        f"{r['restore']['guided_step_network_ms'] / r['network']['ms'][cast]:.1f}× at "
+        f"{r['restore']['guided_step_network_ms'] / (n_samp * r['network']['ms'][cast]):.1f}× at "
         f"{r['size']}² ({r['restore']['steps_timed']} steps)" for r in speed["sizes"])
-    notes.append(f"The network inside the guided steps vs its standalone {cast} forward: "
-                 f"{ratios}. Above 1× is time the same forward loses inside a restoration "
-                 "(memory traffic / allocation between network and physics, or load from "
-                 "other processes); the cause was not isolated.")
+    notes.append(f"The network time inside one guided step ({n_samp} samples, tiled above the "
+                 f"tile size) vs {n_samp} × its standalone untiled {cast} forward: {ratios}. "
+                 "Above 1× is time lost inside a restoration (tile overlap, memory traffic "
+                 "between network and physics, or load from other processes).")
     L += [f"- {n}" for n in notes]
+    L.append("")
+    L += precision_lines(speed.get("precision_quality"))
+    return L
+
+
+def precision_lines(pq: dict | None) -> list[str]:
+    """bf16 vs fp32 network: restoration quality side by side (speed is in the table above)."""
+    if not pq:
+        return []
+    L = ["### Network precision: bf16 vs fp32", "",
+         f"{pq['images']} procedural phantoms of {pq['size']}² (seed {pq['phantom_seed']}), "
+         f"Gaussian σ = 2 px, {pq['method']}, the same seed, the network under bf16 autocast "
+         "or in fp32 (physics always fp32). Means over the images:", "",
+         "| peak photons | PSNR fp32 | PSNR bf16 | Δ PSNR | SSIM fp32 | SSIM bf16 | Δ SSIM | "
+         "largest pixel difference | time fp32 s | time bf16 s |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for peak, v in pq["by_peak"].items():
+        L.append(f"| {peak} | {v['fp32_psnr']:.2f} | {v['bf16_psnr']:.2f} | {v['psnr_diff']:+.3f} | "
+                 f"{v['fp32_ssim']:.3f} | {v['bf16_ssim']:.3f} | {v['ssim_diff']:+.4f} | "
+                 f"{100 * v['max_rel_pixel_diff']:.2f} % of peak | {v['fp32_s']:.1f} | {v['bf16_s']:.1f} |")
     L.append("")
     return L
 

@@ -15,8 +15,11 @@ Per size (square images, Gaussian PSF σ = 2 px, ≈100 photons peak, background
   already loaded, new operator: cold OTF), end-to-end restore seconds at the default
   number of steps (sizes above ``--e2e-max`` are estimated from the first frame and the
   step median instead, and marked so);
-* peak resident memory of a restoration in a fresh subprocess (``ru_maxrss``; torch
-  allocations are invisible to ``tracemalloc``), and its baseline after loading.
+* peak resident memory of a restoration in a fresh subprocess (``VmHWM`` after a reset of
+  the high-water mark; torch allocations are invisible to ``tracemalloc``), and its baseline
+  after loading;
+* the quality cost of running the network in bf16: PKL restorations of procedural phantoms
+  with the network in fp32 and in bf16, same seed, PSNR/SSIM of each.
 
 All figures are medians over ``--repeats`` runs.
 """
@@ -198,7 +201,7 @@ def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int
     step = float(np.median(step_ms)) if step_ms else float("nan")
     netm = float(np.median(net_ms)) if net_ms else float("nan")
     first = float(np.median(firsts))
-    out = {"settings": {"method": settings.method, "steps": steps,
+    out = {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
                         "sub_iterations": settings.sub_iterations,
                         "step_rule": settings.step_rule, "precision": settings.precision},
            "first_frame_s": first, "guided_step_ms": step, "guided_step_network_ms": netm,
@@ -230,20 +233,91 @@ def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _proc_status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
 def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
-    import resource
+    """Peak resident memory of the restoration alone.
+
+    ``ru_maxrss`` is useless here: Linux carries the parent's high-water mark over ``exec``,
+    and building the test image can peak above the restoration. Instead the worker resets
+    the high-water mark (``/proc/self/clear_refs``, Linux ≥ 4.0) after loading the network
+    and the image, runs the frames, and reads ``VmHWM``.
+    """
+    import gc
 
     net, _ = benchmark_network(smoke, model)
     _, y = test_image(n)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError as exc:
+        raise RuntimeError("peak memory is measured through /proc/self (Linux only); "
+                           f"this system refused it ({exc})") from exc
+    base = _proc_status_mb("VmRSS")
     settings = RestoreSettings(background=BACKGROUND, psf_sigma=PSF_SIGMA, device="cpu")
+    t0 = time.perf_counter()
     gen = restore_iter(y, settings, denoiser=net)
     for _ in range(frames):
         next(gen)
+    seconds = time.perf_counter() - t0
+    peak = _proc_status_mb("VmHWM")
     gen.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "frames": frames,
-            "note": "ru_maxrss of a fresh process; baseline = after imports, network and image"}
+    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
+            "frames": frames, "frames_s": seconds,
+            "image_mb": y.nbytes / 2**20,
+            "note": "VmHWM of a fresh process whose high-water mark was reset after loading the "
+                    "network and the image (baseline = VmRSS then); default settings "
+                    f"(tile_size {settings.tile_size}, {settings.samples} samples)"}
+
+
+def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
+    """PSNR/SSIM of PKL restorations with the network in fp32 and in bf16, same seed.
+
+    Procedural phantoms (seed 555, not a training seed), Gaussian σ = 2 px, background 2,
+    peak 30 and 1000 photons; everything else at the defaults. Reports the mean scores, the
+    mean bf16 − fp32 difference and the largest pixel difference relative to the peak.
+    """
+    from pkl_dg import restore
+    from pkl_dg.metrics import care_scores
+    from pkl_dg.training.phantoms import phantom_batch
+    from pkl_dg.training.validate import make_case
+
+    size, n_img, peaks, steps = (32, 1, (30.0,), 3) if smoke else (128, 3, (30.0, 1000.0), None)
+    psf = gaussian_psf(PSF_SIGMA)
+    rows = []
+    for k, gt in enumerate(phantom_batch(seed=555, n=n_img, size=size)):
+        for peak in peaks:
+            y = make_case(gt, peak, BACKGROUND, psf, seed=555 + k)
+            out = {}
+            for prec in ("fp32", "bf16"):
+                kw = {"steps": steps} if steps else {}
+                t0 = time.perf_counter()
+                x = restore(y, psf=psf, method="pkl", seed=0, background=BACKGROUND, precision=prec,
+                            device="cpu", denoiser=net, **kw)
+                out[prec] = (x, care_scores(x, gt), time.perf_counter() - t0)
+            diff = float(np.abs(out["bf16"][0] - out["fp32"][0]).max() / max(out["fp32"][0].max(), 1e-12))
+            rows.append({"image": k, "peak_photons": peak, "max_rel_pixel_diff": diff,
+                         **{f"{p}_{m}": out[p][1][m] for p in ("fp32", "bf16") for m in ("psnr", "ssim")},
+                         **{f"{p}_s": out[p][2] for p in ("fp32", "bf16")}})
+    summary = {}
+    for peak in peaks:
+        sel = [r for r in rows if r["peak_photons"] == peak]
+        summary[str(int(peak))] = {
+            key: float(np.mean([r[key] for r in sel]))
+            for key in ("fp32_psnr", "bf16_psnr", "fp32_ssim", "bf16_ssim", "fp32_s", "bf16_s",
+                        "max_rel_pixel_diff")}
+        summary[str(int(peak))]["psnr_diff"] = summary[str(int(peak))]["bf16_psnr"] - summary[str(int(peak))]["fp32_psnr"]
+        summary[str(int(peak))]["ssim_diff"] = summary[str(int(peak))]["bf16_ssim"] - summary[str(int(peak))]["fp32_ssim"]
+    return {"images": n_img, "size": size, "phantom_seed": 555, "peaks": list(peaks),
+            "method": "pkl, default settings" + (f", {steps} steps" if steps else ""),
+            "per_case": rows, "by_peak": summary}
 
 
 def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = None,
@@ -287,6 +361,11 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         row["memory"] = peak_memory(n, smoke, model)
         log(f"  peak RSS {row['memory']['peak_rss_mb']:.0f} MB")
         rows.append(row)
+    log("network precision: fp32 vs bf16 restorations ...")
+    precision = precision_quality(net, smoke)
+    for peak, v in precision["by_peak"].items():
+        log(f"  {peak} photons: PSNR fp32 {v['fp32_psnr']:.2f} bf16 {v['bf16_psnr']:.2f} dB, "
+            f"max pixel diff {100 * v['max_rel_pixel_diff']:.2f} % of peak")
     import os
 
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -294,7 +373,7 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         "kind": "speed", "format_version": 1, "smoke": smoke, "created": now_iso(),
         "machine": machine, "network": net_desc,
         "default_network_precision": str(default_cast or torch.float32),
-        "repeats": repeats, "sizes": rows, "matmul": matmul,
+        "repeats": repeats, "sizes": rows, "matmul": matmul, "precision_quality": precision,
         "test_image": {"psf": f"gaussian sigma={PSF_SIGMA} px", "peak_photons": PEAK_PHOTONS,
                        "background": BACKGROUND},
         "end_to_end_max_size": e2e_max,
