@@ -42,6 +42,26 @@ def test_refuses_to_overwrite(tmp_path, image_file, capsys):
     assert rc == 0 and tifffile.imread(out).dtype == np.float32
 
 
+def test_threads_option(tmp_path, image_file, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "out.tif"
+    try:
+        rc = main(["restore", str(image_file), "-o", str(out), "--method", "rl", "--quiet",
+                   "--rl-iterations", "2", "--threads", "1"])
+        assert rc == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for cmd in (["restore", str(image_file), "-o", str(tmp_path / "o2.tif")],
+                ["compare", str(image_file), "--csv", str(tmp_path / "t.csv")],
+                ["train", "--out", str(tmp_path / "run")],
+                ["bench", "speed", "--smoke", "--json", str(tmp_path / "s.json")]):
+        assert main([*cmd, "--threads", "0"]) == 2
+        assert "--threads must be ≥ 1" in capsys.readouterr().err
+        assert torch.get_num_threads() == before
+
+
 def test_psf_file_and_airy_flags(tmp_path, image_file):
     from pkl_dg.cli_restore import settings_from_args
     from pkl_dg.cli import build_parser

@@ -26,6 +26,25 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU thread count for this command (see :func:`apply_threads`)."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice, one per core); "
+                             "use 1 when other jobs share the machine: competing threads can "
+                             "make a run many times slower")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pkl_dg import __version__
 
@@ -45,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        apply_threads(args)
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"pkl-dg {args.command}: error: {exc}", file=sys.stderr)

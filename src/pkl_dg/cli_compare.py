@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from pkl_dg.cli import add_threads_argument
 from pkl_dg.cli_restore import add_settings_arguments, settings_from_args
 
 
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--png", type=Path, help="write the side-by-side figure here")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_settings_arguments(p)
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 

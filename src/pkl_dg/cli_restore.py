@@ -46,6 +46,8 @@ def settings_from_args(args: argparse.Namespace) -> RestoreSettings:
 
 
 def register(subparsers) -> None:
+    from pkl_dg.cli import add_threads_argument
+
     p = subparsers.add_parser(
         "restore", help="restore an image or stack (TIFF or .npy) to a float32 TIFF",
         description="Deconvolve a fluorescence image or stack (last two axes YX; --mode 3d "
@@ -57,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from pkl_dg.bench.common import parse_int_list
+from pkl_dg.cli import add_threads_argument
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -47,20 +49,8 @@ def _write_json(path: str, data: dict) -> None:
     _log(f"wrote {out}")
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be ≥ 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _speed(args: argparse.Namespace) -> int:
     from pkl_dg.bench.speed import SMOKE, run_speed
-
-    _set_threads(args.threads)
 
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
@@ -77,8 +67,6 @@ def _speed(args: argparse.Namespace) -> int:
 
 def _quality(args: argparse.Namespace) -> int:
     from pkl_dg.bench.quality import run_quality
-
-    _set_threads(args.threads)
 
     photons = parse_int_list(args.photons, "--photons") if args.photons else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -117,8 +105,7 @@ def register(subparsers) -> None:
     s.add_argument("--model", default=None, help="time this prior instead of the shipped one")
     s.add_argument("--smoke", action="store_true", help="tiny sizes, few steps, tiny random "
                    "network (for tests)")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads "
-                   "(default: torch's choice); use 1 when another job occupies a core")
+    add_threads_argument(s)
     s.add_argument("--note", default=None, help="free text stored with the results (e.g. "
                    "other load on the machine)")
     s.set_defaults(func=_speed)
@@ -138,8 +125,7 @@ def register(subparsers) -> None:
                    "time-limited run; stated in the report)")
     q.add_argument("--smoke", action="store_true", help="one tiny crop, one photon level, "
                    "few steps, tiny random network (for tests)")
-    q.add_argument("--threads", type=int, default=None, help="torch CPU threads "
-                   "(default: torch's choice); use 1 when another job occupies a core")
+    add_threads_argument(q)
     q.add_argument("--note", default=None, help="free text stored with the results")
     q.set_defaults(func=_quality)
 

@@ -8,6 +8,8 @@ import sys
 
 
 def register(subparsers) -> None:
+    from pkl_dg.cli import add_threads_argument
+
     p = subparsers.add_parser(
         "train",
         help="train a diffusion prior (procedural phantoms and/or your own sharp TIFFs)",
@@ -43,8 +45,7 @@ def register(subparsers) -> None:
                         "microtubules, actin, puncta, cells, mixed and large smooth blobs)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the checkpoint of an earlier run (its --out directory)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default: torch's choice); 1 is best on a busy machine")
+    add_threads_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
@@ -68,12 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pkl_dg.training.train import TrainConfig, train
 
-    if args.threads < 0:
-        raise ValueError(f"--threads must be ≥ 0 (0 = torch's default), got {args.threads}")
     if args.init and args.resume:
         raise ValueError("--init starts a new run from a model; --resume continues a checkpoint: give one")
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     cfg = TrainConfig(
         out=args.out, data=args.data, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
