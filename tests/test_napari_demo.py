@@ -9,22 +9,48 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(not os.environ.get("DISPLAY"),
+                                                  reason="needs a display (run under xvfb-run)")]
 
 
-@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under xvfb-run)")
-def test_demo_screenshot(tmp_path):
+def run_demo(tmp_path, *args):
+    """Run ``pkl-dg demo --screenshot`` with ``args``; the process and the screenshot."""
     out = tmp_path / "shot.png"
     env = {**os.environ, "PKL_DG_CONFIG_DIR": str(tmp_path / "config")}
     proc = subprocess.run([sys.executable, "-m", "pkl_dg.cli", "demo", "--screenshot", str(out),
-                           "--method", "rl", "--steps", "3", "--size", "1200x800"],
+                           "--threads", "1", *args],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert not (tmp_path / "config").exists()  # the demo never touches saved settings
     from skimage.io import imread
 
     img = imread(out)
+    assert np.isfinite(img).all()
+    assert img[..., :3].std() > 10  # not a blank frame
+    return proc, img
+
+
+def test_demo_screenshot(tmp_path):
+    _proc, img = run_demo(tmp_path, "--method", "rl", "--steps", "3", "--size", "1200x800")
     # the whole window (menu bar, layer list, widget), not just the canvas
     assert img.shape[0] >= 700 and img.shape[1] >= 1100
-    assert img[..., :3].std() > 10  # not a blank frame
-    assert not (tmp_path / "config").exists()  # the demo never touches saved settings
-    assert np.isfinite(img).all()
+
+
+def test_demo_compare_screenshot(tmp_path):
+    proc, img = run_demo(tmp_path, "--compare", "--steps", "2", "--size", "1400x900")
+    assert img.shape[0] >= 800 and img.shape[1] >= 1300
+    # the widget's metrics table, printed as markdown: header, rule, one row per method
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert rows[0] == ["method", "psnr_db", "ssim", "nrmse", "frc_px", "frc_nm", "seconds"]
+    assert [r[0] for r in rows[2:]] == ["Richardson–Lucy", "L2", "Anscombe + L2",
+                                        "PKL (Poisson KL)"]
+    for row in rows[2:]:
+        psnr, ssim = float(row[1]), float(row[2])
+        assert 10 < psnr < 60 and 0 < ssim <= 1
+
+
+def test_demo_compare_rejects_method(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pkl_dg.cli", "demo", "--compare",
+                           "--method", "pkl"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--compare runs rl, l2, anscombe, pkl" in proc.stderr

@@ -2,7 +2,11 @@
 
 ``pkl-dg demo --screenshot FILE`` runs a short restoration of the sample, saves a screenshot
 of the whole window (widget included) as PNG and exits; it starts from default settings in a
-temporary config dir, so the user's saved widget settings are neither used nor changed.
+temporary config dir, so the user's saved widget and napari settings are neither used nor
+changed.
+``--compare`` docks the Compare methods widget instead; with ``--screenshot`` it compares
+RL, L2, Anscombe and PKL against the sample's ground truth, shows them in a grid with the PKL
+Pearson residual, and prints the metrics table as markdown.
 napari and Qt are imported only when the command runs.
 """
 
@@ -10,14 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
+from pkl_dg.cli import add_threads_argument
 from pkl_dg.settings import METHODS
 
 PLUGIN = "napari-pkl-dg"
 WIDGET = "PKL Deconvolution"
+COMPARE_WIDGET = "Compare methods"
 SAMPLE = "cells"
+GROUND_TRUTH = "cells ground truth"
+#: methods of ``--compare --screenshot``
+COMPARED = ("rl", "l2", "anscombe", "pkl")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,17 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "restoration, save a screenshot of the whole window and exit (needs a display; "
         "use xvfb-run on a headless machine).")
     p.add_argument("--screenshot", metavar="FILE", help="PNG file to write, then exit")
+    p.add_argument("--compare", action="store_true",
+                   help="dock the Compare methods widget instead; with --screenshot, compare "
+                   "RL, L2, Anscombe and PKL against the ground truth and print the table")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="method of the screenshot run (default: the settings' default, pkl)")
     p.add_argument("--steps", type=int, default=None,
-                   help="diffusion steps (RL iterations with --method rl) of the screenshot "
-                   "run (default: the settings' default)")
+                   help="diffusion steps (RL iterations with --method rl; both with "
+                   "--compare) of the screenshot run (default: the settings' default)")
     p.add_argument("--model", default=None,
                    help="prior (.safetensors) for the screenshot run (default: the shipped one)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="give up the screenshot run after this many seconds (default 600)")
     p.add_argument("--size", default="1500x950",
                    help="window size WxH for the screenshot (default 1500x950)")
+    add_threads_argument(p)
     p.set_defaults(func=run_demo)
 
 
@@ -53,19 +67,31 @@ def _check_display() -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     _check_display()
-    if args.screenshot:
-        os.environ["PKL_DG_CONFIG_DIR"] = tempfile.mkdtemp(prefix="pkl-dg-demo-")
+    if args.compare and args.method:
+        raise ValueError("--method is for the PKL Deconvolution run: --compare runs "
+                         + ", ".join(COMPARED))
+    if args.screenshot:  # default settings, napari's included; the user's are left alone
+        config = tempfile.mkdtemp(prefix="pkl-dg-demo-")
+        os.environ["PKL_DG_CONFIG_DIR"] = config
+        os.environ["NAPARI_CONFIG"] = os.path.join(config, "napari.yaml")
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 1500x950, got {args.size!r}") from None
 
     import napari
+    from napari.settings import get_settings
 
+    if args.screenshot:  # no warning toasts over the canvas
+        get_settings().application.gui_notification_level = "error"
     viewer = napari.Viewer(title="napari-pkl-dg demo")
     viewer.window.resize(width, height)
     viewer.open_sample(PLUGIN, SAMPLE)
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    _dock, widget = viewer.window.add_plugin_dock_widget(
+        PLUGIN, COMPARE_WIDGET if args.compare else WIDGET)
+    if args.compare:
+        widget.input_combo.setCurrentText(SAMPLE)
+        widget.gt_combo.setCurrentText(GROUND_TRUTH)
     if not args.screenshot:
         from qtpy.QtCore import QTimer
 
@@ -73,15 +99,53 @@ def run_demo(args: argparse.Namespace) -> int:
         napari.run()
         return 0
     try:
+        if args.compare:
+            return _compare_screenshot_run(viewer, widget, args)
         return _screenshot_run(viewer, widget, args)
     finally:
         viewer.close()
+        shutil.rmtree(config, ignore_errors=True)
+
+
+def _run_to_end(widget, timeout: float) -> str:
+    """Start ``widget.run()`` and spin Qt until ``run_finished``: its status ("done",
+    "cancelled", "error"), "not started", or "timed out" (the run is then cancelled)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    outcome: list[str] = []
+    loop = QEventLoop()
+    widget.run_finished.connect(lambda status: (outcome.append(status), loop.quit()))
+    QTimer.singleShot(int(timeout * 1000), loop.quit)
+    if not widget.run():
+        return "not started"
+    loop.exec()
+    if not outcome:
+        widget.cancel()
+        return "timed out"
+    return outcome[0]
+
+
+def _failed(status: str, why: str) -> int:
+    if status == "not started":
+        print("pkl-dg demo: error: the restoration could not start (see above)",
+              file=sys.stderr)
+    else:
+        print(f"pkl-dg demo: error: restoration {status}: {why or 'no result'}",
+              file=sys.stderr)
+    return 1
+
+
+def _save(viewer, path: str) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    viewer.reset_view()
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.screenshot(path, canvas_only=False)
+    print(f"wrote {path}")
 
 
 def _screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
-    from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
-
     if args.method:
         widget.controls["method"].value = args.method
     if args.steps is not None:
@@ -90,31 +154,46 @@ def _screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
     if args.model is not None:
         widget.controls["model"].line_edit.value = args.model
     widget.input_combo.value = viewer.layers[SAMPLE]
-    outcome: list[str] = []
-    loop = QEventLoop()
-    widget.run_finished.connect(lambda status: (outcome.append(status), loop.quit()))
-    QTimer.singleShot(int(args.timeout * 1000), loop.quit)
-    if not widget.run():
-        print("pkl-dg demo: error: the restoration could not start (see above)",
-              file=sys.stderr)
-        return 1
-    loop.exec()
-    if outcome != ["done"]:
-        if not outcome:
-            widget.cancel()
-        why = widget.last_error if outcome and widget.last_error else "no result"
-        print(f"pkl-dg demo: error: restoration {outcome[0] if outcome else 'timed out'}: "
-              f"{why}", file=sys.stderr)
-        return 1
+    status = _run_to_end(widget, args.timeout)
+    if status != "done":
+        return _failed(status, widget.last_error)
     # input and result side by side
     for layer in viewer.layers:
         layer.visible = layer.name in (SAMPLE, widget.output_layer.name)
     viewer.grid.enabled = True
     viewer.grid.shape = (1, -1)
     viewer.layers.selection.active = widget.output_layer
-    viewer.reset_view()
-    for _ in range(5):
-        QApplication.processEvents()
-    viewer.screenshot(args.screenshot, canvas_only=False)
-    print(f"wrote {args.screenshot}")
+    _save(viewer, args.screenshot)
+    return 0
+
+
+def _compare_screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
+    for method, box in widget.method_boxes.items():
+        box.setChecked(method in COMPARED)
+    if args.steps is not None:
+        widget.settings_overrides.update(steps=args.steps, rl_iterations=args.steps)
+    if args.model is not None:
+        widget.settings_overrides["model"] = args.model
+    status = _run_to_end(widget, args.timeout)
+    if status != "done":
+        return _failed(status, widget.status_label.text())
+    widget.residual_combo.setCurrentIndex(widget.residual_combo.findData("pkl"))
+    residual = widget.add_residual()
+    shown = {SAMPLE, GROUND_TRUTH, residual.name, *(r.name for r in widget.layers.values())}
+    for layer in viewer.layers:
+        layer.visible = layer.name in shown
+        if hasattr(layer, "name_overlay"):  # recent napari: the layer's name in its grid cell
+            layer.name_overlay.visible = True
+    widget.grid_box.setChecked(True)  # grid mode; the results share contrast limits
+    viewer.layers.selection.active = widget.layers["pkl"]
+    table = widget.table
+    table.resizeColumnsToContents()
+    widget.setMinimumWidth(table.horizontalHeader().length() + 60)  # the whole table shows
+    cells = [[table.horizontalHeaderItem(j).text() for j in range(table.columnCount())]]
+    cells.append(["---"] * table.columnCount())
+    cells += [[table.item(i, j).text() if table.item(i, j) else ""
+               for j in range(table.columnCount())] for i in range(table.rowCount())]
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+    _save(viewer, args.screenshot)
     return 0
