@@ -59,9 +59,11 @@ def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path
     assert run_and_wait(qtbot, widget) == "done"
     names = [layer.name for layer in viewer.layers]
     assert "cells [Richardson–Lucy]" in names and "cells [PKL]" in names
+    src = viewer.layers["cells"]
     for layer in widget.layers.values():
         assert layer.data.shape == before.shape
-        np.testing.assert_allclose(layer.scale, viewer.layers["cells"].scale)
+        np.testing.assert_allclose(layer.scale, src.scale)
+        assert layer.units == src.units  # else napari warns and drops units for rendering
     np.testing.assert_array_equal(viewer.layers["cells"].data, before)
     assert widget.table.rowCount() == 2
     assert set(widget.comparison.misfit) == {"rl", "pkl"}
@@ -74,6 +76,7 @@ def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path
     res = widget.add_residual("pkl")
     assert res is not None and res.name == "cells [PKL] residual"
     assert res.data.shape == before.shape and np.isfinite(res.data).all()
+    assert res.units == src.units
 
     widget.grid_box.setChecked(True)
     assert widget.grid.enabled

@@ -251,8 +251,8 @@ class CompareMethodsWidget(QWidget):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
             n = image.ndim
-            layer = self.viewer.add_image(image, name=name, scale=self._input.scale[-n:],
-                                          colormap="gray")
+            layer = self.viewer.add_image(image, name=name, colormap="gray",
+                                          **self._geometry(n))
             self.layers[method] = layer
             self.residual_combo.addItem(short_method_label(method), method)
         else:
@@ -376,8 +376,14 @@ class CompareMethodsWidget(QWidget):
         name = f"{self.layer_name(method)} residual"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        return self.viewer.add_image(r, name=name, scale=self._input.scale[-r.ndim:],
-                                     colormap="twilight_shifted", contrast_limits=(-3, 3))
+        return self.viewer.add_image(r, name=name, colormap="twilight_shifted",
+                                     contrast_limits=(-3, 3), **self._geometry(r.ndim))
+
+    def _geometry(self, n: int) -> dict:
+        """Scale, translate, units and axis labels of the input's last ``n`` axes."""
+        src = self._input
+        return {"scale": src.scale[-n:], "translate": src.translate[-n:],
+                "units": src.units[-n:], "axis_labels": src.axis_labels[-n:]}
 
     def _link_contrast(self) -> None:
         layers = [layer for layer in self.layers.values() if layer in self.viewer.layers]
