@@ -160,6 +160,21 @@ def test_tiling_halves_on_out_of_memory():
     assert out.shape == (1, 1, 300, 300) and tiled.tile == 64 and tiled.retries == 2
 
 
+def test_tiles_per_call_respect_the_pixel_budget():
+    batches = []
+
+    def den(x, t):
+        batches.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    x = torch.zeros(2, 1, 300, 300)  # 2 samples, 3 × 3 tiles of 128²
+    TiledDenoiser(den, tile=128, overlap=16, max_pixels=4 * 128 * 128)(x, torch.tensor([10, 10]))
+    assert batches == [4, 4, 4, 4, 2]  # 2 tiles × 2 samples per call, 9 tiles in all
+    batches.clear()
+    TiledDenoiser(den, tile=128, overlap=16, max_pixels=1)(x, torch.tensor([10, 10]))
+    assert batches == [2] * 9  # at least one tile (with all its samples) per call
+
+
 def test_restore_uses_tiles_for_large_images(scene):
     _, y, _, _ = scene
     seen = []

@@ -17,6 +17,8 @@ import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MIN_TILE = 64
+#: pixels (tiles × samples × tile area) per network call: 4 samples of a 1024² tile
+MAX_PIXELS = 4 * 1024 * 1024
 
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -48,19 +50,20 @@ class TiledDenoiser:
         Tile side in pixels (images with both sides ≤ tile run in one piece).
     overlap
         Overlap between neighbouring tiles (pixels); the blend ramp spans it.
-    max_batch
-        Largest number of tiles sent through the network at once.
+    max_pixels
+        Most pixels (tiles × batch × tile area) sent through the network at once; at least
+        one tile always goes. Bounds the activation memory.
     """
 
     def __init__(self, denoiser: Denoiser, tile: int = 512, overlap: int = 64,
-                 max_batch: int = 8) -> None:
+                 max_pixels: int = MAX_PIXELS) -> None:
         if tile < MIN_TILE or overlap < 0 or overlap >= tile // 2:
             raise ValueError(f"tile must be ≥ {MIN_TILE} and overlap in [0, tile/2); "
                              f"got tile={tile}, overlap={overlap}")
         self.denoiser = denoiser
         self.tile = tile
         self.overlap = overlap
-        self.max_batch = max_batch
+        self.max_pixels = max_pixels
         self.retries = 0  # how often an out-of-memory error halved the tile
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,7 @@ class TiledDenoiser:
                         "'cpu' or close other programs using the GPU") from None
                 self.tile //= 2
                 self.overlap = min(self.overlap, self.tile // 4)
-                self.max_batch = max(1, self.max_batch // 2)
+                self.max_pixels = max(1, self.max_pixels // 4)
                 self.retries += 1
 
     def _run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -88,8 +91,9 @@ class TiledDenoiser:
         out = torch.zeros(n, c, h, w, dtype=torch.float32, device=x.device)
         norm = torch.zeros(1, 1, h, w, dtype=torch.float32, device=x.device)
         boxes = [(y0, x0) for y0 in ys for x0 in xs]
-        for i in range(0, len(boxes), self.max_batch):
-            chunk = boxes[i: i + self.max_batch]
+        per_call = max(1, self.max_pixels // (n * th * tw))
+        for i in range(0, len(boxes), per_call):
+            chunk = boxes[i: i + per_call]
             tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for y0, x0 in chunk])
             eps = self.denoiser(tiles, t.repeat(len(chunk))).float()
             for j, (y0, x0) in enumerate(chunk):
