@@ -134,7 +134,40 @@ def test_expected_deviance_and_discrepancy_stop():
     assert r_full < 0.9 < r_stop <= 1.0  # stopped right after reaching the noise level
 
 
+def test_auto_discrepancy_target():
+    from pkl_dg.guidance.steps import auto_discrepancy
+
+    assert auto_discrepancy(0) == auto_discrepancy(10) == auto_discrepancy(30) == 1.0
+    assert auto_discrepancy(100) == pytest.approx(0.95) and auto_discrepancy(1e5) == pytest.approx(0.95)
+    mid = [auto_discrepancy(p) for p in (40, 55, 70, 90)]
+    assert mid == sorted(mid, reverse=True) and 0.95 < min(mid) and max(mid) < 1.0
+
+
+def test_restore_applies_the_automatic_stop(scene):
+    """discrepancy −1 (default) resolves to the photon-dependent target and stops early."""
+    from pkl_dg.restoration import restore_iter
+    from pkl_dg.settings import RestoreSettings
+
+    _, y, _, _ = scene
+    torch.manual_seed(0)
+    from pkl_dg.diffusion.unet import UNet, UNetConfig
+
+    net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
+
+    def info_of(**kw):
+        gen = restore_iter(y, RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw), denoiser=net)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value.metadata  # a single image: block info at top level
+
+    auto, off = info_of(), info_of(discrepancy=0)
+    assert RestoreSettings().discrepancy == -1
+    assert 0.95 <= auto["discrepancy"] <= 1.0 and off["discrepancy"] == 0
+
+
 def test_auto_sub_iterations_grow_with_brightness():
     ks = [auto_sub_iterations(p) for p in (1, 7, 70, 700, 7000, 1e6)]
-    assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == 60
-    assert auto_sub_iterations(7) == 2 and auto_sub_iterations(0) == 1
+    assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == 120
+    assert auto_sub_iterations(7) == 4 and auto_sub_iterations(0) == 1

@@ -26,7 +26,7 @@ from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_
 from pkl_dg.diffusion.sampler import guided_ddim
 from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
-from pkl_dg.guidance.steps import auto_sub_iterations
+from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
 from pkl_dg.richardson_lucy import richardson_lucy, richardson_lucy_iter
 from pkl_dg.settings import RestoreSettings
@@ -236,9 +236,12 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     info["intensity_scale"] = mapping.scale
     guidance = None
     if s.method != "none":
-        k = s.sub_iterations or auto_sub_iterations(mapping.scale / SCALE_FACTOR)
+        peak = mapping.scale / SCALE_FACTOR
+        k = s.sub_iterations or auto_sub_iterations(peak)
+        disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy
         info["sub_iterations"] = k
-        guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, k, s.discrepancy)
+        info["discrepancy"] = disc
+        guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, k, disc)
     gen = torch.Generator().manual_seed(s.seed)
     frames: Iterator = guided_ddim(net, y, fm, mapping, steps=s.steps, eta=s.eta,
                                    guidance=guidance, misfit=pkl, t_threshold=s.t_threshold,

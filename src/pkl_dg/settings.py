@@ -101,14 +101,16 @@ class RestoreSettings:
                     "Guidance", min=0.0, max=10.0)
     sub_iterations: int = _f(0, "Sub-iterations", "Data-consistency iterations per "
                              "diffusion step. More follow the data more closely (like more "
-                             "Richardson–Lucy iterations); brighter images need more. 0 = "
-                             "automatic from the image's brightness (2 at ~10 photons peak, "
-                             "~10 at 100, ~40 at 1000).", "Guidance", min=0, max=200)
-    discrepancy: float = _f(0.0, "Stop at noise level", "When > 0, each diffusion step stops "
-                            "its sub-iterations once the result fits the data down to the "
+                             "Richardson–Lucy iterations); brighter images need more. With the "
+                             "noise-level stop this is the most per step. 0 = automatic from "
+                             "the image's brightness (5 at ~10 photons peak, ~22 at 100, "
+                             "~100 at 1000).", "Guidance", min=0, max=200)
+    discrepancy: float = _f(-1.0, "Stop at noise level", "Each diffusion step stops its "
+                            "sub-iterations once the result fits the data down to the "
                             "expected Poisson noise (deviance ≤ this × its expected value), "
-                            "so the effort adapts to the photon count. 0 = always run all "
-                            "sub-iterations.", "Guidance", min=0.0, max=10.0)
+                            "so a smooth object is not over-fitted. −1 = automatic (1.0 at "
+                            "≤ 30 photons peak, 0.95 from 100); 0 = always run all "
+                            "sub-iterations.", "Guidance", min=-1.0, max=10.0)
     t_threshold: int = _f(800, "Ramp end T_thr", "Guidance ramps up from 0 at t = T to "
                           "full strength at t = T_thr (T = 1000).", "Guidance",
                           min=0, max=999)

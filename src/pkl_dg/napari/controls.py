@@ -24,7 +24,7 @@ SPECIAL_VALUE_TEXT = {
     "psf_sigma_y": "same as σ",
     "psf_pixel_size_nm": "same as image",
     "tv_weight": "off",
-    "discrepancy": "off",
+    "discrepancy": "auto",
     "sub_iterations": "auto",
 }
 #: display names of choice values (the stored values stay the schema's keys)
