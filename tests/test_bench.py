@@ -70,6 +70,18 @@ def test_speed_smoke_writes_expected_keys(speed_json):
     assert 0 <= v["max_rel_pixel_diff"] < 0.5  # same seed: bf16 changes details, not the image
 
 
+def test_speed_estimates_sizes_above_e2e_max_from_the_memory_process():
+    from pkl_dg.bench.speed import run_speed
+
+    d = run_speed([48], repeats=1, smoke=True, e2e_max=32, log=lambda m: None)
+    rs, mem = d["sizes"][0]["restore"], d["sizes"][0]["memory"]
+    assert rs["end_to_end_estimated"] is True and rs["steps_timed"] == 2 == len(mem["step_ms"])
+    assert rs["first_frame_s"] == mem["first_frame_s"] > 0
+    steps = rs["settings"]["steps"]
+    assert rs["end_to_end_s"] == pytest.approx(rs["first_frame_s"] + (steps - 1) * rs["guided_step_ms"] / 1e3)
+    assert 0 <= rs["guided_step_non_network_share"] <= 1
+
+
 def test_memory_high_water_mark_resets_and_sees_an_allocation():
     """The peak-memory method must see what happens after the reset, and only that."""
     import subprocess

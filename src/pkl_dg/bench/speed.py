@@ -14,7 +14,7 @@ Per size (square images, Gaussian PSF σ = 2 px, ≈100 photons peak, background
 * time to the first streamed frame of :func:`~pkl_dg.restoration.restore_iter` (model
   already loaded, new operator: cold OTF), end-to-end restore seconds at the default
   number of steps (sizes above ``--e2e-max`` are estimated from the first frame and the
-  step median instead, and marked so);
+  step median of the peak-memory process's 3 frames instead, and marked so);
 * peak resident memory of a restoration in a fresh subprocess (``VmHWM`` after a reset of
   the high-water mark; torch allocations are invisible to ``tracemalloc``), and its baseline
   after loading;
@@ -167,19 +167,17 @@ def rl_timing(y: np.ndarray, iterations: int, repeats: int) -> dict:
                     "padding and background; skimage: scipy.signal.convolve, zero padding"}
 
 
-def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int,
-                   full: bool) -> dict:
+def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int) -> dict:
     """First-frame, per-step and end-to-end times of restore_iter (default settings)."""
     settings = RestoreSettings(steps=steps, background=BACKGROUND, psf_sigma=PSF_SIGMA,
                                device="cpu")
     timed = TimedNetwork(net)
     firsts, step_ms, net_ms, totals = [], [], [], []
-    frames = steps if full else min(steps, 4)
-    for _ in range(repeats if full else 1):
+    for _ in range(repeats):
         gen = restore_iter(y, settings, denoiser=timed)
         t0 = time.perf_counter()
         prev = t0
-        for i in range(frames):
+        for i in range(steps):
             timed.seconds = 0.0
             next(gen)
             now = time.perf_counter()
@@ -189,37 +187,29 @@ def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int
                 step_ms.append((now - prev) * 1e3)
                 net_ms.append(timed.seconds * 1e3)
             prev = now
-        if full:
-            try:
-                next(gen)
-            except StopIteration:
-                pass
-            else:
-                raise RuntimeError("restore_iter yielded more frames than steps")
-            totals.append(time.perf_counter() - t0)
-        gen.close()
+        try:
+            next(gen)
+        except StopIteration:
+            pass
+        else:
+            raise RuntimeError("restore_iter yielded more frames than steps")
+        totals.append(time.perf_counter() - t0)
     step = float(np.median(step_ms)) if step_ms else float("nan")
     netm = float(np.median(net_ms)) if net_ms else float("nan")
-    first = float(np.median(firsts))
-    out = {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
-                        "sub_iterations": settings.sub_iterations,
-                        "step_rule": settings.step_rule, "precision": settings.precision},
-           "first_frame_s": first, "guided_step_ms": step, "guided_step_network_ms": netm,
-           "guided_step_non_network_share": 1.0 - netm / step if step_ms else None,
-           "steps_timed": len(step_ms)}
-    if full:
-        out["end_to_end_s"] = float(np.median(totals))
-        out["end_to_end_repeats"] = len(totals)
-        out["end_to_end_estimated"] = False
-    else:
-        out["end_to_end_s"] = first + (steps - 1) * step / 1e3
-        out["end_to_end_repeats"] = 0
-        out["end_to_end_estimated"] = True
-    return out
+    return {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
+                         "sub_iterations": settings.sub_iterations,
+                         "step_rule": settings.step_rule, "precision": settings.precision},
+            "first_frame_s": float(np.median(firsts)), "guided_step_ms": step,
+            "guided_step_network_ms": netm,
+            "guided_step_non_network_share": 1.0 - netm / step if step_ms else None,
+            "steps_timed": len(step_ms),
+            "end_to_end_s": float(np.median(totals)), "end_to_end_repeats": len(totals),
+            "end_to_end_estimated": False}
 
 
 def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict:
-    """Run a short restoration of an n×n image in a fresh interpreter; report ru_maxrss."""
+    """Run the first ``frames`` frames of a restoration of an n×n image in a fresh
+    interpreter; report its peak memory and frame times (see :func:`_memory_worker`)."""
     cmd = [sys.executable, "-m", "pkl_dg.bench.speed", "--memory-worker", str(n),
            "--frames", str(frames)]
     if smoke:
@@ -262,19 +252,49 @@ def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
                            f"this system refused it ({exc})") from exc
     base = _proc_status_mb("VmRSS")
     settings = RestoreSettings(background=BACKGROUND, psf_sigma=PSF_SIGMA, device="cpu")
-    t0 = time.perf_counter()
-    gen = restore_iter(y, settings, denoiser=net)
-    for _ in range(frames):
+    timed = TimedNetwork(net)
+    gen = restore_iter(y, settings, denoiser=timed)
+    t0 = prev = time.perf_counter()
+    first, step_ms, net_ms = None, [], []
+    for i in range(frames):
+        timed.seconds = 0.0
         next(gen)
+        now = time.perf_counter()
+        if i == 0:
+            first = now - t0
+        else:
+            step_ms.append((now - prev) * 1e3)
+            net_ms.append(timed.seconds * 1e3)
+        prev = now
     seconds = time.perf_counter() - t0
     peak = _proc_status_mb("VmHWM")
     gen.close()
     return {"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
-            "frames": frames, "frames_s": seconds,
+            "frames": frames, "frames_s": seconds, "first_frame_s": first,
+            "step_ms": step_ms, "step_network_ms": net_ms,
             "image_mb": y.nbytes / 2**20,
             "note": "VmHWM of a fresh process whose high-water mark was reset after loading the "
                     "network and the image (baseline = VmRSS then); default settings "
                     f"(tile_size {settings.tile_size}, {settings.samples} samples)"}
+
+
+def restore_timing_from_worker(mem: dict, steps: int, e2e_max: int) -> dict:
+    """Restore timing of a size too large to run end to end, from the memory worker's frames."""
+    settings = RestoreSettings()
+    step = float(np.median(mem["step_ms"])) if mem["step_ms"] else float("nan")
+    netm = float(np.median(mem["step_network_ms"])) if mem["step_network_ms"] else float("nan")
+    return {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
+                         "sub_iterations": settings.sub_iterations,
+                         "step_rule": settings.step_rule, "precision": settings.precision},
+            "first_frame_s": mem["first_frame_s"], "guided_step_ms": step,
+            "guided_step_network_ms": netm,
+            "guided_step_non_network_share": 1.0 - netm / step if mem["step_ms"] else None,
+            "steps_timed": len(mem["step_ms"]),
+            "end_to_end_s": mem["first_frame_s"] + (steps - 1) * step / 1e3,
+            "end_to_end_repeats": 0, "end_to_end_estimated": True,
+            "end_to_end_note": (f"end-to-end not run above {e2e_max}² on this CPU (it would take "
+                                "many minutes); estimated as first frame + (steps − 1) × step, "
+                                "timed in the peak-memory process")}
 
 
 def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
@@ -349,17 +369,14 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         log(f"  RL/iter ours {row['rl_iteration']['ours_ms']:.2f} ms, skimage "
             f"{row['rl_iteration']['skimage_ms']:.2f} ms")
         full = n <= e2e_max
-        row["restore"] = restore_timing(net, y, steps, repeats, full)
-        if not full:
-            row["restore"]["end_to_end_note"] = (
-                f"end-to-end not run above {e2e_max}² on this CPU (it would take several "
-                "minutes per repeat); estimated as first frame + (steps − 1) × median step")
+        row["memory"] = peak_memory(n, smoke, model, frames=2 if full else 3)
+        log(f"  peak RSS {row['memory']['peak_rss_mb']:.0f} MB")
+        row["restore"] = (restore_timing(net, y, steps, repeats) if full
+                          else restore_timing_from_worker(row["memory"], steps, e2e_max))
         log(f"  first frame {row['restore']['first_frame_s']:.2f} s, step "
             f"{row['restore']['guided_step_ms']:.0f} ms, end-to-end "
             f"{row['restore']['end_to_end_s']:.1f} s"
             f"{' (estimated)' if row['restore']['end_to_end_estimated'] else ''}")
-        row["memory"] = peak_memory(n, smoke, model)
-        log(f"  peak RSS {row['memory']['peak_rss_mb']:.0f} MB")
         rows.append(row)
     log("network precision: fp32 vs bf16 restorations ...")
     precision = precision_quality(net, smoke)
