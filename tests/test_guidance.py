@@ -162,9 +162,41 @@ def test_restore_applies_the_automatic_stop(scene):
         except StopIteration as stop:
             return stop.value.metadata  # a single image: block info at top level
 
-    auto, off = info_of(), info_of(discrepancy=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # photon counts: no calibration warning
+        auto, off = info_of(), info_of(discrepancy=0)
     assert RestoreSettings().discrepancy == -1
     assert 0.95 <= auto["discrepancy"] <= 1.0 and off["discrepancy"] == 0
+    assert auto["rough_deviance_ratio"] >= 0.8
+
+
+def test_uncalibrated_data_switch_the_automatic_stop_off(scene):
+    """Data far less noisy than photon counts (here: counts × 0.1) cannot use the stop."""
+    from pkl_dg.diffusion.unet import UNet, UNetConfig
+    from pkl_dg.restoration import CalibrationWarning, restore_iter
+    from pkl_dg.settings import RestoreSettings
+
+    _, y, _, _ = scene
+    scaled = (y * 0.1).astype(np.float32)  # variance 0.1 × the mean
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
+
+    def run(**kw):
+        gen = restore_iter(scaled, RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw), denoiser=net)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value.metadata
+
+    with pytest.warns(CalibrationWarning, match="gain"):
+        meta = run()
+    assert meta["discrepancy"] == 0 and meta["rough_deviance_ratio"] < 0.8
+    with pytest.warns(CalibrationWarning, match="end the guidance early"):
+        meta = run(discrepancy=1.0)
+    assert meta["discrepancy"] == 1.0
 
 
 def test_auto_sub_iterations_grow_with_brightness():

@@ -91,7 +91,7 @@ def _effective_settings(settings: dict | None, steps: int) -> dict:
 
 
 def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tuple[str, ...],
-             steps: int) -> dict:
+             steps: int, settings: dict | None = None) -> dict:
     """Score a real widefield/ground-truth pair (e.g. BioSR F-actin) with RL (oracle) and priors.
 
     The raw image is used as photon counts as stored; the background is estimated by
@@ -113,10 +113,11 @@ def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tup
     denoiser, _ = load_model(model or None)
     res = {"input": care_scores(raw, gt), "rl_best": rl_best(raw, gt, psf, background)}
     for m in methods:
-        kw = {"steps": steps} if steps else {}
+        kw = dict(settings or {}, **({"steps": steps} if steps else {}))
         x = restore(raw, psf=psf, method=m, seed=0, background=background, denoiser=denoiser, **kw)
         res[m] = care_scores(x, gt)
-    return {"scores": res, "background": background, "sigma": sigma, "raw": raw_path, "gt": gt_path}
+    return {"scores": res, "background": background, "sigma": sigma, "raw": raw_path, "gt": gt_path,
+            "restore_settings": _effective_settings(settings, steps)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             settings[key] = val
     if a.pair:
-        res = run_pair(a.pair[0], a.pair[1], a.sigma, a.model, tuple(a.methods.split(",")), a.steps)
+        res = run_pair(a.pair[0], a.pair[1], a.sigma, a.model, tuple(a.methods.split(",")), a.steps,
+                       settings)
         print(json.dumps(res, indent=1))
         if a.out:
             with open(a.out, "w", encoding="utf-8") as f:
