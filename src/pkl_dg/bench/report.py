@@ -141,8 +141,8 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
           "already loaded, new operator (cold OTF); includes the 20-iteration RL scale estimate.",
           f"- *end-to-end*: all {s0['steps']} steps (the default when measured); *peak RSS*: the "
           "memory high-water mark of a fresh process restoring that size for "
-          f"{speed['sizes'][0]['memory']['frames']} frames (imports, network and image "
-          "included); in brackets what the restoration added on top of that baseline.",
+          f"{_frames_text(speed)} (imports, network and image included); in brackets what "
+          "the restoration added on top of that baseline.",
           "- *achieved GFLOP/s*: FLOPs of one forward counted with "
           "`torch.utils.flop_counter.FlopCounterMode` divided by the measured forward time."]
     cast = "bf16" if "bfloat16" in speed["default_network_precision"] else "fp32"
@@ -158,6 +158,13 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
     L.append("")
     L += precision_lines(speed.get("precision_quality"))
     return L
+
+
+def _frames_text(speed: dict) -> str:
+    by_frames: dict[int, list[str]] = {}
+    for row in speed["sizes"]:
+        by_frames.setdefault(row["memory"]["frames"], []).append(f"{row['size']}²")
+    return "; ".join(f"{f} frames ({', '.join(sizes)})" for f, sizes in sorted(by_frames.items()))
 
 
 def precision_lines(pq: dict | None) -> list[str]:

@@ -48,11 +48,18 @@ def expected_deviance(mu: torch.Tensor) -> torch.Tensor:
 
 
 def deviance_ratio(y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """Per-sample D / E[D] (first axis = samples): 1 means 'fits down to the noise'."""
-    y = y.clamp(min=0)
-    mu = mu.clamp(min=1e-6)
-    d = 2 * (torch.special.xlogy(y, y / mu) - (y - mu))
-    e = expected_deviance(mu)
-    d, e = torch.broadcast_tensors(d, e)
-    n = d.shape[0] if d.ndim > 2 else 1
-    return d.reshape(n, -1).sum(dim=1) / e.reshape(n, -1).sum(dim=1)
+    """Per-sample D / E[D] (first axis = samples): 1 means 'fits down to the noise'.
+
+    Computed one sample at a time: the table lookup works in float64 and would otherwise
+    hold several image-sized float64 temporaries for the whole batch.
+    """
+    y, mu = torch.broadcast_tensors(y, mu)
+    if y.ndim <= 2:
+        y, mu = y[None], mu[None]
+    out = []
+    for yi, mi in zip(y, mu):
+        yi = yi.clamp(min=0)
+        mi = mi.clamp(min=1e-6)
+        d = 2 * (torch.special.xlogy(yi, yi / mi) - (yi - mi)).sum()
+        out.append(d.double() / expected_deviance(mi).double().sum())
+    return torch.stack(out).to(mu.dtype)
