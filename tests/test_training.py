@@ -15,7 +15,7 @@ from pkl_dg.diffusion.unet import UNet, UNetConfig
 from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
 from pkl_dg.training.phantoms import (TRAINING_MIX, PhantomConfig, normalise_patch, parse_mix, phantom_batch,
                                      render_phantom)
-from pkl_dg.training.train import diffusion_loss
+from pkl_dg.training.train import TrainConfig, diffusion_loss, learning_rate
 
 TINY_ARGS = ["--batch", "2", "--patch", "32", "--width", "8", "--channel-mult", "1,2",
              "--log-every", "2", "--no-progress", "--device", "cpu"]
@@ -175,6 +175,34 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert state["step"] == 7
     assert json.loads((out / "model.json").read_text())["training"]["steps"] == 7
     assert "trained 7 steps" in capsys.readouterr().out
+
+
+def test_cosine_learning_rate_schedule():
+    cfg = TrainConfig(out="unused", steps=1000, lr=1e-3, warmup=100)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-5)  # warm-up
+    assert learning_rate(cfg, 500) == pytest.approx(1e-3)  # constant by default
+    cfg = TrainConfig(out="unused", steps=1000, lr=1e-3, warmup=100, lr_schedule="cosine", decay_start=600)
+    assert learning_rate(cfg, 600) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 800) == pytest.approx(0.5e-3)  # half way down
+    assert learning_rate(cfg, 1000) == pytest.approx(0.0, abs=1e-12)
+    rates = [learning_rate(cfg, s) for s in range(600, 1001, 10)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match="constant or cosine"):
+        TrainConfig(out="unused", lr_schedule="step").validate()
+
+
+def test_cli_train_cosine_resume_keeps_its_decay(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--out", str(out), "--steps", "4", *TINY_ARGS]) == 0
+    # decay starts where the cosine run begins (step 4) and is kept across a further resume
+    args = ["train", "--out", str(out), "--resume", str(out), "--lr-schedule", "cosine", *TINY_ARGS]
+    assert cli.main([*args, "--steps", "6"]) == 0
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["config"]["decay_start"] == 4
+    assert cli.main([*args, "--steps", "8"]) == 0
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 8 and state["config"]["decay_start"] == 4
+    recipe = json.loads((out / "model.json").read_text())["training"]
+    assert recipe["lr_schedule"] == "cosine decay from step 4 to 0 at step 8"
 
 
 def test_cli_train_with_user_data(tmp_path):

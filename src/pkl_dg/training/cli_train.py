@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
     p.add_argument("--patch", type=int, default=128, help="patch size in px, multiple of 16 (default 128)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="constant (after a 200-step warm-up), or cosine: decay to 0 at --steps, "
+                        "starting where this run (or the resumed run's decay) starts")
     p.add_argument("--width", type=int, default=32, help="UNet base channels, multiple of 8 (default 32)")
     p.add_argument("--channel-mult", default="1,2,2,4",
                    help="channel multipliers per level, comma separated (default 1,2,2,4)")
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         out=args.out, data=args.data, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
+        lr_schedule=args.lr_schedule,
         width=args.width, channel_mult=_parse_mult(args.channel_mult), num_res_blocks=args.blocks,
         attention=args.attention, device=args.device, precision=args.precision, seed=args.seed,
         ema_decay=args.ema_decay, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,

@@ -54,6 +54,10 @@ class TrainConfig:
     seed: int = 0
     ema_decay: float = 0.999
     warmup: int = 200
+    #: "constant", or "cosine": from ``lr`` at step ``decay_start`` down to 0 at ``steps``
+    lr_schedule: str = "constant"
+    #: step where the cosine decay begins; None: the step this run (or resume) starts at
+    decay_start: int | None = None
     grad_clip: float = 1.0
     checkpoint_minutes: float = 10.0
     log_every: int = 50
@@ -75,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.width < 8 or self.width % 8:
             raise ValueError(f"--width must be a multiple of 8 (GroupNorm groups), got {self.width}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -262,6 +268,22 @@ def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
     return MixedSource(proc, user, p, rng)
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant or cosine decay to 0."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    if cfg.lr_schedule == "cosine":
+        start = cfg.decay_start or 0
+        frac = min(max((step - start) / max(cfg.steps - start, 1), 0.0), 1.0)
+        lr *= 0.5 * (1.0 + math.cos(math.pi * frac))
+    return lr
+
+
+def _schedule_text(cfg: TrainConfig) -> str:
+    if cfg.lr_schedule == "cosine":
+        return f"cosine decay from step {cfg.decay_start} to 0 at step {cfg.steps}"
+    return "constant after warm-up"
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
     """Train (or continue training) a prior; return a summary dict.
 
@@ -286,6 +308,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         # checkpoints from before these options existed used the default mix and no init
         cfg.phantom_mix = old.get("phantom_mix", _DEFAULT_MIX)
         cfg.init = old.get("init")
+        if cfg.lr_schedule == old.get("lr_schedule") == "cosine":  # keep decaying along the same curve
+            cfg.decay_start = old.get("decay_start")
     init_tensors = None
     if cfg.init and state is None:
         init_tensors = _init_from_model(cfg)
@@ -320,6 +344,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if init_tensors is not None:
         model.load_state_dict(init_tensors)
         ema.load_state_dict(init_tensors)
+    if cfg.lr_schedule == "cosine" and cfg.decay_start is None:
+        cfg.decay_start = step
     source = build_source(cfg, rng)
     alphas = cosine_alphas_cumprod().float().to(device)
 
@@ -329,7 +355,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
               "numpy_rng": rng.bit_generator.state, "bf16": bf16, "device": str(device)}
         save_checkpoint(out, model, ema, opt, st)
         recipe = {"command": cfg.command, "steps": step, "batch": cfg.batch, "patch": cfg.patch,
-                  "lr": cfg.lr, "ema_decay": cfg.ema_decay, "warmup": cfg.warmup, "seed": cfg.seed,
+                  "lr": cfg.lr, "lr_schedule": _schedule_text(cfg),
+                  "ema_decay": cfg.ema_decay, "warmup": cfg.warmup, "seed": cfg.seed,
                   "precision": "bf16 autocast" if bf16 else "fp32", "device": str(device),
                   "data": "procedural phantoms" + (f" + TIFFs from {cfg.data}" if cfg.data else ""),
                   "phantom_mix": cfg.phantom_mix, "init": cfg.init,
@@ -347,7 +374,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     try:
         while step < cfg.steps:
             x0 = torch.from_numpy(source.batch(cfg.batch)).to(device) * 2.0 - 1.0
-            lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            lr = learning_rate(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = diffusion_loss(model, x0, alphas, gen, bf16)
