@@ -27,6 +27,8 @@ def test_gradient_equals_autograd(name, read_noise_var):
     lik.nll(xr, y, fm).sum().backward()
     analytic = lik.grad(x, y, fm)
     assert torch.allclose(analytic, xr.grad, rtol=1e-8, atol=1e-10)
+    # a precomputed forward prediction gives the same gradient
+    assert torch.equal(lik.grad(x, y, fm, fm.mean(x)), analytic)
 
 
 @pytest.mark.parametrize("name", list(LIKELIHOODS))

@@ -186,6 +186,32 @@ def test_run_streams_into_one_layer_with_input_scale(viewer_widget, qtbot, notes
     assert not [n for n in notes if "ERROR" in n[0].upper()]
 
 
+def test_fast_frames_are_throttled_but_counted(viewer_widget, qtbot, monkeypatch):
+    """Frames within DISPLAY_INTERVAL_S of the last shown one only move the progress bar."""
+    import pkl_dg.napari.widget as widget_module
+
+    viewer, widget = viewer_widget
+    shown = []
+    real_show = widget_module.show_frame
+    monkeypatch.setattr(widget_module, "show_frame",
+                        lambda layer, run, block, image: (shown.append(run.frames + 1),
+                                                          real_show(layer, run, block, image)))
+    monkeypatch.setattr(widget_module, "DISPLAY_INTERVAL_S", 3600.0)
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 12
+    handled = []
+    widget.frame_shown.connect(handled.append)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert handled == list(range(1, 13))  # every frame counted and reported
+    assert shown == [1, 12]  # the first and the last went into the layer
+    assert widget.progress.value() == widget.progress.maximum()
+    # without throttling every frame is shown
+    shown.clear()
+    monkeypatch.setattr(widget_module, "DISPLAY_INTERVAL_S", 0.0)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert shown == list(range(1, 13))
+
+
 def test_second_run_reuses_operator_otf(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     widget.controls["method"].value = "rl"

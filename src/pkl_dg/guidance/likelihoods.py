@@ -1,7 +1,8 @@
 """Data-fidelity terms f(x) (negative log-likelihoods) and their gradients ∇f.
 
 Every ``grad`` returns ∇f, the gradient of the quantity being *minimised*; a descent step
-is x ← x − λ·∇f. ``nll`` returns one value per sample (sum over all but the first axis
+is x ← x − λ·∇f; ``grad`` accepts the forward prediction ``mu = fm.mean(x)`` when the
+caller already has it (saves one convolution). ``nll`` returns one value per sample (sum over all but the first axis
 of a batch ``(N, ...)``; a lone image gives a 0-d tensor). Intensities are photon counts.
 """
 
@@ -29,7 +30,8 @@ class Likelihood:
     def nll(self, x: torch.Tensor, y: torch.Tensor, fm: ForwardModel) -> torch.Tensor:
         raise NotImplementedError
 
-    def grad(self, x: torch.Tensor, y: torch.Tensor, fm: ForwardModel) -> torch.Tensor:
+    def grad(self, x: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
+             mu: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -42,8 +44,8 @@ class L2(Likelihood):
     def nll(self, x, y, fm):
         return _sum_per_sample(0.5 * (fm.mean(x) - y) ** 2)
 
-    def grad(self, x, y, fm):
-        return fm.A_adjoint(fm.mean(x) - y)
+    def grad(self, x, y, fm, mu=None):
+        return fm.A_adjoint((fm.mean(x) if mu is None else mu) - y)
 
 
 def _anscombe(z: torch.Tensor) -> torch.Tensor:
@@ -62,8 +64,8 @@ class AnscombeL2(Likelihood):
     def nll(self, x, y, fm):
         return _sum_per_sample(0.5 * (_anscombe(fm.mean(x)) - _anscombe(y.clamp(min=0))) ** 2)
 
-    def grad(self, x, y, fm):
-        mu = fm.mean(x)
+    def grad(self, x, y, fm, mu=None):
+        mu = fm.mean(x) if mu is None else mu
         r = (_anscombe(mu) - _anscombe(y.clamp(min=0))) / torch.sqrt(mu + 0.375)
         return fm.A_adjoint(r)
 
@@ -79,16 +81,16 @@ class PoissonKL(Likelihood):
 
     name = "pkl"
 
-    def _shifted(self, x, y, fm):
+    def _shifted(self, x, y, fm, mu=None):
         s2 = fm.read_noise_var
-        return fm.mean(x) + s2, (y + s2).clamp(min=0)
+        return (fm.mean(x) if mu is None else mu) + s2, (y + s2).clamp(min=0)
 
     def nll(self, x, y, fm):
         mu, ys = self._shifted(x, y, fm)
         return _sum_per_sample(mu - ys * torch.log(mu + EPS))
 
-    def grad(self, x, y, fm):
-        mu, ys = self._shifted(x, y, fm)
+    def grad(self, x, y, fm, mu=None):
+        mu, ys = self._shifted(x, y, fm, mu)
         return fm.A_adjoint(1.0 - ys / (mu + EPS))
 
 

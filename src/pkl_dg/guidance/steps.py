@@ -106,17 +106,18 @@ class GuidanceStep:
             return x
         active = None  # per-sample mask while the discrepancy principle is on
         for _ in range(self.sub_iterations):
+            mu = fm.mean(x)  # one forward prediction per sub-iteration, shared below
             if self.discrepancy > 0:
                 s2 = fm.read_noise_var
-                ratio = deviance_ratio(y + s2, fm.mean(x) + s2)
+                ratio = deviance_ratio(y + s2, mu + s2)
                 active = (ratio > self.discrepancy).reshape(-1, *([1] * (x.ndim - 1)))
                 if not bool(active.any()):
                     break
-            g = self.likelihood.grad(x, y, fm)
+            g = self.likelihood.grad(x, y, fm, mu)
             if self.rule == "poisson":
                 pre = x / fm.adjoint_ones(x).clamp(min=self.eps)
                 if not self.likelihood.dimensionless:
-                    mu_mean = fm.mean(x).reshape(x.shape[0], -1).mean(dim=1)
+                    mu_mean = mu.reshape(x.shape[0], -1).mean(dim=1)
                     pre = pre / mu_mean.clamp(min=self.eps).reshape(-1, *([1] * (x.ndim - 1)))
                 new = (x - step * pre * g).clamp(min=0)
             else:

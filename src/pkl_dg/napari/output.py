@@ -38,6 +38,7 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     frames: int = 0
     total: int = 0
+    shown_at: float | None = None  # perf_counter of the last frame put into the layer
     status: str = "running"
     auto_contrast: tuple[float, float] | None = None
 
