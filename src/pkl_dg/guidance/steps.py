@@ -5,7 +5,10 @@ Two rules, both projected onto x ≥ 0 (photon intensities cannot be negative):
 ``poisson`` (default) — the Poisson-preconditioned step
     x ← max(x − w·λ·(x / Aᵀ1)·∇f / c, 0),
     with c = 1 for PKL and Anscombe (their gradients are dimensionless, ≈ (μ−y)/μ) and
-    c = mean(μ) for L2 (the Poisson variance that L2 ignores). For PKL at λ = w = 1 this
+    c = max(μ) per sample for L2: its gradient Aᵀ(μ − y) is μ times the relative residual, so
+    dividing by the largest μ keeps every pixel's step at most an RL-sized one (c = mean(μ)
+    overshot on bright structures and left L2 results below the input at 100–1000 photons).
+    For PKL at λ = w = 1 this
     is exactly one Richardson–Lucy iteration x·Aᵀ(y/μ)/Aᵀ1; ``sub_iterations`` of them run
     per diffusion step, so λ is in units of "RL iterations".
 
@@ -117,8 +120,8 @@ class GuidanceStep:
             if self.rule == "poisson":
                 pre = x / fm.adjoint_ones(x).clamp(min=self.eps)
                 if not self.likelihood.dimensionless:
-                    mu_mean = mu.reshape(x.shape[0], -1).mean(dim=1)
-                    pre = pre / mu_mean.clamp(min=self.eps).reshape(-1, *([1] * (x.ndim - 1)))
+                    mu_max = mu.reshape(x.shape[0], -1).amax(dim=1)
+                    pre = pre / mu_max.clamp(min=self.eps).reshape(-1, *([1] * (x.ndim - 1)))
                 new = (x - step * pre * g).clamp(min=0)
             else:
                 new = (x - step * _norm(x) / (_norm(g) + self.eps) * g).clamp(min=0)
