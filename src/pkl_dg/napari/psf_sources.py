@@ -12,10 +12,12 @@ Bead extraction (:func:`psf_from_beads`) in simple documented steps:
    20 % of the brightest peak.
 3. Reject beads closer than ``box/2`` to an edge and beads with another detected peak inside
    their box (not isolated).
-4. Crop a ``box × box`` window centred on each bead's brightest smoothed pixel (integer
-   alignment: at most ½ px of extra blur), subtract the window's border median, divide by
-   its sum.
-5. Average the windows, clip negatives to 0, normalise to sum 1.
+4. Crop a ``box × box`` window centred on each bead's brightest smoothed pixel and subtract
+   the window's border median.
+5. Sub-pixel alignment: measure the bead's intensity centroid (positive part of its central
+   region) and shift the window by the fractional offset (cubic spline), so beads that sit
+   at different sub-pixel positions do not blur the average. Divide by the sum.
+6. Average the windows, clip negatives to 0, normalise to sum 1.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
         win = img[y - half:y + half + 1, x - half:x + half + 1].copy()
         border = np.concatenate([win[0], win[-1], win[1:-1, 0], win[1:-1, -1]])
         win -= np.median(border)
+        win = _centre_subpixel(win)
         total = win.sum()
         if total > 0:
             windows.append(win / total)
@@ -68,6 +71,28 @@ def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
                          "or a PSF image / Gaussian PSF instead).")
     psf = np.clip(np.mean(windows, axis=0), 0, None)
     return (psf / psf.sum()).astype(np.float32), len(windows)
+
+
+def _centre_subpixel(win: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """Shift a background-free bead window so its centroid is at the centre pixel."""
+    from scipy import ndimage
+
+    half = win.shape[0] // 2
+    r = max(2, half // 2)
+    core = np.s_[half - r:half + r + 1, half - r:half + r + 1]
+    grid = np.arange(-r, r + 1, dtype=np.float64)
+    out = win
+    for _ in range(iterations):
+        weights = np.clip(out[core], 0, None)
+        total = weights.sum()
+        if total <= 0:
+            return out
+        dy = float((weights.sum(axis=1) * grid).sum() / total)
+        dx = float((weights.sum(axis=0) * grid).sum() / total)
+        if max(abs(dy), abs(dx)) < 1e-3:
+            break
+        out = ndimage.shift(out, (-dy, -dx), order=3, mode="nearest")
+    return out
 
 
 def describe_psf(settings: RestoreSettings, source: str) -> str:
