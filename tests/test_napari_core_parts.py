@@ -146,6 +146,37 @@ def _central_variance(psf, r=5):
     return float((core * g ** 2).sum() / core.sum())
 
 
+def test_psf_from_beads_in_a_3d_stack():
+    from scipy.special import erf
+
+    rng = np.random.default_rng(2)
+    shape, sig = (31, 96, 96), (3.0, 1.5, 1.5)
+    img = np.full(shape, 10.0)
+    for centre in ((15.3, 30, 30.4), (15, 30, 70), (14.6, 70.2, 50)):
+        profiles = []
+        for n, c, s_ in zip(shape, centre, sig):
+            edges = np.arange(n + 1) - 0.5
+            profiles.append(np.diff(erf((edges - c) / (np.sqrt(2) * s_))) / 2)
+        img += 2e5 * np.einsum("z,y,x->zyx", *profiles)
+    psf, n = psf_from_beads(rng.poisson(img).astype(np.float32), box=21)
+    assert n == 3 and psf.shape == (21, 21, 21) and abs(psf.sum() - 1) < 1e-5
+    g = np.arange(-10, 11)
+    for axis, s_ in enumerate(sig):
+        profile = psf.sum(axis=tuple(a for a in range(3) if a != axis))
+        assert abs(float((profile * g).sum())) < 0.05  # centred
+        r = int(2.5 * s_)  # central variance: the tails are mostly background noise
+        core, gc = profile[10 - r:11 + r], g[10 - r:11 + r]
+        edges = np.arange(-r, r + 2) - 0.5
+        truth = np.diff(erf(edges / (np.sqrt(2) * s_)))
+        expected = float((truth * gc ** 2).sum() / truth.sum())
+        assert float((core * gc ** 2).sum() / core.sum()) == pytest.approx(expected, rel=0.05)
+    # a shallow stack: the Z window shrinks to its depth
+    psf, n = psf_from_beads(rng.poisson(img[8:23]).astype(np.float32), box=21)
+    assert psf.shape == (15, 21, 21) and n == 3
+    with pytest.raises(ValueError, match="2D image or a 3D"):
+        psf_from_beads(np.zeros((2, 3, 8, 8)), box=5)
+
+
 def test_psf_from_beads_none_found():
     with pytest.raises(ValueError, match="No isolated bead"):
         psf_from_beads(np.random.default_rng(0).poisson(20, (64, 64)).astype(float), box=21)

@@ -395,6 +395,31 @@ def test_3d_mode_restores_the_volume_and_posterior_std(viewer_widget, qtbot):
     assert std.data.shape == vol.shape and float(std.data.max()) >= 0
 
 
+def test_3d_mode_takes_the_psf_from_a_bead_stack(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    zz, yy, xx = np.mgrid[:15, :48, :48]
+    beads = np.full((15, 48, 48), 10.0, np.float32)
+    for z, y, x in ((7, 12, 12), (7, 12, 36), (7, 36, 24)):
+        beads += 800 * np.exp(-((zz - z) ** 2 / (2 * 2.0 ** 2)
+                                + ((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.2 ** 2)))
+    viewer.add_image(beads, name="bead stack")
+    vol = np.random.default_rng(0).poisson(20, (15, 32, 32)).astype(np.float32)
+    widget.input_combo.value = viewer.add_image(vol, name="vol")
+    widget.controls["mode"].value = "3d"
+    widget.psf_source.value = "beads"
+    widget.bead_layer_combo.value = viewer.layers["bead stack"]
+    widget.bead_box.value = 11
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    psf_layer = widget.show_psf()
+    assert psf_layer is not None and psf_layer.data.ndim == 3
+    assert psf_layer.metadata["psf_beads_used"] == 3
+    assert run_and_wait(qtbot, widget) == "done"
+    md = widget.output_layer.metadata
+    assert md["napari"]["psf_beads_used"] == 3 and md["psf_shape"][0] > 1
+    assert not [n for n in notes if "ERROR" in n[0].upper()]
+
+
 def test_closing_the_dock_stops_the_run(viewer_widget, qtbot, notes, constant_denoiser):
     viewer, widget = viewer_widget
     widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser))

@@ -3,7 +3,8 @@
 A PSF image layer needs no helper: its data goes to the core as is (``build_psf`` takes the
 in-focus plane of a stack, centres, crops and normalises it).
 
-Bead extraction (:func:`psf_from_beads`) in simple documented steps:
+Bead extraction (:func:`psf_from_beads`), on a 2D bead image or a 3D (Z, Y, X) bead stack,
+in simple documented steps (in 3D every "box" is a cube, at most the stack depth along Z):
 
 1. Subtract the image's median (the background) and smooth with a Gaussian (σ = 1 px) to find
    peaks robustly.
@@ -29,69 +30,76 @@ from pkl_dg.settings import RestoreSettings
 
 def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
                    ) -> tuple[np.ndarray, int]:
-    """Average PSF of the isolated beads in a 2D ``image``; returns ``(psf, n_beads)``.
+    """Average PSF of the isolated beads in a 2D image or a 3D (Z, Y, X) bead stack;
+    returns ``(psf, n_beads)``. In 3D the window is ``box`` along Z too, or the whole stack
+    depth (made odd) when that is smaller.
 
     Raises ``ValueError`` (saying what to do) when no isolated bead is found.
     """
     from scipy import ndimage
 
     img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"{name} must be 2D for bead extraction (got {img.ndim}D).")
+    if img.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D image or a 3D (Z, Y, X) bead stack for bead "
+                         f"extraction (got {img.ndim}D).")
     if not np.all(np.isfinite(img)):
         raise ValueError(f"{name} contains NaN or Inf values.")
     box = int(box) | 1  # odd
-    half = box // 2
+    sizes = [box] * img.ndim
+    if img.ndim == 3:
+        sizes[0] = min(box, img.shape[0] - (1 - img.shape[0] % 2))
+    halves = np.array(sizes) // 2
     bg = np.median(img)
     smooth = ndimage.gaussian_filter(img - bg, 1.0)
     mad = 1.4826 * np.median(np.abs(img - bg)) + 1e-12
-    peaks = (smooth == ndimage.maximum_filter(smooth, size=box)) & (smooth > 5 * mad)
-    ys, xs = np.nonzero(peaks)
-    if len(ys):
-        keep = smooth[ys, xs] >= 0.2 * smooth[ys, xs].max()
-        ys, xs = ys[keep], xs[keep]
-    h, w = img.shape
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=sizes)) & (smooth > 5 * mad)
+    found = np.argwhere(peaks)
+    if len(found):
+        values = smooth[tuple(found.T)]
+        found = found[values >= 0.2 * values.max()]
+    shape = np.array(img.shape)
+    border_mask = np.ones(sizes, dtype=bool)
+    border_mask[(slice(1, -1),) * img.ndim] = False
     windows = []
-    for y, x in zip(ys, xs):
-        if y < half or x < half or y >= h - half or x >= w - half:
+    for pos in found:
+        if np.any(pos < halves) or np.any(pos >= shape - halves):
             continue
-        others = (np.abs(ys - y) <= half) & (np.abs(xs - x) <= half)
-        if others.sum() > 1:
-            continue
-        win = img[y - half:y + half + 1, x - half:x + half + 1].copy()
-        border = np.concatenate([win[0], win[-1], win[1:-1, 0], win[1:-1, -1]])
-        win -= np.median(border)
+        if np.sum(np.all(np.abs(found - pos) <= halves, axis=1)) > 1:
+            continue  # another bead inside the window: not isolated
+        win = img[tuple(slice(p - h, p + h + 1) for p, h in zip(pos, halves))].copy()
+        win -= np.median(win[border_mask])
         win = _centre_subpixel(win)
         total = win.sum()
         if total > 0:
             windows.append(win / total)
     if not windows:
         raise ValueError(f"No isolated bead found in {name}: it needs bright, separated "
-                         f"spots at least {half} px from the edges (try a smaller bead box, "
+                         f"spots at least {box // 2} px from the edges (try a smaller bead box, "
                          "or a PSF image / Gaussian PSF instead).")
     psf = np.clip(np.mean(windows, axis=0), 0, None)
     return (psf / psf.sum()).astype(np.float32), len(windows)
 
 
 def _centre_subpixel(win: np.ndarray, iterations: int = 3) -> np.ndarray:
-    """Shift a background-free bead window so its centroid is at the centre pixel."""
+    """Shift a background-free bead window (2D or 3D) so its centroid is its centre pixel."""
     from scipy import ndimage
 
-    half = win.shape[0] // 2
-    r = max(2, half // 2)
-    core = np.s_[half - r:half + r + 1, half - r:half + r + 1]
-    grid = np.arange(-r, r + 1, dtype=np.float64)
+    halves = [n // 2 for n in win.shape]
+    radii = [max(1, min(h, max(2, h // 2))) for h in halves]
+    core = tuple(slice(h - r, h + r + 1) for h, r in zip(halves, radii))
     out = win
     for _ in range(iterations):
         weights = np.clip(out[core], 0, None)
         total = weights.sum()
         if total <= 0:
             return out
-        dy = float((weights.sum(axis=1) * grid).sum() / total)
-        dx = float((weights.sum(axis=0) * grid).sum() / total)
-        if max(abs(dy), abs(dx)) < 1e-3:
+        offsets = []
+        for axis, r in enumerate(radii):
+            profile = weights.sum(axis=tuple(a for a in range(win.ndim) if a != axis))
+            offsets.append(float((profile * np.arange(-r, r + 1)).sum() / total))
+        if max(abs(o) for o in offsets) < 1e-3:
             break
-        out = ndimage.shift(out, (-dy, -dx), order=3, mode="nearest")
+        out = ndimage.shift(out, [-o for o in offsets], order=3, mode="nearest")
     return out
 
 

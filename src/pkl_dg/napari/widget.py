@@ -100,11 +100,14 @@ class PKLDeconvolutionWidget(QWidget):
         self.psf_layer_combo = ComboBox(name="psf_layer", label="PSF layer", choices=choices,
                                         nullable=True, value=None,
                                         tooltip="Image layer holding a measured or simulated "
-                                        "PSF (a 3D stack gives its brightest plane).")
+                                        "PSF. In 2D mode a 3D stack gives its in-focus "
+                                        "plane; in 3D mode it is the 3D PSF.")
         self.bead_layer_combo = ComboBox(name="bead_layer", label="Bead image",
                                          choices=choices, nullable=True, value=None,
-                                         tooltip="Image of sub-resolution "
-                                         "beads; isolated beads are averaged into the PSF.")
+                                         tooltip="Image of sub-resolution beads; "
+                                         "isolated beads are aligned to sub-pixel precision "
+                                         "and averaged into the PSF. In 3D mode a bead "
+                                         "Z-stack gives a 3D PSF.")
         self.stack_combo = ComboBox(name="stack", label="Stack",
                                     choices=[(v, k) for k, v in STACK_EXTENTS.items()],
                                     tooltip=STACK_TIP)
@@ -321,7 +324,7 @@ class PKLDeconvolutionWidget(QWidget):
                       for p, n in zip(point[:data.ndim - block_ndim], data.shape))
         return np.array(data[index], copy=True), index
 
-    def _psf_request(self, source: str) -> PsfRequest:
+    def _psf_request(self, source: str, mode: str = "2d") -> PsfRequest:
         request = PsfRequest(source=source, bead_box=int(self.bead_box.value))
         combo = {"layer": self.psf_layer_combo, "beads": self.bead_layer_combo}.get(source)
         if combo is not None:
@@ -333,7 +336,7 @@ class PKLDeconvolutionWidget(QWidget):
             if source == "layer":
                 request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
             else:
-                request.data, _ = self.selected_block(layer)
+                request.data, _ = self.selected_block(layer, mode)  # 3d mode: bead volume
         return request
 
     # ------------------------------------------------------------------ actions
@@ -349,8 +352,8 @@ class PKLDeconvolutionWidget(QWidget):
             shape = (np.shape(self.selected_block(layer, state.settings.mode,
                                                   state.stack == "all")[0])
                      if layer is not None else (256, 256))
-            _raw, psf, _settings, notes = resolve_psf(
-                state.settings, self._psf_request(state.psf_source), shape)
+            request = self._psf_request(state.psf_source, state.settings.mode)
+            _raw, psf, _settings, notes = resolve_psf(state.settings, request, shape)
         except (ValueError, FileNotFoundError) as exc:
             show_error(f"Cannot show the PSF: {exc}")
             return None
@@ -390,7 +393,7 @@ class PKLDeconvolutionWidget(QWidget):
             state = self.current_state()
             whole = state.stack == "all"
             image, index = self.selected_block(layer, state.settings.mode, whole)
-            request = self._psf_request(state.psf_source)
+            request = self._psf_request(state.psf_source, state.settings.mode)
         except (ValueError, FileNotFoundError) as exc:
             show_error(str(exc))
             return False
