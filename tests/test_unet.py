@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pkl_dg.diffusion.model_io import default_model_path, load_model, save_model
+from pkl_dg.diffusion.model_io import default_model_path, describe, load_model, save_model
 from pkl_dg.diffusion.schedule import cosine_alphas_cumprod
 from pkl_dg.diffusion.unet import UNet, UNetConfig
 from pkl_dg.training.train import diffusion_loss
@@ -173,6 +173,9 @@ def test_default_model():
     with torch.inference_mode():
         y = m(torch.randn(1, 1, 40, 40), torch.tensor([100]))
     assert y.shape == (1, 1, 40, 40) and torch.isfinite(y).all()
+    # a fine-tuned prior is described by all its training steps, not its last run's
+    total = meta["training"]["steps_total"]
+    assert total > meta["training"]["steps"] and f"{total} steps" in describe(meta)
 
 
 def test_v_output_is_identity_like_at_large_t():

@@ -206,7 +206,7 @@ def describe(meta: dict) -> str:
     tr = meta.get("training", {})
     n = meta.get("parameters")
     size = f"{n / 1e6:.2f} M params" if isinstance(n, int) else "?"
-    steps = tr.get("steps", "?")
+    steps = tr.get("steps_total", tr.get("steps", "?"))  # a fine-tuned model counts all steps
     loss = tr.get("final_loss")
     loss_s = f", loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else ""
     return f"UNet width {arch.get('width')} × {arch.get('channel_mult')}, {size}, {steps} steps{loss_s}"
