@@ -164,30 +164,28 @@ def test_auto_discrepancy_target():
     assert mid == sorted(mid, reverse=True) and 0.95 < min(mid) and max(mid) < 1.0
 
 
+def _restore_metadata(y, **kw):
+    """Metadata of a 2-step, 1-sample restore of ``y`` with a small untrained network."""
+    from pkl_dg.diffusion.unet import UNet, UNetConfig
+    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.settings import RestoreSettings
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
+    settings = RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw)
+    return run_to_end(restore_iter(y, settings, denoiser=net)).metadata  # one image: top level
+
+
 def test_restore_applies_the_automatic_stop(scene):
     """discrepancy −1 (default) resolves to the photon-dependent target and stops early."""
-    from pkl_dg.restoration import restore_iter
+    import warnings
+
     from pkl_dg.settings import RestoreSettings
 
     _, y, _, _ = scene
-    torch.manual_seed(0)
-    from pkl_dg.diffusion.unet import UNet, UNetConfig
-
-    net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
-
-    def info_of(**kw):
-        gen = restore_iter(y, RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw), denoiser=net)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value.metadata  # a single image: block info at top level
-
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # photon counts: no calibration warning
-        auto, off = info_of(), info_of(discrepancy=0)
+        auto, off = _restore_metadata(y), _restore_metadata(y, discrepancy=0)
     assert RestoreSettings().discrepancy == -1
     assert 0.95 <= auto["discrepancy"] <= 1.0 and off["discrepancy"] == 0
     assert auto["rough_deviance_ratio"] >= 0.8
@@ -195,28 +193,15 @@ def test_restore_applies_the_automatic_stop(scene):
 
 def test_uncalibrated_data_switch_the_automatic_stop_off(scene):
     """Data far less noisy than photon counts (here: counts × 0.1) cannot use the stop."""
-    from pkl_dg.diffusion.unet import UNet, UNetConfig
-    from pkl_dg.restoration import CalibrationWarning, restore_iter
-    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.restoration import CalibrationWarning
 
     _, y, _, _ = scene
     scaled = (y * 0.1).astype(np.float32)  # variance 0.1 × the mean
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
-
-    def run(**kw):
-        gen = restore_iter(scaled, RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw), denoiser=net)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value.metadata
-
     with pytest.warns(CalibrationWarning, match="gain"):
-        meta = run()
+        meta = _restore_metadata(scaled)
     assert meta["discrepancy"] == 0 and meta["rough_deviance_ratio"] < 0.8
     with pytest.warns(CalibrationWarning, match="end the guidance early"):
-        meta = run(discrepancy=1.0)
+        meta = _restore_metadata(scaled, discrepancy=1.0)
     assert meta["discrepancy"] == 1.0
 
 

@@ -2,8 +2,9 @@
 
 Every ``grad`` returns ∇f, the gradient of the quantity being *minimised*; a descent step
 is x ← x − λ·∇f; ``grad`` accepts the forward prediction ``mu = fm.mean(x)`` when the
-caller already has it (saves one convolution). ``nll`` returns one value per sample (sum over all but the first axis
-of a batch ``(N, ...)``; a lone image gives a 0-d tensor). Intensities are photon counts.
+caller already has it (saves one convolution). ``nll`` returns one value per sample (sum
+over all but the first axis of a batch ``(N, ...)``; a lone image gives a 0-d tensor).
+Intensities are photon counts.
 """
 
 from __future__ import annotations
