@@ -63,7 +63,7 @@ def test_threads_option(tmp_path, image_file, capsys):
 
 
 def test_psf_file_and_airy_flags(tmp_path, image_file):
-    from pkl_dg.cli_restore import settings_from_args
+    from pkl_dg.cli.restore import settings_from_args
     from pkl_dg.cli import build_parser
     from pkl_dg.physics import gaussian_psf
 

@@ -5,7 +5,7 @@ The core (``physics``, ``guidance``, ``diffusion``, ``restore``) imports neither
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pkl_dg._version import __version__  # noqa: E402
 
 from pkl_dg.settings import RestoreSettings  # noqa: E402
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Generator, Iterator
 import numpy as np
 import torch
 
-from pkl_dg import __version__
+from pkl_dg._version import __version__
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import guided_ddim

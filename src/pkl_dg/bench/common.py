@@ -49,7 +49,7 @@ def machine_info() -> dict:
     import scipy
     import skimage
 
-    from pkl_dg import __version__
+    from pkl_dg._version import __version__
     from pkl_dg.devices import cpu_supports_bf16
 
     mem_gb = None

@@ -10,7 +10,7 @@ Modules (careamics-napari style, each small and separately testable):
 - :mod:`pkl_dg.napari.psf_sources` -- PSF from settings, a PSF layer or a bead image (no Qt);
 - :mod:`pkl_dg.napari.state` -- settings persisted as JSON in the user config dir (no Qt);
 - :mod:`pkl_dg.napari.sample_data` -- procedurally generated sample data (no Qt);
-- :mod:`pkl_dg.napari.cli_demo` -- the ``pkl-dg demo`` subcommand.
+- the ``pkl-dg demo`` subcommand lives in :mod:`pkl_dg.cli.demo`.
 
 Nothing here is imported by ``import pkl_dg``; napari and Qt are imported only by the
 widget and the demo command.

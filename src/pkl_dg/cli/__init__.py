@@ -14,11 +14,11 @@ import sys
 
 # module paths of subcommands, in the order shown in --help
 _SUBCOMMANDS = (
-    "pkl_dg.cli_restore",
-    "pkl_dg.cli_compare",
-    "pkl_dg.napari.cli_demo",
-    "pkl_dg.training.cli_train",
-    "pkl_dg.bench.cli_bench",
+    "pkl_dg.cli.restore",
+    "pkl_dg.cli.compare",
+    "pkl_dg.cli.demo",
+    "pkl_dg.cli.train",
+    "pkl_dg.cli.bench",
 )
 
 
@@ -46,7 +46,7 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pkl_dg import __version__
+    from pkl_dg._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pkl-dg",
@@ -74,5 +74,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

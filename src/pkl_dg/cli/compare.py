@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pkl_dg.cli import add_threads_argument
-from pkl_dg.cli_restore import add_settings_arguments, settings_from_args
+from pkl_dg.cli.restore import add_settings_arguments, settings_from_args
 
 
 def register(subparsers) -> None:
