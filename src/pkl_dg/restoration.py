@@ -73,8 +73,27 @@ class RestoreResult:
     settings: RestoreSettings
     metadata: dict[str, Any] = field(default_factory=dict)
     #: per-pixel standard deviation over posterior samples (zero for one sample);
-    #: None for Richardson–Lucy, which draws no samples
+    #: None for Richardson–Lucy, which draws no samples (``metadata["posterior_std"]``
+    #: says why)
     std: np.ndarray | None = None
+
+
+def has_posterior_std(settings: RestoreSettings) -> bool:
+    """True when a run gives a meaningful per-pixel standard deviation: a sampling method
+    (not Richardson–Lucy, which is deterministic) with at least two posterior samples."""
+    return settings.method != "rl" and settings.samples > 1
+
+
+def posterior_std_note(settings: RestoreSettings) -> str:
+    """What the run's uncertainty output is, or why there is none (for the metadata)."""
+    if settings.method == "rl":
+        return ("none: Richardson–Lucy is deterministic and draws no posterior samples, so "
+                "it has no per-pixel standard deviation (the 'Posterior samples' setting "
+                "does not apply to it)")
+    if settings.samples < 2:
+        return ("none: one posterior sample was drawn; set 'Posterior samples' to 2 or more "
+                "for a per-pixel standard deviation")
+    return f"per-pixel standard deviation over {settings.samples} posterior samples (photons)"
 
 
 def check_image_shape(shape: tuple[int, ...], mode: str = "2d") -> None:
@@ -173,6 +192,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
         "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
+        "posterior_std": posterior_std_note(s),
     }
     net = None
     if s.method != "rl":

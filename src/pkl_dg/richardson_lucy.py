@@ -47,7 +47,7 @@ def richardson_lucy_iter(y: torch.Tensor, fm: ForwardModel, iterations: int,
     norm = fm.adjoint_ones(y)
     x = initial_estimate(y, fm) if x0 is None else x0.clone()
     for _ in range(iterations):
-        ratio = fm.A_adjoint(ys / (fm.mean(x) + s2 + EPS))
+        ratio = fm.A_adjoint(ys / (fm.mean(x).clamp(min=0) + s2 + EPS))
         denom = norm - tv_weight * _tv_divergence(x) if tv_weight > 0 else norm
         x = x * ratio / denom.clamp(min=1e-6)
         yield x

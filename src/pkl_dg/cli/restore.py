@@ -53,7 +53,8 @@ def register(subparsers) -> None:
         description="Deconvolve a fluorescence image or stack (last two axes YX; --mode 3d "
                     "treats the last three as a ZYX volume). Output: float32 photon counts, "
                     "all parameters as JSON in the TIFF description; with --samples N > 1 "
-                    "also OUT_std.tif, the per-pixel posterior standard deviation.")
+                    "also OUT_std.tif, the per-pixel posterior standard deviation (not for "
+                    "--method rl, which draws no samples).")
     p.add_argument("input", type=Path, help="input image (.tif, .tiff or .npy)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .tif")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -67,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pkl_dg.imageio import read_image, write_result
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import has_posterior_std, restore_iter, run_to_end
 
     settings = settings_from_args(args)
     outputs = [args.output]
-    if settings.samples > 1:
+    with_std = has_posterior_std(settings)
+    if with_std:
         outputs.append(args.output.with_name(args.output.stem + "_std" + args.output.suffix))
     for out in outputs:
         if out.exists() and not args.overwrite:
@@ -96,16 +98,17 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     meta = {**result.metadata, "input_file": str(args.input)}
     std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)
-    if settings.samples > 1:
+    with_std = with_std and result.std is not None
+    if with_std:
         meta["std_file"] = str(std_path)
     write_result(args.output, result.image, meta, overwrite=args.overwrite)
-    if settings.samples > 1:
+    if with_std:
         write_result(std_path, result.std, {**meta, "content": "per-pixel standard deviation "
                                             "over posterior samples (photons)"},
                      overwrite=args.overwrite)
     if not args.quiet:
         shape = "×".join(map(str, result.image.shape))
-        extra = f" and {std_path.name}" if settings.samples > 1 else ""
+        extra = f" and {std_path.name}" if with_std else ""
         print(f"wrote {args.output}{extra} ({shape} float32, {meta['seconds']} s)",
               file=sys.stderr)
     return 0

@@ -5,6 +5,9 @@ is x ← x − λ·∇f; ``grad`` accepts the forward prediction ``mu = fm.mean(
 caller already has it (saves one convolution). ``nll`` returns one value per sample (sum
 over all but the first axis of a batch ``(N, ...)``; a lone image gives a 0-d tensor).
 Intensities are photon counts.
+
+Every ``nll`` is finite for any non-negative data and any predicted mean μ (μ is clamped at
+0: it can round a hair below zero over exact-zero background, whose log would be NaN).
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ class AnscombeL2(Likelihood):
     name = "anscombe"
 
     def nll(self, x, y, fm):
-        return _sum_per_sample(0.5 * (_anscombe(fm.mean(x)) - _anscombe(y.clamp(min=0))) ** 2)
+        mu = fm.mean(x).clamp(min=0)
+        return _sum_per_sample(0.5 * (_anscombe(mu) - _anscombe(y.clamp(min=0))) ** 2)
 
     def grad(self, x, y, fm, mu=None):
-        mu = fm.mean(x) if mu is None else mu
+        mu = (fm.mean(x) if mu is None else mu).clamp(min=0)
         r = (_anscombe(mu) - _anscombe(y.clamp(min=0))) / torch.sqrt(mu + 0.375)
         return fm.A_adjoint(r)
 
@@ -84,11 +88,12 @@ class PoissonKL(Likelihood):
 
     def _shifted(self, x, y, fm, mu=None):
         s2 = fm.read_noise_var
-        return (fm.mean(x) if mu is None else mu) + s2, (y + s2).clamp(min=0)
+        mu = (fm.mean(x) if mu is None else mu).clamp(min=0)
+        return mu + s2, (y + s2).clamp(min=0)
 
     def nll(self, x, y, fm):
         mu, ys = self._shifted(x, y, fm)
-        return _sum_per_sample(mu - ys * torch.log(mu + EPS))
+        return _sum_per_sample(mu - torch.special.xlogy(ys, mu + EPS))
 
     def grad(self, x, y, fm, mu=None):
         mu, ys = self._shifted(x, y, fm, mu)

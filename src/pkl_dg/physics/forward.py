@@ -38,8 +38,13 @@ class ForwardModel:
         return self.conv.A_adjoint(z)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
-        """Expected photon counts μ = A x + B."""
-        return self.conv.A(x) + self.background
+        """Expected photon counts μ = A x + B, never below 0.
+
+        For x ≥ 0 the blur is ≥ 0, but the FFT rounds: over exact-zero background it
+        returns values like −1e-7, whose logarithm is NaN. A Poisson mean cannot be
+        negative, so μ is clamped at 0 (a no-op on everything but rounding error).
+        """
+        return (self.conv.A(x) + self.background).clamp(min=0)
 
     def adjoint_ones(self, like: torch.Tensor) -> torch.Tensor:
         d = self.conv.ndim
