@@ -23,7 +23,7 @@ METHOD_LABELS = {
 }
 PSF_KINDS = ("gaussian", "airy", "file", "array")
 MODES = ("2d", "3d")
-STEP_RULES = ("poisson", "adaptive")
+STEP_RULES = ("proximal", "poisson", "adaptive")
 RAMPS = ("linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -28,6 +28,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: 0.2 dB); but bounded, so a wild x̂0 at large t cannot overshoot the multiplicative
 #: guidance step into all-zero, from which it cannot recover.
 Z_MAX = 2.0
+#: largest x̂0 noise level σ̄_t (model units) passed to the guidance as its uncertainty
+SIGMA_MAX = 100.0
 
 
 @dataclass
@@ -100,7 +102,12 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
             z0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, Z_MAX)
             x0 = mapping.to_intensity(z0).clamp(min=0).reshape(gshape)
             if guidance is not None:
-                x0 = guidance(x0, yb, fm, ramp_weight(t, T, t_threshold, ramp))
+                # x̂0's noise level σ̄_t = √((1−ᾱ)/ᾱ) in model units, s/2 photons each;
+                # capped at SIGMA_MAX (there the proximal step is already plain RL, and τ²
+                # must stay finite in float32)
+                sigma_bar = min(math.sqrt((1 - a_t) / a_t), SIGMA_MAX)
+                prior_std = mapping.scale / 2.0 * sigma_bar
+                x0 = guidance(x0, yb, fm, ramp_weight(t, T, t_threshold, ramp), prior_std)
             z0 = mapping.to_model(x0).reshape(shape)
             eps = (x - math.sqrt(a_t) * z0) / math.sqrt(1 - a_t)
             if i + 1 < len(ts):

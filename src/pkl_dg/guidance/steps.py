@@ -31,7 +31,11 @@ import torch
 
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.likelihoods import Likelihood
+from pkl_dg.guidance.proximal import poisson_proximal
 from pkl_dg.physics.forward import ForwardModel
+
+
+STEP_RULES = ("proximal", "poisson", "adaptive")
 
 
 def ramp_weight(t: int, num_timesteps: int, t_threshold: int, kind: str = "linear") -> float:
@@ -97,16 +101,26 @@ class GuidanceStep:
     eps: float = 1e-12
 
     def __post_init__(self) -> None:
-        if self.rule not in ("poisson", "adaptive"):
-            raise ValueError(f"step rule must be 'poisson' or 'adaptive', got {self.rule!r}")
+        if self.rule not in STEP_RULES:
+            raise ValueError(f"step rule must be one of {', '.join(STEP_RULES)}, got "
+                             f"{self.rule!r}")
+        if self.rule == "proximal" and self.likelihood.name != "pkl":
+            raise ValueError("the proximal step is the Poisson (PKL) one: use the 'poisson' "
+                             f"step rule with {self.likelihood.name} guidance")
         if self.lam < 0 or self.sub_iterations < 1 or self.discrepancy < 0:
             raise ValueError("λ and the discrepancy target must be ≥ 0, sub-iterations ≥ 1")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
-                 weight: float = 1.0) -> torch.Tensor:
+                 weight: float = 1.0, prior_std: float | None = None) -> torch.Tensor:
+        """Apply the update; ``prior_std`` (photons) is x̂0's uncertainty at this step
+        (needed by the proximal rule: τ = weight · λ · prior_std)."""
         step = weight * self.lam
         if step == 0:
             return x
+        if self.rule == "proximal":
+            if prior_std is None:
+                raise ValueError("the proximal step needs the prior's uncertainty (prior_std)")
+            return poisson_proximal(x, y, fm, step * prior_std, self.sub_iterations)
         active = None  # per-sample mask while the discrepancy principle is on
         for _ in range(self.sub_iterations):
             mu = fm.mean(x)  # one forward prediction per sub-iteration, shared below
