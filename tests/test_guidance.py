@@ -58,10 +58,13 @@ def test_default_step_moves_estimate_meaningfully():
     s = RestoreSettings()
     fm, x, y = _setup(dtype=torch.float32)
     assert s.sub_iterations == 0  # automatic: the smallest automatic k is the hardest case
-    k = auto_sub_iterations(1.0)
-    step = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, k)
-    moved = step(x, y, fm) - x
+    # the default proximal step, one iteration, with the prior as unsure as the photons are
+    step = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, 1)
+    moved = step(x, y, fm, prior_std=float(x.max())) - x
     assert moved.abs().mean() > 0.05 * x.mean()  # > 5 % of the mean intensity per pixel
+    poisson = GuidanceStep(get_likelihood("pkl"), "poisson", 1.0, auto_sub_iterations(1.0))
+    moved = poisson(x, y, fm) - x
+    assert moved.abs().mean() > 0.05 * x.mean()
     adaptive = GuidanceStep(get_likelihood("pkl"), "adaptive", 0.1, 1)
     moved = adaptive(x, y, fm) - x
     rel = torch.linalg.vector_norm(moved) / torch.linalg.vector_norm(x)
@@ -172,6 +175,7 @@ def _restore_metadata(y, **kw):
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
+    kw = {"step_rule": "poisson", "lam": 1.0, "calibration": "manual", **kw}
     settings = RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw)
     return run_to_end(restore_iter(y, settings, denoiser=net)).metadata  # one image: top level
 

@@ -14,7 +14,8 @@ from pkl_dg.richardson_lucy import richardson_lucy
 
 def test_rl_matches_core_and_stream(scene):
     x, y, psf, b = scene
-    gen = restore_iter(y, method="rl", rl_iterations=12, psf_sigma=1.5, background=b)
+    gen = restore_iter(y, method="rl", rl_iterations=12, psf_sigma=1.5, background=b,
+                      calibration="manual")
     frames = []
     result = run_to_end(gen, frames.append)
     assert len(frames) == 12 and [f.index for f in frames] == list(range(1, 13))
@@ -37,7 +38,7 @@ def test_gain_and_offset_convert_to_photons(scene):
     x, y, psf, b = scene
     adu = y / 0.5 + 100.0  # gain 0.5 e⁻/ADU, offset 100
     a = restore(adu, method="rl", rl_iterations=5, gain=0.5, offset=100.0, background=b)
-    ref = restore(y, method="rl", rl_iterations=5, background=b)
+    ref = restore(y, method="rl", rl_iterations=5, background=b, calibration="manual")
     assert np.allclose(a, ref, rtol=1e-4, atol=1e-3)
 
 

@@ -33,13 +33,15 @@ def test_4d_stack_plane_by_plane_lazily(scene):
     data = np.stack([np.stack([y * (1 + 0.1 * (t + z)) for z in range(3)]) for t in range(2)])
     reader = PlaneReader(data)
     records = []
-    result = run_to_end(restore_iter(reader, method="rl", rl_iterations=4, psf_sigma=1.5),
+    result = run_to_end(restore_iter(reader, method="rl", rl_iterations=4, psf_sigma=1.5,
+                                     calibration="manual"),
                         records.append)
     assert result.image.shape == (2, 3, 48, 48) and result.image.dtype == np.float32
     assert [r.index for r in records] == list(range(1, 25)) and records[-1].total == 24
     assert records[0].block == (0, 0) and records[-1].block == (1, 2)
     assert sorted(reader.reads) == [(t, z) for t in range(2) for z in range(3)]
-    alone = restore(data[1, 2], method="rl", rl_iterations=4, psf_sigma=1.5)
+    alone = restore(data[1, 2], method="rl", rl_iterations=4, psf_sigma=1.5,
+                    calibration="manual")
     assert np.allclose(result.image[1, 2], alone)
 
 
@@ -86,6 +88,7 @@ def _bead_stack(seed=0):
 def test_3d_mode_beats_plane_by_plane(method, constant_denoiser):
     obj, y, psf = _bead_stack()
     kw = dict(method=method, rl_iterations=60, steps=8, background=2.0, psf_sigma=1.5,
+              calibration="manual",
               denoiser=constant_denoiser)
     vol = restore(y, mode="3d", psf_sigma_z=2.0, **kw)
     planes = restore(y, mode="2d", **kw)

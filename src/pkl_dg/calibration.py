@@ -143,9 +143,10 @@ def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None
         keep &= ndimage.binary_erosion(mask, np.ones((3, 3)), border_value=1)[1:-1, 1:-1]
     r, m, c = r[keep], m[keep], c[keep]
     if r.size < _MIN_PER_BIN * 2:
-        raise ValueError("too few usable pixels to estimate the noise (is most of the image "
-                         "saturated?)")
-    edges = np.unique(np.quantile(m, np.linspace(0, 1, _BINS + 1)))
+        raise ValueError(f"too few usable pixels ({r.size}) to estimate the noise: set the "
+                         "camera offset, gain and read noise by hand (calibration 'manual')")
+    nbins = int(min(_BINS, r.size // _MIN_PER_BIN))  # small images: fewer, full bins
+    edges = np.unique(np.quantile(m, np.linspace(0, 1, nbins + 1)))
     idx = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, len(edges) - 2)
     bins = []
     for k in range(len(edges) - 1):
@@ -156,6 +157,11 @@ def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None
         bins.append((float(np.mean(c[sel])), _clipped_variance(r[sel]), n))
     if len(bins) < 2:
         raise ValueError("the image is too flat to estimate its noise (one intensity level)")
+    level = max(abs(b[0]) for b in bins)
+    if max(b[1] for b in bins) <= 1e-12 * max(level * level, 1e-300):  # round-off only
+        raise ValueError("the image has no noise at all (synthetic or denoised data?): set "
+                         "the camera offset, gain and read noise by hand (calibration "
+                         "'manual')")
     mean = np.array([b[0] for b in bins])
     var = np.array([b[1] for b in bins])
     cnt = np.array([b[2] for b in bins], dtype=np.float64)
@@ -178,7 +184,17 @@ def _ring_and_support_means(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inner = ndimage.uniform_filter(img, 3, mode="nearest") * 9
     ring = (box - inner) / (_LOCAL ** 2 - 9)
     support = ndimage.correlate(img, _HIGH_PASS ** 2, mode="nearest")
-    return ring, support
+    return _quantised(ring), support
+
+
+def _quantised(v: np.ndarray, levels: float = 1e6) -> np.ndarray:
+    """``v`` on an integer grid of ``levels`` steps over its range: values that are equal in
+    exact arithmetic (integer counts) stay equal whatever the data's scale, so the pixels a
+    percentile or bin selects do not change when the image is multiplied by a constant."""
+    lo, hi = float(np.min(v)), float(np.max(v))
+    if hi <= lo:
+        return np.zeros_like(v)
+    return np.round((v - lo) / (hi - lo) * levels)
 
 
 def dark_level(image: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -13,6 +13,7 @@ time, each read with ``np.asarray(image[index])`` so dask-backed data are loaded
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from pkl_dg._version import __version__
+from pkl_dg.calibration import Calibration, estimate_calibration
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import guided_ddim
@@ -29,8 +31,10 @@ from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
+from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
+from pkl_dg.guidance.stopping import rl_auto_iter
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
-from pkl_dg.richardson_lucy import richardson_lucy, richardson_lucy_iter
+from pkl_dg.richardson_lucy import initial_estimate, richardson_lucy, richardson_lucy_iter
 from pkl_dg.settings import RestoreSettings
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
@@ -142,11 +146,39 @@ def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
     return max(float(torch.quantile(smooth, 0.01)), 0.0)
 
 
+#: settings that describe the camera: giving any of them (as keyword overrides) without a
+#: ``calibration`` choice means the user calibrated it, so calibration becomes 'manual'
+CAMERA_FIELDS = ("offset", "gain", "read_noise")
+#: the proximal rule's automatic sub-iterations are capped here
+PROXIMAL_K_MAX = 30
+
+
 def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) -> RestoreSettings:
     s = settings or RestoreSettings()
     if "background" in overrides and overrides["background"] is None:
         overrides = {**overrides, "background": -1.0}
+    if "calibration" not in overrides and any(k in overrides for k in CAMERA_FIELDS):
+        overrides = {**overrides, "calibration": "manual"}
     return s.replace(**overrides) if overrides else s
+
+
+def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
+    """The photon calibration of a run: the settings' values ('manual') or an estimate from
+    the image ('auto': :func:`pkl_dg.calibration.estimate_calibration` on its first YX
+    plane of the middle of its leading axes).
+
+    Raises
+    ------
+    ValueError
+        'auto' on an image whose noise does not grow with its signal (the message says to
+        calibrate by hand).
+    """
+    if s.calibration == "manual":
+        return Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise)
+    shape = tuple(np.shape(image))
+    idx = tuple(d // 2 for d in shape[:-2])
+    plane = validate_block(image[idx] if idx else image, getattr(image, "dtype", np.float32))
+    return estimate_calibration(plane)
 
 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
@@ -213,7 +245,12 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
             meta["tile_size"] = s.tile_size
         meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
 
-    steps_per_block = s.rl_iterations if s.method == "rl" else s.steps
+    cal = resolve_calibration(image, s)
+    meta["calibration"] = cal.to_dict()
+    if s.method == "rl":
+        steps_per_block = s.rl_iterations or RL_AUTO_MAX
+    else:
+        steps_per_block = s.steps
     indices = list(np.ndindex(*lead))
     total = steps_per_block * len(indices)
     out = np.empty(shape, dtype=np.float32)
@@ -221,9 +258,8 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     done = 0
     for idx in indices:
         y = torch.from_numpy(
-            (validate_block(image[idx] if idx else image, dtype) - np.float32(s.offset))
-            * np.float32(s.gain)).to(device)
-        gen = _restore_block(y, s, operator, net, device)
+            cal.to_photons(validate_block(image[idx] if idx else image, dtype))).to(device)
+        gen = _restore_block(y, s, operator, net, device, cal.read_noise)
         block_meta: dict[str, Any] = {"index": list(idx)}
         while True:
             try:
@@ -271,35 +307,71 @@ def _check_calibration(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, d
     return disc
 
 
+def _rl_auto(y: torch.Tensor, fm: ForwardModel, info: dict[str, Any]
+             ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Richardson–Lucy with the automatic stop; records the count and the final ratio."""
+    with torch.inference_mode():
+        for k, (x, ratio, last) in enumerate(rl_auto_iter(y, fm, initial_estimate(y, fm)), 1):
+            if last:
+                info["rl_auto_iterations"] = k
+                info["rl_auto_deviance_ratio"] = round(ratio, 4)
+            yield k, x
+
+
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
-                   net: Callable | None, device: torch.device
+                   net: Callable | None, device: torch.device, read_noise: float
                    ) -> Generator[tuple, None, dict[str, Any]]:
     """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll)."""
     background = s.background if s.background >= 0 else estimate_background(y, operator)
-    fm = ForwardModel(operator, background, float(s.read_noise) ** 2)
+    fm = ForwardModel(operator, background, float(read_noise) ** 2)
     pkl = get_likelihood("pkl")
     info: dict[str, Any] = {"background_photons": background}
     if s.method == "rl":
-        n = s.rl_iterations
-        for i, x in enumerate(richardson_lucy_iter(y, fm, n, s.tv_weight), start=1):
+        if s.rl_iterations == 0 and s.tv_weight == 0:
+            iterates: Iterator = _rl_auto(y, fm, info)
+            n = RL_AUTO_MAX
+        else:
+            if s.rl_iterations == 0:
+                raise ValueError("the automatic RL iteration count is for plain RL: set the "
+                                 "RL iterations for RL with TV regularisation")
+            n = s.rl_iterations
+            iterates = enumerate(richardson_lucy_iter(y, fm, n, s.tv_weight), start=1)
+        for i, x in iterates:
             with torch.inference_mode():
                 nll = pkl.nll(x, y, fm).sum()
             yield i, n, i, x, nll
         return info
+    proximal = s.method == "pkl" and s.step_rule == "proximal"
     with torch.inference_mode():
-        rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
+        if proximal:  # RL with the automatic stop sets both the scale and the data budget
+            for _, rough in _rl_auto(y, fm, info):
+                pass
+        else:
+            rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
     mapping = IntensityMapping(scale_from_estimate(rough))
     info["intensity_scale"] = mapping.scale
     guidance = None
     if s.method != "none":
         peak = mapping.scale / SCALE_FACTOR
-        k = s.sub_iterations or auto_sub_iterations(peak)
-        disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy
-        if disc > 0:
-            disc = _check_calibration(y, fm, rough, disc, auto=s.discrepancy < 0, info=info)
+        disc = 0.0
+        if proximal:  # the sampler's data iterations add up to RL's automatic count
+            k = s.sub_iterations or int(min(max(math.ceil(info["rl_auto_iterations"]
+                                                          / s.steps), 1), PROXIMAL_K_MAX))
+        else:
+            k = s.sub_iterations or auto_sub_iterations(peak)
+            disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy
+            if disc > 0 and s.calibration == "manual":
+                disc = _check_calibration(y, fm, rough, disc, auto=s.discrepancy < 0,
+                                          info=info)
+            info["discrepancy"] = disc
         info["sub_iterations"] = k
-        info["discrepancy"] = disc
-        guidance = GuidanceStep(get_likelihood(s.method), s.step_rule, s.lam, k, disc)
+        rule, lam = s.step_rule, s.lam
+        if rule == "proximal" and not proximal:  # documented: the proximal step is PKL's
+            rule, lam = "poisson", 1.0
+            info["step_rule_used"] = ("poisson, λ = 1 (the proximal rule is the Poisson "
+                                      f"likelihood's; {s.method} guidance takes Poisson-"
+                                      "preconditioned steps)")
+        guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc)
     gen = torch.Generator().manual_seed(s.seed)
     frames: Iterator = guided_ddim(net, y, fm, mapping, steps=s.steps, eta=s.eta,
                                    guidance=guidance, misfit=pkl, t_threshold=s.t_threshold,

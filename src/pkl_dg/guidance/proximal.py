@@ -37,7 +37,7 @@ from pkl_dg.physics.forward import ForwardModel
 
 def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
                      tau: torch.Tensor | float, iterations: int = 1,
-                     floor: float = 1e-6) -> torch.Tensor:
+                     floor: float = 1e-6, x_init: torch.Tensor | None = None) -> torch.Tensor:
     """Approximate Poisson proximal point of ``x_prior`` (photons).
 
     Parameters
@@ -55,6 +55,9 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
         Majorise–minimise iterations (each: one forward and one adjoint convolution).
     floor
         Smallest value (photons) an iterate starts from, so that EM can move a pixel off 0.
+    x_init
+        Where the iterations start (default ``x_prior``): the previous diffusion step's
+        solution is a warm start, since the proximal point moves little between steps.
 
     Returns
     -------
@@ -77,7 +80,7 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
     n = fm.adjoint_ones(x_prior).clamp(min=EPS)
     nt2 = n * tau_t * tau_t
     c = nt2 - x_prior
-    x = x_prior.clamp(min=floor)
+    x = (x_prior if x_init is None else x_init).clamp(min=floor)
     for _ in range(iterations):
         # FFT round-off can push a blurred non-negative image a hair below zero: clamp
         mu = (fm.mean(x) + s2).clamp(min=floor)

@@ -111,7 +111,8 @@ class GuidanceStep:
             raise ValueError("λ and the discrepancy target must be ≥ 0, sub-iterations ≥ 1")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
-                 weight: float = 1.0, prior_std: float | None = None) -> torch.Tensor:
+                 weight: float = 1.0, prior_std: float | None = None,
+                 x_init: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the update; ``prior_std`` (photons) is x̂0's uncertainty at this step
         (needed by the proximal rule: τ = weight · λ · prior_std)."""
         step = weight * self.lam
@@ -120,7 +121,8 @@ class GuidanceStep:
         if self.rule == "proximal":
             if prior_std is None:
                 raise ValueError("the proximal step needs the prior's uncertainty (prior_std)")
-            return poisson_proximal(x, y, fm, step * prior_std, self.sub_iterations)
+            return poisson_proximal(x, y, fm, step * prior_std, self.sub_iterations,
+                                    x_init=x_init)
         active = None  # per-sample mask while the discrepancy principle is on
         for _ in range(self.sub_iterations):
             mu = fm.mean(x)  # one forward prediction per sub-iteration, shared below

@@ -1,0 +1,76 @@
+"""Photon calibration from the image itself, and restorations that do not depend on scale."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pkl_dg import restore, restore_iter
+from pkl_dg.calibration import Calibration, estimate_calibration
+from pkl_dg.restoration import run_to_end
+
+
+def _scene(n=256, peak=100.0, seed=0):
+    """Blurred filaments and spots, with a dark quarter (no photons)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, n))
+    r, c = rng.integers(0, n, (2, 60))
+    x[r, c] = 1.0
+    yy, xx = np.mgrid[:n, :n]
+    for _ in range(8):
+        x += (np.sin(xx / rng.uniform(5, 20) + yy / rng.uniform(8, 40) + rng.uniform(0, 6))
+              > 0.95) * 0.3
+    x = ndimage.gaussian_filter(x, 2.0)
+    x = x / x.max() * peak
+    x[: n // 4] = 0
+    return x
+
+
+@pytest.mark.parametrize("gain", [0.2, 1.0, 5.0, 50.0])
+@pytest.mark.parametrize("offset,read_noise", [(0.0, 0.0), (100.0, 2.0), (1000.0, 5.0)])
+def test_calibration_recovered_from_one_image(gain, offset, read_noise):
+    rng = np.random.default_rng(int(gain * 10 + offset + read_noise))
+    photons = _scene(peak=100.0 * max(gain, 1.0))
+    electrons = rng.poisson(photons) + rng.normal(0, read_noise, photons.shape)
+    adu = offset + electrons / gain
+    cal = estimate_calibration(adu)
+    assert cal.source == "estimated"
+    assert cal.gain == pytest.approx(gain, rel=0.10)
+    # offset within 10 %, or within one photon's worth of ADU when it is 0
+    assert abs(cal.offset - offset) <= max(0.1 * offset, 1.0 / gain)
+    assert abs(cal.read_noise - read_noise) <= max(0.1 * read_noise, 0.5)
+
+
+def test_calibration_refuses_noise_free_data():
+    flat = np.tile(np.linspace(0, 100, 64), (64, 1))
+    with pytest.raises(ValueError, match="by hand"):
+        estimate_calibration(flat)
+
+
+def test_calibration_input_not_modified_and_photons():
+    img = np.full((4, 4), 110.0, np.float32)
+    img.setflags(write=False)
+    ph = Calibration(gain=2.0, offset=100.0, read_noise=0.0).to_photons(img)
+    assert ph.dtype == np.float32 and np.allclose(ph, 20.0)
+
+
+@pytest.mark.parametrize("method", ["rl", "pkl"])
+def test_scale_of_the_data_does_not_decide_the_result(method):
+    """Counts, ×1000, and ÷65535 (img_as_float of uint16) restore alike, up to that scale,
+    with nothing given but the PSF."""
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(_scene(n=96, peak=60.0, seed=3) + 2.0).astype(np.float32)
+    kw = dict(method=method, psf_sigma=1.5, steps=3, samples=1, seed=0)
+    ref = run_to_end(restore_iter(counts, **kw))
+    assert ref.metadata["calibration"]["source"] == "estimated"
+    for factor in (1000.0, 1 / 65535):
+        out = restore(counts * np.float32(factor), **kw)
+        assert np.allclose(out, ref.image, rtol=2e-3, atol=2e-3 * float(ref.image.max()))
+
+
+def test_explicit_camera_values_mean_manual_calibration(scene):
+    _, y, _, b = scene
+    res = run_to_end(restore_iter(y / 0.5 + 100, method="rl", rl_iterations=3, gain=0.5,
+                                  offset=100.0, background=b))
+    assert res.settings.calibration == "manual"
+    assert res.metadata["calibration"] == {"gain": 0.5, "offset": 100.0, "read_noise": 0.0,
+                                           "source": "given"}

@@ -1,0 +1,89 @@
+"""The Poisson proximal data step and the automatic Richardson–Lucy stop."""
+
+import numpy as np
+import pytest
+import torch
+
+from pkl_dg.guidance.proximal import poisson_proximal
+from pkl_dg.guidance.stopping import rl_auto_iter
+from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+from pkl_dg.richardson_lucy import initial_estimate, richardson_lucy_iter
+
+
+def _objective(x, x_prior, y, fm, tau):
+    mu = fm.mean(x) + fm.read_noise_var
+    ys = y + fm.read_noise_var
+    return float((mu - torch.special.xlogy(ys, mu)).sum() + ((x - x_prior) ** 2).sum() / (2 * tau ** 2))
+
+
+def test_delta_psf_one_iteration_is_the_exact_proximal_point():
+    g = torch.Generator().manual_seed(0)
+    x_prior = torch.rand(1, 1, 16, 16, generator=g) * 20 + 1
+    y = torch.poisson(torch.full((16, 16), 8.0), generator=g)
+    fm = ForwardModel(PSFConvolution(np.ones((1, 1), np.float32)), 0.0)
+    tau = 3.0
+    x = poisson_proximal(x_prior, y, fm, tau, iterations=1, floor=1e-9)
+    # stationarity of Σ x − y log x + (x − x̂0)²/(2τ²): 1 − y/x + (x − x̂0)/τ² = 0
+    resid = 1 - y / x + (x - x_prior) / tau ** 2
+    assert resid.abs().max() < 1e-4
+    # limits: τ = 0 is the prior, τ → ∞ is the maximum-likelihood fit (the data)
+    assert torch.equal(poisson_proximal(x_prior, y, fm, 0.0), x_prior)
+    far = poisson_proximal(x_prior, y, fm, 1e4, iterations=1, floor=1e-9)
+    assert torch.allclose(far, y.expand_as(far).clamp(min=1e-9), atol=1e-3)
+
+
+def test_proximal_iterations_lower_the_objective_with_a_blur():
+    g = torch.Generator().manual_seed(1)
+    obj = torch.zeros(32, 32)
+    obj[8:24, 15:17] = 40.0
+    fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), 2.0, 1.0)
+    y = torch.poisson(fm.mean(obj), generator=g)
+    x_prior = torch.full((1, 1, 32, 32), 5.0)
+    tau = 4.0
+    values = [_objective(x_prior[0, 0], x_prior[0, 0], y, fm, tau)]
+    x = x_prior
+    for _ in range(6):
+        x = poisson_proximal(x_prior, y, fm, tau, iterations=1, x_init=x)
+        values.append(_objective(x[0, 0], x_prior[0, 0], y, fm, tau))
+    assert all(b <= a + 1e-3 for a, b in zip(values, values[1:])), values
+    assert values[-1] < values[0] - 100
+    # τ → ∞: one iteration is one Richardson–Lucy iteration
+    rl = next(richardson_lucy_iter(y, fm, 1, x0=x_prior[0, 0]))
+    one = poisson_proximal(x_prior, y, fm, 1e5, iterations=1)
+    assert torch.allclose(one[0, 0], rl, rtol=1e-3, atol=1e-3)
+
+
+def test_proximal_step_finite_on_exact_zeros():
+    y = torch.zeros(24, 24)
+    y[10:14, 10:14] = 5.0
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.0)), 0.0)
+    x = poisson_proximal(torch.zeros(2, 1, 24, 24), y, fm, 2.0, iterations=5)
+    assert torch.isfinite(x).all() and (x >= 0).all()
+    with pytest.raises(ValueError, match="τ"):
+        poisson_proximal(torch.zeros(1, 1, 8, 8), torch.zeros(8, 8), fm, -1.0)
+
+
+def test_rl_auto_stops_at_the_noise_level_on_photon_counts(scene):
+    x, y, psf, b = scene
+    fm = ForwardModel(PSFConvolution(psf), b)
+    yt = torch.from_numpy(y)
+    out = list(rl_auto_iter(yt, fm, initial_estimate(yt, fm)))
+    k = len(out)
+    assert out[-1][2] and not any(last for _, _, last in out[:-1])
+    assert 3 <= k < 100  # stopped by the rule, not by the cap
+    ratio = out[-1][1]
+    assert ratio <= 1.0 or (out[-2][1] - ratio) < 0.005 * (ratio - 1)
+
+
+def test_rl_auto_stops_when_the_model_is_wrong():
+    """A PSF too wide for the data: the deviance levels off above the noise level and the
+    stall rule ends the run long before the cap."""
+    g = torch.Generator().manual_seed(2)
+    obj = torch.zeros(48, 48)
+    obj[10:38, 23:25] = 300.0
+    obj[20, 5:43] = 300.0
+    y = torch.poisson(ForwardModel(PSFConvolution(gaussian_psf(1.2)), 5.0).mean(obj),
+                      generator=g)
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.5)), 5.0)
+    out = list(rl_auto_iter(y, fm, initial_estimate(y, fm), max_iterations=500))
+    assert out[-1][1] > 1.0 and len(out) < 500
