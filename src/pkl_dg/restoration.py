@@ -151,6 +151,7 @@ def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
 CAMERA_FIELDS = ("offset", "gain", "read_noise")
 #: the proximal rule's automatic sub-iterations are capped here
 PROXIMAL_K_MAX = 30
+PROXIMAL_K_FACTOR = 1.0
 
 
 def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) -> RestoreSettings:
@@ -355,8 +356,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         peak = mapping.scale / SCALE_FACTOR
         disc = 0.0
         if proximal:  # the sampler's data iterations add up to RL's automatic count
-            k = s.sub_iterations or int(min(max(math.ceil(info["rl_auto_iterations"]
-                                                          / s.steps), 1), PROXIMAL_K_MAX))
+            k = s.sub_iterations or int(min(max(math.ceil(
+                PROXIMAL_K_FACTOR * info["rl_auto_iterations"] / s.steps), 1), PROXIMAL_K_MAX))
         else:
             k = s.sub_iterations or auto_sub_iterations(peak)
             disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy

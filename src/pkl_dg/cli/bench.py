@@ -68,6 +68,14 @@ def _speed(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from pkl_dg.bench.quality import run_quality
 
+    if args.section == "real":
+        from pkl_dg.bench.realdata import run_realdata_bench
+
+        result = run_realdata_bench(args.realdata, smoke=args.smoke, model=args.model, log=_log)
+        result["note"] = args.note
+        _write_json(args.json, result)
+        return 0
+
     photons = parse_int_list(args.photons, "--photons") if args.photons else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     result = run_quality(realdata=args.realdata, smoke=args.smoke, photons=photons,
@@ -82,6 +90,7 @@ def _report(args: argparse.Namespace) -> int:
     from pkl_dg.bench.report import write_report
 
     out = write_report(quality_path=args.quality, speed_path=args.speed, out=args.out,
+                       realdata_path=args.realdata,
                        plot=args.plot)
     _log(f"wrote {out}")
     return 0
@@ -127,11 +136,18 @@ def register(subparsers) -> None:
                    "few steps, tiny random network (for tests)")
     add_threads_argument(q)
     q.add_argument("--note", default=None, help="free text stored with the results")
+    q.add_argument("--section", choices=("synthetic", "real"), default="synthetic",
+                   help="'synthetic' (default): known objects blurred and noised here, every "
+                        "method; 'real': the real-data dev set given as a user would (no "
+                        "calibration), RL auto / RL 30 / RL oracle / PKL, to "
+                        "benchmarks/realdata.json")
     q.set_defaults(func=_quality)
 
     r = sub.add_parser("report", help="regenerate BENCHMARKS.md and the plot from the JSON")
     r.add_argument("--quality", required=True, help="quality JSON")
     r.add_argument("--speed", required=True, help="speed JSON")
+    r.add_argument("--realdata", default=None, help="real-data JSON (from bench quality "
+                   "--section real), rendered as its own section")
     r.add_argument("--out", default="BENCHMARKS.md", help="markdown file (default "
                    "BENCHMARKS.md)")
     r.add_argument("--plot", default="benchmarks/quality_psnr.png", help="PSNR-vs-photons "
