@@ -32,6 +32,7 @@ from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
 from pkl_dg.richardson_lucy import richardson_lucy, richardson_lucy_iter
 from pkl_dg.settings import RestoreSettings
+from pkl_dg.threads import apply_threads, thread_info
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
@@ -194,6 +195,8 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
         "posterior_std": posterior_std_note(s),
     }
+    apply_threads(s.threads)  # process-wide, like torch.set_num_threads
+    meta.update(thread_info())
     net = None
     if s.method != "rl":
         net = denoiser

@@ -146,6 +146,10 @@ class RestoreSettings:
     precision: str = _f("auto", "Precision", "Network precision: auto uses bf16 where the "
                         "hardware supports it (physics always runs in float32).", "Model",
                         choices=PRECISIONS)
+    threads: int = _f(0, "CPU threads", "Threads torch computes with on the CPU; 0 = "
+                      "automatic: one per physical core but one, so a busy machine (another "
+                      "program, a second run) stays usable. Threads competing for busy cores "
+                      "can make a run many times slower.", "Model", min=0, max=256)
     tile_size: int = _f(1024, "Network tile", "Images wider or taller than this run the "
                         "network on overlapping tiles (bounded memory); 0 never tiles. The "
                         "physics always acts on the whole image.", "Model", min=0,

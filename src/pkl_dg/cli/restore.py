@@ -23,6 +23,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, default None (= the schema's default), grouped as in the GUI."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in field_specs():
+        if spec.name == "threads":  # every command has --threads (add_threads_argument)
+            continue
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [flag_for(spec.name)]
         if spec.name == "psf_path":
