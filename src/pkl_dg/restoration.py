@@ -30,7 +30,9 @@ from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
+from pkl_dg.negatives import negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, richardson_lucy_iter
+from pkl_dg.saturation import detect_saturation, report_saturation
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.threads import apply_threads, thread_info
 
@@ -223,11 +225,17 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     std = np.zeros(shape, dtype=np.float32) if s.method != "rl" else None
     done = 0
     for idx in indices:
-        y = torch.from_numpy(
-            (validate_block(image[idx] if idx else image, dtype) - np.float32(s.offset))
-            * np.float32(s.gain)).to(device)
-        gen = _restore_block(y, s, operator, net, device)
+        raw = validate_block(image[idx] if idx else image, dtype)
         block_meta: dict[str, Any] = {"index": list(idx)}
+        sat = detect_saturation(raw, dtype)
+        saturated = report_saturation(sat, f"block {idx}" if idx else "")
+        mask = None
+        if saturated is not None:
+            block_meta["saturated"] = saturated
+            mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
+        y = torch.from_numpy((raw - np.float32(s.offset)) * np.float32(s.gain)).to(device)
+        gen = _restore_block(y, s, operator, net, device, mask=mask,
+                             where=f"block {idx}" if idx else "")
         while True:
             try:
                 step, steps, t, x, nll = next(gen)
@@ -275,13 +283,20 @@ def _check_calibration(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, d
 
 
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
-                   net: Callable | None, device: torch.device
+                   net: Callable | None, device: torch.device, *,
+                   mask: torch.Tensor | None = None, where: str = ""
                    ) -> Generator[tuple, None, dict[str, Any]]:
-    """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll)."""
+    """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll).
+
+    ``mask`` (1 = fit, 0 = ignore, e.g. saturated pixels) leaves pixels out of the data fit.
+    """
     background = s.background if s.background >= 0 else estimate_background(y, operator)
-    fm = ForwardModel(operator, background, float(s.read_noise) ** 2)
-    pkl = get_likelihood("pkl")
     info: dict[str, Any] = {"background_photons": background}
+    s2, negatives = negative_value_pedestal(y, float(s.read_noise) ** 2, where)
+    if negatives is not None:
+        info["negative_values"] = negatives
+    fm = ForwardModel(operator, background, s2, mask)
+    pkl = get_likelihood("pkl")
     if s.method == "rl":
         n = s.rl_iterations
         for i, x in enumerate(richardson_lucy_iter(y, fm, n, s.tv_weight), start=1):

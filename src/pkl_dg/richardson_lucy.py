@@ -4,7 +4,8 @@ x ← x · Aᵀ(y / (A x + B)) / (Aᵀ1 − λ_TV · div(∇x / |∇x|))
 
 (Dey et al. 2006 for the TV term). Without TV every iteration is an EM step and never
 decreases the Poisson likelihood. Data are expected in photon units; read noise enters
-through the shifted-Poisson model (y + s², μ + s²) as in :class:`~pkl_dg.guidance.PoissonKL`.
+through the shifted-Poisson model (y + s², μ + s²) as in :class:`~pkl_dg.guidance.PoissonKL`;
+pixels outside the forward model's mask (saturated ones) are left out of both Aᵀ terms.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def richardson_lucy_iter(y: torch.Tensor, fm: ForwardModel, iterations: int,
     norm = fm.adjoint_ones(y)
     x = initial_estimate(y, fm) if x0 is None else x0.clone()
     for _ in range(iterations):
-        ratio = fm.A_adjoint(ys / (fm.mean(x).clamp(min=0) + s2 + EPS))
+        ratio = fm.A_adjoint(fm.weight(ys / (fm.mean(x).clamp(min=0) + s2 + EPS)))
         denom = norm - tv_weight * _tv_divergence(x) if tv_weight > 0 else norm
         x = x * ratio / denom.clamp(min=1e-6)
         yield x

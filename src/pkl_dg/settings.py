@@ -75,8 +75,10 @@ class RestoreSettings:
                                   unit="nm")
 
     # --- Photon calibration ---------------------------------------------------------
-    offset: float = _f(0.0, "Camera offset", "Camera baseline in ADU, subtracted first.",
-                       "Calibration", min=0.0, max=1e6, unit="ADU")
+    offset: float = _f(0.0, "Camera offset", "Camera baseline in ADU, subtracted first. "
+                       "May be negative (data exported with the baseline already removed "
+                       "and shifted below zero).", "Calibration", min=-1e6, max=1e6,
+                       unit="ADU")
     gain: float = _f(1.0, "Gain", "Camera conversion gain in photo-electrons per ADU; the "
                      "image is converted to photon counts as (ADU − offset)·gain.",
                      "Calibration", min=1e-4, max=1e4, unit="e⁻/ADU")
