@@ -12,7 +12,7 @@ from pkl_dg import cli
 from pkl_dg.diffusion.model_io import load_model
 from pkl_dg.diffusion.schedule import cosine_alphas_cumprod
 from pkl_dg.diffusion.unet import UNet, UNetConfig
-from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
+from pkl_dg.training.data import MixedSource, PhantomSource
 from pkl_dg.training.phantoms import (TRAINING_MIX, PhantomConfig, normalise_patch, parse_mix, phantom_batch,
                                      render_phantom)
 from pkl_dg.training.train import TrainConfig, diffusion_loss, learning_rate
@@ -109,30 +109,6 @@ def test_phantom_source_patches():
     b = src.batch(4)
     assert b.shape == (4, 1, 32, 32) and b.dtype == np.float32
     assert 0 <= b.min() and b.max() <= 1
-
-
-def test_tiff_source(tmp_path):
-    import tifffile
-
-    rng = np.random.default_rng(0)
-    tifffile.imwrite(tmp_path / "a.tif", (render_phantom(rng, 64) * 1000).astype(np.uint16))
-    tifffile.imwrite(tmp_path / "b.tiff", np.stack([render_phantom(rng, 48) for _ in range(2)]).astype(np.float32))
-    src = TiffSource(tmp_path, rng, 32)
-    assert len(src.planes) == 3
-    p = src.sample()
-    assert p.shape == (32, 32) and 0 <= p.min() and p.max() <= 1
-    with pytest.raises(ValueError, match="smaller than the training patch"):
-        TiffSource(tmp_path, rng, 64)
-    with pytest.raises(ValueError, match="no .tif/.tiff files"):
-        TiffSource(_empty(tmp_path), rng, 32)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
-        TiffSource(tmp_path / "missing", rng, 32)
-
-
-def _empty(tmp_path):
-    d = tmp_path / "empty"
-    d.mkdir()
-    return d
 
 
 def test_tiny_model_loss_falls():
