@@ -29,7 +29,7 @@ from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
-from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
+from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
 from pkl_dg.negatives import negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.saturation import detect_saturation, report_saturation
@@ -185,7 +185,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     check_image_shape(shape, s.mode)
     block_ndim = 3 if s.mode == "3d" else 2
     lead = shape[: len(shape) - block_ndim]
-    psf_arr = build_psf(s, shape, psf)
+    psf_arr, psf_info = build_psf_info(s, shape, psf)
     device = resolve_device(s.device)
     if operator is None:
         operator = PSFConvolution(psf_arr)
@@ -196,7 +196,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
         "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
-        "posterior_std": posterior_std_note(s),
+        "posterior_std": posterior_std_note(s), "psf": psf_info,
     }
     apply_threads(s.threads)  # process-wide, like torch.set_num_threads
     meta.update(thread_info())

@@ -68,12 +68,20 @@ class RestoreSettings:
     pixel_size_nm: float = _f(65.0, "Pixel size", "Size of one image pixel in the sample plane "
                               "(camera pixel / magnification).", "PSF", min=1.0, max=10000.0,
                               unit="nm")
+    z_step_nm: float = _f(0.0, "Z step", "Distance between the planes of the image stack "
+                          "(3D mode); needed when a measured PSF's Z step differs from it. "
+                          "0 = not given.", "PSF", min=0.0, max=100000.0, unit="nm")
     psf_path: str = _f("", "PSF file", "TIFF or .npy PSF image (a 3D PSF gives its in-focus "
-                       "plane). Used when PSF model is 'file'.", "PSF")
-    psf_pixel_size_nm: float = _f(0.0, "PSF pixel size", "Pixel size of the PSF file when it "
-                                  "differs from the image's (it is then resampled); 0 means "
-                                  "the same as the image.", "PSF", min=0.0, max=10000.0,
-                                  unit="nm")
+                       "plane in 2D mode). Used when PSF model is 'file'. Cleaned like every "
+                       "measured PSF: baseline and noise removed, centred, normalised.", "PSF")
+    psf_pixel_size_nm: float = _f(0.0, "PSF pixel size", "Pixel size of a measured PSF (file, "
+                                  "layer or array) when it differs from the image's (it is "
+                                  "then resampled, in 2D and 3D mode); 0 means the same as "
+                                  "the image.", "PSF", min=0.0, max=10000.0, unit="nm")
+    psf_z_step_nm: float = _f(0.0, "PSF Z step", "Plane spacing of a measured 3D PSF when it "
+                              "differs from the image's Z step (it is then resampled along "
+                              "Z; 3D mode); 0 means the same as the image.", "PSF", min=0.0,
+                              max=100000.0, unit="nm")
 
     # --- Photon calibration ---------------------------------------------------------
     offset: float = _f(0.0, "Camera offset", "Camera baseline in ADU, subtracted first. "
