@@ -118,10 +118,13 @@ class PSFConvolution:
         key = (tuple(shape), dtype, str(device))
 
         def make() -> torch.Tensor:
-            grid = torch.zeros(shape, dtype=torch.float64)
-            grid[tuple(slice(0, n) for n in self.psf.shape)] = self.psf
-            grid = torch.roll(grid, shifts=tuple(-r for r in self.radius),
-                              dims=tuple(range(self.ndim)))
+            # the FFT in the requested precision (float32: half the setup time of float64,
+            # errors ~1e-7 of the OTF's magnitude, like every float32 FFT that uses it)
+            real = torch.float64 if dtype == torch.float64 else torch.float32
+            grid = torch.zeros(shape, dtype=real)
+            wrapped = torch.meshgrid(*[(torch.arange(k) - r) % n for k, r, n in
+                                       zip(self.psf.shape, self.radius, shape)], indexing="ij")
+            grid[wrapped] = self.psf.to(real)  # PSF centre at the origin, wrapped around
             return torch.fft.rfftn(grid).to(device=device, dtype=_complex_of(dtype))
 
         return self.cache.get(key, make)
