@@ -155,8 +155,8 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                  psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
-                 denoiser: Callable | None = None, **overrides: Any
-                 ) -> Generator[StepRecord, None, RestoreResult]:
+                 denoiser: Callable | None = None, rl_start: float | None = None,
+                 **overrides: Any) -> Generator[StepRecord, None, RestoreResult]:
     """Restore ``image`` step by step.
 
     Yields a :class:`StepRecord` per diffusion step (or RL iteration) and returns a
@@ -177,6 +177,9 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     denoiser
         A loaded network ``(x_t, t) -> ε``; by default the settings' model (or the
         shipped prior) is loaded.
+    rl_start
+        Flat starting level (photons) of Richardson–Lucy instead of each block's mean
+        signal: chunks of a large plane (``pkl-dg batch``) start where the whole plane would.
     """
     s = _settings_from(settings, overrides)
     t_start = time.perf_counter()
@@ -236,7 +239,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
             mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
         y = torch.from_numpy((raw - np.float32(s.offset)) * np.float32(s.gain)).to(device)
         gen = _restore_block(y, s, operator, net, device, mask=mask,
-                             where=f"block {idx}" if idx else "")
+                             where=f"block {idx}" if idx else "", rl_start=rl_start)
         while True:
             try:
                 step, steps, t, x, nll = next(gen)
@@ -286,8 +289,8 @@ def _check_calibration(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, d
 
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
                    net: Callable | None, device: torch.device, *,
-                   mask: torch.Tensor | None = None, where: str = ""
-                   ) -> Generator[tuple, None, dict[str, Any]]:
+                   mask: torch.Tensor | None = None, where: str = "",
+                   rl_start: float | None = None) -> Generator[tuple, None, dict[str, Any]]:
     """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll).
 
     ``mask`` (1 = fit, 0 = ignore, e.g. saturated pixels) leaves pixels out of the data fit.
@@ -302,7 +305,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     if s.method == "rl":
         n = s.rl_iterations
         fast = s.rl_acceleration != "none"
-        for it in rl_iterates(y, fm, n, s.tv_weight, accelerate=fast):
+        x0 = None if rl_start is None else torch.full_like(y, float(rl_start))
+        for it in rl_iterates(y, fm, n, s.tv_weight, x0, accelerate=fast):
             # plain RL: the misfit comes from the μ the next iteration needs anyway;
             # accelerated: it would cost a convolution, so only the last frame has one
             yield it.k, n, it.k, it.x, (it.nll() if not fast or it.k == n else None)

@@ -155,4 +155,4 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
     h, w = img.shape[-2:]
     if chunk and s.mode == "2d" and max(h, w) > chunk:
         psf = build_psf(s, img.shape)
-        job.chunks = plan_chunks(h, w, chunk, margin_for(psf.shape))
+        job.chunks = plan_chunks(h, w, chunk, margin_for(psf.shape, s.method))

@@ -35,8 +35,8 @@ class Cluster:
     threads: int | None
 
     def close(self) -> None:
+        self.client.close()
         if self.cluster is not None:
-            self.client.close()
             self.cluster.close()
 
 
@@ -69,10 +69,18 @@ def start_cluster(scheduler: str | None = None, workers: int | None = None,
     return Cluster(Client(cluster), cluster, per)
 
 
+#: settings that do not change a result: an output made with other values is still complete
+_RESULT_NEUTRAL = ("threads", "device")
+
+
+def _result_settings(s: RestoreSettings) -> dict[str, Any]:
+    return {k: v for k, v in s.to_dict().items() if k not in _RESULT_NEUTRAL}
+
+
 # ---------------------------------------------------------------------------------------
 def _batch_record(job: Job) -> dict[str, Any]:
     return {"complete": True, "input": str(job.input.resolve()), "input_shape": list(job.shape),
-            "axes": job.axes, "settings": job.settings.to_dict()}
+            "axes": job.axes, "settings": _result_settings(job.settings)}
 
 
 def output_state(job: Job) -> str:
@@ -96,7 +104,7 @@ def output_state(job: Job) -> str:
     except (ValueError, OSError, KeyError):
         return "partial"
     if rec.get("input") != str(job.input.resolve()) or \
-            rec.get("settings") != job.settings.to_dict():
+            rec.get("settings") != _result_settings(job.settings):
         return "different"
     return "complete"
 

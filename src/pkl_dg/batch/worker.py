@@ -95,7 +95,10 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     """Whole-plane quantities chunks of the plane must share.
 
     Returns the background (photons; estimated as :func:`~pkl_dg.restoration.restore` does
-    when the settings say −1) and the Richardson–Lucy start level (mean signal above it).
+    when the settings say −1), the Richardson–Lucy start level (mean signal above it), and
+    for the diffusion methods the plane's brightness (peak photons of the rough RL estimate
+    that sets the intensity scale) with the sub-iteration count and noise-level target it
+    implies, so automatic choices are made once for the plane and not per chunk.
     """
     import torch
 
@@ -109,7 +112,22 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     bg = s.background
     if bg < 0:
         bg = estimate_background(y, _operator(s, build_psf(s, tuple(y.shape))))
-    return {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3)}
+    out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3)}
+    if s.method not in ("rl", "none"):
+        from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
+        from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
+        from pkl_dg.physics import ForwardModel
+        from pkl_dg.restoration import SCALE_ESTIMATE_ITERATIONS
+        from pkl_dg.richardson_lucy import richardson_lucy
+
+        op = _operator(s, build_psf(s, tuple(y.shape)))
+        fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
+        with torch.inference_mode():
+            rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
+        peak = scale_from_estimate(rough) / SCALE_FACTOR
+        out.update(peak_photons=float(peak), sub_iterations=int(auto_sub_iterations(peak)),
+                   discrepancy=float(auto_discrepancy(peak)))
+    return out
 
 
 def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
@@ -132,11 +150,8 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     (image, metadata)
         float32 photons of the block or chunk, and that block's metadata.
     """
-    import torch
-
-    from pkl_dg.physics import ForwardModel, build_psf
+    from pkl_dg.physics import build_psf
     from pkl_dg.restoration import restore_iter, run_to_end
-    from pkl_dg.richardson_lucy import richardson_lucy_iter
     from pkl_dg.settings import RestoreSettings
 
     set_threads(threads)
@@ -146,19 +161,16 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
         if stats is None:
             raise ValueError("a chunk needs its plane's statistics")
         s = s.replace(background=stats["background"])
-    psf = build_psf(s, block.shape)
-    op = _operator(s, psf)
-    if box is not None and s.method == "rl":
-        # the plane's RL start level (a chunk's own mean would start it elsewhere)
-        y = torch.from_numpy(_photons(block, s))
-        fm = ForwardModel(op, s.background, float(s.read_noise) ** 2)
-        x = None
-        for x in richardson_lucy_iter(y, fm, s.rl_iterations, s.tv_weight,
-                                      x0=torch.full_like(y, stats["rl_start"])):
-            pass
-        return x.float().numpy(), {"background_photons": s.background}
+        if "sub_iterations" in stats and s.sub_iterations == 0:
+            s = s.replace(sub_iterations=stats["sub_iterations"])
+        if "discrepancy" in stats and s.discrepancy < 0:
+            s = s.replace(discrepancy=stats["discrepancy"])
+    op = _operator(s, build_psf(s, block.shape))
     net, model_meta = (None, None) if s.method == "rl" else _network(s)
-    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net))
+    # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
+    # elsewhere and end 2e-3 away after 30 iterations)
+    rl_start = stats["rl_start"] if box is not None and s.method == "rl" else None
+    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start))
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version")}
     if model_meta is not None:

@@ -78,11 +78,23 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.batch import run_batch_bench
+
+    workers = parse_int_list(args.workers, "--workers")
+    result = run_batch_bench(size=args.size, images=args.images, workers=workers,
+                             method=args.method, steps=args.steps, samples=args.samples,
+                             threads=args.threads or 1, smoke=args.smoke, log=_log)
+    result["note"] = args.note
+    _write_json(args.json, result)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pkl_dg.bench.report import write_report
 
     out = write_report(quality_path=args.quality, speed_path=args.speed, out=args.out,
-                       plot=args.plot)
+                       plot=args.plot, batch_path=args.batch)
     _log(f"wrote {out}")
     return 0
 
@@ -91,7 +103,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="run the speed / quality benchmarks, write "
                               "BENCHMARKS.md", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,report}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,batch,report}")
     sub.required = True
 
     s = sub.add_parser("speed", help="time the network, guided steps, physics, RL, restore")
@@ -129,9 +141,26 @@ def register(subparsers) -> None:
     q.add_argument("--note", default=None, help="free text stored with the results")
     q.set_defaults(func=_quality)
 
+    b = sub.add_parser("batch", help="images/min of pkl-dg batch with 1, 2, … workers")
+    b.add_argument("--json", required=True, help="output JSON file")
+    b.add_argument("--size", type=int, default=512, help="image side (default 512)")
+    b.add_argument("--images", type=int, default=20, help="images per batch (default 20)")
+    b.add_argument("--workers", default="1,2", help="worker counts to time (default 1,2)")
+    b.add_argument("--method", default="pkl", help="restoration method (default pkl)")
+    b.add_argument("--steps", type=int, default=15, help="diffusion steps (default 15)")
+    b.add_argument("--samples", type=int, default=1, help="posterior samples (default 1)")
+    b.add_argument("--smoke", action="store_true", help="two tiny RL images, one worker "
+                   "(for tests)")
+    add_threads_argument(b)  # torch threads per worker (default 1)
+    b.add_argument("--note", default=None, help="free text stored with the results (e.g. "
+                   "other load on the machine)")
+    b.set_defaults(func=_batch)
+
     r = sub.add_parser("report", help="regenerate BENCHMARKS.md and the plot from the JSON")
     r.add_argument("--quality", required=True, help="quality JSON")
     r.add_argument("--speed", required=True, help="speed JSON")
+    r.add_argument("--batch", default=None, help="batch JSON (optional: adds the batch "
+                   "throughput section)")
     r.add_argument("--out", default="BENCHMARKS.md", help="markdown file (default "
                    "BENCHMARKS.md)")
     r.add_argument("--plot", default="benchmarks/quality_psnr.png", help="PSNR-vs-photons "
