@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pkl_dg._version import __version__
+from pkl_dg.axes import arrange, channel_count, check_unlabelled_layout, put_back
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import guided_ddim
@@ -99,12 +100,13 @@ def posterior_std_note(settings: RestoreSettings) -> str:
     return f"per-pixel standard deviation over {settings.samples} posterior samples (photons)"
 
 
-def check_image_shape(shape: tuple[int, ...], mode: str = "2d") -> None:
-    """Refuse shapes that are not single-channel YX images or stacks of them."""
-    if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
-        raise ValueError(f"image of shape {tuple(shape)} looks like RGB(A): deconvolution "
-                         "needs single-channel fluorescence data; split the channels and "
-                         "restore each one")
+def check_image_shape(shape: tuple[int, ...], mode: str = "2d", labelled: bool = False
+                      ) -> None:
+    """Refuse shapes that are not single-channel YX images or stacks of them; unless the
+    axes are known (``labelled``), also layouts whose channel axis would be deconvolved
+    (:func:`pkl_dg.axes.check_unlabelled_layout`)."""
+    if not labelled:
+        check_unlabelled_layout(shape, mode, MIN_SIDE)
     need = 3 if mode == "3d" else 2
     if len(shape) < need:
         what = "a Z-stack (Z, Y, X)" if mode == "3d" else "at least 2D (Y, X)"
@@ -156,6 +158,7 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                  psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
                  denoiser: Callable | None = None, rl_start: float | None = None,
+                 axes: str | None = None,
                  **overrides: Any) -> Generator[StepRecord, None, RestoreResult]:
     """Restore ``image`` step by step.
 
@@ -180,12 +183,20 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     rl_start
         Flat starting level (photons) of Richardson–Lucy instead of each block's mean
         signal: chunks of a large plane (``pkl-dg batch``) start where the whole plane would.
+    axes
+        One letter per axis of ``image`` (T, C, S, Z, Y, X; Q unnamed), e.g. ``"ZCYX"`` for
+        an ImageJ hyperstack. Channels and time are never deconvolved along: each channel's
+        plane (2D mode) or volume (3D mode) is a block of its own, ``StepRecord.block``
+        indexes the non-block axes in the axes' order, and the result comes back in the
+        input's order. Without axes, layouts whose channel axis would be blurred
+        ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
     """
     s = _settings_from(settings, overrides)
     t_start = time.perf_counter()
+    image, axes, back = arrange(image, axes, s.mode, MIN_SIDE)
     shape = tuple(np.shape(image))
     dtype = getattr(image, "dtype", np.asarray(image).dtype if not shape else None)
-    check_image_shape(shape, s.mode)
+    check_image_shape(shape, s.mode, labelled=True)  # arrange() checked the layout
     block_ndim = 3 if s.mode == "3d" else 2
     lead = shape[: len(shape) - block_ndim]
     psf_arr, psf_info = build_psf_info(s, shape, psf)
@@ -201,6 +212,9 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
         "posterior_std": posterior_std_note(s), "psf": psf_info,
     }
+    if axes is not None:
+        meta["axes"] = {"restored_as": axes, "channels": channel_count(axes, shape),
+                        "block_axes": axes[-block_ndim:]}
     apply_threads(s.threads)  # process-wide, like torch.set_num_threads
     meta.update(thread_info())
     net = None
@@ -258,7 +272,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
-    return RestoreResult(out, s, meta, std)
+    return RestoreResult(put_back(out, back), s, meta, put_back(std, back))
 
 
 def _check_calibration(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, disc: float,
