@@ -157,6 +157,9 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
     L += [f"- {n}" for n in notes]
     L.append("")
     L += precision_lines(speed.get("precision_quality"))
+    from pkl_dg.bench.report_rl import rl_lines
+
+    L += rl_lines(speed.get("rl"))
     return L
 
 

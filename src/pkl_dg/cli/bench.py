@@ -59,9 +59,42 @@ def _speed(args: argparse.Namespace) -> int:
     if min(sizes) < 32:
         raise ValueError(f"sizes must be at least 32 pixels (the PSF must fit), got {sizes}")
     repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 3)
+    if args.parts == "rl":
+        return _speed_rl_only(args, repeats)
     result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max, log=_log)
     result["note"] = args.note
+    result["rl"] = _rl_part(args, repeats)
     _write_json(args.json, result)
+    return 0
+
+
+def _rl_part(args: argparse.Namespace, repeats: int) -> dict:
+    from pkl_dg.bench.speed_rl import run_rl_part
+
+    sizes = parse_int_list(args.rl_sizes, "--rl-sizes") if args.rl_sizes else (
+        [32, 48] if args.smoke else [512, 2048, 4096])
+    iterations = args.rl_iterations or (3 if args.smoke else 10)
+    part = run_rl_part(sizes, iterations, repeats, args.realdata, args.smoke, log=_log)
+    part["note"] = args.note
+    part["command"] = "pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return part
+
+
+def _speed_rl_only(args: argparse.Namespace, repeats: int) -> int:
+    """--parts rl: rerun only the Richardson–Lucy part and replace it in an existing JSON."""
+    out = Path(args.json)
+    if not out.is_file():
+        raise ValueError(f"--parts rl replaces the 'rl' part of an existing speed JSON, and "
+                         f"{out} does not exist: run the full `pkl-dg bench speed` first")
+    data = json.loads(out.read_text(encoding="utf-8"))
+    if data.get("kind") != "speed":
+        raise ValueError(f"{out} holds {data.get('kind')!r} results, not speed results")
+    data["rl"] = _rl_part(args, repeats)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n",
+                   encoding="utf-8")
+    tmp.replace(out)
+    _log(f"updated the rl part of {out}")
     return 0
 
 
@@ -117,6 +150,15 @@ def register(subparsers) -> None:
     s.add_argument("--model", default=None, help="time this prior instead of the shipped one")
     s.add_argument("--smoke", action="store_true", help="tiny sizes, few steps, tiny random "
                    "network (for tests)")
+    s.add_argument("--parts", choices=("all", "rl"), default="all", help="'rl': rerun only "
+                   "the Richardson–Lucy tables (ours vs the FFT floor and the peers; time to "
+                   "the best result on the BioSR pair) and replace them in the existing --json")
+    s.add_argument("--rl-sizes", default=None, help="sizes of the RL table (default "
+                   "512,2048,4096; smoke 32,48)")
+    s.add_argument("--rl-iterations", type=int, default=None, help="RL iterations per timed "
+                   "run (default 10; smoke 3)")
+    s.add_argument("--realdata", default=None, help="folder of the public test data for the "
+                   "time-to-best table (default: ../shared/realdata beside the repository)")
     add_threads_argument(s)
     s.add_argument("--note", default=None, help="free text stored with the results (e.g. "
                    "other load on the machine)")
