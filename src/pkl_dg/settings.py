@@ -21,7 +21,7 @@ METHOD_LABELS = {
     "none": "Unguided prior",
     "rl": "Richardson–Lucy",
 }
-PSF_KINDS = ("gaussian", "airy", "file", "array")
+PSF_KINDS = ("gaussian", "airy", "vectorial", "file", "array")
 MODES = ("2d", "3d")
 STEP_RULES = ("proximal", "poisson", "adaptive")
 RAMPS = ("linear", "cosine")
@@ -50,8 +50,10 @@ class RestoreSettings:
     # --- PSF -----------------------------------------------------------------------
     psf_kind: str = _f("gaussian", "PSF model",
                        "Where the point-spread function comes from: a Gaussian of given width, "
-                       "a widefield Airy (Born–Wolf) PSF from the optics, a PSF image file, or "
-                       "an array/layer you supply.", "PSF", choices=PSF_KINDS)
+                       "a widefield Airy (Born–Wolf) PSF from the optics, a widefield 3D "
+                       "vectorial PSF from the optics (Gibson–Lanni aberrations for a sample "
+                       "whose refractive index differs from the immersion's), a PSF image "
+                       "file, or an array/layer you supply.", "PSF", choices=PSF_KINDS)
     psf_sigma: float = _f(2.0, "Gaussian σ", "Standard deviation of the Gaussian PSF along X "
                           "(and Y unless σ Y is set). FWHM = 2.355·σ.", "PSF",
                           min=0.3, max=50.0, unit="px")
@@ -61,10 +63,23 @@ class RestoreSettings:
     psf_sigma_z: float = _f(0.0, "Gaussian σ Z", "Standard deviation of a 3D Gaussian PSF "
                             "along Z, in planes (3D mode only).", "PSF", min=0.0, max=50.0,
                             unit="planes")
-    na: float = _f(1.4, "Numerical aperture", "Numerical aperture of the objective (Airy PSF).",
+    na: float = _f(1.4, "Numerical aperture", "Numerical aperture of the objective (Airy and "
+                   "vectorial PSF).",
                    "PSF", min=0.05, max=1.7)
     wavelength_nm: float = _f(520.0, "Emission wavelength", "Peak emission wavelength of the "
-                              "fluorophore (Airy PSF).", "PSF", min=200.0, max=1500.0, unit="nm")
+                              "fluorophore (Airy and vectorial PSF).", "PSF", min=200.0,
+                              max=1500.0, unit="nm")
+    immersion_ri: float = _f(1.515, "Immersion index", "Refractive index of the objective's "
+                             "immersion medium (vectorial PSF): 1.515 oil, 1.33 water, 1.0 "
+                             "air, 1.405 silicone.", "PSF", min=1.0, max=2.0)
+    sample_ri: float = _f(1.515, "Sample index", "Refractive index of the sample (vectorial "
+                          "PSF): 1.33 live cells in medium, ~1.46 glycerol mountants, 1.515 "
+                          "matched to oil. A mismatch with the immersion index blurs and "
+                          "lengthens the PSF with depth.", "PSF", min=1.0, max=2.0)
+    psf_depth_nm: float = _f(0.0, "Depth below coverslip", "Depth of the imaged plane below "
+                             "the coverslip (vectorial PSF); matters when the sample and "
+                             "immersion indices differ.", "PSF", min=0.0, max=500000.0,
+                             unit="nm")
     pixel_size_nm: float = _f(65.0, "Pixel size", "Size of one image pixel in the sample plane "
                               "(camera pixel / magnification).", "PSF", min=1.0, max=10000.0,
                               unit="nm")

@@ -115,6 +115,9 @@ def describe_psf(settings: RestoreSettings, source: str) -> str:
     if source == "airy":
         return (f"Airy NA {settings.na:g}, {settings.wavelength_nm:g} nm, "
                 f"{settings.pixel_size_nm:g} nm/px")
+    if source == "vectorial":
+        return (f"vectorial NA {settings.na:g}, {settings.wavelength_nm:g} nm, n "
+                f"{settings.immersion_ri:g}/{settings.sample_ri:g}")
     if source == "file":
         return f"file {settings.psf_path}"
     if source == "layer":

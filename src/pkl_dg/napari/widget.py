@@ -191,7 +191,8 @@ class PKLDeconvolutionWidget(QWidget):
         """Settings as currently shown; raises ``ValueError`` if a value is invalid."""
         values = {name: read_control(ctrl) for name, ctrl in self.controls.items()}
         source = self.psf_source.value
-        values["psf_kind"] = source if source in ("gaussian", "airy", "file") else "array"
+        values["psf_kind"] = (source if source in ("gaussian", "airy", "vectorial", "file")
+                              else "array")
         return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
                            bead_box=int(self.bead_box.value), stack=self.stack_combo.value)
 
@@ -235,8 +236,11 @@ class PKLDeconvolutionWidget(QWidget):
             "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
             "psf_sigma_z": src == "gaussian" and mode_3d,
             "samples": method != "rl", "tile_size": method != "rl",
-            "na": src == "airy", "wavelength_nm": src == "airy",
-            "pixel_size_nm": src in ("airy", "file", "layer"),
+            "na": src in ("airy", "vectorial"), "wavelength_nm": src in ("airy", "vectorial"),
+            "pixel_size_nm": src in ("airy", "vectorial", "file", "layer"),
+            "immersion_ri": src == "vectorial", "sample_ri": src == "vectorial",
+            "psf_depth_nm": src == "vectorial", "z_step_nm": mode_3d,
+            "psf_z_step_nm": src in ("file", "layer") and mode_3d,
             "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
             "step_rule": guided, "lam": guided, "sub_iterations": guided,
             "t_threshold": guided, "ramp": guided, "discrepancy": guided,

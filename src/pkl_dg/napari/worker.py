@@ -158,7 +158,7 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     from pkl_dg.physics import build_psf
 
     notes: dict[str, Any] = {"psf_source": request.source}
-    if request.source in ("gaussian", "airy", "file"):
+    if request.source in ("gaussian", "airy", "vectorial", "file"):
         settings = settings.replace(psf_kind=request.source)
         return None, build_psf(settings, image_shape), settings, notes
     if request.data is None:

@@ -221,7 +221,7 @@ def build_psf_info(settings, image_shape: tuple[int, ...] | None = None,
         info["cleaning"] = diag.to_dict()
         out, lateral, axial = _resample_measured(out, s, three_d, info)
     else:
-        out, lateral, axial = _computed_psf(s, three_d, info)
+        out, lateral, axial = _computed_psf(s, three_d, info, image_shape)
     info["kernel_shape"] = list(out.shape)
     info["spacing_nm"] = ([axial] if three_d else []) + [lateral, lateral]
     fw = fwhm_along_axes(out)
@@ -264,10 +264,13 @@ def _resample_measured(out: np.ndarray, s, three_d: bool, info: dict):
     return out, lateral, axial
 
 
-def _computed_psf(s, three_d: bool, info: dict):
-    """A PSF from the settings' model (Gaussian, Airy, …); nothing to clean or resample."""
+def _computed_psf(s, three_d: bool, info: dict, image_shape: tuple[int, ...] | None = None):
+    """A PSF from the settings' model (Gaussian, Airy, vectorial); nothing to clean or
+    resample."""
     if s.psf_kind == "array":
         raise ValueError("PSF model is 'array' but no PSF array was supplied")
+    if s.psf_kind == "vectorial":
+        return _vectorial(s, three_d, info, image_shape)
     if three_d:
         if s.psf_kind == "gaussian":
             info["source"] = "gaussian"
@@ -282,6 +285,30 @@ def _computed_psf(s, three_d: bool, info: dict):
         info["source"] = "airy"
         return airy_psf(s.na, s.wavelength_nm, s.pixel_size_nm), s.pixel_size_nm, None
     raise ValueError(f"unknown PSF model {s.psf_kind!r}")  # settings validation prevents it
+
+
+def _vectorial(s, three_d: bool, info: dict, image_shape: tuple[int, ...] | None):
+    """The widefield vectorial PSF of the settings' optics (see :mod:`.optics_psf`)."""
+    from pkl_dg.physics.optics_psf import auto_planes, widefield_psf
+
+    z_step = getattr(s, "z_step_nm", 0.0)
+    side = min(image_shape[-2:]) if image_shape is not None else None
+    planes = 1
+    if three_d:
+        if not z_step > 0:
+            raise ValueError("a 3D PSF from the optics needs the image's Z step: set Z step "
+                             "(nm)")
+        depth = image_shape[-3] if image_shape is not None and len(image_shape) >= 3 else None
+        planes = auto_planes(s.na, s.wavelength_nm, z_step, s.immersion_ri, depth)
+    out = widefield_psf(s.na, s.wavelength_nm, s.pixel_size_nm, z_step_nm=z_step,
+                        planes=planes, immersion_ri=s.immersion_ri, sample_ri=s.sample_ri,
+                        depth_nm=s.psf_depth_nm, max_side=side)
+    info["source"] = "vectorial"
+    info["optics"] = {"model": "vectorial (Aguet 2009) with Gibson–Lanni aberrations, "
+                      "psfmodels", "na": s.na, "wavelength_nm": s.wavelength_nm,
+                      "immersion_ri": s.immersion_ri, "sample_ri": s.sample_ri,
+                      "depth_nm": s.psf_depth_nm}
+    return (out if three_d else out[0]), s.pixel_size_nm, (z_step if three_d else None)
 
 
 def fwhm_of(profile: np.ndarray) -> float:
