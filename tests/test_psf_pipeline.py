@@ -169,3 +169,18 @@ def test_case_07_psf_voxel_size_3d():
     result = run_to_end(restore_iter(y, s, psf=fine, method="rl", rl_iterations=3))
     assert result.metadata["psf"]["resampled"]["to_spacing_nm"][1:] == [65.0, 65.0]
     assert result.metadata["psf"]["kernel_shape"] == list(psf.shape)
+
+
+def test_widget_core_reports_psf_diagnostics():
+    from pkl_dg.napari.psf_sources import describe_diagnostics
+    from pkl_dg.napari.worker import PsfRequest, resolve_psf
+
+    raw = raw_bead_crop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        _r, psf, _s, notes = resolve_psf(RestoreSettings(), PsfRequest("layer", raw, 25, "bead"),
+                                         (96, 96))
+    cleaning = notes["psf"]["cleaning"]
+    assert np.allclose(cleaning["centroid_offset_px"], [4.0, -3.6], atol=0.1)
+    text = describe_diagnostics(notes["psf"])
+    assert "centred from (+4.0" in text and "% of its energy kept" in text and "FWHM" in text

@@ -39,6 +39,9 @@ from pkl_dg.threads import apply_threads, thread_info
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
+#: RL misfit readout at most this often (the widget shows ≤ 10 frames/s): the readout is a
+#: logarithm pass, ~10 % of a 512² iteration
+RL_READOUT_INTERVAL_S = 0.1
 MIN_SIDE = 8
 TILE_OVERLAP = 64
 #: On Poisson photon counts a 20-iteration RL fit leaves a deviance of 0.90–1.05 × its
@@ -58,7 +61,10 @@ class StepRecord:
     ``image`` is the current estimate (photons, float32) of the block being restored: the
     whole image for 2D input, else the plane (2D mode) or volume (3D mode) at ``block``,
     the index into the input's leading axes. ``index``/``total`` count steps over the
-    whole run; ``step``/``steps`` within the block.
+    whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of the frame,
+    or None where it was not read out: Richardson–Lucy reads it out at most every
+    :data:`RL_READOUT_INTERVAL_S` (first and last frame always), accelerated RL on the last
+    frame only.
     """
 
     index: int
@@ -320,10 +326,16 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         n = s.rl_iterations
         fast = s.rl_acceleration != "none"
         x0 = None if rl_start is None else torch.full_like(y, float(rl_start))
+        last_readout = -np.inf
         for it in rl_iterates(y, fm, n, s.tv_weight, x0, accelerate=fast):
-            # plain RL: the misfit comes from the μ the next iteration needs anyway;
-            # accelerated: it would cost a convolution, so only the last frame has one
-            yield it.k, n, it.k, it.x, (it.nll() if not fast or it.k == n else None)
+            # plain RL: the misfit comes from the μ the next iteration needs anyway, on
+            # frames that can be shown; accelerated: it costs a convolution, last frame only
+            now = time.perf_counter()
+            read = it.k == n or (not fast and (
+                it.k == 1 or now - last_readout >= RL_READOUT_INTERVAL_S))
+            if read:
+                last_readout = now
+            yield it.k, n, it.k, it.x, (it.nll() if read else None)
         return info
     with torch.inference_mode():
         rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)

@@ -123,3 +123,23 @@ def describe_psf(settings: RestoreSettings, source: str) -> str:
     if source == "layer":
         return "PSF layer"
     return "beads"
+
+
+def describe_diagnostics(info: dict) -> str:
+    """The PSF diagnostics of :func:`pkl_dg.physics.build_psf_info` in a few words, e.g.
+    ``"; FWHM 4.77 × 4.76 px; centred from (-3.99, +4.00) px; 100.0 % of its energy kept"``."""
+    parts = []
+    fw = [f for f in info.get("fwhm_px", []) if f is not None]
+    if fw:
+        parts.append("FWHM " + " × ".join(f"{f:.2f}" for f in fw) + " px")
+    cleaning = info.get("cleaning")
+    if cleaning:
+        off = cleaning["centroid_offset_px"]
+        if max(abs(v) for v in off) >= 0.05:
+            parts.append("centred from (" + ", ".join(f"{v:+.2f}" for v in off) + ") px")
+        parts.append(f"{100 * cleaning['energy_kept']:.1f} % of its energy kept")
+    if "resampled" in info:
+        r = info["resampled"]
+        parts.append("resampled from " + " × ".join(f"{v:g}" for v in r["from_spacing_nm"])
+                     + " nm")
+    return "".join("; " + p for p in parts)

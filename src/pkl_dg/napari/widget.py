@@ -364,6 +364,7 @@ class PKLDeconvolutionWidget(QWidget):
         desc = psf_sources.describe_psf(state.settings, state.psf_source)
         if "psf_beads_used" in notes:
             desc += f" ({notes['psf_beads_used']} beads)"
+        desc += psf_sources.describe_diagnostics(notes.get("psf", {}))
         kwargs = {}
         if layer is not None:
             n = psf.ndim

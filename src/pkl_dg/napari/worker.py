@@ -155,12 +155,13 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     ``restore_iter`` makes, so the cached operator built from it matches exactly.
     """
     from pkl_dg.napari import psf_sources
-    from pkl_dg.physics import build_psf
+    from pkl_dg.physics import build_psf_info
 
     notes: dict[str, Any] = {"psf_source": request.source}
     if request.source in ("gaussian", "airy", "vectorial", "file"):
         settings = settings.replace(psf_kind=request.source)
-        return None, build_psf(settings, image_shape), settings, notes
+        psf, notes["psf"] = build_psf_info(settings, image_shape)  # with its diagnostics
+        return None, psf, settings, notes
     if request.data is None:
         raise ValueError(f"Pick a {'PSF' if request.source == 'layer' else 'bead'} image "
                          "layer for the PSF.")
@@ -175,7 +176,8 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
                      psf_bead_box=request.bead_box)
     else:
         raise ValueError(f"unknown PSF source {request.source!r}")
-    return raw, build_psf(settings, image_shape, raw), settings, notes
+    psf, notes["psf"] = build_psf_info(settings, image_shape, raw)
+    return raw, psf, settings, notes
 
 
 def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request: PsfRequest,
