@@ -64,8 +64,7 @@ def apply_threads(requested: int) -> int:
     import torch
 
     n = resolve_threads(requested)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    torch.set_num_threads(n)  # also when unchanged: OpenMP keeps the count per thread
     return n
 
 
