@@ -132,3 +132,17 @@ def test_case_11_interleaved_channels():
         next(restore_iter(y, **RL))
     res = run_to_end(restore_iter(y, axes="YXC", **RL))
     assert res.image.shape == y.shape and res.metadata["axes"]["channels"] == 2
+
+
+def test_napari_layer_axes_are_respected():
+    from pkl_dg.axes import layer_axes_problem
+
+    msg = layer_axes_problem("cells", ("z", "c", "y", "x"), (12, 2, 64, 64), "3d")
+    assert "axis 1 ('c', 2 channels)" in msg and "Split Stack" in msg
+    assert layer_axes_problem("cells", ("z", "c", "y", "x"), (12, 2, 64, 64), "2d") is None
+    assert layer_axes_problem("cells", ("c", "z", "y", "x"), (2, 12, 64, 64), "3d") is None
+    # napari's default labels say nothing: the shape decides, as for arrays
+    assert "(Z, C, Y, X)" in layer_axes_problem("s", ("-4", "-3", "-2", "-1"),
+                                                 (12, 2, 64, 64), "3d")
+    assert "(Y, X, C)" in layer_axes_problem("s", ("-3", "-2", "-1"), (64, 64, 2), "2d")
+    assert layer_axes_problem("s", ("-3", "-2", "-1"), (31, 96, 96), "3d") is None

@@ -152,3 +152,42 @@ def put_back(arr, back: tuple[int, ...] | None):
     if arr is None or back is None:
         return arr
     return np.ascontiguousarray(np.transpose(arr, back))
+
+
+def layer_axes_problem(name: str, labels: Sequence[str], shape: Sequence[int], mode: str
+                       ) -> str | None:
+    """Why a napari layer cannot be restored as laid out (None when it can).
+
+    The widget restores the last two axes as Y, X (and the third-last as Z in 3D mode).
+    Axis labels that name a channel or time axis there (``'c'``, ``'channel'``, ``'t'``, …),
+    or, without labels, a (Z, C, Y, X)-looking shape in 3D mode, would make it deconvolve
+    along channels: the message names the axis and says what to do in napari.
+    """
+    shape = tuple(int(n) for n in shape)
+    labels = [str(x) for x in labels][-len(shape):] if len(shape) else []
+    axes = axes_from_labels(labels) if labels else None
+    block = 3 if mode == "3d" else 2
+    what = {"C": "channels", "S": "channels", "T": "time points"}
+    split = ("split the channels into their own layers (right-click the layer > Split "
+             "Stack on that axis, or open the file with its channel axis split)")
+    if axes is not None:
+        for i, letter in enumerate(axes[-block:]):
+            if letter in what:
+                pos = len(shape) - block + i
+                return (f"'{name}' has axes ({', '.join(labels)}): axis {pos} ('{labels[pos]}', "
+                        f"{shape[pos]} {what[letter]}) is where deconvolution expects "
+                        f"{'ZYX'[-block:][i]}, so it would blur the {what[letter]} into each "
+                        f"other. {'Choose 2D, or ' if block == 3 else ''}{split}.")
+        return None
+    try:
+        check_unlabelled_layout(shape, mode)
+    except ValueError:
+        if mode == "3d" and len(shape) >= 4 and shape[-3] <= MAX_AMBIGUOUS_Z < shape[-4]:
+            return (f"'{name}' ({' × '.join(map(str, shape))}): the axis taken as Z (axis "
+                    f"{len(shape) - 3}) has only {shape[-3]} planes after an axis of "
+                    f"{shape[-4]}; it looks like the channel axis of a (Z, C, Y, X) "
+                    f"hyperstack, and 3D deconvolution would blur the channels into each "
+                    f"other: {split}, or choose 2D.")
+        return (f"'{name}' ({' × '.join(map(str, shape))}) looks like (Y, X, C), with "
+                f"{shape[-1]} channels in its last axis: {split}.")
+    return None

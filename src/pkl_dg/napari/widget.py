@@ -26,6 +26,7 @@ from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QScrollArea, QVBoxLayout, QWidget)
 
+from pkl_dg.axes import layer_axes_problem
 from pkl_dg.napari import psf_sources
 from pkl_dg.napari.controls import (GROUPS, INPUT_TIP, STACK_TIP, image_layer_choices,
                                     make_control, pixel_size_nm_of, read_control,
@@ -315,6 +316,9 @@ class PKLDeconvolutionWidget(QWidget):
                              "fluorescence channel. Split the channels (right-click the layer "
                              "> Split RGB) and pick one.")
         data = layer.data[0] if layer.multiscale else layer.data
+        problem = layer_axes_problem(layer.name, layer.axis_labels, data.shape, mode)
+        if problem:  # a channel or time axis where Y, X (or Z) are expected
+            raise ValueError(problem)
         block_ndim = 3 if mode == "3d" else 2
         shape = " × ".join(map(str, data.shape))
         if data.ndim < 2 or min(data.shape[-2:]) < 2:
