@@ -54,3 +54,23 @@ def test_importing_pkl_dg_sets_passive_wait_policy_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "False None"
+
+
+def test_bench_load_times_a_restore_and_renders_its_row():
+    from pkl_dg.bench.load import _restore_seconds, load_section
+    from pkl_dg.cli import build_parser
+
+    before = torch.get_num_threads()
+    try:
+        info = _restore_seconds("rl", 48, 1, smoke=True)
+    finally:
+        torch.set_num_threads(before)
+    assert info["seconds"] > 0 and info["threads"] == 1 and info["steps"] == 2
+    row = {"case": "rl", "size": 2048, "threads": 1, "steps": 30, "samples": None,
+           "idle": {"seconds": 40.0, "load_average_1min": [0.5]},
+           "loaded": {"seconds": 48.0, "load_average_1min": [1.5]}, "ratio": 1.2}
+    text = "\n".join(load_section({"created": "now", "rows": [row]}))
+    assert "| Richardson–Lucy (default settings), 30 iterations | 2048² | 1 | 40.0 | 48.0 " \
+           "| **1.20×** | 0.5 / 1.5 |" in text
+    args = build_parser().parse_args(["bench", "load", "--json", "x.json"])
+    assert args.func.__name__ == "_load" and args.threads is None

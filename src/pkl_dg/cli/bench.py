@@ -123,11 +123,23 @@ def _batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.load import run_load
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
+    result = run_load(threads=args.threads or 0, repeats=args.repeats, smoke=args.smoke,
+                      log=_log)
+    result["note"] = args.note
+    _write_json(args.json, result)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pkl_dg.bench.report import write_report
 
     out = write_report(quality_path=args.quality, speed_path=args.speed, out=args.out,
-                       plot=args.plot, batch_path=args.batch)
+                       plot=args.plot, batch_path=args.batch, load_path=args.load)
     _log(f"wrote {out}")
     return 0
 
@@ -136,7 +148,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="run the speed / quality benchmarks, write "
                               "BENCHMARKS.md", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,batch,report}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,batch,load,report}")
     sub.required = True
 
     s = sub.add_parser("speed", help="time the network, guided steps, physics, RL, restore")
@@ -198,11 +210,23 @@ def register(subparsers) -> None:
                    "other load on the machine)")
     b.set_defaults(func=_batch)
 
+    ld = sub.add_parser("load", help="restore time idle and beside one busy process "
+                        "(default PKL at 512², RL at 2048²)")
+    ld.add_argument("--json", required=True, help="output JSON file")
+    ld.add_argument("--repeats", type=int, default=1, help="runs per condition; the median "
+                    "is reported (default 1)")
+    ld.add_argument("--smoke", action="store_true", help="tiny images and network (tests)")
+    add_threads_argument(ld)
+    ld.add_argument("--note", default=None, help="free text stored with the results")
+    ld.set_defaults(func=_load)
+
     r = sub.add_parser("report", help="regenerate BENCHMARKS.md and the plot from the JSON")
     r.add_argument("--quality", required=True, help="quality JSON")
     r.add_argument("--speed", required=True, help="speed JSON")
     r.add_argument("--batch", default=None, help="batch JSON (optional: adds the batch "
                    "throughput section)")
+    r.add_argument("--load", default=None, help="load JSON (optional: adds the under-load "
+                   "section)")
     r.add_argument("--out", default="BENCHMARKS.md", help="markdown file (default "
                    "BENCHMARKS.md)")
     r.add_argument("--plot", default="benchmarks/quality_psnr.png", help="PSNR-vs-photons "
