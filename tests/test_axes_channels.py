@@ -146,3 +146,30 @@ def test_napari_layer_axes_are_respected():
                                                  (12, 2, 64, 64), "3d")
     assert "(Y, X, C)" in layer_axes_problem("s", ("-3", "-2", "-1"), (64, 64, 2), "2d")
     assert layer_axes_problem("s", ("-3", "-2", "-1"), (31, 96, 96), "3d") is None
+
+
+def test_each_channel_with_its_own_psf():
+    from pkl_dg.channels import restore_channels
+    from pkl_dg.physics import gaussian_psf
+
+    rng = np.random.default_rng(1)
+    obj = np.zeros((48, 48), np.float32)
+    obj[20, 20] = obj[30, 34] = 1500.0
+    planes = []
+    for sigma in (1.2, 2.4):  # a blue and a far-red channel
+        fm = ForwardModel(PSFConvolution(gaussian_psf(sigma)), 3.0)
+        planes.append(rng.poisson(fm.mean(torch.from_numpy(obj)).numpy()))
+    cyx = np.stack(planes).astype(np.uint16)
+    psfs = [gaussian_psf(1.2), gaussian_psf(2.4)]
+    res = restore_channels(cyx, "CYX", psfs, method="rl", rl_iterations=30, background=3.0)
+    assert res.image.shape == cyx.shape and len(res.metadata["channels"]) == 2
+    for c in range(2):
+        alone = run_to_end(restore_iter(cyx[c], psf=psfs[c], method="rl", rl_iterations=30,
+                                        background=3.0)).image
+        assert np.allclose(res.image[c], alone, rtol=1e-5, atol=1e-4)
+    # the far-red channel needed its own, wider PSF: with the blue one it stays blurred
+    blue_psf = run_to_end(restore_iter(cyx[1], psf=psfs[0], method="rl", rl_iterations=30,
+                                       background=3.0)).image
+    assert res.image[1][20, 20] > 1.5 * blue_psf[20, 20]
+    with pytest.raises(ValueError, match="one per channel"):
+        restore_channels(cyx, "CYX", psfs[:1], method="rl")
