@@ -45,11 +45,13 @@ def rl_lines(rl: dict | None) -> list[str]:
           "convolution needs) with the OTF and its conjugate cached and every buffer "
           "preallocated, plus the 4 element-wise operations RL cannot avoid.",
           "- *restore*: `restore(image, method=\"rl\", rl_iterations=N, psf_sigma=2)` as a user "
-          "calls it (background estimated, new operator, misfit read out every iteration), "
-          "timed between its first and last streamed frame; (÷ floor) is the median of the "
-          f"per-repeat ratios (bar: ≤ {FLOOR_BAR}×, ✗ = above it). *setup*: time to its first "
-          "frame minus one iteration (PSF, OTF, background estimate, Aᵀ1). *total ÷ N*: its "
-          "whole wall time divided by N.",
+          "calls it (background estimated, new operator, misfit read out on the frames that "
+          "can be shown: first, last, at most every 0.1 s), the median interval between "
+          "consecutive streamed frames; (÷ floor) is the median of the per-repeat ratios "
+          f"(bar: ≤ {FLOOR_BAR}×, ✗ = above it). *setup*: the rest of its wall time (total − "
+          "N × iteration: PSF, OTF, background estimate, Aᵀ1, the last frame's misfit). "
+          "*total ÷ N*: its whole wall time divided by N. Floor and raw loop: medians of "
+          "single iterations too.",
           "- *raw loop*: `rl_iterates` alone, no readout; *accelerated*: restore with "
           "`rl_acceleration=\"biggs-andrews\"` (per iteration; it needs fewer, see below).",
           "- Peers, per iteration (total ÷ N) on the same image and PSF: scikit-image "

@@ -5,15 +5,16 @@ Per size (the speed benchmark's test image: Gaussian PSF σ = 2 px, ≈100 photo
 background 2), one repeat runs every variant once, in this order, and the table gives the
 medians over repeats (per iteration, ms):
 
-* *floor*: 4 real FFTs (``rfftn``/``irfftn`` on our operator's padded smooth grid, OTF and
+* *floor* (median of single iterations): 4 real FFTs (``rfftn``/``irfftn`` on our operator's padded smooth grid, OTF and
   its conjugate cached, every buffer preallocated) plus the 4 element-wise operations RL
   cannot avoid (2 OTF products, y/μ, x·ratio);
-* *raw loop*: :func:`~pkl_dg.richardson_lucy.rl_iterates` without misfit readout;
+* *raw loop*: :func:`~pkl_dg.richardson_lucy.rl_iterates` without misfit readout (median
+  interval between iterates);
 * *restore*: ``restore(image, method="rl", rl_iterations=N, psf_sigma=2)`` as a user calls
-  it (background estimated, new operator, misfit read out every iteration). Its iteration
-  time is the time between its first and last streamed frame / (N − 1); its setup is the
-  time to the first frame minus one iteration; *restore/floor* is the median over repeats
-  of the per-repeat ratio;
+  it (background estimated, new operator, misfit read out on the frames that can be shown).
+  Its iteration time is the median interval between consecutive streamed frames; its setup
+  is the rest of its wall time (total − N × iteration: PSF, OTF, background, Aᵀ1, the final
+  misfit readout); *restore/floor* is the median over repeats of the per-repeat ratio;
 * *accelerated*: the same call with ``rl_acceleration="biggs-andrews"``;
 * peers on the same image and PSF, per iteration (total / N): scikit-image
   ``richardson_lucy(clip=False)`` (``scipy.signal.convolve``, zero padding), RedLionfish's
@@ -129,8 +130,8 @@ def load_peers(names=PEER_NAMES) -> tuple[dict[str, Callable], dict[str, str]]:
 
 
 # ---- per-size table ------------------------------------------------------------------------
-def _restore_run(y: np.ndarray, n: int, acceleration: str) -> tuple[float, float, float]:
-    """(total s, time to first frame s, per-iteration ms between first and last frame)."""
+def _restore_run(y: np.ndarray, n: int, acceleration: str) -> tuple[float, float, list[float]]:
+    """(total s, time to the first frame s, ms between consecutive frames)."""
     from pkl_dg.restoration import restore_iter, run_to_end
 
     stamps: list[float] = []
@@ -140,15 +141,20 @@ def _restore_run(y: np.ndarray, n: int, acceleration: str) -> tuple[float, float
                             threads=torch.get_num_threads()),
                lambda rec: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
-    per_iter = (stamps[-1] - stamps[0]) / (n - 1) * 1e3 if n > 1 else total * 1e3
-    return total, stamps[0] - t0, per_iter
+    return total, stamps[0] - t0, list(np.diff(stamps) * 1e3)
 
 
 def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
                  peers: dict[str, Callable]) -> dict:
-    """All RL variants on one image, interleaved per repeat; medians (see module docstring)."""
-    if iterations < 2:
-        raise ValueError("the RL speed table needs at least 2 iterations")
+    """All RL variants on one image, interleaved per repeat (see the module docstring).
+
+    Ours and the floor: the median of the single iterations' times within a repeat (for
+    restore: of the intervals between consecutive frames, so one-time work, e.g. the final
+    frame's misfit readout, counts as setup, not per iteration); peers: total / N. Then
+    the median over repeats.
+    """
+    if iterations < 3:
+        raise ValueError("the RL speed table needs at least 3 iterations")
     psf = gaussian_psf(PSF_SIGMA)
     conv = PSFConvolution(psf)
     yt = torch.from_numpy(y)
@@ -158,30 +164,39 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
         "floor_ms", "raw_ms", "restore_ms", "restore_total_ms", "restore_setup_s",
         "accelerated_ms", "restore_over_floor", *[f"{p}_ms" for p in peers])}
 
-    def raw() -> None:
+    def floor_ms() -> float:
+        times = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            floor()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times))
+
+    def raw_ms() -> float:
+        stamps = []
         with torch.inference_mode():
             for _ in rl_iterates(yt, fm, iterations):
-                pass
-
-    def timed(fn: Callable[[], object]) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3 / iterations
+                stamps.append(time.perf_counter())
+        return float(np.median(np.diff(stamps))) * 1e3
 
     floor()
-    raw()
+    raw_ms()
     for _ in range(repeats):
-        f = timed(lambda: [floor() for _ in range(iterations)])
+        f = floor_ms()
         rows["floor_ms"].append(f)
-        rows["raw_ms"].append(timed(raw))
-        total, first, per_iter = _restore_run(y, iterations, "none")
+        rows["raw_ms"].append(raw_ms())
+        total, first, intervals = _restore_run(y, iterations, "none")
+        per_iter = float(np.median(intervals))
         rows["restore_ms"].append(per_iter)
         rows["restore_total_ms"].append(total * 1e3 / iterations)
-        rows["restore_setup_s"].append(max(first - per_iter / 1e3, 0.0))
+        rows["restore_setup_s"].append(max(total - iterations * per_iter / 1e3, 0.0))
         rows["restore_over_floor"].append(per_iter / f)
-        rows["accelerated_ms"].append(_restore_run(y, iterations, "biggs-andrews")[2])
+        rows["accelerated_ms"].append(float(np.median(
+            _restore_run(y, iterations, "biggs-andrews")[2])))
         for name, fn in peers.items():
-            rows[f"{name}_ms"].append(timed(lambda: fn(y, psf, iterations)))
+            t0 = time.perf_counter()
+            fn(y, psf, iterations)
+            rows[f"{name}_ms"].append((time.perf_counter() - t0) * 1e3 / iterations)
     out = {k: float(np.median(v)) for k, v in rows.items()}
     out["fft_shape"] = list(conv.padded_shape(*y.shape))
     for name in peers:
