@@ -184,3 +184,24 @@ def test_widget_core_reports_psf_diagnostics():
     assert np.allclose(cleaning["centroid_offset_px"], [4.0, -3.6], atol=0.1)
     text = describe_diagnostics(notes["psf"])
     assert "centred from (+4.0" in text and "% of its energy kept" in text and "FWHM" in text
+
+
+def test_cli_takes_the_z_step_from_the_file(tmp_path):
+    from pkl_dg.cli import main
+    from pkl_dg.imageio import read_metadata
+
+    rng = np.random.default_rng(0)
+    stack = rng.poisson(10, (20, 48, 48)).astype(np.uint16)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, stack, imagej=True, resolution=(1 / 0.065, 1 / 0.065),
+                     metadata={"axes": "ZYX", "spacing": 0.2, "unit": "um"})
+    psf = tmp_path / "psf.tif"
+    tifffile.imwrite(psf, gaussian_psf_3d(2.0, 4.0))  # σ 4 planes at 100 nm
+    out = tmp_path / "out.tif"
+    assert main(["restore", str(src), "-o", str(out), "--mode", "3d", "--psf", str(psf),
+                 "--psf-z-step", "100", "--method", "rl", "--rl-iterations", "2", "--quiet",
+                 "--threads", "1"]) == 0
+    meta = read_metadata(out)
+    assert meta["settings_from_file"] == {"z_step_nm": 200.0}
+    assert meta["psf"]["spacing_nm"][0] == 200.0
+    assert meta["psf"]["resampled"]["from_spacing_nm"][0] == 100.0

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     # axes from the file's metadata (TCZYX order): channels and time are never deconvolved
     # along; a .npy file has none ("Q" axes): its layout is then checked as unlabelled
     axes = None if "Q" in source.axes else source.axes
+    from_file = {}
+    if args.z_step_nm is None and source.z_step_nm:  # the file states its Z step: use it
+        settings = settings.replace(z_step_nm=float(source.z_step_nm))
+        from_file["z_step_nm"] = settings.z_step_nm
     gen = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
@@ -104,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     meta = {**result.metadata, "input_file": str(args.input), "input_axes": source.axes}
+    if from_file:
+        meta["settings_from_file"] = from_file
     std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)
     with_std = with_std and result.std is not None
     if with_std:
