@@ -26,12 +26,12 @@ from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QScrollArea, QVBoxLayout, QWidget)
 
-from pkl_dg.axes import layer_axes_problem
 from pkl_dg.napari import psf_sources
 from pkl_dg.napari.controls import (GROUPS, INPUT_TIP, STACK_TIP, image_layer_choices,
                                     make_control, pixel_size_nm_of, read_control,
                                     short_method_label, write_control)
 from pkl_dg.napari.caches import release_freed_memory
+from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
 from pkl_dg.napari.output import Run, same_layer
 from pkl_dg.napari.run_controller import RunController
 from pkl_dg.napari.state import PSF_SOURCES, STACK_EXTENTS, SettingsStore, WidgetState
@@ -291,65 +291,16 @@ class PKLDeconvolutionWidget(QWidget):
         if self.is_running and run is not None and same_layer(removed, run.input_layer):
             # quietly: closing the viewer removes every layer before the widget goes
             self.runner.cancel(f"the input layer '{removed.name}' was removed")
-        self.operator_cache.keep_shapes(self._open_shapes())
-
-    def _open_shapes(self) -> set[tuple[int, ...]]:
-        """Shapes a run on an open image layer can have (the whole data, its planes and
-        volumes): operators for other shapes are freed."""
-        shapes = set()
-        for layer in self.viewer.layers:
-            if isinstance(layer, Image):
-                shape = tuple((layer.data[0] if layer.multiscale else layer.data).shape)
-                shapes.update(shape[i:] for i in range(len(shape) - 1))
-        return shapes
+        self.operator_cache.keep_shapes(open_shapes(self.viewer))
 
     def selected_block(self, layer: Image, mode: str = "2d", whole_stack: bool = False
                        ) -> tuple[Any, tuple[int, ...]]:
-        """What a run restores, and the index of the displayed block in the leading axes.
-
-        A block is a YX plane (``mode`` "2d") or a ZYX volume ("3d"). The displayed block is
-        returned as a copy; the whole stack (``whole_stack``) as the layer's own array, which
-        the core only reads (block by block, so dask data stay lazy).
-        """
-        if layer.rgb:
-            raise ValueError(f"'{layer.name}' is an RGB image: deconvolution needs one "
-                             "fluorescence channel. Split the channels (right-click the layer "
-                             "> Split RGB) and pick one.")
-        data = layer.data[0] if layer.multiscale else layer.data
-        problem = layer_axes_problem(layer.name, layer.axis_labels, data.shape, mode)
-        if problem:  # a channel or time axis where Y, X (or Z) are expected
-            raise ValueError(problem)
-        block_ndim = 3 if mode == "3d" else 2
-        shape = " × ".join(map(str, data.shape))
-        if data.ndim < 2 or min(data.shape[-2:]) < 2:
-            raise ValueError(f"'{layer.name}' ({shape}) is not an image: pick a 2D image or a "
-                             "stack whose last two axes are Y, X.")
-        if data.ndim < block_ndim:
-            raise ValueError(f"'{layer.name}' ({shape}) is 2D: 3D deconvolution needs a "
-                             "Z-stack (last three axes Z, Y, X). Choose Deconvolution '2d'.")
-        if data.ndim == block_ndim:
-            return np.array(data, copy=True), ()
-        if whole_stack:
-            return data, ()
-        point = layer.world_to_data(self.viewer.dims.point)
-        index = tuple(int(np.clip(round(p), 0, n - 1))
-                      for p, n in zip(point[:data.ndim - block_ndim], data.shape))
-        return np.array(data[index], copy=True), index
+        """See :func:`pkl_dg.napari.layer_input.selected_block`."""
+        return selected_block(self.viewer, layer, mode, whole_stack)
 
     def _psf_request(self, source: str, mode: str = "2d") -> PsfRequest:
-        request = PsfRequest(source=source, bead_box=int(self.bead_box.value))
-        combo = {"layer": self.psf_layer_combo, "beads": self.bead_layer_combo}.get(source)
-        if combo is not None:
-            layer = combo.value
-            if layer is None:
-                raise ValueError(f"Pick the {'PSF' if source == 'layer' else 'bead'} image "
-                                 "layer (or choose another 'PSF from').")
-            request.layer_name = layer.name
-            if source == "layer":
-                request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
-            else:
-                request.data, _ = self.selected_block(layer, mode)  # 3d mode: bead volume
-        return request
+        return psf_request(self.viewer, source, self.bead_box.value,
+                           self.psf_layer_combo.value, self.bead_layer_combo.value, mode)
 
     # ------------------------------------------------------------------ actions
     @property

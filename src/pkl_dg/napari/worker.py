@@ -97,6 +97,30 @@ class CancellableOperator:
         self._flag.check()
         return self._inner.A_adjoint(z)
 
+    def workspace(self, *args: Any, **kwargs: Any) -> "_CheckedWorkspace":
+        """The wrapped operator's preallocated workspace (Richardson–Lucy's fast path),
+        checking the flag too."""
+        return _CheckedWorkspace(self._inner.workspace(*args, **kwargs), self._flag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CheckedWorkspace:
+    """A ``ConvWorkspace`` that checks a :class:`CancelFlag` before each A and Aᵀ."""
+
+    def __init__(self, inner: Any, flag: CancelFlag) -> None:
+        self._inner = inner
+        self._flag = flag
+
+    def A(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        self._flag.check()
+        return self._inner.A(*args, **kwargs)
+
+    def adjoint(self, *args: Any, **kwargs: Any) -> Any:
+        self._flag.check()
+        return self._inner.adjoint(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
