@@ -170,3 +170,17 @@ def test_restore_rl_uses_the_setting_and_reads_out_misfit(monkeypatch):
     run_to_end(restore_iter(y, method="rl", rl_iterations=4, psf_sigma=2.0, background=2.0),
                recs.append)
     assert all(r.nll is not None for r in recs)  # every frame when there is time
+
+
+@pytest.mark.parametrize("shape,psf", [((40, 53), "aniso"), ((80, 90), gaussian_psf(2.0)),
+                                       ((24, 40, 41), gaussian_psf_3d(1.2, 1.0)),
+                                       ((20, 20), gaussian_psf(2.0))])
+def test_adjoint_ones_from_a_small_image_is_exact(shape, psf):
+    if isinstance(psf, str):
+        k = torch.rand(7, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        psf = k / k.sum()
+    op = PSFConvolution(psf)
+    fast = op.adjoint_ones(*shape, dtype=torch.float64)
+    direct = op.A_adjoint(torch.ones(shape, dtype=torch.float64))
+    assert fast.shape == tuple(shape)
+    assert torch.allclose(fast, direct, atol=1e-12)

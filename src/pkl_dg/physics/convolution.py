@@ -256,10 +256,28 @@ class PSFConvolution:
 
     def adjoint_ones(self, *shape: int, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu") -> torch.Tensor:
-        """Aᵀ1 for an image of ``shape`` (cached): the Richardson–Lucy normaliser."""
+        """Aᵀ1 for an image of ``shape`` (cached): the Richardson–Lucy normaliser.
+
+        Aᵀ1 at pixel j is Σᵢ A_ij, the weight the blur gives j over all outputs; farther than
+        the PSF radius r from every edge it is the constant ΣPSF (no reflection, no crop
+        reaches it). So it is computed exactly on a small image of 4r + 3 per axis and
+        spread: the first and last 2r + 1 pixels of each axis from the small image's, the
+        rest from its centre (two FFTs of the small image instead of the full one).
+        """
         device = torch.device(device)
-        return self._aux.get(("ones", shape, dtype, str(device)), lambda: self.A_adjoint(
-            torch.ones(shape, dtype=dtype, device=device)))
+        small = tuple(4 * r + 3 for r in self.radius)
+
+        def make() -> torch.Tensor:
+            if not all(n > m for n, m in zip(shape, small)):
+                return self.A_adjoint(torch.ones(shape, dtype=dtype, device=device)).contiguous()
+            proxy = self.A_adjoint(torch.ones(small, dtype=dtype, device=device))
+            index = [torch.cat([torch.arange(2 * r + 1),
+                                torch.full((n - 2 * (2 * r + 1),), 2 * r + 1),
+                                torch.arange(m - (2 * r + 1), m)]).to(device)
+                     for n, m, r in zip(shape, small, self.radius)]
+            return proxy[torch.meshgrid(*index, indexing="ij")]
+
+        return self._aux.get(("ones", shape, dtype, str(device)), make)
 
     # ---- kornia backend ------------------------------------------------------------
     def _kernel(self, like: torch.Tensor, flip: bool) -> torch.Tensor:
