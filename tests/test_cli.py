@@ -57,9 +57,23 @@ def test_threads_option(tmp_path, image_file, capsys):
                 ["compare", str(image_file), "--csv", str(tmp_path / "t.csv")],
                 ["train", "--out", str(tmp_path / "run")],
                 ["bench", "speed", "--smoke", "--json", str(tmp_path / "s.json")]):
-        assert main([*cmd, "--threads", "0"]) == 2
-        assert "--threads must be ≥ 1" in capsys.readouterr().err
+        assert main([*cmd, "--threads", "-1"]) == 2
+        assert "CPU threads must be ≥ 0 (0 = automatic)" in capsys.readouterr().err
         assert torch.get_num_threads() == before
+    # the flag is the settings' field: its help, and 0 (the default) = automatic
+    from pkl_dg.cli import build_parser
+    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.threads import default_threads
+
+    assert RestoreSettings().threads == 0
+    assert "automatic" in build_parser()._subparsers._group_actions[0].choices[
+        "restore"].format_help()
+    try:
+        assert main(["restore", str(image_file), "-o", str(tmp_path / "o3.tif"), "--method",
+                     "rl", "--quiet", "--rl-iterations", "2"]) == 0
+        assert torch.get_num_threads() == default_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_psf_file_and_airy_flags(tmp_path, image_file):

@@ -31,7 +31,13 @@ def run_demo(tmp_path, *args):
 
 
 def test_demo_screenshot(tmp_path):
-    _proc, img = run_demo(tmp_path, "--method", "rl", "--steps", "3", "--size", "1200x800")
+    proc, img = run_demo(tmp_path, "--method", "rl", "--steps", "3", "--size", "1200x800")
+    # it says what it does while it runs (a default run takes minutes on a laptop)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "pkl-dg demo: napari is up with the sample data and the widget"
+    assert lines[1].startswith("pkl-dg demo: restoring 'cells' (256 × 256) with 3 "
+                               "Richardson–Lucy iterations on 1 CPU thread(s)")
+    assert any(line.startswith("pkl-dg demo: done in") for line in lines), proc.stdout
     # the whole window (menu bar, layer list, widget), not just the canvas
     assert img.shape[0] >= 700 and img.shape[1] >= 1100
 

@@ -12,7 +12,7 @@ from pkl_dg import cli
 from pkl_dg.diffusion.model_io import load_model
 from pkl_dg.diffusion.schedule import cosine_alphas_cumprod
 from pkl_dg.diffusion.unet import UNet, UNetConfig
-from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
+from pkl_dg.training.data import MixedSource, PhantomSource
 from pkl_dg.training.phantoms import (TRAINING_MIX, PhantomConfig, normalise_patch, parse_mix, phantom_batch,
                                      render_phantom)
 from pkl_dg.training.train import TrainConfig, diffusion_loss, learning_rate
@@ -109,30 +109,6 @@ def test_phantom_source_patches():
     b = src.batch(4)
     assert b.shape == (4, 1, 32, 32) and b.dtype == np.float32
     assert 0 <= b.min() and b.max() <= 1
-
-
-def test_tiff_source(tmp_path):
-    import tifffile
-
-    rng = np.random.default_rng(0)
-    tifffile.imwrite(tmp_path / "a.tif", (render_phantom(rng, 64) * 1000).astype(np.uint16))
-    tifffile.imwrite(tmp_path / "b.tiff", np.stack([render_phantom(rng, 48) for _ in range(2)]).astype(np.float32))
-    src = TiffSource(tmp_path, rng, 32)
-    assert len(src.planes) == 3
-    p = src.sample()
-    assert p.shape == (32, 32) and 0 <= p.min() and p.max() <= 1
-    with pytest.raises(ValueError, match="smaller than the training patch"):
-        TiffSource(tmp_path, rng, 64)
-    with pytest.raises(ValueError, match="no .tif/.tiff files"):
-        TiffSource(_empty(tmp_path), rng, 32)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
-        TiffSource(tmp_path / "missing", rng, 32)
-
-
-def _empty(tmp_path):
-    d = tmp_path / "empty"
-    d.mkdir()
-    return d
 
 
 def test_tiny_model_loss_falls():
@@ -250,3 +226,171 @@ def test_shipped_prior_restores_phantom():
     x = restore(y, psf=psf, method="pkl", steps=10, seed=0, background=2.0)
     assert np.isfinite(x).all()
     assert care_scores(x, gt)["psnr"] > care_scores(y, gt)["psnr"]
+
+
+# ---------------------------------------------------------------- real images (issue 14)
+
+def _structure(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A phantom in [0, 1] (max 1)."""
+    g = render_phantom(np.random.default_rng(seed), size)
+    return g / g.max()
+
+
+def test_read_8bit_rgb_lut_png(tmp_path):
+    """Colour-LUT display PNGs become one channel proportional to the intensity; the top of the
+    LUT is flagged as saturated, whatever its colour."""
+    from PIL import Image
+
+    from pkl_dg.training.images import read_planes
+
+    g = np.round(_structure() * 200).astype(np.uint8)
+    g[:10, :10] = 255  # a saturated corner
+    magenta = np.stack([g, np.zeros_like(g), g], -1)
+    Image.fromarray(magenta, "RGB").save(tmp_path / "magenta.png")
+    (plane, sat, note), = read_planes(tmp_path / "magenta.png")
+    assert note == "RGB → luminance" and plane.shape == g.shape
+    assert np.allclose(plane, (0.299 + 0.114) * g)
+    assert sat is not None and sat[:10, :10].all() and sat.sum() == 100
+
+    green = np.stack([np.zeros_like(g), g, np.zeros_like(g)], -1)
+    Image.fromarray(green, "RGB").save(tmp_path / "green.png")
+    (plane, _, note), = read_planes(tmp_path / "green.png")
+    assert note == "RGB → single channel G" and np.array_equal(plane, g)
+
+    # a palette image whose palette is a colour ramp (the way ImageJ saves LUT images)
+    pal = Image.fromarray(g, "L").convert("P")
+    pal.putpalette([c for i in range(256) for c in (0, i, i)])  # cyan LUT
+    pal.save(tmp_path / "cyan_palette.png")
+    (plane, _, note), = read_planes(tmp_path / "cyan_palette.png")
+    assert note == "RGB → luminance" and np.allclose(plane, (0.587 + 0.114) * g)
+
+
+def test_read_16bit_tiff_and_float_npy(tmp_path):
+    import tifffile
+
+    from pkl_dg.training.images import load_images, normalise_image, read_planes
+
+    g = _structure()
+    tifffile.imwrite(tmp_path / "offset16.tif", (32768 + np.round(g * 150)).astype(np.uint16))
+    np.save(tmp_path / "datamap.npy", g.astype(np.float32))
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([g, 2 * g]).astype(np.float32))
+    (plane, sat, note), = read_planes(tmp_path / "offset16.tif")
+    assert note == "uint16" and plane.min() >= 32768 and sat is not None and sat.sum() < 10
+    (plane, sat, note), = read_planes(tmp_path / "datamap.npy")
+    assert note == "float32" and sat is None and np.allclose(plane, g)
+    assert [n for _, _, n in read_planes(tmp_path / "stack.tif")] == ["float32, plane 0 of 2", "float32, plane 1 of 2"]
+    # robust per-image normalisation: p0.1 → 0, p99.9 → 1, independent of offset and scale
+    u = normalise_image(plane * 1000 + 5)
+    assert u.min() == 0 and abs(np.percentile(u, 99.9) - 1) < 1e-4
+    ims = load_images(tmp_path, 32)
+    assert [im.path for im in ims] == ["datamap.npy", "offset16.tif", "stack.tif", "stack.tif"]
+    assert all(im.group == "." for im in ims)
+    with pytest.raises(ValueError, match="smaller than 128 px"):
+        load_images(tmp_path, 128)
+    np.save(tmp_path / "bad.npy", np.array([1.0, np.nan, 2.0]))
+    with pytest.raises(ValueError, match="need 2-D"):
+        load_images(tmp_path, 32, files=["bad.npy"])
+
+
+def test_split_by_file_is_deterministic_and_by_source():
+    from pkl_dg.training.images import split_by_file
+
+    files = [f"sted/{i}.npy" for i in range(10)] + [f"gigadb/{i}.png" for i in range(3)] + \
+        ["single/only.tif", "pair/a.tif", "pair/b.tif", "top.tif"]
+    train, val = split_by_file(files, 0.2)
+    assert sorted(train + val) == sorted(files) and not set(train) & set(val)
+    assert sum(v.startswith("sted/") for v in val) == 2 and sum(v.startswith("gigadb/") for v in val) == 1
+    assert not any(v.startswith(("single/", "pair/")) or v == "top.tif" for v in val)
+    assert split_by_file(list(reversed(files)), 0.2) == (train, val)
+    # adding files to another source does not move this one's files
+    _, val2 = split_by_file(files + [f"new/{i}.tif" for i in range(5)], 0.2)
+    assert [v for v in val2 if not v.startswith("new/")] == val
+    assert split_by_file(files, 0.0)[1] == []
+    with pytest.raises(ValueError, match="validation fraction"):
+        split_by_file(files, 1.0)
+
+
+def test_real_image_source_skips_saturated_and_zooms(tmp_path):
+    from PIL import Image
+
+    from pkl_dg.training.images import RealImageSource, RealPatchDataset, load_images
+
+    g = np.round(_structure(128) * 200).astype(np.uint8)
+    g[:, 64:] = 255  # right half saturated
+    Image.fromarray(g, "L").save(tmp_path / "half_saturated.png")
+    ims = load_images(tmp_path, 16)
+    rng = np.random.default_rng(0)
+    src = RealImageSource(ims, rng, 32, zoom_range=(1.0, 1.0))
+    for _ in range(20):
+        p = src.sample()
+        assert p.shape == (32, 32) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+    assert src.skipped["saturated"] > 0
+    # a zoom of 2 takes 16-px regions of white noise and upsamples them: smoother patches
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    np.save(noise_dir / "noise.npy", np.random.default_rng(1).random((64, 64)).astype(np.float32))
+    noise = load_images(noise_dir, 16)
+    smooth = RealImageSource(noise, np.random.default_rng(0), 32, zoom_range=(2.0, 2.0), patch_norm=1.0)
+    native = RealImageSource(noise, np.random.default_rng(0), 32, zoom_range=(1.0, 1.0), patch_norm=1.0)
+
+    def roughness(s):
+        return np.mean([np.abs(np.diff(s.sample_with(np.random.default_rng(i), gamma=False), axis=0)).mean()
+                        for i in range(20)])
+
+    assert roughness(smooth) < 0.6 * roughness(native)
+    ds = RealPatchDataset(src, 5, seed=3)
+    assert len(ds) == 5 and torch.equal(ds[2], ds[2]) and ds[2].shape == (1, 32, 32)
+    assert ds.item(2)[1] == "half_saturated.png"
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    assert batch.shape == (5, 1, 32, 32)
+    with pytest.raises(IndexError):
+        ds[5]
+
+
+def test_cli_train_on_mixed_image_folder(tmp_path):
+    """PNG, TIFF and npy sources; the validation files are held out and listed in split.json."""
+    import tifffile
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for sub in ("a", "b"):
+        (data / sub).mkdir(parents=True)
+    for i in range(3):
+        np.save(data / "a" / f"{i}.npy", _structure(64, i).astype(np.float32))
+        Image.fromarray(np.round(_structure(64, 10 + i) * 255).astype(np.uint8), "L").save(data / "b" / f"{i}.png")
+    tifffile.imwrite(data / "top.tif", (_structure(64, 20) * 4000).astype(np.uint16))
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--out", str(out), "--data", str(data), "--real-fraction", "0.9", "--steps", "2",
+                   "--zoom", "0.75,1.5", *TINY_ARGS])
+    assert rc == 0
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["validation"]) == 2 and len(split["train"]) == 5
+    assert {v.split("/")[0] for v in split["validation"]} == {"a", "b"}
+    recipe = json.loads((out / "model.json").read_text())["training"]
+    assert "real images" in recipe["data"] and "(90%" in recipe["data"] and "zoom 0.75-1.5" in recipe["data"]
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["config"]["procedural_fraction"] == pytest.approx(0.1) and state["config"]["zoom_min"] == 0.75
+    assert cli.main(["train", "--out", str(out), "--data", str(data), "--zoom", "2,1", "--steps", "1",
+                     *TINY_ARGS]) == 2
+
+
+def test_prior_eval_tables_and_gallery(tmp_path):
+    from PIL import Image
+
+    from pkl_dg.diffusion.model_io import save_model
+    from pkl_dg.training.prior_eval import T_VALUES, evaluate, markdown_table
+
+    data = tmp_path / "data" / "src"
+    data.mkdir(parents=True)
+    for i in range(3):
+        np.save(data / f"{i}.npy", _structure(64, i).astype(np.float32))
+    torch.manual_seed(0)
+    save_model(UNet(UNetConfig(width=8, channel_mult=(1, 2))), {}, tmp_path / "m")
+    res = evaluate([str(tmp_path / "m")], ["tiny"], str(tmp_path / "data"), n=4, n_phantoms=2, patch=32,
+                   gallery=str(tmp_path / "g_{label}.png"), gallery_n=2, gallery_size=32)
+    assert len(res["validation_files"]) == 1 and res["validation_files"][0].startswith("src/")
+    e = res["models"]["tiny"]
+    assert len(e["real"]) == len(T_VALUES) and all(v > 0 for v in e["real"] + e["phantoms"])
+    assert Image.open(e["gallery"]).size == (66, 32)
+    assert Image.open(res["gallery_reference"]).size == (66, 32)
+    assert "| tiny | held-out real |" in markdown_table(res)

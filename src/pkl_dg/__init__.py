@@ -5,6 +5,10 @@ The core (``physics``, ``guidance``, ``diffusion``, ``restore``) imports neither
 
 from __future__ import annotations
 
+from pkl_dg.threads import set_passive_wait_policy
+
+set_passive_wait_policy()  # before anything imports torch (see pkl_dg.threads)
+
 from pkl_dg._version import __version__  # noqa: E402
 
 from pkl_dg.settings import RestoreSettings  # noqa: E402

@@ -2,20 +2,46 @@
 
 x ← x · Aᵀ(y / (A x + B)) / (Aᵀ1 − λ_TV · div(∇x / |∇x|))
 
-(Dey et al. 2006 for the TV term). Without TV every iteration is an EM step and never
-decreases the Poisson likelihood. Data are expected in photon units; read noise enters
-through the shifted-Poisson model (y + s², μ + s²) as in :class:`~pkl_dg.guidance.PoissonKL`.
+(Richardson 1972, Lucy 1974; Dey et al. 2006 for the TV term). Without TV every
+iteration is an EM step and never decreases the Poisson likelihood. Data are expected in
+photon units; read noise enters through the shifted-Poisson model (y + s², μ + s²) as in
+:class:`~pkl_dg.guidance.PoissonKL`; pixels outside the forward model's mask (saturated
+ones) are left out of both Aᵀ terms.
+
+Cost per iteration: exactly one A and one Aᵀ, i.e. four real FFTs on the padded grid with
+a cached OTF (:class:`~pkl_dg.physics.convolution.ConvWorkspace`: no buffer allocated per
+iteration except the new estimate), plus a few element-wise passes. The forward
+prediction μ = A x + B that iteration k + 1 needs is that of iterate k, so the misfit of
+iterate k (:meth:`RLIterate.nll`) costs no convolution: only a logarithm pass, and only
+when asked for.
+
+Acceleration (``accelerate=True``) is the vector extrapolation of Biggs & Andrews,
+"Acceleration of iterative image restoration algorithms", Applied Optics 36(8):1766–1775
+(1997), in the form MATLAB's ``deconvlucy`` and cudaDecon use: predict
+Yₖ = max(xₖ₋₁ + αₖ(xₖ₋₁ − xₖ₋₂), 0) with αₖ = ⟨gₖ₋₁, gₖ₋₂⟩ / ⟨gₖ₋₂, gₖ₋₂⟩ clipped to
+[0, α_max], where gₖ = xₖ − Yₖ is the change the RL step made, then xₖ = RL step from
+Yₖ (clipped at 0). α = 0 for the first two iterations. deconvlucy clips α at 1; we clip
+at :data:`ALPHA_MAX` = 0.7. Measured (best PSNR over iterations, accelerated vs plain): on
+the BioSR widefield→SIM pair (Gaussian σ = 2 px) plain RL peaks at 22.57 dB at iteration
+124, accelerated reaches it within 0.02 dB at iteration 37 (α_max = 1: never, its best is
+0.25 dB lower); on smooth spots at high signal it reaches plain RL's best in a quarter to a
+third of the iterations; on the procedural phantoms (sharp points and lines, 1000–3000
+photons) its best stays 0.05–0.4 dB below plain RL's (extrapolation amplifies the noise
+along with the detail), in 0.3–0.4× the iterations.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 
 from pkl_dg.guidance.likelihoods import EPS
 from pkl_dg.physics.forward import ForwardModel
 
+#: Upper clip of the Biggs–Andrews factor α (deconvlucy clips at 1; see the module docstring)
+ALPHA_MAX = 0.7
 
 def _tv_divergence(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """div(∇x/|∇x|) with forward differences and their adjoint (backward) differences."""
@@ -34,29 +60,183 @@ def initial_estimate(y: torch.Tensor, fm: ForwardModel) -> torch.Tensor:
     return torch.full_like(y, float(level))
 
 
-def richardson_lucy_iter(y: torch.Tensor, fm: ForwardModel, iterations: int,
-                         tv_weight: float = 0.0, x0: torch.Tensor | None = None
-                         ) -> Iterator[torch.Tensor]:
-    """Yield the estimate after each of ``iterations`` RL iterations (photon units)."""
+@dataclass
+class RLIterate:
+    """One Richardson–Lucy iterate, as yielded by :func:`rl_iterates` and given to ``stop``.
+
+    Attributes
+    ----------
+    k
+        Iterations done (1 for the first iterate).
+    x
+        The estimate after ``k`` iterations, photons, shape of the data. A new tensor each
+        iteration: it may be kept; do not modify it in place while iterating.
+    alpha
+        The Biggs–Andrews extrapolation factor used to reach it (0 for plain RL).
+    """
+
+    k: int
+    x: torch.Tensor
+    alpha: float
+    _loop: "_RLLoop" = field(repr=False)
+
+    def mean(self) -> torch.Tensor:
+        """μ' = max(A x + B, 0) + s², the shifted Poisson mean of this iterate (a new tensor).
+
+        Free for plain RL (the next iteration needs it anyway); two FFTs once per iterate
+        when accelerated.
+        """
+        return self._loop.fit(self.x) - EPS
+
+    def nll(self) -> float:
+        """The PKL misfit Σ m·(μ' − y'·log(μ' + ε)) of this iterate (m: the fit mask, y' =
+        max(y + s², 0)): :meth:`pkl_dg.guidance.PoissonKL.nll` from μ already computed."""
+        return self._loop.nll(self.x)
+
+
+class _RLLoop:
+    """Buffers and the fit cache of one RL run (see :func:`rl_iterates`)."""
+
+    def __init__(self, y: torch.Tensor, fm: ForwardModel) -> None:
+        self.fm = fm
+        self.ws = fm.conv.workspace(tuple(y.shape), y.dtype, y.device)
+        s2 = fm.read_noise_var
+        ys = (y + s2).clamp(min=0)
+        self.mask = None if fm.mask is None else fm.mask.to(y.device, y.dtype)
+        self.ys = ys if self.mask is None else ys * self.mask  # weight(ys / μ) = (m·ys) / μ
+        b = fm.background
+        if torch.is_tensor(b):
+            self.bias, self.floor = b.to(y.device, y.dtype) + (s2 + EPS), s2 + EPS
+        else:
+            self.bias, self.floor = float(b) + s2 + EPS, s2 + EPS
+        self.mu = torch.empty_like(y)  # max(A x + B, 0) + s² + ε of `self.fitted`
+        self.fitted: torch.Tensor | None = None
+        self.log_mu: torch.Tensor | None = None  # scratch of the misfit readout
+
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """μ' + ε of ``x`` in the loop's buffer (cached for the last tensor fitted)."""
+        if self.fitted is not x:  # max(A x + B, 0) + s² + ε = max(A x + B + s² + ε, s² + ε)
+            if torch.is_tensor(self.bias):
+                torch.add(self.ws.A(x), self.bias, out=self.mu).clamp_(min=self.floor)
+            else:  # a constant rides on the FFT's zero-frequency bin: one pass fewer
+                torch.clamp(self.ws.A(x, self.bias), min=self.floor, out=self.mu)
+            self.fitted = x
+        return self.mu
+
+    def fit_constant(self, x: torch.Tensor, blurred: float) -> None:
+        """Record the fit of an ``x`` whose blur A x is the constant ``blurred``."""
+        self.mu.copy_(torch.clamp(blurred + torch.as_tensor(self.bias, dtype=self.mu.dtype,
+                                                            device=self.mu.device),
+                                  min=self.floor).expand_as(self.mu))
+        self.fitted = x
+
+    def nll(self, x: torch.Tensor) -> float:
+        mu = self.fit(x)
+        if self.mask is None:
+            fit_term, pixels = float(mu.sum()), mu.numel()
+        else:
+            fit_term, pixels = float((mu * self.mask).sum()), float(self.mask.expand_as(mu).sum())
+        # μ' + ε ≥ ε > 0, so y'·log(μ' + ε) needs no xlogy (which is 2–3× slower than log)
+        if self.log_mu is None:
+            self.log_mu = torch.empty_like(mu)
+        torch.log(mu, out=self.log_mu)
+        data_term = float(torch.dot(self.ys.reshape(-1), self.log_mu.reshape(-1)))
+        return fit_term - data_term - EPS * pixels
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """Aᵀ(m·y' / (μ' + ε)) at ``x`` (a view of the workspace, valid until the next call)."""
+        torch.div(self.ys, self.fit(x), out=self.ws.adjoint_input())
+        return self.ws.adjoint()
+
+
+def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: float = 0.0,
+                x0: torch.Tensor | None = None, *, accelerate: bool = False,
+                stop: Callable[[RLIterate], bool] | None = None,
+                alpha_max: float = ALPHA_MAX) -> Iterator[RLIterate]:
+    """Run Richardson–Lucy and yield every iterate with its misfit readout.
+
+    Parameters
+    ----------
+    y
+        Data in photons, shape ``(..., [Z,] Y, X)`` (the forward model's PSF acts on the
+        last 2 or 3 axes), float32 or float64.
+    fm
+        Forward model (FFT backend): PSF blur, background, read-noise variance, mask.
+    iterations
+        Most iterations to run (≥ 1).
+    tv_weight
+        Total-variation weight λ_TV ≥ 0 (Dey et al. 2006); 0 = plain RL.
+    x0
+        Start (default :func:`initial_estimate`); copied, never modified.
+    accelerate
+        Biggs–Andrews vector extrapolation (see the module docstring).
+    stop
+        Called with each iterate after it is yielded; returning True ends the run there (a
+        stopping rule, e.g. a discrepancy principle on ``it.mean()``).
+
+    Yields
+    ------
+    RLIterate
+        Iterate ``k = 1, 2, …``; its ``x`` is a new tensor every iteration.
+
+    Raises
+    ------
+    ValueError
+        ``iterations < 1`` or ``tv_weight < 0``.
+    """
     if iterations < 1:
         raise ValueError(f"iterations must be ≥ 1, got {iterations}")
     if tv_weight < 0:
         raise ValueError(f"TV weight must be ≥ 0, got {tv_weight}")
-    s2 = fm.read_noise_var
-    ys = (y + s2).clamp(min=0)
-    norm = fm.adjoint_ones(y)
-    x = initial_estimate(y, fm) if x0 is None else x0.clone()
-    for _ in range(iterations):
-        ratio = fm.A_adjoint(ys / (fm.mean(x).clamp(min=0) + s2 + EPS))
-        denom = norm - tv_weight * _tv_divergence(x) if tv_weight > 0 else norm
-        x = x * ratio / denom.clamp(min=1e-6)
-        yield x
+    loop = _RLLoop(y, fm)
+    inv_norm = 1.0 / fm.adjoint_ones(y).clamp(min=1e-6)
+    norm = fm.adjoint_ones(y) if tv_weight > 0 else None
+    if x0 is None:  # flat start: reflect padding keeps it flat, so A x = x·ΣPSF (no FFT)
+        x = initial_estimate(y, fm)
+        loop.fit_constant(x, float(x.reshape(-1)[0]) * float(fm.conv.psf.sum()))
+    else:
+        x = x0.clone()
+    x_prev = g = g_prev = None
+    gg_prev = 0.0
+    for k in range(1, iterations + 1):
+        alpha, base = 0.0, x
+        if accelerate and g_prev is not None:
+            alpha = float(torch.vdot(g.reshape(-1), g_prev.reshape(-1))) / (gg_prev + 1e-30)
+            alpha = min(max(alpha, 0.0), alpha_max)
+        if alpha > 0:
+            base = torch.lerp(x_prev, x, 1.0 + alpha).clamp_(min=0)  # x + α(x − x_prev)
+        corr = loop.correction(base)
+        if tv_weight > 0:
+            x_new = base * corr / (norm - tv_weight * _tv_divergence(base)).clamp(min=1e-6)
+        else:
+            x_new = torch.mul(base, corr).mul_(inv_norm)
+        if accelerate:
+            x_new.clamp_(min=0)  # deconvlucy's positivity; FFT rounding can dip below 0
+            if g is not None:
+                g_prev, gg_prev = g, float(torch.vdot(g.reshape(-1), g.reshape(-1)))
+            g = x_new - base
+            x_prev = x
+        x = x_new
+        it = RLIterate(k, x, alpha, loop)
+        yield it
+        if stop is not None and stop(it):
+            return
+
+
+def richardson_lucy_iter(y: torch.Tensor, fm: ForwardModel, iterations: int,
+                         tv_weight: float = 0.0, x0: torch.Tensor | None = None, *,
+                         accelerate: bool = False,
+                         stop: Callable[[RLIterate], bool] | None = None
+                         ) -> Iterator[torch.Tensor]:
+    """Yield the estimate after each RL iteration (photons); see :func:`rl_iterates`."""
+    for it in rl_iterates(y, fm, iterations, tv_weight, x0, accelerate=accelerate, stop=stop):
+        yield it.x
 
 
 def richardson_lucy(y: torch.Tensor, fm: ForwardModel, iterations: int,
-                    tv_weight: float = 0.0) -> torch.Tensor:
-    """The estimate after ``iterations`` RL iterations."""
+                    tv_weight: float = 0.0, *, accelerate: bool = False) -> torch.Tensor:
+    """The estimate after ``iterations`` RL iterations (see :func:`rl_iterates`)."""
     x = None
-    for x in richardson_lucy_iter(y, fm, iterations, tv_weight):
+    for x in richardson_lucy_iter(y, fm, iterations, tv_weight, accelerate=accelerate):
         pass
     return x

@@ -15,6 +15,7 @@ import sys
 # module paths of subcommands, in the order shown in --help
 _SUBCOMMANDS = (
     "pkl_dg.cli.restore",
+    "pkl_dg.cli.batch",
     "pkl_dg.cli.compare",
     "pkl_dg.cli.demo",
     "pkl_dg.cli.train",
@@ -27,22 +28,23 @@ class UserError(Exception):
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``: torch's CPU thread count for this command (see :func:`apply_threads`)."""
+    """``--threads N``: torch's CPU threads for this command, the settings' ``threads`` field
+    (its help and default; see :mod:`pkl_dg.threads`)."""
+    from pkl_dg.settings import field_specs
+
+    spec = next(s for s in field_specs() if s.name == "threads")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch (default: torch's choice, one per core); "
-                             "use 1 when other jobs share the machine: competing threads can "
-                             "make a run many times slower")
+                        help=f"{spec.help} (default: {spec.default}, automatic)")
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    threads = getattr(args, "threads", None)
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be ≥ 1, got {threads}")
-    import torch
+    """Set torch's thread count from ``--threads`` (or the settings' default) before the
+    command runs."""
+    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.threads import apply_threads as apply
 
-    torch.set_num_threads(threads)
+    threads = getattr(args, "threads", None)
+    apply(RestoreSettings().threads if threads is None else threads)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,9 +59,42 @@ def _speed(args: argparse.Namespace) -> int:
     if min(sizes) < 32:
         raise ValueError(f"sizes must be at least 32 pixels (the PSF must fit), got {sizes}")
     repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 3)
+    if args.parts == "rl":
+        return _speed_rl_only(args, repeats)
     result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max, log=_log)
     result["note"] = args.note
+    result["rl"] = _rl_part(args, repeats)
     _write_json(args.json, result)
+    return 0
+
+
+def _rl_part(args: argparse.Namespace, repeats: int) -> dict:
+    from pkl_dg.bench.speed_rl import run_rl_part
+
+    sizes = parse_int_list(args.rl_sizes, "--rl-sizes") if args.rl_sizes else (
+        [32, 48] if args.smoke else [512, 2048, 4096])
+    iterations = args.rl_iterations or (3 if args.smoke else 10)
+    part = run_rl_part(sizes, iterations, repeats, args.realdata, args.smoke, log=_log)
+    part["note"] = args.note
+    part["command"] = "pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return part
+
+
+def _speed_rl_only(args: argparse.Namespace, repeats: int) -> int:
+    """--parts rl: rerun only the Richardson–Lucy part and replace it in an existing JSON."""
+    out = Path(args.json)
+    if not out.is_file():
+        raise ValueError(f"--parts rl replaces the 'rl' part of an existing speed JSON, and "
+                         f"{out} does not exist: run the full `pkl-dg bench speed` first")
+    data = json.loads(out.read_text(encoding="utf-8"))
+    if data.get("kind") != "speed":
+        raise ValueError(f"{out} holds {data.get('kind')!r} results, not speed results")
+    data["rl"] = _rl_part(args, repeats)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n",
+                   encoding="utf-8")
+    tmp.replace(out)
+    _log(f"updated the rl part of {out}")
     return 0
 
 
@@ -86,12 +119,36 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.batch import run_batch_bench
+
+    workers = parse_int_list(args.workers, "--workers")
+    result = run_batch_bench(size=args.size, images=args.images, workers=workers,
+                             method=args.method, steps=args.steps, samples=args.samples,
+                             threads=args.threads or 1, smoke=args.smoke, log=_log)
+    result["note"] = args.note
+    _write_json(args.json, result)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.load import run_load
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
+    result = run_load(threads=args.threads or 0, repeats=args.repeats, smoke=args.smoke,
+                      log=_log)
+    result["note"] = args.note
+    _write_json(args.json, result)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pkl_dg.bench.report import write_report
 
     out = write_report(quality_path=args.quality, speed_path=args.speed, out=args.out,
-                       realdata_path=args.realdata,
-                       plot=args.plot)
+                       plot=args.plot, batch_path=args.batch, load_path=args.load,
+                       realdata_path=args.realdata)
     _log(f"wrote {out}")
     return 0
 
@@ -100,7 +157,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="run the speed / quality benchmarks, write "
                               "BENCHMARKS.md", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,report}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,batch,load,report}")
     sub.required = True
 
     s = sub.add_parser("speed", help="time the network, guided steps, physics, RL, restore")
@@ -114,6 +171,15 @@ def register(subparsers) -> None:
     s.add_argument("--model", default=None, help="time this prior instead of the shipped one")
     s.add_argument("--smoke", action="store_true", help="tiny sizes, few steps, tiny random "
                    "network (for tests)")
+    s.add_argument("--parts", choices=("all", "rl"), default="all", help="'rl': rerun only "
+                   "the Richardson–Lucy tables (ours vs the FFT floor and the peers; time to "
+                   "the best result on the BioSR pair) and replace them in the existing --json")
+    s.add_argument("--rl-sizes", default=None, help="sizes of the RL table (default "
+                   "512,2048,4096; smoke 32,48)")
+    s.add_argument("--rl-iterations", type=int, default=None, help="RL iterations per timed "
+                   "run (default 10; smoke 3)")
+    s.add_argument("--realdata", default=None, help="folder of the public test data for the "
+                   "time-to-best table (default: ../shared/realdata beside the repository)")
     add_threads_argument(s)
     s.add_argument("--note", default=None, help="free text stored with the results (e.g. "
                    "other load on the machine)")
@@ -143,9 +209,38 @@ def register(subparsers) -> None:
                         "benchmarks/realdata.json")
     q.set_defaults(func=_quality)
 
+    b = sub.add_parser("batch", help="images/min of pkl-dg batch with 1, 2, … workers")
+    b.add_argument("--json", required=True, help="output JSON file")
+    b.add_argument("--size", type=int, default=512, help="image side (default 512)")
+    b.add_argument("--images", type=int, default=20, help="images per batch (default 20)")
+    b.add_argument("--workers", default="1,2", help="worker counts to time (default 1,2)")
+    b.add_argument("--method", default="pkl", help="restoration method (default pkl)")
+    b.add_argument("--steps", type=int, default=15, help="diffusion steps (default 15)")
+    b.add_argument("--samples", type=int, default=1, help="posterior samples (default 1)")
+    b.add_argument("--smoke", action="store_true", help="two tiny RL images, one worker "
+                   "(for tests)")
+    add_threads_argument(b)  # torch threads per worker (default 1)
+    b.add_argument("--note", default=None, help="free text stored with the results (e.g. "
+                   "other load on the machine)")
+    b.set_defaults(func=_batch)
+
+    ld = sub.add_parser("load", help="restore time idle and beside one busy process "
+                        "(default PKL at 512², RL at 2048²)")
+    ld.add_argument("--json", required=True, help="output JSON file")
+    ld.add_argument("--repeats", type=int, default=1, help="runs per condition; the median "
+                    "is reported (default 1)")
+    ld.add_argument("--smoke", action="store_true", help="tiny images and network (tests)")
+    add_threads_argument(ld)
+    ld.add_argument("--note", default=None, help="free text stored with the results")
+    ld.set_defaults(func=_load)
+
     r = sub.add_parser("report", help="regenerate BENCHMARKS.md and the plot from the JSON")
     r.add_argument("--quality", required=True, help="quality JSON")
     r.add_argument("--speed", required=True, help="speed JSON")
+    r.add_argument("--batch", default=None, help="batch JSON (optional: adds the batch "
+                   "throughput section)")
+    r.add_argument("--load", default=None, help="load JSON (optional: adds the under-load "
+                   "section)")
     r.add_argument("--realdata", default=None, help="real-data JSON (from bench quality "
                    "--section real), rendered as its own section")
     r.add_argument("--out", default="BENCHMARKS.md", help="markdown file (default "

@@ -19,7 +19,8 @@ import sys
 import tempfile
 
 from pkl_dg.cli import add_threads_argument
-from pkl_dg.settings import METHODS
+from pkl_dg.settings import METHOD_LABELS, METHODS
+from pkl_dg.threads import resolve_threads
 
 PLUGIN = "napari-pkl-dg"
 WIDGET = "PKL Deconvolution"
@@ -89,6 +90,8 @@ def run_demo(args: argparse.Namespace) -> int:
     viewer.open_sample(PLUGIN, SAMPLE)
     _dock, widget = viewer.window.add_plugin_dock_widget(
         PLUGIN, COMPARE_WIDGET if args.compare else WIDGET)
+    if args.screenshot:
+        _say("napari is up with the sample data and the widget")
     if args.compare:
         widget.input_combo.setCurrentText(SAMPLE)
         widget.gt_combo.setCurrentText(GROUND_TRUTH)
@@ -107,9 +110,41 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(config, ignore_errors=True)
 
 
+def _say(msg: str) -> None:
+    print(f"pkl-dg demo: {msg}", flush=True)
+
+
+class _ProgressPrinter:
+    """Prints what the widget shows (its progress bar: steps, ETA; else its status line)
+    every ``interval`` seconds while it changes, so a run of minutes never looks hung."""
+
+    def __init__(self, widget, interval: float = 2.0) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.widget, self._last = widget, ""
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(int(interval * 1000))
+
+    def text(self) -> str:
+        bar = getattr(self.widget, "progress", None)
+        return bar.format() if bar is not None else self.widget.status_label.text()
+
+    def tick(self) -> None:
+        text = self.text()
+        if text and text != self._last:
+            self._last = text
+            _say(text)
+
+    def stop(self) -> None:
+        self.timer.stop()
+        self.tick()
+
+
 def _run_to_end(widget, timeout: float) -> str:
-    """Start ``widget.run()`` and spin Qt until ``run_finished``: its status ("done",
-    "cancelled", "error"), "not started", or "timed out" (the run is then cancelled)."""
+    """Start ``widget.run()`` and spin Qt until ``run_finished``, printing progress: its
+    status ("done", "cancelled", "error"), "not started", or "timed out" (the run is then
+    cancelled)."""
     from qtpy.QtCore import QEventLoop, QTimer
 
     outcome: list[str] = []
@@ -118,11 +153,22 @@ def _run_to_end(widget, timeout: float) -> str:
     QTimer.singleShot(int(timeout * 1000), loop.quit)
     if not widget.run():
         return "not started"
+    printer = _ProgressPrinter(widget)
     loop.exec()
+    printer.stop()
     if not outcome:
         widget.cancel()
         return "timed out"
     return outcome[0]
+
+
+def _describe_run(widget, layer) -> str:
+    s = widget.current_state().settings
+    what = (f"{s.rl_iterations} Richardson–Lucy iterations" if s.method == "rl" else
+            f"{METHOD_LABELS[s.method]}, {s.steps} steps × {s.samples} sample(s)")
+    shape = " × ".join(map(str, layer.data.shape))
+    return (f"restoring '{layer.name}' ({shape}) with {what} on "
+            f"{resolve_threads(s.threads)} CPU thread(s)…")
 
 
 def _failed(status: str, why: str) -> int:
@@ -133,6 +179,15 @@ def _failed(status: str, why: str) -> int:
         print(f"pkl-dg demo: error: restoration {status}: {why or 'no result'}",
               file=sys.stderr)
     return 1
+
+
+def _label_panel(layer) -> None:
+    """Show the layer's name in its grid panel (napari ≥ 0.6: ``name_overlay``)."""
+    overlay = getattr(layer, "name_overlay", None)
+    if overlay is None:
+        raise ValueError("this napari cannot label grid panels (no layer name overlay): "
+                         "upgrade napari to 0.6 or later")
+    overlay.visible = True
 
 
 def _save(viewer, path: str) -> None:
@@ -153,13 +208,19 @@ def _screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
         widget.controls[key].value = args.steps
     if args.model is not None:
         widget.controls["model"].line_edit.value = args.model
+    if args.threads is not None:
+        widget.controls["threads"].value = args.threads
     widget.input_combo.value = viewer.layers[SAMPLE]
+    _say(_describe_run(widget, viewer.layers[SAMPLE]))
     status = _run_to_end(widget, args.timeout)
     if status != "done":
         return _failed(status, widget.last_error)
-    # input and result side by side
+    # input and result side by side, each panel labelled with its layer's name
+    shown = (SAMPLE, widget.output_layer.name)
     for layer in viewer.layers:
-        layer.visible = layer.name in (SAMPLE, widget.output_layer.name)
+        layer.visible = layer.name in shown
+        if layer.name in shown:
+            _label_panel(layer)
     viewer.grid.enabled = True
     viewer.grid.shape = (1, -1)
     viewer.layers.selection.active = widget.output_layer
@@ -182,8 +243,7 @@ def _compare_screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
     shown = {SAMPLE, GROUND_TRUTH, residual.name, *(r.name for r in widget.layers.values())}
     for layer in viewer.layers:
         layer.visible = layer.name in shown
-        if hasattr(layer, "name_overlay"):  # recent napari: the layer's name in its grid cell
-            layer.name_overlay.visible = True
+        _label_panel(layer)
     widget.grid_box.setChecked(True)  # grid mode; the results share contrast limits
     viewer.layers.selection.active = widget.layers["pkl"]
     table = widget.table

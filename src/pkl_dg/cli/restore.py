@@ -23,6 +23,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, default None (= the schema's default), grouped as in the GUI."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in field_specs():
+        if spec.name == "threads":  # every command has --threads (add_threads_argument)
+            continue
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [flag_for(spec.name)]
         if spec.name == "psf_path":
@@ -67,7 +69,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pkl_dg.imageio import read_image, write_result
+    from pkl_dg.imageio import write_result
+    from pkl_dg.io import open_image
     from pkl_dg.restoration import has_posterior_std, restore_iter, run_to_end
 
     settings = settings_from_args(args)
@@ -78,8 +81,16 @@ def run(args: argparse.Namespace) -> int:
     for out in outputs:
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
-    image = read_image(args.input)
-    gen = restore_iter(image, settings)
+    source = open_image(args.input)
+    image = source.numpy()
+    # axes from the file's metadata (TCZYX order): channels and time are never deconvolved
+    # along; a .npy file has none ("Q" axes): its layout is then checked as unlabelled
+    axes = None if "Q" in source.axes else source.axes
+    from_file = {}
+    if args.z_step_nm is None and source.z_step_nm:  # the file states its Z step: use it
+        settings = settings.replace(z_step_nm=float(source.z_step_nm))
+        from_file["z_step_nm"] = settings.z_step_nm
+    gen = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
     def progress(rec) -> None:
@@ -96,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    meta = {**result.metadata, "input_file": str(args.input)}
+    meta = {**result.metadata, "input_file": str(args.input), "input_axes": source.axes}
+    if from_file:
+        meta["settings_from_file"] = from_file
     std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)
     with_std = with_std and result.std is not None
     if with_std:

@@ -6,6 +6,9 @@ caller already has it (saves one convolution). ``nll`` returns one value per sam
 over all but the first axis of a batch ``(N, ...)``; a lone image gives a 0-d tensor).
 Intensities are photon counts.
 
+Pixels outside the forward model's mask (``fm.mask``, e.g. saturated ones) are left out:
+their terms are weighted by it in ``nll`` and their residuals in ``grad``.
+
 Every ``nll`` is finite for any non-negative data and any predicted mean μ (μ is clamped at
 0: it can round a hair below zero over exact-zero background, whose log would be NaN).
 """
@@ -46,10 +49,10 @@ class L2(Likelihood):
     dimensionless = False
 
     def nll(self, x, y, fm):
-        return _sum_per_sample(0.5 * (fm.mean(x) - y) ** 2)
+        return _sum_per_sample(fm.weight(0.5 * (fm.mean(x) - y) ** 2))
 
     def grad(self, x, y, fm, mu=None):
-        return fm.A_adjoint((fm.mean(x) if mu is None else mu) - y)
+        return fm.A_adjoint(fm.weight((fm.mean(x) if mu is None else mu) - y))
 
 
 def _anscombe(z: torch.Tensor) -> torch.Tensor:
@@ -57,22 +60,27 @@ def _anscombe(z: torch.Tensor) -> torch.Tensor:
 
 
 class AnscombeL2(Likelihood):
-    """f = ½‖φ(A x + B) − φ(y)‖², φ(z) = 2√(z + 3/8) (variance-stabilised Poisson).
+    """f = ½‖φ(A x + B + s²) − φ(y + s²)‖², φ(z) = 2√(z + 3/8) (variance-stabilised Poisson).
 
-    ∇f = Aᵀ[(φ(μ) − φ(y)) / √(μ + 3/8)]. Data below 0 (possible after offset subtraction
-    with read noise) are clipped to 0 inside φ(y), where φ is defined.
+    ∇f = Aᵀ[(φ(μ + s²) − φ(y + s²)) / √(μ + s² + 3/8)]. With read noise of variance s² this
+    is the generalised Anscombe transform (Poisson–Gaussian, unit gain), the same shift as
+    PKL's; data still below 0 after the shift are clipped to 0 inside φ, where it is defined.
     """
 
     name = "anscombe"
 
+    def _phi_pair(self, x, y, fm, mu=None):
+        s2 = fm.read_noise_var
+        mu = (fm.mean(x) if mu is None else mu).clamp(min=0) + s2
+        return mu, _anscombe(mu), _anscombe((y + s2).clamp(min=0))
+
     def nll(self, x, y, fm):
-        mu = fm.mean(x).clamp(min=0)
-        return _sum_per_sample(0.5 * (_anscombe(mu) - _anscombe(y.clamp(min=0))) ** 2)
+        _, pm, py = self._phi_pair(x, y, fm)
+        return _sum_per_sample(fm.weight(0.5 * (pm - py) ** 2))
 
     def grad(self, x, y, fm, mu=None):
-        mu = (fm.mean(x) if mu is None else mu).clamp(min=0)
-        r = (_anscombe(mu) - _anscombe(y.clamp(min=0))) / torch.sqrt(mu + 0.375)
-        return fm.A_adjoint(r)
+        mu, pm, py = self._phi_pair(x, y, fm, mu)
+        return fm.A_adjoint(fm.weight((pm - py) / torch.sqrt(mu + 0.375)))
 
 
 class PoissonKL(Likelihood):
@@ -93,11 +101,11 @@ class PoissonKL(Likelihood):
 
     def nll(self, x, y, fm):
         mu, ys = self._shifted(x, y, fm)
-        return _sum_per_sample(mu - torch.special.xlogy(ys, mu + EPS))
+        return _sum_per_sample(fm.weight(mu - torch.special.xlogy(ys, mu + EPS)))
 
     def grad(self, x, y, fm, mu=None):
         mu, ys = self._shifted(x, y, fm, mu)
-        return fm.A_adjoint(1.0 - ys / (mu + EPS))
+        return fm.A_adjoint(fm.weight(1.0 - ys / (mu + EPS)))
 
 
 LIKELIHOODS: dict[str, Likelihood] = {c.name: c() for c in (L2, AnscombeL2, PoissonKL)}

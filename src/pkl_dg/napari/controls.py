@@ -26,6 +26,7 @@ SPECIAL_VALUE_TEXT = {
     "tv_weight": "off",
     "discrepancy": "auto",
     "sub_iterations": "auto",
+    "threads": "auto",
 }
 #: display names of choice values (the stored values stay the schema's keys)
 CHOICE_LABELS = {
@@ -69,6 +70,12 @@ def _float_step(spec: FieldSpec) -> float:
     return 1.0
 
 
+def _decimals(value: float) -> int:
+    """Decimal places needed to show ``value`` exactly (at most 6)."""
+    text = repr(float(value))
+    return 0 if "e" in text or "." not in text else min(len(text.split(".")[1].rstrip("0")), 6)
+
+
 def make_control(spec: FieldSpec):
     """One magicgui control for a settings field (label with unit, tooltip with range)."""
     label = f"{spec.label} ({spec.unit})" if spec.unit else spec.label
@@ -83,6 +90,10 @@ def make_control(spec: FieldSpec):
     if spec.type == "float":
         ctrl = FloatSpinBox(min=spec.min, max=spec.max, step=_float_step(spec),
                             value=spec.default, **common)
+        places = _decimals(spec.default)
+        if places > ctrl.native.decimals():  # e.g. a refractive index of 1.515
+            ctrl.native.setDecimals(places)
+            ctrl.value = spec.default
     elif spec.type == "int":
         if spec.name in SPECIAL_VALUE_TEXT:  # superqt's int spin box shows no special text
             common["label"] += f" ({spec.min:g} = {SPECIAL_VALUE_TEXT[spec.name]})"

@@ -18,6 +18,9 @@ from napari.layers import Image
 
 from pkl_dg.settings import RestoreSettings
 
+#: pixels used for the automatic contrast limits (every k-th pixel of a larger frame)
+CONTRAST_SAMPLE = 1 << 18
+
 
 def same_layer(a: Any, b: Any) -> bool:
     """Identity of layers (plugins get napari objects through proxies, so not ``is``)."""
@@ -41,6 +44,9 @@ class Run:
     shown_at: float | None = None  # perf_counter of the last frame put into the layer
     status: str = "running"
     auto_contrast: tuple[float, float] | None = None
+    method_label: str = ""  # e.g. "PKL (Poisson KL)", for the status line
+    cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
+    output_gone: bool = False  # the user removed the output layer during the run
 
 
 def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.ndarray
@@ -81,20 +87,49 @@ def auto_contrast(layer: Image, run: Run, frame: np.ndarray) -> None:
     current = tuple(float(v) for v in layer.contrast_limits)
     if run.auto_contrast is not None and not np.allclose(current, run.auto_contrast):
         return
-    finite = frame[np.isfinite(frame)]
+    step = max(1, frame.size // CONTRAST_SAMPLE)  # a subsample: fast on 4096² frames
+    sample = frame.reshape(-1)[::step]
+    finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         return
     lo, hi = (float(v) for v in np.percentile(finite, (0.1, 99.9)))
     if hi <= lo:
         hi = lo + 1.0
-    layer.contrast_limits_range = (min(lo, float(finite.min())), max(hi, float(finite.max())))
+    fmin, fmax = float(np.nanmin(frame)), float(np.nanmax(frame))  # the whole frame
+    lo_range = min(lo, fmin) if np.isfinite(fmin) else lo
+    hi_range = max(hi, fmax) if np.isfinite(fmax) else hi
+    layer.contrast_limits_range = (lo_range, hi_range)
     layer.contrast_limits = (lo, hi)
     run.auto_contrast = tuple(float(v) for v in layer.contrast_limits)
 
 
+def std_name(output_name: str) -> str:
+    return f"{output_name} std"
+
+
+def blank_std(viewer: Any, output_name: str) -> None:
+    """A run started writing into ``output_name``: its std layer no longer belongs to what
+    is shown, so it is zeroed and says so until the run ends (see :func:`remove_std`).
+    Zeroed in place, not removed: napari runs a full garbage collection on every layer
+    removal, a GUI freeze of up to a second in a process holding torch."""
+    name = std_name(output_name)
+    if name in viewer.layers and isinstance(viewer.layers[name], Image):
+        layer = viewer.layers[name]
+        layer.data = np.zeros(layer.data.shape, np.float32)
+        layer.metadata = {"description": "being recomputed by the run in progress",
+                          "of_layer": output_name}
+
+
+def remove_std(viewer: Any, output_name: str) -> None:
+    """Remove the std layer of the output ``output_name`` (it belongs to an older result)."""
+    name = std_name(output_name)
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+
+
 def show_std(viewer: Any, out: Image, std: np.ndarray, samples: int) -> Image:
     """Per-pixel standard deviation over posterior samples, as its own (hidden) layer."""
-    name = f"{out.name} std"
+    name = std_name(out.name)
     if name in viewer.layers and isinstance(viewer.layers[name], Image):
         layer = viewer.layers[name]
         layer.data = std

@@ -1,7 +1,9 @@
 """PSF helpers of the widget: bead extraction and PSF descriptions (no Qt).
 
-A PSF image layer needs no helper: its data goes to the core as is (``build_psf`` takes the
-in-focus plane of a stack, centres, crops and normalises it).
+A PSF image layer needs no helper: its data goes to the core as is, and ``build_psf``
+cleans it exactly like a PSF file or array (:mod:`pkl_dg.physics.psf_cleaning`: in-focus
+plane in 2D, baseline and noise floor, sub-pixel centring, energy-keeping crop,
+normalisation; its diagnostics go into the result's metadata).
 
 Bead extraction (:func:`psf_from_beads`), on a 2D bead image or a 3D (Z, Y, X) bead stack,
 in simple documented steps (in 3D every "box" is a cube, at most the stack depth along Z):
@@ -14,11 +16,13 @@ in simple documented steps (in 3D every "box" is a cube, at most the stack depth
 3. Reject beads closer than ``box/2`` to an edge and beads with another detected peak inside
    their box (not isolated).
 4. Crop a ``box × box`` window centred on each bead's brightest smoothed pixel and subtract
-   the window's border median.
+   its baseline, the median of its lateral border (the same baseline as every measured PSF,
+   :func:`pkl_dg.physics.psf_cleaning.baseline_and_noise`).
 5. Sub-pixel alignment: measure the bead's intensity centroid (positive part of its central
    region) and shift the window by the fractional offset (cubic spline), so beads that sit
    at different sub-pixel positions do not blur the average. Divide by the sum.
-6. Average the windows, clip negatives to 0, normalise to sum 1.
+6. Average the windows, clip negatives to 0, normalise to sum 1. The average then goes
+   through the same cleaning as any measured PSF (``build_psf``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
     Raises ``ValueError`` (saying what to do) when no isolated bead is found.
     """
     from scipy import ndimage
+
+    from pkl_dg.physics.psf_cleaning import baseline_and_noise
 
     img = np.asarray(image, dtype=np.float64)
     if img.ndim not in (2, 3):
@@ -58,8 +64,6 @@ def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
         values = smooth[tuple(found.T)]
         found = found[values >= 0.2 * values.max()]
     shape = np.array(img.shape)
-    border_mask = np.ones(sizes, dtype=bool)
-    border_mask[(slice(1, -1),) * img.ndim] = False
     windows = []
     for pos in found:
         if np.any(pos < halves) or np.any(pos >= shape - halves):
@@ -67,7 +71,7 @@ def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
         if np.sum(np.all(np.abs(found - pos) <= halves, axis=1)) > 1:
             continue  # another bead inside the window: not isolated
         win = img[tuple(slice(p - h, p + h + 1) for p, h in zip(pos, halves))].copy()
-        win -= np.median(win[border_mask])
+        win -= baseline_and_noise(win)[0]
         win = _centre_subpixel(win)
         total = win.sum()
         if total > 0:
@@ -111,8 +115,31 @@ def describe_psf(settings: RestoreSettings, source: str) -> str:
     if source == "airy":
         return (f"Airy NA {settings.na:g}, {settings.wavelength_nm:g} nm, "
                 f"{settings.pixel_size_nm:g} nm/px")
+    if source == "vectorial":
+        return (f"vectorial NA {settings.na:g}, {settings.wavelength_nm:g} nm, n "
+                f"{settings.immersion_ri:g}/{settings.sample_ri:g}")
     if source == "file":
         return f"file {settings.psf_path}"
     if source == "layer":
         return "PSF layer"
     return "beads"
+
+
+def describe_diagnostics(info: dict) -> str:
+    """The PSF diagnostics of :func:`pkl_dg.physics.build_psf_info` in a few words, e.g.
+    ``"; FWHM 4.77 × 4.76 px; centred from (-3.99, +4.00) px; 100.0 % of its energy kept"``."""
+    parts = []
+    fw = [f for f in info.get("fwhm_px", []) if f is not None]
+    if fw:
+        parts.append("FWHM " + " × ".join(f"{f:.2f}" for f in fw) + " px")
+    cleaning = info.get("cleaning")
+    if cleaning:
+        off = cleaning["centroid_offset_px"]
+        if max(abs(v) for v in off) >= 0.05:
+            parts.append("centred from (" + ", ".join(f"{v:+.2f}" for v in off) + ") px")
+        parts.append(f"{100 * cleaning['energy_kept']:.1f} % of its energy kept")
+    if "resampled" in info:
+        r = info["resampled"]
+        parts.append("resampled from " + " × ".join(f"{v:g}" for v in r["from_spacing_nm"])
+                     + " nm")
+    return "".join("; " + p for p in parts)

@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 PSF_SOURCES = {
     "gaussian": "Gaussian (σ)",
     "airy": "Airy (NA, wavelength)",
+    "vectorial": "Widefield 3D from optics (vectorial)",
     "file": "PSF file",
     "layer": "PSF image layer",
     "beads": "Extract from bead image",

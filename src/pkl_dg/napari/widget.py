@@ -6,22 +6,22 @@ one schema. The only controls not in the schema are the widget's own: the input 
 the PSF comes from (a PSF image layer or a bead image besides the schema's Gaussian / Airy /
 file) and the buttons.
 
-A run copies the input plane, then a napari ``thread_worker`` around
-:func:`pkl_dg.napari.worker.restoration_frames` streams every step into one output layer
-(``"<input> [<method>]"``), updated in place. Problems go to napari notifications; the input
-layer is never modified.
+A run copies the input plane and hands it to the
+:class:`~pkl_dg.napari.run_controller.RunController`, which streams
+:func:`pkl_dg.napari.worker.restoration_frames` from a worker thread into one output layer
+(``"<input> [<method>]"``, updated in place, at most 10 times a second), keeps the progress
+bar and status line current, and cancels within one convolution. Problems go to napari
+notifications and the status line; the input layer is never modified.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, SpinBox
 from napari.layers import Image
-from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QScrollArea, QVBoxLayout, QWidget)
@@ -30,32 +30,33 @@ from pkl_dg.napari import psf_sources
 from pkl_dg.napari.controls import (GROUPS, INPUT_TIP, STACK_TIP, image_layer_choices,
                                     make_control, pixel_size_nm_of, read_control,
                                     short_method_label, write_control)
-from pkl_dg.napari.output import (Run, auto_contrast, output_layer_for, same_layer,
-                                  show_frame, show_std)
+from pkl_dg.napari.caches import release_freed_memory
+from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
+from pkl_dg.napari.output import Run, same_layer
+from pkl_dg.napari.run_controller import RunController
 from pkl_dg.napari.state import PSF_SOURCES, STACK_EXTENTS, SettingsStore, WidgetState
-from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, RunFailure,
-                                  resolve_psf, restoration_frames)
+from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, resolve_psf,
+                                  restoration_frames)
 from pkl_dg.settings import METHOD_LABELS, RestoreSettings, field_specs
 
 if TYPE_CHECKING:
     import napari
 
-#: Frames closer together than this (seconds) update the progress bar but not the output
-#: layer, so fast runs (hundreds of RL iterations per second on a small image) do not queue
-#: more redraws than the screen can show. The first frame and each block's last are always shown.
-DISPLAY_INTERVAL_S = 0.1
 
 class PKLDeconvolutionWidget(QWidget):
     """Dock widget: pick an image, PSF, calibration, method, schedule; Run; watch it sharpen.
 
     Attributes tests and scripts may use: ``controls`` (name → magicgui control, one per
     settings field), ``operator_cache`` (forward models per image shape and PSF),
-    ``model_cache`` (networks per model path and device), ``output_layer``, and the
-    ``run_finished(status)`` signal with status "done", "cancelled", "failed" or "error".
+    ``model_cache`` (networks per model path and device), both bounded by bytes and freed
+    when their layers or the widget close; ``output_layer``; ``runner`` (the
+    :class:`~pkl_dg.napari.run_controller.RunController`); the ``run_finished(status)``
+    signal with status "done", "cancelled", "failed" or "error", and ``frame_shown(index)``
+    after a frame went into the output layer (at most 10 per second).
     """
 
     run_finished = Signal(str)
-    frame_shown = Signal(int)  # step index, after a frame was handled (see DISPLAY_INTERVAL_S)
+    frame_shown = Signal(int)
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer",
                  store: SettingsStore | None = None) -> None:
@@ -64,14 +65,15 @@ class PKLDeconvolutionWidget(QWidget):
         self.store = store if store is not None else SettingsStore()
         self.operator_cache = OperatorCache()
         self.model_cache = ModelCache()
-        self.output_layer: Image | None = None
-        self._worker = None
-        self._run: Run | None = None
         self._loading = False
         self._save_warned = False
-        self.last_error: str | None = None  # message of the last failed run
         self.controls: dict[str, Any] = {}
         self._build()
+        self.runner = RunController(self.viewer, self.progress, self.status_label,
+                                    self.cancel_button)
+        self.runner.finished.connect(self._after_run)
+        self.runner.finished.connect(self.run_finished)
+        self.runner.frame_shown.connect(self.frame_shown)
         state, message = self.store.load()
         if message:
             show_warning(message)
@@ -191,7 +193,8 @@ class PKLDeconvolutionWidget(QWidget):
         """Settings as currently shown; raises ``ValueError`` if a value is invalid."""
         values = {name: read_control(ctrl) for name, ctrl in self.controls.items()}
         source = self.psf_source.value
-        values["psf_kind"] = source if source in ("gaussian", "airy", "file") else "array"
+        values["psf_kind"] = (source if source in ("gaussian", "airy", "vectorial", "file")
+                              else "array")
         return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
                            bead_box=int(self.bead_box.value), stack=self.stack_combo.value)
 
@@ -210,7 +213,7 @@ class PKLDeconvolutionWidget(QWidget):
     def restore_defaults(self) -> None:
         self.apply_state(WidgetState())
         self._save()
-        self.status_label.setText("Settings reset to their defaults.")
+        self.runner.report("Settings reset to their defaults.")
 
     def _on_setting_changed(self, *_args) -> None:
         if self._loading:
@@ -235,8 +238,11 @@ class PKLDeconvolutionWidget(QWidget):
             "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
             "psf_sigma_z": src == "gaussian" and mode_3d,
             "samples": method != "rl", "tile_size": method != "rl",
-            "na": src == "airy", "wavelength_nm": src == "airy",
-            "pixel_size_nm": src in ("airy", "file", "layer"),
+            "na": src in ("airy", "vectorial"), "wavelength_nm": src in ("airy", "vectorial"),
+            "pixel_size_nm": src in ("airy", "vectorial", "file", "layer"),
+            "immersion_ri": src == "vectorial", "sample_ri": src == "vectorial",
+            "psf_depth_nm": src == "vectorial", "z_step_nm": mode_3d,
+            "psf_z_step_nm": src in ("file", "layer") and mode_3d,
             "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
             "step_rule": guided, "lam": guided, "sub_iterations": guided,
             "t_threshold": guided, "ramp": guided, "discrepancy": guided,
@@ -280,69 +286,36 @@ class PKLDeconvolutionWidget(QWidget):
         removed = event.value
         removed.events.name.disconnect(self._reset_layer_choices)
         self._reset_layer_choices()
-        if same_layer(removed, self.output_layer):
-            self.output_layer = None
-        run = self._run
-        if run is None or self._worker is None:
-            return
-        if same_layer(removed, run.input_layer):
-            show_warning(f"The input layer '{removed.name}' was removed during the run: the "
-                         "restoration was stopped. Add the image again and press Run.")
-            self.cancel()
-        elif run.frames and self.output_layer is None and run.status == "running":
-            show_warning("The output layer was removed during the run: the restoration was "
-                         "stopped. Press Run to start again.")
-            self.cancel()
+        self.runner.output_removed(removed)
+        run = self.runner.run
+        if self.is_running and run is not None and same_layer(removed, run.input_layer):
+            # quietly: closing the viewer removes every layer before the widget goes
+            self.runner.cancel(f"the input layer '{removed.name}' was removed")
+        self.operator_cache.keep_shapes(open_shapes(self.viewer))
 
     def selected_block(self, layer: Image, mode: str = "2d", whole_stack: bool = False
                        ) -> tuple[Any, tuple[int, ...]]:
-        """What a run restores, and the index of the displayed block in the leading axes.
-
-        A block is a YX plane (``mode`` "2d") or a ZYX volume ("3d"). The displayed block is
-        returned as a copy; the whole stack (``whole_stack``) as the layer's own array, which
-        the core only reads (block by block, so dask data stay lazy).
-        """
-        if layer.rgb:
-            raise ValueError(f"'{layer.name}' is an RGB image: deconvolution needs one "
-                             "fluorescence channel. Split the channels (right-click the layer "
-                             "> Split RGB) and pick one.")
-        data = layer.data[0] if layer.multiscale else layer.data
-        block_ndim = 3 if mode == "3d" else 2
-        shape = " × ".join(map(str, data.shape))
-        if data.ndim < 2 or min(data.shape[-2:]) < 2:
-            raise ValueError(f"'{layer.name}' ({shape}) is not an image: pick a 2D image or a "
-                             "stack whose last two axes are Y, X.")
-        if data.ndim < block_ndim:
-            raise ValueError(f"'{layer.name}' ({shape}) is 2D: 3D deconvolution needs a "
-                             "Z-stack (last three axes Z, Y, X). Choose Deconvolution '2d'.")
-        if data.ndim == block_ndim:
-            return np.array(data, copy=True), ()
-        if whole_stack:
-            return data, ()
-        point = layer.world_to_data(self.viewer.dims.point)
-        index = tuple(int(np.clip(round(p), 0, n - 1))
-                      for p, n in zip(point[:data.ndim - block_ndim], data.shape))
-        return np.array(data[index], copy=True), index
+        """See :func:`pkl_dg.napari.layer_input.selected_block`."""
+        return selected_block(self.viewer, layer, mode, whole_stack)
 
     def _psf_request(self, source: str, mode: str = "2d") -> PsfRequest:
-        request = PsfRequest(source=source, bead_box=int(self.bead_box.value))
-        combo = {"layer": self.psf_layer_combo, "beads": self.bead_layer_combo}.get(source)
-        if combo is not None:
-            layer = combo.value
-            if layer is None:
-                raise ValueError(f"Pick the {'PSF' if source == 'layer' else 'bead'} image "
-                                 "layer (or choose another 'PSF from').")
-            request.layer_name = layer.name
-            if source == "layer":
-                request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
-            else:
-                request.data, _ = self.selected_block(layer, mode)  # 3d mode: bead volume
-        return request
+        return psf_request(self.viewer, source, self.bead_box.value,
+                           self.psf_layer_combo.value, self.bead_layer_combo.value, mode)
 
     # ------------------------------------------------------------------ actions
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self.runner.is_running
+
+    @property
+    def output_layer(self) -> Image | None:
+        """The layer the last run wrote into (None once removed)."""
+        return self.runner.output_layer
+
+    @property
+    def last_error(self) -> str | None:
+        """Message of the last failure (of a run, or found before one could start)."""
+        return self.runner.last_error
 
     def show_psf(self) -> Image | None:
         """Add (or update) a layer showing the PSF of the current settings."""
@@ -355,11 +328,12 @@ class PKLDeconvolutionWidget(QWidget):
             request = self._psf_request(state.psf_source, state.settings.mode)
             _raw, psf, _settings, notes = resolve_psf(state.settings, request, shape)
         except (ValueError, FileNotFoundError) as exc:
-            show_error(f"Cannot show the PSF: {exc}")
+            self.runner.report(f"Cannot show the PSF: {exc}", error=True)
             return None
         desc = psf_sources.describe_psf(state.settings, state.psf_source)
         if "psf_beads_used" in notes:
             desc += f" ({notes['psf_beads_used']} beads)"
+        desc += psf_sources.describe_diagnostics(notes.get("psf", {}))
         kwargs = {}
         if layer is not None:
             n = psf.ndim
@@ -374,20 +348,20 @@ class PKLDeconvolutionWidget(QWidget):
                                               contrast_limits=(0.0, float(psf.max())),
                                               **kwargs)
         psf_layer.metadata = {"description": desc, **notes}
-        self.status_label.setText(f"PSF: {desc}, {' × '.join(map(str, psf.shape))} px, "
-                                  "sum 1.")
+        self.runner.report(f"PSF: {desc}, {' × '.join(map(str, psf.shape))} px, sum 1.")
         return psf_layer
 
     def run(self) -> bool:
-        """Start a restoration; returns False (with a notification) when it cannot start."""
+        """Start a restoration; returns False (with a notification and the reason in the
+        status line) when it cannot start."""
         if self.is_running:
             show_warning("A restoration is already running: wait for it or press Cancel "
                          "before starting another.")
             return False
         layer = self.input_combo.value
         if layer is None:
-            show_error("No image to restore: open an image (or File > Open Sample > PKL "
-                       "Deconvolution) and pick it as 'Image'.")
+            self.runner.report("No image to restore: open an image (or File > Open Sample > "
+                               "PKL Deconvolution) and pick it as 'Image'.", error=True)
             return False
         try:
             state = self.current_state()
@@ -395,136 +369,37 @@ class PKLDeconvolutionWidget(QWidget):
             image, index = self.selected_block(layer, state.settings.mode, whole)
             request = self._psf_request(state.psf_source, state.settings.mode)
         except (ValueError, FileNotFoundError) as exc:
-            show_error(str(exc))
+            self.runner.report(f"Cannot run: {exc}", error=True)
             return False
         self._save()
-        self.last_error = None
         settings = state.settings
         name = f"{layer.name} [{short_method_label(settings.method)}]"
         if index:
             name += f" @{','.join(map(str, index))}"
         block_ndim = 3 if settings.mode == "3d" else 2
-        self._run = Run(input_layer=layer, settings=settings, name=name, plane=index,
-                         whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
-                         shape=tuple(np.shape(image)))
-        worker = thread_worker(restoration_frames, start_thread=False)(
-            image, settings, request, self.operator_cache, self.model_cache)
-        worker.yielded.connect(self._on_frame)
-        worker.returned.connect(self._on_returned)
-        worker.aborted.connect(self._on_aborted)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, 0)  # busy until the first frame (PSF, model loading)
-        self.progress.setFormat("preparing…")
-        self.status_label.setText(f"Restoring '{layer.name}' with "
-                                  f"{METHOD_LABELS[settings.method]}…")
-        worker.start()
+        run = Run(input_layer=layer, settings=settings, name=name, plane=index,
+                  whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
+                  shape=tuple(np.shape(image)), method_label=METHOD_LABELS[settings.method])
+        self.runner.start(run, restoration_frames, image, settings, request,
+                          self.operator_cache, self.model_cache)
         return True
 
+    def _after_run(self, _status: str) -> None:
+        """Hold the caches to their caps now that the operator's OTF is filled, and give
+        the run's freed temporaries back to the system (memory stays flat over runs)."""
+        self.operator_cache.trim()
+        self.model_cache.trim()
+        release_freed_memory()
+
     def cancel(self) -> None:
-        """Ask the running restoration to stop after its current step."""
-        if self._worker is None:
-            return
-        if self._run is not None:
-            self._run.status = "cancelling"
-        self.progress.setFormat("cancelling…")
-        self._worker.quit()
-
-    # ------------------------------------------------------------------ worker callbacks
-    def _output(self, frame: np.ndarray) -> Image:
-        self.output_layer = output_layer_for(self.viewer, self._run, self.output_layer, frame)
-        return self.output_layer
-
-    def _on_frame(self, record) -> None:
-        run = self._run
-        if run is None:
-            return
-        if run.frames and self.output_layer is None:
-            return  # output removed: the run is being cancelled
-        now = time.perf_counter()
-        if (run.shown_at is None or record.step == record.steps
-                or now - run.shown_at >= DISPLAY_INTERVAL_S):
-            frame = np.asarray(record.image, dtype=np.float32)
-            layer = self._output(frame)
-            show_frame(layer, run, tuple(record.block), frame)
-            auto_contrast(layer, run, frame)
-            run.shown_at = now
-        run.frames += 1
-        run.total = record.total
-        elapsed = now - run.started
-        per_step = elapsed / max(record.index, 1)
-        eta = per_step * (record.total - record.index)
-        self.progress.setRange(0, record.total)
-        self.progress.setValue(record.index)
-        if run.status == "running":
-            self.progress.setFormat(f"step {record.index}/{record.total} · ETA {eta:.0f} s")
-        self.frame_shown.emit(record.index)
-
-    def _on_returned(self, result) -> None:
-        run = self._run
-        if isinstance(result, RunFailure):
-            run.status = "failed"
-            self.last_error = result.message
-            show_error(result.message)
-            return
-        image = np.asarray(result.image, dtype=np.float32)
-        layer = self._output(image)
-        layer.data = image
-        auto_contrast(layer, run, image)
-        if result.std is not None and run.settings.samples > 1:
-            show_std(self.viewer, layer, np.asarray(result.std, dtype=np.float32),
-                     run.settings.samples)
-        metadata = dict(result.metadata)
-        notes = dict(metadata.get("napari", {}))
-        notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
-        metadata["napari"] = notes
-        layer.metadata = metadata
-        run.status = "done"
-        elapsed = time.perf_counter() - run.started
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.progress.setFormat(f"done in {elapsed:.1f} s")
-        self.status_label.setText(f"'{run.name}': restored in {elapsed:.1f} s.")
-
-    def _on_aborted(self) -> None:
-        run = self._run
-        run.status = "cancelled"
-        if self.output_layer is not None:
-            self.output_layer.metadata = {
-                "status": "cancelled", "steps_completed": run.frames, "steps_total": run.total,
-                "settings": run.settings.to_dict(),
-                "napari": {"input_layer": run.input_layer.name, "plane": list(run.plane)}}
-        self.progress.setFormat(f"cancelled at step {run.frames}/{run.total or '?'}")
-        self.status_label.setText(f"Cancelled after {run.frames} step(s); '{run.name}' holds "
-                                  "the last estimate.")
-
-    def _on_errored(self, exc: Exception) -> None:
-        # napari's worker already reports the exception (with its traceback) as a notification
-        self._run.status = "error"
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        self.progress.setFormat("error")
-        self.status_label.setText(f"Error: {exc}")
-
-    def _on_finished(self) -> None:
-        run = self._run
-        status = run.status if run is not None else "done"
-        if status in ("running", "cancelling"):
-            status = "cancelled"
-        if status == "failed":
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0)
-            self.progress.setFormat("failed")
-            self.status_label.setText(f"Failed: {self.last_error}")
-        self._worker = None
-        self.cancel_button.setEnabled(False)
-        self.run_finished.emit(status)
+        """Stop the running restoration within one convolution (the Cancel button)."""
+        self.runner.cancel()
 
     def cleanup(self) -> None:
-        """Stop a running restoration (the widget is being closed)."""
-        if self._worker is not None:
-            self._worker.quit()
+        """Stop a running restoration and free the caches (the widget is being closed)."""
+        self.runner.cancel("the PKL Deconvolution widget was closed")
+        self.operator_cache.clear()
+        self.model_cache.clear()
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
         # once styled: room for the form plus a vertical scroll bar, so nothing is clipped
@@ -539,9 +414,8 @@ class PKLDeconvolutionWidget(QWidget):
         super().closeEvent(event)
 
     def event(self, event) -> bool:
-        # napari removes a closed dock widget by un-parenting it: stop the run then too
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None and \
-                self.is_running:
-            show_info("PKL Deconvolution was closed: the running restoration was stopped.")
-            self.cancel()
+        # napari removes a closed dock widget by un-parenting it: stop the run then too,
+        # quietly (the status line says why)
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.cleanup()
         return super().event(event)

@@ -8,23 +8,35 @@ Problems with the user's input (bad image, PSF larger than the image, missing mo
 beads found) are returned as a :class:`RunFailure` carrying the message to show; anything
 else propagates (napari reports it with its traceback).
 
-Caches, shared by all runs of one widget and safe to use from the worker thread:
+Cancelling: the widget sets a :class:`CancelFlag`. The run checks it between steps and,
+through :class:`CancellableOperator`, before every convolution, so even a diffusion step of
+120 data-consistency sub-iterations, the rough Richardson–Lucy estimate that starts a run
+or one RL iteration on a large image stops within one convolution; the run then returns
+:class:`Cancelled`.
 
-- :class:`OperatorCache`: one ``PSFConvolution`` per (image shape, PSF content), so a
-  second run on the same layer reuses the operator and its cached OTF (no PSF FFT);
-- :class:`ModelCache`: one loaded network per (model path, device), so re-runs don't reload.
+The caches (:mod:`pkl_dg.napari.caches`), shared by all runs of one widget and safe to use
+from the worker thread: :class:`OperatorCache`, forward models per (image shape, PSF), so a
+second run on the same layer reuses the operator and its OTF; :class:`ModelCache`, loaded
+networks per (model path, device). Both are bounded by bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any, Generator
 
 import numpy as np
 
+from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
+# imported here, with the widget, not in the first run's worker thread: importing torch
+# there would hold the interpreter lock and freeze the GUI for seconds
+from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import RestoreSettings
+
+__all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ModelCache", "OperatorCache",
+           "PsfRequest", "RunCancelled", "RunFailure", "psf_key", "resolve_psf",
+           "restoration_frames"]
 
 #: methods that need the diffusion prior
 NETWORK_METHODS = ("pkl", "anscombe", "l2", "none")
@@ -37,6 +49,82 @@ class RunFailure:
     message: str
 
 
+class RunCancelled(Exception):
+    """Raised inside a run (by :meth:`CancelFlag.check`) to stop it at once."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What a cancelled run returns: ``steps_done`` complete steps were streamed."""
+
+    steps_done: int
+
+
+class CancelFlag:
+    """A thread-safe "stop now" flag shared by the GUI thread and the run."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`RunCancelled` if the flag is set."""
+        if self._event.is_set():
+            raise RunCancelled
+
+
+class CancellableOperator:
+    """A forward operator that checks a :class:`CancelFlag` before each convolution.
+
+    Everything but ``A`` and ``A_adjoint`` is the wrapped operator's (its PSF, OTF cache,
+    ``adjoint_ones``), so ``restore_iter`` treats it as the operator it wraps.
+    """
+
+    def __init__(self, inner: Any, flag: CancelFlag) -> None:
+        self._inner = inner
+        self._flag = flag
+
+    def A(self, x: Any) -> Any:  # noqa: N802 (operator notation)
+        self._flag.check()
+        return self._inner.A(x)
+
+    def A_adjoint(self, z: Any) -> Any:  # noqa: N802
+        self._flag.check()
+        return self._inner.A_adjoint(z)
+
+    def workspace(self, *args: Any, **kwargs: Any) -> "_CheckedWorkspace":
+        """The wrapped operator's preallocated workspace (Richardson–Lucy's fast path),
+        checking the flag too."""
+        return _CheckedWorkspace(self._inner.workspace(*args, **kwargs), self._flag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CheckedWorkspace:
+    """A ``ConvWorkspace`` that checks a :class:`CancelFlag` before each A and Aᵀ."""
+
+    def __init__(self, inner: Any, flag: CancelFlag) -> None:
+        self._inner = inner
+        self._flag = flag
+
+    def A(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        self._flag.check()
+        return self._inner.A(*args, **kwargs)
+
+    def adjoint(self, *args: Any, **kwargs: Any) -> Any:
+        self._flag.check()
+        return self._inner.adjoint(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 @dataclass
 class PsfRequest:
     """What the worker needs to build the PSF: the widget's source plus any layer data."""
@@ -45,105 +133,6 @@ class PsfRequest:
     data: np.ndarray | None = None  # PSF layer or bead image (a copy)
     bead_box: int = 25
     layer_name: str = ""
-
-
-def psf_key(psf: np.ndarray) -> tuple:
-    """Content key of a PSF array (cheap: PSFs are small)."""
-    arr = np.ascontiguousarray(psf, dtype=np.float32)
-    return (arr.shape, hashlib.sha1(arr.tobytes()).hexdigest())
-
-
-class OperatorCache:
-    """Forward models keyed on (image shape, PSF content).
-
-    ``factory(psf)`` builds an operator, by default ``pkl_dg.physics.PSFConvolution(psf)``
-    (which keeps its own OTF cache per padded shape, dtype and device). ``created`` counts
-    operators built.
-    """
-
-    def __init__(self, factory: Callable[[np.ndarray], Any] | None = None) -> None:
-        self._factory = factory or _default_operator
-        self._ops: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-        self.created = 0
-
-    def get(self, image_shape: tuple[int, ...], psf: np.ndarray) -> Any:
-        key = (tuple(image_shape), psf_key(psf))
-        with self._lock:
-            op = self._ops.get(key)
-            if op is None:
-                op = self._factory(psf)
-                self._ops[key] = op
-                self.created += 1
-            return op
-
-    def operators(self) -> list[Any]:
-        with self._lock:
-            return list(self._ops.values())
-
-    def __len__(self) -> int:
-        return len(self._ops)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._ops.clear()
-
-
-def _default_operator(psf: np.ndarray) -> Any:
-    from pkl_dg.physics import PSFConvolution
-
-    return PSFConvolution(psf)
-
-
-class ModelCache:
-    """Loaded networks keyed on (model path, device); ``loads`` counts actual loads.
-
-    Tests (or callers with a network in hand) can :meth:`put` a denoiser under a key.
-    """
-
-    def __init__(self, loader: Callable[[str, str], Any] | None = None) -> None:
-        self._loader = loader or _default_loader
-        self._models: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
-        self.loads = 0
-
-    def put(self, model_path: str, device: str, denoiser: Any) -> None:
-        with self._lock:
-            self._models[(model_path, device)] = (denoiser, _file_stamp(model_path))
-
-    def get(self, model_path: str, device: str) -> Any:
-        """The network for (path, device), loaded once; reloaded if the file changed."""
-        with self._lock:
-            key = (model_path, device)
-            stamp = _file_stamp(model_path)
-            entry = self._models.get(key)
-            if entry is None or entry[1] != stamp:
-                entry = (self._loader(model_path, device), stamp)
-                self._models[key] = entry
-                self.loads += 1
-            return entry[0]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
-
-
-def _file_stamp(model_path: str) -> float | None:
-    """Modification time of a model file (or directory), None for the shipped default."""
-    import os
-
-    try:
-        return os.stat(model_path).st_mtime if model_path else None
-    except OSError:
-        return None  # missing: the loader reports it
-
-
-def _default_loader(model_path: str, device: str) -> Any:
-    from pkl_dg.devices import resolve_device
-    from pkl_dg.diffusion.model_io import load_model
-
-    module, _config = load_model(model_path or None, resolve_device(device))
-    return module
 
 
 def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tuple[int, int]
@@ -155,12 +144,13 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     ``restore_iter`` makes, so the cached operator built from it matches exactly.
     """
     from pkl_dg.napari import psf_sources
-    from pkl_dg.physics import build_psf
+    from pkl_dg.physics import build_psf_info
 
     notes: dict[str, Any] = {"psf_source": request.source}
-    if request.source in ("gaussian", "airy", "file"):
+    if request.source in ("gaussian", "airy", "vectorial", "file"):
         settings = settings.replace(psf_kind=request.source)
-        return None, build_psf(settings, image_shape), settings, notes
+        psf, notes["psf"] = build_psf_info(settings, image_shape)  # with its diagnostics
+        return None, psf, settings, notes
     if request.data is None:
         raise ValueError(f"Pick a {'PSF' if request.source == 'layer' else 'bead'} image "
                          "layer for the PSF.")
@@ -175,46 +165,48 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
                      psf_bead_box=request.bead_box)
     else:
         raise ValueError(f"unknown PSF source {request.source!r}")
-    return raw, build_psf(settings, image_shape, raw), settings, notes
+    psf, notes["psf"] = build_psf_info(settings, image_shape, raw)
+    return raw, psf, settings, notes
 
 
 def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request: PsfRequest,
                        operators: OperatorCache, models: ModelCache,
-                       ) -> Generator[Any, None, Any]:
-    """Yield every step's ``StepRecord``; return the ``RestoreResult`` or a :class:`RunFailure`.
+                       cancel: CancelFlag | None = None) -> Generator[Any, None, Any]:
+    """Yield every step's ``StepRecord``; return the ``RestoreResult``, a :class:`RunFailure`
+    or, once ``cancel`` is set, :class:`Cancelled`.
 
-    ``image`` is a 2D copy of the plane to restore (the layer itself is never touched).
-    Stopping (napari's ``worker.quit()``) simply stops asking for frames: the run ends after
-    the step in progress.
+    ``image`` is a copy of the block(s) to restore (the layer itself is never touched). The
+    flag is checked between steps and before every convolution inside a step.
     """
-    from pkl_dg.restoration import restore_iter
-
+    flag = cancel if cancel is not None else CancelFlag()
+    done = 0
+    steps = None
     try:
         raw_psf, psf, settings, notes = resolve_psf(settings, psf_request, image.shape)
-        operator = operators.get(image.shape, psf)
+        flag.check()
+        operator = CancellableOperator(operators.get(image.shape, psf), flag)
         denoiser = None
         if settings.method in NETWORK_METHODS:
             denoiser = models.get(settings.model, settings.device)
             notes["model"] = settings.model or "shipped default"
+        flag.check()
         steps = restore_iter(image, settings, psf=raw_psf, operator=operator,
                              denoiser=denoiser)
-        first = next(steps)
-    except StopIteration as stop:  # a run with no intermediate frame
-        return _annotate(stop.value, notes)
-    except (ValueError, FileNotFoundError) as exc:
-        return RunFailure(str(exc))
-    try:
-        yield first
         while True:
+            flag.check()
             try:
                 record = next(steps)
             except StopIteration as stop:
                 return _annotate(stop.value, notes)
-            except (ValueError, FileNotFoundError) as exc:
-                return RunFailure(str(exc))
             yield record
+            done += 1
+    except RunCancelled:
+        return Cancelled(done)
+    except (ValueError, FileNotFoundError) as exc:
+        return RunFailure(str(exc))
     finally:
-        steps.close()
+        if steps is not None:
+            steps.close()
 
 
 def _annotate(result: Any, notes: dict[str, Any]) -> Any:

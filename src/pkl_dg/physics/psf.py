@@ -2,7 +2,9 @@
 
 Every function returns a float32 numpy array with odd side lengths, its peak at the
 centre pixel, non-negative, summing to 1. PSF problems raise ``ValueError`` with a message
-that says what to do.
+that says what to do. Measured PSFs (file, array, napari layer, bead average) all go
+through :func:`pkl_dg.physics.psf_cleaning.clean_psf`; :func:`build_psf_info` returns the
+PSF of a run with what was done to it (cleaning diagnostics, resampling, spacing).
 """
 
 from __future__ import annotations
@@ -13,69 +15,28 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, special
 
+from pkl_dg.physics.psf_cleaning import (clean_psf, fwhm_along_axes,  # noqa: F401
+                                         in_focus_plane)
+
+__all__ = ["airy_psf", "build_psf", "build_psf_info", "check_psf_fits", "fwhm_of",
+           "fwhm_to_sigma", "gaussian_psf", "gaussian_psf_3d", "in_focus_plane", "load_psf",
+           "prepare_psf", "resample_psf"]
+
 # Born–Wolf in-focus intensity: first zeros of J1(v) (v = 2π·NA·r/λ)
 _J1_ZEROS = (3.8317, 7.0156, 10.1735, 13.3237, 16.4706, 19.6159)
 
 
-def _check_finite_nonzero(psf: np.ndarray, what: str = "PSF") -> None:
-    if psf.size == 0:
-        raise ValueError(f"{what} is empty: supply a PSF image with at least one pixel")
-    if not np.all(np.isfinite(psf)):
-        raise ValueError(f"{what} contains NaN or infinite values: fix or re-measure the PSF")
-    if not np.any(psf > 0):
-        raise ValueError(f"{what} has no positive values (all zero or negative): "
-                         "check that the right image was chosen as PSF")
-
-
-def in_focus_plane(psf: np.ndarray) -> np.ndarray:
-    """The Z-plane of a 3D PSF that carries the most energy (sum of positive values)."""
-    if psf.ndim != 3:
-        raise ValueError(f"expected a 3D PSF, got shape {psf.shape}")
-    energy = np.clip(psf, 0, None).reshape(psf.shape[0], -1).sum(axis=1)
-    return psf[int(np.argmax(energy))]
-
-
-def prepare_psf(psf: np.ndarray, *, subtract_floor: bool = False,
+def prepare_psf(psf: np.ndarray, *, subtract_floor: bool = True,
                 max_size: int | None = None, keep_3d: bool = False) -> np.ndarray:
-    """Turn a measured PSF image into a normalised, centred, odd-sized kernel.
+    """A measured PSF image as a normalised, centred, odd-sized kernel.
 
-    Steps: a 3D PSF gives its in-focus plane (unless ``keep_3d``); negative values are
-    clipped; optionally a background floor (the median of the outermost pixels) is
-    subtracted and clipped; the centroid is moved to the centre pixel (sub-pixel shift,
-    linear interpolation); crop to the largest odd box around the centre (sides at most
-    ``max_size``); normalised to sum 1.
+    The one cleaning pipeline of :func:`pkl_dg.physics.psf_cleaning.clean_psf` (baseline,
+    noise floor, sub-pixel centring, energy-keeping crop, normalisation), whatever the PSF's
+    source; its diagnostics are dropped here (use :func:`clean_psf` to get them).
+    ``subtract_floor`` is accepted for compatibility and ignored: every measured PSF is
+    cleaned the same way, and a computed (noise-free) one is left as it is.
     """
-    arr = np.asarray(psf, dtype=np.float64)
-    if arr.ndim == 3 and not keep_3d:
-        arr = in_focus_plane(arr)
-    if arr.ndim not in ((2, 3) if keep_3d else (2,)):
-        raise ValueError(f"PSF must be 2D{' or 3D' if keep_3d else ' (or a 3D stack)'}, "
-                         f"got shape {arr.shape}")
-    _check_finite_nonzero(arr)
-    arr = np.clip(arr, 0, None)
-    if subtract_floor and min(arr.shape) >= 3:
-        inner = tuple(slice(1, -1) for _ in arr.shape)
-        border = np.ones(arr.shape, dtype=bool)
-        border[inner] = False
-        arr = np.clip(arr - np.median(arr[border]), 0, None)
-        _check_finite_nonzero(arr, "PSF after background-floor subtraction")
-
-    # centre on the centroid: integer part by cropping, fractional part by interpolation
-    centre = ndimage.center_of_mass(arr)
-    box, frac = [], []
-    for c, n in zip(centre, arr.shape):
-        i = int(round(c))
-        half = min(i, n - 1 - i)
-        if max_size is not None:
-            half = min(half, (max_size - 1) // 2)
-        box.append(slice(i - half, i + half + 1))
-        frac.append(c - i)
-    crop = arr[tuple(box)]
-    if any(abs(f) > 1e-6 for f in frac):
-        crop = ndimage.shift(crop, [-f for f in frac], order=1, mode="constant", cval=0.0)
-        crop = np.clip(crop, 0, None)
-    _check_finite_nonzero(crop, "PSF after centring and cropping")
-    return (crop / crop.sum()).astype(np.float32)
+    return clean_psf(psf, keep_3d=keep_3d, max_size=max_size)[0]
 
 
 def gaussian_psf_3d(sigma: float, sigma_z: float, sigma_y: float | None = None) -> np.ndarray:
@@ -140,18 +101,54 @@ def airy_psf(na: float, wavelength_nm: float, pixel_size_nm: float, *, rings: in
     return (k / k.sum()).astype(np.float32)
 
 
-def resample_psf(psf: np.ndarray, from_pixel_nm: float, to_pixel_nm: float) -> np.ndarray:
-    """Resample a PSF sampled at ``from_pixel_nm`` onto a ``to_pixel_nm`` grid (renormalised)."""
+def _resample_axis(arr: np.ndarray, axis: int, zoom: float) -> np.ndarray:
+    """Resample one axis by ``zoom`` (output px per input px), keeping the sum.
+
+    Down-sampling (zoom < 1) integrates: each output pixel is the integral of the input,
+    taken as constant over each of its pixels, over the output pixel's extent (a PSF pixel
+    collects all the light that falls on it). Up-sampling interpolates linearly. The centre
+    stays at the centre; the output side is odd.
+    """
+    n_in = arr.shape[axis]
+    n_out = 2 * math.ceil(n_in * zoom / 2) + 1
+    if zoom >= 1:
+        coords = (n_in - 1) / 2 + (np.arange(n_out) - (n_out - 1) / 2) / zoom
+        moved = np.moveaxis(arr, axis, 0)
+        out = np.stack([np.interp(coords, np.arange(n_in), col, left=0.0, right=0.0)
+                        for col in moved.reshape(n_in, -1).T], axis=1)
+        return np.moveaxis(out.reshape((n_out,) + moved.shape[1:]), 0, axis) / zoom
+    edges = n_in / 2 + (np.arange(n_out + 1) - n_out / 2) / zoom
+    cum = np.concatenate([np.zeros((1,) + np.moveaxis(arr, axis, 0).shape[1:]),
+                          np.cumsum(np.moveaxis(arr, axis, 0), axis=0)])
+    at = np.clip(edges, 0, n_in)
+    lo = np.clip(np.floor(at).astype(int), 0, n_in - 1)
+    frac = (at - lo).reshape((-1,) + (1,) * (cum.ndim - 1))
+    c = cum[lo] + frac * (cum[lo + 1] - cum[lo])
+    return np.moveaxis(np.diff(c, axis=0), 0, axis)
+
+
+def resample_psf(psf: np.ndarray, from_pixel_nm: float, to_pixel_nm: float, *,
+                 from_z_nm: float = 0.0, to_z_nm: float = 0.0) -> np.ndarray:
+    """Resample a PSF onto the image's grid (renormalised, re-centred, odd sides).
+
+    Laterally (the last two axes) from ``from_pixel_nm`` to ``to_pixel_nm``; along Z (a 3D
+    PSF's first axis) from ``from_z_nm`` to ``to_z_nm`` when both are > 0 (else Z is left
+    as it is). Coarser grids integrate the PSF over each new pixel, finer ones interpolate
+    linearly (see :func:`_resample_axis`).
+    """
     if from_pixel_nm <= 0 or to_pixel_nm <= 0:
         raise ValueError("pixel sizes must be positive to resample a PSF")
-    zoom = from_pixel_nm / to_pixel_nm
-    if abs(zoom - 1) < 1e-6:
-        return prepare_psf(psf)
-    out = ndimage.zoom(np.asarray(psf, dtype=np.float64), zoom, order=1)
-    if min(out.shape) < 1:
+    arr = np.asarray(psf, dtype=np.float64)
+    zoom = [from_pixel_nm / to_pixel_nm] * 2
+    if arr.ndim == 3:
+        zoom.insert(0, from_z_nm / to_z_nm if from_z_nm > 0 and to_z_nm > 0 else 1.0)
+    for axis, z in enumerate(zoom):
+        if abs(z - 1) > 1e-6:
+            arr = _resample_axis(arr, axis, z)
+    if not np.any(arr > 0):
         raise ValueError("PSF becomes smaller than one pixel after resampling: "
                          "check the PSF and image pixel sizes")
-    return prepare_psf(out)
+    return prepare_psf(np.clip(arr, 0, None), keep_3d=arr.ndim == 3)
 
 
 def load_psf(path: str | Path) -> np.ndarray:
@@ -173,57 +170,145 @@ def check_psf_fits(psf_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> 
                          f"({'×'.join(map(str, img))}): crop the PSF or pick a larger image")
 
 
-def _build_psf_3d(settings, psf: np.ndarray | None) -> np.ndarray:
-    if psf is None and settings.psf_kind == "file":
-        if not settings.psf_path:
-            raise ValueError("PSF model is 'file' but no PSF file was given")
-        psf = load_psf(settings.psf_path)
-    if psf is not None:
-        if np.ndim(psf) != 3:
-            raise ValueError(f"3D deconvolution needs a 3D PSF (Z, Y, X); got shape "
-                             f"{np.shape(psf)}: pick a PSF stack or use 2D mode")
-        return prepare_psf(psf, subtract_floor=settings.psf_kind == "file", keep_3d=True)
-    if settings.psf_kind == "gaussian":
-        return gaussian_psf_3d(settings.psf_sigma, settings.psf_sigma_z,
-                               settings.psf_sigma_y or None)
-    raise ValueError(f"3D deconvolution needs a 3D PSF: use a Gaussian PSF with σ Z > 0 or "
-                     f"a measured PSF stack (PSF model {settings.psf_kind!r} is 2D only)")
-
-
 def build_psf(settings, image_shape: tuple[int, ...] | None = None,
               psf: np.ndarray | None = None) -> np.ndarray:
-    """The PSF described by a :class:`~pkl_dg.settings.RestoreSettings`.
+    """The PSF described by a :class:`~pkl_dg.settings.RestoreSettings` (see
+    :func:`build_psf_info`, which also says what was done to it)."""
+    return build_psf_info(settings, image_shape, psf)[0]
 
-    ``psf`` (an array, e.g. from a napari layer) takes precedence over the settings' model.
-    In 3D mode the PSF is 3D (ZYX). When ``image_shape`` is given the PSF is checked to fit
-    inside it (its last two or three axes).
+
+def build_psf_info(settings, image_shape: tuple[int, ...] | None = None,
+                   psf: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The PSF of a run and a description of the PSF actually used.
+
+    ``psf`` (an array, e.g. from a napari layer or a bead average) takes precedence over the
+    settings' model. In 3D mode the PSF is 3D (ZYX). A measured PSF (array or file) is
+    cleaned (:func:`~pkl_dg.physics.psf_cleaning.clean_psf`) and, in either mode, resampled
+    from ``psf_pixel_size_nm`` to ``pixel_size_nm`` laterally and (3D) from
+    ``psf_z_step_nm`` to ``z_step_nm`` axially. When ``image_shape`` is given the PSF is
+    checked to fit inside it (its last two or three axes).
+
+    Returns
+    -------
+    (psf, info)
+        ``info`` (JSON-able): ``source``, ``kernel_shape``, ``spacing_nm`` per axis (the image's
+        grid: its pixel size and, in 3D, its Z step; None where unknown), ``resampled`` (from/to spacings) when it was, ``cleaning`` (centroid
+        offset, energy kept, baseline, noise) for measured PSFs, ``fwhm_px``/``fwhm_nm``, and
+        ``not_applied``: PSF settings that had no effect on this PSF.
+
+    Raises
+    ------
+    ValueError
+        Missing file or array, a 2D PSF in 3D mode, axial resampling without the image's Z
+        step, a PSF larger than the image.
     """
-    if settings.mode == "3d":
-        out = _build_psf_3d(settings, psf)
-        if image_shape is not None:
-            check_psf_fits(out.shape, image_shape)
-        return out
-    if psf is not None:
-        out = prepare_psf(psf)
-        if settings.psf_pixel_size_nm > 0:
-            out = resample_psf(out, settings.psf_pixel_size_nm, settings.pixel_size_nm)
-    elif settings.psf_kind == "gaussian":
-        out = gaussian_psf(settings.psf_sigma, settings.psf_sigma_y or None)
-    elif settings.psf_kind == "airy":
-        out = airy_psf(settings.na, settings.wavelength_nm, settings.pixel_size_nm)
-    elif settings.psf_kind == "file":
-        if not settings.psf_path:
+    s = settings
+    three_d = s.mode == "3d"
+    info: dict = {}
+    measured = psf is not None or s.psf_kind == "file"
+    if psf is None and s.psf_kind == "file":
+        if not s.psf_path:
             raise ValueError("PSF model is 'file' but no PSF file was given")
-        out = prepare_psf(load_psf(settings.psf_path), subtract_floor=True)
-        if settings.psf_pixel_size_nm > 0:
-            out = resample_psf(out, settings.psf_pixel_size_nm, settings.pixel_size_nm)
-    elif settings.psf_kind == "array":
-        raise ValueError("PSF model is 'array' but no PSF array was supplied")
-    else:  # settings validation makes this unreachable
-        raise ValueError(f"unknown PSF model {settings.psf_kind!r}")
+        psf = load_psf(s.psf_path)
+        info["source"] = f"file {s.psf_path}"
+    elif psf is not None:
+        info["source"] = "array"
+    if measured:
+        if three_d and np.ndim(psf) != 3:
+            raise ValueError(f"3D deconvolution needs a 3D PSF (Z, Y, X); got shape "
+                             f"{np.shape(psf)}: pick a PSF stack or use 2D mode")
+        out, diag = clean_psf(psf, keep_3d=three_d)
+        info["cleaning"] = diag.to_dict()
+        out, lateral, axial = _resample_measured(out, s, three_d, info)
+    else:
+        out, lateral, axial = _computed_psf(s, three_d, info, image_shape)
+    info["kernel_shape"] = list(out.shape)
+    info["spacing_nm"] = ([axial] if three_d else []) + [lateral, lateral]
+    fw = fwhm_along_axes(out)
+    info["fwhm_px"] = fw
+    info["fwhm_nm"] = [None if f is None or d is None else round(f * d, 2)
+                       for f, d in zip(fw, info["spacing_nm"])]
+    unused = [n for n in ("psf_pixel_size_nm", "psf_z_step_nm")
+              if getattr(s, n, 0) > 0 and n not in info.get("applied", ())]
+    info.pop("applied", None)
+    if unused:
+        info["not_applied"] = unused
     if image_shape is not None:
         check_psf_fits(out.shape, image_shape)
-    return out
+    return out, info
+
+
+def _resample_measured(out: np.ndarray, s, three_d: bool, info: dict):
+    """Resample a cleaned measured PSF to the image's spacing (lateral, and axial in 3D)."""
+    lateral = s.pixel_size_nm
+    axial = getattr(s, "z_step_nm", 0.0) or None
+    psf_xy = s.psf_pixel_size_nm
+    psf_z = getattr(s, "psf_z_step_nm", 0.0) if three_d else 0.0
+    if psf_z > 0 and not axial:
+        raise ValueError(f"the PSF's Z step is set ({psf_z:g} nm) but not the image's: set "
+                         "the image Z step so the PSF can be resampled to it")
+    applied = []
+    if psf_xy > 0:
+        applied.append("psf_pixel_size_nm")
+    if psf_z > 0:
+        applied.append("psf_z_step_nm")
+    if applied:
+        before = list(out.shape)
+        out = resample_psf(out, psf_xy or lateral, lateral, from_z_nm=psf_z,
+                           to_z_nm=axial or 0.0)
+        info["resampled"] = {"from_shape": before, "to_shape": list(out.shape),
+                             "from_spacing_nm": ([psf_z or axial] if three_d else [])
+                             + [psf_xy or lateral] * 2,
+                             "to_spacing_nm": ([axial] if three_d else []) + [lateral] * 2}
+    info["applied"] = applied
+    return out, lateral, axial
+
+
+def _computed_psf(s, three_d: bool, info: dict, image_shape: tuple[int, ...] | None = None):
+    """A PSF from the settings' model (Gaussian, Airy, vectorial); nothing to clean or
+    resample."""
+    if s.psf_kind == "array":
+        raise ValueError("PSF model is 'array' but no PSF array was supplied")
+    if s.psf_kind == "vectorial":
+        return _vectorial(s, three_d, info, image_shape)
+    if three_d:
+        if s.psf_kind == "gaussian":
+            info["source"] = "gaussian"
+            out = gaussian_psf_3d(s.psf_sigma, s.psf_sigma_z, s.psf_sigma_y or None)
+            return out, s.pixel_size_nm, getattr(s, "z_step_nm", 0.0) or None
+        raise ValueError(f"3D deconvolution needs a 3D PSF: use a Gaussian PSF with σ Z > 0 "
+                         f"or a measured PSF stack (PSF model {s.psf_kind!r} is 2D only)")
+    if s.psf_kind == "gaussian":
+        info["source"] = "gaussian"
+        return gaussian_psf(s.psf_sigma, s.psf_sigma_y or None), s.pixel_size_nm, None
+    if s.psf_kind == "airy":
+        info["source"] = "airy"
+        return airy_psf(s.na, s.wavelength_nm, s.pixel_size_nm), s.pixel_size_nm, None
+    raise ValueError(f"unknown PSF model {s.psf_kind!r}")  # settings validation prevents it
+
+
+def _vectorial(s, three_d: bool, info: dict, image_shape: tuple[int, ...] | None):
+    """The widefield vectorial PSF of the settings' optics (see :mod:`.optics_psf`)."""
+    from pkl_dg.physics.optics_psf import auto_planes, widefield_psf
+
+    z_step = getattr(s, "z_step_nm", 0.0)
+    side = min(image_shape[-2:]) if image_shape is not None else None
+    planes = 1
+    if three_d:
+        if not z_step > 0:
+            raise ValueError("a 3D PSF from the optics needs the image's Z step: set Z step "
+                             "(nm)")
+        depth = image_shape[-3] if image_shape is not None and len(image_shape) >= 3 else None
+        planes = auto_planes(s.na, s.wavelength_nm, z_step, s.immersion_ri, depth)
+    out = widefield_psf(s.na, s.wavelength_nm, s.pixel_size_nm, z_step_nm=z_step,
+                        planes=planes, immersion_ri=s.immersion_ri, sample_ri=s.sample_ri,
+                        depth_nm=s.psf_depth_nm, max_side=side)
+    info["source"] = "vectorial"
+    info["optics"] = {"model": "vectorial (Aguet 2009) with Gibson–Lanni aberrations, "
+                      "psfmodels", "na": s.na, "wavelength_nm": s.wavelength_nm,
+                      "immersion_ri": s.immersion_ri, "sample_ri": s.sample_ri,
+                      "depth_nm": s.psf_depth_nm}
+    return (out if three_d else out[0]), s.pixel_size_nm, (z_step if three_d else None)
 
 
 def fwhm_of(profile: np.ndarray) -> float:

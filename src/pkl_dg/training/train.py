@@ -1,12 +1,9 @@
 """Training loop of the diffusion prior (ε-prediction, cosine schedule, T = 1000).
 
 Adam, gradient clipping, an EMA copy of the weights, bf16 autocast on CPUs that support it,
-periodic checkpoints and resume. Checkpoints are safetensors + JSON only (no pickle):
-
-``OUT/checkpoint/``
-    ``model.safetensors`` (raw weights), ``ema.safetensors`` (EMA weights),
-    ``optimizer.safetensors`` (Adam moments and the torch RNG state), ``state.json``
-    (step, config, numpy RNG state, loss history, elapsed wall time).
+periodic checkpoints in ``OUT/checkpoint`` (safetensors + JSON, :mod:`pkl_dg.training.checkpoint`)
+and resume. With ``--data`` the real-image files are split by file and ``OUT/split.json`` lists
+both parts.
 
 ``OUT/model.safetensors`` + ``OUT/model.json`` always hold the latest EMA weights in the
 loadable format of :mod:`pkl_dg.diffusion.model_io`.
@@ -16,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,11 +25,10 @@ import torch.nn.functional as F
 from pkl_dg.diffusion.model_io import save_model
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod, q_sample
 from pkl_dg.diffusion.unet import UNet, UNetConfig
-from pkl_dg.training.data import MixedSource, PhantomSource, TiffSource
+from pkl_dg.training.checkpoint import find_checkpoint, load_checkpoint, load_optimizer, save_checkpoint
+from pkl_dg.training.data import MixedSource, PhantomSource
+from pkl_dg.training.images import RealImageSource, list_image_files, load_images, split_by_file
 from pkl_dg.training.phantoms import TRAINING_MIX, parse_mix
-
-CHECKPOINT_DIR = "checkpoint"
-
 
 @dataclass
 class TrainConfig:
@@ -62,6 +56,13 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 50
     procedural_fraction: float | None = None
+    #: real-image patches are resampled by a log-uniform factor in [zoom_min, zoom_max]
+    zoom_min: float = 0.5
+    zoom_max: float = 2.0
+    #: real patches with more than this fraction of saturated pixels are skipped
+    max_saturated: float = 0.01
+    #: fraction of the files of each source folder (≥ 3 files) held out for validation
+    val_fraction: float = 0.2
     pool: int = 64
     phantom_mix: str = TRAINING_MIX
     init: str | None = None
@@ -86,6 +87,12 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         parse_mix(self.phantom_mix)
+        if not 0 < self.zoom_min <= self.zoom_max:
+            raise ValueError(f"--zoom must be 0 < min ≤ max, got {self.zoom_min},{self.zoom_max}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.procedural_fraction is not None and not 0.0 <= self.procedural_fraction <= 1.0:
+            raise ValueError(f"the procedural fraction must be in [0, 1], got {self.procedural_fraction}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,88 +124,6 @@ def resolve_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16" and not ok:
         raise ValueError(f"bf16 training requested but {device} does not support it: use fp32")
     return ok
-
-
-# ---------------------------------------------------------------- checkpoint I/O (no pickle)
-
-def _state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for key, val in st.items():
-            t = val if torch.is_tensor(val) else torch.tensor(val)
-            tensors[f"state.{idx}.{key}"] = t.detach().to("cpu", copy=True).contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, t in tensors.items():
-        if not name.startswith("state."):
-            continue
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = t
-    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
-
-
-def save_checkpoint(out: Path, model, ema, opt, state: dict) -> Path:
-    """Write ``out/checkpoint`` atomically (temporary directory, then rename)."""
-    from safetensors.torch import save_file
-
-    final = out / CHECKPOINT_DIR
-    tmp = out / (CHECKPOINT_DIR + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(_state_tensors(model), str(tmp / "model.safetensors"))
-    save_file(_state_tensors(ema), str(tmp / "ema.safetensors"))
-    opt_tensors, groups = _optimizer_tensors(opt)
-    opt_tensors["torch_rng_state"] = torch.get_rng_state()
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    state = dict(state, optimizer=groups)
-    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    old = out / (CHECKPOINT_DIR + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    for cand in (p, p / CHECKPOINT_DIR):
-        if (cand / "state.json").is_file():
-            return cand
-    raise FileNotFoundError(f"--resume {p}: no checkpoint found (expected {p / CHECKPOINT_DIR / 'state.json'}); "
-                            "give the --out directory of an earlier `pkl-dg train` run")
-
-
-def load_checkpoint(ckpt: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"checkpoint {ckpt / 'state.json'} is corrupt ({exc})") from exc
-    tensors = {}
-    for name in ("model", "ema", "optimizer"):
-        f = ckpt / f"{name}.safetensors"
-        if not f.is_file():
-            raise FileNotFoundError(f"checkpoint file {f} is missing: the checkpoint is incomplete")
-        try:
-            tensors[name] = load_file(str(f))
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"checkpoint file {f} is corrupt or truncated ({exc})") from exc
-    return state, tensors
 
 
 # ---------------------------------------------------------------- training
@@ -257,8 +182,22 @@ def _init_from_model(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+def data_split(cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """The (train, validation) file lists of ``cfg.data`` (relative paths), by file."""
+    data = Path(cfg.data).expanduser()
+    rel = [f.relative_to(data).as_posix() for f in list_image_files(data)]
+    return split_by_file(rel, cfg.val_fraction)
+
+
 def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
-    user = TiffSource(cfg.data, rng, cfg.patch) if cfg.data else None
+    user = None
+    if cfg.data:
+        train_files, _ = data_split(cfg)
+        if not train_files:
+            raise ValueError(f"--data {cfg.data}: every file went to validation; lower --val-fraction")
+        min_size = int(math.ceil(cfg.patch / cfg.zoom_max))
+        user = RealImageSource(load_images(cfg.data, min_size, train_files), rng, cfg.patch,
+                               zoom_range=(cfg.zoom_min, cfg.zoom_max), max_saturated=cfg.max_saturated)
     p = cfg.procedural_fraction
     if p is None:
         p = 0.25 if user is not None else 1.0
@@ -276,6 +215,15 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         frac = min(max((step - start) / max(cfg.steps - start, 1), 0.0), 1.0)
         lr *= 0.5 * (1.0 + math.cos(math.pi * frac))
     return lr
+
+
+def _data_text(cfg: TrainConfig) -> str:
+    if not cfg.data:
+        return "procedural phantoms"
+    p = 0.25 if cfg.procedural_fraction is None else cfg.procedural_fraction
+    return (f"procedural phantoms ({p:.0%}) + real images from {cfg.data} ({1 - p:.0%}; training files "
+            f"only, see split.json), zoom {cfg.zoom_min}-{cfg.zoom_max}, patches with > "
+            f"{cfg.max_saturated:.0%} saturated pixels skipped")
 
 
 def _schedule_text(cfg: TrainConfig) -> str:
@@ -308,6 +256,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         # checkpoints from before these options existed used the default mix and no init
         cfg.phantom_mix = old.get("phantom_mix", _DEFAULT_MIX)
         cfg.init = old.get("init")
+        for key, default in (("zoom_min", 1.0), ("zoom_max", 1.0), ("max_saturated", 1.0), ("val_fraction", 0.0)):
+            setattr(cfg, key, old.get(key, default))  # checkpoints from before: native pixels, no split
         if cfg.lr_schedule == old.get("lr_schedule") == "cosine":  # keep decaying along the same curve
             cfg.decay_start = old.get("decay_start")
     init_tensors = None
@@ -335,7 +285,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             ema.load_state_dict(tensors["ema"])
         except RuntimeError as exc:
             raise ValueError(f"checkpoint in {resume} does not match its own config: {exc}") from exc
-        _load_optimizer(opt, tensors["optimizer"], state["optimizer"])
+        load_optimizer(opt, tensors["optimizer"], state["optimizer"])
         for g in opt.param_groups:
             g["lr"] = cfg.lr
         rng.bit_generator.state = state["numpy_rng"]
@@ -347,6 +297,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if cfg.lr_schedule == "cosine" and cfg.decay_start is None:
         cfg.decay_start = step
     source = build_source(cfg, rng)
+    if cfg.data:
+        train_files, val_files = data_split(cfg)
+        (out / "split.json").write_text(json.dumps({"data": str(cfg.data), "val_fraction": cfg.val_fraction,
+                                                    "train": train_files, "validation": val_files}, indent=1)
+                                        + "\n", encoding="utf-8")
     alphas = cosine_alphas_cumprod().float().to(device)
 
     def snapshot(final: bool) -> None:
@@ -358,7 +313,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                   "lr": cfg.lr, "lr_schedule": _schedule_text(cfg),
                   "ema_decay": cfg.ema_decay, "warmup": cfg.warmup, "seed": cfg.seed,
                   "precision": "bf16 autocast" if bf16 else "fp32", "device": str(device),
-                  "data": "procedural phantoms" + (f" + TIFFs from {cfg.data}" if cfg.data else ""),
+                  "data": _data_text(cfg),
                   "phantom_mix": cfg.phantom_mix, "init": cfg.init,
                   "loss": "MSE(eps_pred, eps), t ~ U{0..999}", "final_loss": loss_recent,
                   "wall_time_s": round(elapsed, 1), "weights": "EMA", "finished": final}

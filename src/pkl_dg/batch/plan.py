@@ -1,0 +1,158 @@
+"""What a batch will do: its inputs, one output per input, and the blocks and chunks of each.
+
+An input is a file (any format :func:`pkl_dg.io.open_image` reads), a folder (its image
+files and OME-Zarr folders, not recursive) or a glob pattern. Every input gives one output
+in the output folder with the same name stem: ``NAME.ome.tif`` (OME-TIFF) or
+``NAME.ome.zarr`` (OME-Zarr; the default for Zarr inputs). A *block* is what
+:func:`pkl_dg.restore` restores on its own: a YX plane in 2D mode, a ZYX volume in 3D mode;
+blocks are never cut along T, C or Z. In 2D mode a plane larger than ``chunk`` is cut into
+overlapping YX chunks (:mod:`pkl_dg.batch.tiles`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pkl_dg.batch.tiles import Chunk, margin_for, plan_chunks
+from pkl_dg.settings import RestoreSettings
+
+FORMATS = ("auto", "ome-tiff", "ome-zarr")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".czi", ".nd2", ".lif", ".lsm", ".oir",
+                  ".ims", ".vsi")
+_STRIP = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
+@dataclass
+class Job:
+    """One input and its output, with everything the workers need to restore it."""
+
+    input: Path
+    output: Path
+    fmt: str
+    settings: RestoreSettings
+    axes: str = ""
+    shape: tuple[int, ...] = ()
+    blocks: list[tuple[int, ...]] = field(default_factory=list)
+    chunks: list[Chunk] | None = None
+    image_meta: dict[str, Any] = field(default_factory=dict)
+    status: str = "pending"  # pending → done | skipped | failed
+    message: str = ""
+    seconds: float = 0.0
+
+
+def expand_inputs(items: list[str | Path]) -> list[Path]:
+    """Files of ``items`` (files, folders, glob patterns), in order, without duplicates.
+
+    Raises
+    ------
+    FileNotFoundError
+        An item matches nothing.
+    """
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            found = [Path(p) for p in sorted(glob.glob(text))]
+            if not found:
+                raise FileNotFoundError(f"no file matches {text!r}")
+        else:
+            p = Path(text)
+            if not p.exists():
+                raise FileNotFoundError(f"input not found: {p}")
+            if p.is_dir() and p.suffix.lower() != ".zarr":
+                found = sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES
+                               and not c.name.startswith(".") and not c.name.endswith(".partial"))
+                if not found:
+                    raise FileNotFoundError(f"folder {p} holds no image files "
+                                            f"({', '.join(IMAGE_SUFFIXES)})")
+            else:
+                found = [p]
+        for f in found:
+            if f.resolve() not in {o.resolve() for o in out}:
+                out.append(f)
+    return out
+
+
+def stem_of(path: Path) -> str:
+    name = path.name
+    for suffix in _STRIP:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def output_for(path: Path, outdir: Path, fmt: str) -> tuple[Path, str]:
+    """Output path and resolved format of input ``path``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "auto":
+        fmt = "ome-zarr" if path.suffix.lower() == ".zarr" else "ome-tiff"
+    ext = ".ome.zarr" if fmt == "ome-zarr" else ".ome.tif"
+    return outdir / (stem_of(path) + ext), fmt
+
+
+def plan_outputs(inputs: list[Path], outdir: Path, fmt: str,
+                 settings: RestoreSettings) -> list[Job]:
+    """One job per input; refuses two inputs that would write the same output."""
+    jobs, seen = [], {}
+    for p in inputs:
+        out, f = output_for(p, outdir, fmt)
+        if out.resolve() == p.resolve():
+            raise ValueError(f"the output {out} would replace its input: choose another -o")
+        if out in seen:
+            raise ValueError(f"{seen[out].name} and {p.name} would both be written to "
+                             f"{out.name}: rename one or run them in separate batches")
+        seen[out] = p
+        jobs.append(Job(p, out, f, settings))
+    return jobs
+
+
+def physical_overrides(image, given: set[str], settings: RestoreSettings) -> dict[str, Any]:
+    """Settings the file's metadata fills in: its pixel size (and z-step, where the
+    settings have such a field), unless the user gave them."""
+    names = {f.name for f in dataclasses.fields(RestoreSettings)}
+    out: dict[str, Any] = {}
+    if image.pixel_size_nm and "pixel_size_nm" not in given:
+        out["pixel_size_nm"] = round(float(image.pixel_size_nm[1]), 4)
+    if image.z_step_nm and "z_step_nm" in names and "z_step_nm" not in given:
+        out["z_step_nm"] = round(float(image.z_step_nm), 4)
+    return out
+
+
+def plan_job(job: Job, given: set[str], chunk: int) -> None:
+    """Open the job's input, fill in its axes, blocks, chunks and physical settings.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read, or its axes do not fit the mode (3D mode needs a Z axis).
+    """
+    from pkl_dg.io import open_image
+    from pkl_dg.physics import build_psf
+    from pkl_dg.restoration import check_image_shape
+
+    img = open_image(job.input)
+    s = job.settings
+    over = physical_overrides(img, given, s)
+    if over:
+        s = s.replace(**over)
+    if s.mode == "3d" and "Z" not in img.axes:
+        raise ValueError(f"3D mode needs a Z-stack, but {job.input.name} has axes "
+                         f"{img.axes} (no Z axis): restore it in 2D mode")
+    check_image_shape(img.shape, s.mode)
+    block_ndim = 3 if s.mode == "3d" else 2
+    lead = img.shape[: len(img.shape) - block_ndim]
+    job.settings, job.axes, job.shape = s, img.axes, img.shape
+    job.blocks = list(np.ndindex(*lead))
+    job.image_meta = img.physical_metadata()
+    job.image_meta["scenes"] = img.scenes
+    h, w = img.shape[-2:]
+    if chunk and s.mode == "2d" and max(h, w) > chunk:
+        psf = build_psf(s, img.shape)
+        job.chunks = plan_chunks(h, w, chunk, margin_for(psf.shape, s.method))

@@ -1,0 +1,178 @@
+"""The tasks a batch runs on its Dask workers.
+
+Each worker process keeps what is expensive to build in :data:`_CACHE`: the network (loaded
+once per model file and device), the PSF operator (one per PSF; it caches its OTFs per
+padded shape) and the opened input files. Tasks take plain, picklable arguments (paths,
+block indices, settings as a dict) and read their own data, so no image travels through
+the scheduler on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+
+#: per-process cache: networks, operators, open files and how often each was built
+_CACHE: dict[str, dict] = {"nets": {}, "operators": {}, "images": {}, "loads": {}}
+
+
+def cache_counts() -> dict[str, int]:
+    """How often this process loaded a network and built an operator (for tests)."""
+    return {"nets": _CACHE["loads"].get("nets", 0),
+            "operators": _CACHE["loads"].get("operators", 0), "pid": os.getpid()}
+
+
+def _count(kind: str) -> None:
+    _CACHE["loads"][kind] = _CACHE["loads"].get(kind, 0) + 1
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch CPU threads for this process (None: leave as is)."""
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _image(path: str):
+    from pkl_dg.io import open_image
+
+    img = _CACHE["images"].get(path)
+    if img is None:
+        img = open_image(path)
+        _CACHE["images"] = {path: img}  # keep only the latest file open
+    return img
+
+
+def read_block(path: str, index: tuple[int, ...],
+               box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """One plane/volume of ``path`` at leading ``index`` (optionally a YX box), numpy."""
+    import dask
+
+    img = _image(path)
+    sel = tuple(index) + ((Ellipsis,) if box is None else
+                          (Ellipsis, slice(box[0], box[1]), slice(box[2], box[3])))
+    with dask.config.set(scheduler="synchronous"):  # read here, not through the cluster
+        return np.asarray(img.data[sel])
+
+
+def _operator(settings, psf: np.ndarray):
+    from pkl_dg.physics import PSFConvolution
+
+    key = hashlib.sha1(np.ascontiguousarray(psf).tobytes() + str(psf.shape).encode()).hexdigest()
+    op = _CACHE["operators"].get(key)
+    if op is None:
+        op = _CACHE["operators"][key] = PSFConvolution(psf)
+        _count("operators")
+    return op
+
+
+def _network(settings):
+    from pkl_dg.devices import resolve_device
+    from pkl_dg.diffusion.model_io import load_model
+
+    device = resolve_device(settings.device)
+    key = (settings.model or "", str(device))
+    if key not in _CACHE["nets"]:
+        _CACHE["nets"][key] = load_model(settings.model or None, device=device)
+        _count("nets")
+    return _CACHE["nets"][key]
+
+
+def _photons(block: np.ndarray, settings) -> np.ndarray:
+    from pkl_dg.restoration import validate_block
+
+    return (validate_block(block, block.dtype) - np.float32(settings.offset)) \
+        * np.float32(settings.gain)
+
+
+def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
+                     threads: int | None = None) -> dict[str, float]:
+    """Whole-plane quantities chunks of the plane must share.
+
+    Returns the background (photons; estimated as :func:`~pkl_dg.restoration.restore` does
+    when the settings say −1), the Richardson–Lucy start level (mean signal above it), and
+    for the diffusion methods the plane's brightness (peak photons of the rough RL estimate
+    that sets the intensity scale) with the sub-iteration count and noise-level target it
+    implies, so automatic choices are made once for the plane and not per chunk.
+    """
+    import torch
+
+    from pkl_dg.physics import build_psf
+    from pkl_dg.restoration import estimate_background
+    from pkl_dg.settings import RestoreSettings
+
+    set_threads(threads)
+    s = RestoreSettings.from_dict(settings_dict)
+    y = torch.from_numpy(_photons(read_block(path, index), s))
+    bg = s.background
+    if bg < 0:
+        bg = estimate_background(y, _operator(s, build_psf(s, tuple(y.shape))))
+    out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3)}
+    if s.method not in ("rl", "none"):
+        from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
+        from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
+        from pkl_dg.physics import ForwardModel
+        from pkl_dg.restoration import SCALE_ESTIMATE_ITERATIONS
+        from pkl_dg.richardson_lucy import richardson_lucy
+
+        op = _operator(s, build_psf(s, tuple(y.shape)))
+        fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
+        with torch.inference_mode():
+            rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
+        peak = scale_from_estimate(rough) / SCALE_FACTOR
+        out.update(peak_photons=float(peak), sub_iterations=int(auto_sub_iterations(peak)),
+                   discrepancy=float(auto_discrepancy(peak)))
+    return out
+
+
+def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
+                 box: tuple[int, int, int, int] | None = None,
+                 stats: dict[str, float] | None = None,
+                 threads: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Restore one block (a plane, or a volume in 3D mode) or one chunk of a plane.
+
+    Parameters
+    ----------
+    index
+        Position of the block along the input's leading axes.
+    box
+        (y0, y1, x0, x1): restore only this chunk of the plane; then ``stats`` (from
+        :func:`plane_statistics`) gives the plane's background and RL start level, so every
+        chunk solves the same problem as the whole plane would.
+
+    Returns
+    -------
+    (image, metadata)
+        float32 photons of the block or chunk, and that block's metadata.
+    """
+    from pkl_dg.physics import build_psf
+    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.settings import RestoreSettings
+
+    set_threads(threads)
+    s = RestoreSettings.from_dict(settings_dict)
+    block = read_block(path, index, box)
+    if box is not None:
+        if stats is None:
+            raise ValueError("a chunk needs its plane's statistics")
+        s = s.replace(background=stats["background"])
+        if "sub_iterations" in stats and s.sub_iterations == 0:
+            s = s.replace(sub_iterations=stats["sub_iterations"])
+        if "discrepancy" in stats and s.discrepancy < 0:
+            s = s.replace(discrepancy=stats["discrepancy"])
+    op = _operator(s, build_psf(s, block.shape))
+    net, model_meta = (None, None) if s.method == "rl" else _network(s)
+    # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
+    # elsewhere and end 2e-3 away after 30 iterations)
+    rl_start = stats["rl_start"] if box is not None and s.method == "rl" else None
+    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start))
+    meta = {k: v for k, v in result.metadata.items()
+            if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version")}
+    if model_meta is not None:
+        meta["model"] = {"path": s.model or "shipped default", "name": model_meta.get("name", "")}
+    return result.image, meta

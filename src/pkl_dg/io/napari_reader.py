@@ -1,0 +1,56 @@
+"""napari reader for OME-TIFF and OME-Zarr files (the outputs of ``pkl-dg batch``).
+
+Opens the image lazily with :func:`pkl_dg.io.open_image` and gives the layer the file's
+physical scale (µm per pixel and per Z plane), its units and axis labels, and the pkl-dg
+metadata when there is any. Contributed in ``napari.yaml`` for ``*.ome.tif``,
+``*.ome.tiff`` and ``*.zarr``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+SUFFIXES = (".ome.tif", ".ome.tiff", ".zarr")
+
+
+def get_reader(path: str | list[str]) -> Callable | None:
+    """The reader function for ``path``, or None when this plugin does not read it."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if not str(path).lower().rstrip("/").endswith(SUFFIXES):
+        return None
+    return read_layers
+
+
+def layer_kwargs(img) -> dict[str, Any]:
+    """Scale, units and axis labels of a :class:`~pkl_dg.io.MicroscopyImage` for napari."""
+    scale, units = [], []
+    for a in img.axes:
+        if a in "YX" and img.pixel_size_nm:
+            scale.append(img.pixel_size_nm["YX".index(a)] / 1000.0)
+            units.append("micrometer")
+        elif a == "Z" and img.z_step_nm:
+            scale.append(img.z_step_nm / 1000.0)
+            units.append("micrometer")
+        else:
+            scale.append(1.0)
+            units.append("pixel")
+    return {"scale": scale, "units": units, "axis_labels": list(img.axes.lower())}
+
+
+def read_layers(path: str | list[str]) -> list[tuple]:
+    """One image layer (lazy data, physical scale, pkl-dg metadata if present)."""
+    from pkl_dg.io import open_image, read_metadata
+
+    p = Path(path[0] if isinstance(path, list) else path)
+    img = open_image(p)
+    kwargs = layer_kwargs(img)
+    kwargs["name"] = p.name
+    try:
+        kwargs["metadata"] = {"pkl_dg": read_metadata(p)}
+    except ValueError:
+        kwargs["metadata"] = {}  # a file not written by pkl-dg: no parameters to show
+    return [(img.data, kwargs, "image")]

@@ -1,0 +1,204 @@
+"""Reading microscopy files with their axes and physical pixel sizes (through bioio).
+
+:func:`open_image` opens a file lazily and returns a :class:`MicroscopyImage`: a dask array
+whose axes are a subset of ``TCZYX`` in that order (axes of size 1 dropped, Y and X always
+kept), the pixel size and z-step in nm when the file states them, and the channel names.
+TIFF (plain, ImageJ hyperstack, OME-TIFF) and OME-Zarr readers ship with the package; other
+formats (CZI, ND2, LIF, …) open when their bioio plugin is installed (``pip install
+bioio-czi`` etc.). ``.npy`` files are read with numpy (no axes or sizes: leading axes are
+named ``Q``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: canonical axis order of every image returned here
+AXES = "TCZYX"
+TIFF_SUFFIXES = (".tif", ".tiff")
+#: file endings :func:`open_image` reads without extra plugins
+KNOWN_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy")
+
+
+@dataclass
+class MicroscopyImage:
+    """A lazily read image with its axes and physical sizes.
+
+    Attributes
+    ----------
+    data
+        dask array (numpy for ``.npy``) in camera units, axes as in ``axes``.
+    axes
+        One letter per axis of ``data``: a subset of ``TCZYX`` in that order, ending in
+        ``YX`` (``Q`` for the unnamed leading axes of a ``.npy`` file).
+    pixel_size_nm
+        (Y, X) pixel size in nm, or ``None`` when the file does not state it in physical
+        units.
+    z_step_nm
+        Distance between Z planes in nm, or ``None`` (no Z axis or not stated).
+    channel_names
+        One name per channel of the file (also when C has size 1).
+    path
+        The file read.
+    scenes
+        Number of scenes (series / positions) in the file; scene 0 is the one read.
+    """
+
+    data: Any
+    axes: str
+    pixel_size_nm: tuple[float, float] | None
+    z_step_nm: float | None
+    channel_names: list[str] = field(default_factory=list)
+    path: Path | None = None
+    scenes: int = 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.data.shape)
+
+    def numpy(self) -> np.ndarray:
+        """The whole image as a numpy array (reads everything)."""
+        return np.asarray(self.data)
+
+    def physical_metadata(self) -> dict[str, Any]:
+        """Axes, pixel size and z-step as JSON-able metadata."""
+        return {"axes": self.axes, "pixel_size_nm": list(self.pixel_size_nm)
+                if self.pixel_size_nm else None, "z_step_nm": self.z_step_nm,
+                "channel_names": list(self.channel_names)}
+
+
+def _tiff_reader(p: Path):
+    """The bioio reader class for a TIFF, after checking tifffile can parse it."""
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its warnings about a damaged file become our one error
+    try:
+        with warnings.catch_warnings(), tifffile.TiffFile(p) as tif:
+            warnings.simplefilter("ignore")
+            if not len(tif.pages):
+                raise ValueError("it has no image pages")
+            is_ome = tif.is_ome
+            unit_known = _tiff_states_units(tif)
+    except Exception as exc:  # tifffile raises many types on damaged files
+        raise ValueError(f"cannot read TIFF {p}: the file is damaged or not a TIFF "
+                         f"({type(exc).__name__}: {exc})") from None
+    finally:
+        log.setLevel(level)
+    if is_ome:
+        from bioio_ome_tiff import Reader
+    else:
+        from bioio_tifffile import Reader
+    return Reader, unit_known or is_ome
+
+
+def _tiff_states_units(tif) -> bool:
+    """Whether a non-OME TIFF gives its pixel size in physical units."""
+    if tif.is_imagej:
+        unit = str((tif.imagej_metadata or {}).get("unit", "")).strip().lower()
+        return unit not in ("", "pixel", "pixels", "px")
+    tag = tif.pages[0].tags.get("ResolutionUnit")
+    return tag is not None and int(tag.value) in (2, 3)  # inch, centimetre
+
+
+def _is_zarr(p: Path) -> bool:
+    return p.is_dir() and (p.suffix.lower() == ".zarr" or (p / "zarr.json").is_file()
+                           or (p / ".zattrs").is_file())
+
+
+def open_image(path: str | Path, what: str = "input image") -> MicroscopyImage:
+    """Open a microscopy file lazily, with its axes and physical pixel sizes.
+
+    Parameters
+    ----------
+    path
+        TIFF / OME-TIFF / ImageJ TIFF, OME-Zarr folder, ``.npy``, or any format a bioio
+        plugin installed here reads.
+    what
+        Names the file in error messages (e.g. "PSF file").
+
+    Returns
+    -------
+    MicroscopyImage
+        Axes in ``TCZYX`` order (size-1 axes dropped); a file's other order (e.g. an ImageJ
+        ``ZCYX`` hyperstack) is transposed lazily.
+
+    Raises
+    ------
+    FileNotFoundError
+        The path does not exist.
+    ValueError
+        The file is damaged, of a type no installed reader handles, or RGB(A) colour.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"cannot read {p}: {exc}") from None
+        axes = "Q" * max(arr.ndim - 2, 0) + "YX"[-arr.ndim:] if arr.ndim else ""
+        return MicroscopyImage(arr, axes, None, None, [], p)
+    units_known = True
+    if p.is_file() and suffix in TIFF_SUFFIXES:
+        reader, units_known = _tiff_reader(p)
+    elif _is_zarr(p):
+        from bioio_ome_zarr import Reader as reader
+    elif p.is_dir():
+        raise ValueError(f"{what} {p} is a folder but not an OME-Zarr image")
+    else:
+        reader = None
+    return _from_bioimage(p, reader, units_known, what)
+
+
+def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyImage:
+    from bioio import BioImage
+    from bioio_base.exceptions import UnsupportedFileFormatError
+
+    try:
+        img = BioImage(p, reader=reader) if reader is not None else BioImage(p)
+        dims = img.dims
+    except UnsupportedFileFormatError:
+        raise ValueError(f"{what} {p}: no reader for {p.suffix or 'this'} files is installed; "
+                         "install the bioio plugin for the format (e.g. pip install bioio-czi, "
+                         "bioio-nd2, bioio-lif) or convert it to OME-TIFF") from None
+    except Exception as exc:
+        raise ValueError(f"cannot read {what} {p}: the file is damaged or not an image "
+                         f"({type(exc).__name__}: {exc})") from None
+    sizes = dict(zip(dims.order, dims.shape))
+    if sizes.get("S", 1) > 1:
+        raise ValueError(f"{what} {p} is RGB(A) colour ({sizes['S']} samples per pixel): "
+                         "deconvolution needs single-channel fluorescence data; split the "
+                         "channels and restore each one")
+    scenes = len(img.scenes)
+    if scenes > 1:
+        warnings.warn(f"{p.name} holds {scenes} scenes (series/positions); only the first, "
+                      f"{img.scenes[0]!r}, is read", UserWarning, stacklevel=3)
+    data = img.get_image_dask_data(AXES)
+    keep = [a for a in AXES if a in "YX" or sizes.get(a, 1) > 1]
+    index = tuple(slice(None) if a in keep else 0 for a in AXES)
+    data = data[index]
+    pps = img.physical_pixel_sizes
+    pixel = None
+    if units_known and pps.X and pps.Y:
+        pixel = (float(pps.Y) * 1000.0, float(pps.X) * 1000.0)  # bioio gives µm
+    z_step = float(pps.Z) * 1000.0 if units_known and pps.Z and "Z" in keep else None
+    try:
+        channels = [str(c) for c in img.channel_names]
+    except Exception:  # some readers cannot name channels; names are informative only
+        channels = []
+    return MicroscopyImage(data, "".join(keep), pixel, z_step, channels, p, scenes)
+
+
+def read_image(path: str | Path, what: str = "input image") -> np.ndarray:
+    """Read a whole image as numpy, axes in ``TCZYX`` order (see :func:`open_image`)."""
+    return open_image(path, what).numpy()

@@ -1,0 +1,182 @@
+"""Writing float32 results: plain TIFF, OME-TIFF and OME-Zarr, with their metadata.
+
+Every writer stores the restoration's parameters as JSON: in the TIFF image description
+(:func:`write_result`), in the OME ``Image/Description`` element (:func:`write_ome_tiff`),
+or in the group attribute ``pkl_dg`` (:func:`write_ome_zarr`); :func:`read_metadata` reads
+any of them back. The OME writers also store the axes and the physical pixel sizes, so
+napari and Fiji show the result at the right scale. They write to a temporary sibling
+(``NAME.partial``) first and rename it at the end, so an interrupted write never leaves a
+file that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OME_SUFFIXES = (".ome.tif", ".ome.tiff")
+ZARR_SUFFIX = ".zarr"
+#: OME-Zarr chunk side (Y, X) and the smallest side of the coarsest multiscale level
+ZARR_CHUNK = 256
+ZARR_MIN_LEVEL = 64
+_OME_NS = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
+
+
+def _check_target(p: Path, overwrite: bool) -> None:
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p} exists: pass --overwrite to replace it")
+
+
+def _replace(tmp: Path, p: Path) -> None:
+    """Move the finished ``tmp`` onto ``p`` (removing an old ``p``)."""
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+    os.replace(tmp, p)
+
+
+def partial_path(p: Path) -> Path:
+    """Where a writer puts ``p`` while it is being written."""
+    return p.with_name(p.name + ".partial")
+
+
+def write_result(path: str | Path, image: np.ndarray, metadata: dict,
+                 overwrite: bool = False) -> None:
+    """Write ``image`` as float32 TIFF with ``metadata`` as JSON in the image description."""
+    import tifffile
+
+    p = Path(path)
+    _check_target(p, overwrite)
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"output must be a .tif or .tiff file, got {p.name}")
+    tifffile.imwrite(p, np.asarray(image, dtype=np.float32),
+                     description=json.dumps(metadata, sort_keys=True), metadata=None)
+
+
+def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dict, *,
+                   pixel_size_nm: tuple[float, float] | None = None,
+                   z_step_nm: float | None = None, overwrite: bool = False) -> None:
+    """Write a float32 OME-TIFF with physical sizes and ``metadata`` as JSON.
+
+    Parameters
+    ----------
+    image
+        Array with one axis per letter of ``axes`` (a subset of ``TCZYX`` in that order).
+    pixel_size_nm, z_step_nm
+        (Y, X) pixel size and z-step in nm; stored in µm as OME ``PhysicalSize*``.
+    overwrite
+        Replace an existing file (else ``FileExistsError``).
+    """
+    import tifffile
+
+    p = Path(path)
+    _check_target(p, overwrite)
+    if not p.name.lower().endswith(OME_SUFFIXES):
+        raise ValueError(f"an OME-TIFF name must end in .ome.tif, got {p.name}")
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim != len(axes):
+        raise ValueError(f"image has {arr.ndim} axes but axes {axes!r} name {len(axes)}")
+    meta: dict[str, Any] = {"axes": axes, "Description": json.dumps(metadata, sort_keys=True)}
+    if pixel_size_nm:
+        meta.update(PhysicalSizeY=pixel_size_nm[0] / 1000.0, PhysicalSizeYUnit="µm",
+                    PhysicalSizeX=pixel_size_nm[1] / 1000.0, PhysicalSizeXUnit="µm")
+    if z_step_nm and "Z" in axes:
+        meta.update(PhysicalSizeZ=z_step_nm / 1000.0, PhysicalSizeZUnit="µm")
+    tmp = partial_path(p)
+    tifffile.imwrite(tmp, arr, ome=True, photometric="minisblack", metadata=meta)
+    _replace(tmp, p)
+
+
+def _scale_factors(shape_yx: tuple[int, int]) -> list[int]:
+    """Downsampling factors 2, 4, … while the coarsest level keeps ≥ ZARR_MIN_LEVEL px."""
+    out, f = [], 2
+    while min(shape_yx) // f >= ZARR_MIN_LEVEL:
+        out.append(f)
+        f *= 2
+    return out
+
+
+def write_ome_zarr(path: str | Path, image: Any, axes: str, metadata: dict, *,
+                   pixel_size_nm: tuple[float, float] | None = None,
+                   z_step_nm: float | None = None, overwrite: bool = False) -> None:
+    """Write a float32 OME-Zarr (NGFF 0.5) image with multiscales, chunked per plane.
+
+    Chunks are one plane of at most ``ZARR_CHUNK``² pixels (never across T, C or Z); the
+    pyramid halves Y and X until the coarsest level is below ``2·ZARR_MIN_LEVEL`` pixels.
+    ``metadata`` goes to the group attribute ``pkl_dg``. ``image`` may be numpy or dask.
+    """
+    import zarr
+    from ome_zarr.writer import write_image
+
+    p = Path(path)
+    _check_target(p, overwrite)
+    if p.suffix.lower() != ZARR_SUFFIX:
+        raise ValueError(f"an OME-Zarr name must end in .zarr, got {p.name}")
+    if image.ndim != len(axes):
+        raise ValueError(f"image has {image.ndim} axes but axes {axes!r} name {len(axes)}")
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    if pixel_size_nm:
+        scale.update(y=pixel_size_nm[0] / 1000.0, x=pixel_size_nm[1] / 1000.0)
+        units.update(y="micrometer", x="micrometer")
+    if "Z" in axes:
+        scale["z"] = z_step_nm / 1000.0 if z_step_nm else 1.0
+        if z_step_nm:
+            units["z"] = "micrometer"
+    for a in axes:  # axes without a physical size: scale 1 (no unit)
+        scale.setdefault(a.lower(), 1.0)
+    chunks = tuple(1 for _ in axes[:-2]) + tuple(min(ZARR_CHUNK, n) for n in image.shape[-2:])
+    tmp = partial_path(p)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    root = zarr.open_group(str(tmp), mode="w")
+    data = image if hasattr(image, "compute") else np.asarray(image, dtype=np.float32)
+    write_image(data.astype(np.float32), root, axes=axes.lower(),
+                scale_factors=_scale_factors(tuple(image.shape[-2:])), scale=scale,
+                axes_units=units or None, storage_options={"chunks": chunks},
+                name=p.name.removesuffix(ZARR_SUFFIX).removesuffix(".ome"))
+    root.attrs["pkl_dg"] = metadata
+    _replace(tmp, p)
+
+
+def _ome_description(xml: str) -> str:
+    root = ET.fromstring(xml)
+    node = root.find(f"{_OME_NS}Image/{_OME_NS}Description")
+    if node is None or not node.text:
+        raise ValueError("the OME-XML has no pkl-dg description")
+    return node.text
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a result written by any writer of this module.
+
+    Raises
+    ------
+    ValueError
+        The file holds no pkl-dg metadata (not written here, or damaged).
+    """
+    p = Path(path)
+    if p.is_dir():
+        import zarr
+
+        try:
+            return dict(zarr.open_group(str(p), mode="r").attrs["pkl_dg"])
+        except Exception as exc:
+            raise ValueError(f"{p} has no pkl-dg metadata ({type(exc).__name__}: {exc})") from None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            text = tif.pages[0].description
+            if tif.is_ome:
+                text = _ome_description(tif.ome_metadata)
+        return json.loads(text)
+    except Exception as exc:
+        raise ValueError(f"{p} has no pkl-dg metadata ({type(exc).__name__}: {exc})") from None

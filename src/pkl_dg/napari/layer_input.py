@@ -1,0 +1,74 @@
+"""What a run reads from the viewer's layers: the block to restore, the PSF source data and
+the shapes open layers can give (napari layers, no Qt widgets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+
+from pkl_dg.axes import layer_axes_problem
+from pkl_dg.napari.worker import PsfRequest
+
+
+def open_shapes(viewer: Any) -> set[tuple[int, ...]]:
+    """Shapes a run on an open image layer can have (the whole data, its planes and
+    volumes): forward models for other shapes can be freed."""
+    shapes = set()
+    for layer in viewer.layers:
+        if isinstance(layer, Image):
+            shape = tuple((layer.data[0] if layer.multiscale else layer.data).shape)
+            shapes.update(shape[i:] for i in range(len(shape) - 1))
+    return shapes
+
+
+def selected_block(viewer: Any, layer: Image, mode: str = "2d",
+                   whole_stack: bool = False) -> tuple[Any, tuple[int, ...]]:
+    """What a run restores, and the index of the displayed block in the leading axes.
+
+    A block is a YX plane (``mode`` "2d") or a ZYX volume ("3d"). The displayed block is
+    returned as a copy; the whole stack (``whole_stack``) as the layer's own array, which
+    the core only reads (block by block, so dask data stay lazy).
+    """
+    if layer.rgb:
+        raise ValueError(f"'{layer.name}' is an RGB image: deconvolution needs one "
+                         "fluorescence channel. Split the channels (right-click the layer "
+                         "> Split RGB) and pick one.")
+    data = layer.data[0] if layer.multiscale else layer.data
+    problem = layer_axes_problem(layer.name, layer.axis_labels, data.shape, mode)
+    if problem:  # a channel or time axis where Y, X (or Z) are expected
+        raise ValueError(problem)
+    block_ndim = 3 if mode == "3d" else 2
+    shape = " × ".join(map(str, data.shape))
+    if data.ndim < 2 or min(data.shape[-2:]) < 2:
+        raise ValueError(f"'{layer.name}' ({shape}) is not an image: pick a 2D image or a "
+                         "stack whose last two axes are Y, X.")
+    if data.ndim < block_ndim:
+        raise ValueError(f"'{layer.name}' ({shape}) is 2D: 3D deconvolution needs a "
+                         "Z-stack (last three axes Z, Y, X). Choose Deconvolution '2d'.")
+    if data.ndim == block_ndim:
+        return np.array(data, copy=True), ()
+    if whole_stack:
+        return data, ()
+    point = layer.world_to_data(viewer.dims.point)
+    index = tuple(int(np.clip(round(p), 0, n - 1))
+                  for p, n in zip(point[:data.ndim - block_ndim], data.shape))
+    return np.array(data[index], copy=True), index
+
+
+def psf_request(viewer: Any, source: str, bead_box: int, psf_layer: Image | None,
+                bead_layer: Image | None, mode: str = "2d") -> PsfRequest:
+    """What the worker needs for the PSF: the source plus a copy of the layer it reads."""
+    request = PsfRequest(source=source, bead_box=int(bead_box))
+    if source in ("layer", "beads"):
+        layer = psf_layer if source == "layer" else bead_layer
+        if layer is None:
+            raise ValueError(f"Pick the {'PSF' if source == 'layer' else 'bead'} image "
+                             "layer (or choose another 'PSF from').")
+        request.layer_name = layer.name
+        if source == "layer":
+            request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
+        else:
+            request.data, _ = selected_block(viewer, layer, mode)  # 3d mode: bead volume
+    return request

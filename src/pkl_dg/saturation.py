@@ -1,0 +1,111 @@
+"""Saturated (clipped) pixels: detection and the likelihood mask that leaves them out.
+
+A camera pixel that reached its full scale reads the full-scale value whatever the true
+intensity was: the number is a lower bound, not a Poisson count. Fitting it pulls the
+estimate down around bright spots (and, with one intensity scale per image, can distort
+everything else). Such pixels are therefore *excluded* from the data term: the forward model
+carries a 0/1 mask (see :class:`pkl_dg.physics.ForwardModel`), so the likelihood, its
+gradient, Richardson–Lucy and the misfit all ignore them; the object there is inferred from
+the unsaturated neighbourhood through the PSF.
+
+Two signs of saturation, in camera units (before offset and gain):
+
+1. Integer data at its dtype's maximum (255 for uint8, 65535 for uint16, …).
+2. A plateau at the image's own maximum: at least :data:`MIN_PLATEAU` connected pixels holding
+   exactly the largest value (12- or 14-bit cameras stored in uint16, data clipped after
+   scaling). Only where the image has at least :data:`MIN_LEVELS` distinct values, so that
+   equal neighbours at the maximum cannot be coarse quantisation of a dim image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+#: connected pixels (8-connectivity) at exactly the maximum that make a plateau
+MIN_PLATEAU = 4
+#: distinct values an image needs before a plateau at its maximum counts as clipping
+MIN_LEVELS = 64
+
+
+class SaturationWarning(UserWarning):
+    """Saturated pixels were found and left out of the data fit."""
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """Saturated pixels of one block.
+
+    Attributes
+    ----------
+    mask
+        Boolean array of the block's shape, True where a pixel is saturated.
+    level
+        The saturation value in camera units (ADU), or None when nothing is saturated.
+    reason
+        ``"dtype maximum"``, ``"plateau at the image maximum"`` or ``""``.
+    """
+
+    mask: np.ndarray
+    level: float | None
+    reason: str
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pixels": self.count, "fraction": round(self.count / max(self.mask.size, 1), 6),
+                "level_adu": self.level, "reason": self.reason,
+                "handling": "excluded from the data fit (likelihood mask)"}
+
+
+def detect_saturation(block: np.ndarray, dtype: Any) -> Saturation:
+    """Find saturated pixels of one plane or volume.
+
+    Parameters
+    ----------
+    block
+        The raw data (camera units, before offset/gain), any shape.
+    dtype
+        The dtype the data were stored in (integer dtypes saturate at their maximum).
+
+    Returns
+    -------
+    Saturation
+        Its mask has ``block``'s shape; all False when nothing is saturated.
+    """
+    arr = np.asarray(block)
+    none = Saturation(np.zeros(arr.shape, dtype=bool), None, "")
+    if arr.size == 0:
+        return none
+    top = arr.max()
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer) and dt.itemsize > 0 and top == np.iinfo(dt).max:
+        return Saturation(arr == top, float(top), "dtype maximum")
+    at_top = arr == top
+    if at_top.sum() < MIN_PLATEAU or np.unique(arr).size < MIN_LEVELS:
+        return none
+    labels, n = ndimage.label(at_top, structure=np.ones((3,) * arr.ndim, dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    plateaus = np.flatnonzero(sizes >= MIN_PLATEAU) + 1
+    if plateaus.size == 0:
+        return none
+    return Saturation(np.isin(labels, plateaus), float(top), "plateau at the image maximum")
+
+
+def report_saturation(sat: Saturation, where: str = "") -> dict[str, Any] | None:
+    """Warn about saturated pixels and return their metadata entry (None when none)."""
+    if sat.count == 0:
+        return None
+    place = f" in {where}" if where else ""
+    warnings.warn(
+        f"{sat.count} saturated pixel(s){place} ({sat.reason}, {sat.level:g} ADU): their true "
+        "intensity is unknown, so they are left out of the data fit and the result there is "
+        "inferred from their surroundings. For quantitative work re-acquire with a shorter "
+        "exposure or lower excitation.", SaturationWarning, stacklevel=3)
+    return sat.to_dict()

@@ -1,0 +1,76 @@
+"""CPU thread policy of a restoration (no torch at import time).
+
+Two measured facts set it (2-core machine, torch 2.13 CPU, see ``pkl-dg bench load``):
+
+* torch's own default is one thread per physical core. When another process keeps one core
+  busy, OpenMP threads that spin-wait for a preempted sibling make a run many times slower
+  (33–70× for a 128² PKL restore); leaving one core free avoids that, so the automatic
+  count is ``physical cores − 1`` (at least 1).
+* OpenMP's *passive* wait policy (idle threads sleep instead of spinning) keeps a
+  multi-threaded run usable on a busy machine at almost no cost on an idle one. It is read
+  once, when the OpenMP runtime loads with torch, so :func:`set_passive_wait_policy` must
+  run before ``import torch``; ``pkl_dg`` calls it on import and a user's own
+  ``OMP_WAIT_POLICY`` always wins.
+
+The count is the ``threads`` field of :class:`pkl_dg.settings.RestoreSettings` (0 means
+automatic), so the CLI (``--threads``), the widget ("CPU threads") and the metadata of each
+result share it. ``torch.set_num_threads`` is process-wide: a run sets it for the process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+
+
+def set_passive_wait_policy() -> bool:
+    """Ask OpenMP threads to sleep when idle; True if this took effect.
+
+    Does nothing (returns False) when the user set ``OMP_WAIT_POLICY`` or torch is already
+    imported (its OpenMP runtime has read the variable by then).
+    """
+    if WAIT_POLICY_ENV in os.environ or "torch" in sys.modules:
+        return False
+    os.environ[WAIT_POLICY_ENV] = "PASSIVE"
+    return True
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (logical CPUs when that is unknown)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    import psutil
+
+    physical = psutil.cpu_count(logical=False) or logical
+    return max(1, min(physical, logical))
+
+
+def default_threads() -> int:
+    """The automatic thread count: physical cores − 1, at least 1."""
+    return max(1, physical_cores() - 1)
+
+
+def resolve_threads(requested: int) -> int:
+    """``requested`` if ≥ 1, else (0 = automatic) :func:`default_threads`."""
+    if requested < 0:
+        raise ValueError(f"CPU threads must be ≥ 0 (0 = automatic), got {requested}")
+    return int(requested) if requested >= 1 else default_threads()
+
+
+def apply_threads(requested: int) -> int:
+    """Set torch's CPU thread count for the process; return the count now in use."""
+    import torch
+
+    n = resolve_threads(requested)
+    torch.set_num_threads(n)  # also when unchanged: OpenMP keeps the count per thread
+    return n
+
+
+def thread_info() -> dict:
+    """What a result's metadata records about threads."""
+    import torch
+
+    return {"threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get(WAIT_POLICY_ENV, "runtime default")}

@@ -1,0 +1,52 @@
+"""The Richardson–Lucy part of ``pkl-dg bench speed`` (smoke sizes) and its report lines."""
+
+import numpy as np
+
+from pkl_dg.bench import speed_rl
+from pkl_dg.bench.report_rl import rl_lines
+
+
+def test_rl_part_smoke_runs_every_variant_and_renders():
+    part = speed_rl.run_rl_part([32, 40], iterations=3, repeats=1, smoke=True,
+                                log=lambda m: None)
+    table = part["table"]
+    assert [r["size"] for r in table["sizes"]] == [32, 40]
+    for r in table["sizes"]:
+        for key in ("floor_ms", "raw_ms", "restore_ms", "accelerated_ms", "restore_over_floor"):
+            assert np.isfinite(r[key]) and r[key] > 0, key
+        for p in table["peers"]:
+            assert r[f"{p}_ms"] > 0
+    assert set(table["peers"]) | set(table["skipped_peers"]) == set(speed_rl.PEER_NAMES)
+    assert part["time_to_best"] == {"skipped": "smoke run"}
+    text = "\n".join(rl_lines(part))
+    assert "FFT floor" in text and "32²" in text and "Not run: smoke run" in text
+    for p, why in table["skipped_peers"].items():
+        assert why in text
+
+
+def test_missing_peer_is_skipped_with_a_reason(monkeypatch):
+    def broken():
+        raise ImportError("No module named 'RedLionfishDeconv'")
+
+    monkeypatch.setattr(speed_rl, "_redlionfish", broken)
+    ok, skipped = speed_rl.load_peers(("skimage", "redlionfish"))
+    assert "skimage" in ok and "redlionfish" in skipped
+    assert "pip install -e .[bench]" in skipped["redlionfish"]
+
+
+def test_skimage_replica_equals_the_library():
+    from skimage.restoration import richardson_lucy
+
+    from pkl_dg.physics import gaussian_psf
+
+    rng = np.random.default_rng(0)
+    y = rng.poisson(rng.random((40, 44)) * 50 + 1).astype(np.float32)
+    psf = gaussian_psf(2.0)
+    ours = list(speed_rl.skimage_iterates(y, psf, 4))[-1]
+    assert np.allclose(ours, richardson_lucy(y, psf, num_iter=4, clip=False), rtol=1e-6)
+
+
+def test_floor_iteration_runs():
+    from pkl_dg.physics import PSFConvolution, gaussian_psf
+
+    speed_rl.floor_iteration(PSFConvolution(gaussian_psf(2.0)), (64, 64))()

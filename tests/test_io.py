@@ -1,0 +1,96 @@
+"""Readers with axes and physical sizes, OME writers, and the napari reader."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from pkl_dg.io import open_image, read_image, read_metadata, write_ome_tiff, write_ome_zarr
+
+
+def test_imagej_hyperstack_comes_back_with_its_axes_and_sizes(tmp_path):
+    zcyx = np.arange(4 * 2 * 16 * 24, dtype=np.uint16).reshape(4, 2, 16, 24)
+    p = tmp_path / "hyper.tif"
+    tifffile.imwrite(p, zcyx, imagej=True, resolution=(1 / 0.065, 1 / 0.065),
+                     metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "um"})
+    img = open_image(p)
+    assert img.axes == "CZYX" and img.shape == (2, 4, 16, 24)
+    np.testing.assert_array_equal(img.numpy(), zcyx.transpose(1, 0, 2, 3))
+    assert img.pixel_size_nm == pytest.approx((65.0, 65.0))
+    assert img.z_step_nm == pytest.approx(300.0)
+    assert read_image(p).shape == (2, 4, 16, 24)
+
+
+def test_plain_tiff_has_no_physical_size_and_singletons_drop(tmp_path):
+    p = tmp_path / "plain.tif"
+    tifffile.imwrite(p, np.ones((1, 20, 30), np.float32))
+    img = open_image(p)
+    assert img.axes == "YX" and img.shape == (20, 30)
+    assert img.pixel_size_nm is None and img.z_step_nm is None
+    q = tmp_path / "cm.tif"  # resolution in pixels per centimetre: 0.1 µm pixels
+    tifffile.imwrite(q, np.ones((20, 30), np.uint8), resolution=(1e5, 1e5),
+                     resolutionunit="CENTIMETER")
+    assert open_image(q).pixel_size_nm == pytest.approx((100.0, 100.0))
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda p: p.write_bytes(b"not a tiff at all"), "damaged"),
+    (lambda p: tifffile.imwrite(p, np.zeros((32, 32, 3), np.uint8)), "RGB"),
+])
+def test_bad_files_raise_one_clear_error(tmp_path, make, msg):
+    p = tmp_path / "bad.tif"
+    make(p)
+    with pytest.raises(ValueError, match=msg):
+        open_image(p)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        open_image(tmp_path / "missing.tif")
+
+
+def test_ome_tiff_round_trip_keeps_sizes_and_metadata(tmp_path):
+    data = np.random.default_rng(0).random((3, 2, 20, 30)).astype(np.float32)
+    meta = {"settings": {"method": "rl"}, "note": 'quotes " and <tags> & σ'}
+    p = tmp_path / "r.ome.tif"
+    write_ome_tiff(p, data, "TCYX", meta, pixel_size_nm=(80.0, 80.0))
+    assert read_metadata(p) == meta
+    img = open_image(p)
+    assert img.axes == "TCYX" and img.pixel_size_nm == pytest.approx((80.0, 80.0))
+    np.testing.assert_array_equal(img.numpy(), data)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_ome_tiff(p, data, "TCYX", meta)
+    assert not (tmp_path / "r.ome.tif.partial").exists()
+
+
+def test_ome_zarr_is_chunked_multiscale_with_sizes(tmp_path):
+    import zarr
+
+    data = np.random.default_rng(1).random((2, 3, 300, 260)).astype(np.float32)
+    p = tmp_path / "r.ome.zarr"
+    write_ome_zarr(p, data, "TZYX", {"k": [1, 2]}, pixel_size_nm=(65.0, 65.0), z_step_nm=250.0)
+    root = zarr.open_group(str(p), mode="r")
+    levels = root.attrs["ome"]["multiscales"][0]["datasets"]
+    assert len(levels) == 3  # 300×260 → 150×130 → 75×65
+    assert root["s0"].chunks == (1, 1, 256, 256)
+    assert read_metadata(p) == {"k": [1, 2]}
+    img = open_image(p)
+    assert img.axes == "TZYX" and img.z_step_nm == pytest.approx(250.0)
+    assert img.pixel_size_nm == pytest.approx((65.0, 65.0))
+    np.testing.assert_allclose(img.numpy(), data)
+
+
+@pytest.mark.gui
+def test_outputs_open_in_napari_with_the_right_scale(tmp_path, make_napari_viewer):
+    data = np.random.default_rng(2).random((3, 96, 96)).astype(np.float32)
+    tif, zar = tmp_path / "a.ome.tif", tmp_path / "b.ome.zarr"
+    write_ome_tiff(tif, data, "TYX", {"units": "photons"}, pixel_size_nm=(65.0, 65.0))
+    write_ome_zarr(zar, np.stack([data, data], axis=1), "TZYX", {"units": "photons"},
+                   pixel_size_nm=(100.0, 100.0), z_step_nm=300.0)
+    viewer = make_napari_viewer()
+    (a,) = viewer.open(tif, plugin="napari-pkl-dg")
+    (b,) = viewer.open(zar, plugin="napari-pkl-dg")
+    assert tuple(a.scale) == pytest.approx((1.0, 0.065, 0.065))
+    assert tuple(b.scale) == pytest.approx((1.0, 0.3, 0.1, 0.1))
+    assert str(a.units[-1]) == "micrometer" and str(b.units[1]) == "micrometer"
+    assert a.metadata["pkl_dg"] == {"units": "photons"}
+    np.testing.assert_array_equal(np.asarray(a.data), data)
+    assert json.dumps(b.metadata["pkl_dg"])

@@ -1,0 +1,171 @@
+"""Issue 13, items 3 and 7: negative input values (background-subtracted data, negative
+camera offsets) and saturated pixels."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cases import read
+from pkl_dg.metrics import care_scores
+from pkl_dg.negatives import NegativeDataWarning
+from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.saturation import SaturationWarning, detect_saturation
+
+
+def _blurred_counts(obj: np.ndarray, background: float, seed: int = 0) -> np.ndarray:
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.0)), background)
+    mu = fm.mean(torch.from_numpy(obj.astype(np.float32)))
+    return torch.poisson(mu, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def _rl(image, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_to_end(restore_iter(image, method="rl", rl_iterations=30,
+                                         psf_sigma=2.0, **kw))
+    return result, [w for w in caught]
+
+
+def _object(n: int = 96) -> np.ndarray:
+    from conftest import phantom
+
+    return phantom(n, seed=3) * 6
+
+
+# ---------------------------------------------------------------- negative values (item 3)
+def test_background_subtracted_data_restore_like_the_photons_they_came_from():
+    obj = _object()
+    counts = _blurred_counts(obj, background=20.0)
+    subtracted = counts - 20.0  # the user's own background subtraction: ~1/3 negative
+    assert (subtracted < 0).mean() > 0.2
+    ref, _ = _rl(counts, background=20.0)
+    out, caught = _rl(subtracted)
+    neg = out.metadata["negative_values"]
+    assert abs(neg["pedestal_photons"] - 20.0) < 4.0  # the subtracted level, recovered
+    assert neg["pixels_clipped"] == 0
+    assert any(issubclass(w.category, NegativeDataWarning) for w in caught)
+    # flux as for the original photons (within 3 %), quality at least as good
+    assert abs(out.image.sum() / ref.image.sum() - 1) < 0.03
+    assert care_scores(out.image, obj)["psnr"] > care_scores(ref.image, obj)["psnr"] - 0.2
+    clamped, _ = _rl(np.clip(subtracted, 0, None))  # what clamping (the old way) gives
+    assert care_scores(out.image, obj)["psnr"] > care_scores(clamped.image, obj)["psnr"] + 0.3
+
+
+def test_non_negative_data_are_left_alone():
+    out, caught = _rl(_blurred_counts(_object(), background=5.0))
+    assert "negative_values" not in out.metadata
+    assert not any(issubclass(w.category, NegativeDataWarning) for w in caught)
+
+
+def test_values_still_below_the_pedestal_are_counted_as_clipped():
+    img = _blurred_counts(_object(), background=4.0) - 4.0
+    img[10, 10] = -500.0  # a dead/odd pixel far below the noise
+    out, caught = _rl(img)
+    assert out.metadata["negative_values"]["pixels_clipped"] >= 1
+    assert any("clipped" in str(w.message) for w in caught)
+
+
+def test_negative_camera_offset_is_accepted():
+    counts = _blurred_counts(_object(), background=3.0)
+    shifted = counts - 50.0  # a camera whose baseline sits at −50 ADU after export
+    a, _ = _rl(shifted, offset=-50.0, background=3.0)
+    b, _ = _rl(counts, background=3.0)
+    assert np.allclose(a.image, b.image, rtol=1e-4, atol=1e-3)
+    assert "negative_values" not in a.metadata
+
+
+def test_case_03_negative_values():
+    y = read("03_negative_values", "input.tif")
+    gt = read("03_negative_values", "gt.tif")
+    out, caught = _rl(y, psf_kind="gaussian")
+    assert any(issubclass(w.category, NegativeDataWarning) for w in caught)
+    assert 15 < out.metadata["negative_values"]["pedestal_photons"] < 25
+    ref, _ = _rl(y + 20.0, background=20.0)  # the same photons, never subtracted
+    assert abs(out.image.sum() / ref.image.sum() - 1) < 0.03
+    assert care_scores(out.image, gt)["psnr"] >= care_scores(ref.image, gt)["psnr"] - 0.2
+
+
+# ---------------------------------------------------------------- saturation (item 7)
+def test_detects_dtype_maximum_and_plateaus_only():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 200, (32, 32)).astype(np.uint8)
+    u8[5, 5] = 255
+    assert detect_saturation(u8, u8.dtype).count == 1
+    twelve_bit = rng.integers(100, 3000, (32, 32)).astype(np.uint16)
+    twelve_bit[10:12, 10:13] = 4095  # a 12-bit camera stored in uint16
+    sat = detect_saturation(twelve_bit, twelve_bit.dtype)
+    assert sat.count == 6 and sat.reason.startswith("plateau") and sat.level == 4095
+    clipped_float = rng.random((32, 32)).astype(np.float32) * 0.9
+    clipped_float[20:23, 3:5] = 1.0
+    assert detect_saturation(clipped_float, np.float32).count == 6
+    # dim photon counts: equal neighbours at the maximum are quantisation, not clipping
+    dim = rng.poisson(1.0, (64, 64)).astype(np.uint16)
+    assert detect_saturation(dim, dim.dtype).count == 0
+    lone = rng.integers(0, 1000, (32, 32)).astype(np.uint16)
+    lone[4, 4] = lone[20, 20] = 5000  # two separate bright pixels: not a plateau
+    assert detect_saturation(lone, lone.dtype).count == 0
+
+
+def test_saturated_pixels_are_left_out_of_the_fit():
+    obj = np.zeros((64, 64), np.float32)
+    obj[32, 32] = 2e5  # a bright bead: peak ≈ 8000 photons per pixel
+    obj[10:54, 12] = 40.0  # dim filament
+    counts = _blurred_counts(obj, background=10.0) + 100.0  # camera offset 100 ADU
+    clipped = np.minimum(counts, 4000).astype(np.uint16)
+    clipped[clipped == 4000] = np.iinfo(np.uint16).max  # the camera's full scale
+    kw = dict(offset=100.0, background=10.0, rl_iterations=200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_to_end(restore_iter(clipped, method="rl", psf_sigma=2.0, **kw))
+    assert any(issubclass(w.category, SaturationWarning) for w in caught)
+    sat = res.metadata["saturated"]
+    assert sat["pixels"] == int((clipped == 65535).sum()) > 5
+    # the bead's flux comes back from its unsaturated wings; fitting the clipped values
+    # (the old way, a forward model without the mask) loses much of it
+    box = (slice(24, 41), slice(24, 41))
+    assert abs(res.image[box].sum() / 2e5 - 1) < 0.05
+    from pkl_dg.richardson_lucy import richardson_lucy
+
+    y = torch.from_numpy(np.minimum(counts, 4000).astype(np.float32) - 100.0)
+    fitted = richardson_lucy(y, ForwardModel(PSFConvolution(gaussian_psf(2.0)), 10.0), 200)
+    assert float(fitted[box].sum()) / 2e5 < 0.9
+    # a float copy clipped at its maximum is found too (a plateau, not the dtype maximum)
+    as_float = np.minimum(counts, 4100).astype(np.float32)
+    meta = run_to_end(restore_iter(as_float, method="rl", psf_sigma=2.0, offset=100.0,
+                                   background=10.0, rl_iterations=1)).metadata
+    assert meta["saturated"]["reason"].startswith("plateau")
+
+
+def test_nll_ignores_masked_pixels():
+    conv = PSFConvolution(gaussian_psf(1.5))
+    y = torch.full((32, 32), 5.0)
+    x = torch.full((32, 32), 5.0)
+    bad = y.clone()
+    bad[10, 10] = 1e4
+    mask = torch.ones(32, 32)
+    mask[10, 10] = 0
+    from pkl_dg.guidance import get_likelihood
+
+    for name in ("pkl", "anscombe", "l2"):
+        lik = get_likelihood(name)
+        a = lik.nll(x, bad, ForwardModel(conv, 0.0, 0.0, mask))
+        b = lik.nll(x, y, ForwardModel(conv, 0.0, 0.0, mask))
+        assert torch.allclose(a, b), name
+        g = lik.grad(x, bad, ForwardModel(conv, 0.0, 0.0, mask))
+        assert torch.allclose(g, lik.grad(x, y, ForwardModel(conv, 0.0, 0.0, mask))), name
+
+
+def test_case_12_saturated_pixels_detected_and_reported():
+    y = read("12_saturated_uint16", "input.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_to_end(restore_iter(y, method="rl", rl_iterations=5, offset=100.0))
+    sat = res.metadata["saturated"]
+    assert sat["pixels"] == int((y == 65535).sum()) > 0
+    assert sat["reason"] == "dtype maximum"
+    assert any(issubclass(w.category, SaturationWarning) for w in caught)

@@ -1,0 +1,207 @@
+"""Issue 13, items 4–5: one cleaning pipeline for every measured PSF (file, array, layer,
+beads) with its diagnostics, and PSF resampling to the image's voxel size in 2D and 3D."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage
+
+from cases import read
+from pkl_dg import RestoreSettings
+from pkl_dg.physics import (ForwardModel, PSFConvolution, build_psf, build_psf_info, fwhm_of,
+                            gaussian_psf, gaussian_psf_3d)
+from pkl_dg.physics.psf_cleaning import PSFWarning, clean_psf
+from pkl_dg.restoration import restore_iter, run_to_end
+
+SIGMA = 1.8
+BEADS = np.array([[20, 20], [20, 70], [70, 20], [70, 70], [45, 47]])
+
+
+def raw_bead_crop(offset=(4.0, -3.6), seed=0) -> np.ndarray:
+    """A 41×41 uint16 bead crop as a camera gives it: baseline 100 ADU, read noise 3 ADU,
+    the bead ``offset`` px off the crop centre."""
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros((41, 41))
+    canvas[20, 20] = 40000.0
+    canvas = ndimage.shift(ndimage.gaussian_filter(canvas, SIGMA), offset, order=3)
+    noisy = rng.poisson(np.clip(canvas, 0, None)) + 100 + rng.normal(0, 3, canvas.shape)
+    return np.clip(np.round(noisy), 0, 65535).astype(np.uint16)
+
+
+def bead_scene(seed=1) -> np.ndarray:
+    obj = np.zeros((96, 96), np.float32)
+    obj[tuple(BEADS.T)] = 3000.0
+    fm = ForwardModel(PSFConvolution(gaussian_psf(SIGMA)), 5.0)
+    mu = fm.mean(torch.from_numpy(obj))
+    return torch.poisson(mu, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def bead_positions(img: np.ndarray, near: np.ndarray, r: int = 4) -> np.ndarray:
+    out = []
+    for p in near:
+        sl = tuple(slice(int(c) - r, int(c) + r + 1) for c in p)
+        w = np.clip(img[sl] - np.median(img), 0, None)
+        out.append([s.start + c for s, c in zip(sl, ndimage.center_of_mass(w))])
+    return np.array(out)
+
+
+def test_clean_psf_removes_baseline_centres_and_reports():
+    raw = raw_bead_crop()
+    with pytest.warns(PSFWarning, match="centre of mass"):
+        psf, diag = clean_psf(raw)
+    assert np.allclose(diag.centroid_offset_px, [4.0, -3.6], atol=0.1)
+    assert abs(diag.baseline - 100) < 1 and 2 < diag.noise_sigma < 4.5
+    assert diag.energy_kept > 0.99
+    assert all(abs(f - 2.355 * SIGMA) < 0.3 for f in diag.fwhm_px)
+    cy, cx = ndimage.center_of_mass(psf)
+    assert abs(cy - psf.shape[0] // 2) < 0.05 and abs(cx - psf.shape[1] // 2) < 0.05
+    ref = gaussian_psf(SIGMA, size=min(psf.shape))
+    h = [(n - min(psf.shape)) // 2 for n in psf.shape]
+    core = psf[h[0]:h[0] + ref.shape[0], h[1]:h[1] + ref.shape[1]]
+    assert np.abs(core - ref).sum() < 0.06  # the flat baseline is gone
+
+
+def test_computed_psfs_pass_unchanged():
+    tight = gaussian_psf_3d(1.5, 1.0)[3:6, 2:11, 2:11]  # truncated: a pedestal at its edge
+    for g in (gaussian_psf(1.5), gaussian_psf(2.0, 1.3), gaussian_psf_3d(1.5, 2.0), tight):
+        g = g / g.sum()
+        out, diag = clean_psf(g, keep_3d=True)
+        assert out.shape == g.shape and np.allclose(out, g, atol=1e-7)
+        assert diag.baseline == 0 and diag.energy_kept == 1.0
+
+
+def test_every_source_gives_the_same_psf_and_beads_stay_put(tmp_path):
+    raw = raw_bead_crop()
+    f = tmp_path / "psf.tif"
+    tifffile.imwrite(f, raw)
+    s = RestoreSettings(method="rl", rl_iterations=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        from_array = build_psf(s.replace(psf_kind="array"), (96, 96), raw)
+        from_file = build_psf(s.replace(psf_kind="file", psf_path=str(f)), (96, 96))
+        from_float = build_psf(s, (96, 96), raw.astype(np.float32) - 100.0)  # bg-subtracted
+    assert np.array_equal(from_array, from_file)
+    assert from_float.shape == from_array.shape
+    assert np.abs(from_float - from_array).sum() < 0.02
+    y = bead_scene()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        result = run_to_end(restore_iter(y, s, psf=raw))
+    err = np.abs(bead_positions(result.image, BEADS) - BEADS)
+    assert err.max() < 0.25, err
+    cleaning = result.metadata["psf"]["cleaning"]
+    assert np.allclose(cleaning["centroid_offset_px"], [4.0, -3.6], atol=0.1)
+    assert result.metadata["psf"]["source"] == "array"
+
+
+def test_bead_image_psf_goes_through_the_same_cleaning():
+    from pkl_dg.napari.psf_sources import psf_from_beads
+
+    rng = np.random.default_rng(3)
+    obj = np.zeros((128, 128))
+    for p in ([30, 30], [30, 90], [90, 30], [90, 90]):
+        obj[p[0], p[1]] = 20000.0
+    img = rng.poisson(ndimage.gaussian_filter(obj, SIGMA) + 50) + rng.normal(0, 3, obj.shape)
+    avg, n = psf_from_beads(img, 25)
+    assert n == 4
+    psf, info = build_psf_info(RestoreSettings(psf_kind="array"), (128, 128), avg)
+    assert all(abs(f - 2.355 * SIGMA) < 0.3 for f in info["fwhm_px"])
+    assert info["cleaning"]["energy_kept"] > 0.99
+    assert max(abs(v) for v in info["cleaning"]["centroid_offset_px"]) < 0.1
+
+
+def test_case_04_raw_bead_psf_every_path():
+    y = read("04_raw_bead_psf", "input.tif")
+    truth = read("04_raw_bead_psf", "bead_positions.npy")
+    for name in ("psf_raw_uint16.tif", "psf_bgsub_float32.tif"):
+        psf = read("04_raw_bead_psf", name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PSFWarning)
+            result = run_to_end(restore_iter(y, psf=psf, method="rl", rl_iterations=50))
+        err = np.abs(bead_positions(result.image, truth) - truth)
+        assert err.max() < 0.25, (name, err)
+        assert result.metadata["psf"]["cleaning"]["energy_kept"] > 0.99
+
+
+# ------------------------------------------------------------------ voxel size (item 5)
+def test_3d_psf_resampled_laterally_and_axially():
+    fine = gaussian_psf_3d(4.0, 4.0)  # σ 4 px at 32.5 nm, σ 4 planes at 100 nm
+    s = RestoreSettings(mode="3d", psf_kind="array", pixel_size_nm=65.0, z_step_nm=200.0,
+                        psf_pixel_size_nm=32.5, psf_z_step_nm=100.0)
+    psf, info = build_psf_info(s, (40, 64, 64), fine)
+    c = [n // 2 for n in psf.shape]
+    assert abs(fwhm_of(psf[:, c[1], c[2]]) - 2.355 * 2) < 0.4  # σ 2 planes at 200 nm
+    assert abs(fwhm_of(psf[c[0], c[1], :]) - 2.355 * 2) < 0.4  # σ 2 px at 65 nm
+    assert info["spacing_nm"] == [200.0, 65.0, 65.0]
+    assert info["resampled"]["from_spacing_nm"] == [100.0, 32.5, 32.5]
+    assert info["kernel_shape"] == list(psf.shape) and "not_applied" not in info
+
+
+def test_axial_resampling_needs_the_image_z_step():
+    s = RestoreSettings(mode="3d", psf_kind="array", psf_z_step_nm=100.0)
+    with pytest.raises(ValueError, match="image Z step"):
+        build_psf(s, (40, 64, 64), gaussian_psf_3d(2.0, 2.0))
+
+
+def test_metadata_never_claims_an_unused_psf_setting():
+    s = RestoreSettings(psf_kind="gaussian", psf_pixel_size_nm=32.5)
+    _, info = build_psf_info(s, (64, 64))
+    assert info["not_applied"] == ["psf_pixel_size_nm"] and "resampled" not in info
+
+
+def test_case_07_psf_voxel_size_3d():
+    y = read("07_psf_voxel_size_3d", "input.tif")
+    fine = read("07_psf_voxel_size_3d", "psf_32p5nm.tif")
+    coarse = read("07_psf_voxel_size_3d", "psf_65nm.tif")
+    s = RestoreSettings(mode="3d", psf_kind="array", psf_pixel_size_nm=32.5,
+                        pixel_size_nm=65.0)
+    psf, info = build_psf_info(s, y.shape, fine)
+    ref = coarse / coarse.sum()
+    assert psf.shape[1:] == ref.shape[1:] or abs(psf.shape[1] - ref.shape[1]) <= 2
+    fw = info["fwhm_px"]
+    ref_fw = [fwhm_of(ref[:, 8, 8]), fwhm_of(ref[6, 8, :]), fwhm_of(ref[6, :, 8])]
+    assert abs(fw[2] - ref_fw[1]) < 0.2 and abs(fw[1] - ref_fw[2]) < 0.2, (fw, ref_fw)
+    result = run_to_end(restore_iter(y, s, psf=fine, method="rl", rl_iterations=3))
+    assert result.metadata["psf"]["resampled"]["to_spacing_nm"][1:] == [65.0, 65.0]
+    assert result.metadata["psf"]["kernel_shape"] == list(psf.shape)
+
+
+def test_widget_core_reports_psf_diagnostics():
+    from pkl_dg.napari.psf_sources import describe_diagnostics
+    from pkl_dg.napari.worker import PsfRequest, resolve_psf
+
+    raw = raw_bead_crop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        _r, psf, _s, notes = resolve_psf(RestoreSettings(), PsfRequest("layer", raw, 25, "bead"),
+                                         (96, 96))
+    cleaning = notes["psf"]["cleaning"]
+    assert np.allclose(cleaning["centroid_offset_px"], [4.0, -3.6], atol=0.1)
+    text = describe_diagnostics(notes["psf"])
+    assert "centred from (+4.0" in text and "% of its energy kept" in text and "FWHM" in text
+
+
+def test_cli_takes_the_z_step_from_the_file(tmp_path):
+    from pkl_dg.cli import main
+    from pkl_dg.imageio import read_metadata
+
+    rng = np.random.default_rng(0)
+    stack = rng.poisson(10, (20, 48, 48)).astype(np.uint16)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, stack, imagej=True, resolution=(1 / 0.065, 1 / 0.065),
+                     metadata={"axes": "ZYX", "spacing": 0.2, "unit": "um"})
+    psf = tmp_path / "psf.tif"
+    tifffile.imwrite(psf, gaussian_psf_3d(2.0, 4.0))  # σ 4 planes at 100 nm
+    out = tmp_path / "out.tif"
+    assert main(["restore", str(src), "-o", str(out), "--mode", "3d", "--psf", str(psf),
+                 "--psf-z-step", "100", "--method", "rl", "--rl-iterations", "2", "--quiet",
+                 "--threads", "1"]) == 0
+    meta = read_metadata(out)
+    assert meta["settings_from_file"] == {"z_step_nm": 200.0}
+    assert meta["psf"]["spacing_nm"][0] == 200.0
+    assert meta["psf"]["resampled"]["from_spacing_nm"][0] == 100.0

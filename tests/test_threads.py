@@ -1,0 +1,76 @@
+"""The CPU thread policy: one schema field for CLI, widget and metadata; passive OpenMP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.settings import RestoreSettings
+from pkl_dg.threads import default_threads, physical_cores, resolve_threads
+
+
+def test_automatic_count_leaves_a_core_free():
+    assert RestoreSettings().threads == 0
+    assert default_threads() == max(1, physical_cores() - 1)
+    assert resolve_threads(0) == default_threads() and resolve_threads(3) == 3
+    with pytest.raises(ValueError, match="≥ 0"):
+        resolve_threads(-1)
+    with pytest.raises(ValueError, match="CPU threads"):
+        RestoreSettings(threads=-1)
+
+
+def test_restore_applies_and_records_threads():
+    before = torch.get_num_threads()
+    y = np.random.default_rng(0).poisson(20.0, (32, 32)).astype(np.float32)
+    try:
+        result = run_to_end(restore_iter(y, method="rl", rl_iterations=2, threads=1))
+        assert torch.get_num_threads() == 1
+        assert result.metadata["threads"] == 1 and result.metadata["settings"]["threads"] == 1
+        assert result.metadata["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY",
+                                                                     "runtime default")
+    finally:
+        torch.set_num_threads(before)
+
+
+def _wait_policy(env: dict) -> str:
+    code = "import pkl_dg, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_importing_pkl_dg_sets_passive_wait_policy_unless_the_user_chose():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _wait_policy(env) == "PASSIVE"
+    assert _wait_policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    # too late once torch is loaded: then it is left alone (and not claimed)
+    code = ("import torch, pkl_dg.threads as t, os; "
+            "print(t.set_passive_wait_policy(), os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False None"
+
+
+def test_bench_load_times_a_restore_and_renders_its_row():
+    from pkl_dg.bench.load import _restore_seconds, load_section
+    from pkl_dg.cli import build_parser
+
+    before = torch.get_num_threads()
+    try:
+        info = _restore_seconds("rl", 48, 1, smoke=True)
+    finally:
+        torch.set_num_threads(before)
+    assert info["seconds"] > 0 and info["threads"] == 1 and info["steps"] == 2
+    row = {"case": "rl", "size": 2048, "threads": 1, "steps": 30, "samples": None,
+           "idle": {"seconds": 40.0, "load_average_1min": [0.5]},
+           "loaded": {"seconds": 48.0, "load_average_1min": [1.5]}, "ratio": 1.2}
+    text = "\n".join(load_section({"created": "now", "rows": [row]}))
+    assert "| Richardson–Lucy (default settings), 30 iterations | 2048² | 1 | 40.0 | 48.0 " \
+           "| **1.20×** | 0.5 / 1.5 |" in text
+    args = build_parser().parse_args(["bench", "load", "--json", "x.json"])
+    assert args.func.__name__ == "_load" and args.threads is None
