@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pkl_dg.guidance.proximal import poisson_proximal
-from pkl_dg.guidance.stopping import rl_auto_iter
+from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
-from pkl_dg.richardson_lucy import initial_estimate, richardson_lucy_iter
+from pkl_dg.richardson_lucy import richardson_lucy_iter, rl_iterates
 
 
 def _objective(x, x_prior, y, fm, tau):
@@ -63,16 +63,21 @@ def test_proximal_step_finite_on_exact_zeros():
         poisson_proximal(torch.zeros(1, 1, 8, 8), torch.zeros(8, 8), fm, -1.0)
 
 
+def _auto_run(y, fm, cap=MAX_ITERATIONS):
+    rule = AutoStop(y, fm)
+    ratios = []
+    for it in rl_iterates(y, fm, cap, stop=lambda it: (rule(it), ratios.append(rule.ratio))[0]):
+        pass
+    return rule, ratios
+
+
 def test_rl_auto_stops_at_the_noise_level_on_photon_counts(scene):
     x, y, psf, b = scene
     fm = ForwardModel(PSFConvolution(psf), b)
-    yt = torch.from_numpy(y)
-    out = list(rl_auto_iter(yt, fm, initial_estimate(yt, fm)))
-    k = len(out)
-    assert out[-1][2] and not any(last for _, _, last in out[:-1])
-    assert 3 <= k < 100  # stopped by the rule, not by the cap
-    ratio = out[-1][1]
-    assert ratio <= 1.0 or (out[-2][1] - ratio) < 0.005 * (ratio - 1)
+    rule, ratios = _auto_run(torch.from_numpy(y), fm)
+    assert rule.reason == "noise level" and 3 <= rule.k < 100  # the rule, not the cap
+    assert ratios[-1] <= 1.0 < ratios[-2]
+    assert len(ratios) == rule.k
 
 
 def test_rl_auto_stops_when_the_model_is_wrong():
@@ -85,5 +90,6 @@ def test_rl_auto_stops_when_the_model_is_wrong():
     y = torch.poisson(ForwardModel(PSFConvolution(gaussian_psf(1.2)), 5.0).mean(obj),
                       generator=g)
     fm = ForwardModel(PSFConvolution(gaussian_psf(2.5)), 5.0)
-    out = list(rl_auto_iter(y, fm, initial_estimate(y, fm), max_iterations=500))
-    assert out[-1][1] > 1.0 and len(out) < 500
+    rule, ratios = _auto_run(y, fm)
+    assert rule.reason == "stalled" and ratios[-1] > 1.0 and rule.k < MAX_ITERATIONS
+    assert ratios[-2] - ratios[-1] < 0.005 * (ratios[-1] - 1)

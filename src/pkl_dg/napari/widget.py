@@ -31,6 +31,7 @@ from pkl_dg.napari.controls import (GROUPS, INPUT_TIP, STACK_TIP, image_layer_ch
                                     make_control, pixel_size_nm_of, read_control,
                                     short_method_label, write_control)
 from pkl_dg.napari.caches import release_freed_memory
+from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
 from pkl_dg.napari.output import Run, same_layer
 from pkl_dg.napari.run_controller import RunController
@@ -123,6 +124,8 @@ class PKLDeconvolutionWidget(QWidget):
             ctrl = make_control(spec)
             self.controls[spec.name] = ctrl
             by_group.setdefault(spec.group, []).append(ctrl)
+        self.calibration_panel = CalibrationPanel(self.controls, self._calibration_plane,
+                                                  lambda msg: self.runner.report(msg))
         by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
         by_group["PSF"] = [self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
                            self.bead_box] + by_group["PSF"]
@@ -139,6 +142,8 @@ class PKLDeconvolutionWidget(QWidget):
             box_layout = QVBoxLayout(box)
             box_layout.setContentsMargins(4, 4, 4, 4)
             box_layout.addWidget(Container(widgets=ctrls, labels=True).native)
+            if group == "Calibration":
+                self.calibration_panel.add_to(box_layout)
             if group == "PSF":
                 self.show_psf_button = QPushButton("Show PSF")
                 self.show_psf_button.setToolTip("Add the PSF these settings give as a layer "
@@ -199,7 +204,7 @@ class PKLDeconvolutionWidget(QWidget):
                            bead_box=int(self.bead_box.value), stack=self.stack_combo.value)
 
     def apply_state(self, state: WidgetState) -> None:
-        self._loading = True
+        self._loading = self.calibration_panel._writing = True
         try:
             for name, ctrl in self.controls.items():
                 write_control(ctrl, getattr(state.settings, name))
@@ -207,7 +212,7 @@ class PKLDeconvolutionWidget(QWidget):
             self.bead_box.value = state.bead_box
             self.stack_combo.value = state.stack
         finally:
-            self._loading = False
+            self._loading = self.calibration_panel._writing = False
         self._update_visibility()
 
     def restore_defaults(self) -> None:
@@ -271,11 +276,24 @@ class PKLDeconvolutionWidget(QWidget):
         if not had_input and isinstance(event.value, Image):
             self.input_combo.value = event.value
 
+    def _calibration_plane(self) -> tuple[str, Any] | None:
+        """(layer name, the plane a run would restore) for the calibration estimate."""
+        layer = self.input_combo.value
+        if layer is None:
+            return None
+        try:
+            block, _ = self.selected_block(layer, self.controls["mode"].value)
+        except ValueError as exc:  # e.g. RGB or 1×N: the run reports it in full
+            self.runner.report(f"Calibration: {exc}")
+            return None
+        return layer.name, block
+
     def _on_input_changed(self, *_args) -> None:
         self._update_visibility()
         layer = self.input_combo.value
         if layer is None:
             return
+        self.calibration_panel.input_changed()
         nm = pixel_size_nm_of(layer)
         if nm is not None and self.controls["pixel_size_nm"].value != nm:
             spec = next(s for s in field_specs() if s.name == "pixel_size_nm")

@@ -1,0 +1,116 @@
+"""The photon-calibration part of the dock widget: the estimate, shown and editable.
+
+With calibration 'auto' (the default) a run estimates gain, offset and read noise from the
+image itself (:func:`pkl_dg.calibration.estimate_calibration`). The panel runs the same
+estimate on the selected plane when the input changes or when *Estimate* is pressed, writes
+it into the offset / gain / read-noise fields and says in a line under them that these
+values are an estimate (with the photon level they imply). Editing one of those fields by
+hand switches calibration to 'manual', so what is shown is what the next run uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout
+
+from pkl_dg.calibration import Calibration, estimate_calibration
+
+CAMERA_FIELDS = ("offset", "gain", "read_noise")
+
+
+def describe(cal: Calibration, name: str) -> str:
+    """One line for the panel: the values and what they mean in photons."""
+    fit = cal.fit or {}
+    photons = ""
+    if "median_photons" in fit:
+        photons = (f"; ≈ {fit['median_photons']:.3g} photons at the median, "
+                   f"{fit['p99_9_photons']:.3g} at the 99.9th percentile")
+    return (f"Estimated from '{name}' (Poisson–Gaussian noise fit): gain "
+            f"{cal.gain:.4g} e⁻/ADU, offset {cal.offset:.4g} ADU, read noise "
+            f"{cal.read_noise:.3g} e⁻{photons}. Edit a value to set it by hand.")
+
+
+class CalibrationPanel:
+    """Estimate button and status line of the 'Photon calibration' group.
+
+    Parameters
+    ----------
+    controls
+        The widget's controls by settings field (``calibration``, ``offset``, ``gain``,
+        ``read_noise`` are used).
+    plane
+        Callable returning ``(name, 2D array)`` of the plane a run would restore, or None
+        when no image is selected.
+    report
+        Callable taking a message for the widget's status line.
+    """
+
+    def __init__(self, controls: dict[str, Any], plane: Callable[[], tuple[str, Any] | None],
+                 report: Callable[[str], None]) -> None:
+        self.controls, self.plane, self.report = controls, plane, report
+        self.button = QPushButton("Estimate")
+        self.button.setToolTip("Estimate gain, offset and read noise from the selected image "
+                               "now (calibration 'auto' does this at every run).")
+        self.button.clicked.connect(self.estimate)
+        self.label = QLabel("")
+        self.label.setWordWrap(True)
+        self.estimate_shown: Calibration | None = None
+        self._writing = False
+        for name in CAMERA_FIELDS:
+            controls[name].changed.connect(self._edited)
+        controls["calibration"].changed.connect(self._mode_changed)
+
+    def add_to(self, layout: QVBoxLayout) -> None:
+        layout.addWidget(self.button)
+        layout.addWidget(self.label)
+
+    @property
+    def auto(self) -> bool:
+        return self.controls["calibration"].value == "auto"
+
+    def estimate(self) -> Calibration | None:
+        """Estimate from the selected plane, show it; errors go to the line and status."""
+        got = self.plane()
+        if got is None:
+            self.label.setText("No image selected: nothing to estimate from.")
+            return None
+        name, arr = got
+        try:
+            cal = estimate_calibration(np.asarray(arr, dtype=np.float64))
+        except ValueError as exc:
+            self.estimate_shown = None
+            self.label.setText(f"No estimate for '{name}': {exc}")
+            self.report(f"Calibration: {exc}")
+            return None
+        self._writing = True
+        try:
+            self.controls["calibration"].value = "auto"
+            self.controls["offset"].value = float(cal.offset)
+            self.controls["gain"].value = float(cal.gain)
+            self.controls["read_noise"].value = float(cal.read_noise)
+        finally:
+            self._writing = False
+        self.estimate_shown = cal
+        self.label.setText(describe(cal, name))
+        return cal
+
+    def input_changed(self) -> None:
+        if self.auto:
+            self.estimate()
+
+    def _edited(self, *_args) -> None:
+        if self._writing or not self.auto:
+            return
+        self.controls["calibration"].value = "manual"
+
+    def _mode_changed(self, *_args) -> None:
+        if self._writing:
+            return
+        if self.auto:
+            self.estimate()
+        else:
+            self.estimate_shown = None
+            self.label.setText("Manual: the offset, gain and read noise above are used as "
+                               "given.")

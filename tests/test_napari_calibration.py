@@ -1,0 +1,60 @@
+"""The widget's photon calibration: the estimate shown, re-run on demand, edits → manual."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def _camera_image(gain=0.25, offset=400.0, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    photons = 60 * np.exp(-((yy - 64) ** 2 + (xx - 50) ** 2) / 300.0) + 20 * (np.abs(xx - 90) < 2)
+    return (offset + rng.poisson(photons + 1) / gain).astype(np.uint16)
+
+
+def test_estimate_is_shown_editable_and_used(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    c = widget.controls
+    assert c["calibration"].value == "auto"
+    viewer.add_image(_camera_image(), name="camera")
+    # the estimate ran on the new input and fills the fields
+    assert c["gain"].value == pytest.approx(0.25, rel=0.15)
+    assert c["offset"].value == pytest.approx(401.0 * 1.0, rel=0.02)
+    label = widget.calibration_panel.label.text()
+    assert label.startswith("Estimated from 'camera'") and "e⁻/ADU" in label
+    # on demand: a new image in the same layer, Estimate again
+    viewer.layers["camera"].data = _camera_image(gain=2.0, offset=100.0, seed=1)
+    widget.calibration_panel.button.click()
+    assert c["gain"].value == pytest.approx(2.0, rel=0.15)
+    assert widget.current_state().settings.calibration == "auto"
+    # a hand edit means: use my values
+    c["gain"].value = 3.0
+    assert c["calibration"].value == "manual"
+    s = widget.current_state().settings
+    assert (s.calibration, s.gain) == ("manual", 3.0)
+    assert widget.calibration_panel.label.text().startswith("Manual")
+    # back to auto: estimated again
+    c["calibration"].value = "auto"
+    assert c["gain"].value == pytest.approx(2.0, rel=0.15)
+
+
+def test_estimate_failure_is_reported_not_raised(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    ramp = np.tile(np.linspace(0, 100, 64, dtype=np.float32), (64, 1))  # no noise at all
+    viewer.add_image(ramp, name="ramp")
+    assert widget.calibration_panel.estimate_shown is None
+    assert "by hand" in widget.calibration_panel.label.text()
