@@ -74,3 +74,14 @@ def test_explicit_camera_values_mean_manual_calibration(scene):
     assert res.settings.calibration == "manual"
     assert res.metadata["calibration"] == {"gain": 0.5, "offset": 100.0, "read_noise": 0.0,
                                            "source": "given"}
+
+
+def test_cli_gain_flag_means_manual_calibration():
+    from pkl_dg.cli import build_parser
+    from pkl_dg.cli.restore import settings_from_args
+
+    p = build_parser()
+    s = settings_from_args(p.parse_args(["restore", "a.tif", "-o", "b.tif", "--gain", "2"]))
+    assert (s.calibration, s.gain) == ("manual", 2.0)
+    s = settings_from_args(p.parse_args(["restore", "a.tif", "-o", "b.tif"]))
+    assert s.calibration == "auto"

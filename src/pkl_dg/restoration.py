@@ -38,7 +38,7 @@ from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
 from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.saturation import detect_saturation, report_saturation
-from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings import RestoreSettings, calibration_implied
 from pkl_dg.threads import apply_threads, thread_info
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
@@ -158,9 +158,6 @@ def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
     return max(float(np.quantile(smooth.float().cpu().numpy(), 0.01)), 0.0)
 
 
-#: settings that describe the camera: giving any of them (as keyword overrides) without a
-#: ``calibration`` choice means the user calibrated it, so calibration becomes 'manual'
-CAMERA_FIELDS = ("offset", "gain", "read_noise")
 #: the proximal rule's automatic sub-iterations are capped here
 PROXIMAL_K_MAX = 30
 PROXIMAL_K_FACTOR = 1.0
@@ -170,8 +167,7 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
     s = settings or RestoreSettings()
     if "background" in overrides and overrides["background"] is None:
         overrides = {**overrides, "background": -1.0}
-    if "calibration" not in overrides and any(k in overrides for k in CAMERA_FIELDS):
-        overrides = {**overrides, "calibration": "manual"}
+    overrides = calibration_implied(overrides)
     return s.replace(**overrides) if overrides else s
 
 

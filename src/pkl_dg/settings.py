@@ -28,6 +28,8 @@ RAMPS = ("linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 CALIBRATIONS = ("auto", "manual")
+#: the settings that describe the camera; giving any of them means calibrating by hand
+CAMERA_FIELDS = ("offset", "gain", "read_noise")
 RL_ACCELERATIONS = ("none", "biggs-andrews")
 
 
@@ -293,3 +295,12 @@ def field_specs() -> list[FieldSpec]:
         out.append(FieldSpec(f.name, type_name, f.default, m["label"], m["help"], m["group"],
                              m["min"], m["max"], m["choices"], m["unit"]))
     return out
+
+
+def calibration_implied(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (settings a user set, e.g. CLI flags or keyword overrides) with
+    ``calibration = "manual"`` added when it sets a camera value (offset, gain, read noise)
+    but not the calibration: a user who types a gain means it to be used."""
+    if "calibration" not in given and any(k in given for k in CAMERA_FIELDS):
+        return {**given, "calibration": "manual"}
+    return given

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pkl_dg.settings import RestoreSettings, field_specs
+from pkl_dg.settings import RestoreSettings, calibration_implied, field_specs
 
 _TYPES = {"float": float, "int": int, "str": str}
 
@@ -44,7 +44,7 @@ def settings_from_args(args: argparse.Namespace) -> RestoreSettings:
             given["psf_kind"] = "file"
         elif "na" in given or "wavelength_nm" in given:
             given["psf_kind"] = "airy"
-    return RestoreSettings.from_dict(given)
+    return RestoreSettings.from_dict(calibration_implied(given))
 
 
 def register(subparsers) -> None:
