@@ -170,9 +170,12 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
     # elsewhere and end 2e-3 away after 30 iterations)
     rl_start = stats["rl_start"] if box is not None and s.method == "rl" else None
-    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start))
+    axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
+    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start,
+                                     axes=axes))
     meta = {k: v for k, v in result.metadata.items()
-            if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version")}
+            if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
+                         "axes")}
     if model_meta is not None:
         meta["model"] = {"path": s.model or "shipped default", "name": model_meta.get("name", "")}
     return result.image, meta
