@@ -184,3 +184,15 @@ def test_adjoint_ones_from_a_small_image_is_exact(shape, psf):
     direct = op.A_adjoint(torch.ones(shape, dtype=torch.float64))
     assert fast.shape == tuple(shape)
     assert torch.allclose(fast, direct, atol=1e-12)
+
+
+def test_fft_grid_is_even_smooth_and_large_enough():
+    op = PSFConvolution(gaussian_psf(2.0))  # radius 8
+    for n in (1, 30, 551, 512, 2048, 4096):
+        (m,) = op.padded_shape(n)[:1]
+        assert m >= n + 16 and m % 2 == 0
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        assert m == 1
+    assert op.padded_shape(551) == (576,)  # 567 = 3⁴·7 is odd; 568–574 are not smooth
