@@ -31,9 +31,9 @@ from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
-from pkl_dg.negatives import negative_value_pedestal
+from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
-from pkl_dg.saturation import detect_saturation, report_saturation
+from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.threads import apply_threads, thread_info
 
@@ -248,18 +248,23 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     out = np.empty(shape, dtype=np.float32)
     std = np.zeros(shape, dtype=np.float32) if s.method != "rl" else None
     done = 0
+    flagged = {"saturated": 0, "negative_values": 0}  # blocks with each data problem
     for idx in indices:
         raw = validate_block(image[idx] if idx else image, dtype)
         block_meta: dict[str, Any] = {"index": list(idx)}
         sat = detect_saturation(raw, dtype)
-        saturated = report_saturation(sat, f"block {idx}" if idx else "")
+        # each kind of data problem is warned about once per run (every block's numbers
+        # are in the metadata; a summary follows for stacks)
+        saturated = report_saturation(sat, f"block {idx}" if idx else "",
+                                      warn=not flagged["saturated"])
         mask = None
         if saturated is not None:
             block_meta["saturated"] = saturated
             mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
         y = torch.from_numpy((raw - np.float32(s.offset)) * np.float32(s.gain)).to(device)
         gen = _restore_block(y, s, operator, net, device, mask=mask,
-                             where=f"block {idx}" if idx else "", rl_start=rl_start)
+                             where=f"block {idx}" if idx else "", rl_start=rl_start,
+                             warn_negative=not flagged["negative_values"])
         while True:
             try:
                 step, steps, t, x, nll = next(gen)
@@ -275,6 +280,9 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         if std is not None and x.ndim > y.ndim:
             std[idx] = x.std(dim=0).float().cpu().numpy()
         meta["blocks"].append(block_meta)
+        for kind in flagged:
+            flagged[kind] += kind in block_meta
+    _summarise_block_problems(flagged, len(indices))
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -307,9 +315,22 @@ def _check_calibration(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, d
     return disc
 
 
+def _summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
+    """One warning per kind of data problem found in more than one block of a stack."""
+    words = {"saturated": ("saturated pixels", SaturationWarning),
+             "negative_values": ("negative values", NegativeDataWarning)}
+    for kind, n in flagged.items():
+        if n > 1:
+            what, category = words[kind]
+            warnings.warn(f"{what} in {n} of {blocks} planes/volumes (handled as warned for "
+                          f"the first); each one's numbers are in the metadata (blocks).",
+                          category, stacklevel=3)
+
+
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
                    net: Callable | None, device: torch.device, *,
                    mask: torch.Tensor | None = None, where: str = "",
+                   warn_negative: bool = True,
                    rl_start: float | None = None) -> Generator[tuple, None, dict[str, Any]]:
     """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll).
 
@@ -317,7 +338,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     """
     background = s.background if s.background >= 0 else estimate_background(y, operator)
     info: dict[str, Any] = {"background_photons": background}
-    s2, negatives = negative_value_pedestal(y, float(s.read_noise) ** 2, where)
+    s2, negatives = negative_value_pedestal(y, float(s.read_noise) ** 2, where,
+                                            warn=warn_negative)
     if negatives is not None:
         info["negative_values"] = negatives
     fm = ForwardModel(operator, background, s2, mask)

@@ -98,10 +98,14 @@ def detect_saturation(block: np.ndarray, dtype: Any) -> Saturation:
     return Saturation(np.isin(labels, plateaus), float(top), "plateau at the image maximum")
 
 
-def report_saturation(sat: Saturation, where: str = "") -> dict[str, Any] | None:
-    """Warn about saturated pixels and return their metadata entry (None when none)."""
+def report_saturation(sat: Saturation, where: str = "", warn: bool = True
+                      ) -> dict[str, Any] | None:
+    """Warn (unless ``warn`` is False) about saturated pixels and return their metadata
+    entry (None when there are none)."""
     if sat.count == 0:
         return None
+    if not warn:
+        return sat.to_dict()
     place = f" in {where}" if where else ""
     warnings.warn(
         f"{sat.count} saturated pixel(s){place} ({sat.reason}, {sat.level:g} ADU): their true "
