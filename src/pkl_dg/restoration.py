@@ -36,6 +36,7 @@ from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.threads import apply_threads, thread_info
+from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F401 (re-export)
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
@@ -86,24 +87,6 @@ class RestoreResult:
     #: None for Richardson–Lucy, which draws no samples (``metadata["posterior_std"]``
     #: says why)
     std: np.ndarray | None = None
-
-
-def has_posterior_std(settings: RestoreSettings) -> bool:
-    """True when a run gives a meaningful per-pixel standard deviation: a sampling method
-    (not Richardson–Lucy, which is deterministic) with at least two posterior samples."""
-    return settings.method != "rl" and settings.samples > 1
-
-
-def posterior_std_note(settings: RestoreSettings) -> str:
-    """What the run's uncertainty output is, or why there is none (for the metadata)."""
-    if settings.method == "rl":
-        return ("none: Richardson–Lucy is deterministic and draws no posterior samples, so "
-                "it has no per-pixel standard deviation (the 'Posterior samples' setting "
-                "does not apply to it)")
-    if settings.samples < 2:
-        return ("none: one posterior sample was drawn; set 'Posterior samples' to 2 or more "
-                "for a per-pixel standard deviation")
-    return f"per-pixel standard deviation over {settings.samples} posterior samples (photons)"
 
 
 def check_image_shape(shape: tuple[int, ...], mode: str = "2d", labelled: bool = False
