@@ -196,3 +196,15 @@ def test_fft_grid_is_even_smooth_and_large_enough():
                 m //= p
         assert m == 1
     assert op.padded_shape(551) == (576,)  # 567 = 3⁴·7 is odd; 568–574 are not smooth
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.9])
+def test_border_normaliser_equals_division_by_adjoint_ones(gain):
+    from pkl_dg.richardson_lucy import _Normaliser
+
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.0) * gain), 2.0)
+    x = torch.rand(70, 83, generator=torch.Generator().manual_seed(2)) + 0.5
+    norm = fm.adjoint_ones(x)
+    n = _Normaliser(norm, fm)
+    assert n.slabs is not None  # the border path is the one tested
+    assert torch.allclose(n(x.clone()), x / norm, rtol=3e-7)
