@@ -151,7 +151,9 @@ class _RLLoop:
             self.bias, self.floor = b.to(y.device, y.dtype) + (s2 + EPS), s2 + EPS
         else:
             self.bias, self.floor = float(b) + s2 + EPS, s2 + EPS
-        self.mu = torch.empty_like(y)  # max(A x + B, 0) + s² + ε of `self.fitted`
+        # max(A x + B, 0) + s² + ε of `self.fitted`: a view of the workspace's output,
+        # computed in place (no buffer of its own), valid until the next adjoint
+        self.mu = self.ws.output()
         self.fitted: torch.Tensor | None = None
         self.log_mu: torch.Tensor | None = None  # scratch of the misfit readout
 
@@ -159,14 +161,15 @@ class _RLLoop:
         """μ' + ε of ``x`` in the loop's buffer (cached for the last tensor fitted)."""
         if self.fitted is not x:  # max(A x + B, 0) + s² + ε = max(A x + B + s² + ε, s² + ε)
             if torch.is_tensor(self.bias):
-                torch.add(self.ws.A(x), self.bias, out=self.mu).clamp_(min=self.floor)
+                self.mu = self.ws.A(x).add_(self.bias).clamp_(min=self.floor)
             else:  # a constant rides on the FFT's zero-frequency bin: one pass fewer
-                torch.clamp(self.ws.A(x, self.bias), min=self.floor, out=self.mu)
+                self.mu = self.ws.A(x, self.bias).clamp_(min=self.floor)
             self.fitted = x
         return self.mu
 
     def fit_constant(self, x: torch.Tensor, blurred: float) -> None:
         """Record the fit of an ``x`` whose blur A x is the constant ``blurred``."""
+        self.mu = self.ws.output()
         self.mu.copy_(torch.clamp(blurred + torch.as_tensor(self.bias, dtype=self.mu.dtype,
                                                             device=self.mu.device),
                                   min=self.floor).expand_as(self.mu))
@@ -188,6 +191,7 @@ class _RLLoop:
     def correction(self, x: torch.Tensor) -> torch.Tensor:
         """Aᵀ(m·y' / (μ' + ε)) at ``x`` (a view of the workspace, valid until the next call)."""
         torch.div(self.ys, self.fit(x), out=self.ws.adjoint_input())
+        self.fitted = None  # the adjoint overwrites the buffer μ lives in
         return self.ws.adjoint()
 
 

@@ -365,6 +365,10 @@ class ConvWorkspace:
         self._margins_hold_data = True
         return self._transform(self._otf, offset)[self._centre]
 
+    def output(self) -> torch.Tensor:
+        """The view :meth:`A` and :meth:`adjoint` return (usable as scratch in between)."""
+        return self._full[self._centre]
+
     def adjoint_input(self) -> torch.Tensor:
         """The view to write z into before :meth:`adjoint` (saves a copy)."""
         if self._margins_hold_data:  # Cᵀ z is zero outside the image
