@@ -59,12 +59,19 @@ def _timed_child(case: str, size: int, threads: int, smoke: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_load(threads: int = 0, repeats: int = 1, smoke: bool = False, log=print) -> dict:
-    """Time each case idle and beside one busy process, interleaved; medians over
-    ``repeats``."""
+def run_load(threads: int = 0, repeats: int = 1, smoke: bool = False, log=print,
+             only: list[str] | None = None) -> dict:
+    """Time each case (or those in ``only``) idle and beside one busy process, interleaved;
+    medians over ``repeats``."""
     from pkl_dg.bench.common import machine_info, now_iso
 
     cases = SMOKE_CASES if smoke else CASES
+    if only:
+        unknown = set(only) - set(cases)
+        if unknown:
+            raise ValueError(f"unknown case(s) {', '.join(sorted(unknown))}: choose from "
+                             f"{', '.join(cases)}")
+        cases = {c: n for c, n in cases.items() if c in only}
     rows = []
     for case, size in cases.items():
         row: dict = {"case": case, "size": size}
@@ -92,6 +99,8 @@ def run_load(threads: int = 0, repeats: int = 1, smoke: bool = False, log=print)
             row[condition] = {"seconds": sorted(times)[len(times) // 2], "all": times,
                               "load_average_1min": [a for _, a in got]}
         row["ratio"] = round(row["loaded"]["seconds"] / row["idle"]["seconds"], 2)
+        row["repeats"] = repeats
+        row["created"] = now_iso()
         rows.append(row)
     return {"kind": "load", "created": now_iso(), "machine": machine_info(),
             "threads_requested": threads, "repeats": repeats, "smoke": smoke, "rows": rows}
@@ -112,6 +121,8 @@ def load_section(load: dict) -> list[str]:
              "idle / loaded |", "|---|---|---|---|---|---|---|"]
     for r in load["rows"]:
         what = label.get(r["case"], r["case"])
+        if r.get("repeats", load.get("repeats", 1)) != load.get("repeats", 1):
+            what += f" ({r['repeats']} runs each)"
         if r.get("samples"):
             what += f", {r['steps']} steps × {r['samples']} samples"
         else:
