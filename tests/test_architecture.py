@@ -60,14 +60,9 @@ KNOWN_LONG_MODULES: dict[str, str] = {
 }
 #: (module, function) → why its broad except is silent / what would fix it
 KNOWN_SILENT_EXCEPTS: dict[tuple[str, str], str] = {
-    ("pkl_dg.batch.run", "_finish"): "the write error goes to job.message, shown in the "
-                                     "summary table; fix: catch (OSError, ValueError)",
     ("pkl_dg.bench.speed_rl", "load_peers"): "a peer that fails to import is listed as "
                                              "skipped with the reason; fix: catch ImportError "
                                              "(and what each peer raises on import)",
-    ("pkl_dg.io.read", "_from_bioimage"): "channel names are informative only; fix: catch "
-                                          "what bioio readers raise (NotImplementedError, "
-                                          "AttributeError, KeyError)",
 }
 
 

@@ -212,7 +212,8 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
     z_step = float(pps.Z) * 1000.0 if units_known and pps.Z and "Z" in keep else None
     try:
         channels = [str(c) for c in img.channel_names]
-    except Exception:  # some readers cannot name channels; names are informative only
+    except (NotImplementedError, AttributeError, KeyError, IndexError, ValueError):
+        # some readers cannot name channels; names are informative only
         channels = []
     return MicroscopyImage(data, "".join(keep), pixel, z_step, channels, p, scenes)
 
