@@ -171,3 +171,20 @@ def test_bench_batch_smoke_writes_a_report_section(tmp_path):
     assert row["peak_rss_mb_per_worker"][0] > 50  # a worker with torch loaded
     text = "\n".join(batch_section(data))
     assert "| 1 |" in text and "images/min" in text
+
+
+def test_hyperstack_keeps_its_axes_and_pixel_size(tmp_path, cluster):
+    zcyx = np.stack([np.stack([noisy(40, 20 + 2 * z + c) for c in range(2)]) for z in range(3)])
+    p = tmp_path / "hyper.tif"
+    tifffile.imwrite(p, zcyx, imagej=True, resolution=(1 / 0.1, 1 / 0.1),
+                     metadata={"axes": "ZCYX", "spacing": 0.25, "unit": "um"})
+    jobs = run_batch([p], tmp_path / "out", RL, client=cluster, progress=False)
+    assert jobs[0].status == "done" and len(jobs[0].blocks) == 6  # C × Z planes
+    out = open_image(tmp_path / "out" / "hyper.ome.tif")
+    assert out.axes == "CZYX" and out.shape == (2, 3, 40, 40)
+    assert out.pixel_size_nm == pytest.approx((100.0, 100.0))
+    assert out.z_step_nm == pytest.approx(250.0)
+    assert read_metadata(tmp_path / "out" / "hyper.ome.tif")["settings"]["pixel_size_nm"] == 100.0
+    for c in range(2):  # every channel restored on its own, equal to restoring its planes
+        expected = restore(zcyx[:, c], settings=RL.replace(pixel_size_nm=100.0))
+        assert rel(out.numpy()[c], expected) <= 1e-5
