@@ -76,6 +76,9 @@ def test_ome_zarr_is_chunked_multiscale_with_sizes(tmp_path):
     assert img.axes == "TZYX" and img.z_step_nm == pytest.approx(250.0)
     assert img.pixel_size_nm == pytest.approx((65.0, 65.0))
     np.testing.assert_allclose(img.numpy(), data)
+    q = tmp_path / "nounits.ome.zarr"  # no pixel size: the scale is in pixels, not µm
+    write_ome_zarr(q, data[0, 0], "YX", {})
+    assert open_image(q).pixel_size_nm is None
 
 
 @pytest.mark.gui

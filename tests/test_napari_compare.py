@@ -114,3 +114,41 @@ def test_manifest_entry_point_resolves():
 
     module, _, name = "pkl_dg.napari.compare_widget:CompareMethodsWidget".partition(":")
     assert getattr(importlib.import_module(module), name) is CompareMethodsWidget
+
+
+def test_scoring_and_plot_failures_are_shown(viewer_widget, monkeypatch):
+    """A ground truth of another shape and unplottable misfits reach the user as messages
+    (the widget catches what these raise, nothing broader)."""
+    from types import SimpleNamespace
+
+    import pkl_dg.napari.compare_widget as cw
+    from pkl_dg.compare import Comparison
+
+    _viewer, widget = viewer_widget
+    shown = []
+    monkeypatch.setattr(cw, "show_error", lambda msg: shown.append(("error", msg)))
+    monkeypatch.setattr(cw, "show_warning", lambda msg: shown.append(("warning", msg)))
+    widget.gt_combo.setCurrentText("cells ground truth")
+    widget._settings = widget.base_settings()
+    widget.comparison = Comparison(results={"pkl": SimpleNamespace(image=np.ones((9, 9)))},
+                                   misfit={"pkl": ["not a number", object()]})
+    widget._update_metrics()
+    widget._plot_misfit()
+    assert [kind for kind, _ in shown] == ["error", "warning"]
+    assert shown[0][1].startswith("Cannot score against 'cells ground truth'")
+    assert shown[1][1].startswith("Misfit plot not drawn: TypeError")
+    assert widget.rows == [] and widget.table.rowCount() == 0
+
+
+def test_misfit_plot_without_matplotlib_says_so(qtbot, monkeypatch):
+    import sys
+
+    from pkl_dg.napari.misfit_plot import MisfitPlot
+
+    plot = MisfitPlot()
+    assert plot.draw({"pkl": [3.0, None, 2.0], "rl": [None]}) is None
+    assert len(plot._figure.axes[0].lines) == 1  # steps without a readout are skipped
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_qtagg", None)
+    missing = MisfitPlot()
+    assert missing.canvas is None and "matplotlib" in missing.widget.text()
+    assert missing.draw({"pkl": [1.0]}) is None

@@ -255,6 +255,7 @@ def test_model_cache_loads_once_and_reloads_a_changed_file(tmp_path):
 
     path = tmp_path / "m.safetensors"
     path.write_bytes(b"x")
+    calls = []
     cache = ModelCache(loader=lambda p, d: calls.append((p, d)) or object())
     first = cache.get(str(path), "cpu")
     assert cache.get(str(path), "cpu") is first and cache.loads == 1

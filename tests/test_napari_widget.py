@@ -117,8 +117,10 @@ def test_visibility_follows_psf_source_and_method(viewer_widget):
     assert not _shown(c["psf_sigma"]) and _shown(c["na"])
     widget.psf_source.value = "beads"
     assert _shown(widget.bead_layer_combo) and _shown(widget.bead_box)
+    assert not _shown(c["rl_acceleration"])  # used by Richardson–Lucy only
     widget.controls["method"].value = "rl"
     assert _shown(c["rl_iterations"]) and not _shown(c["steps"])
+    assert _shown(c["rl_acceleration"]) and _shown(c["threads"])
 
 
 def test_settings_persist_and_restore_defaults(make_napari_viewer, notes):

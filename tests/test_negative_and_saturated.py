@@ -169,3 +169,15 @@ def test_case_12_saturated_pixels_detected_and_reported():
     assert sat["pixels"] == int((y == 65535).sum()) > 0
     assert sat["reason"] == "dtype maximum"
     assert any(issubclass(w.category, SaturationWarning) for w in caught)
+
+
+def test_a_stack_warns_once_per_kind_with_a_summary():
+    rng = np.random.default_rng(0)
+    stack = rng.integers(100, 3000, (4, 32, 32)).astype(np.uint16)
+    stack[:, 5, 5] = 65535  # every plane saturated
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_to_end(restore_iter(stack, method="rl", rl_iterations=1))
+    sat = [w for w in caught if issubclass(w.category, SaturationWarning)]
+    assert len(sat) == 2 and "in 4 of 4 planes" in str(sat[1].message)
+    assert all(b["saturated"]["pixels"] == 1 for b in res.metadata["blocks"])

@@ -184,3 +184,27 @@ def test_adjoint_ones_from_a_small_image_is_exact(shape, psf):
     direct = op.A_adjoint(torch.ones(shape, dtype=torch.float64))
     assert fast.shape == tuple(shape)
     assert torch.allclose(fast, direct, atol=1e-12)
+
+
+def test_fft_grid_is_even_smooth_and_large_enough():
+    op = PSFConvolution(gaussian_psf(2.0))  # radius 8
+    for n in (1, 30, 551, 512, 2048, 4096):
+        (m,) = op.padded_shape(n)[:1]
+        assert m >= n + 16 and m % 2 == 0
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        assert m == 1
+    assert op.padded_shape(551) == (576,)  # 567 = 3⁴·7 is odd; 568–574 are not smooth
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.9])
+def test_border_normaliser_equals_division_by_adjoint_ones(gain):
+    from pkl_dg.richardson_lucy import _Normaliser
+
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.0) * gain), 2.0)
+    x = torch.rand(70, 83, generator=torch.Generator().manual_seed(2)) + 0.5
+    norm = fm.adjoint_ones(x)
+    n = _Normaliser(norm, fm)
+    assert n.slabs is not None  # the border path is the one tested
+    assert torch.allclose(n(x.clone()), x / norm, rtol=3e-7)

@@ -74,3 +74,28 @@ def test_bench_load_times_a_restore_and_renders_its_row():
            "| **1.20×** | 0.5 / 1.5 |" in text
     args = build_parser().parse_args(["bench", "load", "--json", "x.json"])
     assert args.func.__name__ == "_load" and args.threads is None
+
+
+def test_bench_load_cases_replaces_only_their_rows(tmp_path, monkeypatch):
+    import json
+
+    import pkl_dg.bench.load as load_mod
+    from pkl_dg.cli import main
+
+    path = tmp_path / "load.json"
+    path.write_text(json.dumps({"kind": "load", "created": "t0", "repeats": 3, "note": "n",
+                                "rows": [{"case": "pkl", "ratio": 1.9},
+                                         {"case": "rl", "ratio": 3.0}]}))
+    monkeypatch.setattr(load_mod, "run_load", lambda **kw: {
+        "kind": "load", "created": "t1", "repeats": kw["repeats"],
+        "rows": [{"case": c, "ratio": 2.0, "repeats": kw["repeats"]} for c in kw["only"]]})
+    before = torch.get_num_threads()
+    try:
+        assert main(["bench", "load", "--cases", "rl", "--repeats", "7", "--threads", "1",
+                     "--json", str(path)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    data = json.loads(path.read_text())
+    assert [(r["case"], r["ratio"], r["repeats"]) for r in data["rows"]] == \
+        [("pkl", 1.9, 3), ("rl", 2.0, 7)]
+    assert data["note"] == "n"

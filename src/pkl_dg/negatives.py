@@ -30,8 +30,8 @@ class NegativeDataWarning(UserWarning):
     """The data had negative values; the noise model was adapted (and values clipped)."""
 
 
-def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str = ""
-                            ) -> tuple[float, dict[str, Any] | None]:
+def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str = "",
+                            warn: bool = True) -> tuple[float, dict[str, Any] | None]:
     """The read-noise variance s² (photons²) to model ``y``, raised for negative data.
 
     Parameters
@@ -42,6 +42,8 @@ def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str =
         s² from the settings (read noise in e⁻ rms, squared).
     where
         Names the block in the warning (e.g. "plane (3,)").
+    warn
+        False: no warning (the caller reports it once for a whole stack).
 
     Returns
     -------
@@ -49,7 +51,8 @@ def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str =
         ``s²`` is ``read_noise_var`` unless the data reach below −``read_noise_var``; then
         it is the mean square of the negative values (if larger). ``info`` is None when
         nothing was done, else the metadata entry (fraction of negative pixels, minimum,
-        pedestal, pixels clipped). Warns (:class:`NegativeDataWarning`) when it is not None.
+        pedestal, pixels clipped). Warns (:class:`NegativeDataWarning`) when it is not None
+        and ``warn``.
     """
     s2 = float(read_noise_var)
     low = float(y.min())
@@ -63,6 +66,8 @@ def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str =
             "pedestal_photons": round(s2_used, 4), "pixels_clipped": clipped,
             "handling": "modelled as zero-mean noise around a subtracted pedestal "
                         "(shifted Poisson, y + s² ~ Poisson(μ + s²))"}
+    if not warn:
+        return s2_used, info
     place = f" in {where}" if where else ""
     msg = (f"{100 * info['fraction_negative']:.1f} % of the pixels{place} are negative "
            f"(down to {low:.3g} photons): the data look background- or offset-subtracted. "

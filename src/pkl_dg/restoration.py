@@ -37,9 +37,10 @@ from pkl_dg.guidance.stopping import AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
 from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
-from pkl_dg.saturation import detect_saturation, report_saturation
+from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
 from pkl_dg.settings import RestoreSettings, calibration_implied
 from pkl_dg.threads import apply_threads, thread_info
+from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F401 (re-export)
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
@@ -90,24 +91,6 @@ class RestoreResult:
     #: None for Richardson–Lucy, which draws no samples (``metadata["posterior_std"]``
     #: says why)
     std: np.ndarray | None = None
-
-
-def has_posterior_std(settings: RestoreSettings) -> bool:
-    """True when a run gives a meaningful per-pixel standard deviation: a sampling method
-    (not Richardson–Lucy, which is deterministic) with at least two posterior samples."""
-    return settings.method != "rl" and settings.samples > 1
-
-
-def posterior_std_note(settings: RestoreSettings) -> str:
-    """What the run's uncertainty output is, or why there is none (for the metadata)."""
-    if settings.method == "rl":
-        return ("none: Richardson–Lucy is deterministic and draws no posterior samples, so "
-                "it has no per-pixel standard deviation (the 'Posterior samples' setting "
-                "does not apply to it)")
-    if settings.samples < 2:
-        return ("none: one posterior sample was drawn; set 'Posterior samples' to 2 or more "
-                "for a per-pixel standard deviation")
-    return f"per-pixel standard deviation over {settings.samples} posterior samples (photons)"
 
 
 def check_image_shape(shape: tuple[int, ...], mode: str = "2d", labelled: bool = False
@@ -284,19 +267,27 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     out = np.empty(shape, dtype=np.float32)
     std = np.zeros(shape, dtype=np.float32) if s.method != "rl" else None
     done = 0
+    flagged = {"saturated": 0, "negative_values": 0}  # blocks with each data problem
+    delta_psf = psf_arr.size == 1  # pure denoising: a masked pixel would have no data at all
     for idx in indices:
         raw = validate_block(image[idx] if idx else image, dtype)
         block_meta: dict[str, Any] = {"index": list(idx)}
         sat = detect_saturation(raw, dtype)
-        saturated = report_saturation(sat, f"block {idx}" if idx else "")
+        # each kind of data problem is warned about once per run (every block's numbers
+        # are in the metadata; a summary follows for stacks)
+        saturated = report_saturation(sat, f"block {idx}" if idx else "",
+                                      warn=not flagged["saturated"], kept=delta_psf)
         mask = None
         if saturated is not None:
             block_meta["saturated"] = saturated
-            mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
+            if not delta_psf:
+                mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
         gen = _restore_block(y, s, operator, net, device, mask=mask,
                              where=f"block {idx}" if idx else "", rl_start=rl_start,
-                             read_noise=cal.read_noise, calibrated=cal.source == "estimated")
+                             read_noise=cal.read_noise,
+                             warn_negative=not flagged["negative_values"]
+                             and cal.source != "estimated")
         while True:
             try:
                 step, steps, t, x, nll = next(gen)
@@ -312,6 +303,9 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         if std is not None and x.ndim > y.ndim:
             std[idx] = x.std(dim=0).float().cpu().numpy()
         meta["blocks"].append(block_meta)
+        for kind in flagged:
+            flagged[kind] += kind in block_meta
+    _summarise_block_problems(flagged, len(indices))
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -350,23 +344,35 @@ def _auto_info(rule: AutoStop) -> dict[str, Any]:
             "rl_auto_stop": rule.reason or f"cap of {RL_AUTO_MAX} iterations"}
 
 
+def _summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
+    """One warning per kind of data problem found in more than one block of a stack."""
+    words = {"saturated": ("saturated pixels", SaturationWarning),
+             "negative_values": ("negative values", NegativeDataWarning)}
+    for kind, n in flagged.items():
+        if n > 1:
+            what, category = words[kind]
+            warnings.warn(f"{what} in {n} of {blocks} planes/volumes (handled as warned for "
+                          f"the first); each one's numbers are in the metadata (blocks).",
+                          category, stacklevel=3)
+
+
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
                    net: Callable | None, device: torch.device, *,
                    mask: torch.Tensor | None = None, where: str = "",
-                   rl_start: float | None = None, read_noise: float = 0.0,
-                   calibrated: bool = False) -> Generator[tuple, None, dict[str, Any]]:
+                   warn_negative: bool = True,
+                   rl_start: float | None = None, read_noise: float = 0.0
+                   ) -> Generator[tuple, None, dict[str, Any]]:
     """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll).
 
     ``mask`` (1 = fit, 0 = ignore, e.g. saturated pixels) leaves pixels out of the data fit.
-    ``read_noise`` (e⁻ rms) is the calibration's; ``calibrated`` says it was estimated from
-    the image, whose offset is then its dark level: values below it are expected.
+    ``read_noise`` (e⁻ rms) is the calibration's. With an estimated calibration the offset
+    is the image's dark level, so values below it are read noise and ``warn_negative`` is
+    False (the pedestal, if any, is still applied and recorded).
     """
     background = s.background if s.background >= 0 else estimate_background(y, operator)
     info: dict[str, Any] = {"background_photons": background}
-    with warnings.catch_warnings():
-        if calibrated:  # below the estimated dark level is read noise, not a user's mistake
-            warnings.simplefilter("ignore", NegativeDataWarning)
-        s2, negatives = negative_value_pedestal(y, float(read_noise) ** 2, where)
+    s2, negatives = negative_value_pedestal(y, float(read_noise) ** 2, where,
+                                            warn=warn_negative)
     if negatives is not None:
         info["negative_values"] = negatives
     fm = ForwardModel(operator, background, s2, mask)

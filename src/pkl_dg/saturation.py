@@ -98,14 +98,31 @@ def detect_saturation(block: np.ndarray, dtype: Any) -> Saturation:
     return Saturation(np.isin(labels, plateaus), float(top), "plateau at the image maximum")
 
 
-def report_saturation(sat: Saturation, where: str = "") -> dict[str, Any] | None:
-    """Warn about saturated pixels and return their metadata entry (None when none)."""
+#: how saturated pixels are handled when the PSF is a single pixel (pure denoising)
+KEPT_FOR_DELTA_PSF = ("kept in the data fit at their clipped value: with a one-pixel PSF no "
+                      "other pixel carries information about them, so the clipped value (a "
+                      "lower bound) is the best the data give")
+
+
+def report_saturation(sat: Saturation, where: str = "", warn: bool = True,
+                      kept: bool = False) -> dict[str, Any] | None:
+    """Warn (unless ``warn`` is False) about saturated pixels and return their metadata
+    entry (None when there are none). ``kept``: they stay in the fit (one-pixel PSF)."""
     if sat.count == 0:
         return None
+    entry = sat.to_dict()
+    if kept:
+        entry["handling"] = KEPT_FOR_DELTA_PSF
+    if not warn:
+        return entry
     place = f" in {where}" if where else ""
+    how = ("are " + KEPT_FOR_DELTA_PSF + "." if kept else
+           "is unknown, so they are left out of the data fit and the result there is "
+           "inferred from their surroundings.")
+    if kept:
+        how = "is unknown; they " + how
     warnings.warn(
         f"{sat.count} saturated pixel(s){place} ({sat.reason}, {sat.level:g} ADU): their true "
-        "intensity is unknown, so they are left out of the data fit and the result there is "
-        "inferred from their surroundings. For quantitative work re-acquire with a shorter "
-        "exposure or lower excitation.", SaturationWarning, stacklevel=3)
-    return sat.to_dict()
+        f"intensity {how} For quantitative work re-acquire with a shorter exposure or lower "
+        "excitation.", SaturationWarning, stacklevel=3)
+    return entry

@@ -1,16 +1,25 @@
 """CPU thread policy of a restoration (no torch at import time).
 
-Two measured facts set it (2-core machine, torch 2.13 CPU, see ``pkl-dg bench load``):
+Measured here (2 cores, torch 2.13 CPU, other jobs running; a default 128² PKL restore /
+30 RL iterations at 1024², seconds; single runs, so ±2× noise from the other jobs), with
+and without one extra busy process:
 
-* torch's own default is one thread per physical core. When another process keeps one core
-  busy, OpenMP threads that spin-wait for a preempted sibling make a run many times slower
-  (33–70× for a 128² PKL restore); leaving one core free avoids that, so the automatic
-  count is ``physical cores − 1`` (at least 1).
-* OpenMP's *passive* wait policy (idle threads sleep instead of spinning) keeps a
-  multi-threaded run usable on a busy machine at almost no cost on an idle one. It is read
-  once, when the OpenMP runtime loads with torch, so :func:`set_passive_wait_policy` must
-  run before ``import torch``; ``pkl_dg`` calls it on import and a user's own
-  ``OMP_WAIT_POLICY`` always wins.
+===========================  =============  ==============
+threads, OpenMP wait policy  no competitor  one busy process
+===========================  =============  ==============
+2 (torch's default), active  0.66 / 5.6     56.0 / 13.5
+1, active                    1.02 / 1.2     3.1 / 6.6
+1, passive                   1.10 / 1.4     5.7 / 4.1
+===========================  =============  ==============
+
+Threads that spin-wait for a sibling preempted by another process make a run many times
+slower (18× here; 33–70× in issue 16's measurements), while the extra thread gains at most
+about 1.5× on an idle machine. So the automatic count is ``physical cores − 1`` (at least 1), and
+OpenMP's *passive* wait policy (idle threads sleep instead of spinning) keeps any
+multi-threaded run from starving a busy machine. The policy is read once, when the OpenMP
+runtime loads with torch, so :func:`set_passive_wait_policy` must run before
+``import torch``; ``pkl_dg`` calls it on import and a user's own ``OMP_WAIT_POLICY``
+always wins. ``pkl-dg bench load`` measures the result (BENCHMARKS.md, "Under load").
 
 The count is the ``threads`` field of :class:`pkl_dg.settings.RestoreSettings` (0 means
 automatic), so the CLI (``--threads``), the widget ("CPU threads") and the metadata of each

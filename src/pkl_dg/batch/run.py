@@ -285,7 +285,7 @@ def _finish(job: Job, parts: dict[tuple[int, int], Any], seconds: float) -> None
         blocks_meta.append({"index": list(idx), **meta})
     try:
         _write(job, out, blocks_meta, seconds)
-    except Exception as exc:  # reported in the summary; the other inputs go on
+    except (OSError, ValueError) as exc:  # reported in the summary; the others go on
         job.status, job.message = "failed", f"writing {job.output.name}: {exc}"
         return
     job.status, job.seconds = "done", round(seconds, 1)

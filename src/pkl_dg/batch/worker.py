@@ -29,13 +29,36 @@ def _count(kind: str) -> None:
     _CACHE["loads"][kind] = _CACHE["loads"].get(kind, 0) + 1
 
 
-def set_threads(threads: int | None) -> None:
-    """Torch CPU threads for this process (None: leave as is)."""
+def worker_threads() -> int | None:
+    """Torch threads for a task on this Dask worker: its cores over its Dask threads (so
+    tasks running side by side do not oversubscribe); None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, nthreads))
+
+
+def set_threads(threads: int | None) -> int | None:
+    """Torch CPU threads for this process (None: the worker's share, see
+    :func:`worker_threads`); returns the count set (None when nothing was set)."""
+    threads = threads or worker_threads()
     if threads:
         import torch
 
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+    return threads
+
+
+def _with_threads(s, threads: int | None):
+    """Settings whose own thread count (restore applies it) is this task's share."""
+    if threads and "threads" in s.to_dict():
+        return s.replace(threads=threads)
+    return s
 
 
 def _image(path: str):
@@ -106,8 +129,8 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.restoration import estimate_background
     from pkl_dg.settings import RestoreSettings
 
-    set_threads(threads)
-    s = RestoreSettings.from_dict(settings_dict)
+    threads = set_threads(threads)
+    s = _with_threads(RestoreSettings.from_dict(settings_dict), threads)
     y = torch.from_numpy(_photons(read_block(path, index), s))
     bg = s.background
     if bg < 0:
@@ -154,8 +177,8 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.restoration import restore_iter, run_to_end
     from pkl_dg.settings import RestoreSettings
 
-    set_threads(threads)
-    s = RestoreSettings.from_dict(settings_dict)
+    threads = set_threads(threads)
+    s = _with_threads(RestoreSettings.from_dict(settings_dict), threads)
     block = read_block(path, index, box)
     if box is not None:
         if stats is None:
@@ -170,9 +193,12 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
     # elsewhere and end 2e-3 away after 30 iterations)
     rl_start = stats["rl_start"] if box is not None and s.method == "rl" else None
-    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start))
+    axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
+    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start,
+                                     axes=axes))
     meta = {k: v for k, v in result.metadata.items()
-            if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version")}
+            if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
+                         "axes")}
     if model_meta is not None:
         meta["model"] = {"path": s.model or "shipped default", "name": model_meta.get("name", "")}
     return result.image, meta

@@ -59,36 +59,48 @@ def _timed_child(case: str, size: int, threads: int, smoke: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_load(threads: int = 0, repeats: int = 1, smoke: bool = False, log=print) -> dict:
-    """Time each case idle and beside one busy process; medians over ``repeats``."""
+def run_load(threads: int = 0, repeats: int = 1, smoke: bool = False, log=print,
+             only: list[str] | None = None) -> dict:
+    """Time each case (or those in ``only``) idle and beside one busy process, interleaved;
+    medians over ``repeats``."""
     from pkl_dg.bench.common import machine_info, now_iso
 
     cases = SMOKE_CASES if smoke else CASES
+    if only:
+        unknown = set(only) - set(cases)
+        if unknown:
+            raise ValueError(f"unknown case(s) {', '.join(sorted(unknown))}: choose from "
+                             f"{', '.join(cases)}")
+        cases = {c: n for c, n in cases.items() if c in only}
     rows = []
     for case, size in cases.items():
         row: dict = {"case": case, "size": size}
-        for condition in ("idle", "loaded"):
-            times, loads, info = [], [], {}
-            for _ in range(repeats):
+        runs: dict[str, list] = {"idle": [], "loaded": []}
+        for _ in range(repeats):  # interleaved, so drifting background load hits both
+            for condition in ("idle", "loaded"):
                 busy = None
                 if condition == "loaded":
                     busy = subprocess.Popen([sys.executable, "-c", BUSY_CODE])
                     time.sleep(0.5)
                 try:
-                    loads.append(round(os.getloadavg()[0], 2))
+                    load_avg = round(os.getloadavg()[0], 2)
                     info = _timed_child(case, size, threads, smoke)
                 finally:
                     if busy is not None:
                         busy.kill()
                         busy.wait()
-                times.append(info["seconds"])
+                runs[condition].append((info["seconds"], load_avg))
+                row.update(threads=info["threads"], omp_wait_policy=info["omp_wait_policy"],
+                           steps=info["steps"], samples=info["samples"])
                 log(f"load: {case} {size}² {condition}: {info['seconds']:.1f} s "
-                    f"({info['threads']} thread(s), load average {loads[-1]})")
+                    f"({info['threads']} thread(s), load average {load_avg})")
+        for condition, got in runs.items():
+            times = [t for t, _ in got]
             row[condition] = {"seconds": sorted(times)[len(times) // 2], "all": times,
-                              "load_average_1min": loads}
-            row.update(threads=info["threads"], omp_wait_policy=info["omp_wait_policy"],
-                       steps=info["steps"], samples=info["samples"])
+                              "load_average_1min": [a for _, a in got]}
         row["ratio"] = round(row["loaded"]["seconds"] / row["idle"]["seconds"], 2)
+        row["repeats"] = repeats
+        row["created"] = now_iso()
         rows.append(row)
     return {"kind": "load", "created": now_iso(), "machine": machine_info(),
             "threads_requested": threads, "repeats": repeats, "smoke": smoke, "rows": rows}
@@ -101,12 +113,16 @@ def load_section(load: dict) -> list[str]:
              f"`pkl-dg bench load` ({load['created']}): each restore timed end to end in a "
              "fresh process, idle and beside one `while True: pass` process, with the "
              "automatic thread policy (`threads = 0`: physical cores − 1, OpenMP wait "
-             "passive). The load average is the machine's 1-minute figure before the run "
-             "(other jobs included).", "",
+             f"passive); median of {load.get('repeats', 1)} run(s) per condition, idle and "
+             "loaded interleaved. The load averages are the machine's 1-minute figures "
+             "before the runs (highest), other jobs included: 'idle' means without our "
+             "competitor." + (f" Note: {load['note']}." if load.get("note") else ""), "",
              "| case | size | threads | idle (s) | under load (s) | ratio | load average "
              "idle / loaded |", "|---|---|---|---|---|---|---|"]
     for r in load["rows"]:
         what = label.get(r["case"], r["case"])
+        if r.get("repeats", load.get("repeats", 1)) != load.get("repeats", 1):
+            what += f" ({r['repeats']} runs each)"
         if r.get("samples"):
             what += f", {r['steps']} steps × {r['samples']} samples"
         else:

@@ -164,12 +164,15 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
         "floor_ms", "raw_ms", "restore_ms", "restore_total_ms", "restore_setup_s",
         "accelerated_ms", "restore_over_floor", *[f"{p}_ms" for p in peers])}
 
+    samples: dict[str, list[float]] = {"floor": [], "raw": [], "restore": []}
+
     def floor_ms() -> float:
         times = []
         for _ in range(iterations):
             t0 = time.perf_counter()
             floor()
             times.append((time.perf_counter() - t0) * 1e3)
+        samples["floor"] += times
         return float(np.median(times))
 
     def raw_ms() -> float:
@@ -177,6 +180,7 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
         with torch.inference_mode():
             for _ in rl_iterates(yt, fm, iterations):
                 stamps.append(time.perf_counter())
+        samples["raw"] += list(np.diff(stamps) * 1e3)
         return float(np.median(np.diff(stamps))) * 1e3
 
     floor()
@@ -186,6 +190,7 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
         rows["floor_ms"].append(f)
         rows["raw_ms"].append(raw_ms())
         total, first, intervals = _restore_run(y, iterations, "none")
+        samples["restore"] += intervals
         per_iter = float(np.median(intervals))
         rows["restore_ms"].append(per_iter)
         rows["restore_total_ms"].append(total * 1e3 / iterations)
@@ -199,6 +204,9 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
             rows[f"{name}_ms"].append((time.perf_counter() - t0) * 1e3 / iterations)
     out = {k: float(np.median(v)) for k, v in rows.items()}
     out["fft_shape"] = list(conv.padded_shape(*y.shape))
+    # best case: the fastest single iteration of each (the one least disturbed by other load)
+    out.update({f"{k}_min_ms": float(min(v)) for k, v in samples.items()})
+    out["restore_over_floor_min"] = out["restore_min_ms"] / out["floor_min_ms"]
     for name in peers:
         out[f"{name}_over_restore"] = out[f"{name}_ms"] / out["restore_ms"]
     return out

@@ -136,9 +136,20 @@ def _load(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
+    only = [c.strip() for c in args.cases.split(",")] if args.cases else None
     result = run_load(threads=args.threads or 0, repeats=args.repeats, smoke=args.smoke,
-                      log=_log)
+                      log=_log, only=only)
     result["note"] = args.note
+    if only and Path(args.json).is_file():  # replace those rows, keep the others
+        old = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        if old.get("kind") != "load":
+            raise ValueError(f"{args.json} holds {old.get('kind')!r} results, not load ones")
+        kept = [r for r in old["rows"] if r["case"] not in only]
+        for r in kept:
+            r.setdefault("repeats", old.get("repeats", 1))
+            r.setdefault("created", old.get("created"))
+        result["rows"] = kept + result["rows"]
+        result["note"] = args.note or old.get("note")
     _write_json(args.json, result)
     return 0
 
@@ -230,6 +241,8 @@ def register(subparsers) -> None:
     ld.add_argument("--repeats", type=int, default=1, help="runs per condition; the median "
                     "is reported (default 1)")
     ld.add_argument("--smoke", action="store_true", help="tiny images and network (tests)")
+    ld.add_argument("--cases", default=None, help="comma-separated cases to run (pkl, rl; "
+                    "default both); with an existing --json their rows are replaced")
     add_threads_argument(ld)
     ld.add_argument("--note", default=None, help="free text stored with the results")
     ld.set_defaults(func=_load)

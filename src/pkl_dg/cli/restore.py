@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pkl_dg.imageio import write_result
     from pkl_dg.io import open_image
-    from pkl_dg.restoration import has_posterior_std, restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.uncertainty import has_posterior_std
 
     settings = settings_from_args(args)
     outputs = [args.output]

@@ -108,6 +108,18 @@ def _tiff_states_units(tif) -> bool:
     return tag is not None and int(tag.value) in (2, 3)  # inch, centimetre
 
 
+def _zarr_states_units(p: Path) -> bool:
+    """Whether an OME-Zarr gives its Y and X axes a physical unit (else its scale is in
+    pixels and bioio's 1.0 would read as 1 µm)."""
+    import zarr
+
+    attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+    multiscales = attrs.get("ome", attrs).get("multiscales") or [{}]
+    axes = multiscales[0].get("axes", [])
+    units = {a.get("name", "").lower(): a.get("unit") for a in axes if isinstance(a, dict)}
+    return bool(units.get("y")) and bool(units.get("x"))
+
+
 def _is_zarr(p: Path) -> bool:
     return p.is_dir() and (p.suffix.lower() == ".zarr" or (p / "zarr.json").is_file()
                            or (p / ".zattrs").is_file())
@@ -153,6 +165,12 @@ def open_image(path: str | Path, what: str = "input image") -> MicroscopyImage:
         reader, units_known = _tiff_reader(p)
     elif _is_zarr(p):
         from bioio_ome_zarr import Reader as reader
+
+        try:
+            units_known = _zarr_states_units(p)
+        except Exception as exc:  # zarr raises many types on damaged stores
+            raise ValueError(f"cannot read {what} {p}: not a readable OME-Zarr "
+                             f"({type(exc).__name__}: {exc})") from None
     elif p.is_dir():
         raise ValueError(f"{what} {p} is a folder but not an OME-Zarr image")
     else:
@@ -194,7 +212,8 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
     z_step = float(pps.Z) * 1000.0 if units_known and pps.Z and "Z" in keep else None
     try:
         channels = [str(c) for c in img.channel_names]
-    except Exception:  # some readers cannot name channels; names are informative only
+    except (NotImplementedError, AttributeError, KeyError, IndexError, ValueError):
+        # some readers cannot name channels; names are informative only
         channels = []
     return MicroscopyImage(data, "".join(keep), pixel, z_step, channels, p, scenes)
 

@@ -22,6 +22,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from pkl_dg.compare import METRIC_COLUMNS, compare_iter, metrics_table, pearson_residual, write_csv
 from pkl_dg.napari.controls import short_method_label
+from pkl_dg.napari.layer_input import full_resolution
+from pkl_dg.napari.misfit_plot import MisfitPlot
 from pkl_dg.napari.state import SettingsStore
 from pkl_dg.napari.worker import NETWORK_METHODS, ModelCache
 from pkl_dg.settings import METHOD_LABELS, RestoreSettings
@@ -147,17 +149,8 @@ class CompareMethodsWidget(QWidget):
         res.addWidget(self.residual_combo)
         res.addWidget(self.residual_button)
         layout.addLayout(res)
-        self.canvas = None
-        try:
-            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-            from matplotlib.figure import Figure
-
-            self._figure = Figure(figsize=(3, 2))
-            self.canvas = FigureCanvasQTAgg(self._figure)
-            self.canvas.setMinimumHeight(160)
-            layout.addWidget(self.canvas)
-        except Exception:  # noqa: BLE001  (plot is optional)
-            self.canvas = None
+        self.misfit_plot = MisfitPlot()  # or a label saying why there is no plot
+        layout.addWidget(self.misfit_plot.widget)
 
     def refresh_layers(self, *_args) -> None:
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -207,8 +200,7 @@ class CompareMethodsWidget(QWidget):
             show_error("Check at least one method.")
             return False
         try:
-            data = layer.data[0] if layer.multiscale else layer.data
-            image = np.array(data, dtype=np.float32)  # a copy: the layer is never touched
+            image = np.array(full_resolution(layer), dtype=np.float32)  # a copy, never the layer
             if image.ndim != 2:
                 raise ValueError("Compare methods works on 2D images "
                                  f"('{layer.name}' has {image.ndim} dimensions).")
@@ -303,11 +295,11 @@ class CompareMethodsWidget(QWidget):
         if gt_layer is None or self.comparison is None:
             return
         try:
-            gt = np.asarray(gt_layer.data, dtype=np.float32)
+            gt = np.asarray(full_resolution(gt_layer), dtype=np.float32)
             images = {m: np.asarray(r.image, dtype=np.float32)
                       for m, r in self.comparison.results.items()}
             self.rows = metrics_table(images, gt, self._settings.pixel_size_nm, self.seconds)
-        except Exception as exc:  # noqa: BLE001 (shown, never raised into Qt)
+        except (ValueError, TypeError) as exc:  # shapes differ, constant or non-numeric data
             show_error(f"Cannot score against '{gt_layer.name}': {exc}")
             return
         self.table.setRowCount(len(self.rows))
@@ -337,24 +329,10 @@ class CompareMethodsWidget(QWidget):
             self.export_csv(path)
 
     def _plot_misfit(self) -> None:
-        if self.canvas is None or self.comparison is None:
-            return
-        try:
-            self._figure.clear()
-            ax = self._figure.add_subplot(111)
-            for method, nll in self.comparison.misfit.items():
-                vals = [v for v in nll if v is not None]
-                if vals:
-                    ax.plot(range(1, len(vals) + 1), vals, label=short_method_label(method))
-            ax.set_xlabel("step", fontsize=7)
-            ax.set_ylabel("misfit (NLL)", fontsize=7)
-            ax.tick_params(labelsize=6)
-            if ax.lines:
-                ax.legend(fontsize=6)
-            self._figure.tight_layout()
-            self.canvas.draw_idle()
-        except Exception:  # noqa: BLE001 (the plot is cosmetic)
-            pass
+        if self.comparison is not None:
+            problem = self.misfit_plot.draw(self.comparison.misfit)
+            if problem:
+                show_warning(problem)
 
     def add_residual(self, method: str | None = None) -> Image | None:
         if self.comparison is None or self._input is None:
@@ -366,12 +344,13 @@ class CompareMethodsWidget(QWidget):
             show_error(f"No result for method {method!r}.")
             return None
         try:
-            data = self._input.data[0] if self._input.multiscale else self._input.data
             bg = result.metadata.get("background_photons")
-            r = pearson_residual(np.array(data, dtype=np.float32), result.image, self._settings,
+            r = pearson_residual(np.array(full_resolution(self._input), dtype=np.float32),
+                                 result.image, self._settings,
                                  background=None if bg is None else float(bg))
-        except Exception as exc:  # noqa: BLE001
-            show_error(f"Cannot compute the residual: {exc}")
+        except (ValueError, OSError, RuntimeError) as exc:
+            # PSF or shape problems, an unreadable PSF file, torch out of memory
+            show_error(f"Cannot compute the residual: {type(exc).__name__}: {exc}")
             return None
         name = f"{self.layer_name(method)} residual"
         if name in self.viewer.layers:

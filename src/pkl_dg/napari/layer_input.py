@@ -12,13 +12,18 @@ from pkl_dg.axes import layer_axes_problem
 from pkl_dg.napari.worker import PsfRequest
 
 
+def full_resolution(layer: Image) -> Any:
+    """The layer's data at full resolution (level 0 of a multiscale layer), not copied."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
 def open_shapes(viewer: Any) -> set[tuple[int, ...]]:
     """Shapes a run on an open image layer can have (the whole data, its planes and
     volumes): forward models for other shapes can be freed."""
     shapes = set()
     for layer in viewer.layers:
         if isinstance(layer, Image):
-            shape = tuple((layer.data[0] if layer.multiscale else layer.data).shape)
+            shape = tuple(full_resolution(layer).shape)
             shapes.update(shape[i:] for i in range(len(shape) - 1))
     return shapes
 
@@ -35,7 +40,7 @@ def selected_block(viewer: Any, layer: Image, mode: str = "2d",
         raise ValueError(f"'{layer.name}' is an RGB image: deconvolution needs one "
                          "fluorescence channel. Split the channels (right-click the layer "
                          "> Split RGB) and pick one.")
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = full_resolution(layer)
     problem = layer_axes_problem(layer.name, layer.axis_labels, data.shape, mode)
     if problem:  # a channel or time axis where Y, X (or Z) are expected
         raise ValueError(problem)
@@ -68,7 +73,7 @@ def psf_request(viewer: Any, source: str, bead_box: int, psf_layer: Image | None
                              "layer (or choose another 'PSF from').")
         request.layer_name = layer.name
         if source == "layer":
-            request.data = np.array(layer.data[0] if layer.multiscale else layer.data)
+            request.data = np.array(full_resolution(layer))
         else:
             request.data, _ = selected_block(viewer, layer, mode)  # 3d mode: bead volume
     return request

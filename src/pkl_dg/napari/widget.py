@@ -253,6 +253,7 @@ class PKLDeconvolutionWidget(QWidget):
             "t_threshold": guided, "ramp": guided, "discrepancy": guided,
             "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
             "rl_iterations": method == "rl", "tv_weight": method == "rl",
+            "rl_acceleration": method == "rl",
             "model": method != "rl", "precision": method != "rl",
         }
         for name, visible in shown.items():

@@ -191,10 +191,12 @@ def build_psf_info(settings, image_shape: tuple[int, ...] | None = None,
     Returns
     -------
     (psf, info)
-        ``info`` (JSON-able): ``source``, ``kernel_shape``, ``spacing_nm`` per axis (the image's
-        grid: its pixel size and, in 3D, its Z step; None where unknown), ``resampled`` (from/to spacings) when it was, ``cleaning`` (centroid
-        offset, energy kept, baseline, noise) for measured PSFs, ``fwhm_px``/``fwhm_nm``, and
-        ``not_applied``: PSF settings that had no effect on this PSF.
+        ``info`` (JSON-able): ``source``, ``kernel_shape``, ``spacing_nm`` per axis (the
+        image's grid: its pixel size and, in 3D, its Z step; None where unknown),
+        ``resampled`` (from/to spacings) when it was, ``cleaning`` (centroid offset, energy
+        kept, baseline, noise) for measured PSFs, ``optics`` for the vectorial PSF,
+        ``fwhm_px``/``fwhm_nm``, and ``not_applied``: PSF settings that had no effect on
+        this PSF.
 
     Raises
     ------
