@@ -13,7 +13,7 @@ from pkl_dg.axes import axes_from_labels, check_axes
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf_3d
 from pkl_dg.restoration import restore_iter, run_to_end
 
-RL = dict(method="rl", rl_iterations=20)
+RL = dict(method="rl", rl_iterations=20, calibration="manual")  # compare channels alike
 
 
 def zcyx_beads() -> np.ndarray:
@@ -83,7 +83,8 @@ def test_cli_reads_hyperstack_axes_from_the_file(tmp_path):
     out = tmp_path / "out.tif"
     assert main(["restore", str(src), "-o", str(out), "--mode", "3d", "--psf-sigma", "1.5",
                  "--psf-sigma-z", "1.2", "--background", "2", "--method", "rl",
-                 "--rl-iterations", "20", "--quiet", "--threads", "1"]) == 0
+                 "--rl-iterations", "20", "--quiet", "--threads", "1",
+                 "--calibration", "manual"]) == 0
     meta = read_metadata(out)
     # the float32 TIFF writer stores pages without their 4D shape: reshape by the metadata
     res = tifffile.imread(out).reshape(meta["input_shape"])

@@ -178,7 +178,8 @@ def test_hyperstack_keeps_its_axes_and_pixel_size(tmp_path, cluster):
     p = tmp_path / "hyper.tif"
     tifffile.imwrite(p, zcyx, imagej=True, resolution=(1 / 0.1, 1 / 0.1),
                      metadata={"axes": "ZCYX", "spacing": 0.25, "unit": "um"})
-    jobs = run_batch([p], tmp_path / "out", RL, client=cluster, progress=False)
+    manual = RL.replace(calibration="manual")  # one calibration for both: compare channels
+    jobs = run_batch([p], tmp_path / "out", manual, client=cluster, progress=False)
     assert jobs[0].status == "done" and len(jobs[0].blocks) == 6  # C × Z planes
     out = open_image(tmp_path / "out" / "hyper.ome.tif")
     assert out.axes == "CZYX" and out.shape == (2, 3, 40, 40)
@@ -186,5 +187,5 @@ def test_hyperstack_keeps_its_axes_and_pixel_size(tmp_path, cluster):
     assert out.z_step_nm == pytest.approx(250.0)
     assert read_metadata(tmp_path / "out" / "hyper.ome.tif")["settings"]["pixel_size_nm"] == 100.0
     for c in range(2):  # every channel restored on its own, equal to restoring its planes
-        expected = restore(zcyx[:, c], settings=RL.replace(pixel_size_nm=100.0))
+        expected = restore(zcyx[:, c], settings=manual.replace(pixel_size_nm=100.0))
         assert rel(out.numpy()[c], expected) <= 1e-5

@@ -23,14 +23,12 @@ import numpy as np
 import torch
 
 from pkl_dg._version import __version__
-from pkl_dg.calibration import Calibration, estimate_calibration
-from pkl_dg.axes import arrange, channel_count, check_unlabelled_layout, put_back
+from pkl_dg.axes import arrange, channel_count, put_back
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import guided_ddim
 from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
-from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop
@@ -40,6 +38,9 @@ from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
 from pkl_dg.settings import RestoreSettings, calibration_implied
 from pkl_dg.threads import apply_threads, thread_info
+from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
+                           check_photon_counts, estimate_background, resolve_calibration,
+                           validate_block, validate_image)
 from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F401 (re-export)
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
@@ -47,18 +48,7 @@ SCALE_ESTIMATE_ITERATIONS = 20
 #: RL misfit readout at most this often (the widget shows ≤ 10 frames/s): the readout is a
 #: logarithm pass, ~10 % of a 512² iteration
 RL_READOUT_INTERVAL_S = 0.1
-MIN_SIDE = 8
 TILE_OVERLAP = 64
-#: On Poisson photon counts a 20-iteration RL fit leaves a deviance of 0.90–1.05 × its
-#: expectation (procedural phantoms, 10–1000 photons). Far below that, the data are less
-#: noisy than photon counts (normalised or ADU data): the noise-level stop cannot work.
-CALIBRATION_MIN_RATIO = 0.8
-
-
-class CalibrationWarning(UserWarning):
-    """The data do not look like photon counts; a Poisson-calibrated feature was adapted."""
-
-
 @dataclass
 class StepRecord:
     """One streamed frame.
@@ -93,54 +83,6 @@ class RestoreResult:
     std: np.ndarray | None = None
 
 
-def check_image_shape(shape: tuple[int, ...], mode: str = "2d", labelled: bool = False
-                      ) -> None:
-    """Refuse shapes that are not single-channel YX images or stacks of them; unless the
-    axes are known (``labelled``), also layouts whose channel axis would be deconvolved
-    (:func:`pkl_dg.axes.check_unlabelled_layout`)."""
-    if not labelled:
-        check_unlabelled_layout(shape, mode, MIN_SIDE)
-    need = 3 if mode == "3d" else 2
-    if len(shape) < need:
-        what = "a Z-stack (Z, Y, X)" if mode == "3d" else "at least 2D (Y, X)"
-        raise ValueError(f"image must be {what}, got shape {tuple(shape)}")
-    if min(shape[-2:]) < MIN_SIDE:
-        raise ValueError(f"image {shape[-2]}×{shape[-1]} is too small: both sides must be "
-                         f"at least {MIN_SIDE} pixels")
-
-
-def validate_block(block: Any, dtype: Any) -> np.ndarray:
-    """Check one plane or volume and return a float32 copy of it."""
-    if np.dtype(dtype) == bool or np.issubdtype(dtype, np.complexfloating) or \
-            not np.issubdtype(dtype, np.number):
-        raise ValueError(f"image has dtype {np.dtype(dtype)}: a fluorescence image must be "
-                         "real numbers (integer or float)")
-    out = np.array(block, dtype=np.float32, copy=True)
-    if not np.all(np.isfinite(out)):
-        raise ValueError("image contains NaN or infinite values: fix or mask them first")
-    if not np.any(out != 0):
-        raise ValueError("image is all zero: there is nothing to restore")
-    return out
-
-
-def validate_image(image: Any) -> np.ndarray:
-    """Check a single-channel 2D image and return a float32 copy of it."""
-    arr = np.asarray(image)
-    check_image_shape(arr.shape)
-    if arr.ndim != 2:
-        raise ValueError(f"image must be 2D (Y, X), got shape {arr.shape}")
-    return validate_block(arr, arr.dtype)
-
-
-def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
-    """The 1st percentile of the PSF-smoothed data (photons), ≥ 0."""
-    smooth = conv.A(y).reshape(-1)
-    if smooth.numel() > 4_000_000:
-        smooth = smooth[:: smooth.numel() // 4_000_000 + 1]
-    # numpy selects (introselect, O(n)); torch.quantile sorts: 1.2 s for 4 M values on 1 thread
-    return max(float(np.quantile(smooth.float().cpu().numpy(), 0.01)), 0.0)
-
-
 #: the proximal rule's automatic sub-iterations are capped here
 PROXIMAL_K_MAX = 30
 PROXIMAL_K_FACTOR = 1.0
@@ -152,27 +94,6 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
         overrides = {**overrides, "background": -1.0}
     overrides = calibration_implied(overrides)
     return s.replace(**overrides) if overrides else s
-
-
-def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
-    """The photon calibration of a run: the settings' values ('manual') or an estimate from
-    the image ('auto': :func:`pkl_dg.calibration.estimate_calibration` on its first YX
-    plane of the middle of its leading axes).
-
-    Raises
-    ------
-    ValueError
-        'auto' on an image whose noise does not grow with its signal (the message says to
-        calibrate by hand).
-    """
-    if s.calibration == "manual":
-        return Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise)
-    shape = tuple(np.shape(image))
-    idx = tuple(d // 2 for d in shape[:-2])
-    dtype = getattr(image, "dtype", np.float32)
-    plane = validate_block(image[idx] if idx else image, dtype)
-    sat = detect_saturation(plane, dtype)  # clipped pixels carry no noise: leave them out
-    return estimate_calibration(plane, saturated=sat.mask if sat.count else None)
 
 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
@@ -305,37 +226,13 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         meta["blocks"].append(block_meta)
         for kind in flagged:
             flagged[kind] += kind in block_meta
+    if cal.source == "estimated":  # below the estimated dark level is read noise: no warning
+        flagged["negative_values"] = 0
     _summarise_block_problems(flagged, len(indices))
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
     return RestoreResult(put_back(out, back), s, meta, put_back(std, back))
-
-
-def _check_calibration(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, disc: float,
-                       auto: bool, info: dict[str, Any]) -> float:
-    """The noise-level stop needs photon counts: check them on the rough RL fit.
-
-    Returns the discrepancy target to use: unchanged for photon-like data; 0 (stop off) for
-    data far less noisy than photon counts when the target was automatic. Warns either way.
-    """
-    s2 = fm.read_noise_var
-    with torch.inference_mode():
-        ratio = float(deviance_ratio((y + s2)[None], (fm.mean(rough) + s2)[None]))
-    info["rough_deviance_ratio"] = round(ratio, 4)
-    if ratio >= CALIBRATION_MIN_RATIO:
-        return disc
-    msg = (f"The image is less noisy than photon counts would be (a 20-iteration Richardson–Lucy "
-           f"fit already explains it to {ratio:.2f} × the Poisson noise level), so it is probably "
-           "not in photons: set the camera offset and gain (e⁻/ADU) to convert it. ")
-    if auto:
-        msg += "The automatic noise-level stop was switched off for this image."
-        info["discrepancy_note"] = "off: data not photon counts"
-        warnings.warn(msg, CalibrationWarning, stacklevel=3)
-        return 0.0
-    msg += f"The noise-level stop you set ({disc:g}) will end the guidance early."
-    warnings.warn(msg, CalibrationWarning, stacklevel=3)
-    return disc
 
 
 def _auto_info(rule: AutoStop) -> dict[str, Any]:
@@ -422,7 +319,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             k = s.sub_iterations or auto_sub_iterations(peak)
             disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy
             if disc > 0 and s.calibration == "manual":
-                disc = _check_calibration(y, fm, rough, disc, auto=s.discrepancy < 0,
+                disc = check_photon_counts(y, fm, rough, disc, auto=s.discrepancy < 0,
                                           info=info)
             info["discrepancy"] = disc
         info["sub_iterations"] = k

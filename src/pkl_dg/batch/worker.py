@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 #: per-process cache: networks, operators, open files and how often each was built
-_CACHE: dict[str, dict] = {"nets": {}, "operators": {}, "images": {}, "loads": {}}
+_CACHE: dict[str, dict] = {"nets": {}, "operators": {}, "images": {}, "calibrations": {},
+                           "loads": {}}
 
 
 def cache_counts() -> dict[str, int]:
@@ -106,6 +107,27 @@ def _network(settings):
     return _CACHE["nets"][key]
 
 
+def input_calibration(path: str, settings) -> Any:
+    """The settings with the calibration one ``restore`` of the whole input would use.
+
+    With calibration 'auto', restore estimates it on the middle plane of the input's leading
+    axes (:func:`pkl_dg.inputs.resolve_calibration`); every block and chunk of the input must
+    share it (an estimate per chunk would give each its own gain), so it is estimated here
+    once per input and passed on as 'manual' values. Cached per process and input.
+    """
+    if settings.calibration != "auto":
+        return settings
+    from pkl_dg.inputs import resolve_calibration
+
+    cal = _CACHE["calibrations"].get(path)
+    if cal is None:
+        shape = _image(path).data.shape
+        plane = read_block(path, tuple(d // 2 for d in shape[:-2]))
+        cal = _CACHE["calibrations"][path] = resolve_calibration(plane, settings)
+    return settings.replace(calibration="manual", gain=cal.gain, offset=cal.offset,
+                            read_noise=cal.read_noise)
+
+
 def _photons(block: np.ndarray, settings) -> np.ndarray:
     from pkl_dg.restoration import validate_block
 
@@ -130,13 +152,36 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.settings import RestoreSettings
 
     threads = set_threads(threads)
-    s = _with_threads(RestoreSettings.from_dict(settings_dict), threads)
+    s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
     y = torch.from_numpy(_photons(read_block(path, index), s))
     bg = s.background
     if bg < 0:
         bg = estimate_background(y, _operator(s, build_psf(s, tuple(y.shape))))
     out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3)}
-    if s.method not in ("rl", "none"):
+    auto_rl = s.method == "rl" and s.rl_iterations == 0
+    proximal = s.method == "pkl" and s.step_rule == "proximal"
+    if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
+        import math
+
+        from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
+        from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
+        from pkl_dg.physics import ForwardModel
+        from pkl_dg.restoration import PROXIMAL_K_FACTOR, PROXIMAL_K_MAX
+        from pkl_dg.richardson_lucy import rl_iterates
+
+        fm = ForwardModel(_operator(s, build_psf(s, tuple(y.shape))), bg,
+                          float(s.read_noise) ** 2)
+        rule = AutoStop(y, fm)
+        with torch.inference_mode():
+            for it in rl_iterates(y, fm, MAX_ITERATIONS, stop=rule):
+                rough = it.x
+        if auto_rl:
+            out["rl_iterations"] = rule.k
+        else:
+            out.update(peak_photons=float(scale_from_estimate(rough) / SCALE_FACTOR),
+                       sub_iterations=int(min(max(math.ceil(
+                           PROXIMAL_K_FACTOR * rule.k / s.steps), 1), PROXIMAL_K_MAX)))
+    elif s.method not in ("rl", "none"):
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
         from pkl_dg.physics import ForwardModel
@@ -178,7 +223,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.settings import RestoreSettings
 
     threads = set_threads(threads)
-    s = _with_threads(RestoreSettings.from_dict(settings_dict), threads)
+    s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
     block = read_block(path, index, box)
     if box is not None:
         if stats is None:
@@ -188,6 +233,8 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
             s = s.replace(sub_iterations=stats["sub_iterations"])
         if "discrepancy" in stats and s.discrepancy < 0:
             s = s.replace(discrepancy=stats["discrepancy"])
+        if "rl_iterations" in stats and s.rl_iterations == 0:
+            s = s.replace(rl_iterations=stats["rl_iterations"])
     op = _operator(s, build_psf(s, block.shape))
     net, model_meta = (None, None) if s.method == "rl" else _network(s)
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it

@@ -1,0 +1,133 @@
+"""What a restoration checks and derives from its input before any deconvolution.
+
+Shape and value checks (single-channel YX planes or ZYX volumes, finite real numbers), the
+background estimate, and the photon calibration of a run: the user's camera values or an
+estimate from the image itself (:mod:`pkl_dg.calibration`), with the check that the data
+then look like photon counts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from pkl_dg.axes import check_unlabelled_layout
+from pkl_dg.calibration import Calibration, estimate_calibration
+from pkl_dg.guidance.discrepancy import deviance_ratio
+from pkl_dg.physics import ForwardModel, PSFConvolution
+from pkl_dg.saturation import detect_saturation
+from pkl_dg.settings import RestoreSettings
+
+MIN_SIDE = 8
+
+#: On Poisson photon counts a 20-iteration RL fit leaves a deviance of 0.90–1.05 × its
+#: expectation (procedural phantoms, 10–1000 photons). Far below that, the data are less
+#: noisy than photon counts (normalised or ADU data): the noise-level stop cannot work.
+CALIBRATION_MIN_RATIO = 0.8
+
+
+class CalibrationWarning(UserWarning):
+    """The data do not look like photon counts; a Poisson-calibrated feature was adapted."""
+
+
+def check_image_shape(shape: tuple[int, ...], mode: str = "2d", labelled: bool = False
+                      ) -> None:
+    """Refuse shapes that are not single-channel YX images or stacks of them; unless the
+    axes are known (``labelled``), also layouts whose channel axis would be deconvolved
+    (:func:`pkl_dg.axes.check_unlabelled_layout`)."""
+    if not labelled:
+        check_unlabelled_layout(shape, mode, MIN_SIDE)
+    need = 3 if mode == "3d" else 2
+    if len(shape) < need:
+        what = "a Z-stack (Z, Y, X)" if mode == "3d" else "at least 2D (Y, X)"
+        raise ValueError(f"image must be {what}, got shape {tuple(shape)}")
+    if min(shape[-2:]) < MIN_SIDE:
+        raise ValueError(f"image {shape[-2]}×{shape[-1]} is too small: both sides must be "
+                         f"at least {MIN_SIDE} pixels")
+
+
+def validate_block(block: Any, dtype: Any) -> np.ndarray:
+    """Check one plane or volume and return a float32 copy of it."""
+    if np.dtype(dtype) == bool or np.issubdtype(dtype, np.complexfloating) or \
+            not np.issubdtype(dtype, np.number):
+        raise ValueError(f"image has dtype {np.dtype(dtype)}: a fluorescence image must be "
+                         "real numbers (integer or float)")
+    out = np.array(block, dtype=np.float32, copy=True)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("image contains NaN or infinite values: fix or mask them first")
+    if not np.any(out != 0):
+        raise ValueError("image is all zero: there is nothing to restore")
+    return out
+
+
+def validate_image(image: Any) -> np.ndarray:
+    """Check a single-channel 2D image and return a float32 copy of it."""
+    arr = np.asarray(image)
+    check_image_shape(arr.shape)
+    if arr.ndim != 2:
+        raise ValueError(f"image must be 2D (Y, X), got shape {arr.shape}")
+    return validate_block(arr, arr.dtype)
+
+
+def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
+    """The 1st percentile of the PSF-smoothed data (photons), ≥ 0."""
+    smooth = conv.A(y).reshape(-1)
+    if smooth.numel() > 4_000_000:
+        smooth = smooth[:: smooth.numel() // 4_000_000 + 1]
+    # numpy selects (introselect, O(n)); torch.quantile sorts: 1.2 s for 4 M values on 1 thread
+    return max(float(np.quantile(smooth.float().cpu().numpy(), 0.01)), 0.0)
+
+
+def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
+    """The photon calibration of a run: the settings' values ('manual') or an estimate from
+    the image ('auto': :func:`pkl_dg.calibration.estimate_calibration` on its first YX
+    plane of the middle of its leading axes).
+
+    When the noise does not grow with the signal (noise-free synthetic or denoised data)
+    no estimate exists: the data are then taken as photon counts (gain 1, offset 0, no read
+    noise), a :class:`CalibrationWarning` says so and what to do, and the calibration's
+    ``source`` is "assumed".
+    """
+    if s.calibration == "manual":
+        return Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise)
+    shape = tuple(np.shape(image))
+    idx = tuple(d // 2 for d in shape[:-2])
+    dtype = getattr(image, "dtype", np.float32)
+    plane = validate_block(image[idx] if idx else image, dtype)
+    sat = detect_saturation(plane, dtype)  # clipped pixels carry no noise: leave them out
+    try:
+        return estimate_calibration(plane, saturated=sat.mask if sat.count else None)
+    except ValueError as exc:
+        warnings.warn(f"{exc}. The data are taken as photon counts (gain 1 e⁻/ADU, offset "
+                      "0, no read noise) for this run.", CalibrationWarning, stacklevel=3)
+        return Calibration(gain=1.0, offset=0.0, read_noise=0.0,
+                           source=f"assumed (no estimate: {exc})")
+
+
+def check_photon_counts(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, disc: float,
+                       auto: bool, info: dict[str, Any]) -> float:
+    """The noise-level stop needs photon counts: check them on the rough RL fit.
+
+    Returns the discrepancy target to use: unchanged for photon-like data; 0 (stop off) for
+    data far less noisy than photon counts when the target was automatic. Warns either way.
+    """
+    s2 = fm.read_noise_var
+    with torch.inference_mode():
+        ratio = float(deviance_ratio((y + s2)[None], (fm.mean(rough) + s2)[None]))
+    info["rough_deviance_ratio"] = round(ratio, 4)
+    if ratio >= CALIBRATION_MIN_RATIO:
+        return disc
+    msg = (f"The image is less noisy than photon counts would be (a 20-iteration Richardson–Lucy "
+           f"fit already explains it to {ratio:.2f} × the Poisson noise level), so it is probably "
+           "not in photons: set the camera offset and gain (e⁻/ADU) to convert it. ")
+    if auto:
+        msg += "The automatic noise-level stop was switched off for this image."
+        info["discrepancy_note"] = "off: data not photon counts"
+        warnings.warn(msg, CalibrationWarning, stacklevel=3)
+        return 0.0
+    msg += f"The noise-level stop you set ({disc:g}) will end the guidance early."
+    warnings.warn(msg, CalibrationWarning, stacklevel=3)
+    return disc
