@@ -87,8 +87,12 @@ def test_widget_from_manifest_has_a_control_per_setting(viewer_widget):
     assert widget.input_combo.value.unique_id == viewer.layers["cells"].unique_id
     # the layer's physical scale (0.065 µm) prefills the pixel size
     assert widget.controls["pixel_size_nm"].value == pytest.approx(65.0)
-    assert widget.current_state().settings == RestoreSettings(pixel_size_nm=65.0, steps=4,
-                                                              sub_iterations=2)
+    # calibration 'auto': the fields show the estimate for the selected image
+    shown = widget.current_state().settings
+    assert shown.calibration == "auto" and widget.calibration_panel.estimate_shown is not None
+    assert shown.gain == pytest.approx(widget.calibration_panel.estimate_shown.gain, rel=1e-3)
+    assert shown.replace(offset=0.0, gain=1.0, read_noise=0.0) == RestoreSettings(
+        pixel_size_nm=65.0, steps=4, sub_iterations=2)
 
 
 def _shown(ctrl) -> bool:  # the viewer window is not shown in tests: ask "not hidden"
@@ -283,6 +287,8 @@ def test_nd_layer_restores_displayed_plane(viewer_widget, qtbot):
     widget.input_combo.value = layer
     widget.controls["method"].value = "rl"
     widget.controls["rl_iterations"].value = 2
+    widget.controls["calibration"].value = "manual"  # the planes' flux in their own units
+    widget.controls["offset"].value, widget.controls["gain"].value = 0.0, 1.0
     widget.controls["background"].value = 0.0  # then RL keeps the plane's flux
     assert run_and_wait(qtbot, widget) == "done"
     out = widget.output_layer
@@ -373,6 +379,8 @@ def test_whole_stack_fills_one_layer_block_by_block(viewer_widget, qtbot):
     widget.stack_combo.value = "all"
     widget.controls["method"].value = "rl"
     widget.controls["rl_iterations"].value = 2
+    widget.controls["calibration"].value = "manual"  # the planes' flux in their own units
+    widget.controls["offset"].value, widget.controls["gain"].value = 0.0, 1.0
     widget.controls["background"].value = 0.0
     assert run_and_wait(qtbot, widget) == "done"
     out = widget.output_layer

@@ -60,6 +60,10 @@ def same_layer(a: Any, b: Any) -> bool:
     return a is not None and b is not None and a.unique_id == b.unique_id
 
 
+#: decimals a field shows at least (an estimated gain of 0.055 e⁻/ADU must not read 0.06)
+MIN_DECIMALS = {"gain": 4, "offset": 2, "read_noise": 3}
+
+
 def _float_step(spec: FieldSpec) -> float:
     if spec.name in STEP_OVERRIDES:
         return STEP_OVERRIDES[spec.name]
@@ -90,7 +94,7 @@ def make_control(spec: FieldSpec):
     if spec.type == "float":
         ctrl = FloatSpinBox(min=spec.min, max=spec.max, step=_float_step(spec),
                             value=spec.default, **common)
-        places = _decimals(spec.default)
+        places = max(_decimals(spec.default), MIN_DECIMALS.get(spec.name, 0))
         if places > ctrl.native.decimals():  # e.g. a refractive index of 1.515
             ctrl.native.setDecimals(places)
             ctrl.value = spec.default
