@@ -394,3 +394,25 @@ def test_prior_eval_tables_and_gallery(tmp_path):
     assert Image.open(e["gallery"]).size == (66, 32)
     assert Image.open(res["gallery_reference"]).size == (66, 32)
     assert "| tiny | held-out real |" in markdown_table(res)
+
+
+def test_blend_interpolates_weights(tmp_path):
+    from pkl_dg.diffusion.model_io import save_model
+    from pkl_dg.training.blend import blend_models, main
+
+    torch.manual_seed(0)
+    a = UNet(UNetConfig(width=8, channel_mult=(1, 2)))
+    b = UNet(UNetConfig(width=8, channel_mult=(1, 2)))
+    save_model(a, {}, tmp_path / "a")
+    save_model(b, {"training": {"steps": 5}}, tmp_path / "b")
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", "0.25", "--out", str(tmp_path / "m")]) == 0
+    m, meta = load_model(tmp_path / "m")
+    for k, v in m.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.25 * a.state_dict()[k] + 0.75 * b.state_dict()[k], atol=1e-6), k
+    assert meta["training"]["steps"] == 5 and meta["training"]["weight_interpolation"]["alpha_base"] == 0.25
+    save_model(UNet(UNetConfig(width=16, channel_mult=(1, 2))), {}, tmp_path / "c")
+    with pytest.raises(ValueError, match="different architectures"):
+        blend_models(str(tmp_path / "a"), str(tmp_path / "c"), 0.5, str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="alpha"):
+        blend_models(str(tmp_path / "a"), str(tmp_path / "b"), 1.5, str(tmp_path / "x"))

@@ -26,7 +26,7 @@ def rl_lines(rl: dict | None) -> list[str]:
          f"{t['created']}; load average at start / end {_load(t['load_average_start'])} / "
          f"{_load(t['load_average_end'])} (2 logical CPUs)" +
          (f"; {rl['note']}" if rl.get("note") else "") + ".", ""]
-    head = ["size", "FFT grid", "floor", "restore (÷ floor)", "fastest iteration: restore ÷ "
+    head = ["size", "FFT grid", "floor", "restore (÷ floor)", "fastest repeat: restore ÷ "
             "floor", "restore setup s",
             "restore total ÷ N", "raw loop", "accelerated"]
     head += [PEER_LABELS[p] for p in peers] + [f"{PEER_LABELS[p].split(' ')[0]} ÷ restore"
@@ -55,9 +55,9 @@ def rl_lines(rl: dict | None) -> list[str]:
           "N × iteration: PSF, OTF, background estimate, Aᵀ1, the last frame's misfit). "
           "*total ÷ N*: its whole wall time divided by N. Floor and raw loop: medians of "
           "single iterations too.",
-          "- *fastest iteration*: the single fastest restore iteration against the fastest "
-          "floor iteration of all repeats (the ones least disturbed by the machine's other "
-          "load).",
+          "- *fastest repeat*: the fastest repeat's median restore iteration against the "
+          "fastest repeat's median floor iteration (the repeats least disturbed by the "
+          "machine's other load).",
           "- *raw loop*: `rl_iterates` alone, no readout; *accelerated*: restore with "
           "`rl_acceleration=\"biggs-andrews\"` (per iteration; it needs fewer, see below).",
           "- Peers, per iteration (total ÷ N) on the same image and PSF: scikit-image "
