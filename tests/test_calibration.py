@@ -85,3 +85,26 @@ def test_cli_gain_flag_means_manual_calibration():
     assert (s.calibration, s.gain) == ("manual", 2.0)
     s = settings_from_args(p.parse_args(["restore", "a.tif", "-o", "b.tif"]))
     assert s.calibration == "auto"
+
+
+def test_case_16_normalised_float_restores_like_counts():
+    """Case 16: the same Poisson image as uint16 counts, ÷65535 and min–max scaled to [0, 1]
+    restores alike (before: PKL returned about the input for the float versions)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cases import read
+
+    from pkl_dg.metrics import care_scores
+
+    gt = read("16_normalised_float", "gt.tif")
+    kw = dict(psf_sigma=2.0, samples=2, seed=0)
+    scores = {}
+    for name in ("counts_u16.tif", "img_as_float.tif", "minmax.tif"):
+        img = read("16_normalised_float", name)
+        scores[name] = care_scores(restore(img, **kw), gt)["psnr"]
+    counts = scores["counts_u16.tif"]
+    assert counts > care_scores(read("16_normalised_float", "counts_u16.tif"), gt)["psnr"] + 2
+    assert abs(scores["img_as_float.tif"] - counts) < 0.1, scores
+    assert abs(scores["minmax.tif"] - counts) < 0.1, scores
