@@ -117,7 +117,10 @@ class RestoreSettings:
                      "Calibration", min=1e-4, max=1e4, unit="e⁻/ADU")
     background: float = _f(-1.0, "Background", "Constant background in photons per pixel "
                            "(out-of-focus haze, dark signal). −1 estimates it from the image "
-                           "(its 1st percentile).", "Calibration", min=-1.0, max=1e7,
+                           "(its 1st percentile). With calibration 'auto' the estimated offset "
+                           "is the image's dark level, background included: keep −1 there (a "
+                           "value given here is added on top).", "Calibration",
+                           min=-1.0, max=1e7,
                            unit="photons")
     read_noise: float = _f(0.0, "Read noise", "Camera read noise (rms) in electrons; enters "
                            "the PKL likelihood as a variance shift.", "Calibration",

@@ -190,7 +190,10 @@ def run_methods(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: floa
                 run_deterministic: bool = True) -> list[dict]:
     """Score every method on one measurement; returns one record per method."""
     recs = []
-    common = {"psf": psf, "background": background, "device": "cpu", "seed": seed}
+    # synthetic cases are photon counts with their true background (calibration 'manual');
+    # the real pair is given as a user would (background −1: calibration estimated too)
+    common = {"psf": psf, "background": background, "device": "cpu", "seed": seed,
+              "calibration": "manual" if background >= 0 else "auto"}
     if cfg["steps"]:
         common["steps"] = cfg["steps"]
     for m in methods:
