@@ -63,8 +63,8 @@ def rl_lines(rl: dict | None) -> list[str]:
           "- Peers, per iteration (total ÷ N) on the same image and PSF: scikit-image "
           "`richardson_lucy(clip=False)` (scipy.signal.convolve, zero padding), RedLionfish's "
           "CPU path (scipy.fft, circular), sdeconv `SRichardsonLucy` (torch complex FFT, "
-          "circular, PSF padded to the image by its own helper). *÷ restore* > 1: ours is "
-          "faster. Installed by `pip install -e .[bench]` (sdeconv: `pip install --no-deps "
+          "circular, PSF padded to the image by its own helper). *÷ restore*: the median over "
+          "repeats of peer ÷ restore within a repeat; > 1: ours is faster. Installed by `pip install -e .[bench]` (sdeconv: `pip install --no-deps "
           "sdeconv`); versions: " +
           ", ".join(f"{p} {v}" for p, v in t.get("versions", {}).items()) + "."]
     for p, why in t.get("skipped_peers", {}).items():
