@@ -73,3 +73,44 @@ def test_w2s_crop_gains_2db(realdata):
     out = restore(noisy, psf=DELTA, seed=0)
     gain = care_scores(out, clean)["psnr"] - care_scores(noisy, clean)["psnr"]
     assert gain >= 2.0, gain
+
+
+def test_saturated_pixels_stay_in_the_fit_for_a_one_pixel_psf():
+    """Pure denoising: a clipped pixel has no neighbour that informs it, so it keeps its
+    clipped value in the fit (a lower bound) instead of leaving a hole for the prior."""
+    import warnings
+
+    gt = _cells(seed=4)
+    rng = np.random.default_rng(5)
+    frame = np.clip(rng.poisson(gt * 30 + 1), 0, 20).astype(np.uint8)  # clipped at 20…
+    frame[frame == 20] = 255  # …and stored at the dtype's maximum
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_to_end(restore_iter(frame, psf=DELTA, method="rl"))
+    sat = res.metadata["saturated"]
+    assert sat["pixels"] == int((frame == 255).sum()) > 0
+    assert "kept in the data fit" in sat["handling"]
+    assert any("kept in the data fit" in str(w.message) for w in caught)
+    # RL with a one-pixel PSF returns the data, clipped pixels included
+    photons = (frame.astype(np.float32) - res.metadata["calibration"]["offset"]) \
+        * res.metadata["calibration"]["gain"]
+    hot = frame == 255
+    assert np.allclose(res.image[hot], photons[hot], rtol=0.05)
+
+
+def test_realdata_bench_smoke_and_report(realdata, tmp_path):
+    import json
+
+    from pkl_dg.cli import main
+
+    out = tmp_path / "real.json"
+    assert main(["bench", "quality", "--section", "real", "--smoke", "--json", str(out),
+                 "--realdata", str(realdata), "--threads", "1"]) == 0
+    data = json.loads(out.read_text())
+    assert data["kind"] == "realdata" and len(data["records"]) == 7  # 2 BioSR, 4 sim, 1 W2S
+    from pkl_dg.bench.realdata import group_means, realdata_section
+
+    means = group_means(data["records"])
+    assert means["w2s"]["count"] == 1 and means["deconvolution"]["count"] == 6
+    text = "\n".join(realdata_section(data))
+    assert "| W2S 011_0 |" in text and "| deconvolution | 6 |" in text

@@ -163,8 +163,10 @@ def group_means(records: list[dict]) -> dict:
     """Mean PSNR/SSIM/time per group ('all' over every non-W2S input, and 'w2s')."""
     groups: dict[str, list[dict]] = {}
     for r in records:
-        groups.setdefault("w2s" if r["group"] == "w2s" else "deconvolution", []).append(r)
-        groups.setdefault(r["group"], []).append(r)
+        top = "w2s" if r["group"] == "w2s" else "deconvolution"
+        groups.setdefault(top, []).append(r)
+        if r["group"] != top:
+            groups.setdefault(r["group"], []).append(r)
     out = {}
     for g, rows in groups.items():
         out[g] = {m: {k: float(np.mean([r[m][k] for r in rows]))
@@ -181,7 +183,7 @@ def realdata_section(real: dict) -> list[str]:
          "gain, offset and read noise from the image), default settings, the PSF stated. "
          "PSNR (dB) / SSIM by the CARE protocol; time per image in seconds. See "
          "`pkl_dg/bench/realdata.py` for the inputs.", "",
-         "| input | " + " | ".join(labels[m] for m in methods) + " | PKL time (s) |",
+         "| image | " + " | ".join(labels[m] for m in methods) + " | PKL time (s) |",
          "|---|" + "---|" * (len(methods) + 1)]
     for r in real["records"]:
         L.append(f"| {r['name']} | " + " | ".join(
@@ -192,7 +194,7 @@ def realdata_section(real: dict) -> list[str]:
             for m in methods) + f" | {r['pkl']['time_s']:.1f} |")
     L += ["", "Means:", "", "| group | n | " + " | ".join(labels[m] for m in methods) + " |",
           "|---|---|" + "---|" * len(methods)]
-    for g, row in real["means"].items():
+    for g, row in group_means(real["records"]).items():
         L.append(f"| {g} | {row['count']} | " + " | ".join(
             f"{row[m]['psnr']:.2f} / {row[m]['ssim']:.3f}" for m in methods) + " |")
     return L + [""]

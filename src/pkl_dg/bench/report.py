@@ -17,10 +17,11 @@ from pkl_dg.bench.quality import METHOD_LABELS, METHODS
 
 REGENERATE = ("pkl-dg bench speed --threads 1 --json benchmarks/speed.json\n"
               "pkl-dg bench quality --threads 1 --json benchmarks/quality.json\n"
+              "pkl-dg bench quality --section real --threads 1 --json benchmarks/realdata.json\n"
               "pkl-dg bench load --json benchmarks/load.json\n"
               "pkl-dg bench report --quality benchmarks/quality.json "
               "--speed benchmarks/speed.json --batch benchmarks/batch.json "
-              "--load benchmarks/load.json")
+              "--load benchmarks/load.json --realdata benchmarks/realdata.json")
 TIE_DB = 0.01
 SOURCE_LABELS = {"biosr": "BioSR F-actin SIM crops", "bars": "flowdec hollow bars",
                  "celegans": "C. elegans (sdeconv)", "biosr-pair": "BioSR widefield→SIM pair"}
