@@ -250,7 +250,11 @@ class PKLDeconvolutionWidget(QWidget):
             "psf_z_step_nm": src in ("file", "layer") and mode_3d,
             "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
             "step_rule": guided, "lam": guided, "sub_iterations": guided,
-            "t_threshold": guided, "ramp": guided, "discrepancy": guided,
+            "t_threshold": guided, "ramp": guided,
+            # the noise-level stop belongs to the Poisson step (PKL's proximal step weighs
+            # the prior instead; L2 and Anscombe always take Poisson steps)
+            "discrepancy": guided and not (method == "pkl" and
+                                           self.controls["step_rule"].value == "proximal"),
             "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
             "rl_iterations": method == "rl", "tv_weight": method == "rl",
             "rl_acceleration": method == "rl",
