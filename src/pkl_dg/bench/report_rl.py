@@ -52,7 +52,9 @@ def rl_lines(rl: dict | None) -> list[str]:
           "can be shown: first, last, at most every 0.1 s), the median interval between "
           "consecutive streamed frames; (÷ floor) is the median of the per-repeat ratios "
           f"(bar: ≤ {FLOOR_BAR}×, ✗ = above it). *setup*: the rest of its wall time (total − "
-          "N × iteration: PSF, OTF, background estimate, Aᵀ1, the last frame's misfit). "
+          "N × iteration: PSF, OTF, what restore estimates from the image (background; "
+          "with the automatic calibration also gain, offset, read noise), Aᵀ1, the last "
+          "frame's misfit). "
           "*total ÷ N*: its whole wall time divided by N. Floor and raw loop: medians of "
           "single iterations too.",
           "- *fastest repeat*: the fastest repeat's median restore iteration against the "
