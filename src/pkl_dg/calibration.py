@@ -33,6 +33,8 @@ _HIGH_PASS = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0]) / 6.0
 _LOCAL = 7              # box size (px) of the local mean
 _BINS = 16              # quantile bins of the local mean
 _MIN_PER_BIN = 200      # pixels a bin needs to count
+#: planes larger than this (px per side) are estimated on their central MAX_SIDE² crop
+MAX_SIDE = 1024
 _DARK_PERCENTILE = 1.0  # the image's dark level: its darkest 1 % of pixels
 
 
@@ -215,7 +217,8 @@ def estimate_calibration(image: np.ndarray, saturated: np.ndarray | None = None)
     ----------
     image
         (H, W) or (..., H, W) image in camera units (ADU, a normalised float, 8-bit, …).
-        Stacks are fitted on their middle 2D plane.
+        Stacks are fitted on their middle 2D plane, planes larger than ``MAX_SIDE`` on
+        their central ``MAX_SIDE``² crop.
     saturated
         Optional bool mask (same shape) of pixels to leave out (clipped at the maximum).
 
@@ -237,6 +240,10 @@ def estimate_calibration(image: np.ndarray, saturated: np.ndarray | None = None)
         mid = arr.shape[0] // 2
         arr = arr[mid]
         sat = None if sat is None else sat[mid]
+    if max(arr.shape) > MAX_SIDE:  # a central crop holds statistics enough (and costs 1/16)
+        r0, c0 = (max(arr.shape[0] - MAX_SIDE, 0) // 2, max(arr.shape[1] - MAX_SIDE, 0) // 2)
+        arr = arr[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
+        sat = None if sat is None else sat[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
     img = arr.astype(np.float64)
     a, b, bins = fit_noise_curve(img, None if sat is None else ~sat)
     span = bins[-1][0] - bins[0][0]
