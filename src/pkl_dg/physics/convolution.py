@@ -1,15 +1,13 @@
 """Linear (not circular) PSF convolution ``A`` and its exact adjoint ``Aᵀ``, in 2D or 3D.
 
-``A = C·K·P``: P mirrors the image by the PSF half-size at every edge (torch's 'reflect'
-convention, edge pixel not repeated), K convolves, C crops back to the image. The
-adjoint is ``Pᵀ·Kᵀ·Cᵀ`` with Pᵀ folding the mirrored margins back onto the pixels they
-came from (P and Pᵀ are slice copies / slice additions of the margins), so ⟨A x, z⟩ = ⟨x, Aᵀ z⟩ to rounding error. Because P is a
-0/1 matrix and the PSF is non-negative and sums to 1, A maps a constant image to itself.
+``A = C·K·P``: P mirrors the image by the PSF half-size at every edge (torch's 'reflect',
+edge pixel not repeated), K convolves, C crops back. The adjoint ``Pᵀ·Kᵀ·Cᵀ`` folds the
+mirrored margins back onto their pixels (P, Pᵀ: slice copies / additions), so ⟨A x, z⟩ =
+⟨x, Aᵀ z⟩ to rounding; P is 0/1 and the PSF sums to 1, so A keeps a constant image.
 
-Two backends give the same operator: ``"fft"`` (rfft2 on a 2·3·5·7-smooth size that is
-large enough for no wrap-around, OTF cached) and ``"kornia"`` (``kornia.filters.filter2d``
-for K and Kᵀ; practical for small PSFs). :class:`ConvWorkspace` applies the FFT operator
-many times to images of one shape (an iterative loop) with every buffer allocated once.
+Two backends give the same operator: ``"fft"`` (rfft2 on an even 2·3·5·7-smooth size with
+no wrap-around, OTF cached) and ``"kornia"`` (``kornia.filters.filter2d``, small PSFs).
+:class:`ConvWorkspace` applies the FFT operator to one shape many times, buffers allocated once.
 """
 
 from __future__ import annotations
