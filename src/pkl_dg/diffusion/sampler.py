@@ -30,8 +30,6 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Z_MAX = 2.0
 #: largest x̂0 noise level σ̄_t (model units) passed to the guidance as its uncertainty
 SIGMA_MAX = 100.0
-SIGMA_MIN = 0.0
-WARM = True
 
 
 @dataclass
@@ -49,8 +47,7 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
                 t_threshold: int = 800, ramp: str = "linear", num_samples: int = 1,
                 generator: torch.Generator | None = None,
                 autocast_dtype: torch.dtype | None = None,
-                alphas_cumprod: torch.Tensor | None = None,
-                start: tuple[int, torch.Tensor] | None = None) -> Iterator[SamplerStep]:
+                alphas_cumprod: torch.Tensor | None = None) -> Iterator[SamplerStep]:
     """Sample x̂0 given the measurement ``y`` (photons, (H, W) or (P, H, W)).
 
     For a stack ``y`` of P planes the network denoises all planes as one batch. With a 3D
@@ -79,11 +76,6 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
     T = ac.shape[0]
     abar = ac.tolist()  # python floats: no tensor indexing inside the step loop
     ts = ddim_timesteps(steps, T)
-    if start is not None:  # begin at t_start from a noised initial estimate (SDEdit)
-        t_start = int(start[0])
-        if not 0 < t_start < T:
-            raise ValueError(f"start timestep must be in (0, {T}), got {t_start}")
-        ts = torch.linspace(t_start, 0, steps).round().long().tolist() if steps > 1 else [t_start]
     device = y.device
     misfit = misfit or (guidance.likelihood if guidance is not None else None)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -99,12 +91,7 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
 
     with torch.inference_mode():
         x = torch.randn(shape, generator=gen).to(device)
-        if start is not None:
-            z_init = mapping.to_model(start[1].clamp(min=0)).reshape(-1, 1, h, w)
-            z_init = z_init.repeat(shape[0] // z_init.shape[0], 1, 1, 1)
-            a0 = abar[ts[0]]
-            x = math.sqrt(a0) * z_init.clamp(-1.0, Z_MAX) + math.sqrt(1 - a0) * x
-    warm = None
+    warm = None  # the previous step's corrected x̂0: where the proximal iterations start
     for i, t in enumerate(ts):
         with torch.inference_mode():
             a_t = abar[t]
@@ -119,10 +106,10 @@ def guided_ddim(denoiser: Denoiser, y: torch.Tensor, fm: ForwardModel,
                 # x̂0's noise level σ̄_t = √((1−ᾱ)/ᾱ) in model units, s/2 photons each;
                 # capped at SIGMA_MAX (there the proximal step is already plain RL, and τ²
                 # must stay finite in float32)
-                sigma_bar = min(max(math.sqrt((1 - a_t) / a_t), SIGMA_MIN), SIGMA_MAX)
+                sigma_bar = min(math.sqrt((1 - a_t) / a_t), SIGMA_MAX)
                 prior_std = mapping.scale / 2.0 * sigma_bar
                 x0 = guidance(x0, yb, fm, ramp_weight(t, T, t_threshold, ramp), prior_std,
-                              x_init=warm if WARM else None)
+                              x_init=warm)
                 warm = x0
             z0 = mapping.to_model(x0).reshape(shape)
             eps = (x - math.sqrt(a_t) * z0) / math.sqrt(1 - a_t)
