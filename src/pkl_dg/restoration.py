@@ -13,7 +13,6 @@ time, each read with ``np.asarray(image[index])`` so dask-backed data are loaded
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_
 from pkl_dg.diffusion.sampler import guided_ddim
 from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
-from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
+from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
+                                   proximal_sub_iterations)
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
@@ -83,9 +83,6 @@ class RestoreResult:
     std: np.ndarray | None = None
 
 
-#: the proximal rule's automatic sub-iterations are capped here
-PROXIMAL_K_MAX = 30
-PROXIMAL_K_FACTOR = 1.0
 
 
 def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) -> RestoreSettings:
@@ -313,8 +310,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         peak = mapping.scale / SCALE_FACTOR
         disc = 0.0
         if proximal:  # the sampler's data iterations add up to RL's automatic count
-            k = s.sub_iterations or int(min(max(math.ceil(
-                PROXIMAL_K_FACTOR * info["rl_auto_iterations"] / s.steps), 1), PROXIMAL_K_MAX))
+            k = s.sub_iterations or proximal_sub_iterations(info["rl_auto_iterations"],
+                                                             s.steps)
         else:
             k = s.sub_iterations or auto_sub_iterations(peak)
             disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy

@@ -161,12 +161,10 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     auto_rl = s.method == "rl" and s.rl_iterations == 0
     proximal = s.method == "pkl" and s.step_rule == "proximal"
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
-        import math
-
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
+        from pkl_dg.guidance.steps import proximal_sub_iterations
         from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
         from pkl_dg.physics import ForwardModel
-        from pkl_dg.restoration import PROXIMAL_K_FACTOR, PROXIMAL_K_MAX
         from pkl_dg.richardson_lucy import rl_iterates
 
         fm = ForwardModel(_operator(s, build_psf(s, tuple(y.shape))), bg,
@@ -179,8 +177,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
             out["rl_iterations"] = rule.k
         else:
             out.update(peak_photons=float(scale_from_estimate(rough) / SCALE_FACTOR),
-                       sub_iterations=int(min(max(math.ceil(
-                           PROXIMAL_K_FACTOR * rule.k / s.steps), 1), PROXIMAL_K_MAX)))
+                       sub_iterations=proximal_sub_iterations(rule.k, s.steps))
     elif s.method not in ("rl", "none"):
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations

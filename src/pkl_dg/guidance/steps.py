@@ -66,6 +66,17 @@ def auto_sub_iterations(peak_photons: float) -> int:
     return int(min(max(round(k), K_AUTO_MIN), K_AUTO_MAX))
 
 
+#: the proximal rule's automatic sub-iterations are capped here
+PROXIMAL_K_MAX = 30
+
+
+def proximal_sub_iterations(rl_iterations: int, steps: int) -> int:
+    """Sub-iterations per diffusion step of the proximal rule: Richardson–Lucy's automatic
+    count of the image (:class:`~pkl_dg.guidance.stopping.AutoStop`) shared out over the
+    ``steps``, so the sampler's data iterations add up to it; in [1, PROXIMAL_K_MAX]."""
+    return int(min(max(math.ceil(rl_iterations / steps), 1), PROXIMAL_K_MAX))
+
+
 #: Discrepancy target per photon level: the fit may go below the noise level by the degrees
 #: of freedom it resolves, which grow with the signal. Targets: 1.0 up to 30 photons peak,
 #: 0.95 from 100 on, log-linear between (chosen on phantoms of a tuning seed).
