@@ -8,9 +8,11 @@ Poissonian-Gaussian noise modeling and fitting for single-image raw-data", IEEE 
 
 :func:`estimate_calibration` fits ``var = a·mean + b`` on one image: a noise residual from a
 high-pass filter with unit white-noise gain (a second-difference kernel: smooth,
-band-limited fluorescence signal cancels, noise does not), the local mean from a box
-filter, pixels binned by local mean, a variance per bin robust to edges that leak through the
-filter (iterative clipping), and a weighted least-squares line through the bins.
+band-limited fluorescence signal cancels, noise does not), pixels binned by the mean of a
+ring around each residual's support and each bin's level measured on the support itself
+(independent noise, so the binning does not flatten the line), a variance per bin robust
+to edges that leak through the filter (iterative clipping), and a weighted least-squares
+line through the bins.
 
 Only ``offset − a·σ_r²`` is fixed by (a, b). The offset is therefore read from the image's
 dark level (a low percentile of the local mean; any constant background there is counted
@@ -108,7 +110,8 @@ def _clipped_variance(r: np.ndarray, k: float = 3.5, rounds: int = 4) -> float:
     return float(np.var(sel) / truncnorm.var(-k, k))
 
 
-def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None
+def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None, *,
+                    means: tuple[np.ndarray, np.ndarray] | None = None
                     ) -> tuple[float, float, list[tuple[float, float, int]]]:
     """Fit ``var = a·mean + b`` to one 2D image (Foi et al. 2008, simplified).
 
@@ -118,6 +121,8 @@ def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None
         (H, W) image in camera units.
     mask
         Optional (H, W) bool array of pixels to use (e.g. not saturated).
+    means
+        ``_ring_and_support_means(image)`` when the caller has them already.
 
     Returns
     -------
@@ -138,7 +143,7 @@ def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None
     # intensity is the mean over the supports themselves (weighted like the residual's
     # variance): two estimates with independent noise, so the choice of bins does not bias
     # the intensities (binning on a noisy mean attenuates the fitted slope).
-    ring, support = _ring_and_support_means(img)
+    ring, support = means if means is not None else _ring_and_support_means(img)
     m, c = ring[1:-1, 1:-1], support[1:-1, 1:-1]
     keep = np.ones_like(r, dtype=bool)
     if mask is not None:
@@ -167,7 +172,7 @@ def fit_noise_curve(image: np.ndarray, mask: np.ndarray | None = None
     mean = np.array([b[0] for b in bins])
     var = np.array([b[1] for b in bins])
     cnt = np.array([b[2] for b in bins], dtype=np.float64)
-    # weighted least squares, twice: a variance estimate from n pixels has sd ≈ var·√(2/n),
+    # weighted least squares, three rounds: a variance estimate from n pixels has sd ≈ var·√(2/n),
     # so the weights are √n / (fitted variance), floored at 1 % of the largest
     fitted = np.full_like(var, var.mean())
     for _ in range(3):
@@ -199,11 +204,14 @@ def _quantised(v: np.ndarray, levels: float = 1e6) -> np.ndarray:
     return np.round((v - lo) / (hi - lo) * levels)
 
 
-def dark_level(image: np.ndarray, mask: np.ndarray | None = None) -> float:
+def dark_level(image: np.ndarray, mask: np.ndarray | None = None, *,
+               means: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """The image's dark level: the mean of the darkest ``_DARK_PERCENTILE`` % of pixels,
     chosen by their ring mean and measured by their support mean (independent noise, so
-    the choice does not pull the level down by the noise)."""
-    ring, support = _ring_and_support_means(np.asarray(image, dtype=np.float64))
+    the choice does not pull the level down by the noise). ``means`` as in
+    :func:`fit_noise_curve`."""
+    ring, support = means if means is not None else _ring_and_support_means(
+        np.asarray(image, dtype=np.float64))
     if mask is not None:
         ring, support = ring[mask], support[mask]
     cut = np.percentile(ring, _DARK_PERCENTILE)
@@ -245,13 +253,14 @@ def estimate_calibration(image: np.ndarray, saturated: np.ndarray | None = None)
         arr = arr[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
         sat = None if sat is None else sat[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
     img = arr.astype(np.float64)
-    a, b, bins = fit_noise_curve(img, None if sat is None else ~sat)
+    means = _ring_and_support_means(img)  # shared by the fit and the dark level
+    a, b, bins = fit_noise_curve(img, None if sat is None else ~sat, means=means)
     span = bins[-1][0] - bins[0][0]
     if not a > 0 or not math.isfinite(a) or a * span < 1e-3 * max(bins[-1][1], 1e-300):
         raise ValueError("could not estimate the photon calibration: the noise does not grow "
                          "with the signal in this image (denoised or synthetic data?). Set "
                          "the camera offset, gain and read noise by hand")
-    dark = dark_level(img, None if sat is None else ~sat)
+    dark = dark_level(img, None if sat is None else ~sat, means=means)
     read_var = (b + a * dark) / (a * a)
     if read_var >= 0:
         offset = dark
