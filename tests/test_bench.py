@@ -92,12 +92,12 @@ def test_memory_high_water_mark_resets_and_sees_an_allocation():
         pytest.skip("peak memory is measured through /proc (Linux only)")
     code = (
         "import numpy as np\n"
-        "from pkl_dg.bench.speed import _proc_status_mb\n"
+        "from pkl_dg.bench.speed_restore import proc_status_mb\n"
         "big = np.ones(300 * 2**20 // 8); del big\n"          # an early peak, then freed
         "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "base = _proc_status_mb('VmRSS'); hwm0 = _proc_status_mb('VmHWM')\n"
+        "base = proc_status_mb('VmRSS'); hwm0 = proc_status_mb('VmHWM')\n"
         "a = np.ones(100 * 2**20 // 8)\n"
-        "print(base, hwm0, _proc_status_mb('VmHWM'))\n")
+        "print(base, hwm0, proc_status_mb('VmHWM'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     base, hwm0, hwm1 = map(float, out.stdout.split())
     assert hwm0 < base + 50          # the 300 MB peak before the reset is forgotten
@@ -229,7 +229,8 @@ def test_rl_oracle_picks_the_best_psnr_iteration(single_thread):
     import numpy as np
     import torch
 
-    from pkl_dg.bench.quality import _psnr_fast, rl_oracle, simulate
+    from pkl_dg.bench.protocol import psnr, rl_iterates, rl_oracle
+    from pkl_dg.bench.simulate import simulate_measurement
     from pkl_dg.metrics import normalize_percentile
     from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
     from pkl_dg.richardson_lucy import richardson_lucy_iter
@@ -238,12 +239,13 @@ def test_rl_oracle_picks_the_best_psnr_iteration(single_thread):
     obj = np.zeros((48, 48), dtype=np.float32)
     obj[rng.integers(4, 44, 20), rng.integers(4, 44, 20)] = 1.0
     psf = gaussian_psf(2.0)
-    y = simulate(obj, psf, 30, seed=0)
-    img, it, secs = rl_oracle(y, psf, 2.0, obj, cap=40)
+    y = simulate_measurement(obj, psf, background=2.0, peak=30, seed=0)
+    best = rl_oracle(rl_iterates(y, psf, 2.0, 40), obj)
+    img, it, secs = best.image, best.iteration, best.seconds
     assert 1 <= it <= 40 and secs >= 0
-    best = _psnr_fast(img, normalize_percentile(obj))
+    assert psnr(img, normalize_percentile(obj)) == pytest.approx(best.psnr)
     fm = ForwardModel(PSFConvolution(psf), 2.0)
     with torch.inference_mode():
-        scores = [_psnr_fast(x.numpy(), normalize_percentile(obj))
+        scores = [psnr(x.numpy(), normalize_percentile(obj))
                   for x in richardson_lucy_iter(torch.from_numpy(y), fm, 40)]
-    assert best == pytest.approx(max(scores)) and scores[it - 1] == pytest.approx(best)
+    assert best.psnr == pytest.approx(max(scores)) and scores[it - 1] == pytest.approx(best.psnr)

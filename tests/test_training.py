@@ -216,13 +216,13 @@ def test_shipped_prior_restores_phantom():
     from pkl_dg.diffusion.model_io import default_model_path
     from pkl_dg.metrics import care_scores
     from pkl_dg.physics.psf import gaussian_psf
-    from pkl_dg.training.validate import make_case
+    from pkl_dg.bench.simulate import simulate_measurement
 
     if not (default_model_path() / "model.safetensors").is_file():
         pytest.skip("no shipped weights in this checkout")
     psf = gaussian_psf(2.0)
     gt = phantom_batch(seed=4242, n=1, size=96)[0]
-    y = make_case(gt, 30.0, 2.0, psf, seed=1)
+    y = simulate_measurement(gt, psf, background=2.0, peak=30.0, seed=1)
     x = restore(y, psf=psf, method="pkl", steps=10, seed=0, background=2.0)
     assert np.isfinite(x).all()
     assert care_scores(x, gt)["psnr"] > care_scores(y, gt)["psnr"]

@@ -23,21 +23,24 @@ SMOKE = {"size": 48, "images": 2, "workers": [1], "method": "rl", "steps": 2}
 
 
 def make_inputs(folder: Path, images: int, size: int, photons: float, seed: int = 0) -> None:
-    """``images`` noisy widefield TIFFs of ``size``² in ``folder`` (float32 photons)."""
-    import tifffile
-    import torch
+    """``images`` noisy widefield TIFFs of ``size``² in ``folder`` (float32 photons).
 
-    from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+    Procedural phantoms (:func:`pkl_dg.training.phantoms.render_phantom`, drawn from
+    ``seed``) measured by :func:`pkl_dg.bench.simulate.simulate_measurement`: Gaussian PSF
+    σ = 2 px, background 2 photons, ``photons`` peak, noise seed ``seed`` × 1000 + image.
+    """
+    import tifffile
+
+    from pkl_dg.bench.simulate import simulate_measurement
+    from pkl_dg.physics import gaussian_psf
     from pkl_dg.training.phantoms import render_phantom
 
     rng = np.random.default_rng(seed)
-    fm = ForwardModel(PSFConvolution(gaussian_psf(2.0)), background=2.0)
+    psf = gaussian_psf(2.0)
     for i in range(images):
-        obj = render_phantom(rng, size)
-        obj = obj / obj.max() * photons
-        with torch.no_grad():
-            mu = fm.mean(torch.from_numpy(obj.astype(np.float32))).numpy()
-        tifffile.imwrite(folder / f"img{i:03d}.tif", rng.poisson(mu).astype(np.float32))
+        y = simulate_measurement(render_phantom(rng, size), psf, background=2.0, peak=photons,
+                                 seed=seed * 1000 + i)
+        tifffile.imwrite(folder / f"img{i:03d}.tif", y)
 
 
 def _peak_rss_mb() -> float:

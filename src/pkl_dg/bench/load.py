@@ -2,7 +2,7 @@
 
 Every laptop runs something else. Per case — the default PKL restore of a 512² image and
 the default Richardson–Lucy restore of a 2048² image (test images of
-:func:`pkl_dg.bench.speed.test_image`) — the restore is timed end to end (network already
+:func:`pkl_dg.bench.simulate.test_image`) — the restore is timed end to end (network already
 loaded) in a fresh process, as a user's run would start, first with nothing else running
 (``idle``) and then beside one competing CPU-bound process started by the benchmark
 (``loaded``). Both use the thread policy of :mod:`pkl_dg.threads` (automatic thread count,
@@ -28,7 +28,7 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
     """One timed restore in this process (called in the child process)."""
     import pkl_dg  # noqa: F401  (sets the OpenMP wait policy before torch loads)
     from pkl_dg.bench.common import benchmark_network
-    from pkl_dg.bench.speed import test_image
+    from pkl_dg.bench.simulate import test_image
     from pkl_dg.restoration import restore_iter, run_to_end
     from pkl_dg.settings import RestoreSettings
     from pkl_dg.threads import apply_threads

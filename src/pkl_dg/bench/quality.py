@@ -45,11 +45,10 @@ import numpy as np
 import torch
 
 from pkl_dg.bench.common import SMOKE_UNET, machine_info, now_iso
-from pkl_dg.frc import frc_resolution
-from pkl_dg.metrics import care_scores, fit_affine, normalize_percentile
-from pkl_dg.physics import ForwardModel, PSFConvolution, airy_psf, gaussian_psf, prepare_psf
+from pkl_dg.bench.protocol import rl_iterates, rl_oracle, score
+from pkl_dg.bench.simulate import simulate_measurement
+from pkl_dg.physics import PSFConvolution, airy_psf, gaussian_psf, prepare_psf
 from pkl_dg.restoration import restore
-from pkl_dg.richardson_lucy import richardson_lucy_iter
 
 METHODS = ("widefield", "rl_best", "rl30", "l2", "anscombe", "pkl", "none")
 DIFFUSION = ("l2", "anscombe", "pkl", "none")
@@ -139,52 +138,6 @@ def psfs() -> dict[str, np.ndarray]:
             "airy": airy_psf(AIRY["na"], AIRY["wavelength_nm"], AIRY["pixel_size_nm"])}
 
 
-def simulate(obj: np.ndarray, psf: np.ndarray, photons: float, seed: int) -> np.ndarray:
-    fm = ForwardModel(PSFConvolution(psf), BACKGROUND)
-    with torch.inference_mode():
-        mu = fm.mean(torch.from_numpy(obj * np.float32(photons)))
-    g = torch.Generator().manual_seed(int(seed) * 7919 + int(photons))
-    return torch.poisson(mu, generator=g).numpy().astype(np.float32)
-
-
-def _psnr_fast(pred: np.ndarray, gnorm: np.ndarray) -> float:
-    p = fit_affine(pred, gnorm)
-    mse = float(np.mean((p - gnorm) ** 2))
-    return 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
-
-
-def score(pred: np.ndarray, gt: np.ndarray) -> dict:
-    s = care_scores(pred, gt)
-    try:
-        frc = frc_resolution(pred, gt).resolution_px
-    except ValueError:  # constant prediction: nothing resolved
-        frc = float("inf")
-    return {"psnr": s["psnr"], "ssim": s["ssim"], "frc_px": frc}
-
-
-def rl_oracle(y: np.ndarray, psf: np.ndarray, background: float, gt: np.ndarray,
-              cap: int) -> tuple[np.ndarray, int, float]:
-    """RL iterate with the best PSNR within ``cap`` iterations; (image, iteration, seconds).
-
-    Seconds are the RL time up to the best iteration (scoring excluded).
-    """
-    fm = ForwardModel(PSFConvolution(prepare_psf(psf)), background)
-    gnorm = normalize_percentile(gt)
-    best, best_i, best_img, t_best = -np.inf, 0, None, 0.0
-    elapsed = 0.0
-    it = richardson_lucy_iter(torch.from_numpy(y), fm, cap)
-    for i in range(1, cap + 1):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            x = next(it)
-        elapsed += time.perf_counter() - t0
-        xn = x.numpy()
-        p = _psnr_fast(xn, gnorm)
-        if p > best:
-            best, best_i, best_img, t_best = p, i, xn.copy(), elapsed
-    return best_img, best_i, t_best
-
-
 def run_methods(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: float,
                 methods: list[str], seed: int, denoiser, cfg: dict,
                 run_deterministic: bool = True) -> list[dict]:
@@ -203,9 +156,10 @@ def run_methods(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: floa
             if m == "widefield":
                 pred = y
             elif m == "rl_best":
-                pred, it, secs = rl_oracle(y, psf, background if background >= 0 else
-                                           _auto_background(y, psf), gt, cfg["rl_cap"])
-                extra = {"best_iteration": it, "iteration_cap": cfg["rl_cap"]}
+                bg = background if background >= 0 else _auto_background(y, psf)
+                best = rl_oracle(rl_iterates(y, psf, bg, cfg["rl_cap"]), gt)
+                pred, secs = best.image, best.seconds
+                extra = {"best_iteration": best.iteration, "iteration_cap": cfg["rl_cap"]}
             elif m == "rl30":
                 pred = restore(y, method="rl", rl_iterations=30, **common)
             else:
@@ -323,7 +277,8 @@ def run_quality(realdata: str | None = None, smoke: bool = False, photons: list[
         for pname, psf in kernels.items():
             for P in cfg["photons"]:
                 for seed in range(cfg["seeds"]):
-                    y = simulate(obj["image"], psf, P, seed)
+                    y = simulate_measurement(obj["image"], psf, background=BACKGROUND,
+                                             peak=P, seed=seed * 7919 + int(P))
                     gt = obj["image"]
                     for r in run_methods(y, gt, psf, BACKGROUND, run_list, seed, denoiser, cfg):
                         records.append({"case": "synthetic", "source": obj["source"],

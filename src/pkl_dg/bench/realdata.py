@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkl_dg.metrics import care_scores, fit_affine, normalize_percentile
-from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+from pkl_dg.bench.protocol import rl_oracle
+from pkl_dg.bench.simulate import simulate_measurement
+from pkl_dg.metrics import care_scores
+from pkl_dg.physics import gaussian_psf
 
 REAL_METHODS = ("input", "rl_auto", "rl30", "rl_best", "pkl")
 REAL_LABELS = {"input": "input", "rl_auto": "RL, automatic count (default)",
@@ -48,15 +50,6 @@ def _read(root: Path, rel: str) -> np.ndarray:
         raise FileNotFoundError(f"benchmark data {p} is missing (shared/realdata; see its "
                                 "SOURCE.md files); pass --realdata DIR or set PKL_DG_REALDATA")
     return tifffile.imread(p)
-
-
-def _simulated(obj: np.ndarray, seed: int) -> np.ndarray:
-    """Poisson counts of ``obj`` (max 1) at SIM_PEAK photons, blurred, with background."""
-    fm = ForwardModel(PSFConvolution(gaussian_psf(SIM_SIGMA)), SIM_BACKGROUND)
-    with torch.inference_mode():
-        mu = fm.mean(torch.from_numpy((obj * SIM_PEAK).astype(np.float32)))
-    g = torch.Generator().manual_seed(seed)
-    return torch.poisson(mu.clamp(min=0), generator=g).numpy()
 
 
 def dev_inputs(root: Path, smoke: bool = False) -> list[dict]:
@@ -84,10 +77,11 @@ def dev_inputs(root: Path, smoke: bool = False) -> list[dict]:
             obj = obj[r0:r0 + 64, c0:c0 + 64]
         obj = obj - obj.min()
         obj = obj / obj.max()
-        counts = _simulated(obj, seed=11 + k)
+        psf = gaussian_psf(SIM_SIGMA)
+        counts = simulate_measurement(obj, psf, background=SIM_BACKGROUND, peak=SIM_PEAK,
+                                      seed=11 + k)
         adu = np.clip(counts + SIM_OFFSET, 0, 65535).astype(np.uint16)
         norm = ((counts - counts.min()) / (counts.max() - counts.min())).astype(np.float32)
-        psf = gaussian_psf(SIM_SIGMA)
         out.append({"name": f"{name}, uint16 ADU", "group": name, "image": adu, "gt": obj,
                     "psf": psf})
         out.append({"name": f"{name}, normalised float", "group": name, "image": norm,
@@ -103,19 +97,6 @@ def dev_inputs(root: Path, smoke: bool = False) -> list[dict]:
         out.append({"name": f"W2S {nm}", "group": "w2s", "image": noisy, "gt": clean,
                     "psf": np.ones((1, 1), np.float32)})
     return out
-
-
-def _rl_oracle(image: np.ndarray, psf: np.ndarray, gt: np.ndarray, cap: int) -> tuple:
-    from pkl_dg.restoration import restore_iter
-
-    gnorm = normalize_percentile(gt)
-    best, best_k = -np.inf, 0
-    for rec in restore_iter(image, psf=psf, method="rl", rl_iterations=cap):
-        p = fit_affine(rec.image, gnorm)
-        psnr = 10 * np.log10(1.0 / float(np.mean((p - gnorm) ** 2)))
-        if psnr > best:
-            best, best_k, best_img = psnr, rec.index, rec.image
-    return best_img, best_k
 
 
 def run_realdata(root: Path, denoiser=None, smoke: bool = False, log=print) -> dict:
@@ -135,8 +116,11 @@ def run_realdata(root: Path, denoiser=None, smoke: bool = False, log=print) -> d
                 if m == "input":
                     pred = np.asarray(img, dtype=np.float32)
                 elif m == "rl_best":
-                    pred, k = _rl_oracle(img, psf, gt, 5 if smoke else RL_ORACLE_CAP)
-                    extra["iterations"] = k
+                    # RL as restore runs it (calibration and background estimated)
+                    best = rl_oracle((rec.image for rec in restore_iter(
+                        img, psf=psf, method="rl",
+                        rl_iterations=5 if smoke else RL_ORACLE_CAP)), gt)
+                    pred, extra["iterations"] = best.image, best.iteration
                 else:
                     kw = {"method": "rl"} if m == "rl_auto" else \
                         {"method": "rl", "rl_iterations": 30} if m == "rl30" else \

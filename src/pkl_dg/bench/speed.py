@@ -21,107 +21,39 @@ Per size (square images, Gaussian PSF σ = 2 px, ≈100 photons peak, background
 * the quality cost of running the network in bf16: PKL restorations of procedural phantoms
   with the network in fp32 and in bf16, same seed, PSNR/SSIM of each.
 
-All figures are medians over ``--repeats`` runs.
+All figures are medians over ``--repeats`` runs. The network timings are in
+:mod:`pkl_dg.bench.network`, the restore timing and peak memory in
+:mod:`pkl_dg.bench.speed_restore`, the Richardson–Lucy tables (``rl`` part) in
+:mod:`pkl_dg.bench.speed_rl`; the test image is :func:`pkl_dg.bench.simulate.test_image`.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import os
 import time
 
 import numpy as np
 import torch
 
 from pkl_dg.bench.common import benchmark_network, machine_info, median_ms, now_iso
+from pkl_dg.bench.network import matmul_gflops, network_timing
+from pkl_dg.bench.simulate import TEST_BACKGROUND as BACKGROUND
+from pkl_dg.bench.simulate import TEST_PEAK_PHOTONS as PEAK_PHOTONS
+from pkl_dg.bench.simulate import TEST_PSF_SIGMA as PSF_SIGMA
+from pkl_dg.bench.simulate import simulate_measurement, test_image
+from pkl_dg.bench.speed_restore import peak_memory, restore_timing, restore_timing_from_worker
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
-from pkl_dg.restoration import restore_iter
 from pkl_dg.richardson_lucy import richardson_lucy
 from pkl_dg.settings import RestoreSettings
 
-PSF_SIGMA = 2.0
-BACKGROUND = 2.0
-PEAK_PHOTONS = 100.0
 RL_ITERATIONS = 10
 MATMUL_SIZE = 2048
 SMOKE = {"sizes": [32, 48], "repeats": 1, "steps": 3, "rl_iterations": 2, "matmul": 256,
          "e2e_max": 48}
 
 
-def test_image(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(object, noisy measurement in photons) of side ``n``: dots, short lines and blobs."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    obj = np.zeros((n, n), dtype=np.float64)
-    k = max(4, n * n // 400)
-    yy, xx = rng.integers(0, n, size=(2, k))
-    obj[yy, xx] = rng.uniform(0.5, 1.0, k)
-    obj += ndimage.gaussian_filter(rng.random((n, n)), max(1.0, n / 64)) * 0.5
-    obj = (obj / obj.max() * PEAK_PHOTONS).astype(np.float32)
-    fm = ForwardModel(PSFConvolution(gaussian_psf(PSF_SIGMA)), BACKGROUND)
-    with torch.inference_mode():
-        mu = fm.mean(torch.from_numpy(obj))
-    y = torch.poisson(mu, generator=torch.Generator().manual_seed(seed + 1)).numpy()
-    return obj, y.astype(np.float32)
-
-
-def matmul_gflops(n: int, repeats: int) -> dict:
-    """Measured square-matmul throughput in fp32 and bf16."""
-    out = {"size": n}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
-        with torch.inference_mode():
-            ms, _ = median_ms(lambda: a @ b, max(repeats, 3))
-        out[f"{name}_gflops"] = 2 * n ** 3 / (ms / 1e3) / 1e9
-    return out
-
-
-class TimedNetwork(torch.nn.Module):
-    """Wraps a denoiser and accumulates the wall time spent in it."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.seconds = 0.0
-
-    def forward(self, x, t):
-        t0 = time.perf_counter()
-        out = self.net(x, t)
-        self.seconds += time.perf_counter() - t0
-        return out
-
-
-def network_timing(net: torch.nn.Module, n: int, repeats: int, matmul: dict) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.randn(1, 1, n, n, generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([500])
-    out: dict = {"ms": {}, "gflops": {}, "fraction_of_matmul": {}}
-    with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            net(x, t)
-        flops = counter.get_total_flops()
-        out["flops"] = int(flops)
-        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            def fwd():
-                if dtype is None:
-                    return net(x, t)
-                with torch.autocast("cpu", dtype=dtype):
-                    return net(x, t)
-
-            ms, _ = median_ms(fwd, repeats)
-            out["ms"][name] = ms
-            out["gflops"][name] = flops / (ms / 1e3) / 1e9
-            out["fraction_of_matmul"][name] = out["gflops"][name] / matmul[f"{name}_gflops"]
-    return out
-
-
 def operator_timing(y: np.ndarray, repeats: int) -> dict:
+    """A then Aᵀ on ``y``, with a new operator each time (cold OTF) and with one (warm)."""
     psf = gaussian_psf(PSF_SIGMA)
     x = torch.from_numpy(y)
 
@@ -167,136 +99,6 @@ def rl_timing(y: np.ndarray, iterations: int, repeats: int) -> dict:
                     "padding and background; skimage: scipy.signal.convolve, zero padding"}
 
 
-def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int) -> dict:
-    """First-frame, per-step and end-to-end times of restore_iter (default settings)."""
-    settings = RestoreSettings(steps=steps, background=BACKGROUND, psf_sigma=PSF_SIGMA,
-                               device="cpu")
-    timed = TimedNetwork(net)
-    firsts, step_ms, net_ms, totals = [], [], [], []
-    for _ in range(repeats):
-        gen = restore_iter(y, settings, denoiser=timed)
-        t0 = time.perf_counter()
-        prev = t0
-        for i in range(steps):
-            timed.seconds = 0.0
-            next(gen)
-            now = time.perf_counter()
-            if i == 0:
-                firsts.append(now - t0)
-            else:
-                step_ms.append((now - prev) * 1e3)
-                net_ms.append(timed.seconds * 1e3)
-            prev = now
-        try:
-            next(gen)
-        except StopIteration:
-            pass
-        else:
-            raise RuntimeError("restore_iter yielded more frames than steps")
-        totals.append(time.perf_counter() - t0)
-    step = float(np.median(step_ms)) if step_ms else float("nan")
-    netm = float(np.median(net_ms)) if net_ms else float("nan")
-    return {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
-                         "sub_iterations": settings.sub_iterations,
-                         "step_rule": settings.step_rule, "precision": settings.precision},
-            "first_frame_s": float(np.median(firsts)), "guided_step_ms": step,
-            "guided_step_network_ms": netm,
-            "guided_step_non_network_share": 1.0 - netm / step if step_ms else None,
-            "steps_timed": len(step_ms),
-            "end_to_end_s": float(np.median(totals)), "end_to_end_repeats": len(totals),
-            "end_to_end_estimated": False}
-
-
-def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict:
-    """Run the first ``frames`` frames of a restoration of an n×n image in a fresh
-    interpreter; report its peak memory and frame times (see :func:`_memory_worker`)."""
-    cmd = [sys.executable, "-m", "pkl_dg.bench.speed", "--memory-worker", str(n),
-           "--frames", str(frames)]
-    if smoke:
-        cmd.append("--smoke")
-    if model:
-        cmd += ["--model", model]
-    cmd += ["--threads", str(torch.get_num_threads())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory worker for {n}×{n} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _proc_status_mb(field: str) -> float:
-    with open("/proc/self/status", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"/proc/self/status has no {field} line")
-
-
-def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
-    """Peak resident memory of the restoration alone.
-
-    ``ru_maxrss`` is useless here: Linux carries the parent's high-water mark over ``exec``,
-    and building the test image can peak above the restoration. Instead the worker resets
-    the high-water mark (``/proc/self/clear_refs``, Linux ≥ 4.0) after loading the network
-    and the image, runs the frames, and reads ``VmHWM``.
-    """
-    import gc
-
-    net, _ = benchmark_network(smoke, model)
-    _, y = test_image(n)
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-    except OSError as exc:
-        raise RuntimeError("peak memory is measured through /proc/self (Linux only); "
-                           f"this system refused it ({exc})") from exc
-    base = _proc_status_mb("VmRSS")
-    settings = RestoreSettings(background=BACKGROUND, psf_sigma=PSF_SIGMA, device="cpu")
-    timed = TimedNetwork(net)
-    gen = restore_iter(y, settings, denoiser=timed)
-    t0 = prev = time.perf_counter()
-    first, step_ms, net_ms = None, [], []
-    for i in range(frames):
-        timed.seconds = 0.0
-        next(gen)
-        now = time.perf_counter()
-        if i == 0:
-            first = now - t0
-        else:
-            step_ms.append((now - prev) * 1e3)
-            net_ms.append(timed.seconds * 1e3)
-        prev = now
-    seconds = time.perf_counter() - t0
-    peak = _proc_status_mb("VmHWM")
-    gen.close()
-    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
-            "frames": frames, "frames_s": seconds, "first_frame_s": first,
-            "step_ms": step_ms, "step_network_ms": net_ms,
-            "image_mb": y.nbytes / 2**20,
-            "note": "VmHWM of a fresh process whose high-water mark was reset after loading the "
-                    "network and the image (baseline = VmRSS then); default settings "
-                    f"(tile_size {settings.tile_size}, {settings.samples} samples)"}
-
-
-def restore_timing_from_worker(mem: dict, steps: int, e2e_max: int) -> dict:
-    """Restore timing of a size too large to run end to end, from the memory worker's frames."""
-    settings = RestoreSettings()
-    step = float(np.median(mem["step_ms"])) if mem["step_ms"] else float("nan")
-    netm = float(np.median(mem["step_network_ms"])) if mem["step_network_ms"] else float("nan")
-    return {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
-                         "sub_iterations": settings.sub_iterations,
-                         "step_rule": settings.step_rule, "precision": settings.precision},
-            "first_frame_s": mem["first_frame_s"], "guided_step_ms": step,
-            "guided_step_network_ms": netm,
-            "guided_step_non_network_share": 1.0 - netm / step if mem["step_ms"] else None,
-            "steps_timed": len(mem["step_ms"]),
-            "end_to_end_s": mem["first_frame_s"] + (steps - 1) * step / 1e3,
-            "end_to_end_repeats": 0, "end_to_end_estimated": True,
-            "end_to_end_note": (f"end-to-end not run above {e2e_max}² on this CPU (it would take "
-                                "many minutes); estimated as first frame + (steps − 1) × step, "
-                                "timed in the peak-memory process")}
-
-
 def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
     """PSNR/SSIM of PKL restorations with the network in fp32 and in bf16, same seed.
 
@@ -307,14 +109,13 @@ def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
     from pkl_dg import restore
     from pkl_dg.metrics import care_scores
     from pkl_dg.training.phantoms import phantom_batch
-    from pkl_dg.training.validate import make_case
 
     size, n_img, peaks, steps = (32, 1, (30.0,), 3) if smoke else (128, 3, (30.0, 1000.0), None)
     psf = gaussian_psf(PSF_SIGMA)
     rows = []
     for k, gt in enumerate(phantom_batch(seed=555, n=n_img, size=size)):
         for peak in peaks:
-            y = make_case(gt, peak, BACKGROUND, psf, seed=555 + k)
+            y = simulate_measurement(gt, psf, background=BACKGROUND, peak=peak, seed=555 + k)
             out = {}
             for prec in ("fp32", "bf16"):
                 kw = {"steps": steps} if steps else {}
@@ -383,8 +184,6 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
     for peak, v in precision["by_peak"].items():
         log(f"  {peak} photons: PSNR fp32 {v['fp32_psnr']:.2f} bf16 {v['bf16_psnr']:.2f} dB, "
             f"max pixel diff {100 * v['max_rel_pixel_diff']:.2f} % of peak")
-    import os
-
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "kind": "speed", "format_version": 1, "smoke": smoke, "created": now_iso(),
@@ -397,22 +196,3 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         "wall_s": time.perf_counter() - t_start,
     }
 
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="internal: peak-memory worker of pkl-dg bench speed")
-    p.add_argument("--memory-worker", type=int, required=True)
-    p.add_argument("--frames", type=int, default=2)
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--model", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    print(json.dumps(_memory_worker(a.memory_worker, a.frames, a.smoke, a.model)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -115,13 +115,29 @@ def _sdeconv() -> Callable:
 
 
 def load_peers(names=PEER_NAMES) -> tuple[dict[str, Callable], dict[str, str]]:
-    """(runnable peers, {peer: why it was skipped})."""
+    """Import the peer RL implementations that are installed.
+
+    A peer that is not installed, or whose installed version lacks the function used
+    (``ImportError``; ``AttributeError`` for sdeconv's modules, looked up by name), is
+    skipped; the reason goes into the results and the benchmark's log. RedLionfish handles
+    a missing OpenCL platform inside its own import.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Peers to load (from :data:`PEER_NAMES`).
+
+    Returns
+    -------
+    tuple of dict
+        (peer → callable ``fn(y, psf, iterations)``, peer → why it was skipped).
+    """
     makers = {"skimage": _skimage, "redlionfish": _redlionfish, "sdeconv": _sdeconv}
     ok, skipped = {}, {}
     for name in names:
         try:
             ok[name] = makers[name]()
-        except Exception as exc:  # noqa: BLE001 (any import failure is a reason to skip)
+        except (ImportError, AttributeError) as exc:
             how = ("pip install --no-deps sdeconv" if name == "sdeconv"
                    else "pip install -e .[bench]")
             skipped[name] = (f"not installed or not importable ({type(exc).__name__}: "
@@ -224,7 +240,7 @@ def run_rl_speed(sizes: list[int], iterations: int, repeats: int, log=print,
     from pkl_dg.bench.common import now_iso
 
     if image_fn is None:
-        from pkl_dg.bench.speed import test_image
+        from pkl_dg.bench.simulate import test_image
 
         def image_fn(n: int) -> np.ndarray:
             return test_image(n)[1]
@@ -287,7 +303,8 @@ def time_to_best(realdata: str | Path, cap: int = 300, repeats: int = 3, log=pri
     import tifffile
     from skimage.restoration import richardson_lucy as sk_rl
 
-    from pkl_dg.bench.quality import BIOSR_GT, BIOSR_RAW, _psnr_fast
+    from pkl_dg.bench.protocol import psnr
+    from pkl_dg.bench.quality import BIOSR_GT, BIOSR_RAW
     from pkl_dg.metrics import normalize_percentile
     from pkl_dg.restoration import estimate_background, restore
 
@@ -301,10 +318,10 @@ def time_to_best(realdata: str | Path, cap: int = 300, repeats: int = 3, log=pri
     fm = ForwardModel(conv, background)
     sk_input = np.clip(raw - background, 0, None)
     with torch.inference_mode():
-        curves = {"plain": [_psnr_fast(it.x.numpy(), g) for it in rl_iterates(y, fm, cap)],
-                  "accelerated": [_psnr_fast(it.x.numpy(), g)
+        curves = {"plain": [psnr(it.x.numpy(), g) for it in rl_iterates(y, fm, cap)],
+                  "accelerated": [psnr(it.x.numpy(), g)
                                   for it in rl_iterates(y, fm, cap, accelerate=True)]}
-    curves["skimage"] = [_psnr_fast(x, g) for x in skimage_iterates(sk_input, psf, cap)]
+    curves["skimage"] = [psnr(x, g) for x in skimage_iterates(sk_input, psf, cap)]
     check = float(np.abs(list(skimage_iterates(sk_input, psf, 5))[-1]
                          - sk_rl(sk_input, psf, num_iter=5, clip=False)).max())
     target = min(max(c) for c in curves.values())
@@ -329,7 +346,7 @@ def time_to_best(realdata: str | Path, cap: int = 300, repeats: int = 3, log=pri
     med = {m: float(np.median(v)) for m, v in times.items()}
     rows = {m: {"best_psnr": float(max(c)), "best_iteration": int(np.argmax(c)) + 1,
                 "iterations_to_target": k[m], "seconds_to_target": med[m],
-                "psnr_of_timed_call": _psnr_fast(np.asarray(outputs[m]), g),
+                "psnr_of_timed_call": psnr(np.asarray(outputs[m]), g),
                 "skimage_over_this": med["skimage"] / med[m]} for m, c in curves.items()}
     return {"data": f"BioSR F-actin pair ({BIOSR_RAW} → {BIOSR_GT}), {raw.shape[0]}×"
                     f"{raw.shape[1]}", "psf": f"gaussian sigma={PSF_SIGMA} px",

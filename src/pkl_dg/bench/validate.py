@@ -1,11 +1,14 @@
 """Validate a prior: guided diffusion vs best-iteration Richardson–Lucy on procedural phantoms.
 
-Protocol (DESIGN §4): ground truth from :func:`phantom_batch` with a seed never used in
-training, scaled to a peak of P photons, blurred by a Gaussian PSF (σ = 2 px), plus a
-constant background, Poisson noise. Scores: CARE PSNR/SSIM (:func:`pkl_dg.metrics.care_scores`).
-RL is reported at its best iteration for PSNR and for SSIM separately (an oracle).
+Protocol (DESIGN §4): ground truth from :func:`~pkl_dg.training.phantoms.phantom_batch`
+with a seed never used in training, measured by
+:func:`~pkl_dg.bench.simulate.simulate_measurement` (scaled to a peak of P photons, Gaussian
+PSF σ = 2 px, constant background, Poisson noise). Scores: CARE PSNR/SSIM
+(:func:`pkl_dg.metrics.care_scores`). RL is reported at its best iteration for PSNR and for
+SSIM separately (:func:`~pkl_dg.bench.protocol.rl_oracle`, scored at
+:data:`RL_ITERATIONS`).
 
-Run: ``python -m pkl_dg.training.validate --model DIR --out results.json``.
+Run: ``python -m pkl_dg.bench.validate --model DIR --out results.json``.
 """
 
 from __future__ import annotations
@@ -17,40 +20,67 @@ import time
 import numpy as np
 import torch
 
+from pkl_dg.bench.protocol import rl_iterates, rl_oracle
+from pkl_dg.bench.simulate import simulate_measurement
+
+#: the iterations at which the RL oracle scores (SSIM is costly)
 RL_ITERATIONS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 70, 100, 150, 200)
 
 
-def make_case(gt01: np.ndarray, peak: float, background: float, psf: np.ndarray, seed: int) -> np.ndarray:
-    from pkl_dg.physics.convolution import PSFConvolution
-
-    x = torch.from_numpy(gt01.astype(np.float64) * peak / gt01.max())
-    blurred = PSFConvolution(psf).A(x).clamp(min=0).numpy()
-    rng = np.random.default_rng(seed)
-    return rng.poisson(blurred + background).astype(np.float32)
-
-
 def rl_best(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: float) -> dict:
-    from pkl_dg.metrics import care_scores
-    from pkl_dg.physics.convolution import PSFConvolution
-    from pkl_dg.physics.forward import ForwardModel
-    from pkl_dg.richardson_lucy import richardson_lucy_iter
+    """RL's best PSNR and best SSIM against ``gt`` and their iterations (an oracle).
 
-    fm = ForwardModel(PSFConvolution(psf), background)
-    best = {"psnr": -np.inf, "ssim": -np.inf, "psnr_iter": 0, "ssim_iter": 0}
-    with torch.inference_mode():
-        for i, x in enumerate(richardson_lucy_iter(torch.from_numpy(y), fm, max(RL_ITERATIONS)), 1):
-            if i not in RL_ITERATIONS:
-                continue
-            s = care_scores(x.numpy(), gt)
-            if s["psnr"] > best["psnr"]:
-                best.update(psnr=s["psnr"], psnr_iter=i)
-            if s["ssim"] > best["ssim"]:
-                best.update(ssim=s["ssim"], ssim_iter=i)
-    return best
+    Parameters
+    ----------
+    y : ndarray
+        Measurement in photons.
+    gt : ndarray
+        Ground truth.
+    psf : ndarray
+        The PSF.
+    background : float
+        Background in photons per pixel.
+
+    Returns
+    -------
+    dict
+        ``psnr``, ``ssim``, ``psnr_iter``, ``ssim_iter`` (over :data:`RL_ITERATIONS`).
+    """
+    best = rl_oracle(rl_iterates(y, psf, background, max(RL_ITERATIONS)), gt,
+                     score_at=RL_ITERATIONS, with_ssim=True)
+    return {"psnr": best.psnr, "ssim": best.ssim, "psnr_iter": best.iteration,
+            "ssim_iter": best.ssim_iteration}
 
 
 def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], background: float,
         methods: tuple[str, ...], seed: int, steps: int, settings: dict | None = None) -> dict:
+    """Score the prior's methods and the RL oracle on phantoms at each peak photon level.
+
+    Parameters
+    ----------
+    model : str
+        Model directory or file ('' for the shipped prior).
+    n_images, size : int
+        Phantoms per level and their side (pixels).
+    peaks : tuple of float
+        Peak photon levels.
+    background : float
+        Background in photons per pixel (given to every method).
+    methods : tuple of str
+        Restore methods to score.
+    seed : int
+        Phantom seed (the noise of image k: ``seed`` × 1000 + k).
+    steps : int
+        Diffusion steps (0: the restore default).
+    settings : dict, optional
+        Restore setting overrides.
+
+    Returns
+    -------
+    dict
+        Mean [PSNR, SSIM] per level and method (``summary_psnr_ssim``), the per-image
+        scores, the protocol and the effective restore settings.
+    """
     from pkl_dg import restore
     from pkl_dg.diffusion.model_io import load_model
     from pkl_dg.metrics import care_scores
@@ -64,7 +94,8 @@ def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], backgrou
     t0 = time.perf_counter()
     for peak in peaks:
         for k, gt in enumerate(gts):
-            y = make_case(gt, peak, background, psf, seed=seed * 1000 + k)
+            y = simulate_measurement(gt, psf, background=background, peak=peak,
+                                     seed=seed * 1000 + k)
             res = {"input": care_scores(y, gt), "rl_best": rl_best(y, gt, psf, background)}
             for m in methods:
                 kw = dict(settings or {}, **({"steps": steps} if steps else {}))
@@ -124,6 +155,7 @@ def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tup
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line of the validation (see the module docstring); returns the exit code."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="", help="model directory or file (default: shipped prior)")
     p.add_argument("--n", type=int, default=4)

@@ -1,0 +1,96 @@
+"""Simulated measurements: the one simulator of the benchmarks and of the prior's validation.
+
+An object x ≥ 0 (photons, or scaled so that its maximum is ``peak`` photons) is blurred by
+the PSF (:class:`~pkl_dg.physics.PSFConvolution`: linear, mirror-padded FFT convolution), a
+constant background B (photons/pixel) is added and Poisson noise drawn,
+y ~ Poisson(A x + B): the acquisition model of :class:`~pkl_dg.physics.ForwardModel`, whose
+mean it uses. The noise comes from a torch generator seeded with ``seed``, so a measurement
+is a function of (object, PSF, peak, background, seed) alone.
+
+Also here: the speed benchmarks' test image (:func:`test_image`), dots, short lines and
+blobs at :data:`TEST_PEAK_PHOTONS` photons peak.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+
+#: the speed benchmarks' test image: Gaussian PSF σ (px), background and peak (photons)
+TEST_PSF_SIGMA = 2.0
+TEST_BACKGROUND = 2.0
+TEST_PEAK_PHOTONS = 100.0
+
+
+def simulate_measurement(obj: np.ndarray, psf: np.ndarray, *, background: float, seed: int,
+                         peak: float | None = None) -> np.ndarray:
+    """A noisy measurement of ``obj``: y ~ Poisson(A x + B), in photons.
+
+    Parameters
+    ----------
+    obj : ndarray
+        The object (2D or 3D, ≥ 0). Taken as photons when ``peak`` is None.
+    psf : ndarray
+        The blur kernel (normalised, as the PSF builders return it).
+    background : float
+        Constant background B in photons per pixel (≥ 0).
+    seed : int
+        Seed of the torch generator that draws the Poisson noise.
+    peak : float, optional
+        Scale the object so that its maximum is this many photons (before the blur).
+
+    Returns
+    -------
+    ndarray
+        Photon counts, float32, the shape of ``obj``.
+
+    Raises
+    ------
+    ValueError
+        ``peak`` is given and the object's maximum is not positive (nothing to scale), or
+        the background is negative or not finite (from :class:`ForwardModel`).
+    """
+    x = np.asarray(obj, dtype=np.float64)
+    if peak is not None:
+        top = float(x.max())
+        if not top > 0:
+            raise ValueError(f"cannot scale an object whose maximum is {top} to {peak} photons")
+        x = x * (peak / top)
+    fm = ForwardModel(PSFConvolution(psf), background)
+    with torch.inference_mode():
+        mu = fm.mean(torch.from_numpy(x.astype(np.float32)))
+    counts = torch.poisson(mu, generator=torch.Generator().manual_seed(int(seed)))
+    return counts.numpy().astype(np.float32)
+
+
+def test_image(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The speed benchmarks' test image of side ``n``: dots, short lines and blobs.
+
+    Parameters
+    ----------
+    n : int
+        Side in pixels (square image).
+    seed : int
+        Seed of the object; the noise is drawn with ``seed + 1``.
+
+    Returns
+    -------
+    tuple of ndarray
+        (object in photons, max :data:`TEST_PEAK_PHOTONS`; its measurement through a
+        Gaussian PSF of σ = :data:`TEST_PSF_SIGMA` px with background
+        :data:`TEST_BACKGROUND`), both float32.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    obj = np.zeros((n, n), dtype=np.float64)
+    k = max(4, n * n // 400)
+    yy, xx = rng.integers(0, n, size=(2, k))
+    obj[yy, xx] = rng.uniform(0.5, 1.0, k)
+    obj += ndimage.gaussian_filter(rng.random((n, n)), max(1.0, n / 64)) * 0.5
+    obj = (obj / obj.max() * TEST_PEAK_PHOTONS).astype(np.float32)
+    y = simulate_measurement(obj, gaussian_psf(TEST_PSF_SIGMA), background=TEST_BACKGROUND,
+                             seed=seed + 1)
+    return obj, y

@@ -1,0 +1,226 @@
+"""``pkl-dg bench speed``: a restoration timed frame by frame, and its peak memory.
+
+* :func:`restore_timing`: time to the first streamed frame of
+  :func:`~pkl_dg.restoration.restore_iter` (model already loaded, new operator: cold OTF),
+  the median guided step and the network's share of it (:class:`TimedNetwork`), and the
+  end-to-end time at the default number of steps;
+* :func:`peak_memory`: peak resident memory of the first frames of a restoration in a
+  fresh interpreter (``VmHWM`` after a reset of the high-water mark; torch allocations are
+  invisible to ``tracemalloc``) and its baseline after loading;
+* :func:`restore_timing_from_worker`: for sizes too large to restore end to end, the
+  estimate from the first frame and the step median of the peak-memory process's frames.
+
+The test image is :func:`pkl_dg.bench.simulate.test_image`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from pkl_dg.bench.common import benchmark_network
+from pkl_dg.bench.network import TimedNetwork
+from pkl_dg.bench.simulate import TEST_BACKGROUND, TEST_PSF_SIGMA, test_image
+from pkl_dg.restoration import restore_iter
+from pkl_dg.settings import RestoreSettings
+
+
+def _frame_times(frames: Iterator, count: int, timed: TimedNetwork) -> tuple[float, list, list]:
+    """(first frame s, ms between later frames, network ms within each) of ``count`` frames."""
+    t0 = prev = time.perf_counter()
+    first, step_ms, net_ms = 0.0, [], []
+    for i in range(count):
+        timed.seconds = 0.0
+        next(frames)
+        now = time.perf_counter()
+        if i == 0:
+            first = now - t0
+        else:
+            step_ms.append((now - prev) * 1e3)
+            net_ms.append(timed.seconds * 1e3)
+        prev = now
+    return first, step_ms, net_ms
+
+
+def _summary(settings: RestoreSettings, steps: int, first_s: float, step_ms: list,
+             net_ms: list) -> dict:
+    step = float(np.median(step_ms)) if step_ms else float("nan")
+    netm = float(np.median(net_ms)) if net_ms else float("nan")
+    return {"settings": {"method": settings.method, "steps": steps, "samples": settings.samples,
+                         "sub_iterations": settings.sub_iterations,
+                         "step_rule": settings.step_rule, "precision": settings.precision},
+            "first_frame_s": first_s, "guided_step_ms": step, "guided_step_network_ms": netm,
+            "guided_step_non_network_share": 1.0 - netm / step if step_ms else None,
+            "steps_timed": len(step_ms)}
+
+
+def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int) -> dict:
+    """First-frame, per-step and end-to-end times of restore_iter (default settings).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The loaded denoiser.
+    y : ndarray
+        The measurement (photons).
+    steps : int
+        Diffusion steps.
+    repeats : int
+        Restorations timed; medians are reported.
+
+    Returns
+    -------
+    dict
+        The settings used, ``first_frame_s``, ``guided_step_ms``,
+        ``guided_step_network_ms``, ``guided_step_non_network_share``, ``steps_timed``,
+        ``end_to_end_s`` and ``end_to_end_repeats``; ``end_to_end_estimated`` is False.
+
+    Raises
+    ------
+    RuntimeError
+        ``restore_iter`` streamed more frames than steps.
+    """
+    settings = RestoreSettings(steps=steps, background=TEST_BACKGROUND,
+                               psf_sigma=TEST_PSF_SIGMA, device="cpu")
+    timed = TimedNetwork(net)
+    firsts, step_ms, net_ms, totals = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gen = restore_iter(y, settings, denoiser=timed)
+        first, steps_ms, nets_ms = _frame_times(gen, steps, timed)
+        if next(gen, None) is not None:
+            raise RuntimeError("restore_iter yielded more frames than steps")
+        totals.append(time.perf_counter() - t0)
+        firsts.append(first)
+        step_ms += steps_ms
+        net_ms += nets_ms
+    return {**_summary(settings, steps, float(np.median(firsts)), step_ms, net_ms),
+            "end_to_end_s": float(np.median(totals)), "end_to_end_repeats": len(totals),
+            "end_to_end_estimated": False}
+
+
+def restore_timing_from_worker(mem: dict, steps: int, e2e_max: int) -> dict:
+    """Restore timing of a size too large to run end to end, from the memory worker's frames.
+
+    Parameters
+    ----------
+    mem : dict
+        :func:`peak_memory` of that size (at least 2 frames).
+    steps : int
+        Diffusion steps of a full restoration.
+    e2e_max : int
+        The largest size restored end to end (for the note).
+
+    Returns
+    -------
+    dict
+        As :func:`restore_timing`, with ``end_to_end_s`` = first frame + (steps − 1) ×
+        step, ``end_to_end_estimated`` True and an ``end_to_end_note``.
+    """
+    out = _summary(RestoreSettings(), steps, mem["first_frame_s"], mem["step_ms"],
+                   mem["step_network_ms"])
+    return {**out, "end_to_end_s": mem["first_frame_s"] + (steps - 1) * out["guided_step_ms"] / 1e3,
+            "end_to_end_repeats": 0, "end_to_end_estimated": True,
+            "end_to_end_note": (f"end-to-end not run above {e2e_max}² on this CPU (it would take "
+                                "many minutes); estimated as first frame + (steps − 1) × step, "
+                                "timed in the peak-memory process")}
+
+
+def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict:
+    """Peak memory and frame times of the first ``frames`` frames of a restoration of an
+    n×n test image, run in a fresh interpreter (see :func:`_memory_worker`).
+
+    Raises
+    ------
+    RuntimeError
+        The worker process failed (its stderr is in the message).
+    """
+    cmd = [sys.executable, "-m", "pkl_dg.bench.speed_restore", "--memory-worker", str(n),
+           "--frames", str(frames)]
+    if smoke:
+        cmd.append("--smoke")
+    if model:
+        cmd += ["--model", model]
+    cmd += ["--threads", str(torch.get_num_threads())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory worker for {n}×{n} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, …) in MB.
+
+    Raises
+    ------
+    RuntimeError
+        The file has no such field.
+    """
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
+    """Peak resident memory of the restoration alone.
+
+    ``ru_maxrss`` is useless here: Linux carries the parent's high-water mark over ``exec``,
+    and building the test image can peak above the restoration. Instead the worker resets
+    the high-water mark (``/proc/self/clear_refs``, Linux ≥ 4.0) after loading the network
+    and the image, runs the frames, and reads ``VmHWM``.
+    """
+    import gc
+
+    net, _ = benchmark_network(smoke, model)
+    _, y = test_image(n)
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError as exc:
+        raise RuntimeError("peak memory is measured through /proc/self (Linux only); "
+                           f"this system refused it ({exc})") from exc
+    base = proc_status_mb("VmRSS")
+    settings = RestoreSettings(background=TEST_BACKGROUND, psf_sigma=TEST_PSF_SIGMA, device="cpu")
+    timed = TimedNetwork(net)
+    t0 = time.perf_counter()
+    gen = restore_iter(y, settings, denoiser=timed)
+    first, step_ms, net_ms = _frame_times(gen, frames, timed)
+    seconds = time.perf_counter() - t0
+    peak = proc_status_mb("VmHWM")
+    gen.close()
+    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
+            "frames": frames, "frames_s": seconds, "first_frame_s": first,
+            "step_ms": step_ms, "step_network_ms": net_ms,
+            "image_mb": y.nbytes / 2**20,
+            "note": "VmHWM of a fresh process whose high-water mark was reset after loading the "
+                    "network and the image (baseline = VmRSS then); default settings "
+                    f"(tile_size {settings.tile_size}, {settings.samples} samples)"}
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="internal: peak-memory worker of pkl-dg bench speed")
+    p.add_argument("--memory-worker", type=int, required=True)
+    p.add_argument("--frames", type=int, default=2)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--model", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(json.dumps(_memory_worker(a.memory_worker, a.frames, a.smoke, a.model)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
