@@ -9,7 +9,8 @@ from pkl_dg.bench.speed_rl import PEER_LABELS, PEER_NAMES
 FLOOR_BAR = 1.2
 
 
-def _load(v) -> str:
+def load_avg(v: list[float] | None) -> str:
+    """The 1-minute figure of a recorded ``os.getloadavg()`` ('?' when not recorded)."""
     return "?" if not v else f"{v[0]:.2f}"
 
 
@@ -23,8 +24,8 @@ def rl_lines(rl: dict | None) -> list[str]:
          f"Per iteration, ms, medians of {t['repeats']} repeats of {t['iterations']} "
          f"iterations, {t['torch_threads']} torch thread(s), one process, variants interleaved "
          f"in each repeat; the speed benchmark's test image, PSF {t['psf']}. Run "
-         f"{t['created']}; load average at start / end {_load(t['load_average_start'])} / "
-         f"{_load(t['load_average_end'])} (2 logical CPUs)" +
+         f"{t['created']}; load average at start / end {load_avg(t['load_average_start'])} / "
+         f"{load_avg(t['load_average_end'])} (2 logical CPUs)" +
          (f"; {rl['note']}" if rl.get("note") else "") + ".", ""]
     head = ["size", "FFT grid", "floor", "restore (÷ floor)", "fastest repeat: restore ÷ "
             "floor", "restore setup s",
