@@ -53,17 +53,9 @@ KNOWN_GUI_IMPORTS: dict[tuple[str, str], str] = {}
 KNOWN_LONG_MODULES: dict[str, str] = {
     "pkl_dg.napari.widget": "controls, PSF sources, run wiring in one widget; fix: issue 17 "
                             "steps 4-5 (shared run controller, `applies_when` visibility)",
-    "pkl_dg.bench.speed": "all speed tables in one module; fix: split network/guidance/RL "
-                          "timings into modules as bench/speed_rl.py already is",
-    "pkl_dg.bench.report": "every BENCHMARKS.md section in one module; fix: one renderer "
-                           "module per section (quality, speed, load, batch)",
 }
 #: (module, function) → why its broad except is silent / what would fix it
-KNOWN_SILENT_EXCEPTS: dict[tuple[str, str], str] = {
-    ("pkl_dg.bench.speed_rl", "load_peers"): "a peer that fails to import is listed as "
-                                             "skipped with the reason; fix: catch ImportError "
-                                             "(and what each peer raises on import)",
-}
+KNOWN_SILENT_EXCEPTS: dict[tuple[str, str], str] = {}
 
 
 # ---------------------------------------------------------------------- parsing
