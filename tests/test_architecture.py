@@ -51,8 +51,6 @@ KNOWN_LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
 KNOWN_GUI_IMPORTS: dict[tuple[str, str], str] = {}
 #: module → why it is over MAX_LINES / what would fix it
 KNOWN_LONG_MODULES: dict[str, str] = {
-    "pkl_dg.napari.widget": "controls, PSF sources, run wiring in one widget; fix: issue 17 "
-                            "steps 4-5 (shared run controller, `applies_when` visibility)",
 }
 #: (module, function) → why its broad except is silent / what would fix it
 KNOWN_SILENT_EXCEPTS: dict[tuple[str, str], str] = {}

@@ -129,7 +129,7 @@ def test_scoring_and_plot_failures_are_shown(viewer_widget, monkeypatch):
     monkeypatch.setattr(cw, "show_error", lambda msg: shown.append(("error", msg)))
     monkeypatch.setattr(cw, "show_warning", lambda msg: shown.append(("warning", msg)))
     widget.gt_combo.setCurrentText("cells ground truth")
-    widget._settings = widget.base_settings()
+    widget._settings = widget.run_inputs().state.settings
     widget.comparison = Comparison(results={"pkl": SimpleNamespace(image=np.ones((9, 9)))},
                                    misfit={"pkl": ["not a number", object()]})
     widget._update_metrics()
@@ -152,3 +152,123 @@ def test_misfit_plot_without_matplotlib_says_so(qtbot, monkeypatch):
     missing = MisfitPlot()
     assert missing.canvas is None and "matplotlib" in missing.widget.text()
     assert missing.draw({"pkl": [1.0]}) is None
+
+
+# ---------------------------------------------------------------- settings and PSF shared
+@pytest.fixture
+def notes():
+    """Notifications dispatched during the test, as (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[str, str]] = []
+
+    def record(event):
+        seen.append((str(event.severity), str(event.message)))
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def core_calls(monkeypatch):
+    """The arguments every comparison passes to the core's compare_iter."""
+    import pkl_dg.napari.worker as worker
+
+    calls = []
+    real = worker.compare_iter
+
+    def spy(image, methods, settings, **kwargs):
+        calls.append({"settings": settings, **kwargs})
+        return real(image, methods, settings, **kwargs)
+    monkeypatch.setattr(worker, "compare_iter", spy)
+    return calls
+
+
+def _beads(n=96):
+    beads = np.full((n, n), 10.0, np.float32)
+    yy, xx = np.mgrid[0:n, 0:n]
+    for y, x in ((25, 25), (25, 70), (70, 48)):
+        beads += 500 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3 ** 2))
+    return beads
+
+
+def _operator_psf(call) -> np.ndarray:
+    return call["operator"].psf.numpy().astype(np.float32)
+
+
+def test_compare_uses_the_psf_chosen_in_the_main_widget(viewer_widget, qtbot, core_calls,
+                                                        tmp_path, notes):
+    """A PSF layer, a bead image and a PSF file chosen in the PKL Deconvolution widget are
+    what Compare hands the core: the same array, and the same PSF as the main widget's
+    'Show PSF' builds."""
+    from pkl_dg.napari.psf_sources import psf_from_beads
+    from pkl_dg.physics import gaussian_psf
+
+    viewer, widget = viewer_widget
+    _dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    measured = gaussian_psf(1.2, 2.6)  # not the default σ = 2 px
+    viewer.add_image(measured, name="measured PSF")
+    viewer.add_image(_beads(), name="beads")
+    np.save(tmp_path / "psf.npy", measured)
+
+    main.psf_source.value = "layer"
+    main.psf_layer_combo.value = viewer.layers["measured PSF"]
+    main.input_combo.value = viewer.layers["cells"]
+    assert run_and_wait(qtbot, widget) == "done"
+    call = core_calls[-1]
+    np.testing.assert_array_equal(call["psf"], measured)
+    assert call["settings"].psf_kind == "array"
+    shown = main.show_psf()
+    np.testing.assert_allclose(_operator_psf(call), shown.data, rtol=1e-6, atol=1e-9)
+    metadata = widget.comparison.results["rl"].metadata
+    assert metadata["napari"]["psf_layer"] == "measured PSF"
+    assert widget.add_residual("rl") is not None  # the residual's forward model: same PSF
+
+    main.psf_source.value = "beads"
+    main.bead_layer_combo.value = viewer.layers["beads"]
+    main.bead_box.value = 21
+    assert run_and_wait(qtbot, widget) == "done"
+    expected, n_beads = psf_from_beads(viewer.layers["beads"].data, 21, "bead layer 'beads'")
+    np.testing.assert_array_equal(core_calls[-1]["psf"], expected)
+    assert widget.comparison.results["rl"].metadata["napari"]["psf_beads_used"] == n_beads == 3
+    np.testing.assert_allclose(_operator_psf(core_calls[-1]), main.show_psf().data,
+                               rtol=1e-6, atol=1e-9)
+
+    main.psf_source.value = "file"
+    main.controls["psf_path"].line_edit.value = str(tmp_path / "psf.npy")
+    assert run_and_wait(qtbot, widget) == "done"
+    call = core_calls[-1]
+    assert call["psf"] is None and call["settings"].psf_kind == "file"
+    assert call["settings"].psf_path == str(tmp_path / "psf.npy")
+    np.testing.assert_allclose(_operator_psf(call), main.show_psf().data, rtol=1e-6, atol=1e-9)
+    assert "default settings" not in widget.status_label.text()
+    assert not [n for n in notes if "ERROR" in n[0].upper() or "not open" in n[1]]
+
+
+def test_compare_without_the_main_widget_says_it_uses_the_defaults(viewer_widget, qtbot,
+                                                                   core_calls, notes):
+    """No PKL Deconvolution widget in this viewer (never opened, or closed): the defaults,
+    and the user is told so in a notification and in the status line."""
+    from pkl_dg.settings import RestoreSettings
+
+    viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert core_calls[-1]["psf"] is None
+    assert core_calls[-1]["settings"].psf_sigma == RestoreSettings().psf_sigma
+    assert any("WARNING" in sev.upper() and "not open" in msg for sev, msg in notes)
+    assert "default settings" in widget.status_label.text()
+
+    viewer.layers.selection.active = viewer.layers["cells"]  # the main widget's input
+    dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
+    main.controls["psf_sigma"].value = 1.3
+    assert run_and_wait(qtbot, widget) == "done"
+    assert core_calls[-1]["settings"].psf_sigma == pytest.approx(1.3)
+    notes.clear()
+    viewer.window.remove_dock_widget(dock)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert core_calls[-1]["settings"].psf_sigma == RestoreSettings().psf_sigma
+    assert any("not open" in msg for _sev, msg in notes)

@@ -197,13 +197,14 @@ def test_run_streams_into_one_layer_with_input_scale(viewer_widget, qtbot, notes
 
 def test_fast_frames_are_throttled_but_counted(viewer_widget, qtbot, monkeypatch):
     """Frames within DISPLAY_INTERVAL_S of the last shown one wait; the newest is shown."""
+    import pkl_dg.napari.output as output
     import pkl_dg.napari.run_controller as controller
 
     viewer, widget = viewer_widget
     shown = []
-    real_show = controller.show_frame
-    monkeypatch.setattr(controller, "show_frame",
-                        lambda layer, run, block, image: (shown.append(run.frames),
+    real_show = output.show_frame
+    monkeypatch.setattr(output, "show_frame",  # counts the frames streamed when shown
+                        lambda layer, run, block, image: (shown.append(widget.runner.run.frames),
                                                           real_show(layer, run, block, image)))
     monkeypatch.setattr(controller, "DISPLAY_INTERVAL_S", 3600.0)
     widget.controls["method"].value = "rl"

@@ -1,32 +1,43 @@
 """The "Compare methods" dock widget: one input, several methods, one layer per method.
 
-Runs :func:`pkl_dg.compare.compare_iter` in a napari ``thread_worker`` with the settings the
-PKL Deconvolution widget last saved (or the defaults), streams every method into its own
-layer, scores the results against an optional ground-truth layer, and shows Pearson
-residual maps. The input layer is only ever copied.
+Runs :func:`pkl_dg.napari.worker.comparison_frames` (around
+:func:`pkl_dg.compare.compare_iter`) through the same
+:class:`~pkl_dg.napari.run_controller.RunController` as the PKL Deconvolution widget
+(worker thread, progress bar, status line, cancel within one convolution), streams every
+method into its own layer (:class:`~pkl_dg.napari.compare_view.CompareView`), scores the results against an optional
+ground-truth layer, and shows Pearson residual maps. The input layer is only ever copied.
+
+Settings and PSF: those the PKL Deconvolution widget open in the same viewer has at the
+moment Compare runs (:mod:`pkl_dg.napari.shared_state`), so a PSF taken from an image
+layer, extracted from beads, read from a file or computed is the PSF every compared method
+uses. When that widget is not open, Compare runs with the default settings and says so
+(notification and status line).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                            QWidget)
+                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from pkl_dg.compare import METRIC_COLUMNS, compare_iter, metrics_table, pearson_residual, write_csv
+from pkl_dg.compare import METRIC_COLUMNS, metrics_table, pearson_residual, write_csv
+from pkl_dg.napari import shared_state
+from pkl_dg.napari.caches import release_freed_memory
+from pkl_dg.napari.compare_view import CompareView, geometry_of, result_layer_name
 from pkl_dg.napari.controls import short_method_label
 from pkl_dg.napari.layer_input import full_resolution
 from pkl_dg.napari.misfit_plot import MisfitPlot
-from pkl_dg.napari.state import SettingsStore
-from pkl_dg.napari.worker import NETWORK_METHODS, ModelCache
-from pkl_dg.settings import METHOD_LABELS, RestoreSettings
+from pkl_dg.napari.psf_sources import describe_psf
+from pkl_dg.napari.run_controller import RunController, progress_widgets
+from pkl_dg.napari.shared_state import RunInputs
+from pkl_dg.napari.state import WidgetState
+from pkl_dg.napari.worker import ModelCache, OperatorCache, PsfRequest, comparison_frames
+from pkl_dg.settings import METHOD_LABELS
 
 if TYPE_CHECKING:
     import napari
@@ -34,31 +45,8 @@ if TYPE_CHECKING:
 #: methods offered, in display order
 COMPARE_METHODS = ("rl", "l2", "anscombe", "pkl", "none")
 NO_GT = "(none)"
-
-
-def _compare_frames(image: np.ndarray, methods: list[str], settings: RestoreSettings,
-                    models: ModelCache, denoiser: Any = None):
-    """Worker body: yield (method, record); return (Comparison, seconds per method)."""
-    if denoiser is None and any(m in NETWORK_METHODS for m in methods):
-        denoiser = models.get(settings.model, settings.device)
-    gen = compare_iter(image, methods, settings, denoiser=denoiser)
-    seconds: dict[str, float] = {}
-    current, t0 = None, time.perf_counter()
-    try:
-        while True:
-            try:
-                method, rec = next(gen)
-            except StopIteration as stop:
-                if current is not None:
-                    seconds[current] = time.perf_counter() - t0
-                return stop.value, seconds
-            if method != current:
-                if current is not None:
-                    seconds[current] = time.perf_counter() - t0
-                current, t0 = method, time.perf_counter()
-            yield method, rec
-    finally:
-        gen.close()
+#: :attr:`RunInputs.origin` of the settings used when no PKL Deconvolution widget is open
+DEFAULTS = "the default settings (the PKL Deconvolution widget is not open in this viewer)"
 
 
 class CompareMethodsWidget(QWidget):
@@ -66,29 +54,31 @@ class CompareMethodsWidget(QWidget):
 
     Hooks for tests and scripts: ``denoiser`` (a network to use instead of the model cache),
     ``settings_overrides`` (extra RestoreSettings fields), ``model_cache``, ``layers``
-    (method → result layer), ``comparison``, ``rows`` (metrics rows) and the
-    ``run_finished(status)`` signal ("done", "cancelled", "error").
+    (method → result layer), ``comparison``, ``rows`` (metrics rows), ``runner`` (the
+    :class:`~pkl_dg.napari.run_controller.RunController`), :meth:`run_inputs` and the
+    ``run_finished(status)`` signal ("done", "cancelled", "failed", "error").
     """
 
     run_finished = Signal(str)
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer",
-                 store: SettingsStore | None = None) -> None:
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.store = store if store is not None else SettingsStore()
         self.model_cache = ModelCache()
+        self.operator_cache = OperatorCache()
         self.denoiser: Any = None
         self.settings_overrides: dict[str, Any] = {}
-        self.layers: dict[str, Image] = {}
         self.comparison = None
         self.seconds: dict[str, float] = {}
         self.rows: list[dict[str, Any]] = []
-        self._worker = None
-        self._status = "idle"
+        self._view: CompareView | None = None
         self._input: Image | None = None
-        self._settings: RestoreSettings | None = None
+        self._settings = None  # the settings the last comparison ran with
+        self._psf: np.ndarray | None = None  # and its PSF array (None: computed)
         self._build()
+        self.runner = RunController(self.progress, self.status_label, self.cancel_button)
+        self.runner.finished.connect(self._after_run)
+        self.runner.finished.connect(self.run_finished)
         self.refresh_layers()
         ev = self.viewer.layers.events
         ev.inserted.connect(self.refresh_layers)
@@ -116,23 +106,26 @@ class CompareMethodsWidget(QWidget):
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run compare")
         self.run_button.setToolTip(
-            "Runs every checked method with the settings last saved by the PKL Deconvolution "
-            "widget (PSF, calibration, steps, …); RestoreSettings() defaults when none were "
-            "saved. Only the method differs between runs.")
+            "Runs every checked method with the settings and PSF the PKL Deconvolution widget "
+            "of this viewer has now (PSF layer, beads, file or computed; calibration, steps, "
+            "…); with the defaults, said in the status line, when it is not open. Only the "
+            "method differs between runs.")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop within the current step; the result layers keep "
+                                      "the last estimates.")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        self.progress, self.status_label = progress_widgets()
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
         self.grid_box = QCheckBox("Side by side")
         self.grid_box.setToolTip("Grid view of the viewer; result layers share contrast limits.")
         self.grid_box.toggled.connect(self.set_side_by_side)
         layout.addWidget(self.grid_box)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
         self.table = QTableWidget(0, len(METRIC_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(METRIC_COLUMNS))
         layout.addWidget(self.table)
@@ -153,6 +146,7 @@ class CompareMethodsWidget(QWidget):
         layout.addWidget(self.misfit_plot.widget)
 
     def refresh_layers(self, *_args) -> None:
+        """Refill the image and ground-truth pickers from the viewer's image layers."""
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         for combo, extra in ((self.input_combo, []), (self.gt_combo, [NO_GT])):
             current = combo.currentText()
@@ -172,122 +166,94 @@ class CompareMethodsWidget(QWidget):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        """True while a comparison runs."""
+        return self.runner.is_running
+
+    @property
+    def layers(self) -> dict[str, Image]:
+        """Method → its result layer, of the last (or running) comparison."""
+        return self._view.layers if self._view is not None else {}
 
     def selected_methods(self) -> list[str]:
+        """The checked methods, in display order."""
         return [m for m, box in self.method_boxes.items() if box.isChecked()]
 
-    def base_settings(self) -> RestoreSettings:
-        state, message = self.store.load()
-        if message:
-            show_warning(message)
-        settings = state.settings
-        if self.settings_overrides:
-            settings = settings.replace(**self.settings_overrides)
-        return settings
+    def run_inputs(self) -> RunInputs:
+        """Settings and PSF source of the next comparison, with ``settings_overrides``.
+
+        Those of the PKL Deconvolution widget open in this viewer; the defaults (origin
+        :data:`DEFAULTS`) when none is. Raises ``ValueError`` when that widget's settings
+        are invalid or its PSF layer is not chosen.
+        """
+        inputs = shared_state.run_inputs(self.viewer, "2d")
+        if inputs is None:
+            state = WidgetState()
+            inputs = RunInputs(state, PsfRequest(state.psf_source), origin=DEFAULTS)
+        settings = inputs.state.settings.replace(mode="2d", **self.settings_overrides)
+        state = WidgetState(settings, inputs.state.psf_source, inputs.state.bead_box)
+        return RunInputs(state, inputs.psf, inputs.origin)
 
     # ------------------------------------------------------------------ run
     def run(self) -> bool:
+        """Start comparing the checked methods; False (with the reason shown) when it
+        cannot start."""
         if self.is_running:
             show_warning("A comparison is already running: wait or press Cancel.")
             return False
         layer = self._layer(self.input_combo.currentText())
         if layer is None:
-            show_error("Pick an image layer to compare methods on.")
+            self.runner.report("Pick an image layer to compare methods on.", error=True)
             return False
         methods = self.selected_methods()
         if not methods:
-            show_error("Check at least one method.")
+            self.runner.report("Check at least one method.", error=True)
             return False
         try:
             image = np.array(full_resolution(layer), dtype=np.float32)  # a copy, never the layer
             if image.ndim != 2:
                 raise ValueError("Compare methods works on 2D images "
                                  f"('{layer.name}' has {image.ndim} dimensions).")
-            settings = self.base_settings().replace(mode="2d")
+            inputs = self.run_inputs()
+            settings = inputs.state.settings
             settings.validate()
         except (ValueError, TypeError) as exc:
-            show_error(str(exc))
+            self.runner.report(f"Cannot compare: {exc}", error=True)
             return False
-        self._input, self._settings = layer, settings
-        self.layers, self.comparison, self.rows, self.seconds = {}, None, [], {}
+        if inputs.origin == DEFAULTS:
+            show_warning("Compare methods: the PKL Deconvolution widget is not open in this "
+                         "viewer, so the methods run with the default settings "
+                         f"({describe_psf(settings, inputs.psf.source)} PSF). Open Plugins > "
+                         "PKL Deconvolution to choose the PSF and settings.")
+        self._input, self._settings, self._psf = layer, settings, None
+        self.comparison, self.rows, self.seconds = None, [], {}
         self.table.setRowCount(0)
         self.export_button.setEnabled(False)
-        self._status = "running"
-        worker = thread_worker(_compare_frames, start_thread=False)(
-            image, methods, settings, self.model_cache, self.denoiser)
-        worker.yielded.connect(self._on_frame)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText(f"Comparing {len(methods)} method(s) on '{layer.name}'…")
-        worker.start()
+        self.residual_combo.clear()
+        self._view = CompareView(self.viewer, layer, methods, inputs.origin)
+        self.runner.start(self._view, comparison_frames, image, methods, settings, inputs.psf,
+                          self.operator_cache, self.model_cache, self.denoiser)
         return True
 
     def cancel(self) -> None:
-        if self._worker is not None:
-            self._status = "cancelled"
-            self._worker.quit()
+        """Stop the comparison within one convolution (the Cancel button)."""
+        self.runner.cancel()
 
-    def layer_name(self, method: str) -> str:
-        return f"{self._input.name} [{short_method_label(method)}]"
-
-    def _show(self, method: str, image: np.ndarray) -> Image:
-        image = np.asarray(image, dtype=np.float32)
-        layer = self.layers.get(method)
-        if layer is None or layer not in self.viewer.layers:
-            name = self.layer_name(method)
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            n = image.ndim
-            layer = self.viewer.add_image(image, name=name, colormap="gray",
-                                          **self._geometry(n))
-            self.layers[method] = layer
-            self.residual_combo.addItem(short_method_label(method), method)
-        else:
-            layer.data = image
-        lo, hi = np.percentile(image, [0.5, 99.8])
-        if hi > lo:
-            layer.contrast_limits = (float(lo), float(hi))
-        return layer
-
-    def _on_frame(self, item) -> None:
-        method, rec = item
-        if self._input is None:
+    def _after_run(self, status: str) -> None:
+        """Score, plot and offer residuals of a finished comparison; trim the caches."""
+        self.operator_cache.trim()
+        self.model_cache.trim()
+        release_freed_memory()
+        result = self._view.result if self._view is not None else None
+        if status != "done" or result is None:
             return
-        self._show(method, rec.image)
-        self.status_label.setText(f"{METHOD_LABELS[method]}: step {rec.index}/{rec.total}")
-
-    def _on_returned(self, value) -> None:
-        comparison, seconds = value
-        self.comparison, self.seconds = comparison, seconds
-        for method, result in comparison.results.items():
-            layer = self._show(method, result.image)
-            layer.metadata = dict(result.metadata)
-        self._status = "done"
+        self.comparison, self.seconds = result.comparison, result.seconds
+        self._settings, self._psf = result.settings, result.psf
+        for method in result.comparison.results:
+            self.residual_combo.addItem(short_method_label(method), method)
         self._update_metrics()
         self._plot_misfit()
         if self.grid_box.isChecked():
             self._link_contrast()
-        self.status_label.setText(f"Compared {len(comparison.results)} method(s).")
-
-    def _on_errored(self, exc: Exception) -> None:
-        self._status = "error"
-        show_error(f"Compare failed: {type(exc).__name__}: {exc}")
-        self.status_label.setText(f"Error: {exc}")
-
-    def _on_aborted(self) -> None:
-        self._status = "cancelled"
-        self.status_label.setText("Cancelled.")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.cancel_button.setEnabled(False)
-        status = self._status if self._status != "running" else "cancelled"
-        self.run_finished.emit(status)
 
     # ------------------------------------------------------------------ results
     def _update_metrics(self) -> None:
@@ -346,23 +312,18 @@ class CompareMethodsWidget(QWidget):
         try:
             bg = result.metadata.get("background_photons")
             r = pearson_residual(np.array(full_resolution(self._input), dtype=np.float32),
-                                 result.image, self._settings,
+                                 result.image, self._settings, psf=self._psf,
                                  background=None if bg is None else float(bg))
         except (ValueError, OSError, RuntimeError) as exc:
             # PSF or shape problems, an unreadable PSF file, torch out of memory
             show_error(f"Cannot compute the residual: {type(exc).__name__}: {exc}")
             return None
-        name = f"{self.layer_name(method)} residual"
+        name = f"{result_layer_name(self._input.name, method)} residual"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         return self.viewer.add_image(r, name=name, colormap="twilight_shifted",
-                                     contrast_limits=(-3, 3), **self._geometry(r.ndim))
-
-    def _geometry(self, n: int) -> dict:
-        """Scale, translate, units and axis labels of the input's last ``n`` axes."""
-        src = self._input
-        return {"scale": src.scale[-n:], "translate": src.translate[-n:],
-                "units": src.units[-n:], "axis_labels": src.axis_labels[-n:]}
+                                     contrast_limits=(-3, 3),
+                                     **geometry_of(self._input, r.ndim))
 
     def _link_contrast(self) -> None:
         layers = [layer for layer in self.layers.values() if layer in self.viewer.layers]
@@ -387,5 +348,7 @@ class CompareMethodsWidget(QWidget):
             self.grid_box.setChecked(bool(on))
 
     def closeEvent(self, event) -> None:  # noqa: N802
-        self.cancel()
+        self.runner.cancel("the Compare methods widget was closed")
+        self.operator_cache.clear()
+        self.model_cache.clear()
         super().closeEvent(event)

@@ -12,12 +12,17 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image
 
-from pkl_dg.settings import METHOD_LABELS, FieldSpec
+from pkl_dg.napari.state import PSF_SOURCES
+from pkl_dg.settings import METHOD_LABELS, FieldSpec, field_specs
 
 if TYPE_CHECKING:
     import napari
 
 GROUPS = ("Data", "PSF", "Calibration", "Guidance", "Sampler", "Model")
+#: the titles of the groups' boxes in the widget
+GROUP_TITLES = {"Data": "Data", "PSF": "PSF", "Calibration": "Photon calibration",
+                "Guidance": "Guidance", "Sampler": "Sampler / iterations",
+                "Model": "Model and device"}
 #: text shown instead of a number at a field's minimum, where the minimum means "automatic"
 SPECIAL_VALUE_TEXT = {
     "background": "auto",
@@ -43,6 +48,62 @@ INPUT_TIP = ("Fluorescence image to restore (single channel, last two axes Y, X)
 STACK_TIP = ("Restore only the plane shown in the viewer (in 3D mode: the Z-stack shown) "
              "into a 2D (3D) layer, or every plane (volume) of the stack one after the other "
              "into a layer of the stack's shape. Each block costs a full run.")
+
+
+def psf_source_controls(choices: Any) -> tuple[ComboBox, ComboBox, ComboBox, SpinBox]:
+    """The widget's own PSF controls: "PSF from", the PSF layer, the bead image, the bead box.
+
+    Parameters
+    ----------
+    choices
+        The image-layer choices callable of the two layer pickers
+        (:func:`image_layer_choices`).
+    """
+    source = ComboBox(name="psf_source", label="PSF from",
+                      choices=[(v, k) for k, v in PSF_SOURCES.items()],
+                      tooltip="Where the point-spread function comes from. A PSF image layer "
+                      "is used as is (normalised); from a bead image the isolated beads are "
+                      "averaged. The Compare methods widget uses the same PSF.")
+    psf_layer = ComboBox(name="psf_layer", label="PSF layer", choices=choices, nullable=True,
+                         value=None, tooltip="Image layer holding a measured or simulated "
+                         "PSF. In 2D mode a 3D stack gives its in-focus plane; in 3D mode it "
+                         "is the 3D PSF.")
+    bead_layer = ComboBox(name="bead_layer", label="Bead image", choices=choices,
+                          nullable=True, value=None, tooltip="Image of sub-resolution beads; "
+                          "isolated beads are aligned to sub-pixel precision and averaged "
+                          "into the PSF. In 3D mode a bead Z-stack gives a 3D PSF.")
+    bead_box = SpinBox(name="bead_box", label="Bead box (px)", min=5, max=255, step=2,
+                       value=25, tooltip="Size of the window cut around each bead; beads "
+                       "closer than half of it to another bead are skipped.")
+    return source, psf_layer, bead_layer, bead_box
+
+
+def shown_fields(method: str, step_rule: str, psf_source: str, mode_3d: bool
+                 ) -> dict[str, bool]:
+    """Which settings controls apply (are shown) for a method, step rule, PSF source and
+    mode; fields not named are always shown."""
+    src = psf_source
+    guided = method in ("pkl", "anscombe", "l2")
+    return {
+        "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
+        "psf_sigma_z": src == "gaussian" and mode_3d,
+        "samples": method != "rl", "tile_size": method != "rl",
+        "na": src in ("airy", "vectorial"), "wavelength_nm": src in ("airy", "vectorial"),
+        "pixel_size_nm": src in ("airy", "vectorial", "file", "layer"),
+        "immersion_ri": src == "vectorial", "sample_ri": src == "vectorial",
+        "psf_depth_nm": src == "vectorial", "z_step_nm": mode_3d,
+        "psf_z_step_nm": src in ("file", "layer") and mode_3d,
+        "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
+        "step_rule": guided, "lam": guided, "sub_iterations": guided,
+        "t_threshold": guided, "ramp": guided,
+        # the noise-level stop belongs to the Poisson step (PKL's proximal step weighs
+        # the prior instead; L2 and Anscombe always take Poisson steps)
+        "discrepancy": guided and not (method == "pkl" and step_rule == "proximal"),
+        "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
+        "rl_iterations": method == "rl", "tv_weight": method == "rl",
+        "rl_acceleration": method == "rl",
+        "model": method != "rl", "precision": method != "rl",
+    }
 
 
 def short_method_label(method: str) -> str:
@@ -116,6 +177,20 @@ def make_control(spec: FieldSpec):
     if spec.name in SPECIAL_VALUE_TEXT:
         ctrl.native.setSpecialValueText(SPECIAL_VALUE_TEXT[spec.name])
     return ctrl
+
+
+def settings_controls(exclude: tuple[str, ...] = ()
+                      ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """A control per settings field (:func:`make_control`) but those in ``exclude``:
+    ``(name → control, group → its controls in schema order)``, groups in :data:`GROUPS`
+    order first."""
+    controls: dict[str, Any] = {}
+    by_group: dict[str, list[Any]] = {g: [] for g in GROUPS}
+    for spec in field_specs():
+        if spec.name not in exclude:
+            controls[spec.name] = make_control(spec)
+            by_group.setdefault(spec.group, []).append(controls[spec.name])
+    return controls, by_group
 
 
 def read_control(ctrl) -> Any:

@@ -1,10 +1,12 @@
-"""The output layers of a run (napari, no Qt widgets).
+"""The output layers of a restoration run (napari, no Qt widgets).
 
 A run writes every streamed frame into ONE image layer named ``"<input> [<method>]"``
 (``@<index>`` appended when only the displayed block of a stack is restored), created on the
 first frame with the input's scale, translate, units and axis labels for the axes it covers,
 float32, and updated in place afterwards. Contrast limits follow the 0.1–99.9 percentiles of
-each frame until the user changes them.
+each frame until the user changes them. :class:`RestorationView` is what the
+:class:`~pkl_dg.napari.run_controller.RunController` shows of a restoration; the "PSF (PKL)"
+layer of the widget's *Show PSF* is written by :func:`show_psf_layer`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def same_layer(a: Any, b: Any) -> bool:
 
 @dataclass
 class Run:
-    """Book-keeping of the run in progress."""
+    """What a restoration run restores and where its output goes."""
 
     input_layer: Image
     settings: RestoreSettings
@@ -39,13 +41,9 @@ class Run:
     block_ndim: int  # 2 (YX plane) or 3 (ZYX volume)
     shape: tuple[int, ...]  # of what is restored (the output's shape)
     started: float = field(default_factory=time.perf_counter)
-    frames: int = 0
-    total: int = 0
     shown_at: float | None = None  # perf_counter of the last frame put into the layer
-    status: str = "running"
     auto_contrast: tuple[float, float] | None = None
     method_label: str = ""  # e.g. "PKL (Poisson KL)", for the status line
-    cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
     output_gone: bool = False  # the user removed the output layer during the run
 
 
@@ -140,4 +138,132 @@ def show_std(viewer: Any, out: Image, std: np.ndarray, samples: int) -> Image:
     layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
     layer.metadata = {"description": "per-pixel standard deviation over "
                       f"{samples} posterior samples (photons)", "of_layer": out.name}
+    return layer
+
+
+class RestorationView:
+    """What a restoration run shows (a :class:`~pkl_dg.napari.run_controller.RunView`): its
+    output layer, the layer's metadata and the posterior std layer.
+
+    ``current`` is the output layer of the previous run, reused when this run writes the
+    same name and shape.
+    """
+
+    def __init__(self, viewer: Any, run: Run, current: Image | None) -> None:
+        self.viewer = viewer
+        self.run = run
+        self.output_layer = current
+        self.label = f"Restoring '{run.input_layer.name}' with {run.method_label}"
+
+    def frame_key(self, record: Any) -> tuple[int, ...]:
+        """The block of the stack a frame belongs to."""
+        return tuple(record.block)
+
+    def progress(self, record: Any) -> tuple[int, int, float, str]:
+        """Steps done and in all over the whole run, and the seconds since it started."""
+        return record.index, record.total, time.perf_counter() - self.run.started, ""
+
+    def show(self, record: Any, contrast: bool = True) -> bool:
+        """Write a frame into the output layer (made on the first frame); False once the
+        user removed that layer."""
+        run = self.run
+        if run.output_gone:
+            return False
+        frame = np.asarray(record.image, dtype=np.float32)
+        if run.shown_at is None:  # the first frame replaces the previous result
+            blank_std(self.viewer, run.name)
+        self.output_layer = output_layer_for(self.viewer, run, self.output_layer, frame)
+        show_frame(self.output_layer, run, tuple(record.block), frame)
+        run.shown_at = time.perf_counter()
+        if contrast:
+            auto_contrast(self.output_layer, run, frame)
+        return True
+
+    def finish(self, result: Any, seconds: float) -> str:
+        """Put the result, its std and its metadata into the layers; the status line."""
+        run = self.run
+        image = np.asarray(result.image, dtype=np.float32)
+        layer = output_layer_for(self.viewer, run, self.output_layer, image)
+        self.output_layer = layer
+        layer.data = image
+        auto_contrast(layer, run, image)
+        if result.std is not None and run.settings.samples > 1:
+            show_std(self.viewer, layer, np.asarray(result.std, dtype=np.float32),
+                     run.settings.samples)
+        else:  # this result has no std: an older one must not stay beside it
+            remove_std(self.viewer, run.name)
+        metadata = dict(result.metadata)
+        notes = dict(metadata.get("napari", {}))
+        notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
+        metadata["napari"] = notes
+        layer.metadata = metadata
+        n = metadata.get("threads", "?")
+        return (f"'{run.name}': restored in {seconds:.1f} s "
+                f"({n} CPU thread{'' if n == 1 else 's'}).")
+
+    def cancelled(self, state: Any) -> str:
+        """Mark the output layer as a cancelled run's (``state`` counts its steps)."""
+        run = self.run
+        if run.shown_at is None or self.output_layer is None:
+            return ""
+        remove_std(self.viewer, run.name)  # the output changed: its old result's std goes
+        self.output_layer.metadata = {
+            "status": "cancelled", "steps_completed": state.frames,
+            "steps_total": state.total, "settings": run.settings.to_dict(),
+            "napari": {"input_layer": run.input_layer.name, "plane": list(run.plane)}}
+        return f"'{run.name}' holds the last estimate"
+
+    def failed(self) -> None:
+        """The output no longer holds the old result: its std layer goes."""
+        if self.run.shown_at is not None:
+            remove_std(self.viewer, self.run.name)
+
+    def output_removed(self, layer: Any) -> bool:
+        """The user removed ``layer``: if it was the output, forget it and its std layer.
+        True when it was the layer this run writes into (a running run should stop)."""
+        if not same_layer(layer, self.output_layer):
+            return False
+        self.output_layer = None
+        remove_std(self.viewer, layer.name)
+        if layer.name != self.run.name:
+            return False
+        self.run.output_gone = True
+        return True
+
+
+#: the layer *Show PSF* writes into
+PSF_LAYER = "PSF (PKL)"
+
+
+def show_psf_layer(viewer: Any, psf: np.ndarray, like: Image | None,
+                   metadata: dict[str, Any]) -> Image:
+    """Add (or update in place) the :data:`PSF_LAYER` layer showing ``psf``.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    psf
+        The PSF (normalised, 2D or 3D).
+    like
+        The image it is for: a new layer takes its scale and units; None for pixels.
+    metadata
+        The layer's metadata (its description and the PSF's diagnostics).
+
+    Returns
+    -------
+    Image
+        The PSF layer.
+    """
+    limits = (0.0, float(psf.max()))
+    if PSF_LAYER in viewer.layers and isinstance(viewer.layers[PSF_LAYER], Image):
+        layer = viewer.layers[PSF_LAYER]
+        layer.data = psf
+        layer.contrast_limits = limits
+    else:
+        n = psf.ndim
+        kwargs = {} if like is None else {"scale": like.scale[-n:], "units": like.units[-n:]}
+        layer = viewer.add_image(psf, name=PSF_LAYER, colormap="inferno",
+                                 contrast_limits=limits, **kwargs)
+    layer.metadata = metadata
     return layer

@@ -125,6 +125,15 @@ def describe_psf(settings: RestoreSettings, source: str) -> str:
     return "beads"
 
 
+def describe_resolved(settings: RestoreSettings, source: str, notes: dict) -> str:
+    """:func:`describe_psf`, the beads used and :func:`describe_diagnostics` of a PSF that
+    :func:`pkl_dg.napari.worker.resolve_psf` built (``notes`` are its notes)."""
+    desc = describe_psf(settings, source)
+    if "psf_beads_used" in notes:
+        desc += f" ({notes['psf_beads_used']} beads)"
+    return desc + describe_diagnostics(notes.get("psf", {}))
+
+
 def describe_diagnostics(info: dict) -> str:
     """The PSF diagnostics of :func:`pkl_dg.physics.build_psf_info` in a few words, e.g.
     ``"; FWHM 4.77 × 4.76 px; centred from (-3.99, +4.00) px; 100.0 % of its energy kept"``."""

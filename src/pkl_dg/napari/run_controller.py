@@ -1,16 +1,19 @@
-"""One restoration run in the GUI: worker lifecycle, cancel, throttled display, status line.
+"""One run in the GUI: worker lifecycle, cancel, throttled display, progress and status.
 
-:class:`RunController` starts :func:`pkl_dg.napari.worker.restoration_frames` in a napari
-``thread_worker`` and owns what the user sees of it: the output layer, the progress bar and
-the status line. The dock widget only builds the :class:`~pkl_dg.napari.output.Run` and its
-inputs.
+:class:`RunController` runs a generator function (the worker side of a run, e.g.
+:func:`pkl_dg.napari.worker.restoration_frames` or
+:func:`pkl_dg.napari.worker.comparison_frames`) in a napari ``thread_worker`` with a
+:class:`~pkl_dg.napari.worker.CancelFlag`, and owns the progress bar, the status line and the
+Cancel button. Both dock widgets use it; what a run shows in the viewer (its layers) is the
+:class:`RunView` given to :meth:`RunController.start`: the restoration's
+:class:`~pkl_dg.napari.output.RestorationView`, or the Compare widget's method layers.
 
-Display: every streamed frame is counted, but the output layer, the progress bar and the
-status line are updated together at most every :data:`DISPLAY_INTERVAL_S` seconds (the
-newest frame waits on a single-shot timer), so a fast run (hundreds of Richardson–Lucy
-iterations per second) never floods the Qt event loop; the last frame is always shown. In
-a whole-stack run a block's last frame is written into the layer before the next block
-starts, so no block is skipped.
+Display: every streamed frame is counted, but the layers, the progress bar and the status
+line are updated together at most every :data:`DISPLAY_INTERVAL_S` seconds (the newest
+frame waits on a single-shot timer), so a fast run (hundreds of Richardson–Lucy iterations
+per second) never floods the Qt event loop; the last frame is always shown. When the view's
+:meth:`RunView.frame_key` changes (the next block of a stack, the next compared method) the
+previous part's last frame is written before the next is shown, so no part is skipped.
 
 Status: the status line always holds the latest event: run progress, result, cancel (and
 why), failure, or an error found before the run started (:meth:`RunController.report`).
@@ -19,46 +22,94 @@ why), failure, or an error found before the run started (:meth:`RunController.re
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Protocol
 
-import numpy as np
-from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
-from pkl_dg.napari.output import (Run, auto_contrast, blank_std, output_layer_for, remove_std,
-                                  same_layer, show_frame, show_std)
 from pkl_dg.napari.worker import CancelFlag, Cancelled, RunFailure
 
-#: least time between two updates of the output layer, progress bar and status (≤ 10/s)
+#: least time between two updates of the layers, progress bar and status (≤ 10/s)
 DISPLAY_INTERVAL_S = 0.1
 
 
+@dataclass
+class RunState:
+    """Book-keeping of the run in progress: what the controller counts and reports."""
+
+    started: float = field(default_factory=time.perf_counter)
+    frames: int = 0  # frames streamed (all counted, not all shown)
+    total: int = 0  # steps of the run, as the last frame said
+    status: str = "running"  # running, cancelling, done, cancelled, failed, error
+    cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
+
+
+class RunView(Protocol):
+    """What one run shows in the viewer; the controller calls it in the GUI thread."""
+
+    #: the run in a few words for the status line, e.g. "Restoring 'cells' with PKL"
+    label: str
+
+    def frame_key(self, record: Any) -> Hashable:
+        """The part of the run a frame belongs to (a stack's block, a compared method)."""
+
+    def progress(self, record: Any) -> tuple[int, int, float, str]:
+        """(steps done, steps in all, seconds they took, the part named: "" or e.g. "PKL")."""
+
+    def show(self, record: Any, contrast: bool = True) -> bool:
+        """Put a frame into its layer (and set its contrast); False if it has nowhere to go."""
+
+    def finish(self, result: Any, seconds: float) -> str:
+        """Show the run's result; return the status line."""
+
+    def cancelled(self, state: RunState) -> str:
+        """Mark what the cancelled run left; return what it left in words ("" if nothing)."""
+
+    def failed(self) -> None:
+        """The run stopped on a user-fixable problem: drop what no longer belongs."""
+
+
+def progress_widgets() -> tuple[QProgressBar, QLabel]:
+    """The progress bar (steps done, time left; "idle") and the word-wrapped status line
+    a dock widget lays out for its :class:`RunController`."""
+    progress = QProgressBar()
+    progress.setRange(0, 1)
+    progress.setValue(0)
+    progress.setFormat("idle")
+    progress.setTextVisible(True)
+    progress.setToolTip("Steps done and estimated time left.")
+    status = QLabel("")
+    status.setWordWrap(True)
+    return progress, status
+
+
 class RunController(QObject):
-    """Runs one restoration at a time and shows it.
+    """Runs one generator function at a time in a worker thread and shows it.
 
     Signals: ``finished(status)`` with "done", "cancelled", "failed" or "error";
-    ``frame_shown(index)`` after a frame went into the layer (throttled, see the module).
+    ``frame_shown(index)`` after a frame went into the layers (throttled, see the module).
+    Attributes: ``run`` (the :class:`RunState` of the last run), ``view`` (its
+    :class:`RunView`) and ``last_error``.
     """
 
     finished = Signal(str)
     frame_shown = Signal(int)
 
-    def __init__(self, viewer: Any, progress: QProgressBar, status: QLabel,
+    def __init__(self, progress: QProgressBar, status: QLabel,
                  cancel_button: QPushButton) -> None:
         super().__init__()
-        self.viewer = viewer
         self.progress = progress
         self.status = status
         self.cancel_button = cancel_button
-        self.output_layer: Image | None = None
         self.last_error: str | None = None
-        self.run: Run | None = None
+        self.run: RunState | None = None
+        self.view: RunView | None = None
         self._worker = None
         self._flag: CancelFlag | None = None
-        self._pending = None  # newest StepRecord not yet shown
+        self._pending = None  # newest record not yet shown
         self._shown_at: float | None = None  # perf_counter of the last display update
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -75,11 +126,25 @@ class RunController(QObject):
     # ------------------------------------------------------------------ lifecycle
     @property
     def is_running(self) -> bool:
+        """True from :meth:`start` until the worker has finished."""
         return self._worker is not None
 
-    def start(self, run: Run, frames: Callable[..., Any], *args: Any) -> None:
-        """Run ``frames(*args, cancel=flag)`` (a generator function) in a worker thread."""
-        self.run = run
+    def start(self, view: RunView, frames: Callable[..., Any], *args: Any) -> None:
+        """Run ``frames(*args, cancel=flag)`` (a generator function) in a worker thread.
+
+        Parameters
+        ----------
+        view
+            What the run shows: its frames and result go to ``view``.
+        frames
+            Generator function yielding records (as ``view`` reads them) and returning the
+            result, a :class:`~pkl_dg.napari.worker.RunFailure` or a
+            :class:`~pkl_dg.napari.worker.Cancelled`.
+        *args
+            Passed to ``frames`` before the ``cancel`` keyword.
+        """
+        self.run = RunState()
+        self.view = view
         self.last_error = None
         self._pending = None
         self._shown_at = None
@@ -93,7 +158,7 @@ class RunController(QObject):
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first frame (PSF, model loading)
         self.progress.setFormat("preparing…")
-        self.status.setText(f"Restoring '{run.input_layer.name}' with {run.method_label}…")
+        self.status.setText(f"{view.label}…")
         worker.start()
 
     def cancel(self, reason: str = "") -> None:
@@ -120,29 +185,16 @@ class RunController(QObject):
             self.progress.setFormat("not started" if error else "idle")
         self.status.setText(message)
 
-    # ------------------------------------------------------------------ layers
-    def output_removed(self, layer: Any) -> None:
-        """The user removed ``layer``: forget it, drop its std layer, stop a run on it."""
-        if not same_layer(layer, self.output_layer):
-            return
-        self.output_layer = None
-        remove_std(self.viewer, layer.name)
-        run = self.run
-        if self.is_running and run is not None and run.name == layer.name:
-            run.output_gone = True
-            self._pending = None
-            self.cancel("the output layer was removed")
-
     # ------------------------------------------------------------------ display
     def _on_frame(self, record) -> None:
         run = self.run
         if run is None or run.status != "running" or not self._ui_alive:
             return  # being cancelled (a frame finished meanwhile) or closed
         run.frames += 1
-        run.total = record.total
+        run.total = self.view.progress(record)[1]
         pending = self._pending
-        if run.whole_stack and pending is not None and pending.block != record.block:
-            self._write(pending)  # a block's last frame always reaches the layer
+        if pending is not None and self.view.frame_key(pending) != self.view.frame_key(record):
+            self.view.show(pending, contrast=False)  # a part's last frame always shows
         self._pending = record
         wait = 0.0 if self._shown_at is None else \
             DISPLAY_INTERVAL_S - (time.perf_counter() - self._shown_at)
@@ -151,36 +203,25 @@ class RunController(QObject):
         elif not self._timer.isActive():
             self._timer.start(max(1, int(wait * 1000)))
 
-    def _write(self, record) -> Image:
-        run = self.run
-        frame = np.asarray(record.image, dtype=np.float32)
-        if run.shown_at is None:  # the first frame replaces the previous result
-            blank_std(self.viewer, run.name)
-        self.output_layer = output_layer_for(self.viewer, run, self.output_layer, frame)
-        show_frame(self.output_layer, run, tuple(record.block), frame)
-        run.shown_at = time.perf_counter()
-        return self.output_layer
-
     def _flush(self) -> None:
         """Show the newest frame: layer, contrast, progress and status in one update."""
         self._timer.stop()
         record, self._pending = self._pending, None
         run = self.run
-        if record is None or run is None or run.output_gone or not self._ui_alive:
+        if record is None or run is None or not self._ui_alive:
             return
-        layer = self._write(record)
-        auto_contrast(layer, run, np.asarray(record.image, dtype=np.float32))
-        now = time.perf_counter()
-        self._shown_at = now
-        eta = (now - run.started) / max(record.index, 1) * (record.total - record.index)
-        self.progress.setRange(0, record.total)
-        self.progress.setValue(record.index)
+        if not self.view.show(record):
+            return
+        self._shown_at = time.perf_counter()
+        index, total, seconds, part = self.view.progress(record)
+        eta = seconds / max(index, 1) * (total - index)
+        self.progress.setRange(0, total)
+        self.progress.setValue(index)
         if run.status == "running":
-            text = f"step {record.index}/{record.total} · ETA {eta:.0f} s"
+            text = f"{part + ' ' if part else ''}step {index}/{total} · ETA {eta:.0f} s"
             self.progress.setFormat(text)
-            self.status.setText(f"Restoring '{run.input_layer.name}' with "
-                                f"{run.method_label}: {text}.")
-        self.frame_shown.emit(record.index)
+            self.status.setText(f"{self.view.label}: {text}.")
+        self.frame_shown.emit(index)
 
     # ------------------------------------------------------------------ outcomes
     def _on_returned(self, result) -> None:
@@ -195,8 +236,7 @@ class RunController(QObject):
         if isinstance(result, RunFailure):
             self._flush()
             run.status = "failed"
-            if run.shown_at is not None:
-                remove_std(self.viewer, run.name)
+            self.view.failed()
             self.last_error = result.message
             show_error(result.message)
             self.progress.setRange(0, 1)
@@ -206,45 +246,22 @@ class RunController(QObject):
             return
         self._timer.stop()
         self._pending = None
-        image = np.asarray(result.image, dtype=np.float32)
-        layer = output_layer_for(self.viewer, run, self.output_layer, image)
-        self.output_layer = layer
-        layer.data = image
-        auto_contrast(layer, run, image)
-        if result.std is not None and run.settings.samples > 1:
-            show_std(self.viewer, layer, np.asarray(result.std, dtype=np.float32),
-                     run.settings.samples)
-        else:  # this result has no std: an older one must not stay beside it
-            remove_std(self.viewer, run.name)
-        metadata = dict(result.metadata)
-        notes = dict(metadata.get("napari", {}))
-        notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
-        metadata["napari"] = notes
-        layer.metadata = metadata
-        run.status = "done"
         elapsed = time.perf_counter() - run.started
+        message = self.view.finish(result, elapsed)
+        run.status = "done"
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat(f"done in {elapsed:.1f} s")
-        n = metadata.get("threads", "?")
-        self.status.setText(f"'{run.name}': restored in {elapsed:.1f} s "
-                            f"({n} CPU thread{'' if n == 1 else 's'}).")
+        self.status.setText(message)
 
     def _show_cancelled(self) -> None:
         run = self.run
         run.status = "cancelled"
-        if run.shown_at is not None:  # the output changed: the std of its old result goes
-            remove_std(self.viewer, run.name)
-        if self.output_layer is not None and run.shown_at is not None:
-            self.output_layer.metadata = {
-                "status": "cancelled", "steps_completed": run.frames, "steps_total": run.total,
-                "settings": run.settings.to_dict(),
-                "napari": {"input_layer": run.input_layer.name, "plane": list(run.plane)}}
+        kept = self.view.cancelled(run)
         self.progress.setFormat(f"cancelled at step {run.frames}/{run.total or '?'}")
         why = f" ({run.cancel_reason})" if run.cancel_reason else ""
-        kept = (f"; '{run.name}' holds the last estimate" if run.shown_at is not None
-                and self.output_layer is not None else "")
-        self.status.setText(f"Cancelled after {run.frames} step(s){why}{kept}.")
+        self.status.setText(f"Cancelled after {run.frames} step(s){why}"
+                            f"{'; ' + kept if kept else ''}.")
 
     def _on_errored(self, exc: Exception) -> None:
         # napari's worker already reports the exception (with its traceback) as a notification

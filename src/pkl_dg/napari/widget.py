@@ -9,9 +9,13 @@ file) and the buttons.
 A run copies the input plane and hands it to the
 :class:`~pkl_dg.napari.run_controller.RunController`, which streams
 :func:`pkl_dg.napari.worker.restoration_frames` from a worker thread into one output layer
-(``"<input> [<method>]"``, updated in place, at most 10 times a second), keeps the progress
-bar and status line current, and cancels within one convolution. Problems go to napari
-notifications and the status line; the input layer is never modified.
+(``"<input> [<method>]"``, updated in place, at most 10 times a second, see
+:class:`~pkl_dg.napari.output.RestorationView`), keeps the progress bar and status line
+current, and cancels within one convolution. Problems go to napari notifications and the
+status line; the input layer is never modified.
+
+The widget publishes its current settings and PSF source for its viewer
+(:mod:`pkl_dg.napari.shared_state`), so the Compare methods widget runs with the same PSF.
 """
 
 from __future__ import annotations
@@ -19,25 +23,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, SpinBox
+from magicgui.widgets import ComboBox, Container
 from napari.layers import Image
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, Qt, Signal
-from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                            QScrollArea, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QPushButton, QScrollArea, QVBoxLayout,
+                            QWidget)
 
-from pkl_dg.napari import psf_sources
-from pkl_dg.napari.controls import (GROUPS, INPUT_TIP, STACK_TIP, image_layer_choices,
-                                    make_control, pixel_size_nm_of, read_control,
-                                    short_method_label, write_control)
+from pkl_dg.napari import psf_sources, shared_state
+from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, image_layer_choices,
+                                    pixel_size_nm_of, psf_source_controls, read_control,
+                                    settings_controls, short_method_label, shown_fields,
+                                    write_control)
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
-from pkl_dg.napari.output import Run, same_layer
-from pkl_dg.napari.run_controller import RunController
-from pkl_dg.napari.state import PSF_SOURCES, STACK_EXTENTS, SettingsStore, WidgetState
-from pkl_dg.napari.worker import (ModelCache, OperatorCache, PsfRequest, resolve_psf,
-                                  restoration_frames)
+from pkl_dg.napari.output import RestorationView, Run, same_layer, show_psf_layer
+from pkl_dg.napari.run_controller import RunController, progress_widgets
+from pkl_dg.napari.shared_state import RunInputs
+from pkl_dg.napari.state import STACK_EXTENTS, SettingsStore, WidgetState
+from pkl_dg.napari.worker import ModelCache, OperatorCache, resolve_psf, restoration_frames
 from pkl_dg.settings import METHOD_LABELS, RestoreSettings, field_specs
 
 if TYPE_CHECKING:
@@ -51,7 +56,8 @@ class PKLDeconvolutionWidget(QWidget):
     settings field), ``operator_cache`` (forward models per image shape and PSF),
     ``model_cache`` (networks per model path and device), both bounded by bytes and freed
     when their layers or the widget close; ``output_layer``; ``runner`` (the
-    :class:`~pkl_dg.napari.run_controller.RunController`); the ``run_finished(status)``
+    :class:`~pkl_dg.napari.run_controller.RunController`); :meth:`run_inputs` (what a run
+    would use now, also read by the Compare methods widget); the ``run_finished(status)``
     signal with status "done", "cancelled", "failed" or "error", and ``frame_shown(index)``
     after a frame went into the output layer (at most 10 per second).
     """
@@ -68,10 +74,9 @@ class PKLDeconvolutionWidget(QWidget):
         self.model_cache = ModelCache()
         self._loading = False
         self._save_warned = False
-        self.controls: dict[str, Any] = {}
+        self._view: RestorationView | None = None  # of the last run
         self._build()
-        self.runner = RunController(self.viewer, self.progress, self.status_label,
-                                    self.cancel_button)
+        self.runner = RunController(self.progress, self.status_label, self.cancel_button)
         self.runner.finished.connect(self._after_run)
         self.runner.finished.connect(self.run_finished)
         self.runner.frame_shown.connect(self.frame_shown)
@@ -89,41 +94,19 @@ class PKLDeconvolutionWidget(QWidget):
         layers.moved.connect(self._reset_layer_choices)
         for layer in self.viewer.layers:  # a renamed layer shows its new name
             layer.events.name.connect(self._reset_layer_choices)
+        shared_state.publish(self.viewer, self.run_inputs)
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
         choices = image_layer_choices(self.viewer)
         self.input_combo = ComboBox(name="input", label="Image", choices=choices,
                                     tooltip=INPUT_TIP)
-        self.psf_source = ComboBox(name="psf_source", label="PSF from",
-                                   choices=[(v, k) for k, v in PSF_SOURCES.items()],
-                                   tooltip="Where the point-spread function comes from. A PSF "
-                                   "image layer is used as is (normalised); from a bead image "
-                                   "the isolated beads are averaged.")
-        self.psf_layer_combo = ComboBox(name="psf_layer", label="PSF layer", choices=choices,
-                                        nullable=True, value=None,
-                                        tooltip="Image layer holding a measured or simulated "
-                                        "PSF. In 2D mode a 3D stack gives its in-focus "
-                                        "plane; in 3D mode it is the 3D PSF.")
-        self.bead_layer_combo = ComboBox(name="bead_layer", label="Bead image",
-                                         choices=choices, nullable=True, value=None,
-                                         tooltip="Image of sub-resolution beads; "
-                                         "isolated beads are aligned to sub-pixel precision "
-                                         "and averaged into the PSF. In 3D mode a bead "
-                                         "Z-stack gives a 3D PSF.")
+        (self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
+         self.bead_box) = psf_source_controls(choices)
         self.stack_combo = ComboBox(name="stack", label="Stack",
                                     choices=[(v, k) for k, v in STACK_EXTENTS.items()],
                                     tooltip=STACK_TIP)
-        self.bead_box = SpinBox(name="bead_box", label="Bead box (px)", min=5, max=255, step=2,
-                                value=25, tooltip="Size of the window cut around each bead; "
-                                "beads closer than half of it to another bead are skipped.")
-        by_group: dict[str, list] = {g: [] for g in GROUPS}
-        for spec in field_specs():
-            if spec.name == "psf_kind":  # replaced by the widget's "PSF from"
-                continue
-            ctrl = make_control(spec)
-            self.controls[spec.name] = ctrl
-            by_group.setdefault(spec.group, []).append(ctrl)
+        self.controls, by_group = settings_controls(exclude=("psf_kind",))  # "PSF from"
         self.calibration_panel = CalibrationPanel(self.controls, self._calibration_plane,
                                                   lambda msg: self.runner.report(msg))
         by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
@@ -134,11 +117,8 @@ class PKLDeconvolutionWidget(QWidget):
         form_layout = QVBoxLayout(form)
         form_layout.setContentsMargins(0, 0, 0, 0)
         form_layout.addWidget(Container(widgets=[self.input_combo], labels=True).native)
-        titles = {"Data": "Data", "PSF": "PSF", "Calibration": "Photon calibration",
-                  "Guidance": "Guidance", "Sampler": "Sampler / iterations",
-                  "Model": "Model and device"}
         for group, ctrls in by_group.items():
-            box = QGroupBox(titles.get(group, group))
+            box = QGroupBox(GROUP_TITLES.get(group, group))
             box_layout = QVBoxLayout(box)
             box_layout.setContentsMargins(4, 4, 4, 4)
             box_layout.addWidget(Container(widgets=ctrls, labels=True).native)
@@ -173,14 +153,7 @@ class PKLDeconvolutionWidget(QWidget):
         buttons = QHBoxLayout()
         for b in (self.run_button, self.cancel_button, self.defaults_button):
             buttons.addWidget(b)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
-        self.progress.setTextVisible(True)
-        self.progress.setToolTip("Steps done and estimated time left.")
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        self.progress, self.status_label = progress_widgets()
 
         layout = QVBoxLayout(self)
         layout.addWidget(scroll, 1)
@@ -202,6 +175,26 @@ class PKLDeconvolutionWidget(QWidget):
                               else "array")
         return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
                            bead_box=int(self.bead_box.value), stack=self.stack_combo.value)
+
+    def run_inputs(self, mode: str | None = None) -> RunInputs:
+        """The settings and PSF request a run would use now.
+
+        Parameters
+        ----------
+        mode
+            "2d" or "3d": the block of a bead image the request copies; the widget's own
+            deconvolution mode when None.
+
+        Raises
+        ------
+        ValueError
+            When a setting is invalid or the PSF (or bead) layer is not chosen.
+        """
+        state = self.current_state()
+        request = psf_request(self.viewer, state.psf_source, self.bead_box.value,
+                              self.psf_layer_combo.value, self.bead_layer_combo.value,
+                              mode or state.settings.mode)
+        return RunInputs(state, request)
 
     def apply_state(self, state: WidgetState) -> None:
         self._loading = self.calibration_panel._writing = True
@@ -236,30 +229,9 @@ class PKLDeconvolutionWidget(QWidget):
 
     def _update_visibility(self) -> None:
         src = self.psf_source.value
-        method = self.controls["method"].value
-        guided = method in ("pkl", "anscombe", "l2")
-        mode_3d = self.controls["mode"].value == "3d" if "mode" in self.controls else False
-        shown = {
-            "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
-            "psf_sigma_z": src == "gaussian" and mode_3d,
-            "samples": method != "rl", "tile_size": method != "rl",
-            "na": src in ("airy", "vectorial"), "wavelength_nm": src in ("airy", "vectorial"),
-            "pixel_size_nm": src in ("airy", "vectorial", "file", "layer"),
-            "immersion_ri": src == "vectorial", "sample_ri": src == "vectorial",
-            "psf_depth_nm": src == "vectorial", "z_step_nm": mode_3d,
-            "psf_z_step_nm": src in ("file", "layer") and mode_3d,
-            "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
-            "step_rule": guided, "lam": guided, "sub_iterations": guided,
-            "t_threshold": guided, "ramp": guided,
-            # the noise-level stop belongs to the Poisson step (PKL's proximal step weighs
-            # the prior instead; L2 and Anscombe always take Poisson steps)
-            "discrepancy": guided and not (method == "pkl" and
-                                           self.controls["step_rule"].value == "proximal"),
-            "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
-            "rl_iterations": method == "rl", "tv_weight": method == "rl",
-            "rl_acceleration": method == "rl",
-            "model": method != "rl", "precision": method != "rl",
-        }
+        mode_3d = self.controls["mode"].value == "3d"
+        shown = shown_fields(self.controls["method"].value, self.controls["step_rule"].value,
+                             src, mode_3d)
         for name, visible in shown.items():
             if name in self.controls:
                 self.controls[name].visible = visible
@@ -309,9 +281,10 @@ class PKLDeconvolutionWidget(QWidget):
         removed = event.value
         removed.events.name.disconnect(self._reset_layer_choices)
         self._reset_layer_choices()
-        self.runner.output_removed(removed)
-        run = self.runner.run
-        if self.is_running and run is not None and same_layer(removed, run.input_layer):
+        view = self._view
+        if view is not None and view.output_removed(removed) and self.is_running:
+            self.runner.cancel("the output layer was removed")
+        if self.is_running and same_layer(removed, view.run.input_layer):
             # quietly: closing the viewer removes every layer before the widget goes
             self.runner.cancel(f"the input layer '{removed.name}' was removed")
         self.operator_cache.keep_shapes(open_shapes(self.viewer))
@@ -321,10 +294,6 @@ class PKLDeconvolutionWidget(QWidget):
         """See :func:`pkl_dg.napari.layer_input.selected_block`."""
         return selected_block(self.viewer, layer, mode, whole_stack)
 
-    def _psf_request(self, source: str, mode: str = "2d") -> PsfRequest:
-        return psf_request(self.viewer, source, self.bead_box.value,
-                           self.psf_layer_combo.value, self.bead_layer_combo.value, mode)
-
     # ------------------------------------------------------------------ actions
     @property
     def is_running(self) -> bool:
@@ -333,7 +302,7 @@ class PKLDeconvolutionWidget(QWidget):
     @property
     def output_layer(self) -> Image | None:
         """The layer the last run wrote into (None once removed)."""
-        return self.runner.output_layer
+        return self._view.output_layer if self._view is not None else None
 
     @property
     def last_error(self) -> str | None:
@@ -342,35 +311,19 @@ class PKLDeconvolutionWidget(QWidget):
 
     def show_psf(self) -> Image | None:
         """Add (or update) a layer showing the PSF of the current settings."""
+        layer = self.input_combo.value
         try:
-            state = self.current_state()
-            layer = self.input_combo.value
-            shape = (np.shape(self.selected_block(layer, state.settings.mode,
-                                                  state.stack == "all")[0])
+            inputs = self.run_inputs()
+            settings = inputs.state.settings
+            shape = (np.shape(self.selected_block(layer, settings.mode,
+                                                  inputs.state.stack == "all")[0])
                      if layer is not None else (256, 256))
-            request = self._psf_request(state.psf_source, state.settings.mode)
-            _raw, psf, _settings, notes = resolve_psf(state.settings, request, shape)
+            _raw, psf, _settings, notes = resolve_psf(settings, inputs.psf, shape)
         except (ValueError, FileNotFoundError) as exc:
             self.runner.report(f"Cannot show the PSF: {exc}", error=True)
             return None
-        desc = psf_sources.describe_psf(state.settings, state.psf_source)
-        if "psf_beads_used" in notes:
-            desc += f" ({notes['psf_beads_used']} beads)"
-        desc += psf_sources.describe_diagnostics(notes.get("psf", {}))
-        kwargs = {}
-        if layer is not None:
-            n = psf.ndim
-            kwargs = {"scale": layer.scale[-n:], "units": layer.units[-n:]}
-        name = "PSF (PKL)"
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-            psf_layer = self.viewer.layers[name]
-            psf_layer.data = psf
-            psf_layer.contrast_limits = (0.0, float(psf.max()))
-        else:
-            psf_layer = self.viewer.add_image(psf, name=name, colormap="inferno",
-                                              contrast_limits=(0.0, float(psf.max())),
-                                              **kwargs)
-        psf_layer.metadata = {"description": desc, **notes}
+        desc = psf_sources.describe_resolved(settings, inputs.psf.source, notes)
+        psf_layer = show_psf_layer(self.viewer, psf, layer, {"description": desc, **notes})
         self.runner.report(f"PSF: {desc}, {' × '.join(map(str, psf.shape))} px, sum 1.")
         return psf_layer
 
@@ -387,15 +340,14 @@ class PKLDeconvolutionWidget(QWidget):
                                "PKL Deconvolution) and pick it as 'Image'.", error=True)
             return False
         try:
-            state = self.current_state()
-            whole = state.stack == "all"
-            image, index = self.selected_block(layer, state.settings.mode, whole)
-            request = self._psf_request(state.psf_source, state.settings.mode)
+            inputs = self.run_inputs()
+            settings = inputs.state.settings
+            image, index = self.selected_block(layer, settings.mode,
+                                               inputs.state.stack == "all")
         except (ValueError, FileNotFoundError) as exc:
             self.runner.report(f"Cannot run: {exc}", error=True)
             return False
         self._save()
-        settings = state.settings
         name = f"{layer.name} [{short_method_label(settings.method)}]"
         if index:
             name += f" @{','.join(map(str, index))}"
@@ -403,7 +355,8 @@ class PKLDeconvolutionWidget(QWidget):
         run = Run(input_layer=layer, settings=settings, name=name, plane=index,
                   whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
                   shape=tuple(np.shape(image)), method_label=METHOD_LABELS[settings.method])
-        self.runner.start(run, restoration_frames, image, settings, request,
+        self._view = RestorationView(self.viewer, run, self.output_layer)
+        self.runner.start(self._view, restoration_frames, image, settings, inputs.psf,
                           self.operator_cache, self.model_cache)
         return True
 
@@ -420,6 +373,7 @@ class PKLDeconvolutionWidget(QWidget):
 
     def cleanup(self) -> None:
         """Stop a running restoration and free the caches (the widget is being closed)."""
+        shared_state.withdraw(self.viewer, self.run_inputs)
         self.runner.cancel("the PKL Deconvolution widget was closed")
         self.operator_cache.clear()
         self.model_cache.clear()

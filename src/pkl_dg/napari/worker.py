@@ -1,9 +1,12 @@
-"""The restoration run behind the dock widget, and the caches that make re-runs cheap (no Qt).
+"""The runs behind the dock widgets, and the caches that make re-runs cheap (no Qt).
 
-:func:`restoration_frames` is the generator that the widget hands to napari's
-``thread_worker``: it prepares the PSF, the forward model and the network (all in the worker
-thread, so the GUI stays responsive), then streams :class:`pkl_dg.restoration.StepRecord`
-frames from :func:`pkl_dg.restoration.restore_iter` and returns its ``RestoreResult``.
+:func:`restoration_frames` is the generator that the PKL Deconvolution widget hands to
+napari's ``thread_worker``: it prepares the PSF, the forward model and the network (all in
+the worker thread, so the GUI stays responsive), then streams
+:class:`pkl_dg.restoration.StepRecord` frames from :func:`pkl_dg.restoration.restore_iter`
+and returns its ``RestoreResult``. :func:`comparison_frames` does the same for the Compare
+methods widget around :func:`pkl_dg.compare.compare_iter`, with the same PSF resolution
+(:func:`resolve_psf`).
 Problems with the user's input (bad image, PSF larger than the image, missing model file, no
 beads found) are returned as a :class:`RunFailure` carrying the message to show; anything
 else propagates (napari reports it with its traceback).
@@ -23,20 +26,22 @@ networks per (model path, device). Both are bounded by bytes.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Generator
 
 import numpy as np
 
+from pkl_dg.compare import compare_iter
 from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # imported here, with the widget, not in the first run's worker thread: importing torch
 # there would hold the interpreter lock and freeze the GUI for seconds
 from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import RestoreSettings
 
-__all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ModelCache", "OperatorCache",
-           "PsfRequest", "RunCancelled", "RunFailure", "psf_key", "resolve_psf",
-           "restoration_frames"]
+__all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "MethodFrame",
+           "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunFailure",
+           "comparison_frames", "psf_key", "resolve_psf", "restoration_frames"]
 
 #: methods that need the diffusion prior
 NETWORK_METHODS = ("pkl", "anscombe", "l2", "none")
@@ -169,6 +174,16 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     return raw, psf, settings, notes
 
 
+def _prepare(image_shape: tuple[int, ...], settings: RestoreSettings,
+             psf_request: PsfRequest, operators: OperatorCache, flag: CancelFlag
+             ) -> tuple[np.ndarray | None, RestoreSettings, dict[str, Any], Any]:
+    """The PSF (raw array or None), settings with their ``psf_kind``, the notes for the
+    metadata and the cancellable forward model of a run."""
+    raw_psf, psf, settings, notes = resolve_psf(settings, psf_request, image_shape)
+    flag.check()
+    return raw_psf, settings, notes, CancellableOperator(operators.get(image_shape, psf), flag)
+
+
 def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request: PsfRequest,
                        operators: OperatorCache, models: ModelCache,
                        cancel: CancelFlag | None = None) -> Generator[Any, None, Any]:
@@ -182,9 +197,8 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
     done = 0
     steps = None
     try:
-        raw_psf, psf, settings, notes = resolve_psf(settings, psf_request, image.shape)
-        flag.check()
-        operator = CancellableOperator(operators.get(image.shape, psf), flag)
+        raw_psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
+                                                      operators, flag)
         denoiser = None
         if settings.method in NETWORK_METHODS:
             denoiser = models.get(settings.model, settings.device)
@@ -199,6 +213,77 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
             except StopIteration as stop:
                 return _annotate(stop.value, notes)
             yield record
+            done += 1
+    except RunCancelled:
+        return Cancelled(done)
+    except (ValueError, FileNotFoundError) as exc:
+        return RunFailure(str(exc))
+    finally:
+        if steps is not None:
+            steps.close()
+
+
+@dataclass(frozen=True)
+class MethodFrame:
+    """One streamed frame of a comparison: the method, its step and the seconds the method
+    has run so far."""
+
+    method: str
+    record: Any  # pkl_dg.restoration.StepRecord
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    """What a finished comparison returns: the results, the seconds per method, and the
+    settings and PSF array (None for a computed PSF) every method ran with."""
+
+    comparison: Any  # pkl_dg.compare.Comparison
+    seconds: dict[str, float]
+    settings: RestoreSettings
+    psf: np.ndarray | None
+
+
+def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSettings,
+                      psf_request: PsfRequest, operators: OperatorCache, models: ModelCache,
+                      denoiser: Any = None, cancel: CancelFlag | None = None
+                      ) -> Generator[MethodFrame, None, Any]:
+    """Run :func:`pkl_dg.compare.compare_iter` with the PSF of ``psf_request``; yield a
+    :class:`MethodFrame` per step; return a :class:`ComparedRun`, a :class:`RunFailure` or,
+    once ``cancel`` is set, :class:`Cancelled`.
+
+    The PSF is resolved by :func:`resolve_psf`, as for a restoration, so a PSF image layer or
+    a bead image reaches every method as the same array. ``denoiser`` replaces the network
+    of the model cache (tests).
+    """
+    flag = cancel if cancel is not None else CancelFlag()
+    done = 0
+    steps = None
+    try:
+        raw_psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
+                                                      operators, flag)
+        if denoiser is None and any(m in NETWORK_METHODS for m in methods):
+            denoiser = models.get(settings.model, settings.device)
+        flag.check()
+        steps = compare_iter(image, methods, settings, psf=raw_psf, operator=operator,
+                             denoiser=denoiser)
+        seconds: dict[str, float] = {}
+        current, t0 = None, time.perf_counter()
+        while True:
+            flag.check()
+            try:
+                method, record = next(steps)
+            except StopIteration as stop:
+                if current is not None:
+                    seconds[current] = time.perf_counter() - t0
+                for result in stop.value.results.values():
+                    _annotate(result, dict(notes))
+                return ComparedRun(stop.value, seconds, settings, raw_psf)
+            if method != current:
+                if current is not None:
+                    seconds[current] = time.perf_counter() - t0
+                current, t0 = method, time.perf_counter()
+            yield MethodFrame(method, record, time.perf_counter() - t0)
             done += 1
     except RunCancelled:
         return Cancelled(done)
