@@ -24,7 +24,7 @@ from pkl_dg.napari.state import WidgetState
 from pkl_dg.napari.worker import PsfRequest
 
 #: who the inputs came from, as :attr:`RunInputs.origin` says it
-MAIN_WIDGET = "the PKL Deconvolution widget"
+MAIN_WIDGET = "the settings and PSF of the PKL Deconvolution widget"
 
 
 @dataclass(frozen=True)
