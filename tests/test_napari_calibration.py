@@ -58,3 +58,31 @@ def test_estimate_failure_is_reported_not_raised(make_napari_viewer):
     viewer.add_image(ramp, name="ramp")
     assert widget.calibration_panel.estimate_shown is None
     assert "by hand" in widget.calibration_panel.label.text()
+
+
+def test_normalised_float_layer_selected_when_the_widget_opens(make_napari_viewer):
+    # a 16-bit camera image ÷ 65535 needs a gain of 65535 × 0.25 e⁻/ADU: shown, no error
+    viewer = make_napari_viewer()
+    viewer.add_image((_camera_image() / 65535.0).astype(np.float32), name="normalised")
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert widget.controls["gain"].value == pytest.approx(0.25 * 65535, rel=0.15)
+    assert widget.calibration_panel.label.text().startswith("Estimated from 'normalised'")
+    assert widget.current_state().settings.calibration == "auto"
+
+
+def test_estimate_outside_the_fields_is_reported_not_clamped(make_napari_viewer,
+                                                             monkeypatch):
+    shown = []
+    monkeypatch.setattr("pkl_dg.napari.calibration_panel.show_warning", shown.append)
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    before = {n: widget.controls[n].value for n in ("offset", "gain", "read_noise")}
+    viewer.add_image((_camera_image() / 1e7).astype(np.float32), name="tiny")  # gain 2.5e6
+    cal = widget.calibration_panel.estimate_shown
+    assert cal is not None and cal.gain > widget.controls["gain"].max
+    # nothing clamped: the fields keep their values, the estimate is said in full
+    assert {n: widget.controls[n].value for n in before} == before
+    assert widget.controls["calibration"].value == "auto"
+    label = widget.calibration_panel.label.text()
+    assert f"gain {cal.gain:.4g}" in label and "cannot show" in label
+    assert len(shown) == 1 and "cannot show" in shown[0]

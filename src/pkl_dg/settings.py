@@ -4,12 +4,19 @@
 the metadata written with every result, so the three never drift apart. Every field
 carries its label, tooltip (in a microscopist's words), group, bounds and choices in the
 dataclass field metadata; consumers read them through :func:`field_specs`.
+
+A field's ``applies_when`` says when it has an effect: a tuple of alternatives, each a
+mapping of setting → the values it must take (JSON-describable, e.g.
+``({"method": ("rl",)},)``); the field applies when one alternative holds in full, and
+always when there is none. :func:`applies` evaluates it; the widget shows a control only
+where its field applies, and the CLI warns about a flag given where it does not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +38,32 @@ CALIBRATIONS = ("auto", "manual")
 #: the settings that describe the camera; giving any of them means calibrating by hand
 CAMERA_FIELDS = ("offset", "gain", "read_noise")
 RL_ACCELERATIONS = ("none", "biggs-andrews")
+#: methods that pull a diffusion prior's samples toward the data
+GUIDED_METHODS = ("pkl", "anscombe", "l2")
+#: methods that run the diffusion prior (guided, or unguided with 'none')
+PRIOR_METHODS = GUIDED_METHODS + ("none",)
+
+_PRIOR = ({"method": PRIOR_METHODS},)
+_GUIDED = ({"method": GUIDED_METHODS},)
+_RL = ({"method": ("rl",)},)
+_MANUAL = ({"calibration": ("manual",)},)
+_POISSON_STEPS = ("poisson", "adaptive")
+#: λ: PKL's with every step rule; L2 and Anscombe take λ = 1 with the proximal rule
+_LAM = ({"method": ("pkl",)}, {"method": ("anscombe", "l2"), "step_rule": _POISSON_STEPS})
+#: the noise-level stop belongs to Poisson steps (PKL's proximal step weighs the prior)
+_STOP = ({"method": ("anscombe", "l2")}, {"method": ("pkl",), "step_rule": _POISSON_STEPS})
+
+
+def _kinds(*kinds: str, mode: str | None = None) -> tuple[dict[str, tuple], ...]:
+    """``applies_when`` of a PSF setting: the PSF models (and mode) it applies to."""
+    return ({"psf_kind": kinds, **({"mode": (mode,)} if mode else {})},)
 
 
 def _f(default: Any, label: str, help: str, group: str, *, min: float | None = None,
-       max: float | None = None, choices: tuple | None = None, unit: str = "") -> Any:
+       max: float | None = None, choices: tuple | None = None, unit: str = "",
+       applies_when: tuple[dict[str, tuple], ...] = ()) -> Any:
     meta = {"label": label, "help": help, "group": group, "min": min, "max": max,
-            "choices": choices, "unit": unit}
+            "choices": choices, "unit": unit, "applies_when": applies_when}
     return field(default=default, metadata=meta)
 
 
@@ -59,47 +86,54 @@ class RestoreSettings:
                        "file, or an array/layer you supply.", "PSF", choices=PSF_KINDS)
     psf_sigma: float = _f(2.0, "Gaussian σ", "Standard deviation of the Gaussian PSF along X "
                           "(and Y unless σ Y is set). FWHM = 2.355·σ.", "PSF",
-                          min=0.3, max=50.0, unit="px")
+                          min=0.3, max=50.0, unit="px", applies_when=_kinds("gaussian"))
     psf_sigma_y: float = _f(0.0, "Gaussian σ Y", "Standard deviation along Y for an "
                             "anisotropic Gaussian PSF; 0 means the same as σ.", "PSF",
-                            min=0.0, max=50.0, unit="px")
+                            min=0.0, max=50.0, unit="px", applies_when=_kinds("gaussian"))
     psf_sigma_z: float = _f(0.0, "Gaussian σ Z", "Standard deviation of a 3D Gaussian PSF "
                             "along Z, in planes (3D mode only).", "PSF", min=0.0, max=50.0,
-                            unit="planes")
+                            unit="planes", applies_when=_kinds("gaussian", mode="3d"))
     na: float = _f(1.4, "Numerical aperture", "Numerical aperture of the objective (Airy and "
                    "vectorial PSF).",
-                   "PSF", min=0.05, max=1.7)
+                   "PSF", min=0.05, max=1.7, applies_when=_kinds("airy", "vectorial"))
     wavelength_nm: float = _f(520.0, "Emission wavelength", "Peak emission wavelength of the "
                               "fluorophore (Airy and vectorial PSF).", "PSF", min=200.0,
-                              max=1500.0, unit="nm")
+                              max=1500.0, unit="nm", applies_when=_kinds("airy", "vectorial"))
     immersion_ri: float = _f(1.515, "Immersion index", "Refractive index of the objective's "
                              "immersion medium (vectorial PSF): 1.515 oil, 1.33 water, 1.0 "
-                             "air, 1.405 silicone.", "PSF", min=1.0, max=2.0)
+                             "air, 1.405 silicone.", "PSF", min=1.0, max=2.0,
+                             applies_when=_kinds("vectorial"))
     sample_ri: float = _f(1.515, "Sample index", "Refractive index of the sample (vectorial "
                           "PSF): 1.33 live cells in medium, ~1.46 glycerol mountants, 1.515 "
                           "matched to oil. A mismatch with the immersion index blurs and "
-                          "lengthens the PSF with depth.", "PSF", min=1.0, max=2.0)
+                          "lengthens the PSF with depth.", "PSF", min=1.0, max=2.0,
+                          applies_when=_kinds("vectorial"))
     psf_depth_nm: float = _f(0.0, "Depth below coverslip", "Depth of the imaged plane below "
                              "the coverslip (vectorial PSF); matters when the sample and "
                              "immersion indices differ.", "PSF", min=0.0, max=500000.0,
-                             unit="nm")
+                             unit="nm", applies_when=_kinds("vectorial"))
     pixel_size_nm: float = _f(65.0, "Pixel size", "Size of one image pixel in the sample plane "
                               "(camera pixel / magnification).", "PSF", min=1.0, max=10000.0,
-                              unit="nm")
+                              unit="nm",
+                              applies_when=_kinds("airy", "vectorial", "file", "array"))
     z_step_nm: float = _f(0.0, "Z step", "Distance between the planes of the image stack "
                           "(3D mode); needed when a measured PSF's Z step differs from it. "
-                          "0 = not given.", "PSF", min=0.0, max=100000.0, unit="nm")
+                          "0 = not given.", "PSF", min=0.0, max=100000.0, unit="nm",
+                          applies_when=({"mode": ("3d",)},))
     psf_path: str = _f("", "PSF file", "TIFF or .npy PSF image (a 3D PSF gives its in-focus "
                        "plane in 2D mode). Used when PSF model is 'file'. Cleaned like every "
-                       "measured PSF: baseline and noise removed, centred, normalised.", "PSF")
+                       "measured PSF: baseline and noise removed, centred, normalised.", "PSF",
+                       applies_when=_kinds("file"))
     psf_pixel_size_nm: float = _f(0.0, "PSF pixel size", "Pixel size of a measured PSF (file, "
                                   "layer or array) when it differs from the image's (it is "
                                   "then resampled, in 2D and 3D mode); 0 means the same as "
-                                  "the image.", "PSF", min=0.0, max=10000.0, unit="nm")
+                                  "the image.", "PSF", min=0.0, max=10000.0, unit="nm",
+                                  applies_when=_kinds("file", "array"))
     psf_z_step_nm: float = _f(0.0, "PSF Z step", "Plane spacing of a measured 3D PSF when it "
                               "differs from the image's Z step (it is then resampled along "
                               "Z; 3D mode); 0 means the same as the image.", "PSF", min=0.0,
-                              max=100000.0, unit="nm")
+                              max=100000.0, unit="nm",
+                              applies_when=_kinds("file", "array", mode="3d"))
 
     # --- Photon calibration ---------------------------------------------------------
     calibration: str = _f("auto", "Calibration", "'auto': estimate the camera gain, offset "
@@ -111,10 +145,12 @@ class RestoreSettings:
     offset: float = _f(0.0, "Camera offset", "Camera baseline in ADU, subtracted first (calibration 'manual'). "
                        "May be negative (data exported with the baseline already removed "
                        "and shifted below zero).", "Calibration", min=-1e6, max=1e6,
-                       unit="ADU")
+                       unit="ADU", applies_when=_MANUAL)
     gain: float = _f(1.0, "Gain", "Camera conversion gain in photo-electrons per ADU; the "
-                     "image is converted to photon counts as (ADU − offset)·gain.",
-                     "Calibration", min=1e-4, max=1e4, unit="e⁻/ADU")
+                     "image is converted to photon counts as (ADU − offset)·gain. Data "
+                     "scaled to 0–1 need gains of thousands (a 16-bit image ÷ 65535: "
+                     "65535 × the camera's gain).", "Calibration", min=1e-4, max=1e6,
+                     unit="e⁻/ADU", applies_when=_MANUAL)
     background: float = _f(-1.0, "Background", "Constant background in photons per pixel "
                            "(out-of-focus haze, dark signal). −1 estimates it from the image "
                            "(its 1st percentile). With calibration 'auto' the estimated offset "
@@ -124,7 +160,7 @@ class RestoreSettings:
                            unit="photons")
     read_noise: float = _f(0.0, "Read noise", "Camera read noise (rms) in electrons; enters "
                            "the PKL likelihood as a variance shift.", "Calibration",
-                           min=0.0, max=1000.0, unit="e⁻")
+                           min=0.0, max=1000.0, unit="e⁻", applies_when=_MANUAL)
 
     # --- Guidance -----------------------------------------------------------------
     method: str = _f("pkl", "Method", "How the restoration agrees with the measurement: PKL "
@@ -138,44 +174,46 @@ class RestoreSettings:
                         "sharpen. 'poisson': Poisson-preconditioned steps x ← x − λ·x/Aᵀ1·∇f "
                         "(λ = 1 is one Richardson–Lucy iteration). 'adaptive': the paper's "
                         "normalised step, moving x by λ·‖x‖ along −∇f/‖∇f‖.", "Guidance",
-                        choices=STEP_RULES)
+                        choices=STEP_RULES, applies_when=_GUIDED)
     lam: float = _f(0.5, "Step size λ", "Guidance strength (see step rule). Proximal: the "
                     "data's weight against the prior (0.5: measured best for denoising real "
                     "widefield frames; larger trusts the data more). Poisson/adaptive: "
                     "the step per sub-iteration (1 = one Richardson–Lucy iteration).",
-                    "Guidance", min=0.0, max=10.0)
+                    "Guidance", min=0.0, max=10.0, applies_when=_LAM)
     sub_iterations: int = _f(0, "Sub-iterations", "Data-consistency iterations per "
                              "diffusion step. More follow the data more closely (like more "
                              "Richardson–Lucy iterations). 0 = automatic: proximal rule, the "
                              "automatic Richardson–Lucy count of the image shared out over "
                              "the steps; Poisson rule, from the image's brightness (5 at ~10 "
                              "photons peak, ~22 at 100, ~100 at 1000).", "Guidance", min=0,
-                             max=200)
+                             max=200, applies_when=_GUIDED)
     discrepancy: float = _f(-1.0, "Stop at noise level", "Each diffusion step stops its "
                             "sub-iterations once the result fits the data down to the "
                             "expected Poisson noise (deviance ≤ this × its expected value), "
                             "so a smooth object is not over-fitted. −1 = automatic (1.0 at "
                             "≤ 30 photons peak, 0.95 from 100); 0 = always run all "
-                            "sub-iterations.", "Guidance", min=-1.0, max=10.0)
+                            "sub-iterations.", "Guidance", min=-1.0, max=10.0,
+                            applies_when=_STOP)
     t_threshold: int = _f(800, "Ramp end T_thr", "Guidance ramps up from 0 at t = T to "
                           "full strength at t = T_thr (T = 1000).", "Guidance",
-                          min=0, max=999)
+                          min=0, max=999, applies_when=_GUIDED)
     ramp: str = _f("linear", "Ramp", "Shape of the guidance ramp before T_thr.", "Guidance",
-                   choices=RAMPS)
+                   choices=RAMPS, applies_when=_GUIDED)
 
     # --- Sampler / iterations -------------------------------------------------------
     steps: int = _f(15, "Diffusion steps", "Number of DDIM steps (each shows one frame).",
-                    "Sampler", min=1, max=1000)
+                    "Sampler", min=1, max=1000, applies_when=_PRIOR)
     eta: float = _f(1.0, "η (stochasticity)", "DDIM η: how much fresh noise each step "
                     "draws. 1 (ancestral sampling) scored 0.4–0.6 dB above 0 (each sample "
                     "a fixed function of its starting noise) on test phantoms. Either way "
-                    "the same seed gives the same result.", "Sampler", min=0.0, max=1.0)
+                    "the same seed gives the same result.", "Sampler", min=0.0, max=1.0,
+                    applies_when=_PRIOR)
     seed: int = _f(0, "Seed", "Random seed: the same seed gives the same result.", "Sampler",
-                   min=0, max=2**31 - 1)
+                   min=0, max=2**31 - 1, applies_when=_PRIOR)
     rl_iterations: int = _f(0, "RL iterations", "Iterations of Richardson–Lucy (method "
                             "'rl'). 0 = automatic: stop when the fit reaches the noise level, "
                             "or when it stops improving against the remaining misfit (an "
-                            "inexact PSF).", "Sampler", min=0, max=10000)
+                            "inexact PSF).", "Sampler", min=0, max=10000, applies_when=_RL)
     rl_acceleration: str = _f("none", "RL acceleration", "Richardson–Lucy with Biggs–Andrews "
                               "vector extrapolation (as MATLAB's deconvlucy): each iteration "
                               "extrapolates along the last changes, so bright, smooth data "
@@ -183,25 +221,26 @@ class RestoreSettings:
                               "noisy objects the best can be a little (≤ 0.4 dB) below plain "
                               "RL's. The misfit is read out on the last iteration only.",
                               "Sampler",
-                              choices=RL_ACCELERATIONS)
+                              choices=RL_ACCELERATIONS, applies_when=_RL)
     tv_weight: float = _f(0.0, "RL TV weight", "Total-variation regularisation of "
                           "Richardson–Lucy (0 = off; 0.002 is mild).", "Sampler",
-                          min=0.0, max=0.1)
+                          min=0.0, max=0.1, applies_when=_RL)
 
     samples: int = _f(4, "Posterior samples", "Number of restorations drawn at once with "
                       "different noise. The result is their mean (sharper and more faithful "
                       "than one sample: +0.5–0.9 dB measured) and their per-pixel standard "
                       "deviation shows where the model is unsure. Cost grows with the number.",
-                      "Sampler", min=1, max=64)
+                      "Sampler", min=1, max=64, applies_when=_PRIOR)
 
     # --- Model / device ---------------------------------------------------------------
     model: str = _f("", "Model file", "A .safetensors prior (with its .json config beside "
-                    "it); empty uses the prior shipped with the plugin.", "Model")
+                    "it); empty uses the prior shipped with the plugin.", "Model",
+                    applies_when=_PRIOR)
     device: str = _f("auto", "Device", "Where to compute: auto picks CUDA, then Apple MPS, "
                      "then CPU.", "Model", choices=DEVICES)
     precision: str = _f("auto", "Precision", "Network precision: auto uses bf16 where the "
                         "hardware supports it (physics always runs in float32).", "Model",
-                        choices=PRECISIONS)
+                        choices=PRECISIONS, applies_when=_PRIOR)
     threads: int = _f(0, "CPU threads", "Threads torch computes with on the CPU; 0 = "
                       "automatic: one per physical core but one, so a busy machine (another "
                       "program, a second run) stays usable. Threads competing for busy cores "
@@ -209,7 +248,7 @@ class RestoreSettings:
     tile_size: int = _f(1024, "Network tile", "Images wider or taller than this run the "
                         "network on overlapping tiles (bounded memory); 0 never tiles. The "
                         "physics always acts on the whole image.", "Model", min=0,
-                        max=16384, unit="px")
+                        max=16384, unit="px", applies_when=_PRIOR)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -287,17 +326,58 @@ class FieldSpec:
     max: float | None
     choices: tuple | None
     unit: str
+    #: when the field has an effect (see the module docstring); empty: always
+    applies_when: tuple[dict[str, tuple], ...]
 
 
 def field_specs() -> list[FieldSpec]:
     """All settings in declaration order, with their presentation metadata."""
     out = []
     for f in dataclasses.fields(RestoreSettings):
-        m = f.metadata
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
-        out.append(FieldSpec(f.name, type_name, f.default, m["label"], m["help"], m["group"],
-                             m["min"], m["max"], m["choices"], m["unit"]))
+        out.append(FieldSpec(f.name, type_name, f.default, **f.metadata))
     return out
+
+
+_APPLIES_WHEN = {f.name: f.metadata["applies_when"] for f in dataclasses.fields(RestoreSettings)}
+
+
+def _value(settings: RestoreSettings | Mapping[str, Any], name: str) -> Any:
+    return settings[name] if isinstance(settings, Mapping) else getattr(settings, name)
+
+
+def uses_prior(settings: RestoreSettings | Mapping[str, Any]) -> bool:
+    """True when the method runs the diffusion prior (every method but Richardson–Lucy)."""
+    return _value(settings, "method") in PRIOR_METHODS
+
+
+def is_guided(settings: RestoreSettings | Mapping[str, Any]) -> bool:
+    """True when the method pulls the prior's samples toward the data (PKL, Anscombe, L2)."""
+    return _value(settings, "method") in GUIDED_METHODS
+
+
+def applies(name: str, settings: RestoreSettings | Mapping[str, Any]) -> bool:
+    """Whether setting ``name`` has an effect on a run with ``settings``.
+
+    Parameters
+    ----------
+    name
+        A field of :class:`RestoreSettings`.
+    settings
+        The settings of the run, or a mapping holding at least the settings that
+        ``name``'s ``applies_when`` names (e.g. a widget's current choices).
+    """
+    alternatives = _APPLIES_WHEN[name]
+    return not alternatives or any(
+        all(_value(settings, key) in allowed for key, allowed in alt.items())
+        for alt in alternatives)
+
+
+def applies_text(name: str) -> str:
+    """When setting ``name`` applies, in words ("method rl", "method anscombe/l2 with
+    step_rule poisson/adaptive; or …"); "" when always."""
+    return "; or ".join(" with ".join(f"{key} {'/'.join(allowed)}" for key, allowed in alt.items())
+                        for alt in _APPLIES_WHEN[name])
 
 
 def calibration_implied(given: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,9 @@ image itself (:func:`pkl_dg.calibration.estimate_calibration`). The panel runs t
 estimate on the selected plane when the input changes or when *Estimate* is pressed, writes
 it into the offset / gain / read-noise fields and says in a line under them that these
 values are an estimate (with the photon level they imply). Editing one of those fields by
-hand switches calibration to 'manual', so what is shown is what the next run uses.
+hand switches calibration to 'manual', so what is shown is what the next run uses. An
+estimate outside a field's range (the settings schema's bounds) is written nowhere: the
+line and a napari notification give it, and a run with calibration 'auto' uses it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout
 
 from pkl_dg.calibration import Calibration, estimate_calibration
+from pkl_dg.settings import CAMERA_FIELDS
 
-CAMERA_FIELDS = ("offset", "gain", "read_noise")
 
 
 def describe(cal: Calibration, name: str) -> str:
@@ -84,16 +87,26 @@ class CalibrationPanel:
             self.label.setText(f"No estimate for '{name}': {exc}")
             self.report(f"Calibration: {exc}")
             return None
+        values = {"offset": cal.offset, "gain": cal.gain, "read_noise": cal.read_noise}
+        outside = [f"{n} {v:.4g} (the field holds {self.controls[n].min:g} – "
+                   f"{self.controls[n].max:g})" for n, v in values.items()
+                   if not self.controls[n].min <= v <= self.controls[n].max]
         self._writing = True
         try:
             self.controls["calibration"].value = "auto"
-            self.controls["offset"].value = float(cal.offset)
-            self.controls["gain"].value = float(cal.gain)
-            self.controls["read_noise"].value = float(cal.read_noise)
+            if not outside:  # all or nothing: the fields never mix two calibrations
+                for n, v in values.items():
+                    self.controls[n].value = float(v)
         finally:
             self._writing = False
         self.estimate_shown = cal
-        self.label.setText(describe(cal, name))
+        text = describe(cal, name)
+        if outside:
+            text = (f"{text.removesuffix(' Edit a value to set it by hand.')} The fields "
+                    f"cannot show {', '.join(outside)}: they keep their values, and a run "
+                    "with calibration 'auto' uses this estimate.")
+            show_warning(f"Calibration of '{name}': {text}")
+        self.label.setText(text)
         return cal
 
     def input_changed(self) -> None:

@@ -2,18 +2,21 @@
 
 :func:`make_control` turns one :class:`pkl_dg.settings.FieldSpec` into a magicgui control
 with its label (and unit), tooltip (the schema's help plus the allowed range), bounds and
-choices, so the widget never restates what the schema says.
+choices, and :func:`shown_fields` shows a control where the schema says its field applies,
+so the widget never restates what the schema says.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image
 
 from pkl_dg.napari.state import PSF_SOURCES
-from pkl_dg.settings import METHOD_LABELS, FieldSpec, field_specs
+from pkl_dg.settings import (CAMERA_FIELDS, METHOD_LABELS, PSF_KINDS, FieldSpec, applies,
+                             field_specs)
 
 if TYPE_CHECKING:
     import napari
@@ -78,32 +81,30 @@ def psf_source_controls(choices: Any) -> tuple[ComboBox, ComboBox, ComboBox, Spi
     return source, psf_layer, bead_layer, bead_box
 
 
-def shown_fields(method: str, step_rule: str, psf_source: str, mode_3d: bool
-                 ) -> dict[str, bool]:
-    """Which settings controls apply (are shown) for a method, step rule, PSF source and
-    mode; fields not named are always shown."""
-    src = psf_source
-    guided = method in ("pkl", "anscombe", "l2")
-    return {
-        "psf_sigma": src == "gaussian", "psf_sigma_y": src == "gaussian",
-        "psf_sigma_z": src == "gaussian" and mode_3d,
-        "samples": method != "rl", "tile_size": method != "rl",
-        "na": src in ("airy", "vectorial"), "wavelength_nm": src in ("airy", "vectorial"),
-        "pixel_size_nm": src in ("airy", "vectorial", "file", "layer"),
-        "immersion_ri": src == "vectorial", "sample_ri": src == "vectorial",
-        "psf_depth_nm": src == "vectorial", "z_step_nm": mode_3d,
-        "psf_z_step_nm": src in ("file", "layer") and mode_3d,
-        "psf_path": src == "file", "psf_pixel_size_nm": src in ("file", "layer"),
-        "step_rule": guided, "lam": guided, "sub_iterations": guided,
-        "t_threshold": guided, "ramp": guided,
-        # the noise-level stop belongs to the Poisson step (PKL's proximal step weighs
-        # the prior instead; L2 and Anscombe always take Poisson steps)
-        "discrepancy": guided and not (method == "pkl" and step_rule == "proximal"),
-        "steps": method != "rl", "eta": method != "rl", "seed": method != "rl",
-        "rl_iterations": method == "rl", "tv_weight": method == "rl",
-        "rl_acceleration": method == "rl",
-        "model": method != "rl", "precision": method != "rl",
-    }
+def psf_kind_of(source: str) -> str:
+    """The core's PSF model for a "PSF from" choice (a key of ``state.PSF_SOURCES``): a PSF
+    image layer or a bead average reaches the core as an array."""
+    return source if source in PSF_KINDS else "array"
+
+
+def shown_fields(values: Mapping[str, Any]) -> dict[str, bool]:
+    """Which settings controls are shown, by field name.
+
+    Parameters
+    ----------
+    values
+        The controls' current values by settings field, ``psf_kind`` included
+        (:func:`psf_kind_of` the "PSF from" choice).
+
+    Returns
+    -------
+    dict
+        Every field of the schema: shown where it applies (:func:`pkl_dg.settings.applies`),
+        and the camera fields always: with calibration 'auto' they show the estimate a run
+        makes (:class:`~pkl_dg.napari.calibration_panel.CalibrationPanel`).
+    """
+    return {spec.name: applies(spec.name, values) or spec.name in CAMERA_FIELDS
+            for spec in field_specs()}
 
 
 def short_method_label(method: str) -> str:

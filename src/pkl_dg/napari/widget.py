@@ -32,9 +32,9 @@ from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QPushButton, QScrollArea, QV
 
 from pkl_dg.napari import psf_sources, shared_state
 from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, image_layer_choices,
-                                    pixel_size_nm_of, psf_source_controls, read_control,
-                                    settings_controls, short_method_label, shown_fields,
-                                    write_control)
+                                    pixel_size_nm_of, psf_kind_of, psf_source_controls,
+                                    read_control, settings_controls, short_method_label,
+                                    shown_fields, write_control)
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
@@ -169,12 +169,16 @@ class PKLDeconvolutionWidget(QWidget):
     # ------------------------------------------------------------------ state
     def current_state(self) -> WidgetState:
         """Settings as currently shown; raises ``ValueError`` if a value is invalid."""
-        values = {name: read_control(ctrl) for name, ctrl in self.controls.items()}
         source = self.psf_source.value
-        values["psf_kind"] = (source if source in ("gaussian", "airy", "vectorial", "file")
-                              else "array")
-        return WidgetState(settings=RestoreSettings.from_dict(values), psf_source=source,
-                           bead_box=int(self.bead_box.value), stack=self.stack_combo.value)
+        return WidgetState(settings=RestoreSettings.from_dict(self._values()),
+                           psf_source=source, bead_box=int(self.bead_box.value),
+                           stack=self.stack_combo.value)
+
+    def _values(self) -> dict[str, Any]:
+        """The settings controls' values by field, with the PSF model of "PSF from"."""
+        values = {name: read_control(ctrl) for name, ctrl in self.controls.items()}
+        values["psf_kind"] = psf_kind_of(self.psf_source.value)
+        return values
 
     def run_inputs(self, mode: str | None = None) -> RunInputs:
         """The settings and PSF request a run would use now.
@@ -230,9 +234,7 @@ class PKLDeconvolutionWidget(QWidget):
     def _update_visibility(self) -> None:
         src = self.psf_source.value
         mode_3d = self.controls["mode"].value == "3d"
-        shown = shown_fields(self.controls["method"].value, self.controls["step_rule"].value,
-                             src, mode_3d)
-        for name, visible in shown.items():
+        for name, visible in shown_fields(self._values()).items():
             if name in self.controls:
                 self.controls[name].visible = visible
         self.psf_layer_combo.visible = src == "layer"
