@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,8 @@ from pkl_dg.diffusion.unet import UNet, UNetConfig
 from pkl_dg.training.data import MixedSource, PhantomSource
 from pkl_dg.training.phantoms import (TRAINING_MIX, PhantomConfig, normalise_patch, parse_mix, phantom_batch,
                                      render_phantom)
+from pkl_dg.cli.train import config_from_args
+from pkl_dg.training.config import cli_fields, flag_of
 from pkl_dg.training.train import TrainConfig, diffusion_loss, learning_rate
 
 TINY_ARGS = ["--batch", "2", "--patch", "32", "--width", "8", "--channel-mult", "1,2",
@@ -416,3 +419,27 @@ def test_blend_interpolates_weights(tmp_path):
         blend_models(str(tmp_path / "a"), str(tmp_path / "c"), 0.5, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="alpha"):
         blend_models(str(tmp_path / "a"), str(tmp_path / "b"), 1.5, str(tmp_path / "x"))
+
+
+def test_train_cli_defaults_are_train_config():
+    args = cli.build_parser().parse_args(["train", "--out", "o"])
+    assert config_from_args(args) == TrainConfig(out="o")
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in cli_fields():
+        assert flag_of(f) in help_text
+
+
+def test_train_cli_flags_set_their_fields():
+    args = cli.build_parser().parse_args(["train", "--out", "o", "--blocks", "2", "--zoom", "1,3",
+                                      "--real-fraction", "0.9", "--channel-mult", "1,2",
+                                      "--attention", "--lr-schedule", "cosine"])
+    cfg = config_from_args(args)
+    assert (cfg.num_res_blocks, cfg.zoom_min, cfg.zoom_max, cfg.channel_mult, cfg.attention,
+            cfg.lr_schedule) == (2, 1.0, 3.0, (1, 2), True, "cosine")
+    assert cfg.procedural_fraction == 1.0 - 0.9
+    untouched = {"num_res_blocks", "zoom_min", "zoom_max", "channel_mult", "attention",
+                 "lr_schedule", "procedural_fraction", "out"}
+    default = TrainConfig(out="o")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in untouched:
+            assert getattr(cfg, f.name) == getattr(default, f.name), f.name

@@ -1,10 +1,21 @@
-"""``pkl-dg train``: train a diffusion prior on procedural phantoms and/or your own images."""
+"""``pkl-dg train``: train a diffusion prior on procedural phantoms and/or your own images.
+
+Its flags are generated from :class:`pkl_dg.training.config.TrainConfig` (default, help,
+choices of each field), so the CLI never restates the config's defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pkl_dg.training.config import TrainConfig
+
+_TYPES = {"int": int, "float": float, "str": str, "str | None": str, "float | None": float}
 
 
 def register(subparsers) -> None:
@@ -21,51 +32,10 @@ def register(subparsers) -> None:
             "OUT/model.json (EMA weights, usable with `pkl-dg restore --model OUT`) and a "
             "resumable checkpoint in OUT/checkpoint every --checkpoint-minutes."),
     )
-    p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--data", default=None,
-                   help="folder of sharp images to train on (searched recursively: TIFF, PNG, npy; 8/16-bit, "
-                        "float; RGB/colour-LUT images reduced to one channel). Whole files are held out for "
-                        "validation (--val-fraction); the split is written to OUT/split.json")
-    frac = p.add_mutually_exclusive_group()
-    frac.add_argument("--procedural-fraction", type=float, default=None,
-                      help="fraction of patches drawn from phantoms when --data is given (default 0.25)")
-    frac.add_argument("--real-fraction", type=float, default=None,
-                      help="fraction of patches drawn from --data (the rest are phantoms); default 0.75")
-    p.add_argument("--zoom", default="0.5,2", metavar="MIN,MAX",
-                   help="real patches are resampled by a log-uniform factor in [MIN, MAX] to cover a range of "
-                        "pixel sizes (default 0.5,2: half to twice the native sampling)")
-    p.add_argument("--max-saturated", type=float, default=0.01,
-                   help="skip real patches with more than this fraction of saturated pixels (default 0.01)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="fraction of the files of each source folder (with ≥ 3 files) held out (default 0.2)")
-    p.add_argument("--steps", type=int, default=10000, help="total optimisation steps (default 10000)")
-    p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
-    p.add_argument("--patch", type=int, default=128, help="patch size in px, multiple of 16 (default 128)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
-    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                   help="constant (after a 200-step warm-up), or cosine: decay to 0 at --steps, "
-                        "starting where this run (or the resumed run's decay) starts")
-    p.add_argument("--width", type=int, default=32, help="UNet base channels, multiple of 8 (default 32)")
-    p.add_argument("--channel-mult", default="1,2,2,4",
-                   help="channel multipliers per level, comma separated (default 1,2,2,4)")
-    p.add_argument("--blocks", type=int, default=1, help="residual blocks per level (default 1)")
-    p.add_argument("--attention", action="store_true", help="self-attention at the coarsest level")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast where the device supports it")
-    p.add_argument("--init", default=None, metavar="MODEL_DIR",
-                   help="start from the weights (and architecture) of a saved model, e.g. "
-                        "src/pkl_dg/weights, with a fresh optimiser: fine-tuning")
-    p.add_argument("--phantom-mix", default=None, metavar="KIND:W,...",
-                   help="procedural structure kinds and their weights (default: "
-                        "microtubules, actin, puncta, cells, mixed and large smooth blobs)")
+    add_config_arguments(p)
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the checkpoint of an earlier run (its --out directory)")
     add_threads_argument(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -88,29 +58,62 @@ def _parse_zoom(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~pkl_dg.training.config.TrainConfig` field with help (its
+    default, help and choices), plus ``--zoom MIN,MAX`` for ``zoom_min``/``zoom_max`` and
+    ``--real-fraction`` as the other side of ``--procedural-fraction``."""
+    from pkl_dg.training.config import DATA_PROCEDURAL_FRACTION, TrainConfig, cli_fields, flag_of
 
-    from pkl_dg.training.train import TrainConfig, train
+    frac = parser.add_mutually_exclusive_group()
+    for f in cli_fields():
+        meta, default = f.metadata, f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        if default is dataclasses.MISSING:
+            kwargs["required"] = True
+        elif isinstance(default, bool):
+            kwargs.update(action="store_true", default=default)
+        else:  # a tuple is given as comma-separated text (parsed by config_from_args)
+            kwargs.update(default=shown, choices=meta["choices"], metavar=meta["metavar"],
+                          type=str if isinstance(default, tuple) else _TYPES[f.type])
+            if default is not None:
+                kwargs["help"] += f" (default {shown})"
+        flag = flag_of(f)
+        if "type" in kwargs and not meta["choices"]:
+            kwargs["metavar"] = meta["metavar"] or flag.removeprefix("--").replace("-", "_").upper()
+        (frac if f.name == "procedural_fraction" else parser).add_argument(flag, **kwargs)
+    frac.add_argument("--real-fraction", type=float, default=None,
+                      help="fraction of patches drawn from --data (the rest are phantoms); "
+                           f"default {1 - DATA_PROCEDURAL_FRACTION:g}")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    zoom = defaults["zoom_min"], defaults["zoom_max"]
+    parser.add_argument("--zoom", default=f"{zoom[0]:g},{zoom[1]:g}", metavar="MIN,MAX",
+                        help="real patches are resampled by a log-uniform factor in [MIN, MAX] "
+                             "to cover a range of pixel sizes (default "
+                             f"{zoom[0]:g},{zoom[1]:g}: from {zoom[0]:g} to {zoom[1]:g} times "
+                             "the native sampling)")
+
+
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    """The :class:`~pkl_dg.training.config.TrainConfig` of parsed ``pkl-dg train`` flags."""
+    from pkl_dg.training.config import TrainConfig, cli_fields
+
+    values = {f.name: _parse_mult(getattr(args, f.name)) if isinstance(f.default, tuple)
+              else getattr(args, f.name) for f in cli_fields()}
+    if args.real_fraction is not None:
+        values["procedural_fraction"] = 1.0 - args.real_fraction
+    values["zoom_min"], values["zoom_max"] = _parse_zoom(args.zoom)
+    command = ("pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+               if sys.argv and sys.argv[0].endswith("pkl-dg") else "")
+    return TrainConfig(**values, command=command)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pkl_dg.training.train import train
 
     if args.init and args.resume:
         raise ValueError("--init starts a new run from a model; --resume continues a checkpoint: give one")
-
-    zoom = _parse_zoom(args.zoom)
-    cfg = TrainConfig(
-        out=args.out, data=args.data, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        width=args.width, channel_mult=_parse_mult(args.channel_mult), num_res_blocks=args.blocks,
-        attention=args.attention, device=args.device, precision=args.precision, seed=args.seed,
-        ema_decay=args.ema_decay, checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every,
-        procedural_fraction=(1.0 - args.real_fraction if args.real_fraction is not None
-                             else args.procedural_fraction), init=args.init,
-        zoom_min=zoom[0], zoom_max=zoom[1], max_saturated=args.max_saturated, val_fraction=args.val_fraction,
-        **({"phantom_mix": args.phantom_mix} if args.phantom_mix else {}),
-        command=("pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-                 if sys.argv and sys.argv[0].endswith("pkl-dg") else ""),
-    )
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = train(config_from_args(args), resume=args.resume, progress=not args.no_progress)
     print(f"trained {summary['step']} steps, loss {summary['loss']:.4f}, "
           f"{summary['elapsed_s'] / 60:.1f} min; model written to {summary['out']}")
     return 0

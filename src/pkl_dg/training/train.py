@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,73 +26,10 @@ from pkl_dg.diffusion.model_io import save_model
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod, q_sample
 from pkl_dg.diffusion.unet import UNet, UNetConfig
 from pkl_dg.training.checkpoint import find_checkpoint, load_checkpoint, load_optimizer, save_checkpoint
+from pkl_dg.training.config import DATA_PROCEDURAL_FRACTION, TrainConfig
 from pkl_dg.training.data import MixedSource, PhantomSource
 from pkl_dg.training.images import RealImageSource, list_image_files, load_images, split_by_file
-from pkl_dg.training.phantoms import TRAINING_MIX, parse_mix
-
-@dataclass
-class TrainConfig:
-    out: str
-    data: str | None = None
-    steps: int = 10000
-    batch: int = 16
-    patch: int = 128
-    lr: float = 2e-4
-    width: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
-    num_res_blocks: int = 1
-    attention: bool = False
-    output: str = "v"
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    ema_decay: float = 0.999
-    warmup: int = 200
-    #: "constant", or "cosine": from ``lr`` at step ``decay_start`` down to 0 at ``steps``
-    lr_schedule: str = "constant"
-    #: step where the cosine decay begins; None: the step this run (or resume) starts at
-    decay_start: int | None = None
-    grad_clip: float = 1.0
-    checkpoint_minutes: float = 10.0
-    log_every: int = 50
-    procedural_fraction: float | None = None
-    #: real-image patches are resampled by a log-uniform factor in [zoom_min, zoom_max]
-    zoom_min: float = 0.5
-    zoom_max: float = 2.0
-    #: real patches with more than this fraction of saturated pixels are skipped
-    max_saturated: float = 0.01
-    #: fraction of the files of each source folder (≥ 3 files) held out for validation
-    val_fraction: float = 0.2
-    pool: int = 64
-    phantom_mix: str = TRAINING_MIX
-    init: str | None = None
-    command: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"--steps must be ≥ 1, got {self.steps}")
-        if self.batch < 1:
-            raise ValueError(f"--batch must be ≥ 1, got {self.batch}")
-        if self.patch < 16 or self.patch % 16:
-            raise ValueError(f"--patch must be a multiple of 16 and ≥ 16, got {self.patch}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
-        if self.width < 8 or self.width % 8:
-            raise ValueError(f"--width must be a multiple of 8 (GroupNorm groups), got {self.width}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        parse_mix(self.phantom_mix)
-        if not 0 < self.zoom_min <= self.zoom_max:
-            raise ValueError(f"--zoom must be 0 < min ≤ max, got {self.zoom_min},{self.zoom_max}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.procedural_fraction is not None and not 0.0 <= self.procedural_fraction <= 1.0:
-            raise ValueError(f"the procedural fraction must be in [0, 1], got {self.procedural_fraction}")
+from pkl_dg.training.phantoms import parse_mix
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,7 +137,7 @@ def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
                                zoom_range=(cfg.zoom_min, cfg.zoom_max), max_saturated=cfg.max_saturated)
     p = cfg.procedural_fraction
     if p is None:
-        p = 0.25 if user is not None else 1.0
+        p = DATA_PROCEDURAL_FRACTION if user is not None else 1.0
     if user is None and p < 1.0:
         raise ValueError("a procedural fraction below 1 needs --data DIR with your own images")
     proc = PhantomSource(rng, cfg.patch, pool=cfg.pool, config=parse_mix(cfg.phantom_mix)) if p > 0 else None
@@ -220,7 +157,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def _data_text(cfg: TrainConfig) -> str:
     if not cfg.data:
         return "procedural phantoms"
-    p = 0.25 if cfg.procedural_fraction is None else cfg.procedural_fraction
+    p = DATA_PROCEDURAL_FRACTION if cfg.procedural_fraction is None else cfg.procedural_fraction
     return (f"procedural phantoms ({p:.0%}) + real images from {cfg.data} ({1 - p:.0%}; training files "
             f"only, see split.json), zoom {cfg.zoom_min}-{cfg.zoom_max}, patches with > "
             f"{cfg.max_saturated:.0%} saturated pixels skipped")
