@@ -11,7 +11,7 @@ import torch
 from cases import case_dir, read
 from pkl_dg.axes import axes_from_labels, check_axes
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf_3d
-from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.restoration import restore_iter
 
 RL = dict(method="rl", rl_iterations=20, calibration="manual")  # compare channels alike
 
@@ -30,10 +30,10 @@ def zcyx_beads() -> np.ndarray:
 def test_hyperstack_channels_restored_one_by_one():
     y = zcyx_beads()
     kw = dict(mode="3d", psf_sigma=1.5, psf_sigma_z=1.2, background=2.0, **RL)
-    result = run_to_end(restore_iter(y, axes="ZCYX", **kw))
+    result = restore_iter(y, axes="ZCYX", **kw).finish()
     assert result.image.shape == y.shape
     for c in range(2):
-        alone = run_to_end(restore_iter(np.ascontiguousarray(y[:, c]), **kw)).image
+        alone = restore_iter(np.ascontiguousarray(y[:, c]), **kw).finish().image
         assert np.allclose(result.image[:, c], alone, rtol=1e-5, atol=1e-4)
     # nothing of channel 0's bead leaks into channel 1
     assert result.image[7, 1, 12, 12] < 0.05 * result.image[7, 0, 12, 12]
@@ -56,9 +56,9 @@ def test_interleaved_channels_message_and_axes():
     yxc = rng.poisson(20, (40, 48, 2)).astype(np.uint16)
     with pytest.raises(ValueError, match=r"\(Y, X, C\): 2 channels .*last axis"):
         next(restore_iter(yxc, **RL))
-    result = run_to_end(restore_iter(yxc, axes="YXC", psf_sigma=1.5, **RL))
+    result = restore_iter(yxc, axes="YXC", psf_sigma=1.5, **RL).finish()
     assert result.image.shape == yxc.shape
-    ref = run_to_end(restore_iter(np.ascontiguousarray(yxc[..., 1]), psf_sigma=1.5, **RL))
+    ref = restore_iter(np.ascontiguousarray(yxc[..., 1]), psf_sigma=1.5, **RL).finish()
     assert np.allclose(result.image[..., 1], ref.image, rtol=1e-5, atol=1e-4)
 
 
@@ -89,8 +89,8 @@ def test_cli_reads_hyperstack_axes_from_the_file(tmp_path):
     # the float32 TIFF writer stores pages without their 4D shape: reshape by the metadata
     res = tifffile.imread(out).reshape(meta["input_shape"])
     assert meta["input_axes"] == "CZYX" and res.shape == (2, 14, 40, 40)
-    alone = run_to_end(restore_iter(np.ascontiguousarray(y[:, 0]), mode="3d", psf_sigma=1.5,
-                                    psf_sigma_z=1.2, background=2.0, **RL)).image
+    alone = restore_iter(np.ascontiguousarray(y[:, 0]), mode="3d", psf_sigma=1.5,
+                         psf_sigma_z=1.2, background=2.0, **RL).finish().image
     assert np.allclose(res[0], alone, rtol=1e-4, atol=1e-3)
 
 
@@ -102,13 +102,13 @@ def test_cases_08_hyperstacks(name):
     if name == "08b_hyperstack_4ch":
         gt = read(name, "gt_ZCYX.tif")
         psf = read(name, "psf_3x9x9.tif")
-        res = run_to_end(restore_iter(y, psf=psf, mode="3d", axes="ZCYX", method="rl",
-                                      rl_iterations=50)).image
+        res = restore_iter(y, psf=psf, mode="3d", axes="ZCYX", method="rl",
+                           rl_iterations=50).finish().image
         z, c, yy, xx = np.unravel_index(np.argmax(gt), gt.shape)
         profile = res[z - 1:z + 2, c, yy, xx]
         assert profile[1] > 8 * max(profile[0], profile[2]), profile  # sharp in Z
     else:
-        res = run_to_end(restore_iter(y, mode="3d", psf_sigma_z=1.0, axes="ZCYX", **RL))
+        res = restore_iter(y, mode="3d", psf_sigma_z=1.0, axes="ZCYX", **RL).finish()
         assert res.image.shape == y.shape
 
 
@@ -131,7 +131,7 @@ def test_case_11_interleaved_channels():
     y = read("11_interleaved_channels", "two_channel_interleaved.tif")
     with pytest.raises(ValueError, match=r"2 channels interleaved in its last axis"):
         next(restore_iter(y, **RL))
-    res = run_to_end(restore_iter(y, axes="YXC", **RL))
+    res = restore_iter(y, axes="YXC", **RL).finish()
     assert res.image.shape == y.shape and res.metadata["axes"]["channels"] == 2
 
 
@@ -165,12 +165,12 @@ def test_each_channel_with_its_own_psf():
     res = restore_channels(cyx, "CYX", psfs, method="rl", rl_iterations=30, background=3.0)
     assert res.image.shape == cyx.shape and len(res.metadata["channels"]) == 2
     for c in range(2):
-        alone = run_to_end(restore_iter(cyx[c], psf=psfs[c], method="rl", rl_iterations=30,
-                                        background=3.0)).image
+        alone = restore_iter(cyx[c], psf=psfs[c], method="rl", rl_iterations=30,
+                             background=3.0).finish().image
         assert np.allclose(res.image[c], alone, rtol=1e-5, atol=1e-4)
     # the far-red channel needed its own, wider PSF: with the blue one it stays blurred
-    blue_psf = run_to_end(restore_iter(cyx[1], psf=psfs[0], method="rl", rl_iterations=30,
-                                       background=3.0)).image
+    blue_psf = restore_iter(cyx[1], psf=psfs[0], method="rl", rl_iterations=30,
+                            background=3.0).finish().image
     assert res.image[1][20, 20] > 1.5 * blue_psf[20, 20]
     with pytest.raises(ValueError, match="one per channel"):
         restore_channels(cyx, "CYX", psfs[:1], method="rl")

@@ -6,7 +6,6 @@ from scipy import ndimage
 
 from pkl_dg import restore, restore_iter
 from pkl_dg.calibration import Calibration, estimate_calibration
-from pkl_dg.restoration import run_to_end
 
 
 def _scene(n=256, peak=100.0, seed=0):
@@ -60,7 +59,7 @@ def test_scale_of_the_data_does_not_decide_the_result(method):
     rng = np.random.default_rng(3)
     counts = rng.poisson(_scene(n=96, peak=60.0, seed=3) + 2.0).astype(np.float32)
     kw = dict(method=method, psf_sigma=1.5, steps=3, samples=1, seed=0)
-    ref = run_to_end(restore_iter(counts, **kw))
+    ref = restore_iter(counts, **kw).finish()
     assert ref.metadata["calibration"]["source"] == "estimated"
     for factor in (1000.0, 1 / 65535):
         out = restore(counts * np.float32(factor), **kw)
@@ -69,8 +68,8 @@ def test_scale_of_the_data_does_not_decide_the_result(method):
 
 def test_explicit_camera_values_mean_manual_calibration(scene):
     _, y, _, b = scene
-    res = run_to_end(restore_iter(y / 0.5 + 100, method="rl", rl_iterations=3, gain=0.5,
-                                  offset=100.0, background=b))
+    res = restore_iter(y / 0.5 + 100, method="rl", rl_iterations=3, gain=0.5,
+                       offset=100.0, background=b).finish()
     assert res.settings.calibration == "manual"
     assert res.metadata["calibration"] == {"gain": 0.5, "offset": 100.0, "read_noise": 0.0,
                                            "source": "given"}

@@ -170,14 +170,14 @@ def test_auto_discrepancy_target():
 def _restore_metadata(y, **kw):
     """Metadata of a 2-step, 1-sample restore of ``y`` with a small untrained network."""
     from pkl_dg.diffusion.unet import UNet, UNetConfig
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter
     from pkl_dg.settings import RestoreSettings
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(width=8, channel_mult=(1, 2), groups=4)).eval()
     kw = {"step_rule": "poisson", "lam": 1.0, "calibration": "manual", **kw}
     settings = RestoreSettings(psf_sigma=1.5, steps=2, samples=1, **kw)
-    return run_to_end(restore_iter(y, settings, denoiser=net)).metadata  # one image: top level
+    return restore_iter(y, settings, denoiser=net).finish().metadata  # one image: top level
 
 
 def test_restore_applies_the_automatic_stop(scene):

@@ -12,7 +12,7 @@ from cases import case_dir, read
 from pkl_dg.guidance import get_likelihood
 from pkl_dg.imageio import read_metadata
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
-from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.restoration import restore_iter
 
 
 def sparse_on_zeros(n: int = 96) -> np.ndarray:
@@ -45,9 +45,8 @@ def test_blur_rounds_below_zero_yet_every_nll_is_finite():
 @pytest.mark.parametrize("method", ["rl", "pkl"])
 def test_every_step_misfit_is_finite_on_zero_background(method, constant_denoiser):
     frames = []
-    run_to_end(restore_iter(sparse_on_zeros(), method=method, rl_iterations=15, steps=6,
-                            samples=2, psf_sigma=2.0, denoiser=constant_denoiser),
-               frames.append)
+    restore_iter(sparse_on_zeros(), method=method, rl_iterations=15, steps=6,
+                 samples=2, psf_sigma=2.0, denoiser=constant_denoiser).finish(frames.append)
     # RL reads the misfit out only on frames that can be shown (None on the others)
     shown = [f.nll for f in frames if f.nll is not None]
     assert frames[-1].nll is not None and all(np.isfinite(shown))
@@ -58,8 +57,8 @@ def test_case_01_zero_background_misfit_finite(constant_denoiser):
     y = read("01_zero_background", "input.tif")
     for method in ("rl", "pkl"):
         frames = []
-        run_to_end(restore_iter(y, method=method, rl_iterations=30, steps=8,
-                                denoiser=constant_denoiser), frames.append)
+        restore_iter(y, method=method, rl_iterations=30, steps=8,
+                     denoiser=constant_denoiser).finish(frames.append)
         nll = [f.nll for f in frames if f.nll is not None]
         assert frames[-1].nll is not None and all(np.isfinite(nll)), (method, nll)
 

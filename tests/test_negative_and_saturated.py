@@ -13,7 +13,7 @@ from cases import read
 from pkl_dg.metrics import care_scores
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
-from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.restoration import restore_iter
 from pkl_dg.saturation import SaturationWarning, detect_saturation
 
 
@@ -29,8 +29,8 @@ def _rl(image, **kw):
         # the data are photon counts (or photons less a level): the pedestal policy is what
         # is tested, so no calibration estimate (which would take the level as an offset)
         kw.setdefault("calibration", "manual")
-        result = run_to_end(restore_iter(image, method="rl", rl_iterations=30,
-                                         psf_sigma=2.0, **kw))
+        result = restore_iter(image, method="rl", rl_iterations=30,
+                              psf_sigma=2.0, **kw).finish()
     return result, [w for w in caught]
 
 
@@ -124,7 +124,7 @@ def test_saturated_pixels_are_left_out_of_the_fit():
     kw = dict(offset=100.0, background=10.0, rl_iterations=200)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = run_to_end(restore_iter(clipped, method="rl", psf_sigma=2.0, **kw))
+        res = restore_iter(clipped, method="rl", psf_sigma=2.0, **kw).finish()
     assert any(issubclass(w.category, SaturationWarning) for w in caught)
     sat = res.metadata["saturated"]
     assert sat["pixels"] == int((clipped == 65535).sum()) > 5
@@ -139,8 +139,8 @@ def test_saturated_pixels_are_left_out_of_the_fit():
     assert float(fitted[box].sum()) / 2e5 < 0.9
     # a float copy clipped at its maximum is found too (a plateau, not the dtype maximum)
     as_float = np.minimum(counts, 4100).astype(np.float32)
-    meta = run_to_end(restore_iter(as_float, method="rl", psf_sigma=2.0, offset=100.0,
-                                   background=10.0, rl_iterations=1)).metadata
+    meta = restore_iter(as_float, method="rl", psf_sigma=2.0, offset=100.0,
+                        background=10.0, rl_iterations=1).finish().metadata
     assert meta["saturated"]["reason"].startswith("plateau")
 
 
@@ -167,7 +167,7 @@ def test_case_12_saturated_pixels_detected_and_reported():
     y = read("12_saturated_uint16", "input.tif")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = run_to_end(restore_iter(y, method="rl", rl_iterations=5, offset=100.0))
+        res = restore_iter(y, method="rl", rl_iterations=5, offset=100.0).finish()
     sat = res.metadata["saturated"]
     assert sat["pixels"] == int((y == 65535).sum()) > 0
     assert sat["reason"] == "dtype maximum"
@@ -180,7 +180,7 @@ def test_a_stack_warns_once_per_kind_with_a_summary():
     stack[:, 5, 5] = 65535  # every plane saturated
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = run_to_end(restore_iter(stack, method="rl", rl_iterations=1))
+        res = restore_iter(stack, method="rl", rl_iterations=1).finish()
     sat = [w for w in caught if issubclass(w.category, SaturationWarning)]
     assert len(sat) == 2 and "in 4 of 4 planes" in str(sat[1].message)
     assert all(b["saturated"]["pixels"] == 1 for b in res.metadata["blocks"])

@@ -16,7 +16,7 @@ from pkl_dg import RestoreSettings
 from pkl_dg.physics import (ForwardModel, PSFConvolution, build_psf, build_psf_info, fwhm_of,
                             gaussian_psf, gaussian_psf_3d)
 from pkl_dg.physics.psf_cleaning import PSFWarning, clean_psf
-from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.restoration import restore_iter
 
 SIGMA = 1.8
 BEADS = np.array([[20, 20], [20, 70], [70, 20], [70, 70], [45, 47]])
@@ -91,7 +91,7 @@ def test_every_source_gives_the_same_psf_and_beads_stay_put(tmp_path):
     y = bead_scene()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
-        result = run_to_end(restore_iter(y, s, psf=raw))
+        result = restore_iter(y, s, psf=raw).finish()
     err = np.abs(bead_positions(result.image, BEADS) - BEADS)
     assert err.max() < 0.25, err
     cleaning = result.metadata["psf"]["cleaning"]
@@ -122,7 +122,7 @@ def test_case_04_raw_bead_psf_every_path():
         psf = read("04_raw_bead_psf", name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PSFWarning)
-            result = run_to_end(restore_iter(y, psf=psf, method="rl", rl_iterations=50))
+            result = restore_iter(y, psf=psf, method="rl", rl_iterations=50).finish()
         err = np.abs(bead_positions(result.image, truth) - truth)
         assert err.max() < 0.25, (name, err)
         assert result.metadata["psf"]["cleaning"]["energy_kept"] > 0.99
@@ -166,7 +166,7 @@ def test_case_07_psf_voxel_size_3d():
     fw = info["fwhm_px"]
     ref_fw = [fwhm_of(ref[:, 8, 8]), fwhm_of(ref[6, 8, :]), fwhm_of(ref[6, :, 8])]
     assert abs(fw[2] - ref_fw[1]) < 0.2 and abs(fw[1] - ref_fw[2]) < 0.2, (fw, ref_fw)
-    result = run_to_end(restore_iter(y, s, psf=fine, method="rl", rl_iterations=3))
+    result = restore_iter(y, s, psf=fine, method="rl", rl_iterations=3).finish()
     assert result.metadata["psf"]["resampled"]["to_spacing_nm"][1:] == [65.0, 65.0]
     assert result.metadata["psf"]["kernel_shape"] == list(psf.shape)
 

@@ -9,7 +9,6 @@ from scipy import ndimage
 
 from pkl_dg import restore, restore_iter
 from pkl_dg.metrics import care_scores
-from pkl_dg.restoration import run_to_end
 
 DELTA = np.ones((1, 1), np.float32)
 
@@ -41,7 +40,7 @@ def test_delta_psf_denoises_an_8bit_noisy_frame():
     gt = _cells()
     rng = np.random.default_rng(1)
     frame = _as_8bit(rng.poisson(gt * 12 + 1))
-    res = run_to_end(restore_iter(frame, psf=DELTA, seed=0))
+    res = restore_iter(frame, psf=DELTA, seed=0).finish()
     gain = care_scores(res.image, gt)["psnr"] - care_scores(frame, gt)["psnr"]
     assert res.metadata["calibration"]["source"] == "estimated"
     assert gain >= 2.0, gain
@@ -86,7 +85,7 @@ def test_saturated_pixels_stay_in_the_fit_for_a_one_pixel_psf():
     frame[frame == 20] = 255  # …and stored at the dtype's maximum
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = run_to_end(restore_iter(frame, psf=DELTA, method="rl"))
+        res = restore_iter(frame, psf=DELTA, method="rl").finish()
     sat = res.metadata["saturated"]
     assert sat["pixels"] == int((frame == 255).sum()) > 0
     assert "kept in the data fit" in sat["handling"]

@@ -8,7 +8,6 @@ from pkl_dg import RestoreSettings, restore, restore_iter
 from pkl_dg.guidance import get_likelihood
 from pkl_dg.metrics import care_scores
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
-from pkl_dg.restoration import run_to_end
 from pkl_dg.richardson_lucy import richardson_lucy
 
 
@@ -17,7 +16,7 @@ def test_rl_matches_core_and_stream(scene):
     gen = restore_iter(y, method="rl", rl_iterations=12, psf_sigma=1.5, background=b,
                       calibration="manual")
     frames = []
-    result = run_to_end(gen, frames.append)
+    result = gen.finish(frames.append)
     assert len(frames) == 12 and [f.index for f in frames] == list(range(1, 13))
     fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), b)
     ref = richardson_lucy(torch.from_numpy(y), fm, 12).numpy()

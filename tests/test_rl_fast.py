@@ -148,27 +148,26 @@ def test_accelerated_rl_reaches_plain_best_in_a_third_of_the_iterations():
 
 def test_restore_rl_uses_the_setting_and_reads_out_misfit(monkeypatch):
     from pkl_dg import restore_iter
-    from pkl_dg.restoration import run_to_end
 
     y = _data((40, 40)).numpy()
     recs = []
-    res = run_to_end(restore_iter(y, method="rl", rl_iterations=6, psf_sigma=2.0,
-                                  background=2.0), recs.append)
+    res = restore_iter(y, method="rl", rl_iterations=6, psf_sigma=2.0,
+                       background=2.0).finish(recs.append)
     assert len(recs) == 6 and recs[0].nll is not None and recs[-1].nll is not None
     assert all(np.isfinite(r.nll) for r in recs if r.nll is not None)
     fm = ForwardModel(PSFConvolution(gaussian_psf(2.0)), 2.0)
     ref = richardson_lucy(torch.from_numpy(y), fm, 6).numpy()
     assert np.allclose(res.image, ref, rtol=1e-5, atol=1e-3)
     recs = []
-    res = run_to_end(restore_iter(y, method="rl", rl_iterations=6, psf_sigma=2.0,
-                                  background=2.0, rl_acceleration="biggs-andrews"), recs.append)
+    res = restore_iter(y, method="rl", rl_iterations=6, psf_sigma=2.0,
+                       background=2.0, rl_acceleration="biggs-andrews").finish(recs.append)
     assert [r.nll is None for r in recs] == [True] * 5 + [False]
     assert res.settings.rl_acceleration == "biggs-andrews"
     assert res.metadata["settings"]["rl_acceleration"] == "biggs-andrews"
     monkeypatch.setattr("pkl_dg.restoration.RL_READOUT_INTERVAL_S", 0.0)
     recs = []
-    run_to_end(restore_iter(y, method="rl", rl_iterations=4, psf_sigma=2.0, background=2.0),
-               recs.append)
+    restore_iter(y, method="rl", rl_iterations=4, psf_sigma=2.0,
+                 background=2.0).finish(recs.append)
     assert all(r.nll is not None for r in recs)  # every frame when there is time
 
 

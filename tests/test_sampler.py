@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from pkl_dg.diffusion.mapping import IntensityMapping, scale_from_estimate
-from pkl_dg.diffusion.sampler import guided_ddim
-from pkl_dg.diffusion.schedule import cosine_alphas_cumprod, ddim_timesteps, q_sample
+from pkl_dg.diffusion.sampler import Guidance, Problem, guided_ddim
+from pkl_dg.diffusion.schedule import (DDIMScheduler, cosine_alphas_cumprod, ddim_timesteps,
+                                       q_sample)
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.steps import auto_sub_iterations
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
@@ -13,6 +14,13 @@ def _problem(scene):
     x, y, psf, b = scene
     fm = ForwardModel(PSFConvolution(psf), background=b)
     return torch.from_numpy(y), fm, IntensityMapping(1.2 * float(x.max()))
+
+
+def _ddim(denoiser, y, fm, mapping, *, steps=25, eta=0.0, guidance=None, misfit=None,
+          t_threshold=800, ramp="linear", **kw):
+    """guided_ddim with the sampler's parameters as keywords."""
+    return guided_ddim(denoiser, Problem(y, fm, mapping), DDIMScheduler(steps, eta),
+                       Guidance(guidance, t_threshold, ramp, misfit), **kw)
 
 
 def test_cosine_schedule_properties():
@@ -37,13 +45,13 @@ def test_mapping_round_trip_and_scale():
 
 def test_yields_steps_frames_and_stops_when_closed(scene, constant_denoiser):
     y, fm, mapping = _problem(scene)
-    frames = list(guided_ddim(constant_denoiser, y, fm, mapping, steps=7))
+    frames = list(_ddim(constant_denoiser, y, fm, mapping, steps=7))
     assert [f.index for f in frames] == list(range(1, 8))
     assert all(f.total == 7 for f in frames) and frames[-1].t == 0
     assert frames[0].x0.shape == (1, *y.shape) and frames[0].x0.dtype == torch.float32
 
     constant_denoiser.calls = 0
-    gen = guided_ddim(constant_denoiser, y, fm, mapping, steps=50)
+    gen = _ddim(constant_denoiser, y, fm, mapping, steps=50)
     next(gen), next(gen)
     gen.close()
     assert constant_denoiser.calls == 2
@@ -53,7 +61,7 @@ def test_yields_steps_frames_and_stops_when_closed(scene, constant_denoiser):
 
 def test_unguided_returns_the_prior_mean(scene, constant_denoiser):
     y, fm, mapping = _problem(scene)
-    last = list(guided_ddim(constant_denoiser, y, fm, mapping, steps=5))[-1]
+    last = list(_ddim(constant_denoiser, y, fm, mapping, steps=5))[-1]
     expected = mapping.to_intensity(torch.tensor(constant_denoiser.value))
     assert torch.allclose(last.x0, expected.expand_as(last.x0), rtol=1e-4)
 
@@ -68,7 +76,7 @@ def test_same_seed_same_output(scene, constant_denoiser, eta):
         torch.nn.init.constant_(net.weight, 0.05)
         torch.nn.init.zeros_(net.bias)
         gen = torch.Generator().manual_seed(seed)
-        frames = guided_ddim(lambda x, t: net(x), y, fm, mapping, steps=6, eta=eta,
+        frames = _ddim(lambda x, t: net(x), y, fm, mapping, steps=6, eta=eta,
                              guidance=guid, generator=gen)
         return list(frames)[-1].x0
 
@@ -89,8 +97,8 @@ def test_guidance_lowers_data_misfit_clearly(scene, constant_denoiser):
     k = s.sub_iterations or auto_sub_iterations(float(y.max()))
     guid = GuidanceStep(pkl, "poisson", 1.0, k)
     kw = dict(steps=10, misfit=pkl, t_threshold=s.t_threshold, ramp=s.ramp)
-    unguided = list(guided_ddim(constant_denoiser, y, fm, mapping, **kw))[-1]
-    guided = list(guided_ddim(constant_denoiser, y, fm, mapping, guidance=guid, **kw))[-1]
+    unguided = list(_ddim(constant_denoiser, y, fm, mapping, **kw))[-1]
+    guided = list(_ddim(constant_denoiser, y, fm, mapping, guidance=guid, **kw))[-1]
     yb = y[None, None]
     # the minimum achievable misfit is bounded below by the saturated model μ = y
     floor = float((y - y.clamp(min=1e-6).log() * y).sum())
@@ -105,7 +113,7 @@ def test_batch_of_samples_and_bf16_autocast(scene):
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.SiLU(),
                               torch.nn.Conv2d(4, 1, 3, padding=1))
     gen = torch.Generator().manual_seed(0)
-    frames = list(guided_ddim(lambda x, t: net(x), y, fm, mapping, steps=3, num_samples=3,
+    frames = list(_ddim(lambda x, t: net(x), y, fm, mapping, steps=3, num_samples=3,
                               guidance=GuidanceStep(get_likelihood("anscombe")),
                               generator=gen, autocast_dtype=torch.bfloat16))
     last = frames[-1]
@@ -117,6 +125,6 @@ def test_batch_of_samples_and_bf16_autocast(scene):
 def test_rejects_bad_arguments(scene, constant_denoiser):
     y, fm, mapping = _problem(scene)
     with pytest.raises(ValueError, match="η"):
-        next(guided_ddim(constant_denoiser, y, fm, mapping, eta=2.0))
+        next(_ddim(constant_denoiser, y, fm, mapping, eta=2.0))
     with pytest.raises(ValueError, match="steps"):
-        next(guided_ddim(constant_denoiser, y, fm, mapping, steps=0))
+        next(_ddim(constant_denoiser, y, fm, mapping, steps=0))

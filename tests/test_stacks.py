@@ -10,7 +10,6 @@ from pkl_dg.devices import resolve_device
 from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.metrics import care_scores
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf_3d
-from pkl_dg.restoration import run_to_end
 
 
 class PlaneReader:
@@ -33,9 +32,8 @@ def test_4d_stack_plane_by_plane_lazily(scene):
     data = np.stack([np.stack([y * (1 + 0.1 * (t + z)) for z in range(3)]) for t in range(2)])
     reader = PlaneReader(data)
     records = []
-    result = run_to_end(restore_iter(reader, method="rl", rl_iterations=4, psf_sigma=1.5,
-                                     calibration="manual"),
-                        records.append)
+    result = restore_iter(reader, method="rl", rl_iterations=4, psf_sigma=1.5,
+                          calibration="manual").finish(records.append)
     assert result.image.shape == (2, 3, 48, 48) and result.image.dtype == np.float32
     assert [r.index for r in records] == list(range(1, 25)) and records[-1].total == 24
     assert records[0].block == (0, 0) and records[-1].block == (1, 2)
@@ -61,8 +59,8 @@ def test_posterior_samples_std(scene):
     def den(x, t):
         return net(x)
 
-    one = run_to_end(restore_iter(y, method="pkl", steps=3, samples=1, eta=1.0, denoiser=den))
-    four = run_to_end(restore_iter(y, method="pkl", steps=3, samples=4, eta=1.0, denoiser=den))
+    one = restore_iter(y, method="pkl", steps=3, samples=1, eta=1.0, denoiser=den).finish()
+    four = restore_iter(y, method="pkl", steps=3, samples=4, eta=1.0, denoiser=den).finish()
     assert one.std.shape == y.shape and np.all(one.std == 0)
     assert four.std.shape == y.shape and four.std.mean() > 0 and np.all(four.std >= 0)
     assert four.image.shape == y.shape

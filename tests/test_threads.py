@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pkl_dg.restoration import restore_iter, run_to_end
+from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.threads import default_threads, physical_cores, resolve_threads
 
@@ -29,7 +29,7 @@ def test_restore_applies_and_records_threads():
     before = torch.get_num_threads()
     y = np.random.default_rng(0).poisson(20.0, (32, 32)).astype(np.float32)
     try:
-        result = run_to_end(restore_iter(y, method="rl", rl_iterations=2, threads=1))
+        result = restore_iter(y, method="rl", rl_iterations=2, threads=1).finish()
         assert torch.get_num_threads() == 1
         assert result.metadata["threads"] == 1 and result.metadata["settings"]["threads"] == 1
         assert result.metadata["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY",

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pkl_dg.axes import check_axes
-from pkl_dg.restoration import RestoreResult, restore_iter, run_to_end
+from pkl_dg.restoration import RestoreResult, restore_iter
 from pkl_dg.settings import RestoreSettings
 
 
@@ -65,8 +65,7 @@ def restore_channels(image: Any, axes: str, psfs: Sequence[np.ndarray | None] | 
     for c in range(n):
         index = tuple(slice(None) if i != axis else c for i in range(len(a)))
         channel = np.asarray(image[index])
-        gen = restore_iter(channel, s, psf=psfs[c], axes=rest)
-        results.append(run_to_end(gen, progress))
+        results.append(restore_iter(channel, s, psf=psfs[c], axes=rest).finish(progress))
     out = np.stack([r.image for r in results], axis=axis)
     stds = [r.std for r in results]
     std = np.stack(stds, axis=axis) if all(x is not None for x in stds) else None

@@ -20,6 +20,7 @@ from pkl_dg.frc import frc_resolution
 from pkl_dg.metrics import care_scores
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
 from pkl_dg.restoration import RestoreResult, StepRecord, restore_iter, validate_image
+from pkl_dg.runs import StreamedRun
 from pkl_dg.settings import METHOD_LABELS, METHODS, RestoreSettings
 
 METRIC_COLUMNS = ("method", "psnr_db", "ssim", "nrmse", "frc_px", "frc_nm", "seconds")
@@ -42,27 +43,36 @@ def parse_methods(text: str | list[str]) -> list[str]:
     return items
 
 
+class CompareRun(StreamedRun[tuple[str, StepRecord], Comparison]):
+    """A comparison as :func:`compare_iter` returns it: iterate it for ``(method, record)``
+    frames; ``result`` is the :class:`Comparison` once it has ended."""
+
+
 def compare_iter(image: Any, methods: list[str], settings: RestoreSettings | None = None, *,
                  psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
-                 denoiser: Callable | None = None, **overrides: Any
-                 ) -> Generator[tuple[str, StepRecord], None, Comparison]:
-    """Run every method on ``image``; yield ``(method, record)``; return a Comparison."""
+                 denoiser: Callable | None = None, **overrides: Any) -> CompareRun:
+    """Run every method on ``image``, one after the other, as a :class:`CompareRun`: its
+    frames are ``(method, record)``, its result a :class:`Comparison`."""
+    return CompareRun(_compare_frames(image, methods, settings, psf, operator, denoiser,
+                                      overrides))
+
+
+def _compare_frames(image: Any, methods: list[str], settings: RestoreSettings | None,
+                    psf: np.ndarray | None, operator: PSFConvolution | None,
+                    denoiser: Callable | None, overrides: dict[str, Any]
+                    ) -> Generator[tuple[str, StepRecord], None, Comparison]:
     base = (settings or RestoreSettings()).replace(**overrides) if overrides else (
         settings or RestoreSettings())
     methods = parse_methods(methods)
     comp = Comparison()
     for method in methods:
-        gen = restore_iter(image, base.replace(method=method), psf=psf, operator=operator,
+        run = restore_iter(image, base.replace(method=method), psf=psf, operator=operator,
                            denoiser=denoiser)
         comp.misfit[method] = []
-        while True:
-            try:
-                rec = next(gen)
-            except StopIteration as stop:
-                comp.results[method] = stop.value
-                break
+        for rec in run:
             comp.misfit[method].append(rec.nll)
             yield method, rec
+        comp.results[method] = run.result
     return comp
 
 

@@ -20,12 +20,14 @@ from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
+from einops import rearrange, reduce
 
 from pkl_dg._version import __version__
 from pkl_dg.axes import arrange, channel_count, put_back
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
-from pkl_dg.diffusion.sampler import guided_ddim
+from pkl_dg.diffusion.sampler import Guidance, Problem, SamplerStep, guided_ddim
+from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
@@ -35,6 +37,7 @@ from pkl_dg.guidance.stopping import AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
 from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
+from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
 from pkl_dg.settings import RestoreSettings, calibration_implied
 from pkl_dg.threads import apply_threads, thread_info
@@ -49,6 +52,8 @@ SCALE_ESTIMATE_ITERATIONS = 20
 #: logarithm pass, ~10 % of a 512² iteration
 RL_READOUT_INTERVAL_S = 0.1
 TILE_OVERLAP = 64
+
+
 @dataclass
 class StepRecord:
     """One streamed frame.
@@ -83,6 +88,10 @@ class RestoreResult:
     std: np.ndarray | None = None
 
 
+class RestoreRun(StreamedRun[StepRecord, RestoreResult]):
+    """A restoration as :func:`restore_iter` returns it: iterate it for :class:`StepRecord`
+    frames; ``result`` is the :class:`RestoreResult` once it has ended; ``finish(progress)``
+    runs it to the end and returns that."""
 
 
 def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) -> RestoreSettings:
@@ -97,11 +106,14 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                  psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
                  denoiser: Callable | None = None, rl_start: float | None = None,
                  axes: str | None = None,
-                 **overrides: Any) -> Generator[StepRecord, None, RestoreResult]:
+                 **overrides: Any) -> RestoreRun:
     """Restore ``image`` step by step.
 
-    Yields a :class:`StepRecord` per diffusion step (or RL iteration) and returns a
-    :class:`RestoreResult` (the generator's return value). Closing the generator stops it.
+    Returns a :class:`RestoreRun`: iterating it runs the restoration, one
+    :class:`StepRecord` per diffusion step (or RL iteration); its ``result`` (a
+    :class:`RestoreResult`) is there once it has ended (``run.finish()`` does both);
+    ``run.close()`` stops it. Nothing runs, and bad input raises nothing, before the
+    first step is asked for.
 
     Parameters
     ----------
@@ -129,6 +141,15 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         input's order. Without axes, layouts whose channel axis would be blurred
         ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
     """
+    return RestoreRun(_restore_frames(image, settings, psf, operator, denoiser, rl_start, axes,
+                                      overrides))
+
+
+def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarray | None,
+                    operator: PSFConvolution | None, denoiser: Callable | None,
+                    rl_start: float | None, axes: str | None, overrides: dict[str, Any]
+                    ) -> Generator[StepRecord, None, RestoreResult]:
+    """:func:`restore_iter`'s run: yield its records, return its result."""
     s = _settings_from(settings, overrides)
     t_start = time.perf_counter()
     image, axes, back = arrange(image, axes, s.mode, MIN_SIDE)
@@ -201,25 +222,18 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
             if not delta_psf:
                 mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
-        gen = _restore_block(y, s, operator, net, device, mask=mask,
-                             where=f"block {idx}" if idx else "", rl_start=rl_start,
-                             read_noise=cal.read_noise,
-                             warn_negative=not flagged["negative_values"]
-                             and cal.source != "estimated")
-        while True:
-            try:
-                step, steps, t, x, nll = next(gen)
-            except StopIteration as stop:
-                block_meta.update(stop.value)
-                break
+        for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
+                                  where=f"block {idx}" if idx else "", rl_start=rl_start,
+                                  read_noise=cal.read_noise,
+                                  warn_negative=not flagged["negative_values"]
+                                  and cal.source != "estimated"):
             done += 1
-            mean = x.mean(dim=0) if x.ndim > y.ndim else x
-            frame = mean.float().cpu().numpy()
-            yield StepRecord(done, total, t, frame, None if nll is None else float(nll), idx,
-                             step, steps)
+            frame = reduce(rec.x0, "sample ... -> ...", "mean").float().cpu().numpy()
+            nll = None if rec.nll is None else float(rec.nll.mean())
+            yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)
         out[idx] = frame  # the last frame is the block's result
-        if std is not None and x.ndim > y.ndim:
-            std[idx] = x.std(dim=0).float().cpu().numpy()
+        if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
+            std[idx] = rec.x0.std(dim=0).float().cpu().numpy()
         meta["blocks"].append(block_meta)
         for kind in flagged:
             flagged[kind] += kind in block_meta
@@ -251,12 +265,14 @@ def _summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
 
 
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
-                   net: Callable | None, device: torch.device, *,
+                   net: Callable | None, device: torch.device, info: dict[str, Any], *,
                    mask: torch.Tensor | None = None, where: str = "",
                    warn_negative: bool = True,
                    rl_start: float | None = None, read_noise: float = 0.0
-                   ) -> Generator[tuple, None, dict[str, Any]]:
-    """Restore one plane (H, W) or volume (Z, H, W); yield (step, steps, t, x, nll).
+                   ) -> Iterator[SamplerStep]:
+    """Restore one plane (H, W) or volume (Z, H, W); yield a :class:`SamplerStep` per step
+    (Richardson–Lucy's iterates as one sample, ``t`` its iteration count, ``nll`` None
+    where not read out) and write the block's metadata into ``info``.
 
     ``mask`` (1 = fit, 0 = ignore, e.g. saturated pixels) leaves pixels out of the data fit.
     ``read_noise`` (e⁻ rms) is the calibration's. With an estimated calibration the offset
@@ -264,7 +280,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     False (the pedestal, if any, is still applied and recorded).
     """
     background = s.background if s.background >= 0 else estimate_background(y, operator)
-    info: dict[str, Any] = {"background_photons": background}
+    info["background_photons"] = background
     s2, negatives = negative_value_pedestal(y, float(read_noise) ** 2, where,
                                             warn=warn_negative)
     if negatives is not None:
@@ -289,10 +305,11 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                 it.k == 1 or now - last_readout >= RL_READOUT_INTERVAL_S))
             if read:
                 last_readout = now
-            yield it.k, n, it.k, it.x, (it.nll() if read else None)
+            nll = torch.tensor([it.nll()], dtype=torch.float64) if read else None
+            yield SamplerStep(it.k, n, it.k, rearrange(it.x, "... -> 1 ..."), nll)
         if rule is not None:
             info.update(_auto_info(rule))
-        return info
+        return
     proximal = s.method == "pkl" and s.step_rule == "proximal"
     with torch.inference_mode():
         if proximal:  # RL with the automatic stop sets both the scale and the data budget
@@ -327,15 +344,11 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                                       f"likelihood's; {s.method} guidance takes Poisson-"
                                       "preconditioned steps)")
         guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc)
-    gen = torch.Generator().manual_seed(s.seed)
-    frames: Iterator = guided_ddim(net, y, fm, mapping, steps=s.steps, eta=s.eta,
-                                   guidance=guidance, misfit=pkl, t_threshold=s.t_threshold,
-                                   ramp=s.ramp, num_samples=s.samples, generator=gen,
-                                   autocast_dtype=autocast_dtype(s.precision, device))
-    for f in frames:
-        x = f.x0 if s.samples > 1 else f.x0[0]
-        yield f.index, f.total, f.t, x, f.nll.mean()
-    return info
+    yield from guided_ddim(net, Problem(y, fm, mapping), DDIMScheduler(s.steps, s.eta),
+                           Guidance(guidance, s.t_threshold, s.ramp, misfit=pkl),
+                           num_samples=s.samples,
+                           generator=torch.Generator().manual_seed(s.seed),
+                           autocast_dtype=autocast_dtype(s.precision, device))
 
 
 def restore(image: Any, psf: np.ndarray | None = None, settings: RestoreSettings | None = None,
@@ -345,17 +358,5 @@ def restore(image: Any, psf: np.ndarray | None = None, settings: RestoreSettings
 
     Example: ``restore(img, method="pkl", psf_sigma=2.0, steps=25, seed=0)``.
     """
-    return run_to_end(restore_iter(image, settings, psf=psf, operator=operator,
-                                   denoiser=denoiser, **overrides), progress).image
-
-
-def run_to_end(gen: Generator[StepRecord, None, RestoreResult],
-               progress: Callable[[StepRecord], None] | None = None) -> RestoreResult:
-    """Drive a :func:`restore_iter` generator to its end and return its result."""
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(rec)
+    return restore_iter(image, settings, psf=psf, operator=operator, denoiser=denoiser,
+                        **overrides).finish(progress).image

@@ -216,7 +216,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
         float32 photons of the block or chunk, and that block's metadata.
     """
     from pkl_dg.physics import build_psf
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter
     from pkl_dg.settings import RestoreSettings
 
     threads = set_threads(threads)
@@ -238,8 +238,8 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     # elsewhere and end 2e-3 away after 30 iterations)
     rl_start = stats["rl_start"] if box is not None and s.method == "rl" else None
     axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
-    result = run_to_end(restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start,
-                                     axes=axes))
+    result = restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start,
+                          axes=axes).finish()
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes")}

@@ -29,7 +29,7 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
     import pkl_dg  # noqa: F401  (sets the OpenMP wait policy before torch loads)
     from pkl_dg.bench.common import benchmark_network
     from pkl_dg.bench.simulate import test_image
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter
     from pkl_dg.settings import RestoreSettings
     from pkl_dg.threads import apply_threads
 
@@ -42,7 +42,7 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
         net, _info = benchmark_network(smoke)
     apply_threads(threads)
     t0 = time.perf_counter()
-    result = run_to_end(restore_iter(y, settings, denoiser=net))
+    result = restore_iter(y, settings, denoiser=net).finish()
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 3), "threads": result.metadata["threads"],
             "omp_wait_policy": result.metadata["omp_wait_policy"],

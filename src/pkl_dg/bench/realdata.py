@@ -101,7 +101,7 @@ def dev_inputs(root: Path, smoke: bool = False) -> list[dict]:
 
 def run_realdata(root: Path, denoiser=None, smoke: bool = False, log=print) -> dict:
     """Score every method on every dev input; return records and per-group means."""
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter
 
     records = []
     steps = {"steps": 2, "samples": 1} if smoke else {}
@@ -125,7 +125,7 @@ def run_realdata(root: Path, denoiser=None, smoke: bool = False, log=print) -> d
                     kw = {"method": "rl"} if m == "rl_auto" else \
                         {"method": "rl", "rl_iterations": 30} if m == "rl30" else \
                         {"method": "pkl", "denoiser": denoiser, **steps}
-                    res = run_to_end(restore_iter(img, psf=psf, **kw))
+                    res = restore_iter(img, psf=psf, **kw).finish()
                     pred = res.image
                     for key in ("rl_auto_iterations", "sub_iterations"):
                         if key in res.metadata:

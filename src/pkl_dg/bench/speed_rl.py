@@ -148,14 +148,14 @@ def load_peers(names=PEER_NAMES) -> tuple[dict[str, Callable], dict[str, str]]:
 # ---- per-size table ------------------------------------------------------------------------
 def _restore_run(y: np.ndarray, n: int, acceleration: str) -> tuple[float, float, list[float]]:
     """(total s, time to the first frame s, ms between consecutive frames)."""
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter
 
     stamps: list[float] = []
     t0 = time.perf_counter()
-    run_to_end(restore_iter(y, method="rl", rl_iterations=n, psf_sigma=PSF_SIGMA,
-                            rl_acceleration=acceleration, device="cpu",
-                            threads=torch.get_num_threads()),
-               lambda rec: stamps.append(time.perf_counter()))
+    restore_iter(y, method="rl", rl_iterations=n, psf_sigma=PSF_SIGMA,
+                 rl_acceleration=acceleration, device="cpu",
+                 threads=torch.get_num_threads()
+                 ).finish(lambda rec: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
     return total, stamps[0] - t0, list(np.diff(stamps) * 1e3)
 

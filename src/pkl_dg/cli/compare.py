@@ -49,19 +49,14 @@ def run(args: argparse.Namespace) -> int:
     gt = read_image(args.gt) if args.gt is not None else None
     if gt is not None and gt.shape != image.shape:
         raise ValueError(f"ground truth {gt.shape} and input {image.shape} differ in shape")
-    gen = compare_iter(image, methods, settings)
+    comparison = compare_iter(image, methods, settings)
     started, seconds = {}, {}
-    while True:
-        try:
-            method, rec = next(gen)
-        except StopIteration as stop:
-            comp = stop.value
-            break
+    for method, rec in comparison:
         started.setdefault(method, time.perf_counter())
         if rec.index == rec.total:
             seconds[method] = time.perf_counter() - started[method]
             print(f"{method}: done in {seconds[method]:.1f} s", file=sys.stderr)
-    results = {m: r.image for m, r in comp.results.items()}
+    results = {m: r.image for m, r in comparison.result.results.items()}
     rows = None
     if gt is not None:
         px = settings.pixel_size_nm if settings.psf_kind == "airy" else None

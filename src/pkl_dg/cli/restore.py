@@ -1,7 +1,9 @@
 """``pkl-dg restore``: restore a 2D image file headlessly.
 
 Its flags are generated from :func:`pkl_dg.settings.field_specs` (flag = field name with
-'_' → '-' and a trailing '_nm' dropped), so CLI, widget and metadata share one schema.
+'_' → '-' and a trailing '_nm' dropped), so CLI, widget and metadata share one schema. The
+schema also says when a setting applies (:func:`pkl_dg.settings.applies`): the PSF model
+follows from the PSF flags given, and a flag that has no effect on the run is reported.
 """
 
 from __future__ import annotations
@@ -9,10 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from pkl_dg.settings import RestoreSettings, calibration_implied, field_specs
+from pkl_dg.settings import (PSF_KINDS, RestoreSettings, applies, applies_text,
+                             calibration_implied, field_specs)
 
 _TYPES = {"float": float, "int": int, "str": str}
+#: the PSF models a flag can select (an array is passed from Python, not from the CLI)
+_CLI_PSF_KINDS = tuple(k for k in PSF_KINDS if k != "array")
+#: settings that describe one PSF model (not a supplied PSF array): giving one selects it
+_MODEL_FIELDS = tuple(s.name for s in field_specs() if s.applies_when and all(
+    "array" not in alt.get("psf_kind", ("array",)) for alt in s.applies_when))
 
 
 def flag_for(name: str) -> str:
@@ -20,7 +29,8 @@ def flag_for(name: str) -> str:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, default None (= the schema's default), grouped as in the GUI."""
+    """One flag per setting, default None (= the schema's default), grouped as in the GUI;
+    its help says when the setting applies."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in field_specs():
         if spec.name == "threads":  # every command has --threads (add_threads_argument)
@@ -30,21 +40,46 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         if spec.name == "psf_path":
             flags.insert(0, "--psf")
         unit = f" [{spec.unit}]" if spec.unit else ""
+        when = applies_text(spec.name)
+        when = f" Applies with {when}." if when else ""
         group.add_argument(*flags, dest=spec.name, type=_TYPES[spec.type], default=None,
                            choices=spec.choices, metavar=None if spec.choices else spec.type.upper(),
-                           help=f"{spec.help}{unit} (default: {spec.default!r})")
+                           help=f"{spec.help}{unit}{when} (default: {spec.default!r})")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (not the defaults), with the PSF model they describe
+    when ``--psf-kind`` is not given: the first of gaussian, airy, vectorial, file to which
+    every given PSF-model flag applies (``--na`` → airy, ``--psf`` → file, ``--sample-ri``
+    → vectorial)."""
+    given = {s.name: getattr(args, s.name) for s in field_specs()
+             if getattr(args, s.name, None) is not None}
+    models = [n for n in given if n in _MODEL_FIELDS]
+    if "psf_kind" not in given and models:
+        base = {**RestoreSettings().to_dict(), **given}
+        fits = [k for k in _CLI_PSF_KINDS
+                if all(applies(n, {**base, "psf_kind": k}) for n in models)]
+        if fits:
+            given["psf_kind"] = fits[0]
+    return calibration_implied(given)
 
 
 def settings_from_args(args: argparse.Namespace) -> RestoreSettings:
-    """Settings from parsed flags; the PSF model follows from which PSF flags were given."""
-    given = {s.name: getattr(args, s.name) for s in field_specs()
-             if getattr(args, s.name, None) is not None}
-    if "psf_kind" not in given:
-        if "psf_path" in given:
-            given["psf_kind"] = "file"
-        elif "na" in given or "wavelength_nm" in given:
-            given["psf_kind"] = "airy"
-    return RestoreSettings.from_dict(calibration_implied(given))
+    """Settings from parsed flags (:func:`given_settings`)."""
+    return RestoreSettings.from_dict(given_settings(args))
+
+
+def report_not_applied(args: argparse.Namespace, settings: RestoreSettings) -> list[str]:
+    """Print a warning for every flag given that has no effect on a run with ``settings``
+    (e.g. ``--samples`` with ``--method rl``); return those settings' names."""
+    specs = {s.name: s for s in field_specs()}
+    ignored = [n for n in given_settings(args) if not applies(n, settings)]
+    for name in ignored:
+        keys = dict.fromkeys(k for alt in specs[name].applies_when for k in alt)
+        here = ", ".join(f"{k} {getattr(settings, k)}" for k in keys)
+        print(f"pkl-dg {args.command}: warning: {flag_for(name)} is ignored: it applies with "
+              f"{applies_text(name)} (here {here})", file=sys.stderr)
+    return ignored
 
 
 def register(subparsers) -> None:
@@ -71,10 +106,11 @@ def run(args: argparse.Namespace) -> int:
 
     from pkl_dg.imageio import write_result
     from pkl_dg.io import open_image
-    from pkl_dg.restoration import restore_iter, run_to_end
+    from pkl_dg.restoration import restore_iter
     from pkl_dg.uncertainty import has_posterior_std
 
     settings = settings_from_args(args)
+    ignored = report_not_applied(args, settings)
     outputs = [args.output]
     with_std = has_posterior_std(settings)
     if with_std:
@@ -91,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.z_step_nm is None and source.z_step_nm:  # the file states its Z step: use it
         settings = settings.replace(z_step_nm=float(source.z_step_nm))
         from_file["z_step_nm"] = settings.z_step_nm
-    gen = restore_iter(image, settings, axes=axes)
+    run = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
     def progress(rec) -> None:
@@ -104,13 +140,15 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"misfit {rec.nll:.4g}", refresh=False)
 
     try:
-        result = run_to_end(gen, progress)
+        result = run.finish(progress)
     finally:
         for bar in bars:
             bar.close()
     meta = {**result.metadata, "input_file": str(args.input), "input_axes": source.axes}
     if from_file:
         meta["settings_from_file"] = from_file
+    if ignored:  # given, but without effect on this run
+        meta["settings_not_applied"] = ignored
     std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)
     with_std = with_std and result.std is not None
     if with_std:

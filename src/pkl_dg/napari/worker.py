@@ -206,14 +206,11 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
         flag.check()
         steps = restore_iter(image, settings, psf=raw_psf, operator=operator,
                              denoiser=denoiser)
-        while True:
-            flag.check()
-            try:
-                record = next(steps)
-            except StopIteration as stop:
-                return _annotate(stop.value, notes)
+        for record in steps:
             yield record
             done += 1
+            flag.check()
+        return _annotate(steps.result, notes)
     except RunCancelled:
         return Cancelled(done)
     except (ValueError, FileNotFoundError) as exc:
@@ -269,22 +266,19 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
                              denoiser=denoiser)
         seconds: dict[str, float] = {}
         current, t0 = None, time.perf_counter()
-        while True:
-            flag.check()
-            try:
-                method, record = next(steps)
-            except StopIteration as stop:
-                if current is not None:
-                    seconds[current] = time.perf_counter() - t0
-                for result in stop.value.results.values():
-                    _annotate(result, dict(notes))
-                return ComparedRun(stop.value, seconds, settings, raw_psf)
+        for method, record in steps:
             if method != current:
                 if current is not None:
                     seconds[current] = time.perf_counter() - t0
                 current, t0 = method, time.perf_counter()
             yield MethodFrame(method, record, time.perf_counter() - t0)
             done += 1
+            flag.check()
+        if current is not None:
+            seconds[current] = time.perf_counter() - t0
+        for result in steps.result.results.values():
+            _annotate(result, dict(notes))
+        return ComparedRun(steps.result, seconds, settings, raw_psf)
     except RunCancelled:
         return Cancelled(done)
     except (ValueError, FileNotFoundError) as exc:
