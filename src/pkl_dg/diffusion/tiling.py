@@ -14,6 +14,7 @@ import math
 from typing import Callable
 
 import torch
+from einops import rearrange, repeat
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MIN_TILE = 64
@@ -94,12 +95,15 @@ class TiledDenoiser:
         per_call = max(1, self.max_pixels // (n * th * tw))
         for i in range(0, len(boxes), per_call):
             chunk = boxes[i: i + per_call]
-            tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for y0, x0 in chunk])
-            eps = self.denoiser(tiles, t.repeat(len(chunk))).float()
+            # the network sees every tile of every image as one batch, tile-major
+            tiles = rearrange([x[..., y0: y0 + th, x0: x0 + tw] for y0, x0 in chunk],
+                              "tile n c h w -> (tile n) c h w")
+            eps = self.denoiser(tiles, repeat(t, "n -> (tile n)", tile=len(chunk))).float()
+            eps = rearrange(eps, "(tile n) c h w -> tile n c h w", tile=len(chunk))
             for j, (y0, x0) in enumerate(chunk):
                 wy = _ramp(th, self.overlap, y0 == 0, y0 + th == h, torch.float32, x.device)
                 wx = _ramp(tw, self.overlap, x0 == 0, x0 + tw == w, torch.float32, x.device)
                 win = wy[:, None] * wx[None, :]
-                out[..., y0: y0 + th, x0: x0 + tw] += eps[j * n: (j + 1) * n] * win
+                out[..., y0: y0 + th, x0: x0 + tw] += eps[j] * win
                 norm[..., y0: y0 + th, x0: x0 + tw] += win
         return out / norm
