@@ -104,7 +104,8 @@ class DDIMScheduler:
         self.timesteps = tuple(ddim_timesteps(steps, self.num_train_timesteps))
         self.eta = float(eta)
         self._abar = ac.double().tolist()  # python floats: no tensor indexing per step
-        #: each sampling timestep → the next one (None after the last)
+        #: each sampling timestep → the one sampled after it, diffusers' "previous timestep"
+        #: (None after the last)
         self._prev: dict[int, int | None] = dict(zip(self.timesteps,
                                                      self.timesteps[1:] + (None,)))
 
@@ -114,10 +115,10 @@ class DDIMScheduler:
 
     def alpha_bar_prev(self, t: int) -> float:
         """ᾱ of the timestep after ``t`` in :attr:`timesteps`; 1 (clean) after the last."""
-        prev = self._next(t)
+        prev = self._prev_timestep(t)
         return 1.0 if prev is None else self._abar[prev]
 
-    def _next(self, t: int) -> int | None:
+    def _prev_timestep(self, t: int) -> int | None:
         try:
             return self._prev[t]
         except KeyError:
@@ -170,7 +171,7 @@ class DDIMScheduler:
         torch.Tensor
             x at the next timestep; after the last timestep, ``x0`` itself (ᾱ_prev = 1).
         """
-        if self._next(t) is None:
+        if self._prev_timestep(t) is None:
             return x0
         a_prev = self.alpha_bar_prev(t)
         eps = self.predict_eps(x_t, x0, t)
