@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pkl_dg.cli.restore import add_settings_arguments, settings_from_args
+from pkl_dg.cli.restore import add_settings_arguments, report_not_applied, settings_from_args
 
 
 def register(subparsers) -> None:
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pkl_dg.settings import field_specs
 
     settings = settings_from_args(args)
+    report_not_applied(args, settings)
     given = {s.name for s in field_specs() if getattr(args, s.name, None) is not None}
     if args.chunk < 0:
         raise ValueError(f"--chunk must be ≥ 0, got {args.chunk}")

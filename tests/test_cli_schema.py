@@ -1,0 +1,85 @@
+"""The settings schema says when a field applies, and the CLI reads it: the PSF model
+follows from the PSF flags, and a restore flag that does not apply to the chosen method /
+PSF model / calibration is reported (never silently ignored)."""
+
+from __future__ import annotations
+
+import json
+
+from pkl_dg.cli import build_parser
+from pkl_dg.settings import (METHODS, RestoreSettings, applies, field_specs, is_guided,
+                             uses_prior)
+
+
+def test_applies_when_names_settings_and_their_choices():
+    specs = {s.name: s for s in field_specs()}
+    for spec in specs.values():
+        json.dumps(spec.applies_when)  # describable as JSON
+        for alt in spec.applies_when:
+            for key, allowed in alt.items():
+                assert set(allowed) <= set(specs[key].choices), (spec.name, key)
+
+
+def test_prior_and_guidance_helpers():
+    for method in METHODS:
+        s = RestoreSettings(method=method)
+        assert uses_prior(s) == (method != "rl") == applies("steps", s)
+        assert is_guided(s) == (method in ("pkl", "anscombe", "l2")) == applies("ramp", s)
+        assert applies("rl_iterations", {"method": method}) == (method == "rl")
+
+
+def _restore_args(*flags):
+    return build_parser().parse_args(["restore", "x.tif", "-o", "y.tif", *flags])
+
+
+def test_psf_model_follows_from_the_psf_flags():
+    from pkl_dg.cli.restore import settings_from_args
+
+    kinds = {("--na", "1.2"): "airy", ("--sample-ri", "1.33"): "vectorial",
+             ("--psf", "p.npy"): "file", ("--psf-sigma", "1.5"): "gaussian",
+             ("--pixel-size", "80"): "gaussian", ("--na", "1.2", "--sample-ri", "1.33"):
+             "vectorial", ("--psf-kind", "airy", "--psf-sigma", "2"): "airy"}
+    for flags, kind in kinds.items():
+        assert settings_from_args(_restore_args(*flags)).psf_kind == kind, flags
+
+
+def test_restore_flag_that_does_not_apply_is_reported(capsys):
+    from pkl_dg.cli.restore import report_not_applied, settings_from_args
+
+    cases = {("--method", "rl", "--samples", "4"): ["samples"],
+             ("--method", "pkl", "--rl-iterations", "9", "--tv-weight", "0.01"):
+                 ["rl_iterations", "tv_weight"],
+             ("--method", "l2", "--lam", "0.3"): ["lam"],  # proximal rule: L2 takes λ = 1
+             ("--method", "l2", "--step-rule", "poisson", "--lam", "0.3"): [],
+             ("--calibration", "auto", "--gain", "3"): ["gain"],
+             ("--gain", "3",): [],  # a gain given means calibrating by hand
+             ("--psf-sigma", "2", "--na", "1.2"): ["na"],  # two models: the default stays
+             ("--psf-sigma-z", "2",): ["psf_sigma_z"]}  # 2D mode
+    for flags, expected in cases.items():
+        args = _restore_args(*flags)
+        capsys.readouterr()
+        assert report_not_applied(args, settings_from_args(args)) == expected, flags
+        err = capsys.readouterr().err
+        for name in expected:
+            assert f"pkl-dg restore: warning: --{name.replace('_', '-')} is ignored" in err
+        assert bool(err) == bool(expected)
+    args = _restore_args("--method", "rl", "--samples", "4")
+    report_not_applied(args, settings_from_args(args))
+    assert "it applies with method pkl/anscombe/l2/none (here method rl)" in \
+        capsys.readouterr().err
+
+
+def test_restore_records_flags_without_effect(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    from pkl_dg.cli import main
+    from pkl_dg.imageio import read_metadata
+
+    src, out = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).poisson(20, (48, 48)).astype(np.uint16))
+    assert main(["restore", str(src), "-o", str(out), "--method", "rl", "--rl-iterations",
+                 "2", "--steps", "5", "--calibration", "manual", "--quiet", "--threads",
+                 "1"]) == 0
+    assert "--steps is ignored" in capsys.readouterr().err
+    assert read_metadata(out)["settings_not_applied"] == ["steps"]
