@@ -52,6 +52,9 @@ SCALE_ESTIMATE_ITERATIONS = 20
 #: logarithm pass, ~10 % of a 512² iteration
 RL_READOUT_INTERVAL_S = 0.1
 TILE_OVERLAP = 64
+#: a pixel that receives more than this share of a saturated pixel's light (through the
+#: PSF) does not set the intensity scale: the PSF support, less FFT round-off
+SATURATED_FOOTPRINT = 1e-6
 
 
 @dataclass
@@ -320,7 +323,11 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             info.update(_auto_info(rule))
         else:
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
-    mapping = IntensityMapping(scale_from_estimate(rough))
+    scale_px = None  # the scale is not set by saturated pixels or what they blur into
+    if fm.mask is not None:
+        scale_px = operator.A((fm.mask <= 0).to(y.dtype).expand_as(y)) <= SATURATED_FOOTPRINT
+        info["intensity_scale_excluded_px"] = int((~scale_px).sum())
+    mapping = IntensityMapping(scale_from_estimate(rough, scale_px))
     info["intensity_scale"] = mapping.scale
     guidance = None
     if s.method != "none":

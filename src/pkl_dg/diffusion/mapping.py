@@ -32,9 +32,31 @@ class IntensityMapping:
         return (z + 1.0) * (self.scale / 2.0)
 
 
-def scale_from_estimate(estimate: torch.Tensor) -> float:
-    """s = 1.2 × the 99.9th percentile of a rough estimate (photons)."""
-    flat = estimate.detach().reshape(-1).float()
+def scale_from_estimate(estimate: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    """s = 1.2 × the 99.9th percentile of a rough estimate (photons).
+
+    Parameters
+    ----------
+    estimate
+        A rough deconvolution, photons, any shape.
+    where
+        Boolean tensor like ``estimate``: only these pixels set the scale (the restoration
+        leaves out saturated pixels and every pixel they blur into: a clipped bead's
+        reconstruction can be 100× the rest of the field and would otherwise set s).
+
+    Raises
+    ------
+    ValueError
+        No signal above background, or ``where`` selects no pixel.
+    """
+    flat = estimate.detach()
+    if where is not None:
+        if not bool(where.any()):
+            raise ValueError("every pixel lies within the blur of a saturated pixel: there is "
+                             "no unsaturated structure to restore (re-acquire with a shorter "
+                             "exposure or lower excitation)")
+        flat = flat[where.expand_as(flat)]
+    flat = flat.reshape(-1).float()
     if flat.numel() > 4_000_000:  # torch.quantile's input limit; a stride keeps it exact enough
         flat = flat[:: flat.numel() // 4_000_000 + 1]
     p = float(torch.quantile(flat, SCALE_PERCENTILE / 100))

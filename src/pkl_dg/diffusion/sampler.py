@@ -28,7 +28,8 @@ from pkl_dg.physics.forward import ForwardModel
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: x̂0 is clipped to [−1, Z_MAX] in the model domain, i.e. to [0, 1.5·s] photons. Not at +1:
+#: x̂0 is clipped to [−1, Z_MAX] in the model domain, i.e. to [0, 1.5·s] photons, where the
+#: network predicts it and where the next state x_{t−1} is built from it. Not at +1:
 #: bright sparse spots lie above the scale s and must survive (clipping at +1 cost up to
 #: 0.2 dB); but bounded, so a wild x̂0 at large t cannot overshoot the multiplicative
 #: guidance step into all-zero, from which it cannot recover.
@@ -161,7 +162,13 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                 prior_std = mapping.scale / 2.0 * min(scheduler.x0_noise_level(t), SIGMA_MAX)
                 x0 = warm = guidance.step(x0, yb, fm, guidance.weight(t, T), prior_std,
                                           x_init=warm)
-            z0 = rearrange(mapping.to_model(x0), f"{layout} -> {NETWORK}", sample=num_samples)
+            # the next state sees x̂0 within the prior's range [−1, Z_MAX]: a bright spot
+            # that the data step put far above the scale (a saturated bead at 100× s) would
+            # otherwise enter the network as an out-of-range input that disturbs its output
+            # over the whole field. The spot itself is kept: ``warm`` and the output hold
+            # the unclipped x̂0.
+            z0 = rearrange(mapping.to_model(x0).clamp(max=Z_MAX), f"{layout} -> {NETWORK}",
+                           sample=num_samples)
             x = scheduler.step(x, z0, t, gen)
             if misfit is not None:
                 nll = reduce(misfit.nll(x0, yb, fm), "(sample rest) -> sample", "sum",
