@@ -147,9 +147,10 @@ def test_large_plane_in_chunks_pkl_within_seed_variation(tmp_path, big_plane, cl
     got = tifffile.imread(tmp_path / "out" / "plane.ome.tif")
     whole0 = restore(y, settings=s)
     whole1 = restore(y, settings=s.replace(seed=1))
-    # the chunked result is another posterior sample, but not quite as close to seed 0 as
-    # seed 1 is: measured 1.2–1.3× the seed-to-seed distance (see tiles.NETWORK_REACH)
-    assert rel(got, whole0) <= 1.4 * rel(whole1, whole0)
+    # every chunk takes the plane's intensity scale and its window of the plane's noise, so
+    # it is the same posterior sample as the whole plane up to the chunk edges: measured
+    # 0.21× the seed-to-seed distance (it was 1.2–1.3× with each chunk's own noise)
+    assert rel(got, whole0) <= 0.5 * rel(whole1, whole0)
     # the network was loaded once per worker process that ran a chunk
     from pkl_dg.batch.worker import cache_counts
 

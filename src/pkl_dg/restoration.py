@@ -26,6 +26,7 @@ from pkl_dg._version import __version__
 from pkl_dg.axes import arrange, channel_count, put_back
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
+from pkl_dg.diffusion.noise import NoiseSource, window_noise
 from pkl_dg.diffusion.sampler import Guidance, Problem, SamplerStep, guided_ddim
 from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.tiling import TiledDenoiser
@@ -80,6 +81,25 @@ class StepRecord:
     steps: int = 0
 
 
+@dataclass(frozen=True)
+class PlaneChunk:
+    """What a chunk of a plane shares with the whole plane (``pkl-dg batch``).
+
+    ``box`` (y0, y1, x0, x1), half-open px, within a plane of ``plane_shape`` (H, W);
+    ``rl_start`` the plane's Richardson–Lucy start level and ``intensity_scale`` its scale
+    s, photons (the chunk's own would differ; None for Richardson–Lucy, which has none).
+    """
+
+    box: tuple[int, int, int, int]
+    plane_shape: tuple[int, int]
+    rl_start: float
+    intensity_scale: float | None = None
+
+    def noise(self, generator: torch.Generator) -> NoiseSource:
+        """The chunk's window of the noise the whole plane draws from ``generator``."""
+        return window_noise(generator, self.plane_shape, self.box)
+
+
 @dataclass
 class RestoreResult:
     image: np.ndarray
@@ -107,7 +127,7 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                  psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
-                 denoiser: Callable | None = None, rl_start: float | None = None,
+                 denoiser: Callable | None = None, chunk: PlaneChunk | None = None,
                  axes: str | None = None,
                  **overrides: Any) -> RestoreRun:
     """Restore ``image`` step by step.
@@ -133,9 +153,10 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     denoiser
         A loaded network ``(x_t, t) -> ε``; by default the settings' model (or the
         shipped prior) is loaded.
-    rl_start
-        Flat starting level (photons) of Richardson–Lucy instead of each block's mean
-        signal: chunks of a large plane (``pkl-dg batch``) start where the whole plane would.
+    chunk
+        ``image`` is this chunk of a larger plane (``pkl-dg batch``): it takes the plane's
+        Richardson–Lucy start level and intensity scale, and its window of the plane's
+        noise, so that it solves the same problem as the whole plane would.
     axes
         One letter per axis of ``image`` (T, C, S, Z, Y, X; Q unnamed), e.g. ``"ZCYX"`` for
         an ImageJ hyperstack. Channels and time are never deconvolved along: each channel's
@@ -144,13 +165,13 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         input's order. Without axes, layouts whose channel axis would be blurred
         ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
     """
-    return RestoreRun(_restore_frames(image, settings, psf, operator, denoiser, rl_start, axes,
+    return RestoreRun(_restore_frames(image, settings, psf, operator, denoiser, chunk, axes,
                                       overrides))
 
 
 def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarray | None,
                     operator: PSFConvolution | None, denoiser: Callable | None,
-                    rl_start: float | None, axes: str | None, overrides: dict[str, Any]
+                    chunk: PlaneChunk | None, axes: str | None, overrides: dict[str, Any]
                     ) -> Generator[StepRecord, None, RestoreResult]:
     """:func:`restore_iter`'s run: yield its records, return its result."""
     s = _settings_from(settings, overrides)
@@ -226,7 +247,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarra
                 mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
-                                  where=f"block {idx}" if idx else "", rl_start=rl_start,
+                                  where=f"block {idx}" if idx else "", chunk=chunk,
                                   read_noise=cal.read_noise,
                                   warn_negative=not flagged["negative_values"]
                                   and cal.source != "estimated"):
@@ -271,7 +292,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                    net: Callable | None, device: torch.device, info: dict[str, Any], *,
                    mask: torch.Tensor | None = None, where: str = "",
                    warn_negative: bool = True,
-                   rl_start: float | None = None, read_noise: float = 0.0
+                   chunk: PlaneChunk | None = None, read_noise: float = 0.0
                    ) -> Iterator[SamplerStep]:
     """Restore one plane (H, W) or volume (Z, H, W); yield a :class:`SamplerStep` per step
     (Richardson–Lucy's iterates as one sample, ``t`` its iteration count, ``nll`` None
@@ -292,7 +313,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     pkl = get_likelihood("pkl")
     if s.method == "rl":
         fast = s.rl_acceleration != "none"
-        x0 = None if rl_start is None else torch.full_like(y, float(rl_start))
+        x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
         auto = s.rl_iterations == 0
         if auto and s.tv_weight > 0:
             raise ValueError("the automatic RL iteration count is for plain RL: set the RL "
@@ -317,7 +338,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     with torch.inference_mode():
         if proximal:  # RL with the automatic stop sets both the scale and the data budget
             rule = AutoStop(y, fm)
-            x0 = None if rl_start is None else torch.full_like(y, float(rl_start))
+            x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
             for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
                 rough = it.x
             info.update(_auto_info(rule))
@@ -327,7 +348,9 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     if fm.mask is not None:
         scale_px = operator.A((fm.mask <= 0).to(y.dtype).expand_as(y)) <= SATURATED_FOOTPRINT
         info["intensity_scale_excluded_px"] = int((~scale_px).sum())
-    mapping = IntensityMapping(scale_from_estimate(rough, scale_px))
+    mapping = IntensityMapping(scale_from_estimate(rough, scale_px)
+                               if chunk is None or chunk.intensity_scale is None
+                               else chunk.intensity_scale)
     info["intensity_scale"] = mapping.scale
     guidance = None
     if s.method != "none":
@@ -351,11 +374,12 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                                       f"likelihood's; {s.method} guidance takes Poisson-"
                                       "preconditioned steps)")
         guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc)
+    gen = torch.Generator().manual_seed(s.seed)
     yield from guided_ddim(net, Problem(y, fm, mapping), DDIMScheduler(s.steps, s.eta),
                            Guidance(guidance, s.t_threshold, s.ramp, misfit=pkl),
-                           num_samples=s.samples,
-                           generator=torch.Generator().manual_seed(s.seed),
-                           autocast_dtype=autocast_dtype(s.precision, device))
+                           num_samples=s.samples, generator=gen,
+                           autocast_dtype=autocast_dtype(s.precision, device),
+                           noise=None if chunk is None else chunk.noise(gen))
 
 
 def restore(image: Any, psf: np.ndarray | None = None, settings: RestoreSettings | None = None,

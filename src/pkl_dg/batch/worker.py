@@ -157,7 +157,8 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     bg = s.background
     if bg < 0:
         bg = estimate_background(y, _operator(s, build_psf(s, tuple(y.shape))))
-    out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3)}
+    out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3),
+           "plane_shape": [int(n) for n in y.shape[-2:]]}
     auto_rl = s.method == "rl" and s.rl_iterations == 0
     proximal = s.method == "pkl" and s.step_rule == "proximal"
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
@@ -176,9 +177,10 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         if auto_rl:
             out["rl_iterations"] = rule.k
         else:
-            out.update(peak_photons=float(scale_from_estimate(rough) / SCALE_FACTOR),
+            scale = scale_from_estimate(rough)
+            out.update(peak_photons=float(scale / SCALE_FACTOR), intensity_scale=float(scale),
                        sub_iterations=proximal_sub_iterations(rule.k, s.steps))
-    elif s.method not in ("rl", "none"):
+    elif s.method != "rl":
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
         from pkl_dg.physics import ForwardModel
@@ -189,8 +191,10 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
         with torch.inference_mode():
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
-        peak = scale_from_estimate(rough) / SCALE_FACTOR
-        out.update(peak_photons=float(peak), sub_iterations=int(auto_sub_iterations(peak)),
+        scale = scale_from_estimate(rough)
+        peak = scale / SCALE_FACTOR
+        out.update(peak_photons=float(peak), intensity_scale=float(scale),
+                   sub_iterations=int(auto_sub_iterations(peak)),
                    discrepancy=float(auto_discrepancy(peak)))
     return out
 
@@ -216,7 +220,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
         float32 photons of the block or chunk, and that block's metadata.
     """
     from pkl_dg.physics import build_psf
-    from pkl_dg.restoration import restore_iter
+    from pkl_dg.restoration import PlaneChunk, restore_iter
     from pkl_dg.settings import RestoreSettings
 
     threads = set_threads(threads)
@@ -235,11 +239,12 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     op = _operator(s, build_psf(s, block.shape))
     net, model_meta = (None, None) if s.method == "rl" else _network(s)
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
-    # elsewhere and end 2e-3 away after 30 iterations)
-    rl_start = stats["rl_start"] if box is not None and s.method == "rl" else None
+    # elsewhere and end 2e-3 away after 30 iterations); a diffusion chunk takes the plane's
+    # intensity scale and its window of the plane's noise
+    chunk = None if box is None else PlaneChunk(
+        tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"))
     axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
-    result = restore_iter(block, s, operator=op, denoiser=net, rl_start=rl_start,
-                          axes=axes).finish()
+    result = restore_iter(block, s, operator=op, denoiser=net, chunk=chunk, axes=axes).finish()
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes")}

@@ -21,6 +21,7 @@ import torch
 from einops import rearrange, reduce, repeat
 
 from pkl_dg.diffusion.mapping import IntensityMapping
+from pkl_dg.diffusion.noise import NoiseSource, gaussian_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
 from pkl_dg.guidance.likelihoods import Likelihood
 from pkl_dg.guidance.steps import GuidanceStep, ramp_weight
@@ -98,7 +99,8 @@ class SamplerStep:
 def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                 guidance: Guidance = Guidance(), *, num_samples: int = 1,
                 generator: torch.Generator | None = None,
-                autocast_dtype: torch.dtype | None = None) -> Iterator[SamplerStep]:
+                autocast_dtype: torch.dtype | None = None,
+                noise: NoiseSource | None = None) -> Iterator[SamplerStep]:
     """Sample x̂0 given the measurement of ``problem``; yield a :class:`SamplerStep` per step.
 
     For a stack ``y`` of P planes the network denoises all planes as one batch. With a 3D
@@ -123,6 +125,10 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
     autocast_dtype
         Run the network under autocast with this dtype (e.g. ``torch.bfloat16``);
         physics always stays in float32.
+    noise
+        Where x_T and the steps' fresh noise come from (default: ``generator`` draws it for
+        this image's shape; a chunk of a plane takes its window of the plane's noise,
+        :func:`~pkl_dg.diffusion.noise.window_noise`).
 
     Yields
     ------
@@ -140,12 +146,13 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
           else repeat(planes, f"plane h w -> {NETWORK}", sample=num_samples))
     misfit = guidance.reported()
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    draw = noise if noise is not None else gaussian_noise(gen)
     cast = (torch.autocast(y.device.type, dtype=autocast_dtype) if autocast_dtype is not None
             else nullcontext())
     T, ts = scheduler.num_train_timesteps, scheduler.timesteps
 
     with torch.inference_mode():
-        x = torch.randn((num_samples * len(planes), 1, *y.shape[-2:]), generator=gen)
+        x = draw((num_samples * len(planes), 1, *y.shape[-2:]))
         x = x.to(y.device)
     warm = None  # the previous step's corrected x̂0: where the proximal iterations start
     for i, t in enumerate(ts):
@@ -169,7 +176,7 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
             # the unclipped x̂0.
             z0 = rearrange(mapping.to_model(x0).clamp(max=Z_MAX), f"{layout} -> {NETWORK}",
                            sample=num_samples)
-            x = scheduler.step(x, z0, t, gen)
+            x = scheduler.step(x, z0, t, noise=draw)
             if misfit is not None:
                 nll = reduce(misfit.nll(x0, yb, fm), "(sample rest) -> sample", "sum",
                              sample=num_samples)

@@ -10,6 +10,7 @@ timestep (:meth:`~DDIMScheduler.step`).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from einops import rearrange
@@ -148,7 +149,8 @@ class DDIMScheduler:
         return self.eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
 
     def step(self, x_t: torch.Tensor, x0: torch.Tensor, t: int,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, *,
+             noise: Callable[[tuple[int, ...]], torch.Tensor] | None = None) -> torch.Tensor:
         """x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ_t²)·ε + σ_t·z, eq. 12 (z ~ N(0, I)).
 
         Parameters
@@ -165,6 +167,9 @@ class DDIMScheduler:
             A CPU generator for z (drawn only when σ_t > 0, on the CPU, then moved to
             ``x_t``'s device, so a seed gives the same sample on any device); the global
             generator when None.
+        noise : callable, optional
+            ``draw(shape)`` giving z instead of ``generator`` (e.g. a chunk's window of the
+            whole plane's noise, :func:`pkl_dg.diffusion.noise.window_noise`).
 
         Returns
         -------
@@ -178,5 +183,7 @@ class DDIMScheduler:
         sigma = self.sigma(t)
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
+            z = noise(tuple(x.shape)) if noise is not None else torch.randn(
+                x.shape, generator=generator)
+            x = x + sigma * z.to(x.device)
         return x
