@@ -113,3 +113,11 @@ def test_realdata_bench_smoke_and_report(realdata, tmp_path):
     assert means["w2s"]["count"] == 1 and means["deconvolution"]["count"] == 6
     text = "\n".join(realdata_section(data))
     assert "| W2S 011_0 |" in text and "| deconvolution | 6 |" in text
+    # the steps × samples grid is added to the same file and rendered after the means
+    assert main(["bench", "quality", "--section", "settings", "--smoke", "--json", str(out),
+                 "--realdata", str(realdata), "--threads", "1"]) == 0
+    grid = json.loads(out.read_text())["settings_grid"]
+    assert [r["steps"] for r in grid["rows"]] == [2, 2] and len(grid["items"]) == 1
+    assert all(np.isfinite(r["mean_psnr"]) for r in grid["rows"])
+    text = "\n".join(realdata_section(json.loads(out.read_text())))
+    assert "### What PKL's cost buys" in text and "Fastest within 0.1 dB" in text

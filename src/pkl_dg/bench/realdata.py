@@ -181,6 +181,10 @@ def realdata_section(real: dict) -> list[str]:
     for g, row in group_means(real["records"]).items():
         L.append(f"| {g} | {row['count']} | " + " | ".join(
             f"{row[m]['psnr']:.2f} / {row[m]['ssim']:.3f}" for m in methods) + " |")
+    if "settings_grid" in real:
+        from pkl_dg.bench.settings_grid import settings_grid_section
+
+        L += [""] + settings_grid_section(real["settings_grid"])
     return L + [""]
 
 

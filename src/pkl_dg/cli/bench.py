@@ -14,6 +14,7 @@ import json
 import math
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from pkl_dg.bench.common import parse_int_list
@@ -101,6 +102,8 @@ def _speed_rl_only(args: argparse.Namespace, repeats: int) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from pkl_dg.bench.quality import run_quality
 
+    if args.section == "settings":
+        return _settings_grid(args)
     if args.section == "real":
         from pkl_dg.bench.realdata import run_realdata_bench
 
@@ -116,6 +119,41 @@ def _quality(args: argparse.Namespace) -> int:
                          reduced=args.reduced, log=_log)
     result["note"] = args.note
     _write_json(args.json, result)
+    return 0
+
+
+def _settings_grid(args: argparse.Namespace) -> int:
+    """Add the steps × samples grid to an existing real-data JSON (``--json``)."""
+    from pkl_dg.bench.common import now_iso
+    from pkl_dg.bench.quality import default_realdata
+    from pkl_dg.bench.settings_grid import run_settings_grid
+
+    out = Path(args.json)
+    if not out.is_file():
+        raise ValueError(f"{out} does not exist: run `pkl-dg bench quality --section real "
+                         f"--json {out}` first (the grid is stored beside the real section)")
+    data = json.loads(out.read_text(encoding="utf-8"))
+    if data.get("kind") != "realdata":
+        raise ValueError(f"{out} holds {data.get('kind')!r} results, not real-data results")
+    root = Path(args.realdata) if args.realdata else default_realdata()
+    t0 = time.perf_counter()
+    denoiser = None
+    if args.smoke:  # a tiny random network, as the real section's smoke run
+        import torch
+
+        from pkl_dg.bench.common import SMOKE_UNET
+        from pkl_dg.diffusion.unet import UNet
+
+        torch.manual_seed(0)
+        denoiser = UNet(SMOKE_UNET).eval()
+    elif args.model:
+        from pkl_dg.diffusion.model_io import load_model
+
+        denoiser, _ = load_model(args.model)
+    part = run_settings_grid(root, smoke=args.smoke, denoiser=denoiser, log=_log)
+    data["settings_grid"] = {**part, "created": now_iso(), "note": args.note,
+                             "wall_s": time.perf_counter() - t0}
+    _write_json(args.json, data)
     return 0
 
 
@@ -213,11 +251,13 @@ def register(subparsers) -> None:
                    "few steps, tiny random network (for tests)")
     add_threads_argument(q)
     q.add_argument("--note", default=None, help="free text stored with the results")
-    q.add_argument("--section", choices=("synthetic", "real"), default="synthetic",
+    q.add_argument("--section", choices=("synthetic", "real", "settings"),
+                   default="synthetic",
                    help="'synthetic' (default): known objects blurred and noised here, every "
                         "method; 'real': the real-data dev set given as a user would (no "
                         "calibration), RL auto / RL 30 / RL oracle / PKL, to "
-                        "benchmarks/realdata.json")
+                        "benchmarks/realdata.json; 'settings': PKL at a grid of steps × "
+                        "samples on part of that set, added to the --json real-data file")
     q.set_defaults(func=_quality)
 
     b = sub.add_parser("batch", help="images/min of pkl-dg batch with 1, 2, … workers")
