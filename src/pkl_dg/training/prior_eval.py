@@ -71,20 +71,32 @@ def denoising_loss(model: torch.nn.Module, x01: np.ndarray, t_values=T_VALUES, s
 
 @torch.no_grad()
 def unguided_samples(model: torch.nn.Module, n: int, size: int, steps: int = 50, seed: int = 0) -> np.ndarray:
-    """``n`` unguided DDIM (η = 0) samples, (n, size, size) in the model domain z, clipped to [−1, 1]."""
-    from pkl_dg.diffusion.schedule import cosine_alphas_cumprod, ddim_timesteps
+    """Unguided DDIM (η = 0) samples of the prior, x̂0 clipped to [−1, 1] at every step.
 
-    a = cosine_alphas_cumprod()
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The ε-predicting network.
+    n, size : int
+        Number of samples and their height and width.
+    steps : int
+        DDIM steps (:class:`pkl_dg.diffusion.schedule.DDIMScheduler`).
+    seed : int
+        Seed of the initial noise x_T, the same for every model.
+
+    Returns
+    -------
+    np.ndarray
+        (n, size, size) float32 in the model domain z ∈ [−1, 1].
+    """
+    from pkl_dg.diffusion.schedule import DDIMScheduler
+
+    scheduler = DDIMScheduler(steps, eta=0.0)
     x = torch.randn((n, 1, size, size), generator=torch.Generator().manual_seed(seed))
-    ts = ddim_timesteps(steps)
     model.eval()
-    for i, t in enumerate(ts):
-        at = float(a[t])
-        a_prev = float(a[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+    for t in scheduler.timesteps:
         eps = model(x, torch.full((n,), t, dtype=torch.long)).float()
-        x0 = ((x - (1 - at) ** 0.5 * eps) / at ** 0.5).clamp(-1, 1)
-        eps = (x - at ** 0.5 * x0) / (1 - at) ** 0.5
-        x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+        x = scheduler.step(x, scheduler.predict_x0(x, eps, t).clamp(-1, 1), t)
     return x[:, 0].clamp(-1, 1).numpy()
 
 
