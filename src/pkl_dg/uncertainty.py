@@ -8,18 +8,18 @@ metadata's ``posterior_std`` says why instead of writing an empty or NaN image.
 
 from __future__ import annotations
 
-from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings import RestoreSettings, uses_prior
 
 
 def has_posterior_std(settings: RestoreSettings) -> bool:
     """True when a run gives a meaningful per-pixel standard deviation: a sampling method
     (not Richardson–Lucy, which is deterministic) with at least two posterior samples."""
-    return settings.method != "rl" and settings.samples > 1
+    return uses_prior(settings) and settings.samples > 1
 
 
 def posterior_std_note(settings: RestoreSettings) -> str:
     """What the run's uncertainty output is, or why there is none (for the metadata)."""
-    if settings.method == "rl":
+    if not uses_prior(settings):
         return ("none: Richardson–Lucy is deterministic and draws no posterior samples, so "
                 "it has no per-pixel standard deviation (the 'Posterior samples' setting "
                 "does not apply to it)")

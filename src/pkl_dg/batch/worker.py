@@ -149,7 +149,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
 
     from pkl_dg.physics import build_psf
     from pkl_dg.restoration import estimate_background
-    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.settings import RestoreSettings, applies, uses_prior
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
@@ -159,7 +159,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         bg = estimate_background(y, _operator(s, build_psf(s, tuple(y.shape))))
     out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3),
            "plane_shape": [int(n) for n in y.shape[-2:]]}
-    auto_rl = s.method == "rl" and s.rl_iterations == 0
+    auto_rl = applies("rl_iterations", s) and s.rl_iterations == 0  # RL, automatic count
     proximal = s.method == "pkl" and s.step_rule == "proximal"
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
@@ -180,7 +180,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
             scale = scale_from_estimate(rough)
             out.update(peak_photons=float(scale / SCALE_FACTOR), intensity_scale=float(scale),
                        sub_iterations=proximal_sub_iterations(rule.k, s.steps))
-    elif s.method != "rl":
+    elif uses_prior(s):
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
         from pkl_dg.physics import ForwardModel
@@ -221,7 +221,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     """
     from pkl_dg.physics import build_psf
     from pkl_dg.restoration import PlaneChunk, restore_iter
-    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.settings import RestoreSettings, uses_prior
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
@@ -237,7 +237,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
         if "rl_iterations" in stats and s.rl_iterations == 0:
             s = s.replace(rl_iterations=stats["rl_iterations"])
     op = _operator(s, build_psf(s, block.shape))
-    net, model_meta = (None, None) if s.method == "rl" else _network(s)
+    net, model_meta = _network(s) if uses_prior(s) else (None, None)
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
     # elsewhere and end 2e-3 away after 30 iterations); a diffusion chunk takes the plane's
     # intensity scale and its window of the plane's noise

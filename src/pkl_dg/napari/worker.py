@@ -37,15 +37,11 @@ from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # imported here, with the widget, not in the first run's worker thread: importing torch
 # there would hold the interpreter lock and freeze the GUI for seconds
 from pkl_dg.restoration import restore_iter
-from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings import RestoreSettings, uses_prior
 
 __all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "MethodFrame",
            "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunFailure",
            "comparison_frames", "psf_key", "resolve_psf", "restoration_frames"]
-
-#: methods that need the diffusion prior
-NETWORK_METHODS = ("pkl", "anscombe", "l2", "none")
-
 
 @dataclass(frozen=True)
 class RunFailure:
@@ -200,7 +196,7 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
         raw_psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
                                                       operators, flag)
         denoiser = None
-        if settings.method in NETWORK_METHODS:
+        if uses_prior(settings):
             denoiser = models.get(settings.model, settings.device)
             notes["model"] = settings.model or "shipped default"
         flag.check()
@@ -259,7 +255,7 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
     try:
         raw_psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
                                                       operators, flag)
-        if denoiser is None and any(m in NETWORK_METHODS for m in methods):
+        if denoiser is None and any(uses_prior({"method": m}) for m in methods):
             denoiser = models.get(settings.model, settings.device)
         flag.check()
         steps = compare_iter(image, methods, settings, psf=raw_psf, operator=operator,
