@@ -1,6 +1,9 @@
 """napari-pkl-dg: physics-guided diffusion deconvolution for fluorescence microscopy.
 
-The core (``physics``, ``guidance``, ``diffusion``, ``restore``) imports neither napari nor Qt.
+The public API: :func:`restore` (an image → a :class:`RestoreResult`), :func:`restore_iter`
+(a :class:`RestoreRun`: iterate it for each step's :class:`StepRecord`, then read its
+``result``) and :class:`RestoreSettings`, the one settings schema. The core (``physics``,
+``guidance``, ``diffusion``, ``restore``) imports neither napari nor Qt.
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ from pkl_dg._version import __version__  # noqa: E402
 
 from pkl_dg.settings import RestoreSettings  # noqa: E402
 
-__all__ = ["RestoreResult", "RestoreSettings", "StepRecord", "__version__", "restore", "restore_iter"]
+#: names served from :mod:`pkl_dg.restoration` on first use (it imports torch)
+_FROM_RESTORATION = ("RestoreResult", "RestoreRun", "StepRecord", "restore", "restore_iter")
+
+__all__ = ["RestoreSettings", "__version__", *_FROM_RESTORATION]
 
 
 def __getattr__(name: str):  # lazy: keep `import pkl_dg` light (no torch until needed)
-    if name in ("restore", "restore_iter", "RestoreResult", "StepRecord"):
+    if name in _FROM_RESTORATION:
         from pkl_dg import restoration as _restore_mod
 
         return getattr(_restore_mod, name)
     raise AttributeError(f"module 'pkl_dg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with the lazy ones, so completion and ``help`` list them."""
+    return sorted(set(globals()) | set(_FROM_RESTORATION))
