@@ -4,7 +4,8 @@
 complete, submits the rest to a ``distributed`` cluster (a ``LocalCluster`` unless a
 scheduler address or client is given), shows one progress bar with ETA over all blocks, and
 writes each output (to ``NAME.partial`` first, renamed when done) as soon as all its blocks
-are back. An input that fails is reported and the others go on.
+are back; until then finished blocks wait on disk (:mod:`pkl_dg.batch.assemble`), not in
+memory. An input that fails is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pkl_dg._version import __version__
 from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs
-from pkl_dg.batch.tiles import blend_chunks
+from pkl_dg.batch.assemble import BlockAssembler
 from pkl_dg.settings import RestoreSettings
 
 
@@ -125,7 +124,7 @@ def _pixels_complete(p: Path, shape: tuple[int, ...]) -> bool:
     return True
 
 
-def _write(job: Job, image: np.ndarray, blocks_meta: list[dict], seconds: float) -> None:
+def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> None:
     from pkl_dg.io import write_ome_tiff, write_ome_zarr
 
     meta = {"pkl_dg_version": __version__, "settings": job.settings.to_dict(),
@@ -223,26 +222,21 @@ def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm)
     from pkl_dg.batch.worker import plane_statistics, restore_task
 
     owner: dict[Any, tuple[int, int, int]] = {}
-    parts: list[dict[tuple[int, int], Any]] = [{} for _ in todo]
-    expected = []
+    staged: dict[int, BlockAssembler] = {}  # per job, from its first result on
     started = [time.perf_counter()] * len(todo)
     for j, job in enumerate(todo):
         sd = _worker_settings(job.settings, threads)
         path = str(job.input)
-        n = 0
         for b, idx in enumerate(job.blocks):
             if job.chunks is None:
                 f = client.submit(restore_task, path, idx, sd, None, None, threads, pure=False)
                 owner[f] = (j, b, 0)
-                n += 1
                 continue
             stats = client.submit(plane_statistics, path, idx, sd, threads, pure=False)
             for k, ch in enumerate(job.chunks):
                 f = client.submit(restore_task, path, idx, sd, ch.box, stats, threads,
                                   pure=False)
                 owner[f] = (j, b, k)
-                n += 1
-        expected.append(n)
     unit = "chunk" if any(job.chunks for job in todo) else "block"
     bar = tqdm(total=len(owner), desc="batch", unit=unit, file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -259,32 +253,37 @@ def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm)
                 for other, (jj, _, _) in list(owner.items()):
                     if jj == j:
                         other.cancel()
-                parts[j].clear()
+                if j in staged:
+                    staged.pop(j).discard()
                 continue
-            parts[j][(b, k)] = fut.result()
+            try:
+                if j not in staged:
+                    staged[j] = BlockAssembler(job)
+                staged[j].add(b, k, fut.result())
+            except OSError as exc:  # the staging array beside the output: reported
+                job.status, job.message = "failed", f"staging {job.output.name}: {exc}"
+                if j in staged:
+                    staged.pop(j).discard()
+                continue
             fut.release()
-            if len(parts[j]) == expected[j]:
-                _finish(job, parts[j], time.perf_counter() - started[j])
-                parts[j].clear()
+            if staged[j].complete:
+                assembler = staged.pop(j)
+                _finish(job, assembler, time.perf_counter() - started[j])
+                assembler.discard()
     finally:
         bar.close()
+        for assembler in staged.values():  # interrupted: nothing half-staged is left behind
+            assembler.discard()
 
 
-def _finish(job: Job, parts: dict[tuple[int, int], Any], seconds: float) -> None:
-    """Assemble a job's blocks (blending chunks) and write its output."""
-    out = np.empty(job.shape, dtype=np.float32)
-    blocks_meta = []
-    for b, idx in enumerate(job.blocks):
-        if job.chunks is None:
-            image, meta = parts[(b, 0)]
-        else:
-            results = [parts[(b, k)][0] for k in range(len(job.chunks))]
-            image = blend_chunks(job.shape[-2:], job.chunks, results)
-            meta = parts[(b, 0)][1]
-        out[idx] = image
-        blocks_meta.append({"index": list(idx), **meta})
+def _finish(job: Job, assembler: BlockAssembler, seconds: float) -> None:
+    """Write a job's output from its staged blocks (read here, by this process's threads:
+    the cluster's workers may not see this machine's disk)."""
+    import dask
+
     try:
-        _write(job, out, blocks_meta, seconds)
+        with dask.config.set(scheduler="threads"):
+            _write(job, assembler.image(), assembler.blocks_meta(), seconds)
     except (OSError, ValueError) as exc:  # reported in the summary; the others go on
         job.status, job.message = "failed", f"writing {job.output.name}: {exc}"
         return
