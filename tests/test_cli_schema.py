@@ -83,3 +83,51 @@ def test_restore_records_flags_without_effect(tmp_path, capsys):
                  "1"]) == 0
     assert "--steps is ignored" in capsys.readouterr().err
     assert read_metadata(out)["settings_not_applied"] == ["steps"]
+
+
+def _compare_args(*flags):
+    return build_parser().parse_args(["compare", "x.tif", "--png", "p.png", *flags])
+
+
+def test_compare_flag_that_applies_to_no_compared_method_is_reported(capsys):
+    from pkl_dg.cli.compare import report_not_applied
+    from pkl_dg.cli.restore import settings_from_args
+    from pkl_dg.compare import parse_methods
+
+    cases = {("--methods", "rl,l2", "--samples", "4", "--rl-iterations", "9"): [],
+             ("--methods", "rl", "--samples", "4"): ["samples"],
+             ("--methods", "pkl,none", "--rl-iterations", "9", "--tv-weight", "0.01"):
+                 ["rl_iterations", "tv_weight"],
+             ("--methods", "l2,anscombe", "--lam", "0.3"): ["lam"],  # proximal: λ = 1
+             ("--methods", "l2,pkl", "--lam", "0.3"): [],
+             ("--methods", "rl,none", "--ramp", "cosine"): ["ramp"],
+             ("--calibration", "auto", "--gain", "3"): ["gain"],
+             ("--psf-sigma-z", "2",): ["psf_sigma_z"],  # 2D mode
+             ("--method", "rl", "--methods", "pkl"): ["method"]}  # --methods chooses
+    for flags, expected in cases.items():
+        args = _compare_args(*flags)
+        capsys.readouterr()
+        ignored = report_not_applied(args, settings_from_args(args), parse_methods(args.methods))
+        assert ignored == expected, flags
+        err = capsys.readouterr().err
+        for name in expected:
+            assert f"pkl-dg compare: warning: --{name.replace('_', '-')} is ignored" in err
+        assert bool(err) == bool(expected)
+    args = _compare_args("--methods", "rl,none", "--ramp", "cosine")
+    report_not_applied(args, settings_from_args(args), ["rl", "none"])
+    assert "it applies with method pkl/anscombe/l2 (here method rl/none)" in \
+        capsys.readouterr().err
+
+
+def test_compare_warns_before_it_runs(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    from pkl_dg.cli import main
+
+    src, png = tmp_path / "in.tif", tmp_path / "panel.png"
+    tifffile.imwrite(src, np.random.default_rng(0).poisson(20, (48, 48)).astype(np.uint16))
+    assert main(["compare", str(src), "--png", str(png), "--methods", "rl", "--rl-iterations",
+                 "2", "--samples", "3", "--calibration", "manual", "--threads", "1"]) == 0
+    assert "pkl-dg compare: warning: --samples is ignored" in capsys.readouterr().err
+    assert png.exists()

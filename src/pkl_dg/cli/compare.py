@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from pkl_dg.cli import add_threads_argument
-from pkl_dg.cli.restore import add_settings_arguments, settings_from_args
+from pkl_dg.cli.restore import add_settings_arguments, flag_for, given_settings, settings_from_args
+from pkl_dg.settings import RestoreSettings, applies, applies_text, field_specs
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,43 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def report_not_applied(args: argparse.Namespace, settings: RestoreSettings,
+                       methods: list[str]) -> list[str]:
+    """Warn (stderr) about every flag given that has no effect on the comparison.
+
+    A setting has an effect when it applies (:func:`pkl_dg.settings.applies`) to at least
+    one of the compared methods; ``--method`` never has one (``--methods`` chooses them).
+
+    Parameters
+    ----------
+    args
+        The parsed ``pkl-dg compare`` flags.
+    settings
+        The settings every method runs with (its ``method`` replaced by each of ``methods``).
+    methods
+        The compared methods.
+
+    Returns
+    -------
+    list of str
+        The names of the settings reported, in schema order.
+    """
+    runs = [settings.replace(method=m) for m in methods]
+    specs = {s.name: s for s in field_specs()}
+    ignored = [n for n in given_settings(args)
+               if n == "method" or not any(applies(n, r) for r in runs)]
+    for name in ignored:
+        if name == "method":
+            why = f"--methods chooses the methods (here {', '.join(methods)})"
+        else:
+            keys = dict.fromkeys(k for alt in specs[name].applies_when for k in alt)
+            here = ", ".join(f"{k} {'/'.join(dict.fromkeys(str(getattr(r, k)) for r in runs))}"
+                             for k in keys)
+            why = f"it applies with {applies_text(name)} (here {here})"
+        print(f"pkl-dg compare: warning: {flag_for(name)} is ignored: {why}", file=sys.stderr)
+    return ignored
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -45,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--csv needs --gt: metrics are computed against a ground truth")
     methods = parse_methods(args.methods)
     settings = settings_from_args(args)
+    report_not_applied(args, settings, methods)
     image = read_image(args.input)
     gt = read_image(args.gt) if args.gt is not None else None
     if gt is not None and gt.shape != image.shape:
