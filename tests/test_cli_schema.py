@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from pkl_dg.cli import build_parser
-from pkl_dg.settings import (METHODS, RestoreSettings, applies, field_specs, is_guided,
-                             uses_prior)
+from pkl_dg.settings import (METHODS, STEP_RULES, RestoreSettings, applies, field_specs,
+                             is_guided, uses_prior, uses_proximal_step)
 
 
 def test_applies_when_names_settings_and_their_choices():
@@ -26,6 +26,10 @@ def test_prior_and_guidance_helpers():
         assert uses_prior(s) == (method != "rl") == applies("steps", s)
         assert is_guided(s) == (method in ("pkl", "anscombe", "l2")) == applies("ramp", s)
         assert applies("rl_iterations", {"method": method}) == (method == "rl")
+        for rule in STEP_RULES:  # PKL's proximal step: guided, without the noise-level stop
+            r = s.replace(step_rule=rule)
+            assert uses_proximal_step(r) == (method == "pkl" and rule == "proximal") \
+                == (is_guided(r) and not applies("discrepancy", r))
 
 
 def _restore_args(*flags):

@@ -40,7 +40,8 @@ from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
-from pkl_dg.settings import RestoreSettings, calibration_implied
+from pkl_dg.settings import (RestoreSettings, calibration_implied, is_guided, uses_prior,
+                             uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
@@ -201,7 +202,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarra
     apply_threads(s.threads)  # process-wide, like torch.set_num_threads
     meta.update(thread_info())
     net = None
-    if s.method != "rl":
+    if uses_prior(s):
         net = denoiser
         if net is not None:
             cfg = getattr(net, "config", None)
@@ -221,14 +222,11 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarra
 
     cal = resolve_calibration(image, s)
     meta["calibration"] = cal.to_dict()
-    if s.method == "rl":
-        steps_per_block = s.rl_iterations or RL_AUTO_MAX
-    else:
-        steps_per_block = s.steps
+    steps_per_block = s.steps if uses_prior(s) else s.rl_iterations or RL_AUTO_MAX
     indices = list(np.ndindex(*lead))
     total = steps_per_block * len(indices)
     out = np.empty(shape, dtype=np.float32)
-    std = np.zeros(shape, dtype=np.float32) if s.method != "rl" else None
+    std = np.zeros(shape, dtype=np.float32) if uses_prior(s) else None
     done = 0
     flagged = {"saturated": 0, "negative_values": 0}  # blocks with each data problem
     delta_psf = psf_arr.size == 1  # pure denoising: a masked pixel would have no data at all
@@ -311,7 +309,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         info["negative_values"] = negatives
     fm = ForwardModel(operator, background, s2, mask)
     pkl = get_likelihood("pkl")
-    if s.method == "rl":
+    if not uses_prior(s):  # Richardson–Lucy
         fast = s.rl_acceleration != "none"
         x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
         auto = s.rl_iterations == 0
@@ -334,7 +332,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         if rule is not None:
             info.update(_auto_info(rule))
         return
-    proximal = s.method == "pkl" and s.step_rule == "proximal"
+    proximal = uses_proximal_step(s)
     with torch.inference_mode():
         if proximal:  # RL with the automatic stop sets both the scale and the data budget
             rule = AutoStop(y, fm)
@@ -353,7 +351,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                                else chunk.intensity_scale)
     info["intensity_scale"] = mapping.scale
     guidance = None
-    if s.method != "none":
+    if is_guided(s):
         peak = mapping.scale / SCALE_FACTOR
         disc = 0.0
         if proximal:  # the sampler's data iterations add up to RL's automatic count

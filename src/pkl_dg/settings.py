@@ -356,6 +356,12 @@ def is_guided(settings: RestoreSettings | Mapping[str, Any]) -> bool:
     return _value(settings, "method") in GUIDED_METHODS
 
 
+def uses_proximal_step(settings: RestoreSettings | Mapping[str, Any]) -> bool:
+    """True when guidance takes PKL's proximal step (method 'pkl', step rule 'proximal'),
+    which starts from RL with the automatic stop (other methods take Poisson steps)."""
+    return _value(settings, "method") == "pkl" and _value(settings, "step_rule") == "proximal"
+
+
 def applies(name: str, settings: RestoreSettings | Mapping[str, Any]) -> bool:
     """Whether setting ``name`` has an effect on a run with ``settings``.
 

@@ -41,8 +41,12 @@ class Chunk:
 
 def margin_for(psf_shape: tuple[int, ...], method: str) -> int:
     """Pixels a chunk's edge corrupts: the PSF support (its YX side) plus the reach of the
-    method (:data:`RL_REACH` for Richardson–Lucy, else :data:`NETWORK_REACH`)."""
-    return int(max(psf_shape[-2:])) + (RL_REACH if method == "rl" else NETWORK_REACH)
+    method (:data:`NETWORK_REACH` for the methods that run the prior, else
+    :data:`RL_REACH`)."""
+    from pkl_dg.settings import uses_prior
+
+    return int(max(psf_shape[-2:])) + (NETWORK_REACH if uses_prior({"method": method})
+                                       else RL_REACH)
 
 
 def plan_chunks(height: int, width: int, chunk: int, margin: int,

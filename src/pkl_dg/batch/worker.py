@@ -149,7 +149,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
 
     from pkl_dg.physics import build_psf
     from pkl_dg.restoration import estimate_background
-    from pkl_dg.settings import RestoreSettings, applies, uses_prior
+    from pkl_dg.settings import RestoreSettings, applies, uses_prior, uses_proximal_step
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
@@ -160,7 +160,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3),
            "plane_shape": [int(n) for n in y.shape[-2:]]}
     auto_rl = applies("rl_iterations", s) and s.rl_iterations == 0  # RL, automatic count
-    proximal = s.method == "pkl" and s.step_rule == "proximal"
+    proximal = uses_proximal_step(s)
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import proximal_sub_iterations

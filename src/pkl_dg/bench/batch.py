@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from pkl_dg.bench.common import machine_info, now_iso
+from pkl_dg.settings import uses_prior
 
 SMOKE = {"size": 48, "images": 2, "workers": [1], "method": "rl", "steps": 2}
 
@@ -61,7 +62,7 @@ def _warm_up(settings_dict: dict, threads: int) -> int:
 
     set_threads(threads)
     s = RestoreSettings.from_dict(settings_dict)
-    if s.method != "rl":
+    if uses_prior(s):
         _network(s)
     return os.getpid()
 
@@ -131,7 +132,7 @@ def batch_section(batch: dict) -> list[str]:
     """Markdown section of BENCHMARKS.md for a batch benchmark result."""
     s = batch["settings"]
     what = (f"{s['method'].upper()} {s['steps']} steps, {s['samples']} sample(s)"
-            if s["method"] != "rl" else f"RL {s['rl_iterations']} iterations")
+            if uses_prior(s) else f"RL {s['rl_iterations']} iterations")
     L = ["## Batch throughput (`pkl-dg batch`)", "",
          f"{batch['images']} images of {batch['size']}² ({what}, Gaussian PSF σ = 2) restored "
          f"by `pkl-dg batch` on a local Dask cluster, {batch['threads_per_worker']} torch "

@@ -30,7 +30,7 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
     from pkl_dg.bench.common import benchmark_network
     from pkl_dg.bench.simulate import test_image
     from pkl_dg.restoration import restore_iter
-    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.settings import RestoreSettings, uses_prior
     from pkl_dg.threads import apply_threads
 
     _obj, y = test_image(size)
@@ -38,7 +38,8 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
     if smoke:
         settings = settings.replace(steps=2, rl_iterations=2, samples=1)
     net = None
-    if case != "rl":
+    prior = uses_prior(settings)
+    if prior:
         net, _info = benchmark_network(smoke)
     apply_threads(threads)
     t0 = time.perf_counter()
@@ -46,8 +47,8 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 3), "threads": result.metadata["threads"],
             "omp_wait_policy": result.metadata["omp_wait_policy"],
-            "steps": settings.rl_iterations if case == "rl" else settings.steps,
-            "samples": None if case == "rl" else settings.samples}
+            "steps": settings.steps if prior else settings.rl_iterations,
+            "samples": settings.samples if prior else None}
 
 
 def _timed_child(case: str, size: int, threads: int, smoke: bool) -> dict:

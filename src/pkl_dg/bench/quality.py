@@ -49,9 +49,9 @@ from pkl_dg.bench.protocol import rl_iterates, rl_oracle, score
 from pkl_dg.bench.simulate import simulate_measurement
 from pkl_dg.physics import PSFConvolution, airy_psf, gaussian_psf, prepare_psf
 from pkl_dg.restoration import restore
+from pkl_dg.settings import PRIOR_METHODS
 
 METHODS = ("widefield", "rl_best", "rl30", "l2", "anscombe", "pkl", "none")
-DIFFUSION = ("l2", "anscombe", "pkl", "none")
 METHOD_LABELS = {"widefield": "widefield input", "rl_best": "RL best iteration (oracle)",
                  "rl30": "RL 30 iterations", "l2": "L2", "anscombe": "Anscombe + L2",
                  "pkl": "PKL", "none": "unguided prior"}
@@ -151,7 +151,7 @@ def run_methods(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: floa
         common["steps"] = cfg["steps"]
     for m in methods:
         extra: dict = {}
-        if m in DIFFUSION or run_deterministic:
+        if m in PRIOR_METHODS or run_deterministic:
             t0 = time.perf_counter()
             if m == "widefield":
                 pred = y
@@ -220,7 +220,7 @@ def load_denoiser(methods: list[str], smoke: bool, model: str | None, explicit: 
     from pkl_dg.diffusion.model_io import describe, load_model
     from pkl_dg.diffusion.unet import UNet
 
-    wanted = [m for m in methods if m in DIFFUSION]
+    wanted = [m for m in methods if m in PRIOR_METHODS]
     if not wanted:
         return None, {"source": "not used"}, {}
     if smoke:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from pkl_dg.cli import add_threads_argument
-from pkl_dg.settings import METHOD_LABELS, METHODS
+from pkl_dg.settings import METHOD_LABELS, METHODS, uses_prior
 from pkl_dg.threads import resolve_threads
 
 PLUGIN = "napari-pkl-dg"
@@ -164,8 +164,8 @@ def _run_to_end(widget, timeout: float) -> str:
 
 def _describe_run(widget, layer) -> str:
     s = widget.current_state().settings
-    what = (f"{s.rl_iterations} Richardson–Lucy iterations" if s.method == "rl" else
-            f"{METHOD_LABELS[s.method]}, {s.steps} steps × {s.samples} sample(s)")
+    what = (f"{METHOD_LABELS[s.method]}, {s.steps} steps × {s.samples} sample(s)"
+            if uses_prior(s) else f"{s.rl_iterations} Richardson–Lucy iterations")
     shape = " × ".join(map(str, layer.data.shape))
     return (f"restoring '{layer.name}' ({shape}) with {what} on "
             f"{resolve_threads(s.threads)} CPU thread(s)…")
@@ -204,7 +204,8 @@ def _screenshot_run(viewer, widget, args: argparse.Namespace) -> int:
     if args.method:
         widget.controls["method"].value = args.method
     if args.steps is not None:
-        key = "rl_iterations" if widget.controls["method"].value == "rl" else "steps"
+        key = "steps" if uses_prior({"method": widget.controls["method"].value}) \
+            else "rl_iterations"
         widget.controls[key].value = args.steps
     if args.model is not None:
         widget.controls["model"].line_edit.value = args.model
