@@ -25,13 +25,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "pkl_dg"
 
 # ---------------------------------------------------------------------- the rules
+#: what takes arrays, tensors and numbers: never the settings schema, nor the PSF object
+#: built from it (issue 17 step 2)
+SETTINGS = ("pkl_dg.settings", "pkl_dg.psf_source")
 #: layer → packages it must not import, at module or function level (DESIGN §2:
 #: physics ← guidance ← diffusion ← restoration ← cli / napari)
 LAYER_RULES: dict[str, tuple[str, ...]] = {
     "pkl_dg.physics": ("pkl_dg.guidance", "pkl_dg.diffusion", "pkl_dg.restoration",
-                       "pkl_dg.cli", "pkl_dg.napari"),
-    "pkl_dg.guidance": ("pkl_dg.diffusion", "pkl_dg.restoration", "pkl_dg.cli", "pkl_dg.napari"),
-    "pkl_dg.diffusion": ("pkl_dg.restoration", "pkl_dg.cli", "pkl_dg.napari"),
+                       "pkl_dg.cli", "pkl_dg.napari") + SETTINGS,
+    "pkl_dg.guidance": ("pkl_dg.diffusion", "pkl_dg.restoration", "pkl_dg.cli",
+                        "pkl_dg.napari") + SETTINGS,
+    "pkl_dg.diffusion": ("pkl_dg.restoration", "pkl_dg.cli", "pkl_dg.napari") + SETTINGS,
 }
 #: the user interfaces; every other module of the package is core
 INTERFACES = ("pkl_dg.napari", "pkl_dg.cli")

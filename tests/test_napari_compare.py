@@ -199,10 +199,11 @@ def _operator_psf(call) -> np.ndarray:
 def test_compare_uses_the_psf_chosen_in_the_main_widget(viewer_widget, qtbot, core_calls,
                                                         tmp_path, notes):
     """A PSF layer, a bead image and a PSF file chosen in the PKL Deconvolution widget are
-    what Compare hands the core: the same array, and the same PSF as the main widget's
-    'Show PSF' builds."""
+    what Compare hands the core: one PSF built from the same array, and the same PSF as the
+    main widget's 'Show PSF' builds."""
     from pkl_dg.napari.psf_sources import psf_from_beads
     from pkl_dg.physics import gaussian_psf
+    from pkl_dg.psf_source import psf_from_settings
 
     viewer, widget = viewer_widget
     _dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
@@ -218,8 +219,9 @@ def test_compare_uses_the_psf_chosen_in_the_main_widget(viewer_widget, qtbot, co
     main.input_combo.value = viewer.layers["cells"]
     assert run_and_wait(qtbot, widget) == "done"
     call = core_calls[-1]
-    np.testing.assert_array_equal(call["psf"], measured)
-    assert call["settings"].psf_kind == "array"
+    assert call["settings"].psf_kind == "array" and call["psf"].source == "array"
+    np.testing.assert_array_equal(call["psf"].kernel,
+                                  psf_from_settings(call["settings"], None, measured).kernel)
     shown = main.show_psf()
     np.testing.assert_allclose(_operator_psf(call), shown.data, rtol=1e-6, atol=1e-9)
     metadata = widget.comparison.results["rl"].metadata
@@ -231,7 +233,8 @@ def test_compare_uses_the_psf_chosen_in_the_main_widget(viewer_widget, qtbot, co
     main.bead_box.value = 21
     assert run_and_wait(qtbot, widget) == "done"
     expected, n_beads = psf_from_beads(viewer.layers["beads"].data, 21, "bead layer 'beads'")
-    np.testing.assert_array_equal(core_calls[-1]["psf"], expected)
+    np.testing.assert_array_equal(core_calls[-1]["psf"].kernel, psf_from_settings(
+        core_calls[-1]["settings"], None, expected).kernel)
     assert widget.comparison.results["rl"].metadata["napari"]["psf_beads_used"] == n_beads == 3
     np.testing.assert_allclose(_operator_psf(core_calls[-1]), main.show_psf().data,
                                rtol=1e-6, atol=1e-9)
@@ -240,7 +243,8 @@ def test_compare_uses_the_psf_chosen_in_the_main_widget(viewer_widget, qtbot, co
     main.controls["psf_path"].line_edit.value = str(tmp_path / "psf.npy")
     assert run_and_wait(qtbot, widget) == "done"
     call = core_calls[-1]
-    assert call["psf"] is None and call["settings"].psf_kind == "file"
+    assert call["settings"].psf_kind == "file"
+    assert call["psf"].source == f"file {tmp_path / 'psf.npy'}"
     assert call["settings"].psf_path == str(tmp_path / "psf.npy")
     np.testing.assert_allclose(_operator_psf(call), main.show_psf().data, rtol=1e-6, atol=1e-9)
     assert "default settings" not in widget.status_label.text()
@@ -257,7 +261,7 @@ def test_compare_without_the_main_widget_says_it_uses_the_defaults(viewer_widget
     for m, box in widget.method_boxes.items():
         box.setChecked(m == "rl")
     assert run_and_wait(qtbot, widget) == "done"
-    assert core_calls[-1]["psf"] is None
+    assert core_calls[-1]["psf"].source == "gaussian"
     assert core_calls[-1]["settings"].psf_sigma == RestoreSettings().psf_sigma
     assert any("WARNING" in sev.upper() and "not open" in msg for sev, msg in notes)
     assert "default settings" in widget.status_label.text()

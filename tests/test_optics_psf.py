@@ -8,8 +8,9 @@ import pytest
 import tifffile
 
 from pkl_dg import RestoreSettings
-from pkl_dg.physics import airy_psf, build_psf_info, fwhm_of
+from pkl_dg.physics import airy_psf, fwhm_of
 from pkl_dg.physics.optics_psf import axial_fwhm_nm, widefield_psf
+from pkl_dg.psf_source import psf_from_settings
 
 pytest.importorskip("psfmodels")
 
@@ -45,14 +46,16 @@ def test_oil_objective_into_water_is_aberrated_with_depth():
 
 def test_vectorial_source_in_schema_2d_and_3d():
     s = RestoreSettings(psf_kind="vectorial", na=1.4, pixel_size_nm=65)
-    psf2, info = build_psf_info(s, (128, 128))
+    built = psf_from_settings(s, (128, 128))
+    psf2, info = built.kernel, built.info
     assert psf2.ndim == 2 and info["source"] == "vectorial"
     assert info["optics"]["immersion_ri"] == 1.515
     s3 = s.replace(mode="3d", z_step_nm=150.0)
-    psf3, info3 = build_psf_info(s3, (21, 128, 128))
+    built = psf_from_settings(s3, (21, 128, 128))
+    psf3, info3 = built.kernel, built.info
     assert psf3.ndim == 3 and psf3.shape[0] <= 21 and info3["spacing_nm"] == [150.0, 65, 65]
     with pytest.raises(ValueError, match="Z step"):
-        build_psf_info(s.replace(mode="3d"), (21, 128, 128))
+        psf_from_settings(s.replace(mode="3d"), (21, 128, 128))
 
 
 def test_vectorial_from_the_cli(tmp_path):

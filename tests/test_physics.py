@@ -3,8 +3,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pkl_dg.physics import (ForwardModel, PSFConvolution, airy_psf, build_psf, fwhm_of,
-                            gaussian_psf, prepare_psf, resample_psf, smooth_size)
+from pkl_dg.physics import (ForwardModel, PSFConvolution, airy_psf, fwhm_of, gaussian_psf,
+                            prepare_psf, resample_psf, smooth_size)
+from pkl_dg.psf_source import psf_from_settings
 from pkl_dg.settings import RestoreSettings
 
 
@@ -154,7 +155,7 @@ def test_resample_psf_keeps_physical_width():
 def test_psf_larger_than_image_refused():
     s = RestoreSettings(psf_sigma=10.0)
     with pytest.raises(ValueError, match=r"larger than the image \(48×48\)"):
-        build_psf(s, (48, 48))
+        psf_from_settings(s, (48, 48))
 
 
 def test_forward_model_validates_background():

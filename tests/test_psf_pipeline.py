@@ -13,9 +13,9 @@ from scipy import ndimage
 
 from cases import read
 from pkl_dg import RestoreSettings
-from pkl_dg.physics import (ForwardModel, PSFConvolution, build_psf, build_psf_info, fwhm_of,
-                            gaussian_psf, gaussian_psf_3d)
+from pkl_dg.physics import ForwardModel, PSFConvolution, fwhm_of, gaussian_psf, gaussian_psf_3d
 from pkl_dg.physics.psf_cleaning import PSFWarning, clean_psf
+from pkl_dg.psf_source import psf_from_settings
 from pkl_dg.restoration import restore_iter
 
 SIGMA = 1.8
@@ -82,9 +82,10 @@ def test_every_source_gives_the_same_psf_and_beads_stay_put(tmp_path):
     s = RestoreSettings(method="rl", rl_iterations=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
-        from_array = build_psf(s.replace(psf_kind="array"), (96, 96), raw)
-        from_file = build_psf(s.replace(psf_kind="file", psf_path=str(f)), (96, 96))
-        from_float = build_psf(s, (96, 96), raw.astype(np.float32) - 100.0)  # bg-subtracted
+        from_array = psf_from_settings(s.replace(psf_kind="array"), (96, 96), raw).kernel
+        from_file = psf_from_settings(s.replace(psf_kind="file", psf_path=str(f)),
+                                      (96, 96)).kernel
+        from_float = psf_from_settings(s, (96, 96), raw.astype(np.float32) - 100.0).kernel
     assert np.array_equal(from_array, from_file)
     assert from_float.shape == from_array.shape
     assert np.abs(from_float - from_array).sum() < 0.02
@@ -109,7 +110,7 @@ def test_bead_image_psf_goes_through_the_same_cleaning():
     img = rng.poisson(ndimage.gaussian_filter(obj, SIGMA) + 50) + rng.normal(0, 3, obj.shape)
     avg, n = psf_from_beads(img, 25)
     assert n == 4
-    psf, info = build_psf_info(RestoreSettings(psf_kind="array"), (128, 128), avg)
+    info = psf_from_settings(RestoreSettings(psf_kind="array"), (128, 128), avg).info
     assert all(abs(f - 2.355 * SIGMA) < 0.3 for f in info["fwhm_px"])
     assert info["cleaning"]["energy_kept"] > 0.99
     assert max(abs(v) for v in info["cleaning"]["centroid_offset_px"]) < 0.1
@@ -133,7 +134,8 @@ def test_3d_psf_resampled_laterally_and_axially():
     fine = gaussian_psf_3d(4.0, 4.0)  # σ 4 px at 32.5 nm, σ 4 planes at 100 nm
     s = RestoreSettings(mode="3d", psf_kind="array", pixel_size_nm=65.0, z_step_nm=200.0,
                         psf_pixel_size_nm=32.5, psf_z_step_nm=100.0)
-    psf, info = build_psf_info(s, (40, 64, 64), fine)
+    built = psf_from_settings(s, (40, 64, 64), fine)
+    psf, info = built.kernel, built.info
     c = [n // 2 for n in psf.shape]
     assert abs(fwhm_of(psf[:, c[1], c[2]]) - 2.355 * 2) < 0.4  # σ 2 planes at 200 nm
     assert abs(fwhm_of(psf[c[0], c[1], :]) - 2.355 * 2) < 0.4  # σ 2 px at 65 nm
@@ -145,12 +147,12 @@ def test_3d_psf_resampled_laterally_and_axially():
 def test_axial_resampling_needs_the_image_z_step():
     s = RestoreSettings(mode="3d", psf_kind="array", psf_z_step_nm=100.0)
     with pytest.raises(ValueError, match="image Z step"):
-        build_psf(s, (40, 64, 64), gaussian_psf_3d(2.0, 2.0))
+        psf_from_settings(s, (40, 64, 64), gaussian_psf_3d(2.0, 2.0))
 
 
 def test_metadata_never_claims_an_unused_psf_setting():
     s = RestoreSettings(psf_kind="gaussian", psf_pixel_size_nm=32.5)
-    _, info = build_psf_info(s, (64, 64))
+    info = psf_from_settings(s, (64, 64)).info
     assert info["not_applied"] == ["psf_pixel_size_nm"] and "resampled" not in info
 
 
@@ -160,7 +162,8 @@ def test_case_07_psf_voxel_size_3d():
     coarse = read("07_psf_voxel_size_3d", "psf_65nm.tif")
     s = RestoreSettings(mode="3d", psf_kind="array", psf_pixel_size_nm=32.5,
                         pixel_size_nm=65.0)
-    psf, info = build_psf_info(s, y.shape, fine)
+    built = psf_from_settings(s, y.shape, fine)
+    psf, info = built.kernel, built.info
     ref = coarse / coarse.sum()
     assert psf.shape[1:] == ref.shape[1:] or abs(psf.shape[1] - ref.shape[1]) <= 2
     fw = info["fwhm_px"]

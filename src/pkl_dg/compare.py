@@ -1,11 +1,12 @@
 """Comparing methods on one image: runs, metrics, data-consistency maps.
 
 :func:`compare_iter` restores the same input with several methods (same settings, same
-seed) one after the other and streams every step, tagged with its method, so a GUI can
-fill one layer per method. :func:`metrics_table` scores the results against a ground
-truth (DESIGN §4 protocol plus FRC). :func:`pearson_residual` shows where a result
-disagrees with the measurement: (y − (A x̂ + B)) / √(A x̂ + B), which is ~N(0, 1) where the
-result explains the data and structured where it invents or misses something.
+seed, the same PSF, built once) one after the other and streams every step, tagged with
+its method, so a GUI can fill one layer per method. :func:`metrics_table` scores the
+results against a ground truth (DESIGN §4 protocol plus FRC). :func:`pearson_residual`
+shows where a result disagrees with the measurement: (y − (A x̂ + B)) / √(A x̂ + B), which
+is ~N(0, 1) where the result explains the data and structured where it invents or misses
+something.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import torch
 
 from pkl_dg.frc import frc_resolution
 from pkl_dg.metrics import care_scores
-from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf
-from pkl_dg.restoration import RestoreResult, StepRecord, restore_iter, validate_image
+from pkl_dg.axes import arrange
+from pkl_dg.physics import ForwardModel, PSFConvolution
+from pkl_dg.psf_source import PSF, run_psf
+from pkl_dg.restoration import (MIN_SIDE, RestoreResult, StepRecord, check_image_shape,
+                                 restore_iter, validate_image)
 from pkl_dg.runs import StreamedRun
 from pkl_dg.settings import METHOD_LABELS, METHODS, RestoreSettings
 
@@ -49,21 +53,30 @@ class CompareRun(StreamedRun[tuple[str, StepRecord], Comparison]):
 
 
 def compare_iter(image: Any, methods: list[str], settings: RestoreSettings | None = None, *,
-                 psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
+                 psf: PSF | np.ndarray | None = None,
+                 operator: PSFConvolution | None = None,
                  denoiser: Callable | None = None, **overrides: Any) -> CompareRun:
     """Run every method on ``image``, one after the other, as a :class:`CompareRun`: its
-    frames are ``(method, record)``, its result a :class:`Comparison`."""
+    frames are ``(method, record)``, its result a :class:`Comparison`.
+
+    ``psf`` is the :class:`~pkl_dg.psf_source.PSF` every method uses, or an array or None
+    built into one once (see :func:`pkl_dg.restoration.restore_iter`); the other
+    arguments are :func:`~pkl_dg.restoration.restore_iter`'s.
+    """
     return CompareRun(_compare_frames(image, methods, settings, psf, operator, denoiser,
                                       overrides))
 
 
 def _compare_frames(image: Any, methods: list[str], settings: RestoreSettings | None,
-                    psf: np.ndarray | None, operator: PSFConvolution | None,
+                    psf: PSF | np.ndarray | None, operator: PSFConvolution | None,
                     denoiser: Callable | None, overrides: dict[str, Any]
                     ) -> Generator[tuple[str, StepRecord], None, Comparison]:
     base = (settings or RestoreSettings()).replace(**overrides) if overrides else (
         settings or RestoreSettings())
     methods = parse_methods(methods)
+    shape = np.shape(arrange(image, None, base.mode, MIN_SIDE)[0])  # checked as restore does
+    check_image_shape(shape, base.mode, labelled=True)
+    psf = run_psf(psf, base, shape)  # one PSF for every method
     comp = Comparison()
     for method in methods:
         run = restore_iter(image, base.replace(method=method), psf=psf, operator=operator,
@@ -77,11 +90,14 @@ def _compare_frames(image: Any, methods: list[str], settings: RestoreSettings | 
 
 
 def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: RestoreSettings,
-                     psf: np.ndarray | None = None, background: float | None = None) -> np.ndarray:
+                     psf: PSF | np.ndarray | None = None,
+                     background: float | None = None) -> np.ndarray:
     """(y − μ)/√μ with μ = A x̂ + B (+ s²), y in photons; float32, the image's shape.
 
-    ``estimate`` is a restoration in photons; ``background`` defaults to the settings'
-    (or must be given when the settings say 'auto': take it from the result metadata).
+    ``estimate`` is a restoration in photons; ``psf`` the run's
+    :class:`~pkl_dg.psf_source.PSF` (an array or None is built into one from the
+    settings); ``background`` defaults to the settings' (or must be given when the
+    settings say 'auto': take it from the result metadata).
     """
     y = validate_image(measurement)
     y = (y - np.float32(settings.offset)) * np.float32(settings.gain)
@@ -92,7 +108,7 @@ def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: Re
     if b < 0:
         raise ValueError("background is 'auto': pass the background used "
                          "(result.metadata['background_photons'])")
-    fm = ForwardModel(PSFConvolution(build_psf(settings, y.shape, psf)), b)
+    fm = ForwardModel(PSFConvolution(run_psf(psf, settings, y.shape).kernel), b)
     s2 = float(settings.read_noise) ** 2
     with torch.inference_mode():
         mu = fm.mean(torch.from_numpy(x)) + s2

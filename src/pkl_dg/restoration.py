@@ -35,11 +35,12 @@ from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
                                    proximal_sub_iterations)
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop
-from pkl_dg.physics import ForwardModel, PSFConvolution, build_psf_info
+from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
+from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import (RestoreSettings, calibration_implied, is_guided, uses_prior,
                              uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
@@ -127,7 +128,8 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
 
 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
-                 psf: np.ndarray | None = None, operator: PSFConvolution | None = None,
+                 psf: PSF | np.ndarray | None = None,
+                 operator: PSFConvolution | None = None,
                  denoiser: Callable | None = None, chunk: PlaneChunk | None = None,
                  axes: str | None = None,
                  **overrides: Any) -> RestoreRun:
@@ -147,10 +149,13 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
     settings, overrides
         The parameters; keyword overrides (e.g. ``method="rl"``) replace fields.
     psf
-        A PSF array that takes precedence over the settings' PSF model.
+        The run's :class:`~pkl_dg.psf_source.PSF`, built once by the caller
+        (:func:`~pkl_dg.psf_source.psf_from_settings`) and used as it is; or a measured
+        PSF array, which takes precedence over the settings' PSF model and is built into
+        one here; None: the settings' PSF.
     operator
-        A prebuilt :class:`~pkl_dg.physics.PSFConvolution` for this PSF, to reuse its
-        OTF cache across runs (the napari widget keeps one per layer shape and PSF).
+        A prebuilt :class:`~pkl_dg.physics.PSFConvolution` of this PSF's kernel, to reuse
+        its OTF cache across runs (the napari widget keeps one per layer shape and PSF).
     denoiser
         A loaded network ``(x_t, t) -> ε``; by default the settings' model (or the
         shipped prior) is loaded.
@@ -170,7 +175,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                                       overrides))
 
 
-def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarray | None,
+def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.ndarray | None,
                     operator: PSFConvolution | None, denoiser: Callable | None,
                     chunk: PlaneChunk | None, axes: str | None, overrides: dict[str, Any]
                     ) -> Generator[StepRecord, None, RestoreResult]:
@@ -183,7 +188,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarra
     check_image_shape(shape, s.mode, labelled=True)  # arrange() checked the layout
     block_ndim = 3 if s.mode == "3d" else 2
     lead = shape[: len(shape) - block_ndim]
-    psf_arr, psf_info = build_psf_info(s, shape, psf)
+    psf = run_psf(psf, s, shape)
+    psf_arr = psf.kernel
     device = resolve_device(s.device)
     if operator is None:
         operator = PSFConvolution(psf_arr)
@@ -194,7 +200,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: np.ndarra
         "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
         "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
-        "posterior_std": posterior_std_note(s), "psf": psf_info,
+        "posterior_std": posterior_std_note(s), "psf": psf.metadata(),
     }
     if axes is not None:
         meta["axes"] = {"restored_as": axes, "channels": channel_count(axes, shape),
@@ -380,7 +386,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                            noise=None if chunk is None else chunk.noise(gen))
 
 
-def restore(image: Any, psf: np.ndarray | None = None, settings: RestoreSettings | None = None,
+def restore(image: Any, psf: PSF | np.ndarray | None = None,
+            settings: RestoreSettings | None = None,
             *, operator: PSFConvolution | None = None, denoiser: Callable | None = None,
             progress: Callable[[StepRecord], None] | None = None, **overrides: Any) -> np.ndarray:
     """Restore ``image`` and return the result (float32 photons). See :func:`restore_iter`.

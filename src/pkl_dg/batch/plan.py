@@ -134,7 +134,7 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
         The file cannot be read, or its axes do not fit the mode (3D mode needs a Z axis).
     """
     from pkl_dg.io import open_image
-    from pkl_dg.physics import build_psf
+    from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import check_image_shape
 
     img = open_image(job.input)
@@ -154,5 +154,5 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
     job.image_meta["scenes"] = img.scenes
     h, w = img.shape[-2:]
     if chunk and s.mode == "2d" and max(h, w) > chunk:
-        psf = build_psf(s, img.shape)
+        psf = psf_from_settings(s, img.shape).kernel
         job.chunks = plan_chunks(h, w, chunk, margin_for(psf.shape, s.method))

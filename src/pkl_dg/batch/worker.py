@@ -84,7 +84,8 @@ def read_block(path: str, index: tuple[int, ...],
         return np.asarray(img.data[sel])
 
 
-def _operator(settings, psf: np.ndarray):
+def _operator(psf: np.ndarray):
+    """The cached :class:`~pkl_dg.physics.PSFConvolution` of a PSF kernel (by content)."""
     from pkl_dg.physics import PSFConvolution
 
     key = hashlib.sha1(np.ascontiguousarray(psf).tobytes() + str(psf.shape).encode()).hexdigest()
@@ -147,20 +148,23 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     """
     import torch
 
-    from pkl_dg.physics import build_psf
+    from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import estimate_background
     from pkl_dg.settings import RestoreSettings, applies, uses_prior, uses_proximal_step
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
     y = torch.from_numpy(_photons(read_block(path, index), s))
-    bg = s.background
-    if bg < 0:
-        bg = estimate_background(y, _operator(s, build_psf(s, tuple(y.shape))))
-    out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3),
-           "plane_shape": [int(n) for n in y.shape[-2:]]}
     auto_rl = applies("rl_iterations", s) and s.rl_iterations == 0  # RL, automatic count
     proximal = uses_proximal_step(s)
+    op = None  # the plane's operator, where a statistic needs it (its PSF built once)
+    if s.background < 0 or auto_rl or proximal or uses_prior(s):
+        op = _operator(psf_from_settings(s, tuple(y.shape)).kernel)
+    bg = s.background
+    if bg < 0:
+        bg = estimate_background(y, op)
+    out = {"background": float(bg), "rl_start": max(float((y - bg).mean()), 1e-3),
+           "plane_shape": [int(n) for n in y.shape[-2:]]}
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import proximal_sub_iterations
@@ -168,8 +172,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         from pkl_dg.physics import ForwardModel
         from pkl_dg.richardson_lucy import rl_iterates
 
-        fm = ForwardModel(_operator(s, build_psf(s, tuple(y.shape))), bg,
-                          float(s.read_noise) ** 2)
+        fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
         rule = AutoStop(y, fm)
         with torch.inference_mode():
             for it in rl_iterates(y, fm, MAX_ITERATIONS, stop=rule):
@@ -187,7 +190,6 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         from pkl_dg.restoration import SCALE_ESTIMATE_ITERATIONS
         from pkl_dg.richardson_lucy import richardson_lucy
 
-        op = _operator(s, build_psf(s, tuple(y.shape)))
         fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
         with torch.inference_mode():
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
@@ -219,7 +221,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     (image, metadata)
         float32 photons of the block or chunk, and that block's metadata.
     """
-    from pkl_dg.physics import build_psf
+    from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import PlaneChunk, restore_iter
     from pkl_dg.settings import RestoreSettings, uses_prior
 
@@ -236,15 +238,17 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
             s = s.replace(discrepancy=stats["discrepancy"])
         if "rl_iterations" in stats and s.rl_iterations == 0:
             s = s.replace(rl_iterations=stats["rl_iterations"])
-    op = _operator(s, build_psf(s, block.shape))
+    axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
+    psf = psf_from_settings(s, block.shape)  # once per task: restore_iter takes it as it is
+    op = _operator(psf.kernel)
     net, model_meta = _network(s) if uses_prior(s) else (None, None)
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
     # elsewhere and end 2e-3 away after 30 iterations); a diffusion chunk takes the plane's
     # intensity scale and its window of the plane's noise
     chunk = None if box is None else PlaneChunk(
         tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"))
-    axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
-    result = restore_iter(block, s, operator=op, denoiser=net, chunk=chunk, axes=axes).finish()
+    result = restore_iter(block, s, psf=psf, operator=op, denoiser=net, chunk=chunk,
+                          axes=axes).finish()
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes")}

@@ -37,6 +37,7 @@ from pkl_dg.napari.run_controller import RunController, progress_widgets
 from pkl_dg.napari.shared_state import RunInputs
 from pkl_dg.napari.state import WidgetState
 from pkl_dg.napari.worker import ModelCache, OperatorCache, PsfRequest, comparison_frames
+from pkl_dg.psf_source import PSF
 from pkl_dg.settings import METHOD_LABELS
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class CompareMethodsWidget(QWidget):
         self._view: CompareView | None = None
         self._input: Image | None = None
         self._settings = None  # the settings the last comparison ran with
-        self._psf: np.ndarray | None = None  # and its PSF array (None: computed)
+        self._psf: PSF | None = None  # and its PSF (the residual's forward model)
         self._build()
         self.runner = RunController(self.progress, self.status_label, self.cancel_button)
         self.runner.finished.connect(self._after_run)

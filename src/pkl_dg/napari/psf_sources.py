@@ -1,6 +1,6 @@
 """PSF helpers of the widget: bead extraction and PSF descriptions (no Qt).
 
-A PSF image layer needs no helper: its data goes to the core as is, and ``build_psf``
+A PSF image layer needs no helper: its data goes to the core as is, and ``psf_from_settings``
 cleans it exactly like a PSF file or array (:mod:`pkl_dg.physics.psf_cleaning`: in-focus
 plane in 2D, baseline and noise floor, sub-pixel centring, energy-keeping crop,
 normalisation; its diagnostics go into the result's metadata).
@@ -22,7 +22,7 @@ in simple documented steps (in 3D every "box" is a cube, at most the stack depth
    region) and shift the window by the fractional offset (cubic spline), so beads that sit
    at different sub-pixel positions do not blur the average. Divide by the sum.
 6. Average the windows, clip negatives to 0, normalise to sum 1. The average then goes
-   through the same cleaning as any measured PSF (``build_psf``).
+   through the same cleaning as any measured PSF (``psf_from_settings``).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def describe_resolved(settings: RestoreSettings, source: str, notes: dict) -> st
 
 
 def describe_diagnostics(info: dict) -> str:
-    """The PSF diagnostics of :func:`pkl_dg.physics.build_psf_info` in a few words, e.g.
+    """The PSF diagnostics (:attr:`pkl_dg.psf_source.PSF.info`) in a few words, e.g.
     ``"; FWHM 4.77 × 4.76 px; centred from (-3.99, +4.00) px; 100.0 % of its energy kept"``."""
     parts = []
     fw = [f for f in info.get("fwhm_px", []) if f is not None]

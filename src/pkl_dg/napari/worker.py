@@ -1,8 +1,8 @@
 """The runs behind the dock widgets, and the caches that make re-runs cheap (no Qt).
 
 :func:`restoration_frames` is the generator that the PKL Deconvolution widget hands to
-napari's ``thread_worker``: it prepares the PSF, the forward model and the network (all in
-the worker thread, so the GUI stays responsive), then streams
+napari's ``thread_worker``: it builds the run's PSF once (:func:`resolve_psf`), the forward
+model and the network (all in the worker thread, so the GUI stays responsive), then streams
 :class:`pkl_dg.restoration.StepRecord` frames from :func:`pkl_dg.restoration.restore_iter`
 and returns its ``RestoreResult``. :func:`comparison_frames` does the same for the Compare
 methods widget around :func:`pkl_dg.compare.compare_iter`, with the same PSF resolution
@@ -36,8 +36,9 @@ from pkl_dg.compare import compare_iter
 from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # imported here, with the widget, not in the first run's worker thread: importing torch
 # there would hold the interpreter lock and freeze the GUI for seconds
+from pkl_dg.psf_source import PSF, psf_from_settings
 from pkl_dg.restoration import restore_iter
-from pkl_dg.settings import RestoreSettings, uses_prior
+from pkl_dg.settings import PSF_KINDS, RestoreSettings, uses_prior
 
 __all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "MethodFrame",
            "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunFailure",
@@ -136,22 +137,36 @@ class PsfRequest:
     layer_name: str = ""
 
 
-def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tuple[int, int]
-                ) -> tuple[np.ndarray | None, np.ndarray, RestoreSettings, dict[str, Any]]:
-    """The PSF of a run: ``(array to pass as restore_iter's psf or None, final PSF, settings,
-    notes for the metadata)``.
+def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tuple[int, ...]
+                ) -> tuple[PSF, np.ndarray, RestoreSettings, dict[str, Any]]:
+    """The PSF of a run, built once from the widget's source.
 
-    The final PSF is computed by the same :func:`pkl_dg.physics.build_psf` call that
-    ``restore_iter`` makes, so the cached operator built from it matches exactly.
+    Parameters
+    ----------
+    settings
+        The run's settings; their ``psf_kind`` is replaced by the source's.
+    request
+        The "PSF from" choice: one of the core's PSF models ("gaussian", "airy",
+        "vectorial", "file"), or a layer or bead image whose array reaches the core as
+        ``psf_kind="array"``.
+    image_shape
+        The shape of what the run restores.
+
+    Returns
+    -------
+    (psf, kernel, settings, notes)
+        The :class:`~pkl_dg.psf_source.PSF` to pass to ``restore_iter`` / ``compare_iter``
+        and its kernel (for the operator cache and 'Show PSF'), the settings with their
+        ``psf_kind``, and the notes for the result's metadata (``psf``: the PSF's info).
     """
     from pkl_dg.napari import psf_sources
-    from pkl_dg.physics import build_psf_info
 
     notes: dict[str, Any] = {"psf_source": request.source}
-    if request.source in ("gaussian", "airy", "vectorial", "file"):
+    if request.source in PSF_KINDS:
         settings = settings.replace(psf_kind=request.source)
-        psf, notes["psf"] = build_psf_info(settings, image_shape)  # with its diagnostics
-        return None, psf, settings, notes
+        psf = psf_from_settings(settings, image_shape)
+        notes["psf"] = psf.metadata()  # with its diagnostics
+        return psf, psf.kernel, settings, notes
     if request.data is None:
         raise ValueError(f"Pick a {'PSF' if request.source == 'layer' else 'bead'} image "
                          "layer for the PSF.")
@@ -166,18 +181,19 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
                      psf_bead_box=request.bead_box)
     else:
         raise ValueError(f"unknown PSF source {request.source!r}")
-    psf, notes["psf"] = build_psf_info(settings, image_shape, raw)
-    return raw, psf, settings, notes
+    psf = psf_from_settings(settings, image_shape, raw)
+    notes["psf"] = psf.metadata()
+    return psf, psf.kernel, settings, notes
 
 
 def _prepare(image_shape: tuple[int, ...], settings: RestoreSettings,
              psf_request: PsfRequest, operators: OperatorCache, flag: CancelFlag
-             ) -> tuple[np.ndarray | None, RestoreSettings, dict[str, Any], Any]:
-    """The PSF (raw array or None), settings with their ``psf_kind``, the notes for the
-    metadata and the cancellable forward model of a run."""
-    raw_psf, psf, settings, notes = resolve_psf(settings, psf_request, image_shape)
+             ) -> tuple[PSF, RestoreSettings, dict[str, Any], Any]:
+    """The PSF, settings with their ``psf_kind``, the notes for the metadata and the
+    cancellable forward model of a run."""
+    psf, kernel, settings, notes = resolve_psf(settings, psf_request, image_shape)
     flag.check()
-    return raw_psf, settings, notes, CancellableOperator(operators.get(image_shape, psf), flag)
+    return psf, settings, notes, CancellableOperator(operators.get(image_shape, kernel), flag)
 
 
 def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request: PsfRequest,
@@ -193,15 +209,14 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
     done = 0
     steps = None
     try:
-        raw_psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
-                                                      operators, flag)
+        psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
+                                                  operators, flag)
         denoiser = None
         if uses_prior(settings):
             denoiser = models.get(settings.model, settings.device)
             notes["model"] = settings.model or "shipped default"
         flag.check()
-        steps = restore_iter(image, settings, psf=raw_psf, operator=operator,
-                             denoiser=denoiser)
+        steps = restore_iter(image, settings, psf=psf, operator=operator, denoiser=denoiser)
         for record in steps:
             yield record
             done += 1
@@ -229,12 +244,12 @@ class MethodFrame:
 @dataclass(frozen=True)
 class ComparedRun:
     """What a finished comparison returns: the results, the seconds per method, and the
-    settings and PSF array (None for a computed PSF) every method ran with."""
+    settings and :class:`~pkl_dg.psf_source.PSF` every method ran with."""
 
     comparison: Any  # pkl_dg.compare.Comparison
     seconds: dict[str, float]
     settings: RestoreSettings
-    psf: np.ndarray | None
+    psf: PSF
 
 
 def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSettings,
@@ -245,20 +260,20 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
     :class:`MethodFrame` per step; return a :class:`ComparedRun`, a :class:`RunFailure` or,
     once ``cancel`` is set, :class:`Cancelled`.
 
-    The PSF is resolved by :func:`resolve_psf`, as for a restoration, so a PSF image layer or
-    a bead image reaches every method as the same array. ``denoiser`` replaces the network
-    of the model cache (tests).
+    The PSF is built once by :func:`resolve_psf`, as for a restoration, and every method
+    runs with that :class:`~pkl_dg.psf_source.PSF`. ``denoiser`` replaces the network of
+    the model cache (tests).
     """
     flag = cancel if cancel is not None else CancelFlag()
     done = 0
     steps = None
     try:
-        raw_psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
-                                                      operators, flag)
+        psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
+                                                  operators, flag)
         if denoiser is None and any(uses_prior({"method": m}) for m in methods):
             denoiser = models.get(settings.model, settings.device)
         flag.check()
-        steps = compare_iter(image, methods, settings, psf=raw_psf, operator=operator,
+        steps = compare_iter(image, methods, settings, psf=psf, operator=operator,
                              denoiser=denoiser)
         seconds: dict[str, float] = {}
         current, t0 = None, time.perf_counter()
@@ -274,7 +289,7 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
             seconds[current] = time.perf_counter() - t0
         for result in steps.result.results.values():
             _annotate(result, dict(notes))
-        return ComparedRun(steps.result, seconds, settings, raw_psf)
+        return ComparedRun(steps.result, seconds, settings, psf)
     except RunCancelled:
         return Cancelled(done)
     except (ValueError, FileNotFoundError) as exc:

@@ -3,8 +3,9 @@
 Every function returns a float32 numpy array with odd side lengths, its peak at the
 centre pixel, non-negative, summing to 1. PSF problems raise ``ValueError`` with a message
 that says what to do. Measured PSFs (file, array, napari layer, bead average) all go
-through :func:`pkl_dg.physics.psf_cleaning.clean_psf`; :func:`build_psf_info` returns the
-PSF of a run with what was done to it (cleaning diagnostics, resampling, spacing).
+through :func:`pkl_dg.physics.psf_cleaning.clean_psf` and :func:`resample_to_grid`. These
+are functions of arrays and numbers: the PSF of a run, from its settings, is built by
+:func:`pkl_dg.psf_source.psf_from_settings`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import special
 
 from pkl_dg.physics.psf_cleaning import (clean_psf, fwhm_along_axes,  # noqa: F401
                                          in_focus_plane)
 
-__all__ = ["airy_psf", "build_psf", "build_psf_info", "check_psf_fits", "fwhm_of",
-           "fwhm_to_sigma", "gaussian_psf", "gaussian_psf_3d", "in_focus_plane", "load_psf",
-           "prepare_psf", "resample_psf"]
+__all__ = ["airy_psf", "check_psf_fits", "fwhm_of", "fwhm_to_sigma", "gaussian_psf",
+           "gaussian_psf_3d", "in_focus_plane", "kernel_description", "load_psf", "prepare_psf",
+           "resample_psf", "resample_to_grid"]
 
 # Born–Wolf in-focus intensity: first zeros of J1(v) (v = 2π·NA·r/λ)
 _J1_ZEROS = (3.8317, 7.0156, 10.1735, 13.3237, 16.4706, 19.6159)
@@ -170,147 +171,71 @@ def check_psf_fits(psf_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> 
                          f"({'×'.join(map(str, img))}): crop the PSF or pick a larger image")
 
 
-def build_psf(settings, image_shape: tuple[int, ...] | None = None,
-              psf: np.ndarray | None = None) -> np.ndarray:
-    """The PSF described by a :class:`~pkl_dg.settings.RestoreSettings` (see
-    :func:`build_psf_info`, which also says what was done to it)."""
-    return build_psf_info(settings, image_shape, psf)[0]
+def resample_to_grid(psf: np.ndarray, pixel_size_nm: float, z_step_nm: float = 0.0, *,
+                     psf_pixel_size_nm: float = 0.0, psf_z_step_nm: float = 0.0
+                     ) -> tuple[np.ndarray, dict | None]:
+    """A cleaned measured PSF resampled onto the image's grid, and what was done.
 
-
-def build_psf_info(settings, image_shape: tuple[int, ...] | None = None,
-                   psf: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """The PSF of a run and a description of the PSF actually used.
-
-    ``psf`` (an array, e.g. from a napari layer or a bead average) takes precedence over the
-    settings' model. In 3D mode the PSF is 3D (ZYX). A measured PSF (array or file) is
-    cleaned (:func:`~pkl_dg.physics.psf_cleaning.clean_psf`) and, in either mode, resampled
-    from ``psf_pixel_size_nm`` to ``pixel_size_nm`` laterally and (3D) from
-    ``psf_z_step_nm`` to ``z_step_nm`` axially. When ``image_shape`` is given the PSF is
-    checked to fit inside it (its last two or three axes).
+    Parameters
+    ----------
+    psf : ndarray, (Y, X) or (Z, Y, X)
+        A cleaned kernel (:func:`~pkl_dg.physics.psf_cleaning.clean_psf`).
+    pixel_size_nm, z_step_nm : float
+        The image's pixel size and (3D) plane spacing, nm; ``z_step_nm`` 0 = unknown.
+    psf_pixel_size_nm, psf_z_step_nm : float
+        The PSF's own pixel size and plane spacing, nm; 0 = the image's (not resampled).
+        ``psf_z_step_nm`` is only read for a 3D ``psf``.
 
     Returns
     -------
-    (psf, info)
-        ``info`` (JSON-able): ``source``, ``kernel_shape``, ``spacing_nm`` per axis (the
-        image's grid: its pixel size and, in 3D, its Z step; None where unknown),
-        ``resampled`` (from/to spacings) when it was, ``cleaning`` (centroid offset, energy
-        kept, baseline, noise) for measured PSFs, ``optics`` for the vectorial PSF,
-        ``fwhm_px``/``fwhm_nm``, and ``not_applied``: PSF settings that had no effect on
-        this PSF.
+    (kernel, resampled)
+        ``kernel`` float32, normalised; ``resampled`` None when neither spacing was given,
+        else ``from_shape``, ``to_shape``, ``from_spacing_nm`` and ``to_spacing_nm`` (one
+        value per axis of the kernel; an unknown Z step is None).
 
     Raises
     ------
     ValueError
-        Missing file or array, a 2D PSF in 3D mode, axial resampling without the image's Z
-        step, a PSF larger than the image.
+        The PSF's Z step is given but not the image's.
     """
-    s = settings
-    three_d = s.mode == "3d"
-    info: dict = {}
-    measured = psf is not None or s.psf_kind == "file"
-    if psf is None and s.psf_kind == "file":
-        if not s.psf_path:
-            raise ValueError("PSF model is 'file' but no PSF file was given")
-        psf = load_psf(s.psf_path)
-        info["source"] = f"file {s.psf_path}"
-    elif psf is not None:
-        info["source"] = "array"
-    if measured:
-        if three_d and np.ndim(psf) != 3:
-            raise ValueError(f"3D deconvolution needs a 3D PSF (Z, Y, X); got shape "
-                             f"{np.shape(psf)}: pick a PSF stack or use 2D mode")
-        out, diag = clean_psf(psf, keep_3d=three_d)
-        info["cleaning"] = diag.to_dict()
-        out, lateral, axial = _resample_measured(out, s, three_d, info)
-    else:
-        out, lateral, axial = _computed_psf(s, three_d, info, image_shape)
-    info["kernel_shape"] = list(out.shape)
-    info["spacing_nm"] = ([axial] if three_d else []) + [lateral, lateral]
-    fw = fwhm_along_axes(out)
-    info["fwhm_px"] = fw
-    info["fwhm_nm"] = [None if f is None or d is None else round(f * d, 2)
-                       for f, d in zip(fw, info["spacing_nm"])]
-    unused = [n for n in ("psf_pixel_size_nm", "psf_z_step_nm")
-              if getattr(s, n, 0) > 0 and n not in info.get("applied", ())]
-    info.pop("applied", None)
-    if unused:
-        info["not_applied"] = unused
-    if image_shape is not None:
-        check_psf_fits(out.shape, image_shape)
-    return out, info
-
-
-def _resample_measured(out: np.ndarray, s, three_d: bool, info: dict):
-    """Resample a cleaned measured PSF to the image's spacing (lateral, and axial in 3D)."""
-    lateral = s.pixel_size_nm
-    axial = getattr(s, "z_step_nm", 0.0) or None
-    psf_xy = s.psf_pixel_size_nm
-    psf_z = getattr(s, "psf_z_step_nm", 0.0) if three_d else 0.0
+    three_d = psf.ndim == 3
+    axial = z_step_nm or None
+    psf_z = psf_z_step_nm if three_d else 0.0
     if psf_z > 0 and not axial:
         raise ValueError(f"the PSF's Z step is set ({psf_z:g} nm) but not the image's: set "
                          "the image Z step so the PSF can be resampled to it")
-    applied = []
-    if psf_xy > 0:
-        applied.append("psf_pixel_size_nm")
-    if psf_z > 0:
-        applied.append("psf_z_step_nm")
-    if applied:
-        before = list(out.shape)
-        out = resample_psf(out, psf_xy or lateral, lateral, from_z_nm=psf_z,
-                           to_z_nm=axial or 0.0)
-        info["resampled"] = {"from_shape": before, "to_shape": list(out.shape),
-                             "from_spacing_nm": ([psf_z or axial] if three_d else [])
-                             + [psf_xy or lateral] * 2,
-                             "to_spacing_nm": ([axial] if three_d else []) + [lateral] * 2}
-    info["applied"] = applied
-    return out, lateral, axial
+    if not (psf_pixel_size_nm > 0 or psf_z > 0):
+        return psf, None
+    lateral = pixel_size_nm
+    out = resample_psf(psf, psf_pixel_size_nm or lateral, lateral, from_z_nm=psf_z,
+                       to_z_nm=axial or 0.0)
+    return out, {"from_shape": list(psf.shape), "to_shape": list(out.shape),
+                 "from_spacing_nm": ([psf_z or axial] if three_d else [])
+                 + [psf_pixel_size_nm or lateral] * 2,
+                 "to_spacing_nm": ([axial] if three_d else []) + [lateral] * 2}
 
 
-def _computed_psf(s, three_d: bool, info: dict, image_shape: tuple[int, ...] | None = None):
-    """A PSF from the settings' model (Gaussian, Airy, vectorial); nothing to clean or
-    resample."""
-    if s.psf_kind == "array":
-        raise ValueError("PSF model is 'array' but no PSF array was supplied")
-    if s.psf_kind == "vectorial":
-        return _vectorial(s, three_d, info, image_shape)
-    if three_d:
-        if s.psf_kind == "gaussian":
-            info["source"] = "gaussian"
-            out = gaussian_psf_3d(s.psf_sigma, s.psf_sigma_z, s.psf_sigma_y or None)
-            return out, s.pixel_size_nm, getattr(s, "z_step_nm", 0.0) or None
-        raise ValueError(f"3D deconvolution needs a 3D PSF: use a Gaussian PSF with σ Z > 0 "
-                         f"or a measured PSF stack (PSF model {s.psf_kind!r} is 2D only)")
-    if s.psf_kind == "gaussian":
-        info["source"] = "gaussian"
-        return gaussian_psf(s.psf_sigma, s.psf_sigma_y or None), s.pixel_size_nm, None
-    if s.psf_kind == "airy":
-        info["source"] = "airy"
-        return airy_psf(s.na, s.wavelength_nm, s.pixel_size_nm), s.pixel_size_nm, None
-    raise ValueError(f"unknown PSF model {s.psf_kind!r}")  # settings validation prevents it
+def kernel_description(kernel: np.ndarray, spacing_nm: list[float | None]) -> dict:
+    """Shape, grid and width of a kernel, as JSON-able numbers.
 
+    Parameters
+    ----------
+    kernel : ndarray, (Y, X) or (Z, Y, X)
+    spacing_nm : list of float or None
+        The grid's spacing along each axis of ``kernel``, nm (None where unknown).
 
-def _vectorial(s, three_d: bool, info: dict, image_shape: tuple[int, ...] | None):
-    """The widefield vectorial PSF of the settings' optics (see :mod:`.optics_psf`)."""
-    from pkl_dg.physics.optics_psf import auto_planes, widefield_psf
-
-    z_step = getattr(s, "z_step_nm", 0.0)
-    side = min(image_shape[-2:]) if image_shape is not None else None
-    planes = 1
-    if three_d:
-        if not z_step > 0:
-            raise ValueError("a 3D PSF from the optics needs the image's Z step: set Z step "
-                             "(nm)")
-        depth = image_shape[-3] if image_shape is not None and len(image_shape) >= 3 else None
-        planes = auto_planes(s.na, s.wavelength_nm, z_step, s.immersion_ri, depth)
-    out = widefield_psf(s.na, s.wavelength_nm, s.pixel_size_nm, z_step_nm=z_step,
-                        planes=planes, immersion_ri=s.immersion_ri, sample_ri=s.sample_ri,
-                        depth_nm=s.psf_depth_nm, max_side=side)
-    info["source"] = "vectorial"
-    info["optics"] = {"model": "vectorial (Aguet 2009) with Gibson–Lanni aberrations, "
-                      "psfmodels", "na": s.na, "wavelength_nm": s.wavelength_nm,
-                      "immersion_ri": s.immersion_ri, "sample_ri": s.sample_ri,
-                      "depth_nm": s.psf_depth_nm}
-    return (out if three_d else out[0]), s.pixel_size_nm, (z_step if three_d else None)
+    Returns
+    -------
+    dict
+        ``kernel_shape``; ``spacing_nm``; ``fwhm_px``, the FWHM along each axis through the
+        centre (px; None where it does not fall to half maximum); ``fwhm_nm`` the same in
+        nm (None where either is unknown).
+    """
+    fw = fwhm_along_axes(kernel)
+    return {"kernel_shape": list(kernel.shape), "spacing_nm": list(spacing_nm),
+            "fwhm_px": fw,
+            "fwhm_nm": [None if f is None or d is None else round(f * d, 2)
+                        for f, d in zip(fw, spacing_nm)]}
 
 
 def fwhm_of(profile: np.ndarray) -> float:
