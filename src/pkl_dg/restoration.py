@@ -26,8 +26,8 @@ from pkl_dg._version import __version__
 from pkl_dg.axes import arrange, channel_count, put_back
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
-from pkl_dg.diffusion.noise import NoiseSource, window_noise
-from pkl_dg.diffusion.sampler import Guidance, Problem, SamplerStep, guided_ddim
+from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, guided_ddim_grouped,
+                                      sample_groups)
 from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.tiling import TiledDenoiser
 from pkl_dg.guidance import GuidanceStep, get_likelihood
@@ -96,10 +96,6 @@ class PlaneChunk:
     plane_shape: tuple[int, int]
     rl_start: float
     intensity_scale: float | None = None
-
-    def noise(self, generator: torch.Generator) -> NoiseSource:
-        """The chunk's window of the noise the whole plane draws from ``generator``."""
-        return window_noise(generator, self.plane_shape, self.box)
 
 
 @dataclass
@@ -228,7 +224,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
 
     cal = resolve_calibration(image, s)
     meta["calibration"] = cal.to_dict()
-    steps_per_block = s.steps if uses_prior(s) else s.rl_iterations or RL_AUTO_MAX
+    steps_per_block = (s.steps * len(sample_groups(s.samples, int(np.prod(shape[len(lead):]))))
+                       if uses_prior(s) else s.rl_iterations or RL_AUTO_MAX)
     indices = list(np.ndindex(*lead))
     total = steps_per_block * len(indices)
     out = np.empty(shape, dtype=np.float32)
@@ -378,12 +375,12 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                                       f"likelihood's; {s.method} guidance takes Poisson-"
                                       "preconditioned steps)")
         guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc)
-    gen = torch.Generator().manual_seed(s.seed)
-    yield from guided_ddim(net, Problem(y, fm, mapping), DDIMScheduler(s.steps, s.eta),
-                           Guidance(guidance, s.t_threshold, s.ramp, misfit=pkl),
-                           num_samples=s.samples, generator=gen,
-                           autocast_dtype=autocast_dtype(s.precision, device),
-                           noise=None if chunk is None else chunk.noise(gen))
+    yield from guided_ddim_grouped(net, Problem(y, fm, mapping), DDIMScheduler(s.steps, s.eta),
+                                   Guidance(guidance, s.t_threshold, s.ramp, misfit=pkl),
+                                   num_samples=s.samples, seed=s.seed,
+                                   autocast_dtype=autocast_dtype(s.precision, device),
+                                   window=None if chunk is None else
+                                   (chunk.plane_shape, chunk.box))
 
 
 def restore(image: Any, psf: PSF | np.ndarray | None = None,

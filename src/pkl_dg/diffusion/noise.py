@@ -6,7 +6,10 @@ overlapping chunks) would see other noise than the same pixels see in a whole-pl
 and two chunks would disagree in their overlap by a seed's worth. :func:`window_noise`
 draws the noise of the whole plane from the run's generator, in the order a whole-plane run
 draws it, and returns the chunk's window of it: every pixel sees the noise it would see in
-the whole plane, whichever chunk it is restored in.
+the whole plane, whichever chunk it is restored in. The same holds for the samples: a large
+image runs its posterior samples one group at a time
+(:func:`~pkl_dg.diffusion.sampler.guided_ddim_grouped`), each group taking its rows of the
+noise all samples draw together.
 """
 
 from __future__ import annotations
@@ -24,37 +27,57 @@ def gaussian_noise(generator: torch.Generator) -> NoiseSource:
     return lambda shape: torch.randn(shape, generator=generator)
 
 
-def window_noise(generator: torch.Generator, plane_shape: tuple[int, int],
-                 box: tuple[int, int, int, int]) -> NoiseSource:
-    """The window ``box`` of noise drawn for the whole plane.
+def window_noise(generator: torch.Generator, plane_shape: tuple[int, int] | None = None,
+                 box: tuple[int, int, int, int] | None = None, *,
+                 num_samples: int = 1, samples: range | None = None) -> NoiseSource:
+    """A window of the noise drawn for the whole plane and for every sample.
+
+    The noise of ``num_samples`` samples of the whole plane is drawn from ``generator``
+    exactly as a run over all samples and the whole plane draws it; the source returns the
+    rows of ``samples`` and the pixels of ``box``. A chunk of a plane, or a group of the
+    samples run on its own, so sees the noise it would see in the whole run.
 
     Parameters
     ----------
     generator
-        The run's CPU generator (seeded as the whole-plane run's).
-    plane_shape
-        (H, W) of the whole plane, px.
-    box
-        (y0, y1, x0, x1), half-open, px: the chunk within the plane.
+        The run's CPU generator, seeded as the whole run's (a fresh one per group).
+    plane_shape, box
+        (H, W) of the whole plane and the chunk's (y0, y1, x0, x1), half-open, px; None: the
+        requested shape is the whole plane.
+    num_samples, samples
+        The run's number of samples and those this source serves (default all).
 
     Returns
     -------
     NoiseSource
-        ``draw(shape)`` for shape (…, y1 − y0, x1 − x0): draws (…, H, W) and slices the box.
+        ``draw(shape)`` for shape (len(samples)·P, …, h, w).
 
     Raises
     ------
     ValueError
-        If the box does not lie within the plane, or a requested shape is not the box's.
+        If the box does not lie within the plane, ``samples`` is not within
+        ``num_samples``, or a requested shape does not fit the box or the samples.
     """
-    (h, w), (y0, y1, x0, x1) = plane_shape, box
-    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-        raise ValueError(f"chunk box {box} does not lie within the {h}×{w} plane")
+    samples = range(num_samples) if samples is None else samples
+    if not (len(samples) and 0 <= samples.start and samples.stop <= num_samples
+            and samples.step == 1):
+        raise ValueError(f"samples {samples} are not consecutive samples of {num_samples}")
+    if (plane_shape is None) != (box is None):
+        raise ValueError("a chunk needs both the plane's shape and its box")
+    if box is not None:
+        (h, w), (y0, y1, x0, x1) = plane_shape, box
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ValueError(f"chunk box {box} does not lie within the {h}×{w} plane")
 
     def draw(shape: tuple[int, ...]) -> torch.Tensor:
-        if tuple(shape[-2:]) != (y1 - y0, x1 - x0):
+        per, rest = divmod(shape[0], len(samples))
+        if rest:
+            raise ValueError(f"noise of shape {tuple(shape)} asked for {len(samples)} samples")
+        if box is not None and tuple(shape[-2:]) != (y1 - y0, x1 - x0):
             raise ValueError(f"noise of shape {tuple(shape)} asked for a {y1 - y0}×{x1 - x0} "
                              "chunk")
-        return torch.randn((*shape[:-2], h, w), generator=generator)[..., y0:y1, x0:x1]
+        full = (num_samples * per, *shape[1:-2], *(shape[-2:] if box is None else (h, w)))
+        z = torch.randn(full, generator=generator)[samples.start * per:samples.stop * per]
+        return z if box is None else z[..., y0:y1, x0:x1]
 
     return draw

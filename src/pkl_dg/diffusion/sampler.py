@@ -21,7 +21,7 @@ import torch
 from einops import rearrange, reduce, repeat
 
 from pkl_dg.diffusion.mapping import IntensityMapping
-from pkl_dg.diffusion.noise import NoiseSource, gaussian_noise
+from pkl_dg.diffusion.noise import NoiseSource, gaussian_noise, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
 from pkl_dg.guidance.likelihoods import Likelihood
 from pkl_dg.guidance.steps import GuidanceStep, ramp_weight
@@ -41,6 +41,10 @@ SIGMA_MAX = 100.0
 NETWORK = "(sample plane) 1 h w"
 #: guidance's layout for a volume (3D PSF): one volume per sample
 VOLUME = "sample plane h w"
+#: samples × voxels of one block above which the posterior samples run one group at a time
+#: (the sampler and its data step hold ~15 arrays of this size: at 4096² and 4 samples,
+#: 4 GB at once instead of 1 GB per group)
+GROUP_VOXELS = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -188,5 +192,58 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                           nll=nll)
 
 
+def sample_groups(num_samples: int, block_voxels: int) -> list[range]:
+    """Consecutive groups of the samples, each with at most :data:`GROUP_VOXELS` samples ×
+    voxels (at least one sample per group)."""
+    size = max(1, min(num_samples, GROUP_VOXELS // max(block_voxels, 1)))
+    return [range(a, min(a + size, num_samples)) for a in range(0, num_samples, size)]
+
+
+def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
+                        guidance: Guidance = Guidance(), *, num_samples: int = 1,
+                        seed: int = 0, autocast_dtype: torch.dtype | None = None,
+                        window: tuple[tuple[int, int], tuple[int, int, int, int]] | None = None
+                        ) -> Iterator[SamplerStep]:
+    """:func:`guided_ddim` over all samples, run one group of samples at a time
+    (:func:`sample_groups`) so that memory holds one group's state.
+
+    Every group takes its rows of the noise that all samples draw together from
+    ``seed`` (:func:`~pkl_dg.diffusion.noise.window_noise`, a fresh generator per group),
+    so the samples are those of one run over all of them, whatever the grouping.
+
+    Parameters
+    ----------
+    seed
+        Seed of the CPU generator of the whole run.
+    window
+        ((H, W), (y0, y1, x0, x1)): the measurement is this chunk of a plane; the noise is
+        the chunk's window of the plane's.
+    denoiser, problem, scheduler, guidance, num_samples, autocast_dtype
+        As for :func:`guided_ddim`.
+
+    Yields
+    ------
+    SamplerStep
+        ``index`` counts the steps of all groups (``total`` = steps × groups); ``x0`` holds
+        the final x̂0 of the groups already done followed by the current group's, photons,
+        (samples so far, *y.shape); ``nll`` likewise. The last record holds every sample.
+    """
+    groups = sample_groups(num_samples, problem.y.numel())
+    plane_shape, box = window if window is not None else (None, None)
+    steps = len(scheduler.timesteps)
+    done_x0: list[torch.Tensor] = []
+    done_nll: list[torch.Tensor] = []
+    for g, ids in enumerate(groups):
+        noise = window_noise(torch.Generator().manual_seed(seed), plane_shape, box,
+                             num_samples=num_samples, samples=ids)
+        for rec in guided_ddim(denoiser, problem, scheduler, guidance, num_samples=len(ids),
+                               autocast_dtype=autocast_dtype, noise=noise):
+            yield SamplerStep(g * steps + rec.index, steps * len(groups), rec.t,
+                              torch.cat([*done_x0, rec.x0]) if done_x0 else rec.x0,
+                              torch.cat([*done_nll, rec.nll]) if done_nll else rec.nll)
+        done_x0.append(rec.x0)
+        done_nll.append(rec.nll)
+
+
 __all__ = ["Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem", "SamplerStep",
-           "guided_ddim"]
+           "guided_ddim", "guided_ddim_grouped", "sample_groups"]
