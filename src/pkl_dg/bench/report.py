@@ -21,6 +21,7 @@ from pkl_dg.bench.report_speed import speed_section
 REGENERATE = ("pkl-dg bench speed --threads 1 --json benchmarks/speed.json\n"
               "pkl-dg bench quality --threads 1 --json benchmarks/quality.json\n"
               "pkl-dg bench quality --section real --threads 1 --json benchmarks/realdata.json\n"
+              "pkl-dg bench quality --section settings --threads 1 --json benchmarks/realdata.json\n"
               "pkl-dg bench load --json benchmarks/load.json\n"
               "pkl-dg bench report --quality benchmarks/quality.json "
               "--speed benchmarks/speed.json --batch benchmarks/batch.json "

@@ -76,7 +76,9 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
     rl0 = speed["sizes"][0]["rl_iteration"]
     L += ["", "How to read it:",
           f"- *guided step*: one DDIM step of `restore_iter` at the default settings "
-          f"(method {s0['method']}, {s0['samples']} posterior samples as one batch, "
+          f"(method {s0['method']}, {s0['samples']} posterior samples as one batch, or one "
+          "sample where a size runs its samples one after the other (the frames column of "
+          "the notes below), "
           f"{s0['sub_iterations'] or 'automatic'} sub-iterations, step rule "
           f"{s0['step_rule']}, precision {s0['precision']}); *not network* is the share of "
           "that step outside the network forward (timed by a wrapper inside the same runs).",
@@ -88,7 +90,9 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
           "`skimage.restoration.richardson_lucy` on the same image and PSF, alternating in one "
           f"process ({rl0['note']}). skimage/ours > 1 means ours is faster.",
           "- *first frame*: from calling `restore_iter` to its first streamed frame, network "
-          "already loaded, new operator (cold OTF); includes the 20-iteration RL scale estimate.",
+          "already loaded, new operator (cold OTF); includes the rough Richardson–Lucy "
+          "estimate that sets the intensity scale (and, for the proximal step, the data "
+          "budget).",
           f"- *end-to-end*: all {s0['steps']} steps (the default when measured); *peak RSS*: the "
           "memory high-water mark of a fresh process restoring that size for "
           f"{_frames_text(speed)} (imports, network and image included); in brackets what "
@@ -97,11 +101,17 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
           "`torch.utils.flop_counter.FlopCounterMode` divided by the measured forward time."]
     cast = "bf16" if "bfloat16" in speed["default_network_precision"] else "fp32"
     n_samp = s0["samples"]
+    def per_step(r: dict) -> int:  # samples in one guided step: all, or one at a time
+        grouped = r["restore"].get("run_frames", s0["steps"]) > s0["steps"]
+        return 1 if grouped else n_samp
+
     ratios = ", ".join(
-        f"{r['restore']['guided_step_network_ms'] / (n_samp * r['network']['ms'][cast]):.1f}× at "
-        f"{r['size']}² ({r['restore']['steps_timed']} steps)" for r in speed["sizes"])
-    notes.append(f"The network time inside one guided step ({n_samp} samples, tiled above the "
-                 f"tile size) vs {n_samp} × its standalone untiled {cast} forward: {ratios}. "
+        f"{r['restore']['guided_step_network_ms'] / (per_step(r) * r['network']['ms'][cast]):.1f}×"
+        f" at {r['size']}² ({r['restore']['steps_timed']} steps"
+        + (", one sample per step" if per_step(r) == 1 and n_samp > 1 else "") + ")"
+        for r in speed["sizes"])
+    notes.append(f"The network time inside one guided step ({n_samp} samples or one, tiled "
+                 f"above the tile size) vs as many standalone untiled {cast} forwards: {ratios}. "
                  "Above 1× is time lost inside a restoration (tile overlap, memory traffic "
                  "between network and physics, or load from other processes).")
     L += [f"- {n}" for n in notes]
