@@ -199,7 +199,7 @@ def test_worker_streams_frames_and_reuses_operator(constant_denoiser):
     settings = RestoreSettings(steps=3, sub_iterations=2, samples=1)
     frames, result = _drain(restoration_frames(measured, settings, PsfRequest("gaussian"),
                                                ops, models))
-    assert [f.index for f in frames] == [1, 2, 3]
+    assert [f.index for f in frames] == [1, 2, 3, 4]  # 3 steps and the final pass
     assert result.image.shape == (64, 64) and result.image.dtype == np.float32
     assert result.metadata["napari"]["psf_source"] == "gaussian"
     (op,) = ops.operators()

@@ -22,14 +22,47 @@ def test_one_sample_at_a_time_gives_the_batched_result(monkeypatch, scene, metho
     kw = dict(psf=psf, method=method, steps=4, samples=3, seed=5, calibration="manual")
     batched = restore_iter(y, **kw)
     frames = list(batched)
-    assert len(frames) == 4
+    assert len(frames) == 5  # 4 steps and the final denoising pass
     monkeypatch.setattr(sampler, "GROUP_VOXELS", 1)  # every sample a group of its own
     grouped = restore_iter(y, **kw)
     gframes = list(grouped)
-    assert len(gframes) == 12 and gframes[-1].index == gframes[-1].total == 12
+    assert len(gframes) == 13 and gframes[-1].index == gframes[-1].total == 13
     np.testing.assert_allclose(grouped.result.image, batched.result.image, rtol=1e-5,
                                atol=1e-5 * float(batched.result.image.max()))
     np.testing.assert_allclose(grouped.result.std, batched.result.std, rtol=1e-4,
                                atol=1e-4 * float(batched.result.std.max()))
     # the live frame of a later group is the mean of the finished samples and the current one
     assert not np.allclose(gframes[4].image, gframes[0].image)
+
+
+def test_final_pass_is_identity_for_a_denoiser_that_finds_no_noise_and_keeps_bright_spots():
+    """ε̂ = 0 means x̂0 = x_t/√ᾱ = the input; a spot above the prior's range is kept."""
+    import torch
+
+    from pkl_dg.diffusion.mapping import IntensityMapping
+    from pkl_dg.diffusion.sampler import Problem, final_denoise
+    from pkl_dg.diffusion.schedule import DDIMScheduler
+    from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+
+    x0 = torch.rand(2, 24, 24) * 10.0
+    x0[:, 5, 5] = 1e4  # 1000 × the scale
+    problem = Problem(torch.zeros(24, 24), ForwardModel(PSFConvolution(gaussian_psf(1.0)), 0.0),
+                      IntensityMapping(10.0))
+    seen = []
+
+    def no_noise(x, t):
+        seen.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    out, t = final_denoise(no_noise, x0, problem, DDIMScheduler(10, 1.0), 0.5)
+    torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-4)
+    assert t > 0 and seen  # 0.5·√(mean ≈ 5 photons) of noise on a scale of 10: t* > 0
+
+
+def test_final_pass_level_grows_with_the_noise_fraction():
+    from pkl_dg.diffusion.schedule import DDIMScheduler
+
+    s = DDIMScheduler(10, 1.0)
+    assert s.timestep_for(0.0) == 0
+    ts = [s.timestep_for(v) for v in (0.01, 0.1, 1.0, 10.0)]
+    assert ts == sorted(ts) and ts[0] < ts[-1]

@@ -225,7 +225,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     cal = resolve_calibration(image, s)
     meta["calibration"] = cal.to_dict()
     steps_per_block = (s.steps * len(sample_groups(s.samples, int(np.prod(shape[len(lead):]))))
-                       if uses_prior(s) else s.rl_iterations or RL_AUTO_MAX)
+                       + (is_guided(s) and s.final_noise > 0) if uses_prior(s)
+                       else s.rl_iterations or RL_AUTO_MAX)
     indices = list(np.ndindex(*lead))
     total = steps_per_block * len(indices)
     out = np.empty(shape, dtype=np.float32)
@@ -380,7 +381,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                                    num_samples=s.samples, seed=s.seed,
                                    autocast_dtype=autocast_dtype(s.precision, device),
                                    window=None if chunk is None else
-                                   (chunk.plane_shape, chunk.box))
+                                   (chunk.plane_shape, chunk.box), final_noise=s.final_noise)
 
 
 def restore(image: Any, psf: PSF | np.ndarray | None = None,

@@ -13,6 +13,7 @@ planes with a 2D PSF, and one volume per sample, ``sample plane h w``, with a 3D
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -192,6 +193,63 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                           nll=nll)
 
 
+def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
+                  scheduler: DDIMScheduler, fraction: float,
+                  autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, float]:
+    """One more network pass over the final x̂0, at the noise level the data steps left in it.
+
+    Mid-course data steps pull x̂0 onto the measurement, noise included; the last diffusion
+    steps run at noise levels below that grain, so the network keeps it as structure. This
+    pass takes the grain to be ``fraction`` of the measurement's noise standard deviation
+    at x̂0's mean level (within the prior's range), √(mean + s²) photons (Poisson plus
+    read-noise variance s²), i.e.
+    σ̄* = 2·grain/s in model units, and applies the network's x̂0 prediction at that noise
+    level: x_t = √ᾱ_t·z, x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t (Tweedie's denoiser, the x̂0 of a DDIM
+    step from x_t). σ̄* falls between two training timesteps; the pass runs at both and
+    interpolates linearly in σ̄, so that the result changes continuously with the data's
+    level. What lies above the prior's range (z > Z_MAX, a bright spot) is kept as it is.
+
+    Parameters
+    ----------
+    x0
+        Final x̂0, photons, (samples, *y.shape).
+    fraction
+        The grain as a fraction of the measurement's noise std (> 0).
+    problem, scheduler, autocast_dtype
+        As for :func:`guided_ddim` (the read-noise variance comes from ``problem.fm``).
+
+    Returns
+    -------
+    (x0, t*)
+        The denoised x̂0 like the input, and the (fractional) timestep used.
+    """
+    mapping = problem.mapping
+    z = mapping.to_model(x0)
+    inside = z.clamp(max=Z_MAX).reshape(-1, 1, *z.shape[-2:])
+    mean = float(mapping.to_intensity(inside).mean())  # a bright spot does not set the level
+    level = fraction * math.sqrt(max(mean, 0.0) + float(problem.fm.read_noise_var))
+    target = 2.0 * level / mapping.scale
+    t0 = scheduler.timestep_for(target)
+    s0 = scheduler.x0_noise_level(t0)
+    t1 = min(t0 + 1, scheduler.num_train_timesteps - 1) if s0 <= target else max(t0 - 1, 0)
+    s1 = scheduler.x0_noise_level(t1)
+    w1 = 0.0 if t1 == t0 else min(max((target - s0) / (s1 - s0), 0.0), 1.0)
+    cast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+            else nullcontext())
+    out = torch.zeros_like(inside)
+    with torch.inference_mode():
+        for t, w in ((t0, 1.0 - w1), (t1, w1)):
+            if w == 0.0:
+                continue
+            x_t = math.sqrt(scheduler.alpha_bar(t)) * inside
+            with cast:
+                eps = denoiser(x_t, torch.full((len(x_t),), t, dtype=torch.long,
+                                               device=x0.device))
+            out += w * scheduler.predict_x0(x_t, eps.float(), t).clamp(-1.0, Z_MAX)
+        z0 = out.reshape(z.shape) + (z - inside.reshape(z.shape))
+        return mapping.to_intensity(z0).clamp(min=0), t0 + w1 * (t1 - t0)
+
+
 def sample_groups(num_samples: int, block_voxels: int) -> list[range]:
     """Consecutive groups of the samples, each with at most :data:`GROUP_VOXELS` samples ×
     voxels (at least one sample per group)."""
@@ -202,8 +260,8 @@ def sample_groups(num_samples: int, block_voxels: int) -> list[range]:
 def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                         guidance: Guidance = Guidance(), *, num_samples: int = 1,
                         seed: int = 0, autocast_dtype: torch.dtype | None = None,
-                        window: tuple[tuple[int, int], tuple[int, int, int, int]] | None = None
-                        ) -> Iterator[SamplerStep]:
+                        window: tuple[tuple[int, int], tuple[int, int, int, int]] | None = None,
+                        final_noise: float = 0.0) -> Iterator[SamplerStep]:
     """:func:`guided_ddim` over all samples, run one group of samples at a time
     (:func:`sample_groups`) so that memory holds one group's state.
 
@@ -218,19 +276,27 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
     window
         ((H, W), (y0, y1, x0, x1)): the measurement is this chunk of a plane; the noise is
         the chunk's window of the plane's.
+    final_noise
+        > 0 (guided runs): end with :func:`final_denoise` at this fraction of the
+        measurement's noise std; 0: no final pass.
     denoiser, problem, scheduler, guidance, num_samples, autocast_dtype
         As for :func:`guided_ddim`.
 
     Yields
     ------
     SamplerStep
-        ``index`` counts the steps of all groups (``total`` = steps × groups); ``x0`` holds
-        the final x̂0 of the groups already done followed by the current group's, photons,
-        (samples so far, *y.shape); ``nll`` likewise. The last record holds every sample.
+        ``index`` counts the steps of all groups, then (with ``final_noise``) the
+        :func:`final_denoise` pass over the samples' mean, which moves every sample by the
+        same correction so that their spread is kept (``total`` = steps × groups + 1);
+        ``x0`` holds the final x̂0 of the groups already done followed by the current
+        group's, photons, (samples so far, *y.shape); ``nll`` likewise (the final pass
+        repeats the last misfit). The last record holds every sample.
     """
     groups = sample_groups(num_samples, problem.y.numel())
     plane_shape, box = window if window is not None else (None, None)
     steps = len(scheduler.timesteps)
+    final = guidance.step is not None and final_noise > 0
+    total = steps * len(groups) + final
     done_x0: list[torch.Tensor] = []
     done_nll: list[torch.Tensor] = []
     for g, ids in enumerate(groups):
@@ -238,12 +304,19 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
                              num_samples=num_samples, samples=ids)
         for rec in guided_ddim(denoiser, problem, scheduler, guidance, num_samples=len(ids),
                                autocast_dtype=autocast_dtype, noise=noise):
-            yield SamplerStep(g * steps + rec.index, steps * len(groups), rec.t,
+            yield SamplerStep(g * steps + rec.index, total, rec.t,
                               torch.cat([*done_x0, rec.x0]) if done_x0 else rec.x0,
                               torch.cat([*done_nll, rec.nll]) if done_nll else rec.nll)
         done_x0.append(rec.x0)
         done_nll.append(rec.nll)
+    if final:  # the pass corrects the posterior mean; the spread stays
+        samples = torch.cat(done_x0)
+        mean = samples.mean(dim=0, keepdim=True)
+        # in float32: nothing after this pass corrects its rounding (bf16 holds 3 digits)
+        corrected, t = final_denoise(denoiser, mean, problem, scheduler, final_noise)
+        yield SamplerStep(total, total, round(t), samples - mean + corrected,
+                          torch.cat(done_nll))
 
 
 __all__ = ["Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem", "SamplerStep",
-           "guided_ddim", "guided_ddim_grouped", "sample_groups"]
+           "final_denoise", "guided_ddim", "guided_ddim_grouped", "sample_groups"]
