@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: (steps, samples) tried; the first is the default
+#: (steps, samples) tried
 GRID = ((15, 4), (10, 4), (25, 4), (15, 2), (10, 2), (15, 1))
 #: dev inputs used (name prefixes, see :func:`pkl_dg.bench.realdata.dev_inputs`)
 SUBSET = ("BioSR F-actin, σ 2", "BioSR F-actin, σ fitted", "bars, uint16 ADU",
