@@ -111,6 +111,19 @@ def benchmark_network(smoke: bool, model_path: str | None = None) -> tuple[torch
                  "parameters": count_parameters(net), "name": meta.get("name", "")}
 
 
+def quality_denoiser(smoke: bool, model: str | None = None) -> torch.nn.Module | None:
+    """The network a quality benchmark restores with: a tiny random UNet for a smoke run,
+    the prior at ``model``, or None (``restore`` loads the shipped prior)."""
+    if smoke:
+        torch.manual_seed(0)
+        return UNet(SMOKE_UNET).eval()
+    if model:
+        from pkl_dg.diffusion.model_io import load_model
+
+        return load_model(model)[0]
+    return None
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -27,7 +27,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pkl_dg.bench.protocol import rl_oracle
 from pkl_dg.bench.simulate import simulate_measurement
@@ -191,23 +190,13 @@ def realdata_section(real: dict) -> list[str]:
 def run_realdata_bench(realdata: str | None = None, smoke: bool = False,
                        model: str | None = None, log=print) -> dict:
     """The real-data section as a JSON-ready result (kind 'realdata')."""
-    from pkl_dg.bench.common import SMOKE_UNET, machine_info, now_iso
+    from pkl_dg.bench.common import machine_info, now_iso, quality_denoiser
     from pkl_dg.bench.quality import default_realdata
 
     t0 = time.perf_counter()
     machine = machine_info()
     root = Path(realdata) if realdata else default_realdata()
-    denoiser = None
-    if smoke:
-        from pkl_dg.diffusion.unet import UNet
-
-        torch.manual_seed(0)
-        denoiser = UNet(SMOKE_UNET).eval()
-    elif model:
-        from pkl_dg.diffusion.model_io import load_model
-
-        denoiser, _ = load_model(model)
-    res = run_realdata(root, denoiser=denoiser, smoke=smoke, log=log)
+    res = run_realdata(root, denoiser=quality_denoiser(smoke, model), smoke=smoke, log=log)
     import os
 
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -81,15 +81,23 @@ def _rl_part(args: argparse.Namespace, repeats: int) -> dict:
     return part
 
 
+def _existing_results(path: str, kind: str, missing: str) -> dict:
+    """The results JSON at ``path``, which must exist (else ``missing`` says what to run) and
+    hold results of ``kind``; raises ``ValueError`` otherwise."""
+    out = Path(path)
+    if not out.is_file():
+        raise ValueError(f"{out} does not exist: {missing}")
+    data = json.loads(out.read_text(encoding="utf-8"))
+    if data.get("kind") != kind:
+        raise ValueError(f"{out} holds {data.get('kind')!r} results, not {kind} results")
+    return data
+
+
 def _speed_rl_only(args: argparse.Namespace, repeats: int) -> int:
     """--parts rl: rerun only the Richardson–Lucy part and replace it in an existing JSON."""
     out = Path(args.json)
-    if not out.is_file():
-        raise ValueError(f"--parts rl replaces the 'rl' part of an existing speed JSON, and "
-                         f"{out} does not exist: run the full `pkl-dg bench speed` first")
-    data = json.loads(out.read_text(encoding="utf-8"))
-    if data.get("kind") != "speed":
-        raise ValueError(f"{out} holds {data.get('kind')!r} results, not speed results")
+    data = _existing_results(args.json, "speed", "--parts rl replaces the 'rl' part of an "
+                             "existing speed JSON: run the full `pkl-dg bench speed` first")
     data["rl"] = _rl_part(args, repeats)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n",
@@ -124,33 +132,17 @@ def _quality(args: argparse.Namespace) -> int:
 
 def _settings_grid(args: argparse.Namespace) -> int:
     """Add the steps × samples grid to an existing real-data JSON (``--json``)."""
-    from pkl_dg.bench.common import now_iso
+    from pkl_dg.bench.common import now_iso, quality_denoiser
     from pkl_dg.bench.quality import default_realdata
     from pkl_dg.bench.settings_grid import run_settings_grid
 
-    out = Path(args.json)
-    if not out.is_file():
-        raise ValueError(f"{out} does not exist: run `pkl-dg bench quality --section real "
-                         f"--json {out}` first (the grid is stored beside the real section)")
-    data = json.loads(out.read_text(encoding="utf-8"))
-    if data.get("kind") != "realdata":
-        raise ValueError(f"{out} holds {data.get('kind')!r} results, not real-data results")
+    data = _existing_results(args.json, "realdata", "run `pkl-dg bench quality --section "
+                             f"real --json {args.json}` first (the grid is stored beside the "
+                             "real section)")
     root = Path(args.realdata) if args.realdata else default_realdata()
     t0 = time.perf_counter()
-    denoiser = None
-    if args.smoke:  # a tiny random network, as the real section's smoke run
-        import torch
-
-        from pkl_dg.bench.common import SMOKE_UNET
-        from pkl_dg.diffusion.unet import UNet
-
-        torch.manual_seed(0)
-        denoiser = UNet(SMOKE_UNET).eval()
-    elif args.model:
-        from pkl_dg.diffusion.model_io import load_model
-
-        denoiser, _ = load_model(args.model)
-    part = run_settings_grid(root, smoke=args.smoke, denoiser=denoiser, log=_log)
+    part = run_settings_grid(root, smoke=args.smoke,
+                             denoiser=quality_denoiser(args.smoke, args.model), log=_log)
     data["settings_grid"] = {**part, "created": now_iso(), "note": args.note,
                              "wall_s": time.perf_counter() - t0}
     _write_json(args.json, data)
