@@ -22,11 +22,6 @@ import torch
 NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 
 
-def gaussian_noise(generator: torch.Generator) -> NoiseSource:
-    """Noise of the requested shape from ``generator`` (a whole-image run)."""
-    return lambda shape: torch.randn(shape, generator=generator)
-
-
 def window_noise(generator: torch.Generator, plane_shape: tuple[int, int] | None = None,
                  box: tuple[int, int, int, int] | None = None, *,
                  num_samples: int = 1, samples: range | None = None) -> NoiseSource:
@@ -36,6 +31,9 @@ def window_noise(generator: torch.Generator, plane_shape: tuple[int, int] | None
     exactly as a run over all samples and the whole plane draws it; the source returns the
     rows of ``samples`` and the pixels of ``box``. A chunk of a plane, or a group of the
     samples run on its own, so sees the noise it would see in the whole run.
+
+    With the defaults (no box, one sample) it is plain N(0, I) noise of the requested shape,
+    what a run over the whole image draws.
 
     Parameters
     ----------

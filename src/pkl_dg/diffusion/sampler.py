@@ -22,7 +22,7 @@ import torch
 from einops import rearrange, reduce, repeat
 
 from pkl_dg.diffusion.mapping import IntensityMapping
-from pkl_dg.diffusion.noise import NoiseSource, gaussian_noise, window_noise
+from pkl_dg.diffusion.noise import NoiseSource, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
 from pkl_dg.guidance.likelihoods import Likelihood
 from pkl_dg.guidance.steps import GuidanceStep, ramp_weight
@@ -151,7 +151,7 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
           else repeat(planes, f"plane h w -> {NETWORK}", sample=num_samples))
     misfit = guidance.reported()
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    draw = noise if noise is not None else gaussian_noise(gen)
+    draw = noise if noise is not None else window_noise(gen)
     cast = (torch.autocast(y.device.type, dtype=autocast_dtype) if autocast_dtype is not None
             else nullcontext())
     T, ts = scheduler.num_train_timesteps, scheduler.timesteps
