@@ -19,6 +19,26 @@ def realdata() -> Path:
     return REALDATA
 
 
+@pytest.fixture
+def napari_config_dir(tmp_path, monkeypatch):
+    """The widget's settings file in a fresh folder (GUI tests never see the user's)."""
+    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def notes():
+    """napari notifications dispatched during the test, as (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[str, str]] = []
+
+    def record(event):
+        seen.append((str(event.severity), str(event.message)))
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
 def phantom(n: int = 48, seed: int = 0) -> np.ndarray:
     """A small non-negative object: a few bright dots and lines on a dark field."""
     rng = np.random.default_rng(seed)

@@ -8,13 +8,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("napari_config_dir")]
 PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
 
 
 def _camera_image(gain=0.25, offset=400.0, seed=0):

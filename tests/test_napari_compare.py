@@ -15,18 +15,13 @@ import torch  # noqa: E402
 from pkl_dg.napari.compare_widget import CompareMethodsWidget  # noqa: E402
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("napari_config_dir")]
 PLUGIN, WIDGET = "napari-pkl-dg", "Compare methods"
 
 
 class ZeroDenoiser(torch.nn.Module):
     def forward(self, x, t, *args, **kwargs):
         return torch.zeros_like(x)
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
 
 
 @pytest.fixture
@@ -155,20 +150,6 @@ def test_misfit_plot_without_matplotlib_says_so(qtbot, monkeypatch):
 
 
 # ---------------------------------------------------------------- settings and PSF shared
-@pytest.fixture
-def notes():
-    """Notifications dispatched during the test, as (severity, message)."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[tuple[str, str]] = []
-
-    def record(event):
-        seen.append((str(event.severity), str(event.message)))
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 @pytest.fixture
 def core_calls(monkeypatch):
     """The arguments every comparison passes to the core's compare_iter."""

@@ -351,7 +351,7 @@ def test_worker_cancel_stops_inside_a_long_step(constant_denoiser, method):
     import threading
     import time
 
-    from pkl_dg.napari.worker import CancelFlag, Cancelled, CancellableOperator
+    from pkl_dg.napari.worker import CancelFlag, Cancelled
 
     image = np.random.default_rng(0).poisson(50.0, (384, 384)).astype(np.float32)
     models = ModelCache()

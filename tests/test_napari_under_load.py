@@ -20,27 +20,10 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt, QTimer  # noqa: E402
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("napari_config_dir")]
 PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture
-def notes():
-    seen: list[tuple[str, str]] = []
-
-    def record(event):
-        seen.append((str(event.severity), str(event.message)))
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
 
 
 @pytest.fixture

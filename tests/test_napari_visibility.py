@@ -15,13 +15,8 @@ from pkl_dg.napari.state import PSF_SOURCES  # noqa: E402
 from pkl_dg.settings import (CALIBRATIONS, CAMERA_FIELDS, METHODS, MODES,  # noqa: E402
                              STEP_RULES, applies)
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("napari_config_dir")]
 PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKL_DG_CONFIG_DIR", str(tmp_path / "config"))
 
 
 def test_visibility_is_the_schema_applies(make_napari_viewer):
