@@ -66,3 +66,32 @@ def test_final_pass_level_grows_with_the_noise_fraction():
     assert s.timestep_for(0.0) == 0
     ts = [s.timestep_for(v) for v in (0.01, 0.1, 1.0, 10.0)]
     assert ts == sorted(ts) and ts[0] < ts[-1]
+
+
+def test_final_pass_level_adds_the_monte_carlo_error_of_the_sample_mean():
+    """mean_mc_error is the RMS sample std / √N; the pass level is √(grain² + error²)."""
+    import math
+
+    import torch
+
+    from pkl_dg.diffusion.mapping import IntensityMapping
+    from pkl_dg.diffusion.sampler import Problem, final_denoise, mean_mc_error
+    from pkl_dg.diffusion.schedule import DDIMScheduler
+    from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+
+    g = torch.Generator().manual_seed(0)
+    samples = 100.0 + 3.0 * torch.randn(16, 64, 64, generator=g)
+    assert mean_mc_error(samples) == pytest.approx(3.0 / 4.0, rel=0.02)
+    assert mean_mc_error(samples[:1]) == 0.0
+    problem = Problem(torch.zeros(64, 64), ForwardModel(PSFConvolution(gaussian_psf(1.0)), 0.0),
+                      IntensityMapping(1000.0))
+    sched = DDIMScheduler(10, 1.0)
+    x0 = samples.mean(0, keepdim=True)
+    ident = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    _, t_grain = final_denoise(ident, x0, problem, sched, 0.5)
+    _, t_both = final_denoise(ident, x0, problem, sched, 0.5, mc_error=40.0)
+    # grain 0.5·√100 = 5 photons; with an error of 40 the level is √(5² + 40²) = 40.3
+    target = 2.0 * math.hypot(5.0, 40.0) / 1000.0
+    assert t_both > t_grain
+    assert sched.x0_noise_level(math.floor(t_both)) <= target * 1.01
+    assert sched.x0_noise_level(math.ceil(t_both)) >= target * 0.99
