@@ -199,10 +199,11 @@ class RestoreSettings:
                           min=0, max=999, applies_when=_GUIDED)
     ramp: str = _f("linear", "Ramp", "Shape of the guidance ramp before T_thr.", "Guidance",
                    choices=RAMPS, applies_when=_GUIDED)
-    final_noise: float = _f(0.5, "Final denoising", "A last network pass over the result "
+    final_noise: float = _f(0.3, "Final denoising", "A last network pass over the result "
                             "removes the measurement noise the data steps left in it, taken "
-                            "as this fraction of the noise std at the mean level (0 = off; "
-                            "0.5 scored best on the real-data dev set).", "Guidance",
+                            "as this fraction of the noise std at the mean level, together "
+                            "with what the posterior samples did not average out (0 = off; "
+                            "0.25–0.35 scored best on the real-data dev set).", "Guidance",
                             min=0.0, max=2.0, applies_when=_GUIDED)
 
     # --- Sampler / iterations -------------------------------------------------------
