@@ -1,13 +1,14 @@
 """The PSF of a run, built once from its source and passed down.
 
 A run's PSF comes from the settings' model (Gaussian, Airy, the vectorial PSF of the
-optics), from a file, or from an array (a napari PSF layer, a bead average, a caller's
-array). :func:`psf_from_settings` is the one place that reads the settings' PSF fields: it
-builds a :class:`PSF`, the kernel on the image's grid with a JSON description of what was
-done to it (the ``psf`` entry of a result's metadata). Callers build it once per run and
-hand the same object to :func:`pkl_dg.restoration.restore_iter`,
-:func:`pkl_dg.compare.compare_iter`, :func:`pkl_dg.compare.pearson_residual` and their
-operator caches; ``physics`` below takes the kernel and numbers.
+optics, or none: a single pixel, denoising only), from a file, or from an array (a napari
+PSF layer, a bead average, a caller's array). :func:`psf_from_settings` is the one place
+that reads the settings' PSF fields: it builds a :class:`PSF`, the kernel on the image's
+grid with a JSON description of what was done to it (the ``psf`` entry of a result's
+metadata). Callers build it once per run and hand the same object to
+:func:`pkl_dg.restoration.restore_iter`, :func:`pkl_dg.compare.compare_iter`,
+:func:`pkl_dg.compare.pearson_residual` and their operator caches; ``physics`` below
+takes the kernel and numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pkl_dg.settings import RestoreSettings
 
 __all__ = ["PSF", "psf_from_settings", "run_psf"]
 
+#: ``info["source"]`` of the PSF model "none": a single-pixel kernel, no blur
+NO_BLUR = "none (no blur: denoising only)"
 #: measured-PSF settings that are recorded as ``not_applied`` when they had no effect
 _MEASURED_FIELDS = ("psf_pixel_size_nm", "psf_z_step_nm")
 
@@ -40,11 +43,13 @@ class PSF:
         Shared, not copied: do not modify it.
     info : dict
         JSON-able description, written to a result's metadata as ``psf``: ``source``
-        ("gaussian", "airy", "vectorial", "file PATH" or "array"), ``kernel_shape``,
-        ``spacing_nm`` (the image's grid per axis; None where unknown), ``fwhm_px`` /
-        ``fwhm_nm``; for measured PSFs ``cleaning`` (centroid offset, energy kept,
-        baseline, noise) and ``resampled`` (from/to shapes and spacings) when it was; for
-        the vectorial PSF ``optics``; ``not_applied``, the PSF settings that had no effect.
+        ("gaussian", "airy", "vectorial", :data:`NO_BLUR`, "file PATH" or "array"),
+        ``kernel_shape``, ``spacing_nm`` (the image's grid per axis; None where unknown),
+        ``fwhm_px`` / ``fwhm_nm`` (None where the kernel does not fall to half maximum,
+        e.g. a single pixel); for measured PSFs ``cleaning`` (centroid offset, energy
+        kept, baseline, noise) and ``resampled`` (from/to shapes and spacings) when it
+        was; for the vectorial PSF ``optics``; ``not_applied``, the PSF settings that had
+        no effect.
     """
 
     kernel: np.ndarray
@@ -173,11 +178,18 @@ def _measured(s: RestoreSettings, three_d: bool, array: np.ndarray | None
 
 def _computed(s: RestoreSettings, three_d: bool, image_shape: tuple[int, ...] | None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-    """A PSF from the settings' model (Gaussian, Airy, vectorial), on the image's grid
-    already, and its source."""
+    """A PSF from the settings' model (Gaussian, Airy, vectorial, none), on the image's
+    grid already, and its source.
+
+    Model "none" is no blur: a kernel of one pixel of value 1, (1, 1) in 2D and (1, 1, 1)
+    in 3D mode, float32, so the forward model is the identity and a run only denoises
+    (the same kernel a supplied ``np.ones((1, 1))`` array is cleaned into).
+    """
     kind = s.psf_kind
     if kind == "array":
         raise ValueError("PSF model is 'array' but no PSF array was supplied")
+    if kind == "none":
+        return np.ones((1,) * (3 if three_d else 2), np.float32), {"source": NO_BLUR}
     if kind == "vectorial":
         return _vectorial(s, three_d, image_shape)
     if three_d:

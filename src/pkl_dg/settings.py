@@ -28,7 +28,7 @@ METHOD_LABELS = {
     "none": "Unguided prior",
     "rl": "Richardson–Lucy",
 }
-PSF_KINDS = ("gaussian", "airy", "vectorial", "file", "array")
+PSF_KINDS = ("gaussian", "airy", "vectorial", "none", "file", "array")
 MODES = ("2d", "3d")
 STEP_RULES = ("proximal", "poisson", "adaptive")
 RAMPS = ("linear", "cosine")
@@ -78,12 +78,11 @@ class RestoreSettings:
                    "Data", choices=MODES)
 
     # --- PSF -----------------------------------------------------------------------
-    psf_kind: str = _f("gaussian", "PSF model",
-                       "Where the point-spread function comes from: a Gaussian of given width, "
-                       "a widefield Airy (Born–Wolf) PSF from the optics, a widefield 3D "
-                       "vectorial PSF from the optics (Gibson–Lanni aberrations for a sample "
-                       "whose refractive index differs from the immersion's), a PSF image "
-                       "file, or an array/layer you supply.", "PSF", choices=PSF_KINDS)
+    psf_kind: str = _f("gaussian", "PSF model", "Where the point-spread function comes from: a "
+                       "Gaussian of given width, an Airy (Born–Wolf) or widefield 3D vectorial "
+                       "PSF from the optics (Gibson–Lanni aberrations when the sample's index "
+                       "differs from the immersion's), none (no blur: denoising only, a one-pixel "
+                       "PSF), a PSF file, or an array/layer you supply.", "PSF", choices=PSF_KINDS)
     psf_sigma: float = _f(2.0, "Gaussian σ", "Standard deviation of the Gaussian PSF along X "
                           "(and Y unless σ Y is set). FWHM = 2.355·σ.", "PSF",
                           min=0.3, max=50.0, unit="px", applies_when=_kinds("gaussian"))

@@ -51,7 +51,8 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags (not the defaults), with the PSF model they describe
     when ``--psf-kind`` is not given: the first of gaussian, airy, vectorial, file to which
     every given PSF-model flag applies (``--na`` → airy, ``--psf`` → file, ``--sample-ri``
-    → vectorial)."""
+    → vectorial). Model none (no blur: denoising only) has no flags of its own; only
+    ``--psf-kind none`` selects it."""
     given = {s.name: getattr(args, s.name) for s in field_specs()
              if getattr(args, s.name, None) is not None}
     models = [n for n in given if n in _MODEL_FIELDS]

@@ -26,6 +26,7 @@ PSF_SOURCES = {
     "gaussian": "Gaussian (σ)",
     "airy": "Airy (NA, wavelength)",
     "vectorial": "Widefield 3D from optics (vectorial)",
+    "none": "None (denoise only)",
     "file": "PSF file",
     "layer": "PSF image layer",
     "beads": "Extract from bead image",
