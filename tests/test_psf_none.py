@@ -123,3 +123,17 @@ def test_widget_offers_it(make_napari_viewer, napari_config_dir):
     assert all(widget.controls[n].native.isHidden() for n in ("psf_sigma", "na", "psf_path"))
     psf, kernel, settings, _notes = resolve_psf(state.settings, PsfRequest("none"), (32, 32))
     assert kernel.shape == (1, 1) and settings.psf_kind == "none" and psf.source == NO_BLUR
+
+
+def test_every_psf_source_has_its_own_description_and_the_cli_offers_no_array(capsys):
+    from pkl_dg.napari.psf_sources import describe_psf
+    from pkl_dg.napari.state import PSF_SOURCES
+
+    descs = {k: describe_psf(RestoreSettings(), k) for k in PSF_SOURCES}
+    assert descs["none"].startswith("none") and descs["beads"] == "beads"
+    assert len(set(descs.values())) == len(descs)
+    with pytest.raises(ValueError, match="unknown PSF source"):
+        describe_psf(RestoreSettings(), "nonsense")
+    with pytest.raises(SystemExit):
+        main(["restore", "in.tif", "-o", "o.tif", "--psf-kind", "array"])
+    assert "invalid choice: 'array'" in capsys.readouterr().err

@@ -43,7 +43,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         when = applies_text(spec.name)
         when = f" Applies with {when}." if when else ""
         group.add_argument(*flags, dest=spec.name, type=_TYPES[spec.type], default=None,
-                           choices=spec.choices, metavar=None if spec.choices else spec.type.upper(),
+                           choices=_CLI_PSF_KINDS if spec.name == "psf_kind" else spec.choices,
+                           metavar=None if spec.choices else spec.type.upper(),
                            help=f"{spec.help}{unit}{when} (default: {spec.default!r})")
 
 

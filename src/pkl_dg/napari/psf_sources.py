@@ -120,9 +120,13 @@ def describe_psf(settings: RestoreSettings, source: str) -> str:
                 f"{settings.immersion_ri:g}/{settings.sample_ri:g}")
     if source == "file":
         return f"file {settings.psf_path}"
+    if source == "none":
+        return "none (no blur: denoising only)"
     if source == "layer":
         return "PSF layer"
-    return "beads"
+    if source == "beads":
+        return "beads"
+    raise ValueError(f"unknown PSF source {source!r}")
 
 
 def describe_resolved(settings: RestoreSettings, source: str, notes: dict) -> str:
