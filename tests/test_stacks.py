@@ -173,7 +173,7 @@ def test_tiles_per_call_respect_the_pixel_budget():
     assert batches == [4, 4, 4, 4, 2]  # 2 tiles × 2 samples per call, 9 tiles in all
     batches.clear()
     TiledDenoiser(den, tile=128, overlap=16, max_pixels=1)(x, torch.tensor([10, 10]))
-    assert batches == [2] * 9  # at least one tile (with all its samples) per call
+    assert batches == [1] * 18  # at least one tile of one sample per call
 
 
 def test_restore_uses_tiles_for_large_images(scene):
@@ -199,3 +199,31 @@ def test_auto_device_without_gpu(monkeypatch):
         resolve_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto").type == "cuda"
+
+
+def test_balanced_tiles_cover_the_image_evenly():
+    from pkl_dg.diffusion.tiling import _starts, balanced_tile
+
+    assert balanced_tile(500, 1024, 64) == 500  # fits: one piece
+    for n, tile in ((2048, 1024), (4096, 1024), (1500, 512), (300, 128), (1025, 1024)):
+        size = balanced_tile(n, tile, 64)
+        starts = _starts(n, size, 64)
+        assert size <= tile and starts[-1] + size == n
+        # as few tiles as full-size ones need, so the overlaps are no wider than needed
+        assert len(starts) == len(_starts(n, tile, 64)) or len(starts) < len(_starts(n, tile, 64))
+        assert all(b - a <= size - 64 for a, b in zip(starts, starts[1:]))
+    assert balanced_tile(2048, 1024, 64) == 726  # 3 tiles: 1.13× the pixels, not 2.25×
+
+
+def test_small_images_go_through_in_calls_within_the_pixel_budget_with_the_same_result():
+    batches = []
+
+    def den(x, t):  # per-image: depends on that image and its timestep only
+        batches.append(x.shape[0])
+        return x * 2.0 + t.float().reshape(-1, 1, 1, 1)
+
+    x = torch.randn(4, 1, 96, 96)
+    t = torch.tensor([3, 3, 5, 5])
+    out = TiledDenoiser(den, tile=128, overlap=16, max_pixels=2 * 96 * 96)(x, t)
+    assert batches == [2, 2]
+    torch.testing.assert_close(out, den(x, t))
