@@ -94,11 +94,15 @@ def test_save_load_bit_identical(tmp_path):
     assert meta["intensity_mapping"]["formula"] == "z = 2*x/s - 1"
     x = torch.randn(2, 1, 24, 24)
     t = torch.tensor([0, 999])
+    sd = m.state_dict()
+    m_cl = tiny(seed=3).to(memory_format=torch.channels_last)  # on a CPU load_model uses it
     for where in (tmp_path / "prior", path, str(path)):
         loaded, meta2 = load_model(where)
         assert not loaded.training
+        assert all(torch.equal(v, sd[k]) for k, v in loaded.state_dict().items())
+        assert loaded.stem.weight.is_contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            assert torch.equal(m(x, t), loaded(x, t))
+            assert torch.equal(m_cl(x, t), loaded(x, t))
         assert meta2["training"] == {"steps": 0}
     # no pickle: the weights file is a safetensors header + raw data
     assert path.read_bytes()[8:9] == b"{"
@@ -196,5 +200,5 @@ def test_old_metadata_without_output_loads_as_eps(tmp_path):
     loaded, _ = load_model(tmp_path)
     assert loaded.config.output == "eps"
     x, t = torch.randn(1, 1, 16, 16), torch.tensor([500])
-    with torch.inference_mode():
-        assert torch.equal(m(x, t), loaded(x, t))
+    with torch.inference_mode():  # load_model puts CPU weights in channels-last format
+        assert torch.equal(m.to(memory_format=torch.channels_last)(x, t), loaded(x, t))

@@ -29,7 +29,7 @@ from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_
 from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, guided_ddim_grouped,
                                       sample_groups)
 from pkl_dg.diffusion.schedule import DDIMScheduler
-from pkl_dg.diffusion.tiling import CPU_MAX_PIXELS, MAX_PIXELS, MIN_TILE, TiledDenoiser
+from pkl_dg.diffusion.tiling import tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
                                    proximal_sub_iterations)
@@ -217,13 +217,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             net, model_cfg = load_model(s.model or None, device=device)
             meta["model"] = {"path": s.model or "shipped default",
                              "name": model_cfg.get("name", "")}
-        tiled = bool(s.tile_size) and max(shape[-2:]) > s.tile_size
-        if tiled or device.type == "cpu":
-            # on a CPU every image goes through in calls of CPU_MAX_PIXELS (faster per pixel)
-            tile = s.tile_size if tiled else max(*shape[-2:], MIN_TILE)
-            net = TiledDenoiser(net, tile=tile, overlap=min(TILE_OVERLAP, tile // 4),
-                                max_pixels=CPU_MAX_PIXELS if device.type == "cpu" else MAX_PIXELS)
-        if tiled:
+        net = tiled_network(net, shape[-2:], s.tile_size, TILE_OVERLAP, device)
+        if s.tile_size and max(shape[-2:]) > s.tile_size:
             meta["tile_size"] = s.tile_size
         meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
 

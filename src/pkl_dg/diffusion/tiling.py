@@ -137,3 +137,20 @@ class TiledDenoiser:
                 out[..., y0: y0 + th, x0: x0 + tw] += eps[j] * win
                 norm[..., y0: y0 + th, x0: x0 + tw] += win
         return out / norm
+
+
+def tiled_network(denoiser: Denoiser, shape: tuple[int, int], tile_size: int, overlap: int,
+                  device: torch.device) -> Denoiser:
+    """The network as a restoration of a (H, W) = ``shape`` image runs it.
+
+    Images wider or taller than ``tile_size`` (px; 0 = never) run on tiles with
+    ``min(overlap, tile_size/4)`` px of overlap. On a CPU every image, tiled or not, goes
+    through in calls of at most :data:`CPU_MAX_PIXELS` (faster per pixel); elsewhere the
+    untiled network is returned as it is.
+    """
+    tiled = bool(tile_size) and max(shape) > tile_size
+    if not tiled and device.type != "cpu":
+        return denoiser
+    tile = tile_size if tiled else max(*shape, MIN_TILE)
+    return TiledDenoiser(denoiser, tile=tile, overlap=min(overlap, tile // 4),
+                         max_pixels=CPU_MAX_PIXELS if device.type == "cpu" else MAX_PIXELS)
