@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 #: (steps, samples) tried
-GRID = ((15, 4), (10, 4), (25, 4), (15, 2), (10, 2), (15, 1))
+GRID = ((25, 4), (15, 4), (10, 4), (8, 4), (6, 4), (8, 2), (15, 1))
 #: dev inputs used (name prefixes, see :func:`pkl_dg.bench.realdata.dev_inputs`)
 SUBSET = ("BioSR F-actin, σ 2", "BioSR F-actin, σ fitted", "bars, uint16 ADU",
           "celegans, uint16 ADU", "W2S 011_0", "W2S 013_1")
