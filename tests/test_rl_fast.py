@@ -165,10 +165,18 @@ def test_restore_rl_uses_the_setting_and_reads_out_misfit(monkeypatch):
     assert res.settings.rl_acceleration == "biggs-andrews"
     assert res.metadata["settings"]["rl_acceleration"] == "biggs-andrews"
     monkeypatch.setattr("pkl_dg.restoration.RL_READOUT_INTERVAL_S", 0.0)
+    monkeypatch.setattr("pkl_dg.restoration.READOUT_SHARE", float("inf"))
     recs = []
     restore_iter(y, method="rl", rl_iterations=4, psf_sigma=2.0,
                  background=2.0).finish(recs.append)
     assert all(r.nll is not None for r in recs)  # every frame when there is time
+    # a readout may take only READOUT_SHARE of the time: next to nothing allows none
+    # between the first and the last frame, however short the interval
+    monkeypatch.setattr("pkl_dg.restoration.READOUT_SHARE", 1e-12)
+    recs = []
+    restore_iter(y, method="rl", rl_iterations=5, psf_sigma=2.0,
+                 background=2.0).finish(recs.append)
+    assert [r.nll is None for r in recs] == [False, True, True, True, False]
 
 
 @pytest.mark.parametrize("shape,psf", [((40, 53), "aniso"), ((80, 90), gaussian_psf(2.0)),

@@ -51,9 +51,9 @@ from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F4
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
-#: RL misfit readout at most this often (the widget shows ≤ 10 frames/s): the readout is a
-#: logarithm pass, ~10 % of a 512² iteration
-RL_READOUT_INTERVAL_S = 0.1
+#: RL misfit readout (a logarithm pass, ~10 % of an iteration) at most this often (the widget
+#: shows ≤ 10 frames/s) and at most this share of the run's time (matters from 2048²)
+RL_READOUT_INTERVAL_S, READOUT_SHARE = 0.1, 0.05
 TILE_OVERLAP = 64
 #: a pixel that receives more than this share of a saturated pixel's light (through the
 #: PSF) does not set the intensity scale: the PSF support, less FFT round-off
@@ -69,8 +69,8 @@ class StepRecord:
     the index into the input's leading axes. ``index``/``total`` count steps over the
     whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of the frame,
     or None where it was not read out: Richardson–Lucy reads it out at most every
-    :data:`RL_READOUT_INTERVAL_S` (first and last frame always), accelerated RL on the last
-    frame only.
+    :data:`RL_READOUT_INTERVAL_S` and within :data:`READOUT_SHARE` of the time (first and
+    last frame always), accelerated RL on the last frame only.
     """
 
     index: int
@@ -322,16 +322,18 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                              "iterations for RL with TV regularisation")
         n = RL_AUTO_MAX if auto else s.rl_iterations
         rule = AutoStop(y, fm) if auto else None
-        last_readout = -np.inf
+        last_readout, cost = -np.inf, 0.0
         for it in rl_iterates(y, fm, n, s.tv_weight, x0, accelerate=fast, stop=rule):
-            # plain RL: the misfit comes from the μ the next iteration needs anyway, on
-            # frames that can be shown; accelerated: it costs a convolution, last frame only
+            # plain RL: the misfit comes from the μ the next iteration needs anyway, on frames
+            # that can be shown; accelerated: it costs a convolution, last frame only
             now = time.perf_counter()
-            read = it.k == n or (not fast and (
-                it.k == 1 or now - last_readout >= RL_READOUT_INTERVAL_S))
+            read = it.k == n or (not fast and (it.k == 1 or now - last_readout >= max(
+                RL_READOUT_INTERVAL_S, cost / READOUT_SHARE)))
+            nll = None
             if read:
                 last_readout = now
-            nll = torch.tensor([it.nll()], dtype=torch.float64) if read else None
+                nll = torch.tensor([it.nll()], dtype=torch.float64)
+                cost = time.perf_counter() - now
             yield SamplerStep(it.k, n, it.k, rearrange(it.x, "... -> 1 ..."), nll)
         if rule is not None:
             info.update(_auto_info(rule))
