@@ -254,7 +254,9 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
                                   warn_negative=not flagged["negative_values"]
                                   and cal.source != "estimated"):
             done += 1
-            frame = reduce(rec.x0, "sample ... -> ...", "mean").float().cpu().numpy()
+            # one sample (RL): a copy, not a reduction over a length-1 axis (3× the time)
+            frame = (rec.x0[0].float().cpu().numpy().copy() if len(rec.x0) == 1 else
+                     reduce(rec.x0, "sample ... -> ...", "mean").float().cpu().numpy())
             nll = None if rec.nll is None else float(rec.nll.mean())
             yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)
         out[idx] = frame  # the last frame is the block's result
