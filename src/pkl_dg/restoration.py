@@ -51,8 +51,8 @@ from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F4
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
-#: RL misfit readout (a logarithm pass, ~10 % of an iteration) at most this often (the widget
-#: shows ≤ 10 frames/s) and at most this share of the run's time (matters from 2048²)
+#: RL misfit readout (a log pass, ~10 % of an iteration) at most this often (the widget shows
+#: ≤ 10 frames/s) and within this share of the run's time (matters from 2048²)
 RL_READOUT_INTERVAL_S, READOUT_SHARE = 0.1, 0.05
 TILE_OVERLAP = 64
 #: a pixel that receives more than this share of a saturated pixel's light (through the
@@ -64,14 +64,13 @@ SATURATED_FOOTPRINT = 1e-6
 class StepRecord:
     """One streamed frame.
 
-    ``image`` is the current estimate (photons, float32) of the block being restored: the
-    whole image for 2D input, else the plane (2D mode) or volume (3D mode) at ``block``,
-    the index into the input's leading axes. ``index``/``total`` count steps over the
-    whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of the frame,
-    or None where it was not read out: Richardson–Lucy reads it out at most every
-    :data:`RL_READOUT_INTERVAL_S` and within :data:`READOUT_SHARE` of the time (first and
-    last frame always), accelerated RL on the last frame only.
-    """
+    ``image`` is the current estimate (photons, float32, read-only) of the block being
+    restored: the whole image for 2D input, else the plane (2D mode) or volume (3D mode)
+    at ``block``, the index into the input's leading axes. ``index``/``total`` count steps
+    over the whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of
+    the frame, or None where not read out: RL reads it out at most every
+    :data:`RL_READOUT_INTERVAL_S`, within :data:`READOUT_SHARE` of the time (first and last
+    frame always), accelerated RL on the last frame only."""
 
     index: int
     total: int
@@ -254,9 +253,10 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
                                   warn_negative=not flagged["negative_values"]
                                   and cal.source != "estimated"):
             done += 1
-            # one sample (RL): a copy, not a reduction over a length-1 axis (3× the time)
-            frame = (rec.x0[0].float().cpu().numpy().copy() if len(rec.x0) == 1 else
-                     reduce(rec.x0, "sample ... -> ...", "mean").float().cpu().numpy())
+            # one sample (RL): a read-only view (each iterate is a new tensor), not a pass
+            frame = (rec.x0[0] if len(rec.x0) == 1 else reduce(
+                rec.x0, "sample ... -> ...", "mean")).float().cpu().numpy()
+            frame.flags.writeable = False
             nll = None if rec.nll is None else float(rec.nll.mean())
             yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)
         out[idx] = frame  # the last frame is the block's result
