@@ -29,7 +29,7 @@ from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_
 from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, guided_ddim_grouped,
                                       sample_groups)
 from pkl_dg.diffusion.schedule import DDIMScheduler
-from pkl_dg.diffusion.tiling import tiled_network
+from pkl_dg.diffusion.tiling import needs_tiles, tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
                                    proximal_sub_iterations)
@@ -217,7 +217,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             meta["model"] = {"path": s.model or "shipped default",
                              "name": model_cfg.get("name", "")}
         net = tiled_network(net, shape[-2:], s.tile_size, TILE_OVERLAP, device)
-        if s.tile_size and max(shape[-2:]) > s.tile_size:
+        if needs_tiles(shape[-2:], s.tile_size):
             meta["tile_size"] = s.tile_size
         meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
 

@@ -157,8 +157,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     """Load a prior; return ``(model in eval mode on device, metadata dict)``.
 
     ``path`` is a ``model.safetensors`` file, its directory, or ``None`` for the shipped
-    default prior. On a CPU the weights are put in channels-last memory format (faster). Missing files raise FileNotFoundError; corrupt, truncated or mismatched
-    files raise ValueError naming the file and what to do.
+    default prior. On a CPU the weights are put in channels-last memory format (faster).
+    Missing files raise FileNotFoundError; corrupt, truncated or mismatched files raise
+    ValueError naming the file and what to do.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -344,4 +344,4 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
 
 
 __all__ = ["Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem", "SamplerStep",
-           "final_denoise", "guided_ddim", "mean_mc_error", "guided_ddim_grouped", "sample_groups"]
+           "final_denoise", "guided_ddim", "guided_ddim_grouped", "mean_mc_error", "sample_groups"]

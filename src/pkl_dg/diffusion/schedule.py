@@ -141,8 +141,8 @@ class DDIMScheduler:
     def timestep_for(self, sigma_bar: float) -> int:
         """The training timestep whose x̂0 noise level σ̄_t is closest to ``sigma_bar``
         (model units; 0 for anything below σ̄_0)."""
-        levels = [math.sqrt((1 - a) / a) for a in self._abar]
-        return min(range(len(levels)), key=lambda t: abs(levels[t] - sigma_bar))
+        return min(range(len(self._abar)),
+                   key=lambda t: abs(self.x0_noise_level(t) - sigma_bar))
 
     def x0_noise_level(self, t: int) -> float:
         """σ̄_t = √((1−ᾱ_t)/ᾱ_t): x̂0's error per unit error of ε (from :meth:`predict_x0`)."""

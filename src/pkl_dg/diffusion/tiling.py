@@ -139,6 +139,12 @@ class TiledDenoiser:
         return out / norm
 
 
+def needs_tiles(shape: tuple[int, int], tile_size: int) -> bool:
+    """Whether a (H, W) = ``shape`` image runs the network on tiles of ``tile_size`` px
+    (0 = never)."""
+    return bool(tile_size) and max(shape) > tile_size
+
+
 def tiled_network(denoiser: Denoiser, shape: tuple[int, int], tile_size: int, overlap: int,
                   device: torch.device) -> Denoiser:
     """The network as a restoration of a (H, W) = ``shape`` image runs it.
@@ -148,7 +154,7 @@ def tiled_network(denoiser: Denoiser, shape: tuple[int, int], tile_size: int, ov
     through in calls of at most :data:`CPU_MAX_PIXELS` (faster per pixel); elsewhere the
     untiled network is returned as it is.
     """
-    tiled = bool(tile_size) and max(shape) > tile_size
+    tiled = needs_tiles(shape, tile_size)
     if not tiled and device.type != "cpu":
         return denoiser
     tile = tile_size if tiled else max(*shape, MIN_TILE)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pkl_dg.psf_source import NO_BLUR
 from pkl_dg.settings import RestoreSettings
 
 
@@ -121,7 +122,7 @@ def describe_psf(settings: RestoreSettings, source: str) -> str:
     if source == "file":
         return f"file {settings.psf_path}"
     if source == "none":
-        return "none (no blur: denoising only)"
+        return NO_BLUR
     if source == "layer":
         return "PSF layer"
     if source == "beads":
