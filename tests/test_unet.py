@@ -202,3 +202,17 @@ def test_old_metadata_without_output_loads_as_eps(tmp_path):
     x, t = torch.randn(1, 1, 16, 16), torch.tensor([500])
     with torch.inference_mode():  # load_model puts CPU weights in channels-last format
         assert torch.equal(m.to(memory_format=torch.channels_last)(x, t), loaded(x, t))
+
+
+def test_in_place_inference_equals_the_autograd_forward():
+    """Without autograd the residual blocks work in place; the result must not change, and
+    the input must stay as it was."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(width=16, channel_mult=(1, 2), num_res_blocks=1, groups=4)).eval()
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 700])
+    x0 = x.clone()
+    ref = net(x, t)  # grad enabled: out of place
+    with torch.inference_mode():
+        fast = net(x, t)
+    assert ref.requires_grad and torch.equal(fast, ref.detach())
+    assert torch.equal(x, x0)

@@ -105,10 +105,14 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(temb)[:, :, None, None].to(h.dtype)
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
+        # without autograd, SiLU and the additions work in place on tensors made here (one
+        # 512² bf16 forward on 1 CPU thread: 137 → 129 ms); training keeps them out of place
+        free = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=free))
+        shift = self.temb(temb)[:, :, None, None].to(h.dtype)
+        h = h.add_(shift) if free else h + shift
+        h = self.conv2(F.silu(self.norm2(h), inplace=free))
+        return h.add_(self.skip(x)) if free else self.skip(x) + h
 
 
 class SelfAttention(nn.Module):
