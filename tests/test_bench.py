@@ -63,6 +63,10 @@ def test_speed_smoke_writes_expected_keys(speed_json):
     mem = row["memory"]
     assert mem["peak_rss_mb"] >= mem["baseline_rss_mb"] > 0
     assert mem["restore_extra_mb"] == pytest.approx(mem["peak_rss_mb"] - mem["baseline_rss_mb"])
+    st = d["stack_3d"]  # the 3D row: a smoke stack restored to the end in 3D mode
+    assert st["shape"] == [18, 32, 32] and st["mode"] == "3d"
+    assert st["run_frames"] == st["frames"] >= 2 and st["frames_s"] >= st["first_frame_s"] > 0
+    assert st["peak_rss_mb"] >= st["baseline_rss_mb"] > 0
     pq = d["precision_quality"]
     assert set(pq["by_peak"]) == {"30"} and len(pq["per_case"]) == 1
     v = pq["by_peak"]["30"]
@@ -116,6 +120,10 @@ def test_speed_rejects_bad_arguments(tmp_path, capsys):
     assert "at least 32" in capsys.readouterr().err
     assert main(["bench", "speed", "--smoke", "--json", str(tmp_path / "no" / "s.json"),
                  "--sizes", "abc"]) == 2
+    for bad in ("32", "32,512,2", "4,8"):
+        assert main(["bench", "speed", "--smoke", "--json", str(tmp_path / "s.json"),
+                     "--stack", bad]) == 2
+        assert "PLANES,SIDE" in capsys.readouterr().err
 
 
 def test_quality_missing_realdata_is_a_clear_error(tmp_path, capsys):
@@ -166,7 +174,7 @@ def test_report_renders_markdown_and_plot(tmp_path, quality_json, speed_json):
     text = md.read_text()
     for needle in ("# Benchmarks", "## Machine", "## Speed", "## Quality", "SMOKE RUN",
                    "pkl-dg bench report", "PKL vs", "BioSR widefield→SIM pair", "plot.png",
-                   "bf16 vs fp32", "restore's own"):
+                   "bf16 vs fp32", "restore's own", "3D: a Z-stack restored as a volume"):
         assert needle in text, needle
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -94,3 +94,31 @@ def test_image(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     y = simulate_measurement(obj, gaussian_psf(TEST_PSF_SIGMA), background=TEST_BACKGROUND,
                              seed=seed + 1)
     return obj, y
+
+
+#: the speed benchmarks' test stack: Gaussian PSF σ along Z (planes)
+TEST_PSF_SIGMA_Z = 2.0
+
+
+def test_stack(z: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The speed benchmarks' 3D test stack (Z, Y, X): :func:`test_image` objects in every
+    plane, smoothed along Z, measured through a 3D Gaussian PSF (σ = :data:`TEST_PSF_SIGMA`
+    px laterally, :data:`TEST_PSF_SIGMA_Z` planes along Z) with background
+    :data:`TEST_BACKGROUND`.
+
+    Returns
+    -------
+    tuple of ndarray
+        (object in photons, max :data:`TEST_PEAK_PHOTONS`; its measurement), float32,
+        shape (z, n, n).
+    """
+    from scipy import ndimage
+
+    from pkl_dg.physics.psf import gaussian_psf_3d
+
+    obj = np.stack([test_image(n, seed + 2 * k)[0] for k in range(z)]).astype(np.float64)
+    obj = ndimage.gaussian_filter1d(obj, 1.0, axis=0)
+    obj = (obj / obj.max() * TEST_PEAK_PHOTONS).astype(np.float32)
+    y = simulate_measurement(obj, gaussian_psf_3d(TEST_PSF_SIGMA, TEST_PSF_SIGMA_Z),
+                             background=TEST_BACKGROUND, seed=seed + 1)
+    return obj, y

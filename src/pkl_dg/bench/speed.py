@@ -41,7 +41,8 @@ from pkl_dg.bench.simulate import TEST_BACKGROUND as BACKGROUND
 from pkl_dg.bench.simulate import TEST_PEAK_PHOTONS as PEAK_PHOTONS
 from pkl_dg.bench.simulate import TEST_PSF_SIGMA as PSF_SIGMA
 from pkl_dg.bench.simulate import simulate_measurement, test_image
-from pkl_dg.bench.speed_restore import peak_memory, restore_timing, restore_timing_from_worker
+from pkl_dg.bench.speed_restore import (peak_memory, restore_timing, restore_timing_from_worker,
+                                       stack_restore)
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 from pkl_dg.richardson_lucy import richardson_lucy
 from pkl_dg.settings import RestoreSettings
@@ -49,7 +50,9 @@ from pkl_dg.settings import RestoreSettings
 RL_ITERATIONS = 10
 MATMUL_SIZE = 2048
 SMOKE = {"sizes": [32, 48], "repeats": 1, "steps": 3, "rl_iterations": 2, "matmul": 256,
-         "e2e_max": 48}
+         "e2e_max": 48, "stack": (18, 32)}
+#: the 3D row: planes and side of the test stack (:func:`~pkl_dg.bench.simulate.test_stack`)
+STACK = (32, 512)
 
 
 def operator_timing(y: np.ndarray, repeats: int) -> dict:
@@ -142,8 +145,9 @@ def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
 
 
 def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = None,
-              e2e_max: int = 1024, log=print) -> dict:
-    """Run the speed benchmark and return its JSON-ready result."""
+              e2e_max: int = 1024, stack: tuple[int, int] | None = STACK, log=print) -> dict:
+    """Run the speed benchmark and return its JSON-ready result (``stack``: (planes, side)
+    of the 3D row, restored once to the end in a fresh process; None leaves it out)."""
     t_start = time.perf_counter()
     machine = machine_info()
     steps = SMOKE["steps"] if smoke else RestoreSettings().steps
@@ -179,6 +183,13 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
             f"{row['restore']['end_to_end_s']:.1f} s"
             f"{' (estimated)' if row['restore']['end_to_end_estimated'] else ''}")
         rows.append(row)
+    stack_row = None
+    if stack:
+        z, n = SMOKE["stack"] if smoke else stack
+        log(f"3D stack {z}×{n}×{n} (3D mode, to the end) ...")
+        stack_row = stack_restore(z, n, smoke, model)
+        log(f"  {stack_row['frames_s']:.1f} s end to end, first frame "
+            f"{stack_row['first_frame_s']:.2f} s, peak RSS {stack_row['peak_rss_mb']:.0f} MB")
     log("network precision: fp32 vs bf16 restorations ...")
     precision = precision_quality(net, smoke)
     for peak, v in precision["by_peak"].items():
@@ -189,7 +200,7 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         "kind": "speed", "format_version": 1, "smoke": smoke, "created": now_iso(),
         "machine": machine, "network": net_desc,
         "default_network_precision": str(default_cast or torch.float32),
-        "repeats": repeats, "sizes": rows, "matmul": matmul, "precision_quality": precision,
+        "repeats": repeats, "sizes": rows, "stack_3d": stack_row, "matmul": matmul, "precision_quality": precision,
         "test_image": {"psf": f"gaussian sigma={PSF_SIGMA} px", "peak_photons": PEAK_PHOTONS,
                        "background": BACKGROUND},
         "end_to_end_max_size": e2e_max,

@@ -26,7 +26,8 @@ import torch
 
 from pkl_dg.bench.common import benchmark_network
 from pkl_dg.bench.network import TimedNetwork
-from pkl_dg.bench.simulate import TEST_BACKGROUND, TEST_PSF_SIGMA, test_image
+from pkl_dg.bench.simulate import (TEST_BACKGROUND, TEST_PSF_SIGMA, TEST_PSF_SIGMA_Z, test_image,
+                                   test_stack)
 from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import RestoreSettings
 
@@ -178,8 +179,33 @@ def proc_status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
-    """Peak resident memory of the restoration alone.
+def stack_restore(z: int, n: int, smoke: bool, model: str | None) -> dict:
+    """A z×n×n test stack restored to the end in 3D mode (3D Gaussian PSF, default
+    settings otherwise) in a fresh interpreter: end-to-end seconds, first frame and peak
+    memory (see :func:`_memory_worker`).
+
+    Raises
+    ------
+    RuntimeError
+        The worker process failed (its stderr is in the message).
+    """
+    cmd = [sys.executable, "-m", "pkl_dg.bench.speed_restore", "--memory-worker", str(n),
+           "--stack", str(z)]
+    if smoke:
+        cmd.append("--smoke")
+    if model:
+        cmd += ["--model", model]
+    cmd += ["--threads", str(torch.get_num_threads())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"3D worker for {z}×{n}×{n} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
+                   stack: int = 0) -> dict:
+    """Peak resident memory of the restoration alone (``stack`` > 0: a stack of that many
+    planes in 3D mode, run to the end).
 
     ``ru_maxrss`` is useless here: Linux carries the parent's high-water mark over ``exec``,
     and building the test image can peak above the restoration. Instead the worker resets
@@ -189,7 +215,7 @@ def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
     import gc
 
     net, _ = benchmark_network(smoke, model)
-    _, y = test_image(n)
+    _, y = test_stack(stack, n) if stack else test_image(n)
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
@@ -198,16 +224,21 @@ def _memory_worker(n: int, frames: int, smoke: bool, model: str | None) -> dict:
         raise RuntimeError("peak memory is measured through /proc/self (Linux only); "
                            f"this system refused it ({exc})") from exc
     base = proc_status_mb("VmRSS")
-    settings = RestoreSettings(background=TEST_BACKGROUND, psf_sigma=TEST_PSF_SIGMA, device="cpu")
+    settings = RestoreSettings(background=TEST_BACKGROUND, psf_sigma=TEST_PSF_SIGMA, device="cpu",
+                               **({"mode": "3d", "psf_sigma_z": TEST_PSF_SIGMA_Z} if stack
+                                  else {}))
     timed = TimedNetwork(net)
     t0 = time.perf_counter()
     gen = restore_iter(y, settings, denoiser=timed)
-    first, step_ms, net_ms, run_frames = _frame_times(gen, frames, timed)
+    first, step_ms, net_ms, run_frames = _frame_times(gen, None if stack else frames, timed)
+    if stack:
+        if not np.isfinite(gen.result.image).all():
+            raise RuntimeError("the 3D test restoration gave non-finite values")
     seconds = time.perf_counter() - t0
     peak = proc_status_mb("VmHWM")
     gen.close()
-    return {"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
-            "frames": frames, "run_frames": run_frames, "frames_s": seconds,
+    return {"shape": list(y.shape), "mode": settings.mode,"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
+            "frames": run_frames if stack else frames, "run_frames": run_frames, "frames_s": seconds,
             "first_frame_s": first,
             "step_ms": step_ms, "step_network_ms": net_ms,
             "image_mb": y.nbytes / 2**20,
@@ -222,13 +253,14 @@ def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="internal: peak-memory worker of pkl-dg bench speed")
     p.add_argument("--memory-worker", type=int, required=True)
     p.add_argument("--frames", type=int, default=2)
+    p.add_argument("--stack", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(json.dumps(_memory_worker(a.memory_worker, a.frames, a.smoke, a.model)))
+    print(json.dumps(_memory_worker(a.memory_worker, a.frames, a.smoke, a.model, a.stack)))
     return 0
 
 

@@ -62,7 +62,8 @@ def _speed(args: argparse.Namespace) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 3)
     if args.parts == "rl":
         return _speed_rl_only(args, repeats)
-    result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max, log=_log)
+    result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max,
+                       stack=_stack_arg(args.stack), log=_log)
     result["note"] = args.note
     result["rl"] = _rl_part(args, repeats)
     _write_json(args.json, result)
@@ -91,6 +92,17 @@ def _existing_results(path: str, kind: str, missing: str) -> dict:
     if data.get("kind") != kind:
         raise ValueError(f"{out} holds {data.get('kind')!r} results, not {kind} results")
     return data
+
+
+def _stack_arg(text: str) -> tuple[int, int] | None:
+    """``--stack PLANES,SIDE`` (or 'none')."""
+    if text.strip().lower() == "none":
+        return None
+    values = parse_int_list(text, "--stack")
+    if len(values) != 2 or values[1] < 32:
+        raise ValueError(f"--stack takes PLANES,SIDE (side ≥ 32; e.g. 32,512) or 'none', "
+                         f"got {text!r}")
+    return values[0], values[1]
 
 
 def _speed_rl_only(args: argparse.Namespace, repeats: int) -> int:
@@ -209,6 +221,9 @@ def register(subparsers) -> None:
                    "are reported (default 3; smoke 1)")
     s.add_argument("--e2e-max", type=int, default=1024, help="largest size restored end to "
                    "end; larger ones are estimated from first frame + steps (default 1024)")
+    s.add_argument("--stack", default="32,512", help="the 3D row: PLANES,SIDE of a test stack "
+                   "restored to the end in 3D mode; 'none' leaves it out (default 32,512; "
+                   "smoke 18,32)")
     s.add_argument("--model", default=None, help="time this prior instead of the shipped one")
     s.add_argument("--smoke", action="store_true", help="tiny sizes, few steps, tiny random "
                    "network (for tests)")
