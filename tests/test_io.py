@@ -1,6 +1,7 @@
 """Readers with axes and physical sizes, OME writers, and the napari reader."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -25,7 +26,12 @@ def test_imagej_hyperstack_comes_back_with_its_axes_and_sizes(tmp_path):
 def test_plain_tiff_has_no_physical_size_and_singletons_drop(tmp_path):
     p = tmp_path / "plain.tif"
     tifffile.imwrite(p, np.ones((1, 20, 30), np.float32))
-    img = open_image(p)
+    ij = tmp_path / "imagej_no_unit.tif"  # ImageJ TIFF without a unit (as the W2S files)
+    tifffile.imwrite(ij, np.ones((20, 30), np.uint8), imagej=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no reader's "could not parse pixel size" noise
+        img = open_image(p)
+        assert open_image(ij).pixel_size_nm is None
     assert img.axes == "YX" and img.shape == (20, 30)
     assert img.pixel_size_nm is None and img.z_step_nm is None
     q = tmp_path / "cm.tif"  # resolution in pixels per centimetre: 0.1 µm pixels

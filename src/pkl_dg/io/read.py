@@ -205,11 +205,12 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
     keep = [a for a in AXES if a in "YX" or sizes.get(a, 1) > 1]
     index = tuple(slice(None) if a in keep else 0 for a in AXES)
     data = data[index]
-    pps = img.physical_pixel_sizes
-    pixel = None
-    if units_known and pps.X and pps.Y:
-        pixel = (float(pps.Y) * 1000.0, float(pps.X) * 1000.0)  # bioio gives µm
-    z_step = float(pps.Z) * 1000.0 if units_known and pps.Z and "Z" in keep else None
+    pixel, z_step = None, None
+    if units_known:  # else bioio's sizes are pixels read as µm (and its reader warns)
+        pps = img.physical_pixel_sizes
+        if pps.X and pps.Y:
+            pixel = (float(pps.Y) * 1000.0, float(pps.X) * 1000.0)  # bioio gives µm
+        z_step = float(pps.Z) * 1000.0 if pps.Z and "Z" in keep else None
     try:
         channels = [str(c) for c in img.channel_names]
     except (NotImplementedError, AttributeError, KeyError, IndexError, ValueError):
