@@ -190,3 +190,30 @@ def test_hyperstack_keeps_its_axes_and_pixel_size(tmp_path, cluster):
     for c in range(2):  # every channel restored on its own, equal to restoring its planes
         expected = restore(zcyx[:, c], settings=manual.replace(pixel_size_nm=100.0))
         assert rel(out.numpy()[c], expected) <= 1e-5
+
+
+def test_plane_statistics_leave_saturated_pixels_out_as_restore_does(tmp_path):
+    """Chunks share the plane's automatic RL count and intensity scale; with clipped bright
+    spots these must come from the same masked fit as a whole-plane restore's."""
+    from pkl_dg.batch.worker import plane_statistics
+    from pkl_dg.restoration import restore_iter
+
+    rng = np.random.default_rng(3)
+    obj = phantom(96, 4) * 40.0
+    obj[20:26, 30:36] = 4000.0  # bright spots far above the rest: clipped at 255
+    obj[60:64, 70:74] = 4000.0
+    from scipy import ndimage
+    y = np.clip(rng.poisson(ndimage.gaussian_filter(obj, 2.0) + 2.0), 0, 255).astype(np.uint8)
+    p = tmp_path / "sat.tif"
+    tifffile.imwrite(p, y)
+    for method in ("rl", "pkl"):
+        s = RestoreSettings(method=method, rl_iterations=0, psf_sigma=2.0, threads=1,
+                            calibration="manual", gain=1.0, offset=0.0, steps=2, samples=1)
+        stats = plane_statistics(str(p), (), s.to_dict(), threads=1)
+        meta = restore_iter(y, s).finish().metadata
+        assert meta["saturated"]["pixels"] > 0
+        if method == "rl":
+            assert stats["rl_iterations"] == meta["rl_auto_iterations"]
+        else:
+            assert stats["intensity_scale"] == pytest.approx(meta["intensity_scale"], rel=1e-6)
+            assert stats["sub_iterations"] == meta["sub_iterations"]

@@ -39,7 +39,8 @@ from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.runs import StreamedRun
-from pkl_dg.saturation import SaturationWarning, detect_saturation, report_saturation
+from pkl_dg.saturation import (SaturationWarning, detect_saturation, fit_mask, report_saturation,
+                               scale_pixels)
 from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import (RestoreSettings, calibration_implied, is_guided, uses_prior,
                              uses_proximal_step)
@@ -55,9 +56,6 @@ SCALE_ESTIMATE_ITERATIONS = 20
 #: ≤ 10 frames/s) and within this share of the run's time (matters from 2048²)
 RL_READOUT_INTERVAL_S, READOUT_SHARE = 0.1, 0.05
 TILE_OVERLAP = 64
-#: a pixel that receives more than this share of a saturated pixel's light (through the
-#: PSF) does not set the intensity scale: the PSF support, less FFT round-off
-SATURATED_FOOTPRINT = 1e-6
 
 
 @dataclass
@@ -241,11 +239,10 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         # are in the metadata; a summary follows for stacks)
         saturated = report_saturation(sat, f"block {idx}" if idx else "",
                                       warn=not flagged["saturated"], kept=delta_psf)
-        mask = None
         if saturated is not None:
             block_meta["saturated"] = saturated
-            if not delta_psf:
-                mask = torch.from_numpy((~sat.mask).astype(np.float32)).to(device)
+        mask = fit_mask(sat, delta_psf)
+        mask = None if mask is None else torch.from_numpy(mask).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
                                   where=f"block {idx}" if idx else "", chunk=chunk,
@@ -350,9 +347,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             info.update(_auto_info(rule))
         else:
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
-    scale_px = None  # the scale is not set by saturated pixels or what they blur into
-    if fm.mask is not None:
-        scale_px = operator.A((fm.mask <= 0).to(y.dtype).expand_as(y)) <= SATURATED_FOOTPRINT
+    scale_px = scale_pixels(fm.mask, operator)  # not set by saturated pixels or their blur
+    if scale_px is not None:
         info["intensity_scale_excluded_px"] = int((~scale_px).sum())
     mapping = IntensityMapping(scale_from_estimate(rough, scale_px)
                                if chunk is None or chunk.intensity_scale is None

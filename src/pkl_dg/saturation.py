@@ -126,3 +126,38 @@ def report_saturation(sat: Saturation, where: str = "", warn: bool = True,
         f"intensity {how} For quantitative work re-acquire with a shorter exposure or lower "
         "excitation.", SaturationWarning, stacklevel=3)
     return entry
+
+
+#: a pixel that receives more than this share of a saturated pixel's light (through the
+#: PSF) does not set the intensity scale: the PSF support, less FFT round-off
+SATURATED_FOOTPRINT = 1e-6
+
+
+def fit_mask(sat: Saturation, delta_psf: bool) -> np.ndarray | None:
+    """The forward model's 0/1 float32 mask (1 = fit) for the saturated pixels of ``sat``;
+    None where nothing is left out: no saturated pixel, or a one-pixel PSF (no other pixel
+    carries information about a clipped one, so its clipped value is kept)."""
+    if not sat.count or delta_psf:
+        return None
+    return (~sat.mask).astype(np.float32)
+
+
+def scale_pixels(mask, operator):
+    """Pixels that may set the intensity scale: those the PSF does not blur any left-out
+    (saturated) pixel into.
+
+    Parameters
+    ----------
+    mask
+        The forward model's 0/1 mask (torch tensor, 1 = fit), or None.
+    operator
+        The run's :class:`~pkl_dg.physics.PSFConvolution`.
+
+    Returns
+    -------
+    torch.Tensor or None
+        bool, the mask's shape; None when ``mask`` is None (every pixel may).
+    """
+    if mask is None:
+        return None
+    return operator.A((mask <= 0).to(mask.dtype)) <= SATURATED_FOOTPRINT

@@ -136,6 +136,17 @@ def _photons(block: np.ndarray, settings) -> np.ndarray:
         * np.float32(settings.gain)
 
 
+def _saturation_mask(raw: np.ndarray, op):
+    """The plane's data-fit mask of saturated pixels (torch, 1 = fit) as
+    :func:`~pkl_dg.restore` builds it, or None."""
+    import torch
+
+    from pkl_dg.saturation import detect_saturation, fit_mask
+
+    mask = fit_mask(detect_saturation(raw, raw.dtype), op.psf.numel() == 1)
+    return None if mask is None else torch.from_numpy(mask)
+
+
 def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
                      threads: int | None = None) -> dict[str, float]:
     """Whole-plane quantities chunks of the plane must share.
@@ -150,11 +161,13 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
 
     from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import estimate_background
+    from pkl_dg.saturation import scale_pixels
     from pkl_dg.settings import RestoreSettings, applies, uses_prior, uses_proximal_step
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
-    y = torch.from_numpy(_photons(read_block(path, index), s))
+    raw = read_block(path, index)
+    y = torch.from_numpy(_photons(raw, s))
     auto_rl = applies("rl_iterations", s) and s.rl_iterations == 0  # RL, automatic count
     proximal = uses_proximal_step(s)
     op = None  # the plane's operator, where a statistic needs it (its PSF built once)
@@ -172,7 +185,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         from pkl_dg.physics import ForwardModel
         from pkl_dg.richardson_lucy import rl_iterates
 
-        fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
+        fm = ForwardModel(op, bg, float(s.read_noise) ** 2, _saturation_mask(raw, op))
         rule = AutoStop(y, fm)
         with torch.inference_mode():
             for it in rl_iterates(y, fm, MAX_ITERATIONS, stop=rule):
@@ -180,7 +193,7 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         if auto_rl:
             out["rl_iterations"] = rule.k
         else:
-            scale = scale_from_estimate(rough)
+            scale = scale_from_estimate(rough, scale_pixels(fm.mask, op))
             out.update(peak_photons=float(scale / SCALE_FACTOR), intensity_scale=float(scale),
                        sub_iterations=proximal_sub_iterations(rule.k, s.steps))
     elif uses_prior(s):
@@ -190,10 +203,10 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         from pkl_dg.restoration import SCALE_ESTIMATE_ITERATIONS
         from pkl_dg.richardson_lucy import richardson_lucy
 
-        fm = ForwardModel(op, bg, float(s.read_noise) ** 2)
+        fm = ForwardModel(op, bg, float(s.read_noise) ** 2, _saturation_mask(raw, op))
         with torch.inference_mode():
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
-        scale = scale_from_estimate(rough)
+        scale = scale_from_estimate(rough, scale_pixels(fm.mask, op))
         peak = scale / SCALE_FACTOR
         out.update(peak_photons=float(peak), intensity_scale=float(scale),
                    sub_iterations=int(auto_sub_iterations(peak)),
