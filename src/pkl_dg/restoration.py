@@ -274,6 +274,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
 def _auto_info(rule: AutoStop) -> dict[str, Any]:
     """Metadata of an automatic RL count."""
     return {"rl_auto_iterations": rule.k, "rl_auto_deviance_ratio": round(rule.ratio, 4),
+            "rl_auto_noise_target": round(rule.target, 4),
             "rl_auto_stop": rule.reason or f"cap of {RL_AUTO_MAX} iterations"}
 
 
