@@ -67,10 +67,7 @@ def signal_region(mu: torch.Tensor, fit: torch.Tensor | None = None) -> torch.Te
     torch.Tensor
         bool, shape of ``mu``.
     """
-    inside = mu if fit is None else mu[fit]
-    flat = inside.reshape(-1)
-    sub = flat[:: max(1, flat.numel() // QUANTILE_SAMPLE)]  # a strided sample is enough
-    level = torch.quantile(sub.float(), SIGNAL_QUANTILE).to(mu.dtype)
+    level = _quantile(mu if fit is None else mu[fit], SIGNAL_QUANTILE).to(mu.dtype)
     region = mu >= level
     return region if fit is None else region & fit
 
@@ -78,10 +75,14 @@ def signal_region(mu: torch.Tensor, fit: torch.Tensor | None = None) -> torch.Te
 def peak_photons(y: torch.Tensor, fm: ForwardModel) -> float:
     """The measurement's peak above the background: its 99.9th percentile less the
     background, photons (a strided sample of the pixels)."""
-    flat = y.reshape(-1)
-    sub = flat[:: max(1, flat.numel() // QUANTILE_SAMPLE)].float()
     background = float(torch.as_tensor(fm.background, dtype=torch.float64).mean())
-    return float(torch.quantile(sub, 0.999)) - background
+    return float(_quantile(y, 0.999)) - background
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of a strided sample of at most ~``QUANTILE_SAMPLE`` values."""
+    flat = values.reshape(-1)
+    return torch.quantile(flat[:: max(1, flat.numel() // QUANTILE_SAMPLE)].float(), q)
 
 
 class AutoStop:
