@@ -151,16 +151,28 @@ def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict
     RuntimeError
         The worker process failed (its stderr is in the message).
     """
-    cmd = [sys.executable, "-m", "pkl_dg.bench.speed_restore", "--memory-worker", str(n),
-           "--frames", str(frames)]
+    return _run_worker(["--memory-worker", str(n), "--frames", str(frames)], smoke, model,
+                       f"memory worker for {n}×{n}", timeout=1800)
+
+
+def _run_worker(args: list[str], smoke: bool, model: str | None, what: str,
+                timeout: float) -> dict:
+    """Run this module's worker in a fresh interpreter with ``args``; its JSON result.
+
+    Raises
+    ------
+    RuntimeError
+        The worker process failed (its stderr is in the message).
+    """
+    cmd = [sys.executable, "-m", "pkl_dg.bench.speed_restore", *args]
     if smoke:
         cmd.append("--smoke")
     if model:
         cmd += ["--model", model]
     cmd += ["--threads", str(torch.get_num_threads())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"memory worker for {n}×{n} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -189,17 +201,8 @@ def stack_restore(z: int, n: int, smoke: bool, model: str | None) -> dict:
     RuntimeError
         The worker process failed (its stderr is in the message).
     """
-    cmd = [sys.executable, "-m", "pkl_dg.bench.speed_restore", "--memory-worker", str(n),
-           "--stack", str(z)]
-    if smoke:
-        cmd.append("--smoke")
-    if model:
-        cmd += ["--model", model]
-    cmd += ["--threads", str(torch.get_num_threads())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
-    if proc.returncode != 0:
-        raise RuntimeError(f"3D worker for {z}×{n}×{n} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_worker(["--memory-worker", str(n), "--stack", str(z)], smoke, model,
+                       f"3D worker for {z}×{n}×{n}", timeout=7200)
 
 
 def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
@@ -237,8 +240,10 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
     seconds = time.perf_counter() - t0
     peak = proc_status_mb("VmHWM")
     gen.close()
-    return {"shape": list(y.shape), "mode": settings.mode,"peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
-            "frames": run_frames if stack else frames, "run_frames": run_frames, "frames_s": seconds,
+    return {"shape": list(y.shape), "mode": settings.mode,
+            "peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
+            "frames": run_frames if stack else frames, "run_frames": run_frames,
+            "frames_s": seconds,
             "first_frame_s": first,
             "step_ms": step_ms, "step_network_ms": net_ms,
             "image_mb": y.nbytes / 2**20,

@@ -21,9 +21,9 @@ the flowdec bars 5 / 26.43 → 28 / 27.61 dB (best 19 / 27.78), the C. elegans c
 22.57). The quantile (0.75) was picked there from 0.6–0.9: 0.6 stops the bars at 8
 iterations, 0.9 at 127 (27.13 and 25.35 dB).
 
-The noise level itself is the sampler's target (:func:`~pkl_dg.guidance.steps.auto_discrepancy`
-of the measurement's peak above background, :func:`peak_photons`): 1.0 up to 30 photons
-peak, 0.95 from 100: a fit that resolves much detail may go below the expected deviance by
+The noise level itself is the sampler's target
+(:func:`~pkl_dg.guidance.steps.auto_discrepancy` of the measurement's peak above
+background, :func:`peak_photons`): 1.0 up to 30 photons peak, 0.95 from 100: a fit that resolves much detail may go below the expected deviance by
 the degrees of freedom it resolves. On the plugin's ``cells`` sample (≈140 photons peak) a
 target of 1.0 stopped RL at 20 iterations (25.14 dB; best 64, 26.27), the brightness's
 target at 37 (26.12); the dev-set inputs above are unchanged (bars and C. elegans are at 20
@@ -113,13 +113,15 @@ class AutoStop:
         self.k, self.ratio, self.reason = 0, float("inf"), ""
         self._prev: float | None = None
         self.signal: torch.Tensor | None = None
+        self._ys_signal: torch.Tensor | None = None  # the data there, gathered once
         self.target = auto_discrepancy(peak_photons(y, fm))
 
     def __call__(self, it) -> bool:
         mu = it.mean()
         if self.signal is None:
             self.signal = signal_region(mu, self.fit)
-        ratio = float(deviance_ratio(self.ys[self.signal][None], mu[self.signal][None]))
+            self._ys_signal = self.ys[self.signal]
+        ratio = float(deviance_ratio(self._ys_signal[None], mu[self.signal][None]))
         self.k, prev, self._prev, self.ratio = it.k, self._prev, ratio, ratio
         if self.k <= MIN_ITERATIONS:
             return False
