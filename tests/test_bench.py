@@ -263,3 +263,43 @@ def test_rl_oracle_picks_the_best_psnr_iteration(single_thread):
         scores = [psnr(x.numpy(), normalize_percentile(obj))
                   for x in richardson_lucy_iter(torch.from_numpy(y), fm, 40)]
     assert best.psnr == pytest.approx(max(scores)) and scores[it - 1] == pytest.approx(best.psnr)
+
+
+def test_gpu_bench_smoke_on_cpu_and_its_report(tmp_path, quality_json, speed_json):
+    """`bench gpu` runs its cases through restore_iter (here on the CPU, tiny sizes) and the
+    report renders every case, a failed one as failed."""
+    out = tmp_path / "gpu.json"
+    with one_thread():
+        assert main(["bench", "gpu", "--smoke", "--device", "cpu", "--repeats", "1",
+                     "--json", str(out)]) == 0
+    gpu = strict_load(out)
+    assert gpu["kind"] == "gpu" and gpu["device"] == "cpu"
+    assert [(r["size"], r["method"], r["precision"]) for r in gpu["rows"]] == [
+        (32, "pkl", "bf16"), (32, "rl", None), (32, "pkl", "fp32"),
+        (48, "pkl", "bf16"), (48, "rl", None), (48, "pkl", "fp32")]
+    for r in gpu["rows"] + [gpu["stack"]]:
+        assert "error" not in r, r
+        assert 0 < r["first_frame_s"] <= r["end_to_end_s"] and r["frames"] >= 1
+    # PKL: 2 steps + the final denoising pass
+    assert gpu["rows"][0]["frames"] == 3 and gpu["stack"]["shape"] == [18, 32, 32]
+    gpu["rows"][1] = {"size": 32, "method": "pkl", "precision": "fp32",
+                      "error": "OutOfMemoryError: CUDA out of memory"}
+    q, s, g = tmp_path / "q.json", tmp_path / "s.json", tmp_path / "g.json"
+    q.write_text(json.dumps(quality_json))
+    s.write_text(json.dumps(speed_json))
+    g.write_text(json.dumps(gpu))
+    md = tmp_path / "B.md"
+    assert main(["bench", "report", "--quality", str(q), "--speed", str(s), "--gpu", str(g),
+                 "--out", str(md), "--plot", str(tmp_path / "p.png")]) == 0
+    text = md.read_text()
+    assert "## GPU" in text and "| 48² | RL | - |" in text and "18×32×32 (3D)" in text
+    assert "| 32² | PKL | fp32 | failed: OutOfMemoryError" in text
+
+
+def test_gpu_bench_without_cuda_says_so(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal cannot be shown")
+    assert main(["bench", "gpu", "--json", str(tmp_path / "g.json")]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err

@@ -170,6 +170,29 @@ def test_cosine_learning_rate_schedule():
         TrainConfig(out="unused", lr_schedule="step").validate()
 
 
+def test_time_budget_drives_the_cosine_decay():
+    cfg = TrainConfig(out="unused", steps=100000, lr=1e-3, warmup=10, lr_schedule="cosine",
+                      decay_start=0, minutes=5)
+    # few steps done, but half the time spent: half way down the cosine
+    assert learning_rate(cfg, 100, time_fraction=0.5) == pytest.approx(0.5e-3)
+    assert learning_rate(cfg, 100, time_fraction=1.0) == pytest.approx(0.0, abs=1e-12)
+    # steps further along than time: the steps decide
+    assert learning_rate(cfg, 50000, time_fraction=0.1) == pytest.approx(0.5e-3)
+    with pytest.raises(ValueError, match="--minutes"):
+        TrainConfig(out="unused", minutes=0).validate()
+
+
+def test_cli_train_stops_at_its_time_budget(tmp_path, capsys):
+    out = tmp_path / "run"
+    # 0.5 s of training cannot reach 100000 steps; the run still ends and writes its model
+    assert cli.main(["train", "--out", str(out), "--steps", "100000", "--minutes", "0.008",
+                     "--lr-schedule", "cosine", *TINY_ARGS]) == 0
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert 1 <= state["step"] < 100000 and state["elapsed_s"] >= 0.48
+    assert json.loads((out / "model.json").read_text())["training"]["finished"] is True
+    assert np.isfinite(state["history"][-1][1])
+
+
 def test_cli_train_cosine_resume_keeps_its_decay(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["train", "--out", str(out), "--steps", "4", *TINY_ARGS]) == 0

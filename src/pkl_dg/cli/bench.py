@@ -196,12 +196,35 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu(args: argparse.Namespace) -> int:
+    from pkl_dg.bench.gpu import run_gpu
+
+    if args.repeats < 0:
+        raise ValueError(f"--repeats must be ≥ 0, got {args.repeats}")
+    sizes = parse_int_list(args.sizes, "--sizes") if args.sizes else (
+        [32, 48] if args.smoke else [512, 1024, 2048, 4096])
+    if min(sizes) < 32:
+        raise ValueError(f"sizes must be at least 32 pixels (the PSF must fit), got {sizes}")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("bf16", "fp32")]
+    if bad or not precisions:
+        raise ValueError(f"--precisions takes bf16 and/or fp32, got {args.precisions!r}")
+    stack = _stack_arg(args.stack if args.stack is not None else ("18,32" if args.smoke
+                                                                   else "32,512"))
+    def save(result: dict) -> None:
+        _write_json(args.json, {**result, "note": args.note})
+
+    run_gpu(sizes, precisions, stack, args.repeats, args.smoke, args.model,
+            device_name=args.device, log=_log, save=save)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pkl_dg.bench.report import write_report
 
     out = write_report(quality_path=args.quality, speed_path=args.speed, out=args.out,
                        plot=args.plot, batch_path=args.batch, load_path=args.load,
-                       realdata_path=args.realdata)
+                       realdata_path=args.realdata, gpu_path=args.gpu)
     _log(f"wrote {out}")
     return 0
 
@@ -210,7 +233,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="run the speed / quality benchmarks, write "
                               "BENCHMARKS.md", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,batch,load,report}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{speed,quality,batch,load,gpu,report}")
     sub.required = True
 
     s = sub.add_parser("speed", help="time the network, guided steps, physics, RL, restore")
@@ -294,6 +317,25 @@ def register(subparsers) -> None:
     ld.add_argument("--note", default=None, help="free text stored with the results")
     ld.set_defaults(func=_load)
 
+    g = sub.add_parser("gpu", help="restore end to end on a CUDA GPU: 512²–4096², bf16 and "
+                       "fp32, and a 3D stack")
+    g.add_argument("--json", required=True, help="output JSON file")
+    g.add_argument("--sizes", default=None, help="comma-separated square sizes (default "
+                   "512,1024,2048,4096; smoke 32,48)")
+    g.add_argument("--precisions", default="bf16,fp32", help="network precisions of the PKL "
+                   "rows (default bf16,fp32)")
+    g.add_argument("--stack", default=None, help="the 3D row: PLANES,SIDE, or 'none' "
+                   "(default 32,512; smoke 18,32)")
+    g.add_argument("--repeats", type=int, default=3, help="timed runs after the cold one; "
+                   "medians are reported (default 3)")
+    g.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cuda (default); "
+                   "cpu only to test the benchmark itself")
+    g.add_argument("--model", default=None, help="time this prior instead of the shipped one")
+    g.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps × 2 samples, "
+                   "tiny random network (for tests)")
+    g.add_argument("--note", default=None, help="free text stored with the results")
+    g.set_defaults(func=_gpu)
+
     r = sub.add_parser("report", help="regenerate BENCHMARKS.md and the plot from the JSON")
     r.add_argument("--quality", required=True, help="quality JSON")
     r.add_argument("--speed", required=True, help="speed JSON")
@@ -303,6 +345,8 @@ def register(subparsers) -> None:
                    "section)")
     r.add_argument("--realdata", default=None, help="real-data JSON (from bench quality "
                    "--section real), rendered as its own section")
+    r.add_argument("--gpu", default=None, help="GPU JSON (from bench gpu), rendered as its "
+                   "own section")
     r.add_argument("--out", default="BENCHMARKS.md", help="markdown file (default "
                    "BENCHMARKS.md)")
     r.add_argument("--plot", default="benchmarks/quality_psnr.png", help="PSNR-vs-photons "

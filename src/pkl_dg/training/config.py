@@ -37,6 +37,11 @@ class TrainConfig:
                             "to one channel). Whole files are held out for validation "
                             "(--val-fraction); the split is written to OUT/split.json")
     steps: int = _opt(10000, "total optimisation steps")
+    #: wall-time budget of this run (None: none); the run ends at --steps or this, first
+    minutes: float | None = _opt(None, "stop after this many minutes of training (this run's "
+                                 "time, not counting a resumed run's) even if --steps is not "
+                                 "reached; with cosine, the decay follows whichever of steps "
+                                 "and time is further along", metavar="MIN")
     batch: int = _opt(16, "patches per step")
     patch: int = _opt(128, "patch size in px, multiple of 16")
     lr: float = _opt(2e-4, "Adam learning rate")
@@ -93,6 +98,8 @@ class TrainConfig:
             if choices is not None and value not in choices:
                 raise ValueError(f"{flag_of(f)} must be {', '.join(choices[:-1])} or "
                                  f"{choices[-1]}, got {value!r}")
+        if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise ValueError(f"--minutes must be a positive number, got {self.minutes}")
         if self.steps < 1:
             raise ValueError(f"--steps must be ≥ 1, got {self.steps}")
         if self.batch < 1:

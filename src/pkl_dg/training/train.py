@@ -89,12 +89,20 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_p, mod_p, 1.0 - decay)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU through pinned memory without waiting for it (a plain
+    copy from pageable memory would make the host wait until the queued steps are done)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
                    bf16: bool) -> torch.Tensor:
     """ε-prediction MSE at uniformly drawn timesteps."""
     n = x0.shape[0]
-    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=gen).to(x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    t = to_device(torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=gen), x0.device)
+    noise = to_device(torch.randn(x0.shape, generator=gen), x0.device)
     xt = q_sample(x0, t, noise, alphas_cumprod)
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         eps = model(xt, t)
@@ -144,12 +152,17 @@ def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
     return MixedSource(proc, user, p, rng)
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``cfg.warmup`` steps, then constant or cosine decay to 0."""
+def learning_rate(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant or cosine decay to 0.
+
+    The cosine's progress is the larger of the steps' (from ``cfg.decay_start`` to
+    ``cfg.steps``) and ``time_fraction`` (the share of ``cfg.minutes`` spent), so that a
+    run with a time budget still ends its decay at 0.
+    """
     lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
     if cfg.lr_schedule == "cosine":
         start = cfg.decay_start or 0
-        frac = min(max((step - start) / max(cfg.steps - start, 1), 0.0), 1.0)
+        frac = min(max((step - start) / max(cfg.steps - start, 1), time_fraction, 0.0), 1.0)
         lr *= 0.5 * (1.0 + math.cos(math.pi * frac))
     return lr
 
@@ -263,10 +276,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     last_ckpt = time.monotonic()
     t_prev = time.monotonic()
     running = history[-1][1] if history else None
+    # the running loss stays on the device between log lines: reading it every step would
+    # make the host wait for the GPU, which then idles while the next batch is drawn
+    run_start, pending = elapsed, []
+    budget_s = cfg.minutes * 60 if cfg.minutes else math.inf
     try:
-        while step < cfg.steps:
-            x0 = torch.from_numpy(source.batch(cfg.batch)).to(device) * 2.0 - 1.0
-            lr = learning_rate(cfg, step)
+        while step < cfg.steps and elapsed - run_start < budget_s:
+            x0 = to_device(torch.from_numpy(source.batch(cfg.batch)), device) * 2.0 - 1.0
+            lr = learning_rate(cfg, step, (elapsed - run_start) / budget_s)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = diffusion_loss(model, x0, alphas, gen, bf16)
@@ -276,16 +293,21 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             opt.step()
             ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise ValueError(f"training diverged at step {step} (loss {lv}); lower --lr")
-            running = lv if running is None else 0.98 * running + 0.02 * lv
+            pending.append(loss.detach())
             now = time.monotonic()
             elapsed += now - t_prev
             t_prev = now
             bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            log_now = step % cfg.log_every == 0 or step == cfg.steps
+            if log_now or device.type == "cpu":  # on a CPU reading the loss costs nothing
+                for lv in torch.stack(pending).float().cpu().tolist():
+                    if not math.isfinite(lv):
+                        raise ValueError(f"training diverged at step {step} (loss {lv}); "
+                                         "lower --lr")
+                    running = lv if running is None else 0.98 * running + 0.02 * lv
+                pending = []
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+            if log_now:
                 history.append([step, running, round(elapsed, 1)])
                 line = json.dumps({"step": step, "loss": round(running, 5), "elapsed_s": round(elapsed, 1),
                                    "s_per_step": round(elapsed / max(step, 1), 3)})
@@ -305,6 +327,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
             signal.signal(signal.SIGTERM, previous_sigterm)
     bar.close()
+    for lv in (torch.stack(pending).float().cpu().tolist() if pending else []):
+        running = lv if running is None else 0.98 * running + 0.02 * lv
     if not history or history[-1][0] != step:
         history.append([step, running if running is not None else float("nan"), round(elapsed, 1)])
     snapshot(final=True)
