@@ -16,6 +16,21 @@ def test_groups_cover_the_samples_within_the_budget(monkeypatch):
     assert sample_groups(1, 10**9) == [range(0, 1)]
 
 
+def test_a_large_gpu_runs_the_samples_of_a_large_image_together(monkeypatch):
+    import torch
+
+    assert sampler.group_budget("cpu") == sampler.GROUP_VOXELS
+    assert len(sample_groups(4, 2048 * 2048, sampler.group_budget("cpu"))) == 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (140 * 2**30, 141 * 2**30))
+    budget = sampler.group_budget("cuda")
+    assert budget == 140 * 2**30 // 2 // sampler.GPU_BYTES_PER_VOXEL
+    assert sample_groups(4, 2048 * 2048, budget) == [range(0, 4)]
+    assert sample_groups(4, 4096 * 4096, budget) == [range(0, 4)]
+    # a small GPU (1 GB free) never gets less than the host budget
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 8 * 2**30))
+    assert sampler.group_budget("cuda") == sampler.GROUP_VOXELS
+
+
 @pytest.mark.parametrize("method", ["pkl", "l2"])
 def test_one_sample_at_a_time_gives_the_batched_result(monkeypatch, scene, method):
     _, y, psf, _ = scene

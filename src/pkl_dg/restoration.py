@@ -26,8 +26,8 @@ from pkl_dg._version import __version__
 from pkl_dg.axes import arrange, channel_count, put_back
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
-from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, guided_ddim_grouped,
-                                      sample_groups)
+from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, group_budget,
+                                      guided_ddim_grouped, sample_groups)
 from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.tiling import needs_tiles, tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
@@ -221,7 +221,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
 
     cal = resolve_calibration(image, s)
     meta["calibration"] = cal.to_dict()
-    steps_per_block = (s.steps * len(sample_groups(s.samples, int(np.prod(shape[len(lead):]))))
+    steps_per_block = (s.steps * len(sample_groups(s.samples, int(np.prod(shape[len(lead):])),
+                                                   group_budget(device)))
                        + (is_guided(s) and s.final_noise > 0) if uses_prior(s)
                        else s.rl_iterations or RL_AUTO_MAX)
     indices = list(np.ndindex(*lead))

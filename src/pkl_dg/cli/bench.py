@@ -41,8 +41,10 @@ def _write_json(path: str, data: dict) -> None:
     if out.parent and not out.parent.exists():
         raise ValueError(f"folder {out.parent} does not exist: create it or choose another "
                          "--json path")
+    prog = Path(sys.argv[0])  # `pkl-dg …` or `python -m pkl_dg.cli …`
+    by_cli = prog.name == "pkl-dg" or prog.parts[-3:] == ("pkl_dg", "cli", "__main__.py")
     data["command"] = "pkl-dg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if Path(sys.argv[0]).name == "pkl-dg" else None
+        if by_cli else None
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n",
                    encoding="utf-8")

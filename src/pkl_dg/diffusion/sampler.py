@@ -43,9 +43,12 @@ NETWORK = "(sample plane) 1 h w"
 #: guidance's layout for a volume (3D PSF): one volume per sample
 VOLUME = "sample plane h w"
 #: samples × voxels of one block above which the posterior samples run one group at a time
-#: (the sampler and its data step hold ~15 arrays of this size: at 4096² and 4 samples,
-#: 4 GB at once instead of 1 GB per group)
+#: in host memory (the sampler and its data step hold ~15 arrays of this size: at 4096² and
+#: 4 samples, 4 GB at once instead of 1 GB per group)
 GROUP_VOXELS = 4 * 1024 * 1024
+#: GPU memory per sample × voxel of a group, bytes: the sampler's arrays and the network's
+#: tiles (measured on an H200: peak 2.8 GB for one 4096² sample, 166 B per voxel)
+GPU_BYTES_PER_VOXEL = 256
 
 
 @dataclass(frozen=True)
@@ -274,10 +277,27 @@ def mean_mc_error(samples: torch.Tensor) -> float:
     return float(samples.var(dim=0).mean().sqrt()) / math.sqrt(n)
 
 
-def sample_groups(num_samples: int, block_voxels: int) -> list[range]:
-    """Consecutive groups of the samples, each with at most :data:`GROUP_VOXELS` samples ×
-    voxels (at least one sample per group)."""
-    size = max(1, min(num_samples, GROUP_VOXELS // max(block_voxels, 1)))
+def group_budget(device: torch.device | str) -> int:
+    """Samples × voxels that one group may hold on ``device``.
+
+    Host memory: :data:`GROUP_VOXELS`. A CUDA GPU: half its free memory at
+    :data:`GPU_BYTES_PER_VOXEL` (never less than :data:`GROUP_VOXELS`), so that a large GPU
+    runs all samples of a large image together (on an H200, 2048² with 4 samples in one
+    group instead of four).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return GROUP_VOXELS
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(GROUP_VOXELS, free // 2 // GPU_BYTES_PER_VOXEL)
+
+
+def sample_groups(num_samples: int, block_voxels: int, budget: int | None = None) -> list[range]:
+    """Consecutive groups of the samples, each with at most ``budget`` (default
+    :data:`GROUP_VOXELS`; see :func:`group_budget`) samples × voxels, at least one sample
+    per group."""
+    budget = GROUP_VOXELS if budget is None else budget
+    size = max(1, min(num_samples, budget // max(block_voxels, 1)))
     return [range(a, min(a + size, num_samples)) for a in range(0, num_samples, size)]
 
 
@@ -316,7 +336,7 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
         group's, photons, (samples so far, *y.shape); ``nll`` likewise (the final pass
         repeats the last misfit). The last record holds every sample.
     """
-    groups = sample_groups(num_samples, problem.y.numel())
+    groups = sample_groups(num_samples, problem.y.numel(), group_budget(problem.y.device))
     plane_shape, box = window if window is not None else (None, None)
     steps = len(scheduler.timesteps)
     final = guidance.step is not None and final_noise > 0
