@@ -364,6 +364,16 @@ def test_real_image_source_skips_saturated_and_zooms(tmp_path):
                         for i in range(20)])
 
     assert roughness(smooth) < 0.6 * roughness(native)
+    # --real-blur: blurred patches are smoother; without it the draws are those of before
+    blurred = RealImageSource(noise, np.random.default_rng(0), 32, zoom_range=(1.0, 1.0),
+                              patch_norm=1.0, blur=1.0)
+    assert roughness(blurred) < 0.6 * roughness(native)
+    unblurred = RealImageSource(noise, np.random.default_rng(0), 32, zoom_range=(1.0, 1.0),
+                                patch_norm=1.0, blur=0.0)
+    np.testing.assert_array_equal(unblurred.sample_with(np.random.default_rng(7)),
+                                  native.sample_with(np.random.default_rng(7)))
+    with pytest.raises(ValueError, match="blur"):
+        RealImageSource(noise, np.random.default_rng(0), 32, blur=1.5)
     ds = RealPatchDataset(src, 5, seed=3)
     assert len(ds) == 5 and torch.equal(ds[2], ds[2]) and ds[2].shape == (1, 32, 32)
     assert ds.item(2)[1] == "half_saturated.png"

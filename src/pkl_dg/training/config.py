@@ -76,6 +76,10 @@ class TrainConfig:
     #: real-image patches are resampled by a log-uniform factor in [zoom_min, zoom_max]
     zoom_min: float = 0.5
     zoom_max: float = 2.0
+    #: probability that a real patch is blurred (Gaussian σ 0.5–2.5 px after resampling)
+    real_blur: float = _opt(0.0, "probability that a real patch is blurred with a Gaussian of "
+                            "σ 0.5–2.5 px after resampling, so that the prior also knows "
+                            "these structures at widefield resolution", metavar="P")
     #: real patches with more than this fraction of saturated pixels are skipped
     max_saturated: float = _opt(0.01, "skip real patches with more than this fraction of "
                                 "saturated pixels")
@@ -115,6 +119,8 @@ class TrainConfig:
         parse_mix(self.phantom_mix)
         if not 0 < self.zoom_min <= self.zoom_max:
             raise ValueError(f"--zoom must be 0 < min ≤ max, got {self.zoom_min},{self.zoom_max}")
+        if not 0.0 <= self.real_blur <= 1.0:
+            raise ValueError(f"--real-blur must be a probability in [0, 1], got {self.real_blur}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.procedural_fraction is not None and not 0.0 <= self.procedural_fraction <= 1.0:

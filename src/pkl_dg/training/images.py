@@ -215,6 +215,9 @@ class RealImageSource:
     min_contrast : skip a patch whose p99.9 − p0.1 is below this (in image units, p99.9 = 1)
     patch_norm : probability of normalising a patch by its own p0.1/p99.9 instead of the
         image's (keeps dim regions of large images from dominating)
+    blur : probability of blurring a patch (after resampling) with a Gaussian of σ drawn
+        uniformly from ``blur_sigma`` px, so that the prior also knows these structures
+        at widefield resolution (a denoising-only restoration asks it for those)
 
     Files are balanced by source: each top folder is drawn equally often, and within a
     folder a file with probability ∝ √(pixels).
@@ -222,7 +225,8 @@ class RealImageSource:
 
     def __init__(self, images: list[RealImage], rng: np.random.Generator, patch: int,
                  zoom_range: tuple[float, float] = (0.5, 2.0), max_saturated: float = 0.01,
-                 min_contrast: float = 0.05, patch_norm: float = 0.5, tries: int = 10) -> None:
+                 min_contrast: float = 0.05, patch_norm: float = 0.5, tries: int = 10,
+                 blur: float = 0.0, blur_sigma: tuple[float, float] = (0.5, 2.5)) -> None:
         if not images:
             raise ValueError("no real images to draw patches from")
         lo, hi = zoom_range
@@ -232,6 +236,10 @@ class RealImageSource:
         self.zoom_range, self.max_saturated, self.min_contrast, self.tries = zoom_range, max_saturated, \
             min_contrast, tries
         self.patch_norm = patch_norm
+        if not 0.0 <= blur <= 1.0 or not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(f"blur must be a probability and 0 < σ min ≤ σ max, got {blur}, "
+                             f"{blur_sigma}")
+        self.blur, self.blur_sigma = blur, blur_sigma
         groups = sorted({im.group for im in images})
         w = np.array([np.sqrt(im.image.size) for im in images])
         for g in groups:
@@ -273,6 +281,10 @@ class RealImageSource:
             raise ValueError("no usable patch found in 1000 tries: the images are flat or saturated "
                              "(lower --max-saturated's strictness or check the data)")
         crop = got[0]
+        if self.blur > 0 and rng.random() < self.blur:  # no draw at all without blur
+            from scipy.ndimage import gaussian_filter
+
+            crop = gaussian_filter(crop, float(rng.uniform(*self.blur_sigma)), mode="reflect")
         b, q = rng.uniform(0.0, 0.1), rng.uniform(0.7, 0.9)
         if rng.random() < self.patch_norm:  # the patch's own p0.1 / p99.9, as for the phantoms
             lo_v, hi_v = np.percentile(crop, [0.1, 99.9])

@@ -142,7 +142,8 @@ def build_source(cfg: TrainConfig, rng: np.random.Generator) -> MixedSource:
             raise ValueError(f"--data {cfg.data}: every file went to validation; lower --val-fraction")
         min_size = int(math.ceil(cfg.patch / cfg.zoom_max))
         user = RealImageSource(load_images(cfg.data, min_size, train_files), rng, cfg.patch,
-                               zoom_range=(cfg.zoom_min, cfg.zoom_max), max_saturated=cfg.max_saturated)
+                               zoom_range=(cfg.zoom_min, cfg.zoom_max), max_saturated=cfg.max_saturated,
+                               blur=cfg.real_blur)
     p = cfg.procedural_fraction
     if p is None:
         p = DATA_PROCEDURAL_FRACTION if user is not None else 1.0
@@ -172,7 +173,8 @@ def _data_text(cfg: TrainConfig) -> str:
         return "procedural phantoms"
     p = DATA_PROCEDURAL_FRACTION if cfg.procedural_fraction is None else cfg.procedural_fraction
     return (f"procedural phantoms ({p:.0%}) + real images from {cfg.data} ({1 - p:.0%}; training files "
-            f"only, see split.json), zoom {cfg.zoom_min}-{cfg.zoom_max}, patches with > "
+            f"only, see split.json), zoom {cfg.zoom_min}-{cfg.zoom_max}, "
+            f"{cfg.real_blur:.0%} of them blurred (Gaussian σ 0.5-2.5 px), patches with > "
             f"{cfg.max_saturated:.0%} saturated pixels skipped")
 
 
@@ -206,7 +208,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         # checkpoints from before these options existed used the default mix and no init
         cfg.phantom_mix = old.get("phantom_mix", _DEFAULT_MIX)
         cfg.init = old.get("init")
-        for key, default in (("zoom_min", 1.0), ("zoom_max", 1.0), ("max_saturated", 1.0), ("val_fraction", 0.0)):
+        for key, default in (("zoom_min", 1.0), ("zoom_max", 1.0), ("max_saturated", 1.0), ("val_fraction", 0.0),
+                             ("real_blur", 0.0)):
             setattr(cfg, key, old.get(key, default))  # checkpoints from before: native pixels, no split
         if cfg.lr_schedule == old.get("lr_schedule") == "cosine":  # keep decaying along the same curve
             cfg.decay_start = old.get("decay_start")
