@@ -179,34 +179,58 @@ def run_gpu(sizes: list[int], precisions: list[str], stack: tuple[int, int] | No
     return saved()
 
 
+def _cpu_pkl_seconds(speed: dict | None) -> dict:
+    """{size: (seconds, estimated)} of the default PKL restore in the CPU speed results."""
+    out = {}
+    for r in (speed or {}).get("sizes", []):
+        rest = r.get("restore") or {}
+        if rest.get("end_to_end_s") is not None:
+            out[r["size"]] = (rest["end_to_end_s"], bool(rest.get("end_to_end_estimated")))
+    return out
+
+
 def gpu_section(gpu: dict, cpu_speed: dict | None = None) -> list[str]:
-    """BENCHMARKS.md's GPU section from ``pkl-dg bench gpu`` results (markdown lines)."""
+    """BENCHMARKS.md's GPU section from ``pkl-dg bench gpu`` results (markdown lines); with
+    the CPU speed results, the default PKL rows are compared with the CPU's."""
     m = gpu["machine"]
+    cpu = _cpu_pkl_seconds(cpu_speed)
+    threads = ((cpu_speed or {}).get("machine") or {}).get("torch_threads")
     L = ["## GPU", "",
-         f"`pkl-dg bench gpu` on {m.get('gpu', gpu['device'])} "
+         f"`{gpu.get('command') or 'pkl-dg bench gpu'}` on {m.get('gpu', gpu['device'])} "
          f"({m.get('gpu_memory_gb', '?')} GB; CUDA {m.get('cuda_version')}, torch {m['torch']}, "
          f"{m['logical_cpus']} CPUs), {gpu['created']}, {gpu['wall_s'] / 60:.1f} min. "
-         f"Network: {gpu['network']['source']}. Default settings; the cold run is the first at "
-         "that shape (cuFFT plans, cuDNN search), the others are medians of "
-         f"{max((r.get('repeats', 0) for r in gpu['rows']), default=0)} runs after it.", "",
-         "| size | method | precision | end to end | first frame | cold run | peak GPU memory |",
-         "|---|---|---|---|---|---|---|"]
+         f"Network: {gpu['network']['source']}. Default settings (10 steps × 4 samples); the "
+         "cold run is the first at that shape (cuFFT plans, cuDNN's search), the others are "
+         f"medians of {max((r.get('repeats', 0) for r in gpu['rows']), default=0)} run(s) "
+         "after it.", ""]
+    if gpu.get("note"):
+        L += [f"Note: {gpu['note']}", ""]
+    L += ["| size | method | precision | end to end | first frame | cold run | peak GPU memory "
+          f"| CPU ({threads or '?'} thread(s), Speed section) |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in gpu["rows"]:
         head = f"| {r['size']}² | {r['method'].upper()} | {r['precision'] or '-'} |"
         if "error" in r:
-            L.append(f"{head} failed: {r['error'][:80]} | | | |")
+            L.append(f"{head} failed: {r['error'][:80]} | | | | |")
             continue
         mem = f"{r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") is not None else "-"
+        ref = "-"
+        if r["method"] == "pkl" and r["size"] in cpu:
+            sec, est = cpu[r["size"]]
+            ref = f"{'~' if est else ''}{sec:.1f} s ({sec / r['end_to_end_s']:.0f}× the GPU)"
         L.append(f"{head} {r['end_to_end_s']:.2f} s | {r['first_frame_s']:.3f} s | "
-                 f"{r['cold_s']:.2f} s | {mem} |")
+                 f"{r['cold_s']:.2f} s | {mem} | {ref} |")
     s = gpu.get("stack")
     if s:
         shape = "×".join(str(v) for v in s["shape"])
         if "error" in s:
-            L.append(f"| {shape} (3D) | PKL | {s['precision']} | failed: {s['error'][:80]} | | | |")
+            L.append(f"| {shape} (3D) | PKL | {s['precision']} | failed: {s['error'][:80]} | | | | |")
         else:
             mem = f"{s['peak_gpu_mb']:.0f} MB" if s.get("peak_gpu_mb") is not None else "-"
+            st = (cpu_speed or {}).get("stack_3d") or {}
+            ref = (f"{st['frames_s']:.0f} s ({st['frames_s'] / s['end_to_end_s']:.0f}× the GPU)"
+                   if st.get("frames_s") and st.get("shape") == s["shape"] else "-")
             L.append(f"| {shape} (3D) | PKL | {s['precision']} | {s['end_to_end_s']:.2f} s | "
-                     f"{s['first_frame_s']:.3f} s | {s['cold_s']:.2f} s | {mem} |")
+                     f"{s['first_frame_s']:.3f} s | {s['cold_s']:.2f} s | {mem} | {ref} |")
     L.append("")
     return L

@@ -23,9 +23,11 @@ REGENERATE = ("pkl-dg bench speed --threads 1 --json benchmarks/speed.json\n"
               "pkl-dg bench quality --section real --threads 1 --json benchmarks/realdata.json\n"
               "pkl-dg bench quality --section settings --threads 1 --json benchmarks/realdata.json\n"
               "pkl-dg bench load --json benchmarks/load.json\n"
+              "pkl-dg bench gpu --json benchmarks/gpu.json --repeats 1   # on a CUDA machine\n"
               "pkl-dg bench report --quality benchmarks/quality.json "
               "--speed benchmarks/speed.json --batch benchmarks/batch.json "
-              "--load benchmarks/load.json --realdata benchmarks/realdata.json")
+              "--load benchmarks/load.json --realdata benchmarks/realdata.json "
+              "--gpu benchmarks/gpu.json")
 
 
 def load_json(path: str | Path, kind: str) -> dict:
@@ -93,7 +95,7 @@ def render(quality: dict, speed: dict, plot_rel: str | None, batch: dict | None 
     if gpu is not None:
         from pkl_dg.bench.gpu import gpu_section
 
-        L += gpu_section(gpu)
+        L += gpu_section(gpu, speed)
     if batch is not None:
         from pkl_dg.bench.batch import batch_section
 
