@@ -107,3 +107,12 @@ def test_case_16_normalised_float_restores_like_counts():
     assert counts > care_scores(read("16_normalised_float", "counts_u16.tif"), gt)["psnr"] + 2
     assert abs(scores["img_as_float.tif"] - counts) < 0.1, scores
     assert abs(scores["minmax.tif"] - counts) < 0.1, scores
+
+
+def test_truncated_normal_variance_matches_scipy():
+    from scipy.stats import truncnorm
+
+    from pkl_dg.calibration import _truncated_normal_variance
+
+    for k in (1.0, 2.5, 3.5, 5.0):
+        assert _truncated_normal_variance(k) == pytest.approx(truncnorm.var(-k, k), rel=1e-12)
