@@ -21,13 +21,18 @@ def test_a_large_gpu_runs_the_samples_of_a_large_image_together(monkeypatch):
 
     assert sampler.group_budget("cpu") == sampler.GROUP_VOXELS
     assert len(sample_groups(4, 2048 * 2048, sampler.group_budget("cpu"))) == 4
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (140 * 2**30, 141 * 2**30))
+    from types import SimpleNamespace
+
+    def card(gib):
+        return lambda device=None: SimpleNamespace(total_memory=gib * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", card(140))  # an H200
     budget = sampler.group_budget("cuda")
-    assert budget == 140 * 2**30 // 2 // sampler.GPU_BYTES_PER_VOXEL
+    assert budget == 140 * 2**30 // 4 // sampler.GPU_BYTES_PER_VOXEL
     assert sample_groups(4, 2048 * 2048, budget) == [range(0, 4)]
     assert sample_groups(4, 4096 * 4096, budget) == [range(0, 4)]
-    # a small GPU (1 GB free) never gets less than the host budget
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 8 * 2**30))
+    # a 4 GB card never gets less than the host budget
+    monkeypatch.setattr(torch.cuda, "get_device_properties", card(4))
     assert sampler.group_budget("cuda") == sampler.GROUP_VOXELS
 
 

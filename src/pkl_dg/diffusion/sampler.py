@@ -47,7 +47,8 @@ VOLUME = "sample plane h w"
 #: 4 samples, 4 GB at once instead of 1 GB per group)
 GROUP_VOXELS = 4 * 1024 * 1024
 #: GPU memory per sample × voxel of a group, bytes: the sampler's arrays and the network's
-#: tiles (measured on an H200: peak 2.8 GB for one 4096² sample, 166 B per voxel)
+#: tiles (measured on an H200, BENCHMARKS.md "GPU": 4096² × 4 samples peak 4.6 GB, 69 B;
+#: a 32×512² stack in 3D mode × 4 samples 8.1 GB, 242 B)
 GPU_BYTES_PER_VOXEL = 256
 
 
@@ -280,16 +281,17 @@ def mean_mc_error(samples: torch.Tensor) -> float:
 def group_budget(device: torch.device | str) -> int:
     """Samples × voxels that one group may hold on ``device``.
 
-    Host memory: :data:`GROUP_VOXELS`. A CUDA GPU: half its free memory at
+    Host memory: :data:`GROUP_VOXELS`. A CUDA GPU: a quarter of its memory at
     :data:`GPU_BYTES_PER_VOXEL` (never less than :data:`GROUP_VOXELS`), so that a large GPU
-    runs all samples of a large image together (on an H200, 2048² with 4 samples in one
-    group instead of four).
+    runs all samples of a large image together (on an H200, 2048² and 4096² with 4 samples
+    in one group instead of four). The card's total memory, not its free memory, so that
+    the frame count announced before a run is the one it streams.
     """
     device = torch.device(device)
     if device.type != "cuda":
         return GROUP_VOXELS
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(GROUP_VOXELS, free // 2 // GPU_BYTES_PER_VOXEL)
+    total = torch.cuda.get_device_properties(device).total_memory
+    return max(GROUP_VOXELS, total // 4 // GPU_BYTES_PER_VOXEL)
 
 
 def sample_groups(num_samples: int, block_voxels: int, budget: int | None = None) -> list[range]:
