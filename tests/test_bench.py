@@ -303,3 +303,55 @@ def test_gpu_bench_without_cuda_says_so(tmp_path, capsys):
         pytest.skip("this machine has CUDA: the refusal cannot be shown")
     assert main(["bench", "gpu", "--json", str(tmp_path / "g.json")]) == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_speed_restores_at_the_requested_thread_count(speed_json):
+    """The restore rows run at the benchmark's thread count, not the automatic one (which
+    is physical cores − 1 and would time another count than the one reported)."""
+    assert speed_json["sizes"][0]["restore"]["threads"] == 1
+    assert speed_json["real_images"] == {"skipped": "smoke run"}
+
+
+def test_restore_timing_records_the_process_thread_count():
+    import torch
+
+    from pkl_dg.bench.common import benchmark_network
+    from pkl_dg.bench.simulate import test_image
+    from pkl_dg.bench.speed_restore import restore_timing
+
+    net, _ = benchmark_network(True)
+    _, y = test_image(32)
+    with one_thread():
+        torch.set_num_threads(2)
+        r = restore_timing(net, y, steps=2, repeats=1)
+        assert torch.get_num_threads() == 2  # the restore kept the count it was given
+    assert r["threads"] == 2 and r["end_to_end_s"] > r["first_frame_s"] > 0
+
+
+def test_real_image_rows_render_beside_the_synthetic_row(speed_json):
+    from pkl_dg.bench.report_speed import real_lines
+
+    row = {"name": "W2S 012_2", "shape": [512, 512], "threads": 2, "first_frame_s": 0.43,
+           "guided_step_ms": 340.0, "guided_step_non_network_share": 0.1,
+           "end_to_end_s": 3.8}
+    speed = {**speed_json, "real_images": {"rows": [row]}}
+    speed["sizes"] = [{**speed_json["sizes"][0], "size": 512}]
+    lines = real_lines(speed)
+    assert "| W2S 012_2 | 512×512 | 2 | 0.43 | 340 | 10 % | 3.8 |" in lines
+    assert any(line.startswith("| synthetic test image (") for line in lines)
+    skipped = real_lines({**speed_json, "real_images": {"skipped": "FileNotFoundError: x"}})
+    assert "Not measured: FileNotFoundError: x." in skipped
+
+
+@pytest.mark.skipif(not (REALDATA / "w2s").is_dir(), reason="needs shared/realdata (W2S, BioSR)")
+def test_real_image_timing_restores_the_named_dev_images():
+    from pkl_dg.bench.common import benchmark_network
+    from pkl_dg.bench.speed_restore import REAL_IMAGES, real_restore_timing
+
+    net, _ = benchmark_network(True)  # tiny network: this checks the plumbing, not speed
+    with one_thread():
+        rows = real_restore_timing(net, REALDATA, repeats=1, log=lambda m: None)
+    assert [r["name"] for r in rows] == list(REAL_IMAGES)
+    assert rows[0]["shape"] == [502, 502] and rows[1]["shape"] == [512, 512]
+    for r in rows:
+        assert r["end_to_end_s"] > r["first_frame_s"] > 0 and r["threads"] == 1

@@ -213,3 +213,14 @@ def test_auto_sub_iterations_grow_with_brightness():
     ks = [auto_sub_iterations(p) for p in (1, 7, 70, 700, 7000, 1e6)]
     assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == 120
     assert auto_sub_iterations(7) == 4 and auto_sub_iterations(0) == 1
+
+
+def test_expected_deviance_follows_the_exact_series_in_each_dtype():
+    from pkl_dg.guidance.discrepancy import _expected_deviance_np, expected_deviance
+
+    mu = np.geomspace(2e-3, 900.0, 57)
+    exact = _expected_deviance_np(mu)
+    for dtype in (torch.float32, torch.float64):
+        got = expected_deviance(torch.as_tensor(mu, dtype=dtype))
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.double().numpy(), exact, atol=2e-4)

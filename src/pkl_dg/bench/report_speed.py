@@ -116,10 +116,38 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
                  "between network and physics, or load from other processes).")
     L += [f"- {n}" for n in notes]
     L.append("")
+    L += real_lines(speed)
     L += stack_lines(speed.get("stack_3d"))
     L += precision_lines(speed.get("precision_quality"))
     L += rl_lines(speed.get("rl"))
     return L
+
+
+def real_lines(speed: dict) -> list[str]:
+    """Default restorations of real dev images (the ``real_images`` part of the speed
+    results) beside the synthetic test image of the same size: first frame, end to end."""
+    real = speed.get("real_images")
+    if not real:
+        return []
+    L = ["### Real dev images, default settings", ""]
+    if "skipped" in real:
+        return L + [f"Not measured: {real['skipped']}.", ""]
+    L += ["Each file restored as a user's file holds it (no calibration given, the dev set's "
+          "PSF; see `pkl_dg/bench/realdata.py`), default settings, in the same process and "
+          "at the same thread count as the table above; medians of the repeats.", "",
+          "| image | shape | threads | first frame s | guided step ms | not network | "
+          "end-to-end s |", "|---|---|---|---|---|---|---|"]
+    peak = speed["test_image"]["peak_photons"]
+    rows = [(f"synthetic test image ({peak:.0f} photons peak)", [r["size"]] * 2, r["restore"])
+            for r in speed["sizes"]
+            if r["size"] == 512 and not r["restore"]["end_to_end_estimated"]]
+    rows += [(r["name"], r["shape"], r) for r in real["rows"]]
+    for name, shape, r in rows:
+        share = r["guided_step_non_network_share"]
+        L.append(f"| {name} | {'×'.join(map(str, shape))} | {r.get('threads', '')} | "
+                 f"{r['first_frame_s']:.2f} | {r['guided_step_ms']:.0f} | {share * 100:.0f} % | "
+                 f"{r['end_to_end_s']:.1f} |")
+    return L + [""]
 
 
 def stack_lines(st: dict | None) -> list[str]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,8 +42,8 @@ from pkl_dg.bench.simulate import TEST_BACKGROUND as BACKGROUND
 from pkl_dg.bench.simulate import TEST_PEAK_PHOTONS as PEAK_PHOTONS
 from pkl_dg.bench.simulate import TEST_PSF_SIGMA as PSF_SIGMA
 from pkl_dg.bench.simulate import simulate_measurement, test_image
-from pkl_dg.bench.speed_restore import (peak_memory, restore_timing, restore_timing_from_worker,
-                                       stack_restore)
+from pkl_dg.bench.speed_restore import (peak_memory, real_restore_timing, restore_timing,
+                                        restore_timing_from_worker, stack_restore)
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 from pkl_dg.richardson_lucy import richardson_lucy
 from pkl_dg.settings import RestoreSettings
@@ -145,9 +146,13 @@ def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
 
 
 def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = None,
-              e2e_max: int = 1024, stack: tuple[int, int] | None = STACK, log=print) -> dict:
+              e2e_max: int = 1024, stack: tuple[int, int] | None = STACK,
+              realdata: str | None = None, log=print) -> dict:
     """Run the speed benchmark and return its JSON-ready result (``stack``: (planes, side)
-    of the 3D row, restored once to the end in a fresh process; None leaves it out)."""
+    of the 3D row, restored once to the end in a fresh process; None leaves it out;
+    ``realdata``: the public test data for the real-image rows, default
+    :func:`~pkl_dg.bench.quality.default_realdata`; skipped, with the reason, without them
+    or in smoke mode)."""
     t_start = time.perf_counter()
     machine = machine_info()
     steps = SMOKE["steps"] if smoke else RestoreSettings().steps
@@ -183,6 +188,17 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
             f"{row['restore']['end_to_end_s']:.1f} s"
             f"{' (estimated)' if row['restore']['end_to_end_estimated'] else ''}")
         rows.append(row)
+    real: dict = {"skipped": "smoke run"}
+    if not smoke:
+        from pkl_dg.bench.quality import default_realdata
+
+        log("real dev images, default settings ...")
+        try:
+            real = {"rows": real_restore_timing(
+                net, Path(realdata) if realdata else default_realdata(), repeats, log=log)}
+        except FileNotFoundError as exc:
+            real = {"skipped": f"{type(exc).__name__}: {exc}"}
+            log(f"  skipped: {exc}")
     stack_row = None
     if stack:
         z, n = SMOKE["stack"] if smoke else stack
@@ -200,7 +216,7 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         "kind": "speed", "format_version": 1, "smoke": smoke, "created": now_iso(),
         "machine": machine, "network": net_desc,
         "default_network_precision": str(default_cast or torch.float32),
-        "repeats": repeats, "sizes": rows, "stack_3d": stack_row, "matmul": matmul,
+        "repeats": repeats, "sizes": rows, "real_images": real, "stack_3d": stack_row, "matmul": matmul,
         "precision_quality": precision,
         "test_image": {"psf": f"gaussian sigma={PSF_SIGMA} px", "peak_photons": PEAK_PHOTONS,
                        "background": BACKGROUND},

@@ -3,7 +3,8 @@
 * :func:`restore_timing`: time to the first streamed frame of
   :func:`~pkl_dg.restoration.restore_iter` (model already loaded, new operator: cold OTF),
   the median guided step and the network's share of it (:class:`TimedNetwork`), and the
-  end-to-end time at the default number of steps;
+  end-to-end time at the default number of steps; :func:`real_restore_timing` the same
+  for real dev images as a user's file holds them;
 * :func:`peak_memory`: peak resident memory of the first frames of a restoration in a
   fresh interpreter (``VmHWM`` after a reset of the high-water mark; torch allocations are
   invisible to ``tracemalloc``) and its baseline after loading;
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,8 +69,30 @@ def _summary(settings: RestoreSettings, steps: int, first_s: float, step_ms: lis
             "steps_timed": len(step_ms)}
 
 
+def _timed_runs(net: torch.nn.Module, y: np.ndarray, settings: RestoreSettings, repeats: int,
+                psf: np.ndarray | None = None) -> dict:
+    """``repeats`` restorations of ``y`` streamed to the end: medians of the first frame and
+    the end to end time, the step and network medians over all runs."""
+    timed = TimedNetwork(net)
+    firsts, step_ms, net_ms, totals = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gen = restore_iter(y, settings, psf=psf, denoiser=timed)
+        first, steps_ms, nets_ms, total = _frame_times(gen, None, timed)
+        if len(steps_ms) + 1 != total:  # steps × sample groups (one group up to 1024²)
+            raise RuntimeError(f"restore_iter streamed {len(steps_ms) + 1} of {total} frames")
+        totals.append(time.perf_counter() - t0)
+        firsts.append(first)
+        step_ms += steps_ms
+        net_ms += nets_ms
+    return {**_summary(settings, settings.steps, float(np.median(firsts)), step_ms, net_ms),
+            "end_to_end_s": float(np.median(totals)), "end_to_end_repeats": len(totals),
+            "end_to_end_estimated": False, "threads": settings.threads}
+
+
 def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int) -> dict:
-    """First-frame, per-step and end-to-end times of restore_iter (default settings).
+    """First-frame, per-step and end-to-end times of restore_iter (default settings, the
+    process's torch thread count).
 
     Parameters
     ----------
@@ -86,7 +110,8 @@ def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int
     dict
         The settings used, ``first_frame_s``, ``guided_step_ms``,
         ``guided_step_network_ms``, ``guided_step_non_network_share``, ``steps_timed``,
-        ``end_to_end_s`` and ``end_to_end_repeats``; ``end_to_end_estimated`` is False.
+        ``end_to_end_s``, ``end_to_end_repeats`` and ``threads``;
+        ``end_to_end_estimated`` is False.
 
     Raises
     ------
@@ -94,22 +119,52 @@ def restore_timing(net: torch.nn.Module, y: np.ndarray, steps: int, repeats: int
         ``restore_iter`` streamed another number of frames than it announced.
     """
     settings = RestoreSettings(steps=steps, background=TEST_BACKGROUND,
-                               psf_sigma=TEST_PSF_SIGMA, device="cpu")
-    timed = TimedNetwork(net)
-    firsts, step_ms, net_ms, totals = [], [], [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        gen = restore_iter(y, settings, denoiser=timed)
-        first, steps_ms, nets_ms, total = _frame_times(gen, None, timed)
-        if len(steps_ms) + 1 != total:  # steps × sample groups (one group up to 1024²)
-            raise RuntimeError(f"restore_iter streamed {len(steps_ms) + 1} of {total} frames")
-        totals.append(time.perf_counter() - t0)
-        firsts.append(first)
-        step_ms += steps_ms
-        net_ms += nets_ms
-    return {**_summary(settings, steps, float(np.median(firsts)), step_ms, net_ms),
-            "end_to_end_s": float(np.median(totals)), "end_to_end_repeats": len(totals),
-            "end_to_end_estimated": False}
+                               psf_sigma=TEST_PSF_SIGMA, device="cpu",
+                               threads=torch.get_num_threads())
+    return _timed_runs(net, y, settings, repeats)
+
+
+#: the real dev images (DESIGN §4) of the speed table's real rows, by their dev-set name
+REAL_IMAGES = ("BioSR F-actin, σ 2", "W2S 012_2")
+
+
+def real_restore_timing(net: torch.nn.Module, root: Path, repeats: int, log=print) -> list:
+    """Default restorations of real dev images as a user's file holds them (no calibration
+    given, the dev set's PSF), timed like :func:`restore_timing`.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The loaded denoiser.
+    root : Path
+        The public test data (``shared/realdata``).
+    repeats : int
+        Restorations timed per image; medians are reported.
+
+    Returns
+    -------
+    list of dict
+        Per image of :data:`REAL_IMAGES`: ``name``, ``shape`` and the keys of
+        :func:`restore_timing`.
+
+    Raises
+    ------
+    FileNotFoundError
+        The data are not under ``root``.
+    """
+    from pkl_dg.bench.realdata import dev_inputs
+
+    rows = []
+    for d in dev_inputs(root):
+        if d["name"] not in REAL_IMAGES:
+            continue
+        settings = RestoreSettings(device="cpu", threads=torch.get_num_threads())
+        row = {"name": d["name"], "shape": list(d["image"].shape),
+               **_timed_runs(net, d["image"], settings, repeats, psf=d["psf"])}
+        log(f"  {d['name']}: first frame {row['first_frame_s']:.2f} s, end to end "
+            f"{row['end_to_end_s']:.1f} s")
+        rows.append(row)
+    return rows
 
 
 def restore_timing_from_worker(mem: dict, steps: int, e2e_max: int) -> dict:
@@ -228,6 +283,7 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
                            f"this system refused it ({exc})") from exc
     base = proc_status_mb("VmRSS")
     settings = RestoreSettings(background=TEST_BACKGROUND, psf_sigma=TEST_PSF_SIGMA, device="cpu",
+                               threads=torch.get_num_threads(),
                                **({"mode": "3d", "psf_sigma_z": TEST_PSF_SIGMA_Z} if stack
                                   else {}))
     timed = TimedNetwork(net)

@@ -65,7 +65,7 @@ def _speed(args: argparse.Namespace) -> int:
     if args.parts == "rl":
         return _speed_rl_only(args, repeats)
     result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max,
-                       stack=_stack_arg(args.stack), log=_log)
+                       stack=_stack_arg(args.stack), realdata=args.realdata, log=_log)
     result["note"] = args.note
     result["rl"] = _rl_part(args, repeats)
     _write_json(args.json, result)
@@ -260,7 +260,8 @@ def register(subparsers) -> None:
     s.add_argument("--rl-iterations", type=int, default=None, help="RL iterations per timed "
                    "run (default 10; smoke 3)")
     s.add_argument("--realdata", default=None, help="folder of the public test data for the "
-                   "time-to-best table (default: ../shared/realdata beside the repository)")
+                   "real-image rows and the time-to-best table (default: ../shared/realdata "
+                   "beside the repository)")
     add_threads_argument(s)
     s.add_argument("--note", default=None, help="free text stored with the results (e.g. "
                    "other load on the machine)")

@@ -76,17 +76,31 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
     if not bool((tau_t > 0).any()):
         return x_prior
     s2 = fm.read_noise_var
-    ys = (y + s2).clamp(min=0)
+    ys = (y + s2).clamp(min=0).expand_as(x_prior)
     n = fm.adjoint_ones(x_prior).clamp(min=EPS)
     nt2 = n * tau_t * tau_t
     c = nt2 - x_prior
-    x = (x_prior if x_init is None else x_init).clamp(min=floor)
+    c2, four_nt2, two_nt2, positive = c * c, 4.0 * nt2, 2.0 * nt2, c > 0
+    # max(max(A x + B, 0) + s², floor) = max(A x + (B + s²), max(s², floor)): the constant
+    # rides on the FFT's zero-frequency bin, the clamp is one in-place pass
+    ws = fm.conv.workspace(tuple(x_prior.shape), x_prior.dtype, x_prior.device)
+    b = fm.background
+    bias = b.to(x_prior.device, x_prior.dtype) + s2 if torch.is_tensor(b) else float(b) + s2
+    low = max(s2, floor)
+    x = (x_prior if x_init is None else x_init).clamp(min=floor)  # a new tensor: updated in place
+    x_em, root, den = (torch.empty_like(x) for _ in range(3))
     for _ in range(iterations):
-        # FFT round-off can push a blurred non-negative image a hair below zero: clamp
-        mu = (fm.mean(x) + s2).clamp(min=floor)
-        x_em = (x * fm.A_adjoint(ys / mu) / n).clamp(min=0)
-        root = torch.sqrt(c * c + 4.0 * nt2 * x_em)
+        if torch.is_tensor(bias):
+            mu = ws.A(x).add_(bias).clamp_(min=low)
+        else:
+            mu = ws.A(x, bias).clamp_(min=low)
+        torch.div(ys, mu, out=ws.adjoint_input())
+        torch.mul(x, ws.adjoint(), out=x_em)
+        x_em.div_(n).clamp_(min=0)
+        torch.addcmul(c2, four_nt2, x_em, out=root).sqrt_()
         # the positive root, in the form without cancellation for each sign of c
-        x = torch.where(c > 0, 2.0 * nt2 * x_em / (root + c).clamp(min=EPS), 0.5 * (root - c))
-        x = x.clamp(min=floor)
+        torch.add(root, c, out=den).clamp_(min=EPS)
+        x_em.mul_(two_nt2).div_(den)
+        root.sub_(c).mul_(0.5)
+        torch.where(positive, x_em, root, out=x).clamp_(min=floor)
     return x

@@ -114,14 +114,17 @@ class AutoStop:
         self._prev: float | None = None
         self.signal: torch.Tensor | None = None
         self._ys_signal: torch.Tensor | None = None  # the data there, gathered once
+        self._where: torch.Tensor | None = None  # its flat indices (a gather, not a mask)
         self.target = auto_discrepancy(peak_photons(y, fm))
 
     def __call__(self, it) -> bool:
-        mu = it.mean()
+        mu = it.mean().reshape(-1)
         if self.signal is None:
-            self.signal = signal_region(mu, self.fit)
-            self._ys_signal = self.ys[self.signal]
-        ratio = float(deviance_ratio(self._ys_signal[None], mu[self.signal][None]))
+            self.signal = signal_region(mu.reshape(self.ys.shape), self.fit)
+            self._where = self.signal.reshape(-1).nonzero().squeeze(1)
+            self._ys_signal = self.ys.reshape(-1).index_select(0, self._where)
+        ratio = float(deviance_ratio(self._ys_signal[None],
+                                     mu.index_select(0, self._where)[None]))
         self.k, prev, self._prev, self.ratio = it.k, self._prev, ratio, ratio
         if self.k <= MIN_ITERATIONS:
             return False
