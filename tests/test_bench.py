@@ -355,3 +355,18 @@ def test_real_image_timing_restores_the_named_dev_images():
     assert rows[0]["shape"] == [502, 502] and rows[1]["shape"] == [512, 512]
     for r in rows:
         assert r["end_to_end_s"] > r["first_frame_s"] > 0 and r["threads"] == 1
+
+
+def test_bench_restores_keep_the_benchmark_thread_count():
+    """A restore inside a benchmark runs at the benchmark's --threads: the automatic count
+    would otherwise reset the process's threads for the parts that follow."""
+    import torch
+
+    from pkl_dg.bench.common import benchmark_network
+    from pkl_dg.bench.speed import precision_quality
+
+    net, _ = benchmark_network(True)
+    with one_thread():
+        torch.set_num_threads(2)
+        precision_quality(net, smoke=True)
+        assert torch.get_num_threads() == 2

@@ -70,8 +70,12 @@ def test_bench_load_times_a_restore_and_renders_its_row():
            "idle": {"seconds": 40.0, "load_average_1min": [0.5]},
            "loaded": {"seconds": 48.0, "load_average_1min": [1.5]}, "ratio": 1.2}
     text = "\n".join(load_section({"created": "now", "rows": [row]}))
-    assert "| Richardson–Lucy (default settings), 30 iterations | 2048² | 1 | 40.0 | 48.0 " \
-           "| **1.20×** | 0.5 / 1.5 |" in text
+    assert "| Richardson–Lucy (default settings), 30 iterations | 2048² | 1 (automatic) | " \
+           "40.0 | 48.0 | **1.20×** | 0.5 / 1.5 | 1 |" in text
+    two = {**row, "threads": 2, "threads_requested": 2, "note": "idle box", "repeats": 3}
+    text = "\n".join(load_section({"created": "now", "rows": [row, two]}))
+    assert "| Richardson–Lucy (default settings), 30 iterations [1] | 2048² | 2 | 40.0" in text
+    assert "[1] idle box." in text
     args = build_parser().parse_args(["bench", "load", "--json", "x.json"])
     assert args.func.__name__ == "_load" and args.threads is None
 
@@ -84,18 +88,22 @@ def test_bench_load_cases_replaces_only_their_rows(tmp_path, monkeypatch):
 
     path = tmp_path / "load.json"
     path.write_text(json.dumps({"kind": "load", "created": "t0", "repeats": 3, "note": "n",
-                                "rows": [{"case": "pkl", "ratio": 1.9},
-                                         {"case": "rl", "ratio": 3.0}]}))
+                                "rows": [{"case": "pkl", "ratio": 1.9, "threads": 1},
+                                         {"case": "rl", "ratio": 3.0, "threads": 1}]}))
     monkeypatch.setattr(load_mod, "run_load", lambda **kw: {
         "kind": "load", "created": "t1", "repeats": kw["repeats"],
-        "rows": [{"case": c, "ratio": 2.0, "repeats": kw["repeats"]} for c in kw["only"]]})
+        "rows": [{"case": c, "ratio": 2.0, "repeats": kw["repeats"],
+                  "threads": kw["threads"] or 1} for c in kw["only"]]})
     before = torch.get_num_threads()
     try:
         assert main(["bench", "load", "--cases", "rl", "--repeats", "7", "--threads", "1",
+                     "--json", str(path), "--note", "again"]) == 0
+        # another thread count adds its rows beside those of the first
+        assert main(["bench", "load", "--cases", "pkl", "--repeats", "3", "--threads", "2",
                      "--json", str(path)]) == 0
     finally:
         torch.set_num_threads(before)
     data = json.loads(path.read_text())
-    assert [(r["case"], r["ratio"], r["repeats"]) for r in data["rows"]] == \
-        [("pkl", 1.9, 3), ("rl", 2.0, 7)]
-    assert data["note"] == "n"
+    assert [(r["case"], r["threads"], r["ratio"], r["repeats"]) for r in data["rows"]] == \
+        [("pkl", 1, 1.9, 3), ("rl", 1, 2.0, 7), ("pkl", 2, 2.0, 3)]
+    assert [r["note"] for r in data["rows"]] == ["n", "again", None]

@@ -108,31 +108,39 @@ def run_load(threads: int = 0, repeats: int = 1, smoke: bool = False, log=print,
 
 
 def load_section(load: dict) -> list[str]:
-    """The BENCHMARKS.md section of a ``bench load`` result."""
+    """The BENCHMARKS.md section of a ``bench load`` result (rows of several runs, each with
+    its thread count and note)."""
     label = {"pkl": "PKL (default settings)", "rl": "Richardson–Lucy (default settings)"}
     lines = ["## Under load: one competing CPU-bound process", "",
              f"`pkl-dg bench load` ({load['created']}): each restore timed end to end in a "
-             "fresh process, idle and beside one `while True: pass` process, with the "
-             "automatic thread policy (`threads = 0`: physical cores − 1, OpenMP wait "
-             f"passive); median of {load.get('repeats', 1)} run(s) per condition, idle and "
-             "loaded interleaved. The load averages are the machine's 1-minute figures "
-             "before the runs (highest), other jobs included: 'idle' means without our "
-             "competitor." + (f" Note: {load['note']}." if load.get("note") else ""), "",
+             "fresh process, idle and beside one `while True: pass` process, OpenMP wait "
+             "passive, at the thread count in the table ('automatic': `threads = 0`, physical "
+             "cores − 1); idle and loaded runs interleaved, medians. The load averages are the "
+             "machine's 1-minute figures before the runs (highest), other jobs included: "
+             "'idle' means without our competitor.", "",
              "| case | size | threads | idle (s) | under load (s) | ratio | load average "
-             "idle / loaded |", "|---|---|---|---|---|---|---|"]
+             "idle / loaded | runs each |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
     for r in load["rows"]:
         what = label.get(r["case"], r["case"])
-        if r.get("repeats", load.get("repeats", 1)) != load.get("repeats", 1):
-            what += f" ({r['repeats']} runs each)"
         if r.get("samples"):
             what += f", {r['steps']} steps × {r['samples']} samples"
         else:
             what += f", {r['steps']} iterations"
-        lines.append(f"| {what} | {r['size']}² | {r['threads']} | {r['idle']['seconds']:.1f} "
+        threads = f"{r['threads']}" + (" (automatic)" if not r.get("threads_requested") else "")
+        note = r.get("note", load.get("note"))
+        if note:
+            if note not in notes:
+                notes.append(note)
+            what += f" [{notes.index(note) + 1}]"
+        lines.append(f"| {what} | {r['size']}² | {threads} | {r['idle']['seconds']:.1f} "
                      f"| {r['loaded']['seconds']:.1f} | **{r['ratio']:.2f}×** | "
                      f"{max(r['idle']['load_average_1min']):.1f} / "
-                     f"{max(r['loaded']['load_average_1min']):.1f} |")
-    return lines + [""]
+                     f"{max(r['loaded']['load_average_1min']):.1f} | "
+                     f"{r.get('repeats', load.get('repeats', 1))} |")
+    lines.append("")
+    lines += [f"[{i}] {n}" + ("" if n.endswith(".") else ".") for i, n in enumerate(notes, 1)]
+    return lines + ([""] if notes else [])
 
 
 if __name__ == "__main__":  # the timed child: case size threads smoke|full

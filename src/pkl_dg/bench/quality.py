@@ -146,7 +146,8 @@ def run_methods(y: np.ndarray, gt: np.ndarray, psf: np.ndarray, background: floa
     # synthetic cases are photon counts with their true background (calibration 'manual');
     # the real pair is given as a user would (background −1: calibration estimated too)
     common = {"psf": psf, "background": background, "device": "cpu", "seed": seed,
-              "calibration": "manual" if background >= 0 else "auto"}
+              "calibration": "manual" if background >= 0 else "auto",
+              "threads": torch.get_num_threads()}  # the benchmark's --threads
     if cfg["steps"]:
         common["steps"] = cfg["steps"]
     for m in methods:

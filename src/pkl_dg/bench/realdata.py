@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pkl_dg.bench.protocol import rl_oracle
 from pkl_dg.bench.simulate import simulate_measurement
@@ -117,14 +118,15 @@ def run_realdata(root: Path, denoiser=None, smoke: bool = False, log=print) -> d
                 elif m == "rl_best":
                     # RL as restore runs it (calibration and background estimated)
                     best = rl_oracle((rec.image for rec in restore_iter(
-                        img, psf=psf, method="rl",
+                        img, psf=psf, method="rl", threads=torch.get_num_threads(),
                         rl_iterations=5 if smoke else RL_ORACLE_CAP)), gt)
                     pred, extra["iterations"] = best.image, best.iteration
                 else:
                     kw = {"method": "rl"} if m == "rl_auto" else \
                         {"method": "rl", "rl_iterations": 30} if m == "rl30" else \
                         {"method": "pkl", "denoiser": denoiser, **steps}
-                    res = restore_iter(img, psf=psf, **kw).finish()
+                    res = restore_iter(img, psf=psf, threads=torch.get_num_threads(),
+                                       **kw).finish()
                     pred = res.image
                     for key in ("rl_auto_iterations", "sub_iterations"):
                         if key in res.metadata:

@@ -18,11 +18,13 @@ from pkl_dg.bench.report_quality import plot_quality, quality_section
 from pkl_dg.bench.report_rl import load_avg
 from pkl_dg.bench.report_speed import speed_section
 
-REGENERATE = ("pkl-dg bench speed --threads 1 --json benchmarks/speed.json\n"
+REGENERATE = ("pkl-dg bench speed --threads 2 --sizes 256,512,1024,2048,4096 "
+              "--json benchmarks/speed.json\n"
               "pkl-dg bench quality --threads 1 --json benchmarks/quality.json\n"
               "pkl-dg bench quality --section real --threads 1 --json benchmarks/realdata.json\n"
               "pkl-dg bench quality --section settings --threads 1 --json benchmarks/realdata.json\n"
               "pkl-dg bench load --json benchmarks/load.json\n"
+              "pkl-dg bench load --cases pkl --threads 2 --repeats 3 --json benchmarks/load.json\n"
               "pkl-dg bench gpu --json benchmarks/gpu.json --repeats 1   # on a CUDA machine\n"
               "pkl-dg bench report --quality benchmarks/quality.json "
               "--speed benchmarks/speed.json --batch benchmarks/batch.json "

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 #: (steps, samples) tried
 GRID = ((25, 4), (15, 4), (12, 3), (10, 4), (10, 3), (8, 4), (6, 4), (8, 2), (15, 1))
@@ -53,7 +54,8 @@ def run_settings_grid(root: Path, grid=GRID, smoke: bool = False, denoiser=None,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # each input's warnings: the real section
                 res = restore_iter(item["image"], psf=item["psf"], method="pkl", steps=steps,
-                                   samples=samples, denoiser=denoiser).finish()
+                                   samples=samples, denoiser=denoiser,
+                                   threads=torch.get_num_threads()).finish()
             secs[item["name"]] = time.perf_counter() - t0
             psnr[item["name"]] = care_scores(res.image, item["gt"])["psnr"]
         row = {"steps": steps, "samples": samples, "psnr": psnr, "time_s": secs,

@@ -125,7 +125,7 @@ def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
                 kw = {"steps": steps} if steps else {}
                 t0 = time.perf_counter()
                 x = restore(y, psf=psf, method="pkl", seed=0, background=BACKGROUND, precision=prec,
-                            device="cpu", denoiser=net, **kw)
+                            device="cpu", denoiser=net, threads=torch.get_num_threads(), **kw)
                 out[prec] = (x, care_scores(x, gt), time.perf_counter() - t0)
             diff = float(np.abs(out["bf16"][0] - out["fp32"][0]).max() / max(out["fp32"][0].max(), 1e-12))
             rows.append({"image": k, "peak_photons": peak, "max_rel_pixel_diff": diff,

@@ -102,7 +102,8 @@ def run(model: str, n_images: int, size: int, peaks: tuple[float, ...], backgrou
                 # photon counts with a known background: no calibration estimate (its
                 # offset, the dark level, would take the background in a second time)
                 x = restore(y, psf=psf, method=m, seed=0, background=background,
-                            denoiser=denoiser, **{"calibration": "manual", **kw})
+                            denoiser=denoiser, threads=torch.get_num_threads(),
+                            **{"calibration": "manual", **kw})
                 res[m] = care_scores(x, gt)
             for name, s in res.items():
                 r = rows.setdefault(f"{peak:g}", {}).setdefault(name, [])
@@ -148,7 +149,8 @@ def run_pair(raw_path: str, gt_path: str, sigma: float, model: str, methods: tup
     for m in methods:
         kw = dict(settings or {}, **({"steps": steps} if steps else {}))
         # as a user would: calibration and background estimated from the image
-        x = restore(raw, psf=psf, method=m, seed=0, denoiser=denoiser, **kw)
+        x = restore(raw, psf=psf, method=m, seed=0, denoiser=denoiser,
+                    threads=torch.get_num_threads(), **kw)
         res[m] = care_scores(x, gt)
     return {"scores": res, "background": background, "sigma": sigma, "raw": raw_path, "gt": gt_path,
             "restore_settings": _effective_settings(settings, steps)}

@@ -184,16 +184,20 @@ def _load(args: argparse.Namespace) -> int:
     result = run_load(threads=args.threads or 0, repeats=args.repeats, smoke=args.smoke,
                       log=_log, only=only)
     result["note"] = args.note
-    if only and Path(args.json).is_file():  # replace those rows, keep the others
+    for r in result["rows"]:
+        r["note"], r["threads_requested"] = args.note, args.threads or 0
+    if only and Path(args.json).is_file():  # replace those rows (case, threads), keep others
         old = json.loads(Path(args.json).read_text(encoding="utf-8"))
         if old.get("kind") != "load":
             raise ValueError(f"{args.json} holds {old.get('kind')!r} results, not load ones")
-        kept = [r for r in old["rows"] if r["case"] not in only]
+        new_keys = {(r["case"], r["threads"]) for r in result["rows"]}
+        kept = [r for r in old["rows"] if (r["case"], r["threads"]) not in new_keys]
         for r in kept:
             r.setdefault("repeats", old.get("repeats", 1))
             r.setdefault("created", old.get("created"))
+            r.setdefault("note", old.get("note"))
         result["rows"] = kept + result["rows"]
-        result["note"] = args.note or old.get("note")
+        result["note"] = None  # each row keeps its own
     _write_json(args.json, result)
     return 0
 
