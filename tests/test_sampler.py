@@ -128,3 +128,15 @@ def test_rejects_bad_arguments(scene, constant_denoiser):
         next(_ddim(constant_denoiser, y, fm, mapping, eta=2.0))
     with pytest.raises(ValueError, match="steps"):
         next(_ddim(constant_denoiser, y, fm, mapping, steps=0))
+
+
+def test_quantile_by_selection_matches_torch_quantile():
+    from pkl_dg.quantiles import quantile
+
+    g = torch.Generator().manual_seed(5)
+    v = torch.rand(301, 257, generator=g) ** 3 * 1000  # skewed, odd count
+    for q in (0.0, 0.01, 0.5, 0.75, 0.999, 1.0):
+        assert quantile(v, q) == pytest.approx(float(torch.quantile(v.reshape(-1), q)),
+                                               rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        quantile(v[v < 0], 0.5)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pkl_dg.quantiles import quantile
+
 SCALE_FACTOR = 1.2
 SCALE_PERCENTILE = 99.9
 
@@ -56,10 +58,7 @@ def scale_from_estimate(estimate: torch.Tensor, where: torch.Tensor | None = Non
                              "no unsaturated structure to restore (re-acquire with a shorter "
                              "exposure or lower excitation)")
         flat = flat[where.expand_as(flat)]
-    flat = flat.reshape(-1).float()
-    if flat.numel() > 4_000_000:  # torch.quantile's input limit; a stride keeps it exact enough
-        flat = flat[:: flat.numel() // 4_000_000 + 1]
-    p = float(torch.quantile(flat, SCALE_PERCENTILE / 100))
+    p = quantile(flat, SCALE_PERCENTILE / 100)
     if not p > 0:
         raise ValueError("the image has no signal above background: nothing to restore "
                          "(check offset/background settings)")

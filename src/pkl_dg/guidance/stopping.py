@@ -41,6 +41,7 @@ import torch
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.guidance.steps import auto_discrepancy
 from pkl_dg.physics.forward import ForwardModel
+from pkl_dg.quantiles import quantile
 
 #: the misfit above the noise level must shrink by at least this fraction per iteration
 STALL = 0.005
@@ -67,7 +68,7 @@ def signal_region(mu: torch.Tensor, fit: torch.Tensor | None = None) -> torch.Te
     torch.Tensor
         bool, shape of ``mu``.
     """
-    level = _quantile(mu if fit is None else mu[fit], SIGNAL_QUANTILE).to(mu.dtype)
+    level = _quantile(mu if fit is None else mu[fit], SIGNAL_QUANTILE)
     region = mu >= level
     return region if fit is None else region & fit
 
@@ -76,13 +77,13 @@ def peak_photons(y: torch.Tensor, fm: ForwardModel) -> float:
     """The measurement's peak above the background: its 99.9th percentile less the
     background, photons (a strided sample of the pixels)."""
     background = float(torch.as_tensor(fm.background, dtype=torch.float64).mean())
-    return float(_quantile(y, 0.999)) - background
+    return _quantile(y, 0.999) - background
 
 
-def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+def _quantile(values: torch.Tensor, q: float) -> float:
     """The ``q`` quantile of a strided sample of at most ~``QUANTILE_SAMPLE`` values."""
     flat = values.reshape(-1)
-    return torch.quantile(flat[:: max(1, flat.numel() // QUANTILE_SAMPLE)].float(), q)
+    return quantile(flat[:: max(1, flat.numel() // QUANTILE_SAMPLE)], q)
 
 
 class AutoStop:
