@@ -347,16 +347,17 @@ def test_sample_psf_matches_default_settings_rl_sharpens():
 @pytest.mark.parametrize("method", ["pkl", "rl"])
 def test_worker_cancel_stops_inside_a_long_step(constant_denoiser, method):
     """The flag is checked before every convolution: a run stops inside its rough RL
-    estimate or a step of 120 sub-iterations, not at the end of the step."""
+    estimate or a step of 200 sub-iterations (over a second at 768² on one thread), not at the
+    end of the step."""
     import threading
     import time
 
     from pkl_dg.napari.worker import CancelFlag, Cancelled
 
-    image = np.random.default_rng(0).poisson(50.0, (384, 384)).astype(np.float32)
+    image = np.random.default_rng(0).poisson(50.0, (768, 768)).astype(np.float32)
     models = ModelCache()
     models.put("", "auto", constant_denoiser)
-    settings = RestoreSettings(method=method, steps=3, sub_iterations=120, discrepancy=0.0,
+    settings = RestoreSettings(method=method, steps=3, sub_iterations=200, discrepancy=0.0,
                                samples=1, rl_iterations=5000, threads=1)
     flag = CancelFlag()
     gen = restoration_frames(image, settings, PsfRequest("gaussian"), OperatorCache(),

@@ -35,6 +35,59 @@ def smooth_size(n: int) -> int:
         m += 1
 
 
+def fft_filter(canvas: torch.Tensor, otf: torch.Tensor, fshape: tuple[int, ...],
+               dims: tuple[int, ...], offset: float = 0.0, spec: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """``irfftn(rfftn(canvas) · otf) + offset`` over the last ``len(dims)`` axes.
+
+    Parameters
+    ----------
+    canvas : torch.Tensor
+        (..., *fshape) real, contiguous; leading axes are a batch.
+    otf : torch.Tensor
+        rfftn of the kernel on the ``fshape`` grid (complex, broadcastable per plane).
+    fshape, dims
+        The FFT grid and its (negative) axes.
+    offset : float
+        Added to every output value, on the spectrum's zero-frequency bin (no extra pass).
+    spec, out : torch.Tensor, optional
+        Preallocated spectrum (..., rfft shape) and output (like ``canvas``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``out`` (allocated when not given).
+
+    On the CPU the batch is transformed one element at a time: torch's batched CPU FFT ran
+    2–3× slower than the same FFTs one by one (measured here, 1 thread: A + Aᵀ of 4 samples
+    of 502² 39.9 vs 14.0 ms; of 4 × 1024² 204 vs 101 ms), as one image's FFT stays in cache
+    and the batch's does not. On other devices the batch goes in one call.
+    """
+    d = len(dims)
+    planes = int(math.prod(canvas.shape[:-d])) if canvas.device.type == "cpu" else 1
+    if canvas.requires_grad:  # autograd cannot see through out=: the same, allocating
+        parts = [torch.fft.irfftn(torch.fft.rfftn(c, dim=dims) * otf, s=fshape, dim=dims)
+                 for c in ([canvas] if planes <= 1 else canvas.reshape(-1, *fshape))]
+        return (parts[0] if planes <= 1 else torch.stack(parts).reshape(canvas.shape)) + offset
+    if spec is None:
+        spec = torch.empty(*canvas.shape[:-d], *otf.shape[-d:], dtype=otf.dtype,
+                           device=canvas.device)
+    if out is None:
+        out = torch.empty_like(canvas)
+    n = float(math.prod(fshape))
+    dc = (Ellipsis,) + (0,) * d
+    views = [(canvas, spec, out)] if planes <= 1 else list(zip(
+        canvas.reshape(-1, *canvas.shape[-d:]), spec.reshape(-1, *spec.shape[-d:]),
+        out.reshape(-1, *out.shape[-d:])))
+    for c, sp, o in views:
+        torch.fft.rfftn(c, dim=dims, out=sp)
+        sp.mul_(otf)
+        if offset:  # + c everywhere = + c·N on the zero-frequency bin (irfftn divides by N)
+            sp[dc] += offset * n
+        torch.fft.irfftn(sp, s=fshape, dim=dims, out=o)
+    return out
+
+
 class LRUCache:
     """A small least-recently-used cache with hit/miss counters tests can read."""
 
@@ -229,9 +282,8 @@ class PSFConvolution:
             fshape = self.padded_shape(*shape)
             canvas = x.new_zeros(*x.shape[: x.ndim - self.ndim], *fshape)
             self._pad_into(canvas, x)
-            spec = torch.fft.rfftn(canvas, dim=self._dims())
-            spec.mul_(self.otf(fshape, x.dtype, x.device))
-            full = torch.fft.irfftn(spec, s=fshape, dim=self._dims())
+            full = fft_filter(canvas, self.otf(fshape, x.dtype, x.device), fshape,
+                              self._dims())
             return full[self._centre(shape)]
         return self._kornia_valid(self._pad(x), self._kernel(x, flip=False))
 
@@ -245,9 +297,8 @@ class PSFConvolution:
             fshape = self.padded_shape(*shape)
             canvas = torch.zeros(*lead, *fshape, dtype=z.dtype, device=z.device)
             canvas[self._centre(shape)] = z
-            spec = torch.fft.rfftn(canvas, dim=self._dims())
-            spec.mul_(self.otf_conj(fshape, z.dtype, z.device))
-            full = torch.fft.irfftn(spec, s=fshape, dim=self._dims())
+            full = fft_filter(canvas, self.otf_conj(fshape, z.dtype, z.device), fshape,
+                              self._dims())
             return self._fold_into(full, shape)
         canvas = torch.zeros(*lead, *(n + 2 * r for n, r in zip(padded, self.radius)),
                              dtype=z.dtype, device=z.device)
@@ -344,15 +395,10 @@ class ConvWorkspace:
         self._margins = [t for axis in range(d) if conv.radius[axis] > 0 for t, _ in
                          conv._margin_slices(self.image_shape, axis)]
         self._margins_hold_data = False
-        self._dc = (Ellipsis,) + (0,) * d
-        self._n = float(math.prod(self.fshape))
 
     def _transform(self, otf: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
-        torch.fft.rfftn(self._canvas, dim=self._dims, out=self._spec)
-        self._spec.mul_(otf)
-        if offset:  # + c everywhere = + c·N on the zero-frequency bin (irfftn divides by N)
-            self._spec[self._dc] += offset * self._n
-        return torch.fft.irfftn(self._spec, s=self.fshape, dim=self._dims, out=self._full)
+        return fft_filter(self._canvas, otf, self.fshape, self._dims, offset,
+                          spec=self._spec, out=self._full)
 
     def A(self, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
         """A x + ``offset`` (a view, valid until the next :meth:`A` or :meth:`adjoint`).
