@@ -207,3 +207,29 @@ def test_batched_blur_equals_the_blur_of_each_image():
     assert torch.allclose(blurred.detach(), single, atol=1e-6)
     (blurred * z).sum().backward()  # the gradient of ⟨A x, z⟩ is Aᵀ z
     assert torch.allclose(xg.grad, adj, atol=1e-5)
+
+
+def test_large_images_are_blurred_in_tiles_exactly():
+    """Above BLOCK_FROM px (on the CPU) A and Aᵀ run in overlap-save tiles: the same
+    operator as one FFT to rounding, still adjoint, through the workspace too."""
+    from pkl_dg.physics import filtering as blocked
+
+    g = torch.Generator().manual_seed(11)
+    op = PSFConvolution(gaussian_psf(2.0))
+    shape = (blocked.BLOCK_FROM + 37, blocked.BLOCK_FROM + 5)  # partial last tiles
+    x = torch.rand(2, *shape, generator=g)
+    z = torch.rand(2, *shape, generator=g)
+    assert blocked.use_blocks(2, op.radius, shape, x)
+    one_fft = blocked.BLOCK_FROM
+    try:
+        blocked.BLOCK_FROM = 10 ** 9  # the reference: one FFT per image
+        ax_ref, atz_ref = op.A(x), op.A_adjoint(z)
+    finally:
+        blocked.BLOCK_FROM = one_fft
+    ax, atz = op.A(x), op.A_adjoint(z)
+    assert torch.allclose(ax, ax_ref, atol=2e-6) and torch.allclose(atz, atz_ref, atol=2e-6)
+    assert float((ax * z).sum()) == pytest.approx(float((x * atz).sum()), rel=1e-5)
+    ws = op.workspace(tuple(x.shape))
+    assert torch.allclose(ws.A(x, 3.0), ax_ref + 3.0, atol=5e-6)
+    ws.adjoint_input().copy_(z)
+    assert torch.allclose(ws.adjoint(), atz_ref, atol=2e-6)

@@ -9,7 +9,7 @@ photon units; read noise enters through the shifted-Poisson model (y + s², μ +
 ones) are left out of both Aᵀ terms.
 
 Cost per iteration: exactly one A and one Aᵀ, i.e. four real FFTs on the padded grid with
-a cached OTF (:class:`~pkl_dg.physics.convolution.ConvWorkspace`: no buffer allocated per
+a cached OTF (:class:`~pkl_dg.physics.workspace.ConvWorkspace`: no buffer allocated per
 iteration except the new estimate), plus a few element-wise passes. The forward
 prediction μ = A x + B that iteration k + 1 needs is that of iterate k, so the misfit of
 iterate k (:meth:`RLIterate.nll`) costs no convolution: only a logarithm pass, and only
