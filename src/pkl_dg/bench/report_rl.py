@@ -22,8 +22,9 @@ def rl_lines(rl: dict | None) -> list[str]:
     peers = [p for p in PEER_NAMES if p in t["peers"]]
     L = ["### Richardson–Lucy: ours against the FFT floor and other packages", "",
          f"Per iteration, ms, medians of {t['repeats']} repeats of {t['iterations']} "
-         f"iterations, {t['torch_threads']} torch thread(s), one process, variants interleaved "
-         f"in each repeat; the speed benchmark's test image, PSF {t['psf']}. Run "
+         f"iterations, {t['torch_threads']} torch thread(s), one process, our variants "
+         "interleaved in each repeat and the peers' repeats after ours (running sdeconv left "
+         "this process's later FFTs slower); the speed benchmark's test image, PSF {t['psf']}. Run "
          f"{t['created']}; load average at start / end {load_avg(t['load_average_start'])} / "
          f"{load_avg(t['load_average_end'])} (2 logical CPUs)" +
          (f"; {rl['note']}" if rl.get("note") else "") + ".", ""]

@@ -24,7 +24,7 @@ import torch
 #: side of the FFT grid of one tile
 BLOCK_FFT = 320
 #: smallest lateral side (px) of an image filtered in tiles
-BLOCK_FROM = 1024
+BLOCK_FROM = 1536
 
 
 def fft_filter(canvas: torch.Tensor, otf: torch.Tensor, fshape: tuple[int, ...],
