@@ -210,10 +210,26 @@ def test_batched_blur_equals_the_blur_of_each_image():
 
 
 def test_large_images_are_blurred_in_tiles_exactly():
-    """Above BLOCK_FROM px (on the CPU) A and Aᵀ run in overlap-save tiles: the same
+    """Above BLOCK_FROM px (on one CPU thread) A and Aᵀ run in overlap-save tiles: the same
     operator as one FFT to rounding, still adjoint, through the workspace too."""
     from pkl_dg.physics import filtering as blocked
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_tiles(blocked)
+        shape = (blocked.BLOCK_FROM, blocked.BLOCK_FROM)
+        torch.set_num_threads(2)  # more threads: tiles only from BLOCK_FROM_THREADED
+        assert not blocked.use_blocks(2, (8, 8), shape, torch.empty(0))
+        assert blocked.use_blocks(2, (8, 8), (blocked.BLOCK_FROM_THREADED,) * 2,
+                                  torch.empty(0))
+        assert not blocked.use_blocks(2, (blocked.BLOCK_FFT // 4,) * 2,
+                                      (blocked.BLOCK_FROM_THREADED,) * 2, torch.empty(0))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_tiles(blocked):
     g = torch.Generator().manual_seed(11)
     op = PSFConvolution(gaussian_psf(2.0))
     shape = (blocked.BLOCK_FROM + 37, blocked.BLOCK_FROM + 5)  # partial last tiles
