@@ -18,6 +18,7 @@ from pkl_dg.axes import check_unlabelled_layout
 from pkl_dg.calibration import Calibration, estimate_calibration
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.physics import ForwardModel, PSFConvolution
+from pkl_dg.quantiles import quantile
 from pkl_dg.saturation import detect_saturation
 from pkl_dg.settings import RestoreSettings
 
@@ -77,8 +78,7 @@ def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
     smooth = conv.A(y).reshape(-1)
     if smooth.numel() > 4_000_000:
         smooth = smooth[:: smooth.numel() // 4_000_000 + 1]
-    # numpy selects (introselect, O(n)); torch.quantile sorts: 1.2 s for 4 M values on 1 thread
-    return max(float(np.quantile(smooth.float().cpu().numpy(), 0.01)), 0.0)
+    return max(quantile(smooth, 0.01), 0.0)
 
 
 def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:

@@ -53,7 +53,6 @@ class ConvWorkspace:
             self._zin = self._u[conv._centre(self.image_shape, offset=2)]
             self._out = torch.zeros(self.shape, dtype=dtype, device=device)
             self._full = torch.empty(*lead, *padded, dtype=dtype, device=device)
-            self._last = self._out
             self._tile_otfs = (conv._tile_otf(self._out, conj=False),
                                conv._tile_otf(self._out, conj=True))
             return
@@ -80,16 +79,15 @@ class ConvWorkspace:
         """
         if self._blocked:
             self.conv._pad_into(self._pad, x)
-            self._last = valid_filter(self._pad, self._tile_otfs[0], self.conv.radius,
-                                      self.image_shape, out=self._out, offset=offset)
-            return self._last
+            return valid_filter(self._pad, self._tile_otfs[0], self.conv.radius,
+                                self.image_shape, out=self._out, offset=offset)
         self.conv._pad_into(self._canvas, x)
         self._margins_hold_data = True
         return self._transform(self._otf, offset)[self._centre]
 
     def output(self) -> torch.Tensor:
         """The view :meth:`A` and :meth:`adjoint` return (usable as scratch in between)."""
-        return self._last if self._blocked else self._full[self._centre]
+        return self._out if self._blocked else self._full[self._centre]
 
     def adjoint_input(self) -> torch.Tensor:
         """The view to write z into before :meth:`adjoint` (saves a copy)."""
@@ -109,8 +107,7 @@ class ConvWorkspace:
                 self._zin.copy_(z)
             full = valid_filter(self._u, self._tile_otfs[1], self.conv.radius, self._padded,
                                 out=self._full)
-            self._last = self.conv._fold_into(full, self.image_shape)
-            return self._last
+            return self.conv._fold_into(full, self.image_shape)
         target = self.adjoint_input()
         if z is not None:
             target.copy_(z)
