@@ -20,6 +20,9 @@ def test_rl_part_smoke_runs_every_variant_and_renders():
     assert part["time_to_best"] == {"skipped": "smoke run"}
     text = "\n".join(rl_lines(part))
     assert "FFT floor" in text and "32²" in text and "Not run: smoke run" in text
+    # every placeholder of the description is filled in (an f-prefix once went missing)
+    assert "{" not in text and f"PSF {table['psf']}" in text
+    assert f"({table['logical_cpus']} logical CPUs)" in text
     for p, why in table["skipped_peers"].items():
         assert why in text
 

@@ -24,9 +24,10 @@ def rl_lines(rl: dict | None) -> list[str]:
          f"Per iteration, ms, medians of {t['repeats']} repeats of {t['iterations']} "
          f"iterations, {t['torch_threads']} torch thread(s), one process, our variants "
          "interleaved in each repeat and the peers' repeats after ours (running sdeconv left "
-         "this process's later FFTs slower); the speed benchmark's test image, PSF {t['psf']}. Run "
-         f"{t['created']}; load average at start / end {load_avg(t['load_average_start'])} / "
-         f"{load_avg(t['load_average_end'])} (2 logical CPUs)" +
+         f"this process's later FFTs slower); the speed benchmark's test image, PSF {t['psf']}. "
+         f"Run {t['created']}; load average at start / end {load_avg(t['load_average_start'])} / "
+         f"{load_avg(t['load_average_end'])}" +
+         (f" ({t['logical_cpus']} logical CPUs)" if "logical_cpus" in t else "") +
          (f"; {rl['note']}" if rl.get("note") else "") + ".", ""]
     head = ["size", "FFT grid", "floor", "restore (÷ floor)", "fastest repeat: restore ÷ "
             "floor", "restore setup s",

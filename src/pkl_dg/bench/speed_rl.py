@@ -265,7 +265,7 @@ def run_rl_speed(sizes: list[int], iterations: int, repeats: int, log=print,
             "torch_threads": torch.get_num_threads(), "peers": list(peers),
             "skipped_peers": skipped, "versions": _peer_versions(peers), "sizes": rows,
             "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
-            "psf": f"gaussian sigma={PSF_SIGMA} px"}
+            "psf": f"gaussian sigma={PSF_SIGMA} px", "logical_cpus": os.cpu_count()}
 
 
 def _peer_versions(peers) -> dict[str, str]:
