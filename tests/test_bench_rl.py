@@ -27,6 +27,18 @@ def test_rl_part_smoke_runs_every_variant_and_renders():
         assert why in text
 
 
+def test_a_ratio_just_over_the_floor_bar_shows_why_it_fails():
+    row = {"size": 512, "fft_shape": [540, 540], "floor_ms": 2.46, "restore_ms": 2.97,
+           "restore_over_floor": 1.204, "restore_setup_s": 0.05, "restore_total_ms": 8.0,
+           "raw_ms": 2.96, "accelerated_ms": 3.7}
+    table = {"repeats": 3, "iterations": 10, "torch_threads": 2, "psf": "gaussian", "peers": [],
+             "skipped_peers": {}, "created": "now", "load_average_start": [0.5, 0.5, 0.5],
+             "load_average_end": [0.5, 0.5, 0.5], "sizes": [row, {**row, "size": 1024,
+                                                                  "restore_over_floor": 1.19}]}
+    text = "\n".join(rl_lines({"table": table, "time_to_best": {"skipped": "smoke run"}}))
+    assert "(1.204× ✗)" in text and "(1.19×)" in text
+
+
 def test_missing_peer_is_skipped_with_a_reason(monkeypatch):
     def broken():
         raise ImportError("No module named 'RedLionfishDeconv'")
