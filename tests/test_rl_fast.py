@@ -97,8 +97,12 @@ def test_stop_callback_ends_the_run():
 
 @pytest.mark.parametrize("shape,psf", [((33, 47), gaussian_psf(1.3)),
                                        ((2, 40, 31), gaussian_psf(2.0)),
-                                       ((9, 18, 20), gaussian_psf_3d(1.2, 1.0))])
+                                       ((9, 18, 20), gaussian_psf_3d(1.2, 1.0)),
+                                       # the smallest image (n = 2r + 1): margins meet
+                                       ((9, 12), np.full((9, 9), 1 / 81))])
 def test_workspace_matches_operator_and_is_adjoint(shape, psf):
+    """The workspace (on the CPU: margins copied between fixed numpy views) equals the
+    operator's own padding and fold, and A and Aᵀ are adjoint."""
     op = PSFConvolution(psf)
     g = torch.Generator().manual_seed(3)
     x = torch.rand(*shape, generator=g, dtype=torch.float64)
