@@ -81,3 +81,25 @@ def test_estimate_outside_the_fields_is_reported_not_clamped(make_napari_viewer,
     label = widget.calibration_panel.label.text()
     assert f"gain {cal.gain:.4g}" in label and "cannot show" in label
     assert len(shown) == 1 and "cannot show" in shown[0]
+
+
+def test_estimate_shown_is_the_one_a_run_uses_on_a_saturated_image(make_napari_viewer):
+    """A run leaves pixels clipped at the dtype maximum out of its calibration estimate; the
+    panel shows the same estimate (it once fitted the clipped pixels too and showed another
+    gain than the run used)."""
+    from pkl_dg.inputs import resolve_calibration
+    from pkl_dg.settings import RestoreSettings
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    img = np.clip(_camera_image(gain=0.2, offset=10.0).astype(np.float64), 0, 255)
+    clipped = img.astype(np.uint8)
+    assert (clipped == 255).sum() > 50
+    viewer.add_image(clipped, name="clipped")
+    shown = widget.calibration_panel.estimate_shown
+    used = resolve_calibration(clipped, RestoreSettings())
+    assert (shown.gain, shown.offset, shown.read_noise) == (used.gain, used.offset,
+                                                            used.read_noise)
+    from pkl_dg.calibration import estimate_calibration
+    unmasked = estimate_calibration(clipped.astype(np.float64))
+    assert unmasked.gain != used.gain  # the mask matters on this image

@@ -244,6 +244,37 @@ def test_cancel_stops_early_and_second_run_is_refused(viewer_widget, qtbot, note
     assert not widget.is_running and widget.run_button.isEnabled()
 
 
+class BrokenDenoiser:
+    def __call__(self, x, t):
+        raise RuntimeError("the network exploded")
+
+
+def test_run_warnings_and_unexpected_errors_become_one_notification_each(viewer_widget, qtbot,
+                                                                        notes):
+    """A warning raised inside the worker thread (saturated pixels) and an exception the run
+    does not expect each reach the user as exactly one napari notification (napari 0.9.2's
+    thread_worker relays neither)."""
+    viewer, widget = viewer_widget
+    img = np.asarray(viewer.layers["cells"].data, dtype=np.float64)
+    viewer.add_image(np.clip(img / img.max() * 400, 0, 255).astype(np.uint8), name="clipped")
+    widget.input_combo.value = viewer.layers["clipped"]
+    notes.clear()
+    assert run_and_wait(qtbot, widget) == "done"
+    assert "saturated" in widget.output_layer.metadata
+    qtbot.waitUntil(lambda: any("saturated pixel" in m for _s, m in notes), timeout=5000)
+    warned = [m for s, m in notes if "WARNING" in s.upper() and "saturated pixel" in m]
+    assert len(warned) == 1, notes
+    widget.model_cache.put("", "auto", BrokenDenoiser())
+    # a RuntimeError (torch's kind of fault) ends the run too: superqt alone would drop it
+    with qtbot.captureExceptions() as raised:
+        assert run_and_wait(qtbot, widget) == "error"
+        qtbot.waitUntil(lambda: any("network exploded" in m for _s, m in notes), timeout=5000)
+    assert any("network exploded" in str(exc) for _t, exc, _tb in raised)
+    errors = [m for s, m in notes if "ERROR" in s.upper() and "network exploded" in m]
+    assert len(errors) == 1, notes
+    assert "network exploded" in widget.status_label.text()
+
+
 def test_input_removed_during_run_stops_it(viewer_widget, qtbot, notes, constant_denoiser):
     viewer, widget = viewer_widget
     widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser))

@@ -81,6 +81,29 @@ def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
     return max(quantile(smooth, 0.01), 0.0)
 
 
+def estimate_image_calibration(image: Any) -> Calibration:
+    """The photon calibration a run with calibration 'auto' estimates from ``image``.
+
+    Parameters
+    ----------
+    image : array_like
+        (..., Y, X) in camera units, as the user's file holds it; the first YX plane of the
+        middle of its leading axes is fitted (:func:`pkl_dg.calibration.estimate_calibration`),
+        without its pixels clipped at the saturation level (they carry no noise).
+
+    Raises
+    ------
+    ValueError
+        No estimate: the noise does not grow with the signal, or the plane is unusable.
+    """
+    shape = tuple(np.shape(image))
+    idx = tuple(d // 2 for d in shape[:-2])
+    dtype = getattr(image, "dtype", np.float32)
+    plane = validate_block(image[idx] if idx else image, dtype)
+    sat = detect_saturation(plane, dtype)
+    return estimate_calibration(plane, saturated=sat.mask if sat.count else None)
+
+
 def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
     """The photon calibration of a run: the settings' values ('manual') or an estimate from
     the image ('auto': :func:`pkl_dg.calibration.estimate_calibration` on its first YX
@@ -93,13 +116,8 @@ def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
     """
     if s.calibration == "manual":
         return Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise)
-    shape = tuple(np.shape(image))
-    idx = tuple(d // 2 for d in shape[:-2])
-    dtype = getattr(image, "dtype", np.float32)
-    plane = validate_block(image[idx] if idx else image, dtype)
-    sat = detect_saturation(plane, dtype)  # clipped pixels carry no noise: leave them out
     try:
-        return estimate_calibration(plane, saturated=sat.mask if sat.count else None)
+        return estimate_image_calibration(image)
     except ValueError as exc:
         warnings.warn(f"{exc}. The data are taken as photon counts (gain 1 e⁻/ADU, offset "
                       "0, no read noise) for this run.", CalibrationWarning, stacklevel=3)

@@ -18,7 +18,8 @@ import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout
 
-from pkl_dg.calibration import Calibration, estimate_calibration
+from pkl_dg.calibration import Calibration
+from pkl_dg.inputs import estimate_image_calibration
 from pkl_dg.settings import CAMERA_FIELDS
 
 
@@ -81,7 +82,7 @@ class CalibrationPanel:
             return None
         name, arr = got
         try:
-            cal = estimate_calibration(np.asarray(arr, dtype=np.float64))
+            cal = estimate_image_calibration(np.asarray(arr))  # exactly as a run estimates it
         except ValueError as exc:
             self.estimate_shown = None
             self.label.setText(f"No estimate for '{name}': {exc}")

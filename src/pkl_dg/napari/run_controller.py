@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Protocol
 
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import notification_manager, show_error
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
@@ -153,6 +153,7 @@ class RunController(QObject):
         worker.yielded.connect(self._on_frame)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
+        worker.warned.connect(self._on_warned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.cancel_button.setEnabled(True)
@@ -263,13 +264,23 @@ class RunController(QObject):
         self.status.setText(f"Cancelled after {run.frames} step(s){why}"
                             f"{'; ' + kept if kept else ''}.")
 
+    # napari's thread_worker is meant to turn a worker's warnings and exceptions into
+    # notifications, but in napari 0.9.2 it does not: its notifying mixin sits after
+    # superqt's worker class, whose __init__ does not chain to it, so the mixin never
+    # connects. The run relays both itself (one notification each: tested).
+    def _on_warned(self, show_warning_args: tuple) -> None:
+        """A warning raised inside the run (saturated pixels, negative values, …)."""
+        if self._ui_alive:
+            notification_manager.receive_warning(*show_warning_args)
+
     def _on_errored(self, exc: Exception) -> None:
-        # napari's worker already reports the exception (with its traceback) as a notification
+        """An unexpected exception of the run (expected ones return a RunFailure)."""
         self._timer.stop()
         self._pending = None
         self.run.status = "error"
         if not self._ui_alive:
             return
+        notification_manager.receive_error(type(exc), exc, exc.__traceback__)
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.progress.setFormat("error")
         self.status.setText(f"Error: {exc}")

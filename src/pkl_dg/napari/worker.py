@@ -9,7 +9,10 @@ methods widget around :func:`pkl_dg.compare.compare_iter`, with the same PSF res
 (:func:`resolve_psf`).
 Problems with the user's input (bad image, PSF larger than the image, missing model file, no
 beads found) are returned as a :class:`RunFailure` carrying the message to show; anything
-else propagates (napari reports it with its traceback).
+else propagates to the widget, which shows it as an error notification with its traceback.
+A ``RuntimeError`` (torch's error for real faults, e.g. running out of memory) propagates as
+a :class:`RunError`: superqt's worker takes a ``RuntimeError`` for a deleted worker and drops
+it, without ending the run.
 
 Cancelling: the widget sets a :class:`CancelFlag`. The run checks it between steps and,
 through :class:`CancellableOperator`, before every convolution, so even a diffusion step of
@@ -41,7 +44,7 @@ from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import PSF_KINDS, RestoreSettings, uses_prior
 
 __all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "MethodFrame",
-           "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunFailure",
+           "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunError", "RunFailure",
            "comparison_frames", "psf_key", "resolve_psf", "restoration_frames"]
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class RunFailure:
     """A run that stopped on a user-fixable problem; ``message`` says what to do."""
 
     message: str
+
+
+class RunError(Exception):
+    """An unexpected fault inside a run, re-raised from a ``RuntimeError`` (see the module
+    docstring); the original is its ``__cause__``."""
 
 
 class RunCancelled(Exception):
@@ -226,6 +234,8 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
         return Cancelled(done)
     except (ValueError, FileNotFoundError) as exc:
         return RunFailure(str(exc))
+    except RuntimeError as exc:
+        raise RunError(f"{type(exc).__name__}: {exc}") from exc
     finally:
         if steps is not None:
             steps.close()
@@ -294,6 +304,8 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
         return Cancelled(done)
     except (ValueError, FileNotFoundError) as exc:
         return RunFailure(str(exc))
+    except RuntimeError as exc:
+        raise RunError(f"{type(exc).__name__}: {exc}") from exc
     finally:
         if steps is not None:
             steps.close()
