@@ -163,6 +163,7 @@ def test_run_streams_into_one_layer_with_input_scale(viewer_widget, qtbot, notes
     assert out.unique_id == widget.output_layer.unique_id
     # the default draws several posterior samples: their std gets its own layer
     assert [lyr.name for lyr in viewer.layers][3:] == ["cells [PKL]", "cells [PKL] std"]
+    assert viewer.layers.selection.active is out  # not the hidden std layer
     assert out.data.dtype == np.float32 and out.data.shape == source.data.shape
     np.testing.assert_allclose(out.scale, source.scale)
     np.testing.assert_allclose(out.translate, source.translate)
@@ -305,8 +306,11 @@ def test_nd_layer_restores_displayed_plane(viewer_widget, qtbot):
     widget.controls["background"].value = 0.0  # then RL keeps the plane's flux
     assert run_and_wait(qtbot, widget) == "done"
     out = widget.output_layer
-    assert out.name == "stack [Richardson–Lucy] @2" and out.data.shape == (64, 64)
-    np.testing.assert_allclose(out.scale, (0.1, 0.1))
+    # the plane keeps its place in the stack: shown at z = 2, not on every plane
+    assert out.name == "stack [Richardson–Lucy] @2" and out.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(out.scale, (2.0, 0.1, 0.1))
+    np.testing.assert_allclose(out.translate, (4.0, 0.0, 0.0))
+    assert out.world_to_data((4.0, 1.0, 1.0)) == pytest.approx((0, 10, 10))
     assert out.metadata["napari"]["plane"] == [2]
     assert out.data.mean() == pytest.approx(2 * plane.mean(), rel=0.05)
 

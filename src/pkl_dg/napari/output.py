@@ -2,8 +2,9 @@
 
 A run writes every streamed frame into ONE image layer named ``"<input> [<method>]"``
 (``@<index>`` appended when only the displayed block of a stack is restored), created on the
-first frame with the input's scale, translate, units and axis labels for the axes it covers,
-float32, and updated in place afterwards. Contrast limits follow the 0.1–99.9 percentiles of
+first frame with the input's scale, translate, units and axis labels, float32, and updated in
+place afterwards. A displayed block keeps the stack's axes, each leading one of length 1 and
+translated to the block's position, so it shows at its own plane, not on every plane. Contrast limits follow the 0.1–99.9 percentiles of
 each frame until the user changes them. :class:`RestorationView` is what the
 :class:`~pkl_dg.napari.run_controller.RunController` shows of a restoration; the "PSF (PKL)"
 layer of the widget's *Show PSF* is written by :func:`show_psf_layer`.
@@ -46,13 +47,23 @@ class Run:
     method_label: str = ""  # e.g. "PKL (Poisson KL)", for the status line
     output_gone: bool = False  # the user removed the output layer during the run
 
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        """The output layer's shape: a displayed block keeps the stack's leading axes
+        (length 1 each)."""
+        return (1,) * len(self.plane) + tuple(self.shape)
+
+    def placed(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (a frame, the result or its std) as the output layer holds it (a view)."""
+        return image.reshape(self.layer_shape) if self.plane else image
+
 
 def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.ndarray
                      ) -> Image:
     """The output layer of ``run``: ``current`` if still valid, a same-named float32 layer of
     the right shape from an earlier run, or a new one (created from ``frame``)."""
     src = run.input_layer
-    shape = run.shape
+    shape = run.layer_shape
     if current is not None and current.name == run.name and current.data.shape == shape \
             and any(same_layer(current, other) for other in viewer.layers):
         return current
@@ -61,10 +72,13 @@ def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.nda
             existing.data.dtype == np.float32:
         return existing
     n = len(shape)
-    data = np.zeros(shape, np.float32) if run.whole_stack else frame
+    data = np.zeros(shape, np.float32) if run.whole_stack else run.placed(frame)
+    scale = np.asarray(src.scale[-n:], dtype=float)
+    translate = np.asarray(src.translate[-n:], dtype=float)
+    translate[:len(run.plane)] += np.asarray(run.plane) * scale[:len(run.plane)]
     run.auto_contrast = None
     return viewer.add_image(
-        data, name=run.name, scale=src.scale[-n:], translate=src.translate[-n:],
+        data, name=run.name, scale=scale, translate=translate,
         units=src.units[-n:], axis_labels=src.axis_labels[-n:],
         colormap=src.colormap.name, metadata={"status": "running"})
 
@@ -77,7 +91,7 @@ def show_frame(layer: Image, run: Run, block: tuple[int, ...], image: np.ndarray
         layer.data[block] = image
         layer.refresh()
     else:
-        layer.data = image
+        layer.data = run.placed(image)
 
 
 def auto_contrast(layer: Image, run: Run, frame: np.ndarray) -> None:
@@ -134,6 +148,9 @@ def show_std(viewer: Any, out: Image, std: np.ndarray, samples: int) -> Image:
     else:
         layer = viewer.add_image(std, name=name, scale=out.scale, translate=out.translate,
                                  units=out.units, colormap="viridis", visible=False)
+        # adding selects the new (hidden) layer: keep the result selected, so the layer
+        # controls at hand (contrast, colormap) are the visible result's
+        viewer.layers.selection.active = out
     hi = float(np.percentile(std, 99.9)) if std.size else 1.0
     layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
     layer.metadata = {"description": "per-pixel standard deviation over "
@@ -185,10 +202,10 @@ class RestorationView:
         image = np.asarray(result.image, dtype=np.float32)
         layer = output_layer_for(self.viewer, run, self.output_layer, image)
         self.output_layer = layer
-        layer.data = image
+        layer.data = run.placed(image)
         auto_contrast(layer, run, image)
         if result.std is not None and run.settings.samples > 1:
-            show_std(self.viewer, layer, np.asarray(result.std, dtype=np.float32),
+            show_std(self.viewer, layer, run.placed(np.asarray(result.std, dtype=np.float32)),
                      run.settings.samples)
         else:  # this result has no std: an older one must not stay beside it
             remove_std(self.viewer, run.name)
