@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 from einops import rearrange, reduce, repeat
 
+from pkl_dg.diffusion.grid_phase import PHASES, phase_shifted
 from pkl_dg.diffusion.mapping import IntensityMapping
 from pkl_dg.diffusion.noise import NoiseSource, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
@@ -39,6 +40,8 @@ Z_MAX = 2.0
 #: largest x̂0 noise level σ̄_t (model units) passed to the guidance as its uncertainty
 SIGMA_MAX = 100.0
 #: the network's layout: every plane of every sample, one channel each
+#: grid phases the final pass averages (:mod:`pkl_dg.diffusion.grid_phase`)
+FINAL_PHASES = (0, 1, 2, 3)
 NETWORK = "(sample plane) 1 h w"
 #: guidance's layout for a volume (3D PSF): one volume per sample
 VOLUME = "sample plane h w"
@@ -109,7 +112,8 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                 guidance: Guidance = Guidance(), *, num_samples: int = 1,
                 generator: torch.Generator | None = None,
                 autocast_dtype: torch.dtype | None = None,
-                noise: NoiseSource | None = None) -> Iterator[SamplerStep]:
+                noise: NoiseSource | None = None, first_sample: int = 0
+                ) -> Iterator[SamplerStep]:
     """Sample x̂0 given the measurement of ``problem``; yield a :class:`SamplerStep` per step.
 
     For a stack ``y`` of P planes the network denoises all planes as one batch. With a 3D
@@ -138,6 +142,11 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
         Where x_T and the steps' fresh noise come from (default: ``generator`` draws it for
         this image's shape; a chunk of a plane takes its window of the plane's noise,
         :func:`~pkl_dg.diffusion.noise.window_noise`).
+    first_sample
+        Index of the first of these samples in the whole run (a group of samples, see
+        :func:`guided_ddim_grouped`): sample j sees the network's pixel grid at phase
+        (j + step) mod 4 (:mod:`pkl_dg.diffusion.grid_phase`), so a mean over samples
+        holds every phase.
 
     Yields
     ------
@@ -164,10 +173,13 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
         x = draw((num_samples * len(planes), 1, *y.shape[-2:]))
         x = x.to(y.device)
     warm = None  # the previous step's corrected x̂0: where the proximal iterations start
+    sample_of_row = [first_sample + r // len(planes) for r in range(num_samples * len(planes))]
     for i, t in enumerate(ts):
         with torch.inference_mode():
             with cast:
-                eps = denoiser(x, torch.full((len(x),), t, dtype=torch.long, device=y.device))
+                eps = phase_shifted(denoiser, x, torch.full((len(x),), t, dtype=torch.long,
+                                                            device=y.device),
+                                    [(j + i) % PHASES for j in sample_of_row])
             z0 = scheduler.predict_x0(x, eps.float(), t).clamp(-1.0, Z_MAX)
             x0 = rearrange(mapping.to_intensity(z0).clamp(min=0), f"{NETWORK} -> {layout}",
                            sample=num_samples)
@@ -216,7 +228,10 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
     level: x_t = √ᾱ_t·z, x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t (Tweedie's denoiser, the x̂0 of a DDIM
     step from x_t). σ̄* falls between two training timesteps; the pass runs at both and
     interpolates linearly in σ̄, so that the result changes continuously with the data's
-    level. What lies above the prior's range (z > Z_MAX, a bright spot) is kept as it is.
+    level. At t0 it averages the four phases of the network's pixel grid
+    (:mod:`pkl_dg.diffusion.grid_phase`; one phase alone adds the grid's pattern to the
+    result) and adds w·(x̂0(t1) − x̂0(t0)) of phase 0 (the pattern cancels in that
+    difference): 5 network images, not 8. What lies above the prior's range (z > Z_MAX, a bright spot) is kept as it is.
 
     Parameters
     ----------
@@ -249,16 +264,30 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
     w1 = 0.0 if t1 == t0 else min(max((target - s0) / (s1 - s0), 0.0), 1.0)
     cast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
             else nullcontext())
-    out = torch.zeros_like(inside)
+    groups = [FINAL_PHASES[g.start:g.stop] for g in sample_groups(
+        len(FINAL_PHASES), inside.numel(), group_budget(inside.device))]
+
+    def predict(t: int, phases: tuple[int, ...]) -> torch.Tensor:
+        """x̂0 of ``inside`` at t seen at each of ``phases``: (len(phases), *inside.shape)."""
+        x_t = math.sqrt(scheduler.alpha_bar(t)) * inside
+        rows = x_t.repeat(len(phases), 1, 1, 1)
+        with cast:
+            eps = phase_shifted(denoiser, rows, torch.full((len(rows),), t, dtype=torch.long,
+                                                           device=x0.device),
+                                [p for p in phases for _ in range(len(x_t))])
+        pred = scheduler.predict_x0(rows, eps.float(), t).clamp(-1.0, Z_MAX)
+        return pred.reshape(len(phases), *inside.shape)
+
     with torch.inference_mode():
-        for t, w in ((t0, 1.0 - w1), (t1, w1)):
-            if w == 0.0:
-                continue
-            x_t = math.sqrt(scheduler.alpha_bar(t)) * inside
-            with cast:
-                eps = denoiser(x_t, torch.full((len(x_t),), t, dtype=torch.long,
-                                               device=x0.device))
-            out += w * scheduler.predict_x0(x_t, eps.float(), t).clamp(-1.0, Z_MAX)
+        # every phase at t0, in groups that fit memory like a step's samples; t1: phase 0
+        out = torch.zeros_like(inside)
+        for phases in groups:
+            pred = predict(t0, phases)
+            out += pred.sum(dim=0) / len(FINAL_PHASES)
+            if 0 in phases:
+                at_t0 = pred[phases.index(0)]
+        if w1 > 0.0:
+            out += w1 * (predict(t1, (0,))[0] - at_t0)
         z0 = out.reshape(z.shape) + (z - inside.reshape(z.shape))
         return mapping.to_intensity(z0).clamp(min=0), t0 + w1 * (t1 - t0)
 
@@ -349,7 +378,8 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
         noise = window_noise(torch.Generator().manual_seed(seed), plane_shape, box,
                              num_samples=num_samples, samples=ids)
         for rec in guided_ddim(denoiser, problem, scheduler, guidance, num_samples=len(ids),
-                               autocast_dtype=autocast_dtype, noise=noise):
+                               autocast_dtype=autocast_dtype, noise=noise,
+                               first_sample=ids.start):
             yield SamplerStep(g * steps + rec.index, total, rec.t,
                               torch.cat([*done_x0, rec.x0]) if done_x0 else rec.x0,
                               torch.cat([*done_nll, rec.nll]) if done_nll else rec.nll)
