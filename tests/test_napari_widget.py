@@ -312,6 +312,7 @@ def test_nd_layer_restores_displayed_plane(viewer_widget, qtbot):
     np.testing.assert_allclose(out.translate, (4.0, 0.0, 0.0))
     assert out.world_to_data((4.0, 1.0, 1.0)) == pytest.approx((0, 10, 10))
     assert out.metadata["napari"]["plane"] == [2]
+    assert "assumed: the layer has no physical pixel size" in out.metadata["napari"]["pixel_size"]
     assert out.data.mean() == pytest.approx(2 * plane.mean(), rel=0.05)
 
 
@@ -534,3 +535,26 @@ def test_model_file_is_loaded_once_and_reused(viewer_widget, qtbot, tmp_path):
     assert widget.model_cache.loads == 1
     md = widget.output_layer.metadata
     assert md["napari"]["model"] == str(path) and md["settings"]["model"] == str(path)
+
+
+def test_pixel_size_note_says_where_the_pixel_size_came_from():
+    from types import SimpleNamespace
+
+    from napari.layers import Image
+
+    from pkl_dg.napari.controls import pixel_size_note
+
+    warned = []
+    bare = Image(np.zeros((8, 8), np.float32), name="bare")
+    airy = SimpleNamespace(pixel_size_nm=65.0, psf_kind="airy")
+    note = pixel_size_note(bare, airy, warned.append)
+    assert note.startswith("65 nm") and "assumed" in note
+    assert len(warned) == 1 and "no physical pixel size" in warned[0]
+    gaussian = SimpleNamespace(pixel_size_nm=65.0, psf_kind="gaussian")  # σ in px: no warning
+    assert "assumed" in pixel_size_note(bare, gaussian, warned.append) and len(warned) == 1
+    um = Image(np.zeros((8, 8), np.float32), scale=(0.1, 0.1), units=("um", "um"))
+    assert pixel_size_note(um, SimpleNamespace(pixel_size_nm=100.0, psf_kind="airy"),
+                           warned.append) == "100 nm from the layer's scale"
+    assert "layer's scale says 100 nm" in pixel_size_note(
+        um, SimpleNamespace(pixel_size_nm=65.0, psf_kind="airy"), warned.append)
+    assert len(warned) == 1

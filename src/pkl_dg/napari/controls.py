@@ -8,7 +8,7 @@ so the widget never restates what the schema says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
@@ -216,3 +216,22 @@ def pixel_size_nm_of(layer: Image) -> float | None:
         return float((layer.scale[-1] * unit).to("nm").magnitude)
     except pint.errors.DimensionalityError:
         return None
+
+
+def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> str:
+    """Where a run's pixel size (``settings.pixel_size_nm``) comes from, for its metadata.
+
+    An optical PSF model ('airy', 'vectorial') computed at a pixel size the image does not
+    carry is also passed to ``warn``: its width in pixels depends on that value.
+    """
+    nm, used = pixel_size_nm_of(layer), settings.pixel_size_nm
+    if nm is None:
+        if settings.psf_kind in ("airy", "vectorial"):
+            warn(f"'{layer.name}' carries no physical pixel size: the {settings.psf_kind} PSF "
+                 f"is computed for {used:g} nm pixels (the 'Pixel size' field). Check that "
+                 "value, or the PSF's width in pixels is wrong.")
+        return (f"{used:g} nm from the 'Pixel size' field, assumed: the layer has no physical "
+                "pixel size")
+    if abs(nm - used) <= 1e-6 * nm:
+        return f"{used:g} nm from the layer's scale"
+    return f"{used:g} nm set in the widget (the layer's scale says {nm:g} nm)"

@@ -46,6 +46,7 @@ class Run:
     auto_contrast: tuple[float, float] | None = None
     method_label: str = ""  # e.g. "PKL (Poisson KL)", for the status line
     output_gone: bool = False  # the user removed the output layer during the run
+    pixel_size: str = ""  # where the pixel size in the settings came from (metadata)
 
     @property
     def layer_shape(self) -> tuple[int, ...]:
@@ -212,6 +213,8 @@ class RestorationView:
         metadata = dict(result.metadata)
         notes = dict(metadata.get("napari", {}))
         notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
+        if run.pixel_size:
+            notes["pixel_size"] = run.pixel_size
         metadata["napari"] = notes
         layer.metadata = metadata
         n = metadata.get("threads", "?")

@@ -32,9 +32,9 @@ from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QPushButton, QScrollArea, QV
 
 from pkl_dg.napari import psf_sources, shared_state
 from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, image_layer_choices,
-                                    pixel_size_nm_of, psf_kind_of, psf_source_controls,
-                                    read_control, settings_controls, short_method_label,
-                                    shown_fields, write_control)
+                                    pixel_size_nm_of, pixel_size_note, psf_kind_of,
+                                    psf_source_controls, read_control, settings_controls,
+                                    short_method_label, shown_fields, write_control)
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
@@ -333,8 +333,7 @@ class PKLDeconvolutionWidget(QWidget):
         """Start a restoration; returns False (with a notification and the reason in the
         status line) when it cannot start."""
         if self.is_running:
-            show_warning("A restoration is already running: wait for it or press Cancel "
-                         "before starting another.")
+            show_warning("A restoration is already running: wait or press Cancel first.")
             return False
         layer = self.input_combo.value
         if layer is None:
@@ -356,7 +355,8 @@ class PKLDeconvolutionWidget(QWidget):
         block_ndim = 3 if settings.mode == "3d" else 2
         run = Run(input_layer=layer, settings=settings, name=name, plane=index,
                   whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
-                  shape=tuple(np.shape(image)), method_label=METHOD_LABELS[settings.method])
+                  shape=tuple(np.shape(image)), method_label=METHOD_LABELS[settings.method],
+                  pixel_size=pixel_size_note(layer, settings, show_warning))
         self._view = RestorationView(self.viewer, run, self.output_layer)
         self.runner.start(self._view, restoration_frames, image, settings, inputs.psf,
                           self.operator_cache, self.model_cache)
