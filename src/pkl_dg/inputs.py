@@ -96,10 +96,18 @@ def estimate_image_calibration(image: Any) -> Calibration:
     ValueError
         No estimate: the noise does not grow with the signal, or the plane is unusable.
     """
+    return _estimate_on(*_middle_plane(image))
+
+
+def _middle_plane(image: Any) -> tuple[np.ndarray, np.dtype]:
+    """The first YX plane of the middle of the leading axes, validated, and the dtype."""
     shape = tuple(np.shape(image))
     idx = tuple(d // 2 for d in shape[:-2])
     dtype = getattr(image, "dtype", np.float32)
-    plane = validate_block(image[idx] if idx else image, dtype)
+    return validate_block(image[idx] if idx else image, dtype), dtype
+
+
+def _estimate_on(plane: np.ndarray, dtype: Any) -> Calibration:
     sat = detect_saturation(plane, dtype)
     return estimate_calibration(plane, saturated=sat.mask if sat.count else None)
 
@@ -116,8 +124,9 @@ def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
     """
     if s.calibration == "manual":
         return Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise)
+    plane, dtype = _middle_plane(image)  # unusable data is an error, not "no estimate"
     try:
-        return estimate_image_calibration(image)
+        return _estimate_on(plane, dtype)
     except ValueError as exc:
         warnings.warn(f"{exc}. The data are taken as photon counts (gain 1 e⁻/ADU, offset "
                       "0, no read noise) for this run.", CalibrationWarning, stacklevel=3)
