@@ -241,6 +241,10 @@ def test_cancel_stops_early_and_second_run_is_refused(viewer_widget, qtbot, note
     out = widget.output_layer
     assert out.metadata["status"] == "cancelled"
     assert out.metadata["steps_completed"] == widget.runner.run.frames >= len(frames)
+    # what the run had established stays with its last estimate: the photon scale is traceable
+    md = out.metadata
+    assert md["calibration"]["source"] == "estimated" and "psf" in md
+    assert md["blocks"][0]["background_photons"] >= 0 and md["napari"]["input_layer"] == "cells"
     assert "Cancelled after" in widget.status_label.text()
     assert not widget.is_running and widget.run_button.isEnabled()
 

@@ -146,3 +146,21 @@ def test_biosr_rl_scores_as_reference(realdata):
     assert wf["psnr"] == pytest.approx(20.99, abs=0.05)
     # RL's best iteration at σ = 2 px (measured here: 22.60 dB / 0.711 at 120 iterations)
     assert rl["psnr"] > 22.4 and rl["ssim"] > 0.69
+
+
+def test_a_run_stopped_early_keeps_what_it_established():
+    """``RestoreRun.metadata`` fills as the run goes: after close() it still holds the
+    calibration, the PSF and the started block's background (the photon scale of the last
+    frame); once the run ends it is the result's metadata."""
+    rng = np.random.default_rng(0)
+    img = rng.poisson(np.tile(np.linspace(5.0, 200.0, 64), (64, 1))).astype(np.uint16) + 100
+    run = restore_iter(img, method="rl", rl_iterations=20, psf_sigma=1.5, device="cpu")
+    assert run.metadata == {}  # nothing runs before the first frame is asked for
+    next(run), next(run)
+    run.close()
+    md = run.metadata
+    assert md["calibration"]["source"] == "estimated" and md["psf"]
+    assert md["blocks"][0]["background_photons"] >= 0 and md["input_shape"] == [64, 64]
+    done = restore_iter(img, method="rl", rl_iterations=3, psf_sigma=1.5, device="cpu")
+    result = done.finish()
+    assert done.metadata is result.metadata and "background_photons" in result.metadata

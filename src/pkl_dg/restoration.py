@@ -109,7 +109,8 @@ class RestoreResult:
 class RestoreRun(StreamedRun[StepRecord, RestoreResult]):
     """A restoration as :func:`restore_iter` returns it: iterate it for :class:`StepRecord`
     frames; ``result`` is the :class:`RestoreResult` once it has ended; ``finish(progress)``
-    runs it to the end and returns that."""
+    runs it to the end and returns that. ``metadata``: the calibration, PSF and each started
+    block's background and scale as the run establishes them (for a run stopped early)."""
 
 
 def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) -> RestoreSettings:
@@ -164,15 +165,16 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         input's order. Without axes, layouts whose channel axis would be blurred
         ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
     """
+    meta: dict[str, Any] = {}
     return RestoreRun(_restore_frames(image, settings, psf, operator, denoiser, chunk, axes,
-                                      overrides))
+                                      overrides, meta), meta)
 
 
 def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.ndarray | None,
                     operator: PSFConvolution | None, denoiser: Callable | None,
-                    chunk: PlaneChunk | None, axes: str | None, overrides: dict[str, Any]
-                    ) -> Generator[StepRecord, None, RestoreResult]:
-    """:func:`restore_iter`'s run: yield its records, return its result."""
+                    chunk: PlaneChunk | None, axes: str | None, overrides: dict[str, Any],
+                    meta: dict[str, Any]) -> Generator[StepRecord, None, RestoreResult]:
+    """:func:`restore_iter`'s run: yield its records, return its result; fill ``meta``."""
     s = _settings_from(settings, overrides)
     t_start = time.perf_counter()
     image, axes, back = arrange(image, axes, s.mode, MIN_SIDE)
@@ -189,12 +191,12 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     elif tuple(operator.psf.shape) != psf_arr.shape or not torch.allclose(
             operator.psf, torch.from_numpy(psf_arr).double(), atol=1e-7):
         raise ValueError("the supplied operator was built for a different PSF")
-    meta: dict[str, Any] = {
+    meta.update({
         "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
         "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
         "posterior_std": posterior_std_note(s), "psf": psf.metadata(),
-    }
+    })
     if axes is not None:
         meta["axes"] = {"restored_as": axes, "channels": channel_count(axes, shape),
                         "block_axes": axes[-block_ndim:]}
@@ -235,6 +237,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     for idx in indices:
         raw = validate_block(image[idx] if idx else image, dtype)
         block_meta: dict[str, Any] = {"index": list(idx)}
+        meta["blocks"].append(block_meta)  # filled in as the block runs
         sat = detect_saturation(raw, dtype)
         # each kind of data problem is warned about once per run (every block's numbers
         # are in the metadata; a summary follows for stacks)
@@ -260,7 +263,6 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         out[idx] = frame  # the last frame is the block's result
         if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
             std[idx] = rec.x0.std(dim=0).float().cpu().numpy()
-        meta["blocks"].append(block_meta)
         for kind in flagged:
             flagged[kind] += kind in block_meta
     if cal.source == "estimated":  # below the estimated dark level is read noise: no warning

@@ -25,10 +25,16 @@ class StreamedRun(Generic[Frame, Outcome]):
     frames : Generator
         Yields the frames and returns the outcome; nothing runs before the first frame is
         asked for.
+    metadata : dict, optional
+        What the run has established so far, filled in by the run as it goes (its
+        :attr:`metadata`); readable whenever no frame is being computed, e.g. after
+        :meth:`close`.
     """
 
-    def __init__(self, frames: Generator[Frame, None, Outcome]) -> None:
+    def __init__(self, frames: Generator[Frame, None, Outcome],
+                 metadata: dict | None = None) -> None:
         self._frames = frames
+        self.metadata = metadata if metadata is not None else {}
         self._ended = False  # the last frame was taken: the result is there
         self._closed = False  # stopped before its end: no result
         self._result: Outcome | None = None

@@ -227,10 +227,14 @@ class RestorationView:
         if run.shown_at is None or self.output_layer is None:
             return ""
         remove_std(self.viewer, run.name)  # the output changed: its old result's std goes
+        established = dict(getattr(state, "metadata", {}))  # calibration, PSF, background…
+        notes = {**established.pop("napari", {}), "input_layer": run.input_layer.name,
+                 "plane": list(run.plane)}
+        if run.pixel_size:
+            notes["pixel_size"] = run.pixel_size
         self.output_layer.metadata = {
-            "status": "cancelled", "steps_completed": state.frames,
-            "steps_total": state.total, "settings": run.settings.to_dict(),
-            "napari": {"input_layer": run.input_layer.name, "plane": list(run.plane)}}
+            **established, "status": "cancelled", "steps_completed": state.frames,
+            "steps_total": state.total, "settings": run.settings.to_dict(), "napari": notes}
         return f"'{run.name}' holds the last estimate"
 
     def failed(self) -> None:

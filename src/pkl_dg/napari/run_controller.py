@@ -45,6 +45,7 @@ class RunState:
     total: int = 0  # steps of the run, as the last frame said
     status: str = "running"  # running, cancelling, done, cancelled, failed, error
     cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
+    metadata: dict = field(default_factory=dict)  # what a cancelled run had established
 
 
 class RunView(Protocol):
@@ -231,6 +232,7 @@ class RunController(QObject):
             run.status = "cancelled"  # a result nobody can see any more
             return
         if isinstance(result, Cancelled):
+            run.metadata = result.metadata
             self._flush()  # the last streamed estimate
             self._show_cancelled()
             return

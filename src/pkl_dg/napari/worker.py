@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generator
 
 import numpy as np
@@ -65,9 +65,11 @@ class RunCancelled(Exception):
 
 @dataclass(frozen=True)
 class Cancelled:
-    """What a cancelled run returns: ``steps_done`` complete steps were streamed."""
+    """What a cancelled run returns: ``steps_done`` complete steps were streamed;
+    ``metadata``, what the run had established (calibration, PSF, background, …)."""
 
     steps_done: int
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class CancelFlag:
@@ -231,7 +233,9 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
             flag.check()
         return _annotate(steps.result, notes)
     except RunCancelled:
-        return Cancelled(done)
+        if steps is not None:
+            steps.close()  # stop it before reading what it established
+        return Cancelled(done, {} if steps is None else {**steps.metadata, "napari": notes})
     except (ValueError, FileNotFoundError) as exc:
         return RunFailure(str(exc))
     except RuntimeError as exc:
