@@ -224,3 +224,38 @@ def test_expected_deviance_follows_the_exact_series_in_each_dtype():
         got = expected_deviance(torch.as_tensor(mu, dtype=dtype))
         assert got.dtype == dtype
         np.testing.assert_allclose(got.double().numpy(), exact, atol=2e-4)
+
+
+def test_a_psf_that_cannot_fit_the_data_is_reported_once():
+    """Sharp dots blurred by σ 1 px: restored with σ 1 the automatic RL stop ends near the
+    noise level, quietly; with σ 3 (too wide to make the dots) it stalls far above it, and
+    the run says so once, with the ratio, and records it in the metadata."""
+    import warnings
+
+    from scipy import ndimage
+
+    from pkl_dg import restore_iter
+    from pkl_dg.guidance.stopping import MISFIT_WARN, ModelMismatchWarning
+
+    rng = np.random.default_rng(0)
+    obj = np.zeros((96, 96))
+    obj[rng.integers(8, 88, 60), rng.integers(8, 88, 60)] = 1.0
+    blur = ndimage.gaussian_filter(obj, 1.0)
+    y = rng.poisson(blur / blur.max() * 2000 + 5).astype(np.float32)
+    kw = dict(method="rl", calibration="manual", gain=1.0, offset=0.0, read_noise=0.0,
+              background=5.0, device="cpu")
+    for sigma, misfit in ((1.0, False), (3.0, True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            md = restore_iter(y, psf_sigma=sigma, **kw).finish().metadata
+        said = [w for w in caught if issubclass(w.category, ModelMismatchWarning)]
+        assert len(said) == int(misfit), (sigma, md["rl_auto_deviance_ratio"])
+        assert ("rl_auto_misfit" in md) == misfit
+        assert (md["rl_auto_deviance_ratio"] > MISFIT_WARN * md["rl_auto_noise_target"]) == misfit
+    assert f"{md['rl_auto_deviance_ratio']:.1f}×" in str(said[0].message)
+    # a stack with the same problem in every plane: one warning, then one summary
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restore_iter(np.stack([y, y, y]), psf_sigma=3.0, **kw).finish()
+    said = [str(w.message) for w in caught if issubclass(w.category, ModelMismatchWarning)]
+    assert len(said) == 2 and "in 3 of 3 planes" in said[1]

@@ -14,7 +14,6 @@ time, each read with ``np.asarray(image[index])`` so dask-backed data are loaded
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator
 
@@ -36,15 +35,15 @@ from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution
-from pkl_dg.negatives import NegativeDataWarning, negative_value_pedestal
+from pkl_dg.negatives import negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.runs import StreamedRun
-from pkl_dg.saturation import (SaturationWarning, detect_saturation, fit_mask, report_saturation,
-                               scale_pixels)
+from pkl_dg.saturation import detect_saturation, fit_mask, report_saturation, scale_pixels
 from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import (RestoreSettings, calibration_implied, is_guided, uses_prior,
                              uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
+from pkl_dg.block_reports import auto_info, summarise_block_problems, warn_misfit
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
                            validate_block, validate_image)
@@ -232,7 +231,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     out = np.empty(shape, dtype=np.float32)
     std = np.zeros(shape, dtype=np.float32) if uses_prior(s) else None
     done = 0
-    flagged = {"saturated": 0, "negative_values": 0}  # blocks with each data problem
+    flagged = {"saturated": 0, "negative_values": 0, "rl_auto_misfit": 0}  # blocks with each
+    misfit_warned = False
     delta_psf = psf_arr.size == 1  # pure denoising: a masked pixel would have no data at all
     for idx in indices:
         raw = validate_block(image[idx] if idx else image, dtype)
@@ -248,8 +248,9 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         mask = fit_mask(sat, delta_psf)
         mask = None if mask is None else torch.from_numpy(mask).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
+        where = f"block {idx}" if idx else ""
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
-                                  where=f"block {idx}" if idx else "", chunk=chunk,
+                                  where=where, chunk=chunk,
                                   read_noise=cal.read_noise,
                                   warn_negative=not flagged["negative_values"]
                                   and cal.source != "estimated"):
@@ -260,6 +261,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             frame.flags.writeable = False
             nll = None if rec.nll is None else float(rec.nll.mean())
             yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)
+            misfit_warned = warn_misfit(block_meta, misfit_warned, where)
+        misfit_warned = warn_misfit(block_meta, misfit_warned, where)
         out[idx] = frame  # the last frame is the block's result
         if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
             std[idx] = rec.x0.std(dim=0).float().cpu().numpy()
@@ -267,30 +270,11 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             flagged[kind] += kind in block_meta
     if cal.source == "estimated":  # below the estimated dark level is read noise: no warning
         flagged["negative_values"] = 0
-    _summarise_block_problems(flagged, len(indices))
+    summarise_block_problems(flagged, len(indices))
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
     return RestoreResult(put_back(out, back), s, meta, put_back(std, back))
-
-
-def _auto_info(rule: AutoStop) -> dict[str, Any]:
-    """Metadata of an automatic RL count."""
-    return {"rl_auto_iterations": rule.k, "rl_auto_deviance_ratio": round(rule.ratio, 4),
-            "rl_auto_noise_target": round(rule.target, 4),
-            "rl_auto_stop": rule.reason or f"cap of {RL_AUTO_MAX} iterations"}
-
-
-def _summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
-    """One warning per kind of data problem found in more than one block of a stack."""
-    words = {"saturated": ("saturated pixels", SaturationWarning),
-             "negative_values": ("negative values", NegativeDataWarning)}
-    for kind, n in flagged.items():
-        if n > 1:
-            what, category = words[kind]
-            warnings.warn(f"{what} in {n} of {blocks} planes/volumes (handled as warned for "
-                          f"the first); each one's numbers are in the metadata (blocks).",
-                          category, stacklevel=3)
 
 
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
@@ -339,7 +323,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                 cost = time.perf_counter() - now
             yield SamplerStep(it.k, n, it.k, rearrange(it.x, "... -> 1 ..."), nll)
         if rule is not None:
-            info.update(_auto_info(rule))
+            info.update(auto_info(rule))
         return
     proximal = uses_proximal_step(s)
     with torch.inference_mode():
@@ -348,7 +332,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
             for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
                 rough = it.x
-            info.update(_auto_info(rule))
+            info.update(auto_info(rule))
         else:
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
     scale_px = scale_pixels(fm.mask, operator)  # not set by saturated pixels or their blur

@@ -1,0 +1,48 @@
+"""What a restoration reports about its blocks (planes or volumes): the automatic
+Richardson–Lucy count's metadata, and warnings given once per run with a summary for
+stacks, so that a stack of 100 planes with the same problem says so once, not 100 times."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
+from pkl_dg.guidance.stopping import AutoStop, ModelMismatchWarning, misfit_note
+from pkl_dg.negatives import NegativeDataWarning
+from pkl_dg.saturation import SaturationWarning
+
+__all__ = ["auto_info", "summarise_block_problems", "warn_misfit"]
+
+
+def auto_info(rule: AutoStop) -> dict[str, Any]:
+    """Metadata of an automatic RL count (with ``rl_auto_misfit`` if it stalled far above
+    the noise: :func:`~pkl_dg.guidance.stopping.misfit_note`)."""
+    note = misfit_note(rule)
+    return {"rl_auto_iterations": rule.k, "rl_auto_deviance_ratio": round(rule.ratio, 4),
+            "rl_auto_noise_target": round(rule.target, 4),
+            "rl_auto_stop": rule.reason or f"cap of {RL_AUTO_MAX} iterations",
+            **({"rl_auto_misfit": note} if note else {})}
+
+
+def warn_misfit(info: dict[str, Any], warned: bool, where: str) -> bool:
+    """Warn (once per run: ``warned``) of a block whose fit stalled far above the noise."""
+    if not warned and "rl_auto_misfit" in info:
+        note = info["rl_auto_misfit"]
+        warnings.warn(f"{where + ': ' if where else ''}{note[0].upper()}{note[1:]}",
+                      ModelMismatchWarning, stacklevel=4)
+        return True
+    return warned
+
+
+def summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
+    """One warning per kind of data problem found in more than one block of a stack."""
+    words = {"saturated": ("saturated pixels", SaturationWarning),
+             "negative_values": ("negative values", NegativeDataWarning),
+             "rl_auto_misfit": ("a data fit stalled far above the noise", ModelMismatchWarning)}
+    for kind, n in flagged.items():
+        if n > 1:
+            what, category = words[kind]
+            warnings.warn(f"{what} in {n} of {blocks} planes/volumes (handled as warned for "
+                          f"the first); each one's numbers are in the metadata (blocks).",
+                          category, stacklevel=3)
