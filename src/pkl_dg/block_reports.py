@@ -12,27 +12,21 @@ from pkl_dg.guidance.stopping import AutoStop, ModelMismatchWarning, misfit_note
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.saturation import SaturationWarning
 
-__all__ = ["auto_info", "summarise_block_problems", "warn_misfit"]
+__all__ = ["auto_info", "summarise_block_problems"]
 
 
-def auto_info(rule: AutoStop) -> dict[str, Any]:
-    """Metadata of an automatic RL count (with ``rl_auto_misfit`` if it stalled far above
-    the noise: :func:`~pkl_dg.guidance.stopping.misfit_note`)."""
+def auto_info(rule: AutoStop, where: str = "", warn: bool = True) -> dict[str, Any]:
+    """Metadata of an automatic RL count. A fit that stalled far above the noise adds
+    ``rl_auto_misfit`` (:func:`~pkl_dg.guidance.stopping.misfit_note`) and, with ``warn``
+    (the run's first such block), a :class:`ModelMismatchWarning`."""
     note = misfit_note(rule)
+    if note is not None and warn:
+        warnings.warn(f"{where + ': ' if where else ''}{note[0].upper()}{note[1:]}",
+                      ModelMismatchWarning, stacklevel=5)
     return {"rl_auto_iterations": rule.k, "rl_auto_deviance_ratio": round(rule.ratio, 4),
             "rl_auto_noise_target": round(rule.target, 4),
             "rl_auto_stop": rule.reason or f"cap of {RL_AUTO_MAX} iterations",
             **({"rl_auto_misfit": note} if note else {})}
-
-
-def warn_misfit(info: dict[str, Any], warned: bool, where: str) -> bool:
-    """Warn (once per run: ``warned``) of a block whose fit stalled far above the noise."""
-    if not warned and "rl_auto_misfit" in info:
-        note = info["rl_auto_misfit"]
-        warnings.warn(f"{where + ': ' if where else ''}{note[0].upper()}{note[1:]}",
-                      ModelMismatchWarning, stacklevel=4)
-        return True
-    return warned
 
 
 def summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:

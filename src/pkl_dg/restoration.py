@@ -43,7 +43,7 @@ from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import (RestoreSettings, calibration_implied, is_guided, uses_prior,
                              uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
-from pkl_dg.block_reports import auto_info, summarise_block_problems, warn_misfit
+from pkl_dg.block_reports import auto_info, summarise_block_problems
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
                            validate_block, validate_image)
@@ -232,7 +232,6 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     std = np.zeros(shape, dtype=np.float32) if uses_prior(s) else None
     done = 0
     flagged = {"saturated": 0, "negative_values": 0, "rl_auto_misfit": 0}  # blocks with each
-    misfit_warned = False
     delta_psf = psf_arr.size == 1  # pure denoising: a masked pixel would have no data at all
     for idx in indices:
         raw = validate_block(image[idx] if idx else image, dtype)
@@ -248,12 +247,12 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         mask = fit_mask(sat, delta_psf)
         mask = None if mask is None else torch.from_numpy(mask).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
-        where = f"block {idx}" if idx else ""
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
-                                  where=where, chunk=chunk,
+                                  where=f"block {idx}" if idx else "", chunk=chunk,
                                   read_noise=cal.read_noise,
                                   warn_negative=not flagged["negative_values"]
-                                  and cal.source != "estimated"):
+                                  and cal.source != "estimated",
+                                  warn_misfit=not flagged["rl_auto_misfit"]):
             done += 1
             # one sample (RL): a read-only view (each iterate is a new tensor), not a pass
             frame = (rec.x0[0] if len(rec.x0) == 1 else reduce(
@@ -261,8 +260,6 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             frame.flags.writeable = False
             nll = None if rec.nll is None else float(rec.nll.mean())
             yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)
-            misfit_warned = warn_misfit(block_meta, misfit_warned, where)
-        misfit_warned = warn_misfit(block_meta, misfit_warned, where)
         out[idx] = frame  # the last frame is the block's result
         if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
             std[idx] = rec.x0.std(dim=0).float().cpu().numpy()
@@ -280,7 +277,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
 def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution,
                    net: Callable | None, device: torch.device, info: dict[str, Any], *,
                    mask: torch.Tensor | None = None, where: str = "",
-                   warn_negative: bool = True,
+                   warn_negative: bool = True, warn_misfit: bool = True,
                    chunk: PlaneChunk | None = None, read_noise: float = 0.0
                    ) -> Iterator[SamplerStep]:
     """Restore one plane (H, W) or volume (Z, H, W); yield a :class:`SamplerStep` per step
@@ -290,7 +287,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     ``mask`` (1 = fit, 0 = ignore, e.g. saturated pixels) leaves pixels out of the data fit.
     ``read_noise`` (e⁻ rms) is the calibration's. With an estimated calibration the offset
     is the image's dark level, so values below it are read noise and ``warn_negative`` is
-    False (the pedestal, if any, is still applied and recorded).
+    False (the pedestal, if any, is still applied and recorded). ``warn_misfit``: warn of a
+    fit that stalls far above the noise (False once a block of the run has).
     """
     background = s.background if s.background >= 0 else estimate_background(y, operator)
     info["background_photons"] = background
@@ -323,7 +321,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                 cost = time.perf_counter() - now
             yield SamplerStep(it.k, n, it.k, rearrange(it.x, "... -> 1 ..."), nll)
         if rule is not None:
-            info.update(auto_info(rule))
+            info.update(auto_info(rule, where, warn_misfit))
         return
     proximal = uses_proximal_step(s)
     with torch.inference_mode():
@@ -332,7 +330,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
             for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
                 rough = it.x
-            info.update(auto_info(rule))
+            info.update(auto_info(rule, where, warn_misfit))
         else:
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
     scale_px = scale_pixels(fm.mask, operator)  # not set by saturated pixels or their blur

@@ -40,8 +40,6 @@ Z_MAX = 2.0
 #: largest x̂0 noise level σ̄_t (model units) passed to the guidance as its uncertainty
 SIGMA_MAX = 100.0
 #: the network's layout: every plane of every sample, one channel each
-#: grid phases the final pass averages (:mod:`pkl_dg.diffusion.grid_phase`)
-FINAL_PHASES = (0, 1, 2, 3)
 NETWORK = "(sample plane) 1 h w"
 #: guidance's layout for a volume (3D PSF): one volume per sample
 VOLUME = "sample plane h w"
@@ -231,7 +229,8 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
     level. At t0 it averages the four phases of the network's pixel grid
     (:mod:`pkl_dg.diffusion.grid_phase`; one phase alone adds the grid's pattern to the
     result) and adds w·(x̂0(t1) − x̂0(t0)) of phase 0 (the pattern cancels in that
-    difference): 5 network images, not 8. What lies above the prior's range (z > Z_MAX, a bright spot) is kept as it is.
+    difference): 5 network images, not 8. What lies above the prior's range (z > Z_MAX, a
+    bright spot) is kept as it is.
 
     Parameters
     ----------
@@ -264,10 +263,9 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
     w1 = 0.0 if t1 == t0 else min(max((target - s0) / (s1 - s0), 0.0), 1.0)
     cast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
             else nullcontext())
-    groups = [FINAL_PHASES[g.start:g.stop] for g in sample_groups(
-        len(FINAL_PHASES), inside.numel(), group_budget(inside.device))]
+    groups = sample_groups(PHASES, inside.numel(), group_budget(inside.device))
 
-    def predict(t: int, phases: tuple[int, ...]) -> torch.Tensor:
+    def predict(t: int, phases: range) -> torch.Tensor:
         """x̂0 of ``inside`` at t seen at each of ``phases``: (len(phases), *inside.shape)."""
         x_t = math.sqrt(scheduler.alpha_bar(t)) * inside
         rows = x_t.repeat(len(phases), 1, 1, 1)
@@ -283,11 +281,11 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
         out = torch.zeros_like(inside)
         for phases in groups:
             pred = predict(t0, phases)
-            out += pred.sum(dim=0) / len(FINAL_PHASES)
+            out += pred.sum(dim=0) / PHASES
             if 0 in phases:
                 at_t0 = pred[phases.index(0)]
         if w1 > 0.0:
-            out += w1 * (predict(t1, (0,))[0] - at_t0)
+            out += w1 * (predict(t1, range(1))[0] - at_t0)
         z0 = out.reshape(z.shape) + (z - inside.reshape(z.shape))
         return mapping.to_intensity(z0).clamp(min=0), t0 + w1 * (t1 - t0)
 

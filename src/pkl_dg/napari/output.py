@@ -4,8 +4,8 @@ A run writes every streamed frame into ONE image layer named ``"<input> [<method
 (``@<index>`` appended when only the displayed block of a stack is restored), created on the
 first frame with the input's scale, translate, units and axis labels, float32, and updated in
 place afterwards. A displayed block keeps the stack's axes, each leading one of length 1 and
-translated to the block's position, so it shows at its own plane, not on every plane. Contrast limits follow the 0.1–99.9 percentiles of
-each frame until the user changes them. :class:`RestorationView` is what the
+translated to the block's position, so it shows at its own plane, not on every plane.
+Contrast limits follow the 0.1–99.9 percentiles of each frame until the user changes them. :class:`RestorationView` is what the
 :class:`~pkl_dg.napari.run_controller.RunController` shows of a restoration; the "PSF (PKL)"
 layer of the widget's *Show PSF* is written by :func:`show_psf_layer`.
 """
@@ -211,11 +211,7 @@ class RestorationView:
         else:  # this result has no std: an older one must not stay beside it
             remove_std(self.viewer, run.name)
         metadata = dict(result.metadata)
-        notes = dict(metadata.get("napari", {}))
-        notes.update(input_layer=run.input_layer.name, plane=list(run.plane))
-        if run.pixel_size:
-            notes["pixel_size"] = run.pixel_size
-        metadata["napari"] = notes
+        metadata["napari"] = self._notes(metadata.get("napari", {}))
         layer.metadata = metadata
         n = metadata.get("threads", "?")
         return (f"'{run.name}': restored in {seconds:.1f} s "
@@ -227,15 +223,21 @@ class RestorationView:
         if run.shown_at is None or self.output_layer is None:
             return ""
         remove_std(self.viewer, run.name)  # the output changed: its old result's std goes
-        established = dict(getattr(state, "metadata", {}))  # calibration, PSF, background…
-        notes = {**established.pop("napari", {}), "input_layer": run.input_layer.name,
-                 "plane": list(run.plane)}
-        if run.pixel_size:
-            notes["pixel_size"] = run.pixel_size
+        established = dict(state.metadata)  # calibration, PSF, background…
         self.output_layer.metadata = {
             **established, "status": "cancelled", "steps_completed": state.frames,
-            "steps_total": state.total, "settings": run.settings.to_dict(), "napari": notes}
+            "steps_total": state.total, "settings": run.settings.to_dict(),
+            "napari": self._notes(established.get("napari", {}))}
         return f"'{run.name}' holds the last estimate"
+
+    def _notes(self, notes: dict[str, Any]) -> dict[str, Any]:
+        """The run's ``napari`` metadata: the worker's ``notes`` and where the output came
+        from (input layer, plane, pixel size)."""
+        run = self.run
+        out = {**notes, "input_layer": run.input_layer.name, "plane": list(run.plane)}
+        if run.pixel_size:
+            out["pixel_size"] = run.pixel_size
+        return out
 
     def failed(self) -> None:
         """The output no longer holds the old result: its std layer goes."""

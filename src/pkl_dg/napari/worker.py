@@ -233,8 +233,6 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
             flag.check()
         return _annotate(steps.result, notes)
     except RunCancelled:
-        if steps is not None:
-            steps.close()  # stop it before reading what it established
         return Cancelled(done, {} if steps is None else {**steps.metadata, "napari": notes})
     except (ValueError, FileNotFoundError) as exc:
         return RunFailure(str(exc))
