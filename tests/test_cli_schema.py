@@ -135,3 +135,28 @@ def test_compare_warns_before_it_runs(tmp_path, capsys):
                  "2", "--samples", "3", "--calibration", "manual", "--threads", "1"]) == 0
     assert "pkl-dg compare: warning: --samples is ignored" in capsys.readouterr().err
     assert png.exists()
+
+
+def test_a_result_records_only_the_settings_that_had_an_effect(tmp_path):
+    """A PSF file chosen, then the Gaussian model: the file is not what the run used, so the
+    result's metadata does not name it (the widget keeps it for when 'file' comes back)."""
+    import numpy as np
+
+    from pkl_dg import restore_iter
+
+    left_over = RestoreSettings(psf_kind="file", psf_path="beads.tif", na=1.2).replace(
+        psf_kind="gaussian", method="rl", rl_iterations=3, steps=25)
+    used = left_over.effective()
+    default = RestoreSettings()
+    assert (used.psf_path, used.na, used.steps) == (default.psf_path, default.na, default.steps)
+    assert (used.psf_kind, used.method, used.rl_iterations) == ("gaussian", "rl", 3)
+    assert all(applies(f.name, left_over) == (getattr(used, f.name) == getattr(left_over, f.name))
+               for f in field_specs() if getattr(left_over, f.name) != f.default)
+    sampled = left_over.replace(pixel_size_nm=80.0, z_step_nm=200.0).effective()
+    assert (sampled.pixel_size_nm, sampled.z_step_nm) == (80.0, 200.0)  # the image's own
+    assert used.effective() == used and default.effective() == default
+
+    y = np.random.default_rng(0).poisson(20, (32, 32)).astype(np.float32)
+    meta = restore_iter(y, left_over, calibration="manual").finish().metadata
+    assert meta["settings"]["psf_path"] == "" and meta["settings"]["rl_iterations"] == 3
+    assert RestoreSettings.from_dict(meta["settings"]) == used.replace(calibration="manual")

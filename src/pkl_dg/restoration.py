@@ -191,7 +191,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             operator.psf, torch.from_numpy(psf_arr).double(), atol=1e-7):
         raise ValueError("the supplied operator was built for a different PSF")
     meta.update({
-        "pkl_dg_version": __version__, "settings": s.to_dict(), "units": "photons",
+        "pkl_dg_version": __version__, "settings": s.effective().to_dict(), "units": "photons",
         "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
         "posterior_std": posterior_std_note(s), "psf": psf.metadata(),

@@ -37,6 +37,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CALIBRATIONS = ("auto", "manual")
 #: the settings that describe the camera; giving any of them means calibrating by hand
 CAMERA_FIELDS = ("offset", "gain", "read_noise")
+#: settings that describe the image itself (its sampling), recorded with a result even when
+#: the run's PSF did not need them
+IMAGE_FIELDS = ("pixel_size_nm", "z_step_nm")
 RL_ACCELERATIONS = ("none", "biggs-andrews")
 #: methods that pull a diffusion prior's samples toward the data
 GUIDED_METHODS = ("pkl", "anscombe", "l2")
@@ -285,6 +288,16 @@ class RestoreSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def effective(self) -> "RestoreSettings":
+        """A copy with every setting that has no effect on this run (see :func:`applies`)
+        at its default, but for the image's own sampling (:data:`IMAGE_FIELDS`): what a
+        result's metadata records, so that a value left over from an earlier choice (a PSF
+        file, then the Gaussian model) does not read as used."""
+        unused = {f.name: f.default for f in dataclasses.fields(self)
+                  if f.name not in IMAGE_FIELDS and not applies(f.name, self)
+                  and getattr(self, f.name) != f.default}
+        return dataclasses.replace(self, **unused) if unused else self
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -226,7 +226,7 @@ class RestorationView:
         established = dict(state.metadata)  # calibration, PSF, background…
         self.output_layer.metadata = {
             **established, "status": "cancelled", "steps_completed": state.frames,
-            "steps_total": state.total, "settings": run.settings.to_dict(),
+            "steps_total": state.total, "settings": run.settings.effective().to_dict(),
             "napari": self._notes(established.get("napari", {}))}
         return f"'{run.name}' holds the last estimate"
 
