@@ -254,9 +254,10 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
                                   and cal.source != "estimated",
                                   warn_misfit=not flagged["rl_auto_misfit"]):
             done += 1
-            # one sample (RL): a read-only view (each iterate is a new tensor), not a pass
-            frame = (rec.x0[0] if len(rec.x0) == 1 else reduce(
-                rec.x0, "sample ... -> ...", "mean")).float().cpu().numpy()
+            # one sample (RL): a read-only view (each iterate is a new tensor), not a pass;
+            # the final pass's mean as it set it (averaging its samples again rounds < 0)
+            frame = (rec.x0[0] if len(rec.x0) == 1 else rec.mean[0] if rec.mean is not None
+                     else reduce(rec.x0, "sample ... -> ...", "mean")).float().cpu().numpy()
             frame.flags.writeable = False
             nll = None if rec.nll is None else float(rec.nll.mean())
             yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)

@@ -97,6 +97,8 @@ class SamplerStep:
         Corrected x̂0, photons, float32, (samples, *y.shape).
     nll : torch.Tensor
         The data misfit of each sample's x̂0, (samples,).
+    mean : torch.Tensor or None
+        The samples' mean where the step sets it (the final pass), (1, *y.shape).
     """
 
     index: int
@@ -104,6 +106,7 @@ class SamplerStep:
     t: int
     x0: torch.Tensor
     nll: torch.Tensor
+    mean: torch.Tensor | None = None
 
 
 def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
@@ -390,7 +393,7 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
         corrected, t = final_denoise(denoiser, mean, problem, scheduler, final_noise,
                                      mc_error=mean_mc_error(samples))
         yield SamplerStep(total, total, round(t), samples - mean + corrected,
-                          torch.cat(done_nll))
+                          torch.cat(done_nll), corrected)
 
 
 __all__ = ["Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem", "SamplerStep",
