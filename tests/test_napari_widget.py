@@ -562,3 +562,27 @@ def test_pixel_size_note_says_where_the_pixel_size_came_from():
     assert "layer's scale says 100 nm" in pixel_size_note(
         um, SimpleNamespace(pixel_size_nm=65.0, psf_kind="airy"), warned.append)
     assert len(warned) == 1
+
+
+def test_pixel_size_of_a_tiff_opened_by_naparis_own_reader(tmp_path, viewer_widget):
+    """napari's built-in TIFF reader leaves an ImageJ TIFF's resolution out of the layer's
+    scale; the widget reads it from the file and says so."""
+    from types import SimpleNamespace
+
+    import tifffile
+
+    from pkl_dg.napari.controls import pixel_size_nm_of, pixel_size_note
+
+    path = tmp_path / "imagej.tif"
+    tifffile.imwrite(path, np.zeros((32, 32), np.uint16), imagej=True,
+                     resolution=(1 / 0.08, 1 / 0.08), metadata={"unit": "um"})
+    viewer, widget = viewer_widget
+    (layer,) = viewer.open(path, plugin="napari")
+    assert str(layer.units[-1]) == "pixel"  # what the built-in reader gives
+    assert pixel_size_nm_of(layer) == pytest.approx(80.0)
+    widget.input_combo.value = layer
+    assert widget.controls["pixel_size_nm"].value == pytest.approx(80.0)
+    warned = []
+    note = pixel_size_note(layer, SimpleNamespace(pixel_size_nm=80.0, psf_kind="airy"),
+                           warned.append)
+    assert note == "80 nm from the metadata of the layer's file" and not warned

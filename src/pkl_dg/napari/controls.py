@@ -206,7 +206,14 @@ def write_control(ctrl, value: Any) -> None:
 
 
 def pixel_size_nm_of(layer: Image) -> float | None:
-    """The layer's X pixel size in nm when its scale has physical units, else ``None``."""
+    """The layer's X pixel size in nm: from its scale when that has physical units, else
+    from the file it was opened from (napari's built-in TIFF reader leaves a TIFF's
+    resolution out of the scale); ``None`` when neither states one."""
+    nm = _scale_nm(layer)
+    return nm if nm is not None else _file_nm(layer)
+
+
+def _scale_nm(layer: Image) -> float | None:
     import pint
 
     unit = layer.units[-1]
@@ -218,13 +225,30 @@ def pixel_size_nm_of(layer: Image) -> float | None:
         return None
 
 
+def _file_nm(layer: Image) -> float | None:
+    """X pixel size (nm) the layer's source file states (read with this package's reader)."""
+    from pkl_dg.io.read import open_image
+
+    path = layer.source.path
+    if not path:
+        return None
+    try:
+        sizes = open_image(path).pixel_size_nm
+    except (ValueError, OSError):  # not a file our reader knows: the note says "assumed"
+        return None
+    return None if sizes is None else float(sizes[-1])
+
+
 def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> str:
     """Where a run's pixel size (``settings.pixel_size_nm``) comes from, for its metadata.
 
     An optical PSF model ('airy', 'vectorial') computed at a pixel size the image does not
     carry is also passed to ``warn``: its width in pixels depends on that value.
     """
-    nm, used = pixel_size_nm_of(layer), settings.pixel_size_nm
+    used, where = settings.pixel_size_nm, "the layer's scale"
+    nm = _scale_nm(layer)
+    if nm is None:
+        nm, where = _file_nm(layer), "the metadata of the layer's file"
     if nm is None:
         if settings.psf_kind in ("airy", "vectorial"):
             warn(f"'{layer.name}' carries no physical pixel size: the {settings.psf_kind} PSF "
@@ -233,5 +257,5 @@ def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> 
         return (f"{used:g} nm from the 'Pixel size' field, assumed: the layer has no physical "
                 "pixel size")
     if abs(nm - used) <= 1e-6 * nm:
-        return f"{used:g} nm from the layer's scale"
-    return f"{used:g} nm set in the widget (the layer's scale says {nm:g} nm)"
+        return f"{used:g} nm from {where}"
+    return f"{used:g} nm set in the widget ({where} says {nm:g} nm)"
