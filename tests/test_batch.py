@@ -2,7 +2,6 @@
 failures, chunked large planes, one model load per worker."""
 
 import logging
-import os
 
 import numpy as np
 import pytest

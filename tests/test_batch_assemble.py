@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pkl_dg.batch.assemble import BlockAssembler, staging_path
 from pkl_dg.batch.plan import Job

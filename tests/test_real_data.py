@@ -4,7 +4,6 @@ The self-contained tests build their inputs here; the W2S test reads a real pair
 ``../shared/realdata`` and skips when it is absent."""
 
 import numpy as np
-import pytest
 from scipy import ndimage
 
 from pkl_dg import restore, restore_iter

@@ -7,7 +7,7 @@ from pkl_dg.diffusion.schedule import (DDIMScheduler, cosine_alphas_cumprod, ddi
                                        q_sample)
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.steps import auto_sub_iterations
-from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+from pkl_dg.physics import ForwardModel, PSFConvolution
 
 
 def _problem(scene):
