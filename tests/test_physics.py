@@ -83,15 +83,20 @@ def test_precompute_fills_cache():
     assert op.cache.hits == 1 and op.cache.misses == 1
 
 
+def _good_fft_size(m: int) -> bool:
+    for p in (2, 3, 5, 7):
+        while m % p == 0:
+            m //= p
+    return m in (1, 11, 13)
+
+
 def test_smooth_size():
     assert smooth_size(97) == 98 and smooth_size(121) == 125 and smooth_size(1) == 1
-    for n in range(1, 300):
+    assert smooth_size(518) == 520 and smooth_size(1040) == 1040 and smooth_size(143) == 144
+    for n in range(1, 600):  # the smallest good size: none between n and it
         m = smooth_size(n)
-        assert m >= n
-        for p in (2, 3, 5, 7):
-            while m % p == 0:
-                m //= p
-        assert m == 1
+        assert m >= n and _good_fft_size(m)
+        assert not any(_good_fft_size(k) for k in range(n, m))
 
 
 def test_prepare_psf_normalises_centres_and_crops_odd():

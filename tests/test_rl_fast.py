@@ -205,8 +205,9 @@ def test_fft_grid_is_even_smooth_and_large_enough():
         for p in (2, 3, 5, 7):
             while m % p == 0:
                 m //= p
-        assert m == 1
+        assert m in (1, 11, 13)  # at most one factor 11 or 13
     assert op.padded_shape(551) == (576,)  # 567 = 3⁴·7 is odd; 568–574 are not smooth
+    assert op.padded_shape(512) == (528,)  # 2⁴·3·11 (7-smooth: 540)
 
 
 @pytest.mark.parametrize("gain", [1.0, 0.9])
@@ -218,4 +219,4 @@ def test_border_normaliser_equals_division_by_adjoint_ones(gain):
     norm = fm.adjoint_ones(x)
     n = _Normaliser(norm, fm)
     assert n.slabs is not None  # the border path is the one tested
-    assert torch.allclose(n(x.clone()), x / norm, rtol=3e-7)
+    assert torch.allclose(n(x.clone()), x / norm, rtol=1e-6)  # FFT rounding of Aᵀ1: ~4 ulp
