@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 
 from pkl_dg.cli import build_parser
-from pkl_dg.settings import (METHODS, STEP_RULES, RestoreSettings, applies, field_specs,
-                             is_guided, uses_prior, uses_proximal_step)
+from pkl_dg.settings import METHODS, STEP_RULES, RestoreSettings, field_specs
+from pkl_dg.settings_rules import (applies, effective, is_guided, uses_prior,
+                                   uses_proximal_step)
 
 
 def test_applies_when_names_settings_and_their_choices():
@@ -146,15 +147,15 @@ def test_a_result_records_only_the_settings_that_had_an_effect(tmp_path):
 
     left_over = RestoreSettings(psf_kind="file", psf_path="beads.tif", na=1.2).replace(
         psf_kind="gaussian", method="rl", rl_iterations=3, steps=25)
-    used = left_over.effective()
+    used = effective(left_over)
     default = RestoreSettings()
     assert (used.psf_path, used.na, used.steps) == (default.psf_path, default.na, default.steps)
     assert (used.psf_kind, used.method, used.rl_iterations) == ("gaussian", "rl", 3)
     assert all(applies(f.name, left_over) == (getattr(used, f.name) == getattr(left_over, f.name))
                for f in field_specs() if getattr(left_over, f.name) != f.default)
-    sampled = left_over.replace(pixel_size_nm=80.0, z_step_nm=200.0).effective()
+    sampled = effective(left_over.replace(pixel_size_nm=80.0, z_step_nm=200.0))
     assert (sampled.pixel_size_nm, sampled.z_step_nm) == (80.0, 200.0)  # the image's own
-    assert used.effective() == used and default.effective() == default
+    assert effective(used) == used and effective(default) == default
 
     y = np.random.default_rng(0).poisson(20, (32, 32)).astype(np.float32)
     meta = restore_iter(y, left_over, calibration="manual").finish().metadata

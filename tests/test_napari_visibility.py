@@ -12,8 +12,8 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from pkl_dg.napari.state import PSF_SOURCES  # noqa: E402
-from pkl_dg.settings import (CALIBRATIONS, CAMERA_FIELDS, METHODS, MODES,  # noqa: E402
-                             STEP_RULES, applies)
+from pkl_dg.settings import CALIBRATIONS, CAMERA_FIELDS, METHODS, MODES, STEP_RULES
+from pkl_dg.settings_rules import applies
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("napari_config_dir")]
 PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"

@@ -16,7 +16,8 @@ from pkl_dg.cli import main
 from pkl_dg.imageio import read_metadata
 from pkl_dg.psf_source import NO_BLUR, psf_from_settings
 from pkl_dg.restoration import restore, restore_iter
-from pkl_dg.settings import PSF_KINDS, RestoreSettings, applies, field_specs
+from pkl_dg.settings import PSF_KINDS, RestoreSettings, field_specs
+from pkl_dg.settings_rules import applies
 
 torch.set_num_threads(1)
 

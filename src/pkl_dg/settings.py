@@ -8,15 +8,13 @@ dataclass field metadata; consumers read them through :func:`field_specs`.
 A field's ``applies_when`` says when it has an effect: a tuple of alternatives, each a
 mapping of setting → the values it must take (JSON-describable, e.g.
 ``({"method": ("rl",)},)``); the field applies when one alternative holds in full, and
-always when there is none. :func:`applies` evaluates it; the widget shows a control only
-where its field applies, and the CLI warns about a flag given where it does not.
+always when there is none. :mod:`pkl_dg.settings_rules` evaluates it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,16 +287,6 @@ class RestoreSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def effective(self) -> "RestoreSettings":
-        """A copy with every setting that has no effect on this run (see :func:`applies`)
-        at its default, but for the image's own sampling (:data:`IMAGE_FIELDS`): what a
-        result's metadata records, so that a value left over from an earlier choice (a PSF
-        file, then the Gaussian model) does not read as used."""
-        unused = {f.name: f.default for f in dataclasses.fields(self)
-                  if f.name not in IMAGE_FIELDS and not applies(f.name, self)
-                  and getattr(self, f.name) != f.default}
-        return dataclasses.replace(self, **unused) if unused else self
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
@@ -355,59 +343,3 @@ def field_specs() -> list[FieldSpec]:
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
         out.append(FieldSpec(f.name, type_name, f.default, **f.metadata))
     return out
-
-
-_APPLIES_WHEN = {f.name: f.metadata["applies_when"] for f in dataclasses.fields(RestoreSettings)}
-
-
-def _value(settings: RestoreSettings | Mapping[str, Any], name: str) -> Any:
-    return settings[name] if isinstance(settings, Mapping) else getattr(settings, name)
-
-
-def uses_prior(settings: RestoreSettings | Mapping[str, Any]) -> bool:
-    """True when the method runs the diffusion prior (every method but Richardson–Lucy)."""
-    return _value(settings, "method") in PRIOR_METHODS
-
-
-def is_guided(settings: RestoreSettings | Mapping[str, Any]) -> bool:
-    """True when the method pulls the prior's samples toward the data (PKL, Anscombe, L2)."""
-    return _value(settings, "method") in GUIDED_METHODS
-
-
-def uses_proximal_step(settings: RestoreSettings | Mapping[str, Any]) -> bool:
-    """True when guidance takes PKL's proximal step (method 'pkl', step rule 'proximal'),
-    which starts from RL with the automatic stop (other methods take Poisson steps)."""
-    return _value(settings, "method") == "pkl" and _value(settings, "step_rule") == "proximal"
-
-
-def applies(name: str, settings: RestoreSettings | Mapping[str, Any]) -> bool:
-    """Whether setting ``name`` has an effect on a run with ``settings``.
-
-    Parameters
-    ----------
-    name
-        A field of :class:`RestoreSettings`.
-    settings
-        The settings of the run, or a mapping holding at least the settings that
-        ``name``'s ``applies_when`` names (e.g. a widget's current choices).
-    """
-    alternatives = _APPLIES_WHEN[name]
-    return not alternatives or any(
-        all(_value(settings, key) in allowed for key, allowed in alt.items())
-        for alt in alternatives)
-
-
-def applies_text(name: str) -> str:
-    """When setting ``name`` applies, in words ("method rl", "method anscombe/l2 with
-    step_rule poisson/adaptive; or …"); "" when always."""
-    return "; or ".join(" with ".join(f"{key} {'/'.join(allowed)}" for key, allowed in alt.items())
-                        for alt in _APPLIES_WHEN[name])
-
-
-def calibration_implied(given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` (settings a user set, e.g. CLI flags or keyword overrides) with
-    ``calibration = "manual"`` added when it sets a camera value (offset, gain, read noise)
-    but not the calibration: a user who types a gain means it to be used."""
-    if "calibration" not in given and any(k in given for k in CAMERA_FIELDS):
-        return {**given, "calibration": "manual"}
-    return given

@@ -8,7 +8,8 @@ metadata's ``posterior_std`` says why instead of writing an empty or NaN image.
 
 from __future__ import annotations
 
-from pkl_dg.settings import RestoreSettings, uses_prior
+from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings_rules import uses_prior
 
 
 def has_posterior_std(settings: RestoreSettings) -> bool:

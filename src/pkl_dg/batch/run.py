@@ -22,6 +22,7 @@ from pkl_dg._version import __version__
 from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs
 from pkl_dg.batch.assemble import BlockAssembler
 from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings_rules import effective
 
 
 @dataclass
@@ -73,7 +74,7 @@ _RESULT_NEUTRAL = ("threads", "device")
 
 
 def _result_settings(s: RestoreSettings) -> dict[str, Any]:
-    return {k: v for k, v in s.effective().to_dict().items() if k not in _RESULT_NEUTRAL}
+    return {k: v for k, v in effective(s).to_dict().items() if k not in _RESULT_NEUTRAL}
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def _pixels_complete(p: Path, shape: tuple[int, ...]) -> bool:
 def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> None:
     from pkl_dg.io import write_ome_tiff, write_ome_zarr
 
-    meta = {"pkl_dg_version": __version__, "settings": job.settings.effective().to_dict(),
+    meta = {"pkl_dg_version": __version__, "settings": effective(job.settings).to_dict(),
             "units": "photons", "input_file": str(job.input), "image": job.image_meta,
             "blocks": blocks_meta, "batch": _batch_record(job), "seconds": round(seconds, 3)}
     if job.chunks is not None:

@@ -43,7 +43,7 @@ def margin_for(psf_shape: tuple[int, ...], method: str) -> int:
     """Pixels a chunk's edge corrupts: the PSF support (its YX side) plus the reach of the
     method (:data:`NETWORK_REACH` for the methods that run the prior, else
     :data:`RL_REACH`)."""
-    from pkl_dg.settings import uses_prior
+    from pkl_dg.settings_rules import uses_prior
 
     return int(max(psf_shape[-2:])) + (NETWORK_REACH if uses_prior({"method": method})
                                        else RL_REACH)

@@ -162,7 +162,8 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import estimate_background
     from pkl_dg.saturation import scale_pixels
-    from pkl_dg.settings import RestoreSettings, applies, uses_prior, uses_proximal_step
+    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.settings_rules import applies, uses_prior, uses_proximal_step
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
@@ -236,7 +237,8 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     """
     from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import PlaneChunk, restore_iter
-    from pkl_dg.settings import RestoreSettings, uses_prior
+    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.settings_rules import uses_prior
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from pkl_dg.bench.common import machine_info, now_iso
-from pkl_dg.settings import uses_prior
+from pkl_dg.settings_rules import uses_prior
 
 SMOKE = {"size": 48, "images": 2, "workers": [1], "method": "rl", "steps": 2}
 

@@ -30,7 +30,8 @@ def _restore_seconds(case: str, size: int, threads: int, smoke: bool) -> dict:
     from pkl_dg.bench.common import benchmark_network
     from pkl_dg.bench.simulate import test_image
     from pkl_dg.restoration import restore_iter
-    from pkl_dg.settings import RestoreSettings, uses_prior
+    from pkl_dg.settings import RestoreSettings
+    from pkl_dg.settings_rules import uses_prior
     from pkl_dg.threads import apply_threads
 
     _obj, y = test_image(size)

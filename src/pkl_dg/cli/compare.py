@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pkl_dg.cli import add_threads_argument
 from pkl_dg.cli.restore import add_settings_arguments, flag_for, given_settings, settings_from_args
-from pkl_dg.settings import RestoreSettings, applies, applies_text, field_specs
+from pkl_dg.settings import RestoreSettings, field_specs
+from pkl_dg.settings_rules import applies, applies_text
 
 
 def register(subparsers) -> None:

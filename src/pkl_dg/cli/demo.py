@@ -19,7 +19,8 @@ import sys
 import tempfile
 
 from pkl_dg.cli import add_threads_argument
-from pkl_dg.settings import METHOD_LABELS, METHODS, uses_prior
+from pkl_dg.settings import METHOD_LABELS, METHODS
+from pkl_dg.settings_rules import uses_prior
 from pkl_dg.threads import resolve_threads
 
 PLUGIN = "napari-pkl-dg"

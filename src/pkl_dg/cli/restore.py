@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pkl_dg.settings import (PSF_KINDS, RestoreSettings, applies, applies_text,
-                             calibration_implied, field_specs)
+from pkl_dg.settings import PSF_KINDS, RestoreSettings, field_specs
+from pkl_dg.settings_rules import applies, applies_text, calibration_implied
 
 _TYPES = {"float": float, "int": int, "str": str}
 #: the PSF models a flag can select (an array is passed from Python, not from the CLI)

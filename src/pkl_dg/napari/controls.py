@@ -15,8 +15,8 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 from napari.layers import Image
 
 from pkl_dg.napari.state import PSF_SOURCES
-from pkl_dg.settings import (CAMERA_FIELDS, METHOD_LABELS, PSF_KINDS, FieldSpec, applies,
-                             field_specs)
+from pkl_dg.settings import CAMERA_FIELDS, METHOD_LABELS, PSF_KINDS, FieldSpec, field_specs
+from pkl_dg.settings_rules import applies
 
 if TYPE_CHECKING:
     import napari

@@ -20,6 +20,7 @@ import numpy as np
 from napari.layers import Image
 
 from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings_rules import effective
 
 #: pixels used for the automatic contrast limits (every k-th pixel of a larger frame)
 CONTRAST_SAMPLE = 1 << 18
@@ -226,7 +227,7 @@ class RestorationView:
         established = dict(state.metadata)  # calibration, PSF, background…
         self.output_layer.metadata = {
             **established, "status": "cancelled", "steps_completed": state.frames,
-            "steps_total": state.total, "settings": run.settings.effective().to_dict(),
+            "steps_total": state.total, "settings": effective(run.settings).to_dict(),
             "napari": self._notes(established.get("napari", {}))}
         return f"'{run.name}' holds the last estimate"
 

@@ -41,7 +41,8 @@ from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # there would hold the interpreter lock and freeze the GUI for seconds
 from pkl_dg.psf_source import PSF, psf_from_settings
 from pkl_dg.restoration import restore_iter
-from pkl_dg.settings import PSF_KINDS, RestoreSettings, uses_prior
+from pkl_dg.settings import PSF_KINDS, RestoreSettings
+from pkl_dg.settings_rules import uses_prior
 
 __all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "MethodFrame",
            "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunError", "RunFailure",
