@@ -575,14 +575,15 @@ def test_pixel_size_of_a_tiff_opened_by_naparis_own_reader(tmp_path, viewer_widg
 
     path = tmp_path / "imagej.tif"
     tifffile.imwrite(path, np.zeros((32, 32), np.uint16), imagej=True,
-                     resolution=(1 / 0.08, 1 / 0.08), metadata={"unit": "um"})
+                     resolution=(1 / 0.0426137, 1 / 0.0426137), metadata={"unit": "um"})
     viewer, widget = viewer_widget
     (layer,) = viewer.open(path, plugin="napari")
     assert str(layer.units[-1]) == "pixel"  # what the built-in reader gives
-    assert pixel_size_nm_of(layer) == pytest.approx(80.0)
+    assert pixel_size_nm_of(layer) == pytest.approx(42.6137)
     widget.input_combo.value = layer
-    assert widget.controls["pixel_size_nm"].value == pytest.approx(80.0)
+    shown = widget.controls["pixel_size_nm"].value  # to the field's decimals, as a run takes it
+    assert shown == pytest.approx(42.6137)
     warned = []
-    note = pixel_size_note(layer, SimpleNamespace(pixel_size_nm=80.0, psf_kind="airy"),
+    note = pixel_size_note(layer, SimpleNamespace(pixel_size_nm=shown, psf_kind="airy"),
                            warned.append)
-    assert note == "80 nm from the metadata of the layer's file" and not warned
+    assert note == "42.6137 nm from the metadata of the layer's file" and not warned

@@ -122,8 +122,9 @@ def same_layer(a: Any, b: Any) -> bool:
     return a is not None and b is not None and a.unique_id == b.unique_id
 
 
-#: decimals a field shows at least (an estimated gain of 0.055 e⁻/ADU must not read 0.06)
-MIN_DECIMALS = {"gain": 4, "offset": 2, "read_noise": 3}
+#: decimals a field shows at least (an estimated gain of 0.055 e⁻/ADU must not read 0.06; a
+#: file's pixel size of 42.6137 nm must not become 42.61 nm "set in the widget")
+MIN_DECIMALS = {"gain": 4, "offset": 2, "read_noise": 3, "pixel_size_nm": 4}
 
 
 def _float_step(spec: FieldSpec) -> float:
@@ -256,6 +257,6 @@ def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> 
                  "value, or the PSF's width in pixels is wrong.")
         return (f"{used:g} nm from the 'Pixel size' field, assumed: the layer has no physical "
                 "pixel size")
-    if abs(nm - used) <= 1e-6 * nm:
+    if abs(nm - used) <= 1e-5 * nm:  # the field holds 4 decimals
         return f"{used:g} nm from {where}"
     return f"{used:g} nm set in the widget ({where} says {nm:g} nm)"
