@@ -103,3 +103,26 @@ def test_estimate_shown_is_the_one_a_run_uses_on_a_saturated_image(make_napari_v
     from pkl_dg.calibration import estimate_calibration
     unmasked = estimate_calibration(clipped.astype(np.float64))
     assert unmasked.gain != used.gain  # the mask matters on this image
+
+
+@pytest.mark.parametrize("read_noise", [0.0, 6.0])
+def test_the_panel_says_when_the_read_noise_cannot_be_separated(read_noise):
+    """Without read noise, pixels that saw no photons sit at the offset, and the fitted line's
+    zero-photon level can fall just above them: the offset is then that level and the read
+    noise 0, and the panel says why instead of a bare 0."""
+    from pkl_dg.calibration import estimate_calibration
+    from pkl_dg.napari.calibration_panel import describe
+
+    rng = np.random.default_rng(1)
+    photons = np.zeros((256, 256))
+    photons[64:192, 64:192] = 200.0
+    photons[:, 200:] = 20.0
+    adu = 100.0 + (rng.poisson(photons) + rng.normal(0, read_noise, photons.shape)) / 2.0
+    cal = estimate_calibration(adu)
+    text = describe(cal, "cells")
+    if read_noise == 0:
+        assert cal.fit["offset_from"] == "noise fit" and cal.read_noise == 0
+        assert "not separable" in text and cal.offset == pytest.approx(100, abs=0.5)
+    else:
+        assert cal.fit["offset_from"] == "dark level" and cal.read_noise > 3
+        assert "not separable" not in text and f"read noise {cal.read_noise:.3g} e⁻" in text

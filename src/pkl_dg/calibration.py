@@ -272,13 +272,14 @@ def estimate_calibration(image: np.ndarray, saturated: np.ndarray | None = None)
     dark = dark_level(img, None if sat is None else ~sat, means=means)
     read_var = (b + a * dark) / (a * a)
     if read_var >= 0:
-        offset = dark
+        offset, offset_from = dark, "dark level"
     else:  # the dark level is below the Poisson zero: no read noise left to explain
-        offset, read_var = -b / a, 0.0
+        offset, read_var, offset_from = -b / a, 0.0, "noise fit"
     gain = 1.0 / a
     median, p999 = np.quantile(img, [0.5, 0.999])
     fit = {"slope_adu": a, "intercept_adu2": b, "bins": len(bins),
            "median_photons": float((median - offset) * gain),
-           "p99_9_photons": float((p999 - offset) * gain)}
+           "p99_9_photons": float((p999 - offset) * gain), "offset_from": offset_from,
+           "dark_level_adu": float(dark)}
     return Calibration(gain=gain, offset=offset, read_noise=math.sqrt(read_var),
                        source="estimated", fit=fit)

@@ -31,9 +31,13 @@ def describe(cal: Calibration, name: str) -> str:
     if "median_photons" in fit:
         photons = (f"; ≈ {fit['median_photons']:.3g} photons at the median, "
                    f"{fit['p99_9_photons']:.3g} at the 99.9th percentile")
+    read = f"read noise {cal.read_noise:.3g} e⁻"
+    if fit.get("offset_from") == "noise fit":  # see calibration.estimate_calibration
+        read = ("read noise 0 e⁻ (not separable here: the darkest pixels lie below the noise "
+                "fit's zero-photon level, which is taken as the offset)")
     return (f"Estimated from '{name}' (Poisson–Gaussian noise fit): gain "
-            f"{cal.gain:.4g} e⁻/ADU, offset {cal.offset:.4g} ADU, read noise "
-            f"{cal.read_noise:.3g} e⁻{photons}. Edit a value to set it by hand.")
+            f"{cal.gain:.4g} e⁻/ADU, offset {cal.offset:.4g} ADU, {read}{photons}. Edit a "
+            "value to set it by hand.")
 
 
 class CalibrationPanel:
