@@ -210,8 +210,15 @@ def pixel_size_nm_of(layer: Image) -> float | None:
     """The layer's X pixel size in nm: from its scale when that has physical units, else
     from the file it was opened from (napari's built-in TIFF reader leaves a TIFF's
     resolution out of the scale); ``None`` when neither states one."""
+    return _pixel_size_and_source(layer)[0]
+
+
+def _pixel_size_and_source(layer: Image) -> tuple[float | None, str]:
+    """(X pixel size in nm or None, where it was read) for :func:`pixel_size_nm_of`."""
     nm = _scale_nm(layer)
-    return nm if nm is not None else _file_nm(layer)
+    if nm is not None:
+        return nm, "the layer's scale"
+    return _file_nm(layer), "the metadata of the layer's file"
 
 
 def _scale_nm(layer: Image) -> float | None:
@@ -246,10 +253,8 @@ def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> 
     An optical PSF model ('airy', 'vectorial') computed at a pixel size the image does not
     carry is also passed to ``warn``: its width in pixels depends on that value.
     """
-    used, where = settings.pixel_size_nm, "the layer's scale"
-    nm = _scale_nm(layer)
-    if nm is None:
-        nm, where = _file_nm(layer), "the metadata of the layer's file"
+    used = settings.pixel_size_nm
+    nm, where = _pixel_size_and_source(layer)
     if nm is None:
         if settings.psf_kind in ("airy", "vectorial"):
             warn(f"'{layer.name}' carries no physical pixel size: the {settings.psf_kind} PSF "
