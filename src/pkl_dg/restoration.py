@@ -66,18 +66,27 @@ class StepRecord:
     restored: the whole image for 2D input, else the plane (2D mode) or volume (3D mode)
     at ``block``, the index into the input's leading axes. ``index``/``total`` count steps
     over the whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of
-    the frame, or None where not read out: RL reads it out at most every
-    :data:`RL_READOUT_INTERVAL_S`, within :data:`READOUT_SHARE` of the time (first and last
-    frame always), accelerated RL on the last frame only."""
+    the frame (the mean over samples), or None where not read out: RL reads it out at most
+    every :data:`RL_READOUT_INTERVAL_S`, within :data:`READOUT_SHARE` of the time (first and
+    last frame always), accelerated RL on the last frame only; the guided sampler computes
+    it when it is first read (``misfit`` holds the callable until then; see
+    :attr:`pkl_dg.diffusion.step_record.SamplerStep.nll` for when to read it)."""
 
     index: int
     total: int
     t: int
     image: np.ndarray
-    nll: float | None = None
+    misfit: float | Callable[[], float] | None = None
     block: tuple[int, ...] = ()
     step: int = 0
     steps: int = 0
+
+    @property
+    def nll(self) -> float | None:
+        """The frame's misfit (computed on the first read), or None."""
+        if callable(self.misfit):
+            self.misfit = self.misfit()
+        return self.misfit
 
 
 @dataclass(frozen=True)
@@ -260,8 +269,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             frame = (rec.x0[0] if len(rec.x0) == 1 else rec.mean[0] if rec.mean is not None
                      else reduce(rec.x0, "sample ... -> ...", "mean")).float().cpu().numpy()
             frame.flags.writeable = False
-            nll = None if rec.nll is None else float(rec.nll.mean())
-            yield StepRecord(done, total, rec.t, frame, nll, idx, rec.index, rec.total)
+            misfit = None if rec.misfit is None else (lambda r=rec: float(r.nll.mean()))
+            yield StepRecord(done, total, rec.t, frame, misfit, idx, rec.index, rec.total)
         out[idx] = frame  # the last frame is the block's result
         if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
             std[idx] = rec.x0.std(dim=0).float().cpu().numpy()

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-from einops import rearrange, reduce, repeat
+from einops import rearrange, repeat
 
 from pkl_dg.diffusion.grid_phase import PHASES, phase_shifted
 from pkl_dg.diffusion.mapping import IntensityMapping
 from pkl_dg.diffusion.noise import NoiseSource, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
+from pkl_dg.diffusion.step_record import SamplerStep, joined_misfit, misfit_of
 from pkl_dg.guidance.likelihoods import Likelihood
 from pkl_dg.guidance.steps import GuidanceStep, ramp_weight
 from pkl_dg.physics.forward import ForwardModel
@@ -81,32 +82,6 @@ class Guidance:
     def reported(self) -> Likelihood | None:
         """The likelihood whose NLL the records carry."""
         return self.misfit or (self.step.likelihood if self.step is not None else None)
-
-
-@dataclass
-class SamplerStep:
-    """One step of :func:`guided_ddim`.
-
-    Attributes
-    ----------
-    index, total : int
-        1-based step number and number of steps.
-    t : int
-        The step's diffusion timestep.
-    x0 : torch.Tensor
-        Corrected x̂0, photons, float32, (samples, *y.shape).
-    nll : torch.Tensor
-        The data misfit of each sample's x̂0, (samples,).
-    mean : torch.Tensor or None
-        The samples' mean where the step sets it (the final pass), (1, *y.shape).
-    """
-
-    index: int
-    total: int
-    t: int
-    x0: torch.Tensor
-    nll: torch.Tensor
-    mean: torch.Tensor | None = None
 
 
 def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
@@ -199,15 +174,13 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
             z0 = rearrange(mapping.to_model(x0).clamp(max=Z_MAX), f"{layout} -> {NETWORK}",
                            sample=num_samples)
             x = scheduler.step(x, z0, t, noise=draw)
-            if misfit is not None:
-                nll = reduce(misfit.nll(x0, yb, fm), "(sample rest) -> sample", "sum",
-                             sample=num_samples)
-            else:
-                nll = torch.zeros(num_samples)
+            # computed when read (a convolution per sample); x̂0 is never modified later
+            nll = (torch.zeros(num_samples) if misfit is None
+                   else misfit_of(misfit, x0, yb, fm, num_samples))
             out = rearrange(x0, f"{layout} -> {VOLUME}", sample=num_samples)
         yield SamplerStep(index=i + 1, total=len(ts), t=t,
                           x0=out if y.ndim == 3 else rearrange(out, "sample 1 h w -> sample h w"),
-                          nll=nll)
+                          misfit=nll)
 
 
 def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
@@ -373,8 +346,7 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
     steps = len(scheduler.timesteps)
     final = guidance.step is not None and final_noise > 0
     total = steps * len(groups) + final
-    done_x0: list[torch.Tensor] = []
-    done_nll: list[torch.Tensor] = []
+    done: list[SamplerStep] = []  # the last step of each group done
     for g, ids in enumerate(groups):
         noise = window_noise(torch.Generator().manual_seed(seed), plane_shape, box,
                              num_samples=num_samples, samples=ids)
@@ -382,18 +354,17 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
                                autocast_dtype=autocast_dtype, noise=noise,
                                first_sample=ids.start):
             yield SamplerStep(g * steps + rec.index, total, rec.t,
-                              torch.cat([*done_x0, rec.x0]) if done_x0 else rec.x0,
-                              torch.cat([*done_nll, rec.nll]) if done_nll else rec.nll)
-        done_x0.append(rec.x0)
-        done_nll.append(rec.nll)
+                              torch.cat([*(d.x0 for d in done), rec.x0]) if done else rec.x0,
+                              joined_misfit([*done, rec]))
+        done.append(rec)
     if final:  # the pass corrects the posterior mean; the spread stays
-        samples = torch.cat(done_x0)
+        samples = torch.cat([d.x0 for d in done])
         mean = samples.mean(dim=0, keepdim=True)
         # in float32: nothing after this pass corrects its rounding (bf16 holds 3 digits)
         corrected, t = final_denoise(denoiser, mean, problem, scheduler, final_noise,
                                      mc_error=mean_mc_error(samples))
         yield SamplerStep(total, total, round(t), samples - mean + corrected,
-                          torch.cat(done_nll), corrected)
+                          joined_misfit(done), corrected)
 
 
 __all__ = ["Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem", "SamplerStep",
