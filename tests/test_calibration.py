@@ -45,6 +45,13 @@ def test_calibration_refuses_noise_free_data():
         estimate_calibration(flat)
 
 
+def test_a_constant_image_is_refused_with_a_message_not_a_numpy_error():
+    # replayed from the hyperstack cases' ground-truth planes: one intensity level gave one
+    # bin edge, and numpy's bincount failed on a bin index of −1
+    with pytest.raises(ValueError, match="too flat"):
+        estimate_calibration(np.full((64, 64), 5.0))
+
+
 def test_calibration_input_not_modified_and_photons():
     img = np.full((4, 4), 110.0, np.float32)
     img.setflags(write=False)
