@@ -77,7 +77,7 @@ def fft_filter(canvas: torch.Tensor, otf: torch.Tensor, fshape: tuple[int, ...],
         torch.fft.rfftn(c, dim=dims, out=sp)
         sp.mul_(otf)
         if offset:  # + c everywhere = + c·N on the zero-frequency bin (irfftn divides by N)
-            sp[dc] += offset * n
+            sp[dc].add_(offset * n)  # in place on the view: no write-back through __setitem__
         torch.fft.irfftn(sp, s=fshape, dim=dims, out=o)
     return out
 
