@@ -18,6 +18,8 @@ def test_rl_part_smoke_runs_every_variant_and_renders():
             assert r[f"{p}_ms"] > 0
     assert set(table["peers"]) | set(table["skipped_peers"]) == set(speed_rl.PEER_NAMES)
     assert part["time_to_best"] == {"skipped": "smoke run"}
+    # tiny sizes: more than the 3 asked iterations, so that a timed run is not a few ms
+    assert all(3 < r["iterations"] <= speed_rl.MAX_TIMED_ITERATIONS for r in table["sizes"])
     text = "\n".join(rl_lines(part))
     assert "FFT floor" in text and "32²" in text and "Not run: smoke run" in text
     # every placeholder of the description is filled in (an f-prefix once went missing)
@@ -25,6 +27,15 @@ def test_rl_part_smoke_runs_every_variant_and_renders():
     assert f"({table['logical_cpus']} logical CPUs)" in text
     for p, why in table["skipped_peers"].items():
         assert why in text
+
+
+def test_timed_iterations_fill_the_minimum_run_time():
+    import time
+
+    slow = speed_rl.timed_iterations(lambda: time.sleep(0.02), 5)  # 0.25 s ÷ ≥ 20 ms
+    assert 5 <= slow <= 13
+    assert speed_rl.timed_iterations(lambda: None, 5) == speed_rl.MAX_TIMED_ITERATIONS
+    assert speed_rl.timed_iterations(lambda: None, 500) == 500  # never fewer than asked
 
 
 def test_a_ratio_just_over_the_floor_bar_shows_why_it_fails():

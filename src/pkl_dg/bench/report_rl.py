@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pkl_dg.bench.speed_rl import PEER_LABELS, PEER_NAMES
+from pkl_dg.bench.speed_rl import MIN_RUN_S, PEER_LABELS, PEER_NAMES
 
 #: done-means of issue 18: restore's RL iteration within this factor of the FFT floor
 FLOOR_BAR = 1.2
@@ -21,15 +21,17 @@ def rl_lines(rl: dict | None) -> list[str]:
     t = rl["table"]
     peers = [p for p in PEER_NAMES if p in t["peers"]]
     L = ["### Richardson–Lucy: ours against the FFT floor and other packages", "",
-         f"Per iteration, ms, medians of {t['repeats']} repeats of {t['iterations']} "
-         f"iterations, {t['torch_threads']} torch thread(s), one process, our variants "
+         f"Per iteration, ms, medians of {t['repeats']} repeats of N ≥ {t['iterations']} "
+         "iterations (N per size in the table: more where a run would take under "
+         f"{MIN_RUN_S} s of floor time), {t['torch_threads']} torch thread(s), one process, "
+         "our variants "
          "interleaved in each repeat and the peers' repeats after ours (running sdeconv left "
          f"this process's later FFTs slower); the speed benchmark's test image, PSF {t['psf']}. "
          f"Run {t['created']}; load average at start / end {load_avg(t['load_average_start'])} / "
          f"{load_avg(t['load_average_end'])}" +
          (f" ({t['logical_cpus']} logical CPUs)" if "logical_cpus" in t else "") +
          (f"; {rl['note']}" if rl.get("note") else "") + ".", ""]
-    head = ["size", "FFT grid", "floor", "restore (÷ floor)", "fastest repeat: restore ÷ "
+    head = ["size", "N", "FFT grid", "floor", "restore (÷ floor)", "fastest repeat: restore ÷ "
             "floor", "restore setup s",
             "restore total ÷ N", "raw loop", "accelerated"]
     head += [PEER_LABELS[p] for p in peers] + [f"{PEER_LABELS[p].split(' ')[0]} ÷ restore"
@@ -40,7 +42,8 @@ def rl_lines(rl: dict | None) -> list[str]:
         ok = "" if ratio <= FLOOR_BAR else " ✗"
         # a third decimal where two would round onto the bar (1.204 is over 1.2)
         digits = 3 if round(ratio, 2) == FLOOR_BAR else 2
-        cells = [f"{r['size']}²", "×".join(map(str, r["fft_shape"])), f"{r['floor_ms']:.2f}",
+        cells = [f"{r['size']}²", str(r.get("iterations", t["iterations"])),
+                 "×".join(map(str, r["fft_shape"])), f"{r['floor_ms']:.2f}",
                  f"{r['restore_ms']:.2f} ({ratio:.{digits}f}×{ok})",
                  (f"{r['restore_min_ms']:.2f} ÷ {r['floor_min_ms']:.2f} = "
                   f"{r['restore_over_floor_min']:.2f}×" if "restore_min_ms" in r else "—"),

@@ -2,7 +2,9 @@
 and the time to the best result on real data.
 
 Per size (the speed benchmark's test image: Gaussian PSF σ = 2 px, ≈100 photons peak,
-background 2), one repeat runs each of our variants once, in this order, then the peers
+background 2; N iterations per run, at least the asked number and enough for
+:data:`MIN_RUN_S` of floor time, :func:`timed_iterations`), one repeat runs each of our
+variants once, in this order, then the peers
 run their repeats (after ours: running a peer can slow the process's later FFTs), and the
 table gives the medians over repeats (per iteration, ms):
 
@@ -34,6 +36,7 @@ iterations (median of the repeats).
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import time
 import types
@@ -47,6 +50,10 @@ from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 from pkl_dg.richardson_lucy import rl_iterates
 
 PSF_SIGMA = 2.0
+#: each size runs at least the asked iterations, and more where a run of them would take
+#: under MIN_RUN_S of floor time (the median of 9 intervals of a 30 ms run moved by ±20 %
+#: between repeats at 512² on a shared 2-core VM), at most MAX_TIMED_ITERATIONS
+MIN_RUN_S, MAX_TIMED_ITERATIONS = 0.25, 100
 PEER_NAMES = ("skimage", "redlionfish", "sdeconv")
 PEER_LABELS = {"skimage": "scikit-image (clip=False)", "redlionfish": "RedLionfish (CPU)",
                "sdeconv": "sdeconv"}
@@ -161,6 +168,18 @@ def _restore_run(y: np.ndarray, n: int, acceleration: str) -> tuple[float, float
     return total, stamps[0] - t0, list(np.diff(stamps) * 1e3)
 
 
+def timed_iterations(floor: Callable[[], None], iterations: int) -> int:
+    """``iterations``, or more where they would run under :data:`MIN_RUN_S` of floor time
+    (estimated from 3 floor iterations after one warm-up), at most
+    :data:`MAX_TIMED_ITERATIONS`."""
+    floor()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        floor()
+    per = max((time.perf_counter() - t0) / 3, 1e-9)
+    return max(iterations, min(MAX_TIMED_ITERATIONS, math.ceil(MIN_RUN_S / per)))
+
+
 def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
                  peers: dict[str, Callable]) -> dict:
     """All RL variants on one image, interleaved per repeat (see the module docstring).
@@ -180,6 +199,7 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
     rows: dict[str, list[float]] = {k: [] for k in (
         "floor_ms", "raw_ms", "restore_ms", "restore_total_ms", "restore_setup_s",
         "accelerated_ms", "restore_over_floor", *[f"{p}_ms" for p in peers])}
+    iterations = timed_iterations(floor, iterations)
 
     samples: dict[str, list[float]] = {"floor": [], "raw": [], "restore": []}
     ratios: dict[str, list[float]] = {}
@@ -227,6 +247,7 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
             ratios.setdefault(name, []).append(rows[f"{name}_ms"][-1] / rows["restore_ms"][k])
     out = {k: float(np.median(v)) for k, v in rows.items()}
     out["fft_shape"] = list(conv.padded_shape(*y.shape))
+    out["iterations"] = iterations
     # best case: the fastest repeat of each (the one least disturbed by other load; single
     # intervals would not do: a frame whose misfit is read out computes the next
     # iteration's A early, so the interval after it is half an iteration)

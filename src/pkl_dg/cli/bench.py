@@ -261,8 +261,9 @@ def register(subparsers) -> None:
                    "the best result on the BioSR pair) and replace them in the existing --json")
     s.add_argument("--rl-sizes", default=None, help="sizes of the RL table (default "
                    "512,2048,4096; smoke 32,48)")
-    s.add_argument("--rl-iterations", type=int, default=None, help="RL iterations per timed "
-                   "run (default 10; smoke 3)")
+    s.add_argument("--rl-iterations", type=int, default=None, help="least RL iterations per "
+                   "timed run (default 10; smoke 3); a size where they would take under "
+                   "0.25 s runs more, up to 100")
     s.add_argument("--realdata", default=None, help="folder of the public test data for the "
                    "real-image rows and the time-to-best table (default: ../shared/realdata "
                    "beside the repository)")
