@@ -50,9 +50,8 @@ from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 from pkl_dg.richardson_lucy import rl_iterates
 
 PSF_SIGMA = 2.0
-#: each size runs at least the asked iterations, and more where a run of them would take
-#: under MIN_RUN_S of floor time (the median of 9 intervals of a 30 ms run moved by ±20 %
-#: between repeats at 512² on a shared 2-core VM), at most MAX_TIMED_ITERATIONS
+#: a size runs more than the asked iterations where they take under MIN_RUN_S of floor time
+#: (9 intervals of a 30 ms run at 512² moved ±20 % between repeats), at most MAX_…
 MIN_RUN_S, MAX_TIMED_ITERATIONS = 0.25, 100
 PEER_NAMES = ("skimage", "redlionfish", "sdeconv")
 PEER_LABELS = {"skimage": "scikit-image (clip=False)", "redlionfish": "RedLionfish (CPU)",
