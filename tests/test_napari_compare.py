@@ -53,7 +53,7 @@ def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path
     before = np.array(viewer.layers["cells"].data, copy=True)
     assert run_and_wait(qtbot, widget) == "done"
     names = [layer.name for layer in viewer.layers]
-    assert "cells [Richardson–Lucy]" in names and "cells [PKL]" in names
+    assert "cells [compare: Richardson–Lucy]" in names and "cells [compare: PKL]" in names
     src = viewer.layers["cells"]
     for layer in widget.layers.values():
         assert layer.data.shape == before.shape
@@ -69,7 +69,7 @@ def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path
     assert len(rows) == 2 and {"psnr_db", "ssim", "nrmse", "frc_px"} <= set(rows[0])
 
     res = widget.add_residual("pkl")
-    assert res is not None and res.name == "cells [PKL] residual"
+    assert res is not None and res.name == "cells [compare: PKL] residual"
     assert res.data.shape == before.shape and np.isfinite(res.data).all()
     assert res.units == src.units
 
@@ -100,7 +100,7 @@ def test_cancel_stops_the_run(viewer_widget, qtbot):
         qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
         widget.cancel()
     assert blocker.args[0] == "cancelled"
-    assert "cells [PKL]" in [layer.name for layer in viewer.layers]
+    assert "cells [compare: PKL]" in [layer.name for layer in viewer.layers]
 
 
 def test_manifest_entry_point_resolves():
@@ -257,3 +257,29 @@ def test_compare_without_the_main_widget_says_it_uses_the_defaults(viewer_widget
     assert run_and_wait(qtbot, widget) == "done"
     assert core_calls[-1]["settings"].psf_sigma == RestoreSettings().psf_sigma
     assert any("not open" in msg for _sev, msg in notes)
+
+
+def test_a_comparison_keeps_the_main_widgets_result(viewer_widget, qtbot):
+    """Compare used to name its PKL layer as the PKL Deconvolution widget names its output,
+    and replaced it: the user's restored layer and its std layer went. A second comparison
+    replaces only the first comparison's layers."""
+    viewer, widget = viewer_widget
+    _dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
+    main.model_cache.put("", "auto", ZeroDenoiser())
+    main.input_combo.value = viewer.layers["cells"]
+    main.controls["steps"].value = 2
+    main.controls["samples"].value = 2
+    with qtbot.waitSignal(main.run_finished, timeout=120000) as blocker:
+        assert main.run()
+    assert blocker.args[0] == "done"
+    restored = np.array(viewer.layers["cells [PKL]"].data, copy=True)
+    assert "cells [PKL] std" in viewer.layers
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "pkl")
+    for _ in range(2):
+        assert run_and_wait(qtbot, widget) == "done"
+        names = [layer.name for layer in viewer.layers]
+        assert names.count("cells [compare: PKL]") == 1 and len(names) == len(set(names))
+        assert "cells [PKL] std" in names
+        np.testing.assert_array_equal(viewer.layers["cells [PKL]"].data, restored)
+    assert main.output_layer.name == "cells [PKL]"  # still the widget's output

@@ -2,7 +2,7 @@
 
 :class:`CompareView` is the :class:`~pkl_dg.napari.run_controller.RunView` of the Compare
 methods widget: every streamed frame of a method goes into the layer
-``"<input> [<method>]"`` (made on its first frame with the input's scale, translate, units
+``"<input> [compare: <method>]"`` (made on its first frame with the input's scale, translate, units
 and axis labels, updated in place afterwards), and the finished results replace them with
 their metadata.
 """
@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 
 
 def result_layer_name(input_name: str, method: str) -> str:
-    """The name of ``method``'s result layer for the input layer ``input_name``."""
-    return f"{input_name} [{short_method_label(method)}]"
+    """The name of ``method``'s result layer for the input layer ``input_name``:
+    ``"<input> [compare: <method>]"``, never the PKL Deconvolution widget's output name
+    ``"<input> [<method>]"``, so that a comparison does not replace that widget's result
+    (it did: comparing PKL on an image removed the restored layer and its std layer)."""
+    return f"{input_name} [compare: {short_method_label(method)}]"
 
 
 def geometry_of(layer: Image, n: int) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def geometry_of(layer: Image, n: int) -> dict[str, Any]:
 
 class CompareView:
     """What a comparison shows (a :class:`~pkl_dg.napari.run_controller.RunView`): one layer
-    per method, ``"<input> [<method>]"``, with the input's geometry; ``result`` is the
+    per method, ``"<input> [compare: <method>]"``, with the input's geometry; ``result`` is the
     :class:`~pkl_dg.napari.worker.ComparedRun` once done."""
 
     def __init__(self, viewer: Any, input_layer: Image, methods: list[str],
