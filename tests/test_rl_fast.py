@@ -168,19 +168,42 @@ def test_restore_rl_uses_the_setting_and_reads_out_misfit(monkeypatch):
     assert [r.nll is None for r in recs] == [True] * 5 + [False]
     assert res.settings.rl_acceleration == "biggs-andrews"
     assert res.metadata["settings"]["rl_acceleration"] == "biggs-andrews"
-    monkeypatch.setattr("pkl_dg.restoration.RL_READOUT_INTERVAL_S", 0.0)
-    monkeypatch.setattr("pkl_dg.restoration.READOUT_SHARE", float("inf"))
+    monkeypatch.setattr("pkl_dg.rl_restore.RL_READOUT_INTERVAL_S", 0.0)
+    monkeypatch.setattr("pkl_dg.rl_restore.READOUT_SHARE", float("inf"))
     recs = []
     restore_iter(y, method="rl", rl_iterations=4, psf_sigma=2.0,
                  background=2.0).finish(recs.append)
     assert all(r.nll is not None for r in recs)  # every frame when there is time
     # a readout may take only READOUT_SHARE of the time: next to nothing allows none
-    # between the first and the last frame, however short the interval
-    monkeypatch.setattr("pkl_dg.restoration.READOUT_SHARE", 1e-12)
+    # between the first and the last frame, however short the interval, once a consumer
+    # reads them (the cost is measured when a misfit is computed)
+    monkeypatch.setattr("pkl_dg.rl_restore.READOUT_SHARE", 1e-12)
     recs = []
     restore_iter(y, method="rl", rl_iterations=5, psf_sigma=2.0,
-                 background=2.0).finish(recs.append)
-    assert [r.nll is None for r in recs] == [False, True, True, True, False]
+                 background=2.0).finish(lambda r: recs.append(r) or r.nll)
+    assert [r.misfit is None for r in recs] == [False, True, True, True, False]
+
+
+def test_restore_rl_computes_the_misfit_only_when_read(monkeypatch):
+    """The napari widget never shows it: a run nobody reads it from costs no readout, and a
+    misfit read after the run is that of its iterate."""
+    from pkl_dg import restore_iter
+    from pkl_dg.richardson_lucy import _RLLoop
+
+    calls = []
+    original = _RLLoop.nll
+    monkeypatch.setattr(_RLLoop, "nll", lambda self, x: calls.append(1) or original(self, x))
+    monkeypatch.setattr("pkl_dg.rl_restore.RL_READOUT_INTERVAL_S", 0.0)  # every frame
+    monkeypatch.setattr("pkl_dg.rl_restore.READOUT_SHARE", float("inf"))
+    y = _data((40, 40)).numpy()
+    late, during = [], []
+    restore_iter(y, method="rl", rl_iterations=6, psf_sigma=2.0,
+                 background=2.0).finish(late.append)
+    assert calls == [] and all(callable(r.misfit) for r in late)
+    restore_iter(y, method="rl", rl_iterations=6, psf_sigma=2.0,
+                 background=2.0).finish(lambda r: during.append(r.nll))
+    assert len(calls) == 6
+    assert [r.nll for r in late] == pytest.approx(during, rel=1e-6)
 
 
 @pytest.mark.parametrize("shape,psf", [((40, 53), "aniso"), ((80, 90), gaussian_psf(2.0)),

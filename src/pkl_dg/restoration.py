@@ -19,7 +19,7 @@ from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
-from einops import rearrange, reduce
+from einops import reduce
 
 from pkl_dg._version import __version__
 from pkl_dg.axes import arrange, channel_count, put_back
@@ -37,6 +37,7 @@ from pkl_dg.guidance.stopping import AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.negatives import negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
+from pkl_dg.rl_restore import rl_steps
 from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import detect_saturation, fit_mask, report_saturation, scale_pixels
 from pkl_dg.psf_source import PSF, run_psf
@@ -52,9 +53,6 @@ from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F4
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
-#: RL misfit readout (a log pass, ~10 % of an iteration) at most this often (the widget shows
-#: ≤ 10 frames/s) and within this share of the run's time (matters from 2048²)
-RL_READOUT_INTERVAL_S, READOUT_SHARE = 0.1, 0.05
 TILE_OVERLAP = 64
 
 
@@ -66,11 +64,12 @@ class StepRecord:
     restored: the whole image for 2D input, else the plane (2D mode) or volume (3D mode)
     at ``block``, the index into the input's leading axes. ``index``/``total`` count steps
     over the whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of
-    the frame (the mean over samples), or None where not read out: RL reads it out at most
-    every :data:`RL_READOUT_INTERVAL_S`, within :data:`READOUT_SHARE` of the time (first and
-    last frame always), accelerated RL on the last frame only; the guided sampler computes
-    it when it is first read (``misfit`` holds the callable until then; see
-    :attr:`pkl_dg.diffusion.step_record.SamplerStep.nll` for when to read it)."""
+    the frame (the mean over samples), computed when it is first read (``misfit`` holds the
+    callable until then; see :attr:`pkl_dg.diffusion.step_record.SamplerStep.nll` for when
+    to read it), or None where not offered: RL offers it at most every
+    :data:`pkl_dg.rl_restore.RL_READOUT_INTERVAL_S`, within
+    :data:`~pkl_dg.rl_restore.READOUT_SHARE` of the time once read (first and last frame
+    always), accelerated RL on the last frame only."""
 
     index: int
     total: int
@@ -310,29 +309,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     fm = ForwardModel(operator, background, s2, mask)
     pkl = get_likelihood("pkl")
     if not uses_prior(s):  # Richardson–Lucy
-        fast = s.rl_acceleration != "none"
         x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
-        auto = s.rl_iterations == 0
-        if auto and s.tv_weight > 0:
-            raise ValueError("the automatic RL iteration count is for plain RL: set the RL "
-                             "iterations for RL with TV regularisation")
-        n = RL_AUTO_MAX if auto else s.rl_iterations
-        rule = AutoStop(y, fm) if auto else None
-        last_readout, cost = -np.inf, 0.0
-        for it in rl_iterates(y, fm, n, s.tv_weight, x0, accelerate=fast, stop=rule):
-            # plain RL: the misfit comes from the μ the next iteration needs anyway, on frames
-            # that can be shown; accelerated: it costs a convolution, last frame only
-            now = time.perf_counter()
-            read = it.k == n or (not fast and (it.k == 1 or now - last_readout >= max(
-                RL_READOUT_INTERVAL_S, cost / READOUT_SHARE)))
-            nll = None
-            if read:
-                last_readout = now
-                nll = torch.tensor([it.nll()], dtype=torch.float64)
-                cost = time.perf_counter() - now
-            yield SamplerStep(it.k, n, it.k, rearrange(it.x, "... -> 1 ..."), nll)
-        if rule is not None:
-            info.update(auto_info(rule, where, warn_misfit))
+        yield from rl_steps(y, fm, s, x0, info, where, warn_misfit)
         return
     proximal = uses_proximal_step(s)
     with torch.inference_mode():

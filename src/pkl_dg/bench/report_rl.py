@@ -57,13 +57,13 @@ def rl_lines(rl: dict | None) -> list[str]:
           "convolution needs) with the OTF and its conjugate cached and every buffer "
           "preallocated, plus the 4 element-wise operations RL cannot avoid.",
           "- *restore*: `restore(image, method=\"rl\", rl_iterations=N, psf_sigma=2)` as a user "
-          "calls it (background estimated, new operator, misfit read out on the frames that "
-          "can be shown: first, last, at most every 0.1 s), the median interval between "
+          "calls it (background estimated, new operator; the misfit is offered on the frames "
+          "that can be shown and computed only when read: this call, like the napari "
+          "widget, reads none), the median interval between "
           "consecutive streamed frames; (÷ floor) is the median of the per-repeat ratios "
           f"(bar: ≤ {FLOOR_BAR}×, ✗ = above it). *setup*: the rest of its wall time (total − "
           "N × iteration: PSF, OTF, what restore estimates from the image (background; "
-          "with the automatic calibration also gain, offset, read noise), Aᵀ1, the last "
-          "frame's misfit). "
+          "with the automatic calibration also gain, offset, read noise), Aᵀ1). "
           "*total ÷ N*: its whole wall time divided by N. Floor and raw loop: medians of "
           "single iterations too.",
           "- *fastest repeat*: the fastest repeat's median restore iteration against the "

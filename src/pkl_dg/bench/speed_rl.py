@@ -14,10 +14,10 @@ table gives the medians over repeats (per iteration, ms):
 * *raw loop*: :func:`~pkl_dg.richardson_lucy.rl_iterates` without misfit readout (median
   interval between iterates);
 * *restore*: ``restore(image, method="rl", rl_iterations=N, psf_sigma=2)`` as a user calls
-  it (background estimated, new operator, misfit read out on the frames that can be shown).
+  it (background estimated, new operator; the misfit, computed only when read, is not).
   Its iteration time is the median interval between consecutive streamed frames; its setup
-  is the rest of its wall time (total − N × iteration: PSF, OTF, background, Aᵀ1, the final
-  misfit readout); *restore/floor* is the median over repeats of the per-repeat ratio;
+  is the rest of its wall time (total − N × iteration: PSF, OTF, background, Aᵀ1);
+  *restore/floor* is the median over repeats of the per-repeat ratio;
 * *accelerated*: the same call with ``rl_acceleration="biggs-andrews"``;
 * peers on the same image and PSF, per iteration (total / N): scikit-image
   ``richardson_lucy(clip=False)`` (``scipy.signal.convolve``, zero padding), RedLionfish's
@@ -184,8 +184,8 @@ def rl_speed_row(y: np.ndarray, iterations: int, repeats: int,
     """All RL variants on one image, interleaved per repeat (see the module docstring).
 
     Ours and the floor: the median of the single iterations' times within a repeat (for
-    restore: of the intervals between consecutive frames, so one-time work, e.g. the final
-    frame's misfit readout, counts as setup, not per iteration); peers: total / N. Then
+    restore: of the intervals between consecutive frames, so one-time work counts as
+    setup, not per iteration); peers: total / N. Then
     the median over repeats.
     """
     if iterations < 3:
