@@ -28,6 +28,7 @@ from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_
 from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, group_budget,
                                       guided_ddim_grouped, sample_groups)
 from pkl_dg.diffusion.schedule import DDIMScheduler
+from pkl_dg.diffusion.step_record import LazyMisfit
 from pkl_dg.diffusion.tiling import needs_tiles, tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
 from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
@@ -57,7 +58,7 @@ TILE_OVERLAP = 64
 
 
 @dataclass
-class StepRecord:
+class StepRecord(LazyMisfit):
     """One streamed frame.
 
     ``image`` is the current estimate (photons, float32, read-only) of the block being
@@ -65,8 +66,8 @@ class StepRecord:
     at ``block``, the index into the input's leading axes. ``index``/``total`` count steps
     over the whole run; ``step``/``steps`` within the block. ``nll`` is the PKL misfit of
     the frame (the mean over samples), computed when it is first read (``misfit`` holds the
-    callable until then; see :attr:`pkl_dg.diffusion.step_record.SamplerStep.nll` for when
-    to read it), or None where not offered: RL offers it at most every
+    callable until then; see :class:`pkl_dg.diffusion.step_record.LazyMisfit` for when to
+    read it), or None where not offered: RL offers it at most every
     :data:`pkl_dg.rl_restore.RL_READOUT_INTERVAL_S`, within
     :data:`~pkl_dg.rl_restore.READOUT_SHARE` of the time once read (first and last frame
     always), accelerated RL on the last frame only."""
@@ -79,13 +80,6 @@ class StepRecord:
     block: tuple[int, ...] = ()
     step: int = 0
     steps: int = 0
-
-    @property
-    def nll(self) -> float | None:
-        """The frame's misfit (computed on the first read), or None."""
-        if callable(self.misfit):
-            self.misfit = self.misfit()
-        return self.misfit
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ the misfit on first read and keeps it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from einops import reduce
@@ -21,8 +21,27 @@ from pkl_dg.physics.forward import ForwardModel
 Misfit = torch.Tensor | Callable[[], torch.Tensor]
 
 
+class LazyMisfit:
+    """``nll`` from a ``misfit`` attribute that holds the value, a callable computing it
+    (called on the first read, the value kept), or None. Shared by :class:`SamplerStep`
+    and :class:`pkl_dg.restoration.StepRecord`."""
+
+    misfit: Any
+
+    @property
+    def nll(self) -> Any:
+        """The misfit; computed on the first read.
+
+        Read it while the run's generator is paused at this step or after the run, in the
+        thread that runs it: the computation shares the run's FFT buffers.
+        """
+        if callable(self.misfit):
+            self.misfit = self.misfit()
+        return self.misfit
+
+
 @dataclass
-class SamplerStep:
+class SamplerStep(LazyMisfit):
     """One step of :func:`~pkl_dg.diffusion.sampler.guided_ddim`.
 
     Attributes
@@ -35,7 +54,7 @@ class SamplerStep:
         Corrected x̂0, photons, float32, (samples, *y.shape).
     misfit : torch.Tensor, callable or None
         Each sample's data misfit, (samples,), or a callable that computes it (read it as
-        :attr:`nll`); None where none is read out.
+        ``nll``, :class:`LazyMisfit`); None where none is offered.
     mean : torch.Tensor or None
         The samples' mean where the step sets it (the final pass), (1, *y.shape).
     """
@@ -46,17 +65,6 @@ class SamplerStep:
     x0: torch.Tensor
     misfit: Misfit | None
     mean: torch.Tensor | None = None
-
-    @property
-    def nll(self) -> torch.Tensor | None:
-        """The data misfit of each sample's x̂0, (samples,); computed on the first read.
-
-        Read it while the run's generator is paused at this step or after the run, in the
-        thread that runs it: the computation shares the run's FFT buffers.
-        """
-        if callable(self.misfit):
-            self.misfit = self.misfit()
-        return self.misfit
 
 
 def _misfit(likelihood: Likelihood, x0: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
