@@ -565,6 +565,40 @@ def test_pixel_size_note_says_where_the_pixel_size_came_from():
     assert len(warned) == 1
 
 
+def test_an_images_pixel_size_is_not_carried_to_an_image_without_one(viewer_widget):
+    """A layer's own pixel size fills the field for that layer only: a layer that states
+    none gets the user's value back ("assumed"), the settings file keeps the user's value,
+    and a new widget (the next session) starts from it."""
+    from pkl_dg.napari.state import SettingsStore
+
+    viewer, widget = viewer_widget
+    field = widget.controls["pixel_size_nm"]
+    other = viewer.add_image(np.ones((32, 32), np.float32), name="other",
+                             scale=(0.0426137, 0.0426137), units=("um", "um"))
+    bare = viewer.add_image(np.ones((32, 32), np.float32), name="bare")
+    widget.input_combo.value = bare
+    field.value = 80.0  # the user's own value, typed for an image without one
+    assert field.label.endswith(", assumed")
+    widget.input_combo.value = other
+    assert field.value == pytest.approx(42.6137) and field.label.endswith(", from image")
+    assert SettingsStore().load()[0].settings.pixel_size_nm == pytest.approx(80.0)
+    widget.input_combo.value = bare
+    assert field.value == pytest.approx(80.0) and field.label.endswith(", assumed")
+    widget.input_combo.value = other
+    field.value = 50.0  # typed over the image's own: the user's value, and saved
+    assert field.label.endswith(", set here")
+    assert SettingsStore().load()[0].settings.pixel_size_nm == pytest.approx(50.0)
+    widget.input_combo.value = bare
+    assert field.value == pytest.approx(50.0) and field.label.endswith(", assumed")
+    widget.input_combo.value = other
+    assert field.value == pytest.approx(42.6137)
+    second = PKLDeconvolutionWidget(viewer)  # the next session
+    second.input_combo.value = other
+    assert second.controls["pixel_size_nm"].value == pytest.approx(42.6137)
+    second.input_combo.value = bare
+    assert second.controls["pixel_size_nm"].value == pytest.approx(50.0)
+
+
 def test_pixel_size_of_a_tiff_opened_by_naparis_own_reader(tmp_path, viewer_widget):
     """napari's built-in TIFF reader leaves an ImageJ TIFF's resolution out of the layer's
     scale; the widget reads it from the file and says so."""

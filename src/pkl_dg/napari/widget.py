@@ -32,18 +32,19 @@ from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QPushButton, QScrollArea, QV
 
 from pkl_dg.napari import psf_sources, shared_state
 from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, image_layer_choices,
-                                    pixel_size_nm_of, pixel_size_note, psf_kind_of,
+                                    pixel_size_note, psf_kind_of,
                                     psf_source_controls, read_control, settings_controls,
                                     short_method_label, shown_fields, write_control)
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
 from pkl_dg.napari.output import RestorationView, Run, same_layer, show_psf_layer
+from pkl_dg.napari.pixel_size_field import PixelSizeField
 from pkl_dg.napari.run_controller import RunController, progress_widgets
 from pkl_dg.napari.shared_state import RunInputs
 from pkl_dg.napari.state import STACK_EXTENTS, SettingsStore, WidgetState
 from pkl_dg.napari.worker import ModelCache, OperatorCache, resolve_psf, restoration_frames
-from pkl_dg.settings import METHOD_LABELS, RestoreSettings, field_specs
+from pkl_dg.settings import METHOD_LABELS, RestoreSettings
 
 if TYPE_CHECKING:
     import napari
@@ -107,6 +108,7 @@ class PKLDeconvolutionWidget(QWidget):
                                     choices=[(v, k) for k, v in STACK_EXTENTS.items()],
                                     tooltip=STACK_TIP)
         self.controls, by_group = settings_controls(exclude=("psf_kind",))  # "PSF from"
+        self.pixel_size = PixelSizeField(self.controls["pixel_size_nm"])
         self.calibration_panel = CalibrationPanel(self.controls, self._calibration_plane,
                                                   lambda msg: self.runner.report(msg))
         by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
@@ -211,6 +213,7 @@ class PKLDeconvolutionWidget(QWidget):
         finally:
             self._loading = self.calibration_panel._writing = False
         self._update_visibility()
+        self.pixel_size.layer_changed(self.input_combo.value)  # an image's own, if it has one
 
     def restore_defaults(self) -> None:
         self.apply_state(WidgetState())
@@ -225,7 +228,7 @@ class PKLDeconvolutionWidget(QWidget):
 
     def _save(self) -> None:
         try:
-            self.store.save(self.current_state())
+            self.store.save(self.pixel_size.as_saved(self.current_state()))
         except (OSError, ValueError) as exc:
             if not self._save_warned:  # warn once per session, not on every click
                 show_warning(f"PKL settings could not be saved to {self.store.path}: {exc}")
@@ -270,14 +273,10 @@ class PKLDeconvolutionWidget(QWidget):
     def _on_input_changed(self, *_args) -> None:
         self._update_visibility()
         layer = self.input_combo.value
+        self.pixel_size.layer_changed(layer)
         if layer is None:
             return
         self.calibration_panel.input_changed()
-        nm = pixel_size_nm_of(layer)
-        if nm is not None and self.controls["pixel_size_nm"].value != nm:
-            spec = next(s for s in field_specs() if s.name == "pixel_size_nm")
-            if spec.min <= nm <= spec.max:
-                self.controls["pixel_size_nm"].value = nm
 
     def _on_layer_removed(self, event) -> None:
         removed = event.value
