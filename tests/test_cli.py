@@ -31,6 +31,34 @@ def test_restore_round_trip(tmp_path, image_file, capsys):
     assert "5/5" in capsys.readouterr().err  # progress bar on stderr
 
 
+def test_restore_takes_the_pixel_size_and_z_step_the_file_states(tmp_path):
+    """An ImageJ TIFF's pixel size (42.6137 nm) and Z step fill in the settings the user did
+    not give: an Airy PSF is computed for the file's pixels, not the default 65 nm."""
+    src = tmp_path / "stack.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src, rng.poisson(20, (3, 40, 40)).astype(np.uint16), imagej=True,
+                     resolution=(1 / 0.0426137, 1 / 0.0426137),
+                     metadata={"unit": "um", "spacing": 0.25, "axes": "ZYX"})
+    flags = ["--method", "rl", "--rl-iterations", "2", "--na", "1.4", "--wavelength", "520",
+             "--quiet"]
+    out = tmp_path / "out.tif"
+    assert main(["restore", str(src), "-o", str(out), *flags]) == 0
+    meta = read_metadata(out)
+    assert meta["settings"]["pixel_size_nm"] == pytest.approx(42.6137)
+    assert meta["settings_from_file"] == {"pixel_size_nm": pytest.approx(42.6137),
+                                          "z_step_nm": pytest.approx(250.0)}
+    fwhm_nm, fwhm_px = meta["psf"]["fwhm_nm"][-1], meta["psf"]["fwhm_px"][-1]
+    assert fwhm_nm / fwhm_px == pytest.approx(42.6137, rel=1e-3)
+    with tifffile.TiffFile(out) as tif:  # three planes, not one RGB image
+        assert len(tif.pages) == 3 and tif.pages[0].photometric.name == "MINISBLACK"
+        assert tif.series[0].shape == (3, 40, 40)
+    given = tmp_path / "given.tif"  # a pixel size the user gives wins over the file's
+    assert main(["restore", str(src), "-o", str(given), *flags, "--pixel-size", "80"]) == 0
+    meta = read_metadata(given)
+    assert meta["settings"]["pixel_size_nm"] == 80.0
+    assert meta["settings_from_file"] == {"z_step_nm": pytest.approx(250.0)}
+
+
 def test_refuses_to_overwrite(tmp_path, image_file, capsys):
     out = tmp_path / "out.tif"
     out.write_bytes(b"keep me")

@@ -158,3 +158,23 @@ def check_photon_counts(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, 
     msg += f"The noise-level stop you set ({disc:g}) will end the guidance early."
     warnings.warn(msg, CalibrationWarning, stacklevel=3)
     return disc
+
+
+def physical_overrides(image: Any, given: set[str]) -> dict[str, float]:
+    """The settings a file's metadata fills in: its X pixel size and its Z step (nm, to the
+    settings' 4 decimals), each unless the user gave it.
+
+    Parameters
+    ----------
+    image
+        A :class:`~pkl_dg.io.read.MicroscopyImage` (``pixel_size_nm`` (Y, X) and
+        ``z_step_nm``, None where the file states none).
+    given
+        Names of the settings the user gave.
+    """
+    out: dict[str, float] = {}
+    if image.pixel_size_nm and "pixel_size_nm" not in given:
+        out["pixel_size_nm"] = round(float(image.pixel_size_nm[1]), 4)
+    if image.z_step_nm and "z_step_nm" not in given:
+        out["z_step_nm"] = round(float(image.z_step_nm), 4)
+    return out

@@ -11,7 +11,6 @@ overlapping YX chunks (:mod:`pkl_dg.batch.tiles`).
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pkl_dg.batch.tiles import Chunk, margin_for, plan_chunks
+from pkl_dg.inputs import physical_overrides
 from pkl_dg.settings import RestoreSettings
 
 FORMATS = ("auto", "ome-tiff", "ome-zarr")
@@ -113,18 +113,6 @@ def plan_outputs(inputs: list[Path], outdir: Path, fmt: str,
     return jobs
 
 
-def physical_overrides(image, given: set[str], settings: RestoreSettings) -> dict[str, Any]:
-    """Settings the file's metadata fills in: its pixel size (and z-step, where the
-    settings have such a field), unless the user gave them."""
-    names = {f.name for f in dataclasses.fields(RestoreSettings)}
-    out: dict[str, Any] = {}
-    if image.pixel_size_nm and "pixel_size_nm" not in given:
-        out["pixel_size_nm"] = round(float(image.pixel_size_nm[1]), 4)
-    if image.z_step_nm and "z_step_nm" in names and "z_step_nm" not in given:
-        out["z_step_nm"] = round(float(image.z_step_nm), 4)
-    return out
-
-
 def plan_job(job: Job, given: set[str], chunk: int) -> None:
     """Open the job's input, fill in its axes, blocks, chunks and physical settings.
 
@@ -139,7 +127,7 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
 
     img = open_image(job.input)
     s = job.settings
-    over = physical_overrides(img, given, s)
+    over = physical_overrides(img, given)
     if over:
         s = s.replace(**over)
     if s.mode == "3d" and "Z" not in img.axes:

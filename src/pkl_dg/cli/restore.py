@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pkl_dg.imageio import write_result
+    from pkl_dg.inputs import physical_overrides
     from pkl_dg.io import open_image
     from pkl_dg.restoration import restore_iter
     from pkl_dg.uncertainty import has_posterior_std
@@ -125,10 +126,8 @@ def run(args: argparse.Namespace) -> int:
     # axes from the file's metadata (TCZYX order): channels and time are never deconvolved
     # along; a .npy file has none ("Q" axes): its layout is then checked as unlabelled
     axes = None if "Q" in source.axes else source.axes
-    from_file = {}
-    if args.z_step_nm is None and source.z_step_nm:  # the file states its Z step: use it
-        settings = settings.replace(z_step_nm=float(source.z_step_nm))
-        from_file["z_step_nm"] = settings.z_step_nm
+    from_file = physical_overrides(source, set(given_settings(args)))  # the file's sampling
+    settings = settings.replace(**from_file)
     run = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 

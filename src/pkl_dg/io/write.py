@@ -56,7 +56,8 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
     _check_target(p, overwrite)
     if p.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"output must be a .tif or .tiff file, got {p.name}")
-    tifffile.imwrite(p, np.asarray(image, dtype=np.float32),
+    # minisblack: else tifffile stores a stack of 3 or 4 planes as one RGB(A) image
+    tifffile.imwrite(p, np.asarray(image, dtype=np.float32), photometric="minisblack",
                      description=json.dumps(metadata, sort_keys=True), metadata=None)
 
 
