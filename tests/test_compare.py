@@ -81,3 +81,18 @@ def test_compare_cli_writes_csv_and_png(tmp_path, scene):
     assert float(rows[0]["psnr_db"]) > 10 and 0 < float(rows[0]["ssim"]) <= 1
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["compare", str(inp), "--methods", "rl", "--csv", str(out_csv)]) == 2
+
+
+def test_compare_cli_takes_the_pixel_size_the_file_states(tmp_path, scene):
+    """An Airy PSF and the FRC in nm use the pixel size of the input file (42.6137 nm), not
+    the default 65 nm, when --pixel-size is not given."""
+    x, y, _, _ = scene
+    inp, gt = tmp_path / "in.tif", tmp_path / "gt.tif"
+    tifffile.imwrite(inp, y.astype(np.float32), imagej=True,
+                     resolution=(1 / 0.0426137, 1 / 0.0426137), metadata={"unit": "um"})
+    tifffile.imwrite(gt, x)
+    out_csv = tmp_path / "m.csv"
+    assert main(["compare", str(inp), "--gt", str(gt), "--methods", "rl", "--rl-iterations",
+                 "3", "--na", "1.4", "--wavelength", "520", "--csv", str(out_csv)]) == 0
+    row = next(csv.DictReader(out_csv.open()))
+    assert float(row["frc_nm"]) == pytest.approx(float(row["frc_px"]) * 42.6137, rel=1e-4)

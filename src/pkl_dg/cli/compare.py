@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pkl_dg.compare import compare_iter, metrics_table, parse_methods, render_panel, write_csv
     from pkl_dg.imageio import read_image
+    from pkl_dg.inputs import physical_overrides
+    from pkl_dg.io import open_image
     from pkl_dg.settings import METHOD_LABELS
 
     if not (args.csv or args.png):
@@ -85,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     settings = settings_from_args(args)
     report_not_applied(args, settings, methods)
-    image = read_image(args.input)
+    source = open_image(args.input)
+    image = source.numpy()
+    # the file's pixel size (an Airy PSF's width in pixels, FRC in nm), unless given
+    settings = settings.replace(**physical_overrides(source, set(given_settings(args))))
     gt = read_image(args.gt) if args.gt is not None else None
     if gt is not None and gt.shape != image.shape:
         raise ValueError(f"ground truth {gt.shape} and input {image.shape} differ in shape")
