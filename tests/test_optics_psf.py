@@ -53,9 +53,42 @@ def test_vectorial_source_in_schema_2d_and_3d():
     s3 = s.replace(mode="3d", z_step_nm=150.0)
     built = psf_from_settings(s3, (21, 128, 128))
     psf3, info3 = built.kernel, built.info
-    assert psf3.ndim == 3 and psf3.shape[0] <= 21 and info3["spacing_nm"] == [150.0, 65, 65]
+    assert psf3.ndim == 3 and psf3.shape[0] == 21 and info3["spacing_nm"] == [150.0, 65, 65]
     with pytest.raises(ValueError, match="Z step"):
         psf_from_settings(s.replace(mode="3d"), (21, 128, 128))
+
+
+def test_a_3d_widefield_psf_covers_the_stack_so_the_haze_is_deconvolved(monkeypatch):
+    """A widefield PSF spreads about the same light into every plane: the 3D kernel spans
+    the stack's depth with that light kept, and a bead's out-of-focus haze (half of its
+    light, in planes 4 or more from focus) goes back into the bead. A kernel cut to the
+    5 planes around focus (the old extent) explains the haze as in-focus light: it stays."""
+    import torch
+
+    import pkl_dg.physics.optics_psf as optics
+    from pkl_dg.physics import PSFConvolution
+    from pkl_dg.restoration import restore
+
+    s = RestoreSettings(psf_kind="vectorial", na=1.4, pixel_size_nm=100, mode="3d",
+                        z_step_nm=300.0)
+    shape = (15, 48, 48)
+    kernel = psf_from_settings(s, shape).kernel
+    light = kernel.sum(axis=(1, 2))
+    assert kernel.shape[0] == 15 and light.min() > 0.5 * light.max()
+    bead = np.zeros(shape)
+    bead[7, 24, 24] = 2e5
+    blurred = PSFConvolution(kernel).A(torch.from_numpy(bead)).numpy() + 0.5
+    y = np.random.default_rng(0).poisson(blurred).astype(np.float32)
+
+    def far(v):  # share of the light 4 or more planes from the bead's
+        return float(v[np.r_[0:4, 11:15]].sum() / v.sum())
+
+    run = dict(settings=s, method="rl", rl_iterations=50, calibration="manual", gain=1.0,
+               offset=0.0, background=0.5)
+    assert far(y - 0.5) > 0.4
+    assert far(restore(y, **run)) < 0.02
+    monkeypatch.setattr(optics, "auto_planes", lambda *args: 5)
+    assert far(restore(y, **run)) > 0.4
 
 
 def test_vectorial_from_the_cli(tmp_path):

@@ -7,9 +7,12 @@ whose refractive index differs from the immersion medium's and a source at a dep
 the coverslip (spherical aberration: a longer, asymmetric axial profile). Each pixel
 averages sub-samples (psfmodels' oversampling), and the result is normalised to sum 1.
 
-The extent is chosen from the optics: laterally up to the 4th dark Airy ring or the radius
-of the defocused light cone at the outermost plane, whichever is larger; axially ±1.5 ×
-the axial FWHM of a matched-index widefield PSF; both capped to the image.
+The extent: axially as many planes as the image stack has (odd: ±(Z − 1)/2 planes, the
+most that fits the reflect-padded convolution), because a widefield PSF spreads about the
+same amount of light into every plane, so a PSF cut near focus leaves the out-of-focus haze
+of the other planes unexplained (:func:`auto_planes`); laterally up to the 4th dark Airy
+ring or the radius of the defocused light cone at the outermost plane, whichever is larger,
+capped to the image's smaller side.
 """
 
 from __future__ import annotations
@@ -94,6 +97,21 @@ def widefield_psf(na: float, wavelength_nm: float, pixel_size_nm: float, *,
 
 def auto_planes(na: float, wavelength_nm: float, z_step_nm: float, immersion_ri: float,
                 max_planes: int | None = None) -> int:
-    """Odd number of planes covering ±1.5 axial FWHM (at most ``max_planes``)."""
+    """Odd number of planes of a widefield PSF for a stack of ``max_planes`` planes.
+
+    With the stack's depth: all of it (the largest odd number ≤ ``max_planes``). A widefield
+    PSF holds about the same light in every plane, defocused over a growing disk; a kernel
+    cut to a few planes around focus and renormalised models that light as in focus, and
+    the haze of the planes beyond it stays in the result. Measured on the EPFL hollow-bars
+    stack (flowdec's 25 % copy, 32×64×64, its own widefield PSF; Richardson–Lucy in 3D mode,
+    automatic count, CARE PSNR): the PSF's 30 planes 27.99 dB, 15 planes (49 % of its light)
+    27.46, 7 (23 %) 27.21, 5 (16 %) 26.97; the input 26.40. The usual practice (Huygens,
+    DeconvolutionLab2, deconwolf) is a PSF at least as deep as the stack.
+
+    Without the depth (a PSF shown before an image is chosen): ±1.5 × the axial FWHM of a
+    matched-index widefield PSF (:func:`axial_fwhm_nm`).
+    """
+    if max_planes is not None:
+        return _odd_at_most(int(max_planes), max_planes)
     fwhm = axial_fwhm_nm(na, wavelength_nm, immersion_ri)
-    return _odd_at_most(2 * math.ceil(1.5 * fwhm / z_step_nm) + 1, max_planes)
+    return _odd_at_most(2 * math.ceil(1.5 * fwhm / z_step_nm) + 1, None)
