@@ -205,6 +205,59 @@ def test_cli_takes_the_z_step_from_the_file(tmp_path):
                  "--psf-z-step", "100", "--method", "rl", "--rl-iterations", "2", "--quiet",
                  "--threads", "1"]) == 0
     meta = read_metadata(out)
-    assert meta["settings_from_file"] == {"z_step_nm": 200.0}
+    assert meta["settings_from_file"] == {"pixel_size_nm": 65.0, "z_step_nm": 200.0}
     assert meta["psf"]["spacing_nm"][0] == 200.0
     assert meta["psf"]["resampled"]["from_spacing_nm"][0] == 100.0
+
+
+def _widefield_like(shape):
+    """A 3D PSF stored at an image's size, as DeconvolutionLab2 and flowdec ship them: a
+    Gaussian core plus, in every plane, a defocus disk that widens away from focus (about
+    the same light per plane); its peak at the array's centre pixel, so that cleaning
+    centres it on an odd grid one plane and pixel larger than the array."""
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    c = [n // 2 for n in shape]
+    r2 = (y - c[1]) ** 2 + (x - c[2]) ** 2
+    radius = 1.5 + 1.2 * np.abs(z - c[0])
+    psf = np.exp(-r2 / (2 * radius ** 2)) / radius ** 2
+    return (psf / psf.sum()).astype(np.float32)
+
+
+def test_a_measured_psf_as_large_as_the_image_is_cropped_to_fit_with_a_warning():
+    shape = (16, 32, 32)
+    psf = _widefield_like(shape)
+    rng = np.random.default_rng(0)
+    obj = np.zeros(shape)
+    obj[6:10, 10:22, 12:20] = 50.0
+    blurred = PSFConvolution(psf[1:, 1:, 1:]).A(torch.from_numpy(obj)).numpy() + 1.0
+    y = rng.poisson(blurred).astype(np.float32)
+    with pytest.warns(PSFWarning, match=r"cropped around its centre to 15×31×31"):
+        run = restore_iter(y, psf=psf, mode="3d", method="rl", rl_iterations=20,
+                           calibration="manual", gain=1.0, offset=0.0, background=1.0)
+        result = run.finish()
+    cropped = result.metadata["psf"]["cropped_to_image"]
+    assert cropped["from"] == [17, 33, 33] and cropped["to"] == [15, 31, 31]
+    assert 0 < cropped["light_removed"] < 0.25
+    assert result.metadata["psf"]["kernel_shape"] == [15, 31, 31]
+    inside = result.image[6:10, 10:22, 12:20].sum() / result.image.sum()
+    assert inside > (y - 1.0)[6:10, 10:22, 12:20].sum() / (y - 1.0).sum()  # deblurred
+
+
+def test_a_measured_psf_that_would_lose_much_light_to_the_crop_is_refused():
+    with pytest.raises(ValueError, match=r"would remove \d+ % of its light: crop the PSF"):
+        psf_from_settings(RestoreSettings(), (32, 32), array=np.ones((61, 61)))
+
+
+def test_the_epfl_bars_restore_with_the_psf_they_ship(realdata):
+    """flowdec's copy of the EPFL hollow bars: data, ground truth and a PSF of the data's
+    size (32×64×64). It used to be refused ("PSF larger than the image")."""
+    from pkl_dg.metrics import care_scores
+
+    folder = realdata / "flowdec" / "bars-25pct"
+    y, gt = (tifffile.imread(folder / f) for f in ("data.tif", "actual.tif"))
+    with pytest.warns(PSFWarning, match="cropped"):
+        result = restore_iter(y, psf=tifffile.imread(folder / "kernel.tif"), mode="3d",
+                              method="rl", calibration="manual", gain=1.0, offset=0.0,
+                              background=0.0).finish()
+    assert result.metadata["psf"]["cropped_to_image"]["light_removed"] < 0.05
+    assert care_scores(result.image, gt)["psnr"] > care_scores(y, gt)["psnr"] + 1.0

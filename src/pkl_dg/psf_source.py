@@ -14,14 +14,16 @@ takes the kernel and numbers.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pkl_dg.physics.psf import (airy_psf, check_psf_fits, gaussian_psf, gaussian_psf_3d,
-                                kernel_description, load_psf, resample_to_grid)
-from pkl_dg.physics.psf_cleaning import clean_psf
+from pkl_dg.physics.psf import (airy_psf, check_psf_fits, crop_to_fit, gaussian_psf,
+                                gaussian_psf_3d, kernel_description, load_psf,
+                                resample_to_grid)
+from pkl_dg.physics.psf_cleaning import PSFWarning, clean_psf
 from pkl_dg.settings import RestoreSettings
 
 __all__ = ["PSF", "psf_from_settings", "run_psf"]
@@ -125,19 +127,35 @@ def psf_from_settings(settings: RestoreSettings, image_shape: tuple[int, ...] | 
         A measured PSF (array or file) is cleaned
         (:func:`~pkl_dg.physics.psf_cleaning.clean_psf`) and resampled from
         ``psf_pixel_size_nm`` to ``pixel_size_nm`` laterally and (3D) from
-        ``psf_z_step_nm`` to ``z_step_nm`` axially.
+        ``psf_z_step_nm`` to ``z_step_nm`` axially. One larger than the image is
+        cropped to fit (:func:`~pkl_dg.physics.psf.crop_to_fit`; ``info["cropped_to_image"]``).
 
     Raises
     ------
     ValueError
         Missing file or array, a 2D PSF in 3D mode, axial resampling without the image's Z
-        step, a PSF larger than the image.
+        step, a computed PSF larger than the image, a measured one that would lose more
+        than a quarter of its light to the crop.
+
+    Warns
+    -----
+    PSFWarning
+        When a measured PSF was cropped to fit the image.
     """
     s = settings
     three_d = s.mode == "3d"
     if array is not None or s.psf_kind == "file":
         kernel, info = _measured(s, three_d, array)
         applied = ("psf_pixel_size_nm",) + (("psf_z_step_nm",) if three_d else ())
+        if image_shape is not None:
+            kernel, cropped = crop_to_fit(kernel, image_shape)
+            if cropped is not None:
+                info["cropped_to_image"] = cropped
+                warnings.warn(f"The PSF ({'×'.join(map(str, cropped['from']))}) is larger "
+                              "than the image: it was cropped around its centre to "
+                              f"{'×'.join(map(str, cropped['to']))}, which removed "
+                              f"{100 * cropped['light_removed']:.1f} % of its light "
+                              "(the rest renormalised).", PSFWarning, stacklevel=2)
     else:
         kernel, info = _computed(s, three_d, image_shape)
         applied = ()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -19,7 +20,7 @@ from scipy import special
 from pkl_dg.physics.psf_cleaning import (clean_psf, fwhm_along_axes,  # noqa: F401
                                          in_focus_plane)
 
-__all__ = ["airy_psf", "check_psf_fits", "fwhm_of", "fwhm_to_sigma", "gaussian_psf",
+__all__ = ["airy_psf", "check_psf_fits", "crop_to_fit", "fwhm_of", "fwhm_to_sigma", "gaussian_psf",
            "gaussian_psf_3d", "in_focus_plane", "kernel_description", "load_psf", "prepare_psf",
            "resample_psf", "resample_to_grid"]
 
@@ -169,6 +170,59 @@ def check_psf_fits(psf_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> 
     if any(p > n for p, n in zip(psf_shape, img)):
         raise ValueError(f"PSF ({'×'.join(map(str, psf_shape))}) is larger than the image "
                          f"({'×'.join(map(str, img))}): crop the PSF or pick a larger image")
+
+
+#: a measured PSF larger than the image is cropped to fit when that removes at most this
+#: share of its light (:func:`crop_to_fit`), else refused
+CROP_MAX_LOSS = 0.25
+
+
+def crop_to_fit(psf: np.ndarray, image_shape: tuple[int, ...]
+                ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Crop a centred PSF that is larger than the image to fit it, renormalised.
+
+    A measured PSF is often stored at the image's own size (DeconvolutionLab2's and
+    flowdec's examples, a bead stack): centred on its peak by the cleaning it grows by a
+    pixel or plane, and the convolution's reflect padding needs the PSF no larger than the
+    image. Each side larger than the image's is cut around the centre to the largest odd
+    size that fits.
+
+    Parameters
+    ----------
+    psf
+        The cleaned kernel, odd sides, centre at the centre pixel, sum 1; (Y, X) or (Z, Y, X).
+    image_shape
+        The image (its last ``psf.ndim`` axes are compared).
+
+    Returns
+    -------
+    (kernel, cropped)
+        The kernel unchanged and None when it fits; else the crop (float32, sum 1) and
+        ``{"from": shape, "to": shape, "light_removed": share}`` for the metadata.
+
+    Raises
+    ------
+    ValueError
+        When the crop would remove more than :data:`CROP_MAX_LOSS` of the PSF's light (its
+        width is then a large part of the image: pick a larger image or a smaller PSF).
+    """
+    d = psf.ndim
+    img = tuple(image_shape[-d:])
+    if len(image_shape) < d or all(p <= n for p, n in zip(psf.shape, img)):
+        return psf, None
+    box = []
+    for p, n in zip(psf.shape, img):
+        m = p if p <= n else n - (1 - n % 2)
+        box.append(slice((p - m) // 2, (p - m) // 2 + m))
+    crop = np.asarray(psf[tuple(box)], dtype=np.float64)
+    total = float(np.asarray(psf, dtype=np.float64).sum())
+    loss = 1.0 - float(crop.sum()) / total if total > 0 else 1.0
+    shapes = f"({'×'.join(map(str, psf.shape))}) is larger than the image ({'×'.join(map(str, img))})"
+    if loss > CROP_MAX_LOSS:
+        raise ValueError(f"PSF {shapes}, and cropping it to fit would remove {100 * loss:.0f} % "
+                         "of its light: crop the PSF or pick a larger image")
+    info = {"from": list(psf.shape), "to": list(crop.shape), "light_removed": round(loss, 5)}
+    return (crop / crop.sum()).astype(np.float32), info
 
 
 def resample_to_grid(psf: np.ndarray, pixel_size_nm: float, z_step_nm: float = 0.0, *,
