@@ -261,3 +261,39 @@ def test_the_epfl_bars_restore_with_the_psf_they_ship(realdata):
                               background=0.0).finish()
     assert result.metadata["psf"]["cropped_to_image"]["light_removed"] < 0.05
     assert care_scores(result.image, gt)["psnr"] > care_scores(y, gt)["psnr"] + 1.0
+
+
+def test_cli_takes_a_psf_files_own_voxel_size(tmp_path, capsys):
+    """A PSF file that states its voxel size (PSFGenerator's, Huygens') is resampled from it
+    to the image's; an image that states none takes the PSF file's (no resampling to an
+    assumed 65 nm), and the user is told."""
+    from pkl_dg.cli import main
+    from pkl_dg.imageio import read_metadata
+
+    stack = np.random.default_rng(0).poisson(10, (20, 48, 48)).astype(np.uint16)
+    psf = tmp_path / "psf.tif"
+    tifffile.imwrite(psf, gaussian_psf_3d(1.5, 2.0), imagej=True,
+                     resolution=(1 / 0.1, 1 / 0.1),
+                     metadata={"axes": "ZYX", "spacing": 0.25, "unit": "um"})
+    flags = ["--mode", "3d", "--psf", str(psf), "--method", "rl", "--rl-iterations", "2",
+             "--quiet", "--threads", "1"]
+    stated = tmp_path / "stated.tif"
+    tifffile.imwrite(stated, stack, imagej=True, resolution=(1 / 0.065, 1 / 0.065),
+                     metadata={"axes": "ZYX", "spacing": 0.2, "unit": "um"})
+    out = tmp_path / "out.tif"
+    assert main(["restore", str(stated), "-o", str(out), *flags]) == 0
+    meta = read_metadata(out)
+    assert meta["settings_from_file"] == {"pixel_size_nm": 65.0, "z_step_nm": 200.0,
+                                          "psf_pixel_size_nm": 100.0, "psf_z_step_nm": 250.0}
+    assert meta["psf"]["resampled"]["from_spacing_nm"] == [250.0, 100.0, 100.0]
+    assert meta["psf"]["spacing_nm"] == [200.0, 65.0, 65.0]
+    assert "image_sampling_from_psf_file" not in meta
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, stack)
+    capsys.readouterr()
+    assert main(["restore", str(bare), "-o", str(out), *flags, "--overwrite"]) == 0
+    meta = read_metadata(out)
+    assert meta["image_sampling_from_psf_file"] == ["pixel_size_nm", "z_step_nm"]
+    assert meta["settings"]["pixel_size_nm"] == 100.0 and "resampled" not in meta["psf"]
+    assert "states no pixel size or z step: taken from the PSF file (100 nm, 250 nm)" in \
+        capsys.readouterr().err

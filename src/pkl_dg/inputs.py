@@ -160,9 +160,16 @@ def check_photon_counts(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, 
     return disc
 
 
-def physical_overrides(image: Any, given: set[str]) -> dict[str, float]:
-    """The settings a file's metadata fills in: its X pixel size and its Z step (nm, to the
-    settings' 4 decimals), each unless the user gave it.
+def physical_overrides(image: Any, given: set[str],
+                       settings: RestoreSettings | None = None) -> dict[str, float]:
+    """The settings the files' metadata fill in, each unless the user gave it (nm, to the
+    settings' 4 decimals).
+
+    From the image: its X pixel size and its Z step. From a PSF file (``settings`` with
+    PSF model 'file'): its own pixel size and, in 3D mode, Z step, so that it is resampled
+    to the image's grid; where the image states neither and the user gave none, the image's
+    are taken from the PSF file too (same microscope, same sampling), so that the PSF is
+    not resampled to an assumed pixel size.
 
     Parameters
     ----------
@@ -171,10 +178,29 @@ def physical_overrides(image: Any, given: set[str]) -> dict[str, float]:
         ``z_step_nm``, None where the file states none).
     given
         Names of the settings the user gave.
+    settings
+        The run's settings, to read a PSF file's metadata (None: the image only).
+
+    Raises
+    ------
+    ValueError
+        The PSF file cannot be read.
     """
     out: dict[str, float] = {}
     if image.pixel_size_nm and "pixel_size_nm" not in given:
         out["pixel_size_nm"] = round(float(image.pixel_size_nm[1]), 4)
     if image.z_step_nm and "z_step_nm" not in given:
         out["z_step_nm"] = round(float(image.z_step_nm), 4)
+    if settings is None or settings.psf_kind != "file" or not settings.psf_path:
+        return out
+    from pkl_dg.io import open_image
+
+    psf = open_image(settings.psf_path, "PSF file")
+    stated = {"pixel_size_nm": float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None,
+              "z_step_nm": psf.z_step_nm if settings.mode == "3d" else None}
+    for name, value in stated.items():
+        if value and f"psf_{name}" not in given:
+            out[f"psf_{name}"] = round(float(value), 4)
+            if name not in given and name not in out:  # the image states none either
+                out[name] = out[f"psf_{name}"]
     return out

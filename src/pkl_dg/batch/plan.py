@@ -127,7 +127,7 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
 
     img = open_image(job.input)
     s = job.settings
-    over = physical_overrides(img, given)
+    over = physical_overrides(img, given, s)
     if over:
         s = s.replace(**over)
     if s.mode == "3d" and "Z" not in img.axes:

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     source = open_image(args.input)
     image = source.numpy()
     # the file's pixel size (an Airy PSF's width in pixels, FRC in nm), unless given
-    settings = settings.replace(**physical_overrides(source, set(given_settings(args))))
+    settings = settings.replace(**physical_overrides(source, set(given_settings(args)),
+                                                     settings))
     gt = read_image(args.gt) if args.gt is not None else None
     if gt is not None and gt.shape != image.shape:
         raise ValueError(f"ground truth {gt.shape} and input {image.shape} differ in shape")

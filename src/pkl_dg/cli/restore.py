@@ -126,8 +126,15 @@ def run(args: argparse.Namespace) -> int:
     # axes from the file's metadata (TCZYX order): channels and time are never deconvolved
     # along; a .npy file has none ("Q" axes): its layout is then checked as unlabelled
     axes = None if "Q" in source.axes else source.axes
-    from_file = physical_overrides(source, set(given_settings(args)))  # the file's sampling
+    # the sampling the image's and the PSF file's metadata state
+    from_file = physical_overrides(source, set(given_settings(args)), settings)
     settings = settings.replace(**from_file)
+    from_psf = [n for n, v in (("pixel_size_nm", source.pixel_size_nm),
+                               ("z_step_nm", source.z_step_nm)) if n in from_file and not v]
+    if from_psf:
+        print(f"pkl-dg restore: note: {args.input.name} states no "
+              f"{' or '.join(n[:-3].replace('_', ' ') for n in from_psf)}: taken from the PSF "
+              f"file ({', '.join(f'{from_file[n]:g} nm' for n in from_psf)})", file=sys.stderr)
     run = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
@@ -148,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {**result.metadata, "input_file": str(args.input), "input_axes": source.axes}
     if from_file:
         meta["settings_from_file"] = from_file
+    if from_psf:
+        meta["image_sampling_from_psf_file"] = from_psf
     if ignored:  # given, but without effect on this run
         meta["settings_not_applied"] = ignored
     std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)

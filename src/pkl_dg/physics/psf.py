@@ -243,8 +243,8 @@ def resample_to_grid(psf: np.ndarray, pixel_size_nm: float, z_step_nm: float = 0
     Returns
     -------
     (kernel, resampled)
-        ``kernel`` float32, normalised; ``resampled`` None when neither spacing was given,
-        else ``from_shape``, ``to_shape``, ``from_spacing_nm`` and ``to_spacing_nm`` (one
+        ``kernel`` float32, normalised; ``resampled`` None when neither spacing was given
+        or both equal the image's, else ``from_shape``, ``to_shape``, ``from_spacing_nm`` and ``to_spacing_nm`` (one
         value per axis of the kernel; an unknown Z step is None).
 
     Raises
@@ -258,9 +258,11 @@ def resample_to_grid(psf: np.ndarray, pixel_size_nm: float, z_step_nm: float = 0
     if psf_z > 0 and not axial:
         raise ValueError(f"the PSF's Z step is set ({psf_z:g} nm) but not the image's: set "
                          "the image Z step so the PSF can be resampled to it")
-    if not (psf_pixel_size_nm > 0 or psf_z > 0):
-        return psf, None
     lateral = pixel_size_nm
+    same = [abs(a - b) <= 1e-6 * b for a, b in ((psf_pixel_size_nm, lateral), (psf_z, axial))
+            if a > 0]
+    if all(same):  # neither spacing given, or both the image's own: nothing to resample
+        return psf, None
     out = resample_psf(psf, psf_pixel_size_nm or lateral, lateral, from_z_nm=psf_z,
                        to_z_nm=axial or 0.0)
     return out, {"from_shape": list(psf.shape), "to_shape": list(out.shape),
