@@ -179,3 +179,30 @@ def test_stack_and_samples(tmp_path, scene, monkeypatch):
     std = tifffile.imread(tmp_path / "s_std.tif")
     assert std.shape == (2, 48, 48) and std.mean() > 0
     assert read_metadata(out2)["std_file"].endswith("s_std.tif")
+
+
+def test_restore_to_an_ome_tiff_keeps_axes_and_physical_sizes(tmp_path, capsys):
+    """-o NAME.ome.tif writes an OME-TIFF with the input's axes and the pixel size and Z
+    step the input states (its std beside it as NAME_std.ome.tif); napari's pkl-dg reader
+    and bioio read them back."""
+    from pkl_dg.io import open_image
+
+    src = tmp_path / "stack.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src, rng.poisson(20, (3, 40, 40)).astype(np.uint16), imagej=True,
+                     resolution=(1 / 0.0426137, 1 / 0.0426137),
+                     metadata={"unit": "um", "spacing": 0.25, "axes": "ZYX"})
+    out = tmp_path / "out.ome.tif"
+    assert main(["restore", str(src), "-o", str(out), "--steps", "2", "--samples", "2",
+                 "--quiet", "--threads", "1"]) == 0
+    img = open_image(out)
+    assert img.axes == "ZYX" and img.shape == (3, 40, 40) and img.numpy().dtype == np.float32
+    assert img.pixel_size_nm == pytest.approx((42.6137, 42.6137), rel=1e-4)
+    assert img.z_step_nm == pytest.approx(250.0)
+    assert read_metadata(out)["settings"]["pixel_size_nm"] == pytest.approx(42.6137)
+    std = tmp_path / "out_std.ome.tif"
+    assert read_metadata(out)["std_file"] == str(std) and open_image(std).axes == "ZYX"
+    npy = tmp_path / "plain.npy"
+    np.save(npy, rng.poisson(20, (2, 40, 40)).astype(np.float32))  # axes unknown: Q, Y, X
+    assert main(["restore", str(npy), "-o", str(tmp_path / "x.ome.tif"), "--quiet"]) == 2
+    assert "OME-TIFF output needs the input's axes" in capsys.readouterr().err

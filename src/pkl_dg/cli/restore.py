@@ -84,6 +84,17 @@ def report_not_applied(args: argparse.Namespace, settings: RestoreSettings) -> l
     return ignored
 
 
+def std_path_for(output: Path) -> Path:
+    """Where the posterior std goes: ``NAME_std`` beside ``output``, same suffix
+    (``.ome.tif`` kept whole)."""
+    from pkl_dg.io.write import OME_SUFFIXES
+
+    name = output.name
+    suffix = next((x for x in OME_SUFFIXES if name.lower().endswith(x)), output.suffix)
+    stem = name[: len(name) - len(suffix)]
+    return output.with_name(f"{stem}_std{name[len(stem):]}")
+
+
 def register(subparsers) -> None:
     from pkl_dg.cli import add_threads_argument
 
@@ -94,8 +105,12 @@ def register(subparsers) -> None:
                     "all parameters as JSON in the TIFF description; with --samples N > 1 "
                     "also OUT_std.tif, the per-pixel posterior standard deviation (not for "
                     "--method rl, which draws no samples).")
-    p.add_argument("input", type=Path, help="input image (.tif, .tiff or .npy)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output .tif")
+    p.add_argument("input", type=Path, help="input image (TIFF, OME-TIFF, OME-Zarr, .npy, or "
+                   "any format a bioio plugin reads)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .tif (the metadata as JSON in its description), or .ome.tif (an "
+                   "OME-TIFF with the input's axes and the physical sizes the input states "
+                   "or you give, the metadata as JSON too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
@@ -107,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pkl_dg.imageio import write_result
+    from pkl_dg.io.write import OME_SUFFIXES, write_ome_tiff
     from pkl_dg.inputs import physical_overrides
     from pkl_dg.io import open_image
     from pkl_dg.restoration import restore_iter
@@ -116,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     ignored = report_not_applied(args, settings)
     outputs = [args.output]
     with_std = has_posterior_std(settings)
+    std_path = std_path_for(args.output)
     if with_std:
-        outputs.append(args.output.with_name(args.output.stem + "_std" + args.output.suffix))
+        outputs.append(std_path)
     for out in outputs:
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
@@ -126,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     # axes from the file's metadata (TCZYX order): channels and time are never deconvolved
     # along; a .npy file has none ("Q" axes): its layout is then checked as unlabelled
     axes = None if "Q" in source.axes else source.axes
+    ome = args.output.name.lower().endswith(OME_SUFFIXES)
+    if ome and axes is None:
+        raise ValueError(f"an OME-TIFF output needs the input's axes, and {args.input.name} "
+                         "names none: write a .tif")
     # the sampling the image's and the PSF file's metadata state
     from_file = physical_overrides(source, set(given_settings(args)), settings)
     settings = settings.replace(**from_file)
@@ -159,15 +180,26 @@ def run(args: argparse.Namespace) -> int:
         meta["image_sampling_from_psf_file"] = from_psf
     if ignored:  # given, but without effect on this run
         meta["settings_not_applied"] = ignored
-    std_path = args.output.with_name(args.output.stem + "_std" + args.output.suffix)
     with_std = with_std and result.std is not None
     if with_std:
         meta["std_file"] = str(std_path)
-    write_result(args.output, result.image, meta, overwrite=args.overwrite)
+    given = set(given_settings(args))
+
+    def write(path: Path, image, metadata: dict) -> None:
+        if not ome:
+            write_result(path, image, metadata, overwrite=args.overwrite)
+            return
+        # physical sizes the image file states or the user gave, never an assumed one
+        px = source.pixel_size_nm or ((settings.pixel_size_nm,) * 2
+                                      if "pixel_size_nm" in given else None)
+        z = source.z_step_nm or (settings.z_step_nm if "z_step_nm" in given else None)
+        write_ome_tiff(path, image, source.axes, metadata, pixel_size_nm=px, z_step_nm=z,
+                       overwrite=args.overwrite)
+
+    write(args.output, result.image, meta)
     if with_std:
-        write_result(std_path, result.std, {**meta, "content": "per-pixel standard deviation "
-                                            "over posterior samples (photons)"},
-                     overwrite=args.overwrite)
+        write(std_path, result.std, {**meta, "content": "per-pixel standard deviation over "
+                                     "posterior samples (photons)"})
     if not args.quiet:
         shape = "×".join(map(str, result.image.shape))
         extra = f" and {std_path.name}" if with_std else ""
