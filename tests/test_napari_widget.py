@@ -599,6 +599,32 @@ def test_an_images_pixel_size_is_not_carried_to_an_image_without_one(viewer_widg
     assert second.controls["pixel_size_nm"].value == pytest.approx(50.0)
 
 
+def test_a_stacks_z_step_fills_the_field_and_is_not_carried_to_the_next(viewer_widget):
+    """The Z step a stack states (its layer's scale) fills 'Z step' for that stack only, as
+    the pixel size does; a stack that states none gets the user's value back (0: not
+    given), and the saved settings keep the user's."""
+    from pkl_dg.napari.state import SettingsStore
+
+    viewer, widget = viewer_widget
+    field = widget.controls["z_step_nm"]
+    stated = viewer.add_image(np.ones((5, 32, 32), np.float32), name="stated",
+                              scale=(0.25, 0.065, 0.065), units=("um", "um", "um"))
+    bare = viewer.add_image(np.ones((5, 32, 32), np.float32), name="bare stack")
+    widget.input_combo.value = stated
+    assert field.value == pytest.approx(250.0) and field.label.endswith(", from image")
+    assert SettingsStore().load()[0].settings.z_step_nm == 0.0
+    widget.input_combo.value = bare
+    assert field.value == 0.0 and field.native.specialValueText() == "not given"
+    assert not field.label.endswith((", assumed", ", from image"))
+    field.value = 300.0
+    assert field.label.endswith(", assumed")
+    widget.input_combo.value = stated
+    assert field.value == pytest.approx(250.0)
+    widget.input_combo.value = bare
+    assert field.value == pytest.approx(300.0)
+    assert SettingsStore().load()[0].settings.z_step_nm == pytest.approx(300.0)
+
+
 def test_pixel_size_of_a_tiff_opened_by_naparis_own_reader(tmp_path, viewer_widget):
     """napari's built-in TIFF reader leaves an ImageJ TIFF's resolution out of the layer's
     scale; the widget reads it from the file and says so."""

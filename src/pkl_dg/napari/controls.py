@@ -31,6 +31,8 @@ SPECIAL_VALUE_TEXT = {
     "background": "auto",
     "psf_sigma_y": "same as σ",
     "psf_pixel_size_nm": "same as image",
+    "psf_z_step_nm": "same as image",
+    "z_step_nm": "not given",
     "tv_weight": "off",
     "discrepancy": "auto",
     "sub_iterations": "auto",
@@ -210,41 +212,50 @@ def pixel_size_nm_of(layer: Image) -> float | None:
     """The layer's X pixel size in nm: from its scale when that has physical units, else
     from the file it was opened from (napari's built-in TIFF reader leaves a TIFF's
     resolution out of the scale); ``None`` when neither states one."""
-    return _pixel_size_and_source(layer)[0]
+    return _sampling_and_source(layer, -1)[0]
 
 
-def _pixel_size_and_source(layer: Image) -> tuple[float | None, str]:
-    """(X pixel size in nm or None, where it was read) for :func:`pixel_size_nm_of`."""
-    nm = _scale_nm(layer)
+def z_step_nm_of(layer: Image) -> float | None:
+    """The layer's Z step (plane spacing) in nm, read as :func:`pixel_size_nm_of` reads the
+    pixel size; ``None`` for a layer with fewer than 3 axes or when nothing states one."""
+    return _sampling_and_source(layer, -3)[0] if layer.ndim >= 3 else None
+
+
+def _sampling_and_source(layer: Image, axis: int) -> tuple[float | None, str]:
+    """(spacing along ``axis`` (-1: X, -3: Z) in nm or None, where it was read)."""
+    nm = _scale_nm(layer, axis)
     if nm is not None:
         return nm, "the layer's scale"
-    return _file_nm(layer), "the metadata of the layer's file"
+    return _file_nm(layer, axis), "the metadata of the layer's file"
 
 
-def _scale_nm(layer: Image) -> float | None:
+def _scale_nm(layer: Image, axis: int = -1) -> float | None:
     import pint
 
-    unit = layer.units[-1]
+    unit = layer.units[axis]
     if str(unit) in ("pixel", "px", ""):
         return None
     try:
-        return float((layer.scale[-1] * unit).to("nm").magnitude)
+        return float((layer.scale[axis] * unit).to("nm").magnitude)
     except pint.errors.DimensionalityError:
         return None
 
 
-def _file_nm(layer: Image) -> float | None:
-    """X pixel size (nm) the layer's source file states (read with this package's reader)."""
+def _file_nm(layer: Image, axis: int = -1) -> float | None:
+    """The spacing along ``axis`` (-1: X, -3: Z; nm) that the layer's source file states
+    (read with this package's reader)."""
     from pkl_dg.io.read import open_image
 
     path = layer.source.path
     if not path:
         return None
     try:
-        sizes = open_image(path).pixel_size_nm
+        img = open_image(path)
     except (ValueError, OSError):  # not a file our reader knows: the note says "assumed"
         return None
-    return None if sizes is None else float(sizes[-1])
+    if axis == -3:
+        return None if not img.z_step_nm else float(img.z_step_nm)
+    return None if img.pixel_size_nm is None else float(img.pixel_size_nm[-1])
 
 
 def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> str:
@@ -254,7 +265,7 @@ def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> 
     carry is also passed to ``warn``: its width in pixels depends on that value.
     """
     used = settings.pixel_size_nm
-    nm, where = _pixel_size_and_source(layer)
+    nm, where = _sampling_and_source(layer, -1)
     if nm is None:
         if settings.psf_kind in ("airy", "vectorial"):
             warn(f"'{layer.name}' carries no physical pixel size: the {settings.psf_kind} PSF "

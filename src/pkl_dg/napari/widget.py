@@ -39,7 +39,7 @@ from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
 from pkl_dg.napari.output import RestorationView, Run, same_layer, show_psf_layer
-from pkl_dg.napari.pixel_size_field import PixelSizeField
+from pkl_dg.napari.sampling_fields import SamplingFields
 from pkl_dg.napari.run_controller import RunController, progress_widgets
 from pkl_dg.napari.shared_state import RunInputs
 from pkl_dg.napari.state import STACK_EXTENTS, SettingsStore, WidgetState
@@ -108,7 +108,7 @@ class PKLDeconvolutionWidget(QWidget):
                                     choices=[(v, k) for k, v in STACK_EXTENTS.items()],
                                     tooltip=STACK_TIP)
         self.controls, by_group = settings_controls(exclude=("psf_kind",))  # "PSF from"
-        self.pixel_size = PixelSizeField(self.controls["pixel_size_nm"])
+        self.sampling = SamplingFields(self.controls)  # pixel size and Z step
         self.calibration_panel = CalibrationPanel(self.controls, self._calibration_plane,
                                                   lambda msg: self.runner.report(msg))
         by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
@@ -213,7 +213,7 @@ class PKLDeconvolutionWidget(QWidget):
         finally:
             self._loading = self.calibration_panel._writing = False
         self._update_visibility()
-        self.pixel_size.layer_changed(self.input_combo.value)  # an image's own, if it has one
+        self.sampling.layer_changed(self.input_combo.value)  # an image's own, if it has one
 
     def restore_defaults(self) -> None:
         self.apply_state(WidgetState())
@@ -228,7 +228,7 @@ class PKLDeconvolutionWidget(QWidget):
 
     def _save(self) -> None:
         try:
-            self.store.save(self.pixel_size.as_saved(self.current_state()))
+            self.store.save(self.sampling.as_saved(self.current_state()))
         except (OSError, ValueError) as exc:
             if not self._save_warned:  # warn once per session, not on every click
                 show_warning(f"PKL settings could not be saved to {self.store.path}: {exc}")
@@ -273,7 +273,7 @@ class PKLDeconvolutionWidget(QWidget):
     def _on_input_changed(self, *_args) -> None:
         self._update_visibility()
         layer = self.input_combo.value
-        self.pixel_size.layer_changed(layer)
+        self.sampling.layer_changed(layer)
         if layer is None:
             return
         self.calibration_panel.input_changed()
