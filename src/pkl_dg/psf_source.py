@@ -214,7 +214,8 @@ def _computed(s: RestoreSettings, three_d: bool, image_shape: tuple[int, ...] | 
         if kind == "gaussian":
             return gaussian_psf_3d(s.psf_sigma, s.psf_sigma_z, s.psf_sigma_y or None), \
                 {"source": kind}
-        raise ValueError(f"3D deconvolution needs a 3D PSF: use a Gaussian PSF with σ Z > 0 "
+        raise ValueError(f"3D deconvolution needs a 3D PSF: the widefield PSF from the optics "
+                         "(PSF model 'vectorial', with the Z step), a Gaussian PSF with σ Z > 0 "
                          f"or a measured PSF stack (PSF model {kind!r} is 2D only)")
     if kind == "gaussian":
         return gaussian_psf(s.psf_sigma, s.psf_sigma_y or None), {"source": kind}

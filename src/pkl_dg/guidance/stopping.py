@@ -154,8 +154,9 @@ def misfit_note(rule: AutoStop) -> str | None:
     """
     if rule.reason != "stalled" or rule.ratio <= MISFIT_WARN * rule.target:
         return None
-    return (f"the data are not explained down to their noise: Richardson–Lucy's fit stalled "
-            f"at {rule.ratio:.1f}× the noise level (deviance ratio; ≈ 1 where the model fits). "
-            "The PSF (or the camera calibration) probably does not match this image, and the "
-            "result and PKL's data budget follow from that fit. A PSF closer to the real one "
-            "(a fitted σ, a PSF measured from beads) fits better.")
+    return (f"the data are not explained down to their noise: the best data fit stalled at "
+            f"{rule.ratio:.1f}× the noise level (the deviance ratio of Richardson–Lucy's "
+            "automatic iteration count, which also sets PKL's data budget; ≈ 1 where the model "
+            "fits). The PSF (or the camera calibration) probably does not match this image, "
+            "and the result follows from that fit. A PSF closer to the real one (a fitted σ, "
+            "a PSF measured from beads, the optics' NA and refractive indices) fits better.")
