@@ -648,3 +648,17 @@ def test_pixel_size_of_a_tiff_opened_by_naparis_own_reader(tmp_path, viewer_widg
     note = pixel_size_note(layer, SimpleNamespace(pixel_size_nm=shown, psf_kind="airy"),
                            warned.append)
     assert note == "42.6137 nm from the metadata of the layer's file" and not warned
+
+
+def test_a_long_layer_name_does_not_widen_the_widgets(make_napari_viewer):
+    """A layer picker's width follows no layer name: one long file name used to widen the
+    whole dock beyond the window and cut off every control's right edge."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((16, 16), np.float32), name="a_very_long_file_name_" * 12)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    _dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare methods")
+    pickers = [widget.input_combo.native, widget.psf_layer_combo.native,
+               widget.bead_layer_combo.native, compare.input_combo, compare.gt_combo]
+    assert widget.input_combo.native.count() == 1  # the long name is among the choices
+    assert max(p.sizeHint().width() for p in pickers) < 300
+    assert widget.sizeHint().width() < 600 and compare.sizeHint().width() < 600

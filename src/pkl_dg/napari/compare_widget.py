@@ -29,7 +29,7 @@ from pkl_dg.compare import METRIC_COLUMNS, metrics_table, pearson_residual, writ
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_view import CompareView, geometry_of, result_layer_name
-from pkl_dg.napari.controls import short_method_label
+from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution
 from pkl_dg.napari.misfit_plot import MisfitPlot
 from pkl_dg.napari.psf_sources import describe_psf
@@ -89,8 +89,8 @@ class CompareMethodsWidget(QWidget):
     def _build(self) -> None:
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.input_combo = QComboBox()
-        self.gt_combo = QComboBox()
+        self.input_combo = fit_layer_names(QComboBox())
+        self.gt_combo = fit_layer_names(QComboBox())
         self.gt_combo.setToolTip("Optional ground truth: when set, a metrics table is shown.")
         form.addRow("Image", self.input_combo)
         form.addRow("Ground truth", self.gt_combo)

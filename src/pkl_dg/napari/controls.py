@@ -55,6 +55,19 @@ STACK_TIP = ("Restore only the plane shown in the viewer (in 3D mode: the Z-stac
              "into a layer of the stack's shape. Each block costs a full run.")
 
 
+def fit_layer_names(combo: Any) -> Any:
+    """Let a layer picker (magicgui ComboBox or QComboBox) be narrower than its longest
+    layer name, which it then elides: by default a combo box is as wide as its longest
+    entry, and one long file name widened the whole dock beyond the window, cutting off
+    every control's right edge. Returns ``combo``."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = getattr(combo, "native", combo)
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(12)
+    return combo
+
+
 def psf_source_controls(choices: Any) -> tuple[ComboBox, ComboBox, ComboBox, SpinBox]:
     """The widget's own PSF controls: "PSF from", the PSF layer, the bead image, the bead box.
 
@@ -69,14 +82,14 @@ def psf_source_controls(choices: Any) -> tuple[ComboBox, ComboBox, ComboBox, Spi
                       tooltip="Where the point-spread function comes from. A PSF image layer "
                       "is used as is (normalised); from a bead image the isolated beads are "
                       "averaged. The Compare methods widget uses the same PSF.")
-    psf_layer = ComboBox(name="psf_layer", label="PSF layer", choices=choices, nullable=True,
-                         value=None, tooltip="Image layer holding a measured or simulated "
-                         "PSF. In 2D mode a 3D stack gives its in-focus plane; in 3D mode it "
-                         "is the 3D PSF.")
-    bead_layer = ComboBox(name="bead_layer", label="Bead image", choices=choices,
-                          nullable=True, value=None, tooltip="Image of sub-resolution beads; "
-                          "isolated beads are aligned to sub-pixel precision and averaged "
-                          "into the PSF. In 3D mode a bead Z-stack gives a 3D PSF.")
+    psf_layer = fit_layer_names(ComboBox(
+        name="psf_layer", label="PSF layer", choices=choices, nullable=True, value=None,
+        tooltip="Image layer holding a measured or simulated PSF. In 2D mode a 3D stack "
+        "gives its in-focus plane; in 3D mode it is the 3D PSF."))
+    bead_layer = fit_layer_names(ComboBox(
+        name="bead_layer", label="Bead image", choices=choices, nullable=True, value=None,
+        tooltip="Image of sub-resolution beads; isolated beads are aligned to sub-pixel "
+        "precision and averaged into the PSF. In 3D mode a bead Z-stack gives a 3D PSF."))
     bead_box = SpinBox(name="bead_box", label="Bead box (px)", min=5, max=255, step=2,
                        value=25, tooltip="Size of the window cut around each bead; beads "
                        "closer than half of it to another bead are skipped.")

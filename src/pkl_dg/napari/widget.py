@@ -6,13 +6,12 @@ one schema. The only controls not in the schema are the widget's own: the input 
 the PSF comes from (a PSF image layer or a bead image besides the schema's Gaussian / Airy /
 file) and the buttons.
 
-A run copies the input plane and hands it to the
-:class:`~pkl_dg.napari.run_controller.RunController`, which streams
-:func:`pkl_dg.napari.worker.restoration_frames` from a worker thread into one output layer
-(``"<input> [<method>]"``, updated in place, at most 10 times a second, see
-:class:`~pkl_dg.napari.output.RestorationView`), keeps the progress bar and status line
-current, and cancels within one convolution. Problems go to napari notifications and the
-status line; the input layer is never modified.
+A run copies the input plane and hands it to the :class:`~pkl_dg.napari.run_controller.
+RunController`, which streams :func:`pkl_dg.napari.worker.restoration_frames` from a worker
+thread into one output layer (``"<input> [<method>]"``, updated in place, at most 10 times
+a second, see :class:`~pkl_dg.napari.output.RestorationView`), keeps the progress bar and
+status line current, and cancels within one convolution. Problems go to napari
+notifications and the status line; the input layer is never modified.
 
 The widget publishes its current settings and PSF source for its viewer
 (:mod:`pkl_dg.napari.shared_state`), so the Compare methods widget runs with the same PSF.
@@ -31,10 +30,11 @@ from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QPushButton, QScrollArea, QV
                             QWidget)
 
 from pkl_dg.napari import psf_sources, shared_state
-from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, image_layer_choices,
-                                    pixel_size_note, psf_kind_of,
-                                    psf_source_controls, read_control, settings_controls,
-                                    short_method_label, shown_fields, write_control)
+from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, fit_layer_names,
+                                    image_layer_choices, pixel_size_note,
+                                    psf_kind_of, psf_source_controls, read_control,
+                                    settings_controls, short_method_label, shown_fields,
+                                    write_control)
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
@@ -100,8 +100,8 @@ class PKLDeconvolutionWidget(QWidget):
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
         choices = image_layer_choices(self.viewer)
-        self.input_combo = ComboBox(name="input", label="Image", choices=choices,
-                                    tooltip=INPUT_TIP)
+        self.input_combo = fit_layer_names(ComboBox(name="input", label="Image",
+                                                    choices=choices, tooltip=INPUT_TIP))
         (self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
          self.bead_box) = psf_source_controls(choices)
         self.stack_combo = ComboBox(name="stack", label="Stack",
