@@ -283,3 +283,35 @@ def test_a_comparison_keeps_the_main_widgets_result(viewer_widget, qtbot):
         assert "cells [PKL] std" in names
         np.testing.assert_array_equal(viewer.layers["cells [PKL]"].data, restored)
     assert main.output_layer.name == "cells [PKL]"  # still the widget's output
+
+
+def test_a_stack_is_compared_on_its_displayed_plane(viewer_widget, qtbot):
+    """Compare used to refuse every Z-stack ("works on 2D images"): it now compares the
+    plane shown in the viewer, scores it against the same plane of a ground-truth stack and
+    says which plane it was."""
+    viewer, widget = viewer_widget
+    cells, gt = viewer.layers["cells"].data, viewer.layers["cells ground truth"].data
+    stack = viewer.add_image(np.stack([cells, cells, cells[:, ::-1]]).astype(np.float32),
+                             name="stack")
+    viewer.add_image(np.stack([gt, gt, gt]).astype(np.float32), name="gt stack")
+    viewer.dims.set_point(0, 1)
+    widget.input_combo.setCurrentText("stack")
+    widget.gt_combo.setCurrentText("gt stack")
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    before = np.array(stack.data, copy=True)
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.layers["rl"]
+    assert out.data.shape == cells.shape
+    assert out.metadata["napari"]["input_layer"] == "stack"
+    assert out.metadata["napari"]["plane"] == [1]
+    assert widget.table.rowCount() == 1  # scored against plane 1 of the ground-truth stack
+    np.testing.assert_array_equal(stack.data, before)
+    plane1 = widget.comparison.results["rl"].image
+    viewer.dims.set_point(0, 2)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.layers["rl"].metadata["napari"]["plane"] == [2]
+    plane2 = widget.comparison.results["rl"].image  # plane 2 is plane 1 mirrored
+    assert np.corrcoef(plane2.ravel(), plane1[:, ::-1].ravel())[0, 1] > 0.99
+    assert np.corrcoef(plane2.ravel(), plane1.ravel())[0, 1] < 0.9
+    assert widget.add_residual("rl").data.shape == cells.shape

@@ -48,6 +48,8 @@ class CompareView:
         self.layers: dict[str, Image] = {}
         self.result: ComparedRun | None = None
         self.label = f"Comparing {len(methods)} method(s) on '{input_layer.name}' with {origin}"
+        #: the index of the compared plane in a stack's leading axes (() for a 2D image)
+        self.plane: tuple[int, ...] = ()
 
     def frame_key(self, frame: MethodFrame) -> str:
         """The method a frame belongs to."""
@@ -85,7 +87,10 @@ class CompareView:
         """Put every method's result and metadata into its layer; the status line."""
         self.result = result
         for method, restored in result.comparison.results.items():
-            self.put(method, restored.image).metadata = dict(restored.metadata)
+            meta = dict(restored.metadata)
+            meta["napari"] = {**meta.get("napari", {}), "input_layer": self.input_layer.name,
+                              "plane": list(self.plane)}
+            self.put(method, restored.image).metadata = meta
         return (f"Compared {len(result.comparison.results)} method(s) in {seconds:.1f} s "
                 f"with {self.origin}.")
 

@@ -30,7 +30,7 @@ from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_view import CompareView, geometry_of, result_layer_name
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
-from pkl_dg.napari.layer_input import full_resolution
+from pkl_dg.napari.layer_input import full_resolution, selected_block
 from pkl_dg.napari.misfit_plot import MisfitPlot
 from pkl_dg.napari.psf_sources import describe_psf
 from pkl_dg.napari.run_controller import RunController, progress_widgets
@@ -74,6 +74,8 @@ class CompareMethodsWidget(QWidget):
         self.rows: list[dict[str, Any]] = []
         self._view: CompareView | None = None
         self._input: Image | None = None
+        self._image: np.ndarray | None = None  # the plane compared
+        self._plane: tuple[int, ...] = ()  # its index in a stack's leading axes
         self._settings = None  # the settings the last comparison ran with
         self._psf: PSF | None = None  # and its PSF (the residual's forward model)
         self._build()
@@ -210,12 +212,13 @@ class CompareMethodsWidget(QWidget):
             self.runner.report("Check at least one method.", error=True)
             return False
         try:
-            image = np.array(full_resolution(layer), dtype=np.float32)  # a copy, never the layer
-            if image.ndim != 2:
-                raise ValueError("Compare methods works on 2D images "
-                                 f"('{layer.name}' has {image.ndim} dimensions).")
+            # a 2D image, or the plane of a stack shown in the viewer (a copy, never the layer)
+            plane, self._plane = selected_block(self.viewer, layer, "2d")
+            image = np.asarray(plane, dtype=np.float32)
             inputs = self.run_inputs()
             settings = inputs.state.settings
+            if settings.mode == "3d":  # the PKL widget restores volumes; Compare, planes
+                settings = settings.replace(mode="2d")
             settings.validate()
         except (ValueError, TypeError) as exc:
             self.runner.report(f"Cannot compare: {exc}", error=True)
@@ -226,11 +229,15 @@ class CompareMethodsWidget(QWidget):
                          f"({describe_psf(settings, inputs.psf.source)} PSF). Open Plugins > "
                          "PKL Deconvolution to choose the PSF and settings.")
         self._input, self._settings, self._psf = layer, settings, None
+        self._image = image
         self.comparison, self.rows, self.seconds = None, [], {}
         self.table.setRowCount(0)
         self.export_button.setEnabled(False)
         self.residual_combo.clear()
         self._view = CompareView(self.viewer, layer, methods, inputs.origin)
+        if self._plane:  # a stack: the plane shown in the viewer
+            self._view.plane = self._plane
+            self._view.label += f" (its displayed plane {self._plane}, in 2D)"
         self.runner.start(self._view, comparison_frames, image, methods, settings, inputs.psf,
                           self.operator_cache, self.model_cache, self.denoiser)
         return True
@@ -263,6 +270,8 @@ class CompareMethodsWidget(QWidget):
             return
         try:
             gt = np.asarray(full_resolution(gt_layer), dtype=np.float32)
+            if self._plane and gt.ndim == 2 + len(self._plane):  # the same plane of a stack
+                gt = gt[self._plane]
             images = {m: np.asarray(r.image, dtype=np.float32)
                       for m, r in self.comparison.results.items()}
             self.rows = metrics_table(images, gt, self._settings.pixel_size_nm, self.seconds)
@@ -312,8 +321,7 @@ class CompareMethodsWidget(QWidget):
             return None
         try:
             bg = result.metadata.get("background_photons")
-            r = pearson_residual(np.array(full_resolution(self._input), dtype=np.float32),
-                                 result.image, self._settings, psf=self._psf,
+            r = pearson_residual(self._image, result.image, self._settings, psf=self._psf,
                                  background=None if bg is None else float(bg))
         except (ValueError, OSError, RuntimeError) as exc:
             # PSF or shape problems, an unreadable PSF file, torch out of memory
