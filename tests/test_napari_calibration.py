@@ -126,3 +126,27 @@ def test_the_panel_says_when_the_read_noise_cannot_be_separated(read_noise):
     else:
         assert cal.fit["offset_from"] == "dark level" and cal.read_noise > 3
         assert "not separable" not in text and f"read noise {cal.read_noise:.3g} e⁻" in text
+
+
+def test_the_estimate_shown_follows_the_plane_and_mode_a_run_would_use(make_napari_viewer,
+                                                                         qtbot):
+    """With a stack, a run estimates on the plane it restores (2D: the one shown; 3D: the
+    middle plane of the volume). The shown estimate used to stay that of the plane shown
+    when the image was picked, so the fields showed values the run never used."""
+    from pkl_dg.inputs import resolve_calibration
+    from pkl_dg.settings import RestoreSettings
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    planes = [_camera_image(gain=g, offset=100.0, seed=i) for i, g in enumerate((0.5, 1.0, 2.0))]
+    stack = np.stack(planes)
+    viewer.add_image(stack, name="stack")
+    panel, gain = widget.calibration_panel, widget.controls["gain"]
+    viewer.dims.set_point(0, 0)
+    qtbot.waitUntil(lambda: gain.value == pytest.approx(0.5, rel=0.15), timeout=5000)
+    viewer.dims.set_point(0, 2)  # a run would restore plane 2 now
+    qtbot.waitUntil(lambda: gain.value == pytest.approx(2.0, rel=0.15), timeout=5000)
+    assert panel.estimate_shown.gain == resolve_calibration(planes[2], RestoreSettings()).gain
+    widget.controls["mode"].value = "3d"  # a 3D run estimates on the volume's middle plane
+    assert panel.estimate_shown.gain == resolve_calibration(stack, RestoreSettings()).gain
+    assert gain.value == pytest.approx(1.0, rel=0.15)

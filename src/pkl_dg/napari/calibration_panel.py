@@ -2,7 +2,9 @@
 
 With calibration 'auto' (the default) a run estimates gain, offset and read noise from the
 image itself (:func:`pkl_dg.calibration.estimate_calibration`). The panel runs the same
-estimate on the selected plane when the input changes or when *Estimate* is pressed, writes
+estimate on the selected plane when the input changes or when *Estimate* is pressed, and
+again when what a run would restore changes (the deconvolution mode, or the plane shown in
+the viewer: a quarter of a second after the last move of a slider), writes
 it into the offset / gain / read-noise fields and says in a line under them that these
 values are an estimate (with the photon level they imply). Editing one of those fields by
 hand switches calibration to 'manual', so what is shown is what the next run uses. An
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 from napari.utils.notifications import show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout
 
 from pkl_dg.calibration import Calibration
@@ -53,16 +56,31 @@ class CalibrationPanel:
         when no image is selected.
     report
         Callable taking a message for the widget's status line.
+    moved
+        An event emitted when the viewer shows another plane (napari's
+        ``viewer.dims.events.current_step``), or None.
     """
 
+    #: ms after the last slider move before the shown plane is estimated again
+    SETTLE_MS = 250
+
     def __init__(self, controls: dict[str, Any], plane: Callable[[], tuple[str, Any] | None],
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], moved: Any = None) -> None:
         self.controls, self.plane, self.report = controls, plane, report
+        # before, the estimate stayed that of the plane (or mode) shown when the image was
+        # picked, and a run estimated on another one: the fields showed values it never used
+        self.label = QLabel("")
+        self._settle = QTimer(self.label)  # goes with the widget
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(self.SETTLE_MS)
+        self._settle.timeout.connect(self._block_changed)
+        controls["mode"].changed.connect(self._block_changed)
+        if moved is not None:
+            moved.connect(self._moved)
         self.button = QPushButton("Estimate")
         self.button.setToolTip("Estimate gain, offset and read noise from the selected image "
                                "now (calibration 'auto' does this at every run).")
         self.button.clicked.connect(self.estimate)
-        self.label = QLabel("")
         self.label.setWordWrap(True)
         self.estimate_shown: Calibration | None = None
         self._writing = False
@@ -117,6 +135,16 @@ class CalibrationPanel:
     def input_changed(self) -> None:
         if self.auto:
             self.estimate()
+
+    def _block_changed(self, *_args) -> None:
+        if not self._writing:  # not while the widget loads its saved settings
+            self.input_changed()
+
+    def _moved(self, *_args) -> None:
+        try:
+            self._settle.start()
+        except RuntimeError:  # the dock widget was closed; the viewer still emits
+            pass
 
     def _edited(self, *_args) -> None:
         if self._writing or not self.auto:

@@ -109,8 +109,9 @@ class PKLDeconvolutionWidget(QWidget):
                                     tooltip=STACK_TIP)
         self.controls, by_group = settings_controls(exclude=("psf_kind",))  # "PSF from"
         self.sampling = SamplingFields(self.controls)  # pixel size and Z step
-        self.calibration_panel = CalibrationPanel(self.controls, self._calibration_plane,
-                                                  lambda msg: self.runner.report(msg))
+        self.calibration_panel = CalibrationPanel(
+            self.controls, self._calibration_plane, lambda msg: self.runner.report(msg),
+            self.viewer.dims.events.current_step)  # the plane shown: the one a run restores
         by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
         by_group["PSF"] = [self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
                            self.bead_box] + by_group["PSF"]
