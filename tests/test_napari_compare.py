@@ -141,8 +141,16 @@ def test_misfit_plot_without_matplotlib_says_so(qtbot, monkeypatch):
     from pkl_dg.napari.misfit_plot import MisfitPlot
 
     plot = MisfitPlot()
-    assert plot.draw({"pkl": [3.0, None, 2.0], "rl": [None]}) is None
-    assert len(plot._figure.axes[0].lines) == 1  # steps without a readout are skipped
+    assert plot.draw({"pkl": [-1e8 + 3.0, None, -1e8 + 2.0], "rl": [None]}) is None
+    (line,) = plot._figure.axes[0].lines  # steps without a readout are skipped
+    # each value at its own step (it once drew the 3rd step's value at step 2), drawn above
+    # the lowest misfit: the NLL's large offset made the axis unreadable
+    assert list(line.get_xdata()) == [1, 3] and list(line.get_ydata()) == [1.0, 0.0]
+    plot.draw({"pkl": [5.0, 4.0], "rl": [None, 7.0, None, 3.0]})
+    lines = {ln.get_label(): ln for ln in plot._figure.axes[0].lines}
+    assert list(lines["Richardson–Lucy"].get_xdata()) == [2, 4]
+    assert list(lines["Richardson–Lucy"].get_ydata()) == [4.0, 0.0]
+    assert list(lines["PKL"].get_ydata()) == [2.0, 1.0]
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_qtagg", None)
     missing = MisfitPlot()
     assert missing.canvas is None and "matplotlib" in missing.widget.text()

@@ -14,7 +14,8 @@ from pkl_dg.napari.controls import short_method_label
 
 
 class MisfitPlot:
-    """A matplotlib canvas plotting each method's misfit (NLL) per step.
+    """A matplotlib canvas plotting each method's misfit (NLL) per step, above the lowest
+    misfit any method reached (symmetric-log axis).
 
     Attributes
     ----------
@@ -59,12 +60,21 @@ class MisfitPlot:
         try:
             self._figure.clear()
             ax = self._figure.add_subplot(111)
-            for method, nll in misfit.items():
-                vals = [v for v in nll if v is not None]
-                if vals:
-                    ax.plot(range(1, len(vals) + 1), vals, label=short_method_label(method))
+            # each value at its own step (a readout is not offered at every RL iteration),
+            # drawn above the lowest misfit of all methods: the NLL itself is a large
+            # number (−1.006e8 on a DAPI plane) whose differences are what matter
+            points = {m: [(i + 1, v) for i, v in enumerate(nll) if v is not None]
+                      for m, nll in misfit.items()}
+            values = [v for pts in points.values() for _, v in pts]
+            lowest = min(values) if values else 0.0
+            for method, pts in points.items():
+                if pts:
+                    steps, vals = zip(*pts)
+                    ax.plot(steps, [v - lowest for v in vals], marker=".", markersize=3,
+                            label=short_method_label(method))
             ax.set_xlabel("step", fontsize=7)
-            ax.set_ylabel("misfit (NLL)", fontsize=7)
+            ax.set_ylabel("misfit above the lowest (NLL)", fontsize=7)
+            ax.set_yscale("symlog", linthresh=1.0)
             ax.tick_params(labelsize=6)
             if ax.lines:
                 ax.legend(fontsize=6)
