@@ -395,3 +395,38 @@ def test_cancellable_operator_checks_every_convolution_path():
                  lambda: ws.adjoint(x)):
         with pytest.raises(RunCancelled):
             call()
+
+
+def test_a_psf_layers_own_sampling_is_resampled_to_the_images_when_that_is_known():
+    """A PSF (or bead) layer that states its pixel size (100 nm) is resampled to the
+    image's (65 nm) when the image's is its own; when the image's is assumed the PSF stays
+    on the image's grid and a warning says so (before, the stated size was never read)."""
+    import warnings
+
+    from pkl_dg.napari.worker import resolve_psf
+    from pkl_dg.physics import fwhm_of, gaussian_psf
+    from pkl_dg.physics.psf_cleaning import PSFWarning
+
+    raw = gaussian_psf(2.0, size=31)
+    settings = RestoreSettings(pixel_size_nm=65.0)
+    known = PsfRequest("layer", data=raw, layer_name="psf", stated_nm=(None, 100.0),
+                       image_known=frozenset({"pixel_size_nm"}))
+    psf, kernel, used, notes = resolve_psf(settings, known, (128, 128))
+    assert notes["psf_sampling_from_source"] == {"psf_pixel_size_nm": 100.0}
+    assert used.psf_pixel_size_nm == 100.0
+    assert psf.info["resampled"]["from_spacing_nm"] == [100.0, 100.0]
+    c = kernel.shape[0] // 2
+    assert fwhm_of(kernel[c]) == pytest.approx(2.355 * 2.0 * 100 / 65, rel=0.05)
+    assumed = PsfRequest("layer", data=raw, layer_name="psf", stated_nm=(None, 100.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        psf, kernel, used, notes = resolve_psf(settings, assumed, (128, 128))
+    assert any(issubclass(w.category, PSFWarning) and "100 nm pixels" in str(w.message)
+               and "assumed" in str(w.message) for w in caught)
+    assert notes["psf_sampling_not_applied"] == {"psf_pixel_size_nm": 100.0}
+    assert used.psf_pixel_size_nm == 0.0 and "resampled" not in psf.info
+    given = PsfRequest("layer", data=raw, layer_name="psf", stated_nm=(None, 100.0),
+                       image_known=frozenset({"pixel_size_nm"}))  # the user's own wins
+    _psf, _k, used, notes = resolve_psf(settings.replace(psf_pixel_size_nm=80.0), given,
+                                        (128, 128))
+    assert used.psf_pixel_size_nm == 80.0 and "psf_sampling_from_source" not in notes

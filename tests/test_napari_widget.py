@@ -662,3 +662,26 @@ def test_a_long_layer_name_does_not_widen_the_widgets(make_napari_viewer):
     assert widget.input_combo.native.count() == 1  # the long name is among the choices
     assert max(p.sizeHint().width() for p in pickers) < 300
     assert widget.sizeHint().width() < 600 and compare.sizeHint().width() < 600
+
+
+def test_a_psf_layer_with_its_own_pixel_size_is_resampled_to_the_images(viewer_widget,
+                                                                          qtbot):
+    """In the widget: an image at 65 nm and a PSF layer at 100 nm (both with a physical
+    scale): the run resamples the PSF to the image's pixels and records where from."""
+    from pkl_dg.physics import gaussian_psf
+
+    viewer, widget = viewer_widget
+    image = viewer.add_image(np.random.default_rng(0).poisson(20, (64, 64)).astype(np.float32),
+                             name="at 65 nm", scale=(0.065, 0.065), units=("um", "um"))
+    viewer.add_image(gaussian_psf(2.0, size=31), name="psf at 100 nm", scale=(0.1, 0.1),
+                     units=("um", "um"))
+    widget.input_combo.value = image
+    widget.psf_source.value = "layer"
+    widget.psf_layer_combo.value = viewer.layers["psf at 100 nm"]
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    assert run_and_wait(qtbot, widget) == "done"
+    md = widget.output_layer.metadata
+    assert md["napari"]["psf_sampling_from_source"] == {"psf_pixel_size_nm": 100.0}
+    assert md["psf"]["resampled"]["from_spacing_nm"] == [100.0, 100.0]
+    assert md["psf"]["resampled"]["to_spacing_nm"] == [65.0, 65.0]

@@ -196,11 +196,46 @@ def physical_overrides(image: Any, given: set[str],
     from pkl_dg.io import open_image
 
     psf = open_image(settings.psf_path, "PSF file")
-    stated = {"pixel_size_nm": float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None,
-              "z_step_nm": psf.z_step_nm if settings.mode == "3d" else None}
-    for name, value in stated.items():
-        if value and f"psf_{name}" not in given:
-            out[f"psf_{name}"] = round(float(value), 4)
-            if name not in given and name not in out:  # the image states none either
-                out[name] = out[f"psf_{name}"]
-    return out
+    xy = float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None
+    taken, _unused = psf_sampling_overrides((psf.z_step_nm, xy), settings, given)
+    for name in ("pixel_size_nm", "z_step_nm"):  # the image states none either: the PSF's
+        if f"psf_{name}" in taken and name not in given and name not in out:
+            out[name] = taken[f"psf_{name}"]
+    return {**out, **taken}
+
+
+def psf_sampling_overrides(stated: tuple[float | None, float | None],
+                           settings: RestoreSettings, given: set[str]
+                           ) -> tuple[dict[str, float], list[str]]:
+    """A measured PSF's own sampling for the settings that would otherwise take it as the
+    image's ('PSF pixel size' / 'PSF Z step' 0 = same as image), so that it is resampled to
+    the image's grid.
+
+    Parameters
+    ----------
+    stated
+        (Z step, pixel size) in nm that the PSF's source (file, layer, bead image) states;
+        None where it states none.
+    settings
+        The run's settings (the Z step counts in 3D mode only).
+    given
+        Settings to keep as they are: those the user gave (the PSF's own spacing), and,
+        for :func:`physical_overrides`, nothing else.
+
+    Returns
+    -------
+    (overrides, unused)
+        ``psf_pixel_size_nm`` / ``psf_z_step_nm`` (nm, 4 decimals) to set, and the names
+        of the stated ones left as given.
+    """
+    out: dict[str, float] = {}
+    unused: list[str] = []
+    z, xy = stated
+    for name, value in (("psf_pixel_size_nm", xy),
+                        ("psf_z_step_nm", z if settings.mode == "3d" else None)):
+        if value:
+            if name in given or getattr(settings, name) > 0:
+                unused.append(name)
+            else:
+                out[name] = round(float(value), 4)
+    return out, unused

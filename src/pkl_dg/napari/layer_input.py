@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Image
 
 from pkl_dg.axes import layer_axes_problem
+from pkl_dg.napari.controls import pixel_size_nm_of, z_step_nm_of
 from pkl_dg.napari.worker import PsfRequest
 
 
@@ -63,15 +64,19 @@ def selected_block(viewer: Any, layer: Image, mode: str = "2d",
 
 
 def psf_request(viewer: Any, source: str, bead_box: int, psf_layer: Image | None,
-                bead_layer: Image | None, mode: str = "2d") -> PsfRequest:
-    """What the worker needs for the PSF: the source plus a copy of the layer it reads."""
-    request = PsfRequest(source=source, bead_box=int(bead_box))
+                bead_layer: Image | None, mode: str = "2d",
+                image_known: frozenset[str] = frozenset()) -> PsfRequest:
+    """What the worker needs for the PSF: the source plus a copy of the layer it reads and
+    the sampling it states; ``image_known``: the image's own sampling settings (see
+    :attr:`PsfRequest.image_known`)."""
+    request = PsfRequest(source=source, bead_box=int(bead_box), image_known=image_known)
     if source in ("layer", "beads"):
         layer = psf_layer if source == "layer" else bead_layer
         if layer is None:
             raise ValueError(f"Pick the {'PSF' if source == 'layer' else 'bead'} image "
                              "layer (or choose another 'PSF from').")
         request.layer_name = layer.name
+        request.stated_nm = (z_step_nm_of(layer), pixel_size_nm_of(layer))
         if source == "layer":
             request.data = np.array(full_resolution(layer))
         else:

@@ -97,6 +97,11 @@ class SamplingFields:
         for f in self.fields:
             f.layer_changed(layer)
 
+    def known(self) -> frozenset[str]:
+        """The settings whose value is the selected image's own, or typed over it (not
+        assumed): a PSF's own sampling is resampled to these only."""
+        return frozenset(f.name for f in self.fields if f._stated not in (None, ""))
+
     def as_saved(self, state: WidgetState) -> WidgetState:
         """``state`` as the settings file keeps it: with the user's own values, never an
         image's."""

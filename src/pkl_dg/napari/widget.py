@@ -200,7 +200,7 @@ class PKLDeconvolutionWidget(QWidget):
         state = self.current_state()
         request = psf_request(self.viewer, state.psf_source, self.bead_box.value,
                               self.psf_layer_combo.value, self.bead_layer_combo.value,
-                              mode or state.settings.mode)
+                              mode or state.settings.mode, self.sampling.known())
         return RunInputs(state, request)
 
     def apply_state(self, state: WidgetState) -> None:

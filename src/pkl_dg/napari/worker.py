@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Generator
 
@@ -39,6 +40,8 @@ from pkl_dg.compare import compare_iter
 from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # imported here, with the widget, not in the first run's worker thread: importing torch
 # there would hold the interpreter lock and freeze the GUI for seconds
+from pkl_dg.inputs import psf_sampling_overrides
+from pkl_dg.physics.psf_cleaning import PSFWarning
 from pkl_dg.psf_source import PSF, psf_from_settings
 from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import PSF_KINDS, RestoreSettings
@@ -146,6 +149,11 @@ class PsfRequest:
     data: np.ndarray | None = None  # PSF layer or bead image (a copy)
     bead_box: int = 25
     layer_name: str = ""
+    #: (Z step, pixel size) in nm that the PSF or bead layer states (None: it states none)
+    stated_nm: tuple[float | None, float | None] = (None, None)
+    #: the image's sampling settings that are its own ("pixel_size_nm", "z_step_nm"), not
+    #: assumed: a PSF's stated sampling is resampled to those only
+    image_known: frozenset[str] = frozenset()
 
 
 def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tuple[int, ...]
@@ -173,6 +181,7 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     from pkl_dg.napari import psf_sources
 
     notes: dict[str, Any] = {"psf_source": request.source}
+    settings = _psf_sampling(settings, request, notes)
     if request.source in PSF_KINDS:
         settings = settings.replace(psf_kind=request.source)
         psf = psf_from_settings(settings, image_shape)
@@ -195,6 +204,33 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     psf = psf_from_settings(settings, image_shape, raw)
     notes["psf"] = psf.metadata()
     return psf, psf.kernel, settings, notes
+
+
+def _psf_sampling(settings: RestoreSettings, request: PsfRequest,
+                  notes: dict[str, Any]) -> RestoreSettings:
+    """A measured PSF's own sampling (file metadata, layer scale) as its 'PSF pixel size' /
+    'PSF Z step' where those say "same as image", when the image's own sampling is known;
+    when the image's is assumed the PSF stays on the image's grid, and a warning says so."""
+    stated = request.stated_nm
+    if request.source == "file" and settings.psf_path:
+        from pkl_dg.io import open_image
+
+        psf = open_image(settings.psf_path, "PSF file")
+        stated = (psf.z_step_nm, float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None)
+    over, _given = psf_sampling_overrides(stated, settings, set())
+    used = {n: v for n, v in over.items() if n.removeprefix("psf_") in request.image_known}
+    if used:
+        notes["psf_sampling_from_source"] = used
+    unused = {n: v for n, v in over.items() if n not in used}
+    if unused:
+        notes["psf_sampling_not_applied"] = unused
+        what = ", ".join(f"{v:g} nm {'pixels' if 'pixel' in n else 'planes'}"
+                         for n, v in unused.items())
+        warnings.warn(f"The PSF states {what}, but the image's own sampling is not known "
+                      "(assumed): the PSF is used on the image's grid. Set the image's pixel "
+                      "size and Z step, or the PSF's, to resample it.", PSFWarning,
+                      stacklevel=2)
+    return settings.replace(**used) if used else settings
 
 
 def _prepare(image_shape: tuple[int, ...], settings: RestoreSettings,
