@@ -206,3 +206,28 @@ def test_restore_to_an_ome_tiff_keeps_axes_and_physical_sizes(tmp_path, capsys):
     np.save(npy, rng.poisson(20, (2, 40, 40)).astype(np.float32))  # axes unknown: Q, Y, X
     assert main(["restore", str(npy), "-o", str(tmp_path / "x.ome.tif"), "--quiet"]) == 2
     assert "OME-TIFF output needs the input's axes" in capsys.readouterr().err
+
+
+def test_a_missing_output_folder_is_refused_before_the_run(tmp_path, image_file, capsys):
+    """Found only when writing, after the whole run, it cost that run."""
+    out = tmp_path / "nowhere" / "out.tif"
+    assert main(["restore", str(image_file), "-o", str(out), "--method", "rl"]) == 2
+    err = capsys.readouterr().err
+    assert f"the output folder {out.parent} does not exist" in err
+    assert "1/" not in err  # no progress: nothing ran
+    assert main(["compare", str(image_file), "--methods", "rl", "--png", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "done in" not in err
+
+
+def test_warnings_read_as_the_commands_own_lines(tmp_path):
+    """Not Python's "path/module.py:66: CalibrationWarning: … <source line>"."""
+    src = tmp_path / "flat.tif"  # noise that does not grow with the signal: no calibration
+    tifffile.imwrite(src, np.full((32, 32), 7, np.uint16))
+    proc = subprocess.run([sys.executable, "-m", "pkl_dg.cli", "restore", str(src), "-o",
+                           str(tmp_path / "o.tif"), "--method", "rl", "--rl-iterations", "2",
+                           "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and all(line.startswith("pkl-dg restore: warning: ") for line in lines)
+    assert "Warning:" not in proc.stderr and ".py:" not in proc.stderr

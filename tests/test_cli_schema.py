@@ -59,7 +59,9 @@ def test_restore_flag_that_does_not_apply_is_reported(capsys):
              ("--calibration", "auto", "--gain", "3"): ["gain"],
              ("--gain", "3",): [],  # a gain given means calibrating by hand
              ("--psf-sigma", "2", "--na", "1.2"): ["na"],  # two models: the default stays
-             ("--psf-sigma-z", "2",): ["psf_sigma_z"]}  # 2D mode
+             ("--psf-sigma-z", "2",): ["psf_sigma_z"],  # 2D mode
+             # the image's sampling is recorded and written as physical size: never ignored
+             ("--psf-sigma", "2", "--pixel-size", "100", "--z-step", "300"): []}
     for flags, expected in cases.items():
         args = _restore_args(*flags)
         capsys.readouterr()

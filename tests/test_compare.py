@@ -96,3 +96,27 @@ def test_compare_cli_takes_the_pixel_size_the_file_states(tmp_path, scene):
                  "3", "--na", "1.4", "--wavelength", "520", "--csv", str(out_csv)]) == 0
     row = next(csv.DictReader(out_csv.open()))
     assert float(row["frc_nm"]) == pytest.approx(float(row["frc_px"]) * 42.6137, rel=1e-4)
+
+
+def test_compare_cli_refuses_a_stack_up_front_and_times_every_method(tmp_path, scene, capsys):
+    """A stack used to run every method and then fail in the scoring; an automatic RL count
+    (it ends before its announced total) left RL's time blank."""
+    x, y, _, _ = scene
+    stack, gt = tmp_path / "stack.tif", tmp_path / "gt.tif"
+    tifffile.imwrite(stack, np.stack([y, y]))
+    tifffile.imwrite(gt, x)
+    out_csv = tmp_path / "m.csv"
+    assert main(["compare", str(stack), "--methods", "rl", "--png", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "compare takes one 2D image" in err and "done in" not in err
+    plane = tmp_path / "plane.tif"
+    tifffile.imwrite(plane, y)
+    assert main(["compare", str(plane), "--gt", str(tmp_path / "none.tif"), "--methods", "rl",
+                 "--csv", str(out_csv)]) == 2
+    assert "ground truth not found" in capsys.readouterr().err
+    assert main(["compare", str(plane), "--gt", str(gt), "--methods", "rl,l2", "--steps", "2",
+                 "--samples", "1", "--csv", str(out_csv)]) == 0
+    rows = {r["method"]: r for r in csv.DictReader(out_csv.open())}
+    assert float(rows["Richardson–Lucy"]["seconds"]) > 0 and float(rows["L2"]["seconds"]) > 0
+    err = capsys.readouterr().err
+    assert "rl: done in" in err and "l2: done in" in err

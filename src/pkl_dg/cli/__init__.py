@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # module paths of subcommands, in the order shown in --help
 _SUBCOMMANDS = (
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
+    # a warning reads as the command's own line, as its errors and notes do, not as Python's
+    # "path/to/module.py:66: CategoryWarning: … <source line>"
+    warnings.formatwarning = lambda message, category, *_args, **_kw: (
+        f"pkl-dg {args.command}: warning: {message}\n")
     try:
         apply_threads(args)
         return int(args.func(args) or 0)
@@ -74,5 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pkl-dg {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pkl_dg.cli import add_threads_argument
 from pkl_dg.cli.restore import add_settings_arguments, flag_for, given_settings, settings_from_args
-from pkl_dg.settings import RestoreSettings, field_specs
+from pkl_dg.settings import IMAGE_FIELDS, RestoreSettings, field_specs
 from pkl_dg.settings_rules import applies, applies_text
 
 
@@ -54,8 +54,8 @@ def report_not_applied(args: argparse.Namespace, settings: RestoreSettings,
     """
     runs = [settings.replace(method=m) for m in methods]
     specs = {s.name: s for s in field_specs()}
-    ignored = [n for n in given_settings(args)
-               if n == "method" or not any(applies(n, r) for r in runs)]
+    ignored = [n for n in given_settings(args) if n == "method" or (
+        n not in IMAGE_FIELDS and not any(applies(n, r) for r in runs))]
     for name in ignored:
         if name == "method":
             why = f"--methods chooses the methods (here {', '.join(methods)})"
@@ -71,6 +71,7 @@ def report_not_applied(args: argparse.Namespace, settings: RestoreSettings,
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from pkl_dg.cli.restore import check_output_folders
     from pkl_dg.compare import compare_iter, metrics_table, parse_methods, render_panel, write_csv
     from pkl_dg.imageio import read_image
     from pkl_dg.inputs import physical_overrides
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.csv, args.png):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
+    check_output_folders([p for p in (args.csv, args.png) if p is not None])
     if args.csv is not None and args.gt is None:
         raise ValueError("--csv needs --gt: metrics are computed against a ground truth")
     methods = parse_methods(args.methods)
@@ -89,19 +91,32 @@ def run(args: argparse.Namespace) -> int:
     report_not_applied(args, settings, methods)
     source = open_image(args.input)
     image = source.numpy()
+    if np.ndim(image) != 2:  # before any method runs (its scores and panel are 2D)
+        raise ValueError(f"{args.input.name} is {' × '.join(map(str, np.shape(image)))} "
+                         f"({source.axes}), and compare takes one 2D image: save one plane of "
+                         "it, or restore the stack with pkl-dg restore")
     # the file's pixel size (an Airy PSF's width in pixels, FRC in nm), unless given
     settings = settings.replace(**physical_overrides(source, set(given_settings(args)),
                                                      settings))
-    gt = read_image(args.gt) if args.gt is not None else None
+    gt = read_image(args.gt, "ground truth") if args.gt is not None else None
     if gt is not None and gt.shape != image.shape:
         raise ValueError(f"ground truth {gt.shape} and input {image.shape} differ in shape")
     comparison = compare_iter(image, methods, settings)
-    started, seconds = {}, {}
-    for method, rec in comparison:
-        started.setdefault(method, time.perf_counter())
-        if rec.index == rec.total:
-            seconds[method] = time.perf_counter() - started[method]
-            print(f"{method}: done in {seconds[method]:.1f} s", file=sys.stderr)
+    # a method runs from the end of the one before to its own last frame (an automatic RL
+    # count ends before its announced total, so "index == total" missed it)
+    seconds: dict[str, float] = {}
+    current, began = None, time.perf_counter()
+    last = began
+    for method, _rec in comparison:
+        now = time.perf_counter()
+        if method != current:
+            if current is not None:
+                print(f"{current}: done in {seconds[current]:.1f} s", file=sys.stderr)
+                began = last
+            current = method
+        seconds[method], last = now - began, now
+    if current is not None:
+        print(f"{current}: done in {seconds[current]:.1f} s", file=sys.stderr)
     results = {m: r.image for m, r in comparison.result.results.items()}
     rows = None
     if gt is not None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pkl_dg.settings import PSF_KINDS, RestoreSettings, field_specs
+from pkl_dg.settings import IMAGE_FIELDS, PSF_KINDS, RestoreSettings, field_specs
 from pkl_dg.settings_rules import applies, applies_text, calibration_implied
 
 _TYPES = {"float": float, "int": int, "str": str}
@@ -75,13 +75,25 @@ def report_not_applied(args: argparse.Namespace, settings: RestoreSettings) -> l
     """Print a warning for every flag given that has no effect on a run with ``settings``
     (e.g. ``--samples`` with ``--method rl``); return those settings' names."""
     specs = {s.name: s for s in field_specs()}
-    ignored = [n for n in given_settings(args) if not applies(n, settings)]
+    # the image's sampling is never ignored: recorded with the result, written as an
+    # OME-TIFF's physical size, the FRC's nm
+    ignored = [n for n in given_settings(args)
+               if not applies(n, settings) and n not in IMAGE_FIELDS]
     for name in ignored:
         keys = dict.fromkeys(k for alt in specs[name].applies_when for k in alt)
         here = ", ".join(f"{k} {getattr(settings, k)}" for k in keys)
         print(f"pkl-dg {args.command}: warning: {flag_for(name)} is ignored: it applies with "
               f"{applies_text(name)} (here {here})", file=sys.stderr)
     return ignored
+
+
+def check_output_folders(paths: list[Path]) -> None:
+    """Refuse, before any computing, outputs whose folder does not exist (found only when
+    writing, after the whole run, they cost that run)."""
+    for p in paths:
+        if not p.parent.is_dir():
+            raise FileNotFoundError(f"the output folder {p.parent} does not exist: create it "
+                                    "or choose another")
 
 
 def std_path_for(output: Path) -> Path:
@@ -138,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     for out in outputs:
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
+    check_output_folders(outputs)
     source = open_image(args.input)
     image = source.numpy()
     # axes from the file's metadata (TCZYX order): channels and time are never deconvolved
