@@ -76,6 +76,10 @@ def test_batch_equals_restore_resumes_and_reports_failures(tmp_path, inputs, clu
     assert rel(tl.numpy(), expected) <= 1e-5
     meta = read_metadata(out / "timelapse.ome.zarr")
     assert meta["settings"]["pixel_size_nm"] == 80.0 and len(meta["blocks"]) == 3
+    # the input's own estimate, as such (it once read "given", without the fit), per block
+    cal = meta["blocks"][0]["calibration"]
+    assert cal["source"] == "estimated" and "fit" in cal
+    assert all(b["calibration"] == cal for b in meta["blocks"])
 
     # rerun after deleting one output and truncating another: only those two are redone
     (out / "cell1.ome.tif").unlink()
@@ -150,6 +154,9 @@ def test_large_plane_in_chunks_pkl_within_seed_variation(tmp_path, big_plane, cl
     # it is the same posterior sample as the whole plane up to the chunk edges: measured
     # 0.21× the seed-to-seed distance (it was 1.2–1.3× with each chunk's own noise)
     assert rel(got, whole0) <= 0.5 * rel(whole1, whole0)
+    # batch keeps the posterior mean only: no block claims a std it does not write
+    meta = read_metadata(tmp_path / "out" / "plane.ome.tif")
+    assert not any("posterior_std" in b for b in meta["blocks"])
     # the network was loaded once per worker process that ran a chunk
     from pkl_dg.batch.worker import cache_counts
 

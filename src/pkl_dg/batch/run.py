@@ -127,6 +127,7 @@ def _pixels_complete(p: Path, shape: tuple[int, ...]) -> bool:
 
 def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> None:
     from pkl_dg.io import write_ome_tiff, write_ome_zarr
+    from pkl_dg.uncertainty import has_posterior_std
 
     meta = {"pkl_dg_version": __version__, "settings": effective(job.settings).to_dict(),
             "units": "photons", "input_file": str(job.input), "image": job.image_meta,
@@ -134,6 +135,9 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
     if job.chunks is not None:
         meta["chunks"] = {"count": len(job.chunks), "core": list(job.chunks[0].core),
                           "box": list(job.chunks[0].box)}
+    if has_posterior_std(job.settings):
+        meta["posterior_std"] = ("not kept: pkl-dg batch writes the mean of the posterior "
+                                 "samples; pkl-dg restore writes their per-pixel std too")
     pixel = tuple(job.image_meta["pixel_size_nm"]) if job.image_meta.get("pixel_size_nm") else None
     writer = write_ome_zarr if job.fmt == "ome-zarr" else write_ome_tiff
     writer(job.output, image, job.axes or "YX", meta, pixel_size_nm=pixel,

@@ -266,7 +266,9 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
                           axes=axes).finish()
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
-                         "axes")}
+                         "axes", "posterior_std")}  # batch keeps the mean only (run.py)
+    if settings_dict.get("calibration", "auto") == "auto":  # the input's estimate, as such
+        meta["calibration"] = _CACHE["calibrations"][path].to_dict()
     if model_meta is not None:
         meta["model"] = {"path": s.model or "shipped default", "name": model_meta.get("name", "")}
     return result.image, meta
