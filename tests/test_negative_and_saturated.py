@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from cases import read
@@ -183,3 +184,31 @@ def test_a_stack_warns_once_per_kind_with_a_summary():
     sat = [w for w in caught if issubclass(w.category, SaturationWarning)]
     assert len(sat) == 2 and "in 4 of 4 planes" in str(sat[1].message)
     assert all(b["saturated"]["pixels"] == 1 for b in res.metadata["blocks"])
+
+
+def test_values_beyond_an_estimated_offsets_read_noise_are_warned_of():
+    """With a calibration estimated from the image, values a little below its offset are
+    read noise (no warning); values far below it mean the estimate is too high for the
+    image, which was recorded but never said (C. elegans: 1.2 % down to −80 photons)."""
+    from pkl_dg.negatives import negative_value_pedestal
+
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.normal(20.0, 2.0, 10000) - 20.0)  # read noise σ 2 e⁻
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _s2, info = negative_value_pedestal(noise, 4.0, estimated=True)
+    assert info is not None and "below_estimated_offset" not in info and not caught
+    far = noise.clone()
+    far[:120] = -80.0
+    with pytest.warns(NegativeDataWarning, match="below the camera offset estimated"):
+        _s2, info = negative_value_pedestal(far, 4.0, estimated=True)
+    assert info["below_estimated_offset"] and info["min_photons"] == -80.0
+
+
+def test_celegans_as_given_warns_that_its_estimated_offset_is_too_high(realdata):
+    import tifffile
+
+    image = tifffile.imread(realdata / "sdeconv" / "celegans.tif")
+    with pytest.warns(NegativeDataWarning, match="below the camera offset estimated"):
+        result = restore_iter(image, method="rl", rl_iterations=2, psf_sigma=2.0).finish()
+    assert result.metadata["negative_values"]["below_estimated_offset"]

@@ -20,6 +20,7 @@ reported.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -31,7 +32,8 @@ class NegativeDataWarning(UserWarning):
 
 
 def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str = "",
-                            warn: bool = True) -> tuple[float, dict[str, Any] | None]:
+                            warn: bool = True, estimated: bool = False
+                            ) -> tuple[float, dict[str, Any] | None]:
     """The read-noise variance s² (photons²) to model ``y``, raised for negative data.
 
     Parameters
@@ -44,6 +46,10 @@ def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str =
         Names the block in the warning (e.g. "plane (3,)").
     warn
         False: no warning (the caller reports it once for a whole stack).
+    estimated
+        The offset was estimated from the image (its dark level): values a little below it
+        are its read noise, and only values beyond 4 read-noise σ + 1 photon are warned of
+        (the estimate is then too high for the image: ``info["below_estimated_offset"]``).
 
     Returns
     -------
@@ -66,9 +72,23 @@ def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str =
             "pedestal_photons": round(s2_used, 4), "pixels_clipped": clipped,
             "handling": "modelled as zero-mean noise around a subtracted pedestal "
                         "(shifted Poisson, y + s² ~ Poisson(μ + s²))"}
+    place = f" in {where}" if where else ""
+    if estimated:
+        if low >= -(4 * math.sqrt(s2) + 1):
+            return s2_used, info
+        info["below_estimated_offset"] = True
+        if warn:
+            warnings.warn(
+                f"{100 * info['fraction_negative']:.1f} % of the pixels{place} lie below the "
+                f"camera offset estimated from the image, down to {low:.3g} photons: beyond "
+                f"its read noise ({math.sqrt(s2):.3g} e⁻), so the estimate is probably too "
+                f"high for this image. They are modelled as noise around a pedestal of "
+                f"{s2_used:.3g} photons, so the total flux is kept. If you know your camera's "
+                "offset, give it (Camera offset, --offset).", NegativeDataWarning,
+                stacklevel=3)
+        return s2_used, info
     if not warn:
         return s2_used, info
-    place = f" in {where}" if where else ""
     msg = (f"{100 * info['fraction_negative']:.1f} % of the pixels{place} are negative "
            f"(down to {low:.3g} photons): the data look background- or offset-subtracted. "
            f"They are modelled as noise around a pedestal of {s2_used:.3g} photons (the "

@@ -253,8 +253,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
                                   where=f"block {idx}" if idx else "", chunk=chunk,
                                   read_noise=cal.read_noise,
-                                  warn_negative=not flagged["negative_values"]
-                                  and cal.source != "estimated",
+                                  warn_negative=not flagged["negative_values"],
+                                  estimated_offset=cal.source == "estimated",
                                   warn_misfit=not flagged["rl_auto_misfit"]):
             done += 1
             # one sample (RL): a read-only view (each iterate is a new tensor), not a pass;
@@ -269,8 +269,9 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             std[idx] = rec.x0.std(dim=0).float().cpu().numpy()
         for kind in flagged:
             flagged[kind] += kind in block_meta
-    if cal.source == "estimated":  # below the estimated dark level is read noise: no warning
-        flagged["negative_values"] = 0
+        if cal.source == "estimated" and "below_estimated_offset" not in \
+                block_meta.get("negative_values", {}):  # below the dark level: read noise
+            flagged["negative_values"] -= "negative_values" in block_meta
     summarise_block_problems(flagged, len(indices))
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
@@ -282,22 +283,23 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                    net: Callable | None, device: torch.device, info: dict[str, Any], *,
                    mask: torch.Tensor | None = None, where: str = "",
                    warn_negative: bool = True, warn_misfit: bool = True,
-                   chunk: PlaneChunk | None = None, read_noise: float = 0.0
-                   ) -> Iterator[SamplerStep]:
+                   chunk: PlaneChunk | None = None, read_noise: float = 0.0,
+                   estimated_offset: bool = False) -> Iterator[SamplerStep]:
     """Restore one plane (H, W) or volume (Z, H, W); yield a :class:`SamplerStep` per step
     (Richardson–Lucy's iterates as one sample, ``t`` its iteration count, ``nll`` None
     where not read out) and write the block's metadata into ``info``.
 
     ``mask`` (1 = fit, 0 = ignore, e.g. saturated pixels) leaves pixels out of the data fit.
-    ``read_noise`` (e⁻ rms) is the calibration's. With an estimated calibration the offset
-    is the image's dark level, so values below it are read noise and ``warn_negative`` is
-    False (the pedestal, if any, is still applied and recorded). ``warn_misfit``: warn of a
-    fit that stalls far above the noise (False once a block of the run has).
+    ``read_noise`` (e⁻ rms) is the calibration's. With an estimated calibration
+    (``estimated_offset``) the offset is the image's dark level, so values a little below
+    it are read noise: only values beyond it are warned of (the pedestal, if any, is always
+    applied and recorded). ``warn_misfit``: warn of a fit that stalls far above the noise
+    (False once a block of the run has).
     """
     background = s.background if s.background >= 0 else estimate_background(y, operator)
     info["background_photons"] = background
     s2, negatives = negative_value_pedestal(y, float(read_noise) ** 2, where,
-                                            warn=warn_negative)
+                                            warn=warn_negative, estimated=estimated_offset)
     if negatives is not None:
         info["negative_values"] = negatives
     fm = ForwardModel(operator, background, s2, mask)
