@@ -57,6 +57,11 @@ def test_restore_takes_the_pixel_size_and_z_step_the_file_states(tmp_path):
     meta = read_metadata(given)
     assert meta["settings"]["pixel_size_nm"] == 80.0
     assert meta["settings_from_file"] == {"z_step_nm": pytest.approx(250.0)}
+    assert "sampling_assumed" not in meta
+    bare = tmp_path / "bare.tif"  # states nothing: the 65 nm default is said to be assumed
+    tifffile.imwrite(bare, rng.poisson(20, (40, 40)).astype(np.uint16))
+    assert main(["restore", str(bare), "-o", str(tmp_path / "b.tif"), *flags]) == 0
+    assert read_metadata(tmp_path / "b.tif")["sampling_assumed"] == {"pixel_size_nm": 65.0}
 
 
 def test_refuses_to_overwrite(tmp_path, image_file, capsys):

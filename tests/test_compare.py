@@ -120,3 +120,29 @@ def test_compare_cli_refuses_a_stack_up_front_and_times_every_method(tmp_path, s
     assert float(rows["Richardson–Lucy"]["seconds"]) > 0 and float(rows["L2"]["seconds"]) > 0
     err = capsys.readouterr().err
     assert "rl: done in" in err and "l2: done in" in err
+
+
+def test_compare_cli_gives_the_frc_in_nm_whenever_the_pixel_size_is_known(tmp_path, scene,
+                                                                          capsys):
+    """Not only with an Airy PSF: a file that states its pixel size, or --pixel-size, gives
+    the FRC in nm with a Gaussian PSF too; a file that states none gives none. --quiet
+    leaves out the per-method lines."""
+    x, y, _, _ = scene
+    stated, bare, gt = tmp_path / "stated.tif", tmp_path / "bare.tif", tmp_path / "gt.tif"
+    tifffile.imwrite(stated, y.astype(np.float32), imagej=True,
+                     resolution=(1 / 0.0426137, 1 / 0.0426137), metadata={"unit": "um"})
+    tifffile.imwrite(bare, y.astype(np.float32))
+    tifffile.imwrite(gt, x)
+    out_csv = tmp_path / "m.csv"
+    flags = ["--gt", str(gt), "--methods", "rl", "--rl-iterations", "3", "--psf-sigma", "1.5",
+             "--csv", str(out_csv), "--overwrite", "--quiet"]
+    capsys.readouterr()
+    assert main(["compare", str(stated), *flags]) == 0
+    row = next(csv.DictReader(out_csv.open()))
+    assert float(row["frc_nm"]) == pytest.approx(float(row["frc_px"]) * 42.6137, rel=1e-4)
+    assert "done in" not in capsys.readouterr().err
+    assert main(["compare", str(bare), *flags]) == 0
+    assert next(csv.DictReader(out_csv.open()))["frc_nm"] == ""
+    assert main(["compare", str(bare), *flags, "--pixel-size", "80"]) == 0
+    row = next(csv.DictReader(out_csv.open()))
+    assert float(row["frc_nm"]) == pytest.approx(float(row["frc_px"]) * 80.0, rel=1e-4)

@@ -19,13 +19,16 @@ def register(subparsers) -> None:
         description="Restore one image with several methods (same settings and seed); "
                     "score them against a ground truth when given; write a CSV table and "
                     "a labelled side-by-side PNG.")
-    p.add_argument("input", type=Path, help="input image (.tif, .tiff or .npy)")
+    p.add_argument("input", type=Path, help="input image, 2D (TIFF, OME-TIFF, .npy, or any "
+                   "format a bioio plugin reads)")
     p.add_argument("--gt", type=Path, help="ground-truth image for PSNR/SSIM/NRMSE/FRC")
     p.add_argument("--methods", default="rl,l2,anscombe,pkl",
                    help="comma-separated methods (rl, l2, anscombe, pkl, none)")
     p.add_argument("--csv", type=Path, help="write the metrics table here")
     p.add_argument("--png", type=Path, help="write the side-by-side figure here")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-method lines (time, scores); warnings and errors still print")
     add_settings_arguments(p)
     add_threads_argument(p)
     p.set_defaults(func=run)
@@ -96,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
                          f"({source.axes}), and compare takes one 2D image: save one plane of "
                          "it, or restore the stack with pkl-dg restore")
     # the file's pixel size (an Airy PSF's width in pixels, FRC in nm), unless given
-    settings = settings.replace(**physical_overrides(source, set(given_settings(args)),
-                                                     settings))
+    given = set(given_settings(args))
+    over = physical_overrides(source, given, settings)
+    settings = settings.replace(**over)
+    # the FRC in nm wherever the pixel size is known, not only for an Airy PSF
+    px = settings.pixel_size_nm if "pixel_size_nm" in given | set(over) else None
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr)
     gt = read_image(args.gt, "ground truth") if args.gt is not None else None
     if gt is not None and gt.shape != image.shape:
         raise ValueError(f"ground truth {gt.shape} and input {image.shape} differ in shape")
@@ -111,20 +121,19 @@ def run(args: argparse.Namespace) -> int:
         now = time.perf_counter()
         if method != current:
             if current is not None:
-                print(f"{current}: done in {seconds[current]:.1f} s", file=sys.stderr)
+                say(f"{current}: done in {seconds[current]:.1f} s")
                 began = last
             current = method
         seconds[method], last = now - began, now
     if current is not None:
-        print(f"{current}: done in {seconds[current]:.1f} s", file=sys.stderr)
+        say(f"{current}: done in {seconds[current]:.1f} s")
     results = {m: r.image for m, r in comparison.result.results.items()}
     rows = None
     if gt is not None:
-        px = settings.pixel_size_nm if settings.psf_kind == "airy" else None
         rows = metrics_table(results, gt, px, seconds)
         for r in rows:
-            print(f"{r['method']:>18}  {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.3f}  "
-                  f"FRC {r['frc_px']:.2f} px", file=sys.stderr)
+            say(f"{r['method']:>18}  {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.3f}  "
+                f"FRC {r['frc_px']:.2f} px")
         if args.csv:
             write_csv(rows, args.csv)
     if args.png:

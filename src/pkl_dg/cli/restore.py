@@ -191,12 +191,16 @@ def run(args: argparse.Namespace) -> int:
         meta["settings_from_file"] = from_file
     if from_psf:
         meta["image_sampling_from_psf_file"] = from_psf
+    given = set(given_settings(args))
+    assumed = [n for n in ("pixel_size_nm", "z_step_nm")
+               if n not in given and n not in from_file and getattr(settings, n) > 0]
+    if assumed:  # the nm figures of the metadata (PSF FWHM, spacing) rest on a default
+        meta["sampling_assumed"] = {n: getattr(settings, n) for n in assumed}
     if ignored:  # given, but without effect on this run
         meta["settings_not_applied"] = ignored
     with_std = with_std and result.std is not None
     if with_std:
         meta["std_file"] = str(std_path)
-    given = set(given_settings(args))
 
     def write(path: Path, image, metadata: dict) -> None:
         if not ome:
