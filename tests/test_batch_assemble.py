@@ -62,3 +62,18 @@ def test_a_stale_staging_array_is_replaced(tmp_path):
     a.add(0, 0, (np.ones((8, 8), np.float32), {}))
     assert np.asarray(a.image()).sum() == 64
     a.discard()
+
+
+def test_photo_files_in_an_input_folder_are_skipped_with_a_warning(tmp_path):
+    """A .png among the TIFFs was skipped without a word."""
+    import pytest
+    import tifffile
+
+    from pkl_dg.batch.plan import expand_inputs
+
+    tifffile.imwrite(tmp_path / "cell.tif", np.zeros((8, 8), np.uint16))
+    (tmp_path / "snapshot.png").write_bytes(b"\x89PNG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) in .* are not read .*snapshot\.png"):
+        found = expand_inputs([tmp_path])
+    assert [p.name for p in found] == ["cell.tif"]

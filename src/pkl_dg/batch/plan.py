@@ -12,6 +12,7 @@ overlapping YX chunks (:mod:`pkl_dg.batch.tiles`).
 from __future__ import annotations
 
 import glob
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from pkl_dg.settings import RestoreSettings
 FORMATS = ("auto", "ome-tiff", "ome-zarr")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".czi", ".nd2", ".lif", ".lsm", ".oir",
                   ".ims", ".vsi")
+#: image files in an input folder that are skipped with a warning (not silently)
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _STRIP = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
 
 
@@ -68,6 +71,11 @@ def expand_inputs(items: list[str | Path]) -> list[Path]:
             if p.is_dir() and p.suffix.lower() != ".zarr":
                 found = sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES
                                and not c.name.startswith(".") and not c.name.endswith(".partial"))
+                photos = sorted(c.name for c in p.iterdir() if c.suffix.lower() in PHOTO_SUFFIXES)
+                if photos:  # images a user may expect to be restored: say they are not
+                    warnings.warn(f"{len(photos)} file(s) in {p} are not read (photo formats, "
+                                  f"not microscopy data): {', '.join(photos[:5])}"
+                                  f"{' …' if len(photos) > 5 else ''}", stacklevel=2)
                 if not found:
                     raise FileNotFoundError(f"folder {p} holds no image files "
                                             f"({', '.join(IMAGE_SUFFIXES)})")
