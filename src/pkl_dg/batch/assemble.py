@@ -84,7 +84,11 @@ class BlockAssembler:
             image = blend_chunks(self.job.shape[-2:], self.job.chunks,
                                  [parts[k][0] for k in range(self.per_block)])
         self.array[self.job.blocks[block]] = np.asarray(image, dtype=np.float32)
-        self._meta[block] = parts[0][1]
+        meta = dict(parts[0][1])
+        said = {k: v for _img, m in parts.values() for k, v in m.get("warnings", {}).items()}
+        if said:  # any chunk's, one of each kind
+            meta["warnings"] = said
+        self._meta[block] = meta
 
     def blocks_meta(self) -> list[dict[str, Any]]:
         """Each block's index and metadata, in block order."""

@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,6 +295,19 @@ def _finish(job: Job, assembler: BlockAssembler, seconds: float) -> None:
         job.status, job.message = "failed", f"writing {job.output.name}: {exc}"
         return
     job.status, job.seconds = "done", round(seconds, 1)
+    job.message = _say_block_warnings(job, assembler.blocks_meta())
+
+
+def _say_block_warnings(job: Job, blocks: list[dict[str, Any]]) -> str:
+    """Each distinct warning of a job's blocks once, with how many blocks it concerns;
+    the summary's note for the job."""
+    counts = Counter(kind for b in blocks for kind in b.get("warnings", {}))
+    for kind, n in counts.items():  # the first block's words (others differ in numbers)
+        text = next(b["warnings"][kind] for b in blocks if kind in b.get("warnings", {}))
+        where = f" (in {n} of {len(blocks)} blocks; each block's in the metadata)" \
+            if len(blocks) > 1 else ""
+        warnings.warn(f"{job.input.name}: {text}{where}", stacklevel=2)
+    return f"{len(counts)} warning(s): see above and the file's metadata" if counts else ""
 
 
 def summary_table(jobs: list[Job]) -> str:

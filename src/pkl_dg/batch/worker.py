@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -262,11 +263,18 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     # intensity scale and its window of the plane's noise
     chunk = None if box is None else PlaneChunk(
         tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"))
-    result = restore_iter(block, s, psf=psf, operator=op, denoiser=net, chunk=chunk,
-                          axes=axes).finish()
+    # the block's warnings travel with its result: the client says each once per input
+    # (with the blocks it concerns) instead of every worker printing it for every plane
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = restore_iter(block, s, psf=psf, operator=op, denoiser=net, chunk=chunk,
+                              axes=axes).finish()
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes", "posterior_std")}  # batch keeps the mean only (run.py)
+    said = {w.category.__name__: str(w.message) for w in caught}  # one of each kind
+    if said:
+        meta["warnings"] = said
     if settings_dict.get("calibration", "auto") == "auto":  # the input's estimate, as such
         meta["calibration"] = _CACHE["calibrations"][path].to_dict()
     if model_meta is not None:
