@@ -193,20 +193,30 @@ def physical_overrides(image: Any, given: set[str],
         out["z_step_nm"] = round(float(image.z_step_nm), 4)
     if settings is None or settings.psf_kind != "file" or not settings.psf_path:
         return out
-    from pkl_dg.io import open_image
-
-    psf = open_image(settings.psf_path, "PSF file")
-    xy = float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None
-    taken, _unused = psf_sampling_overrides((psf.z_step_nm, xy), settings, given)
+    taken = psf_sampling_overrides(psf_file_sampling(settings.psf_path), settings, given)
     for name in ("pixel_size_nm", "z_step_nm"):  # the image states none either: the PSF's
         if f"psf_{name}" in taken and name not in given and name not in out:
             out[name] = taken[f"psf_{name}"]
     return {**out, **taken}
 
 
+def psf_file_sampling(path: str) -> tuple[float | None, float | None]:
+    """(Z step, pixel size) in nm that a PSF file's metadata states (None where it states
+    none).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        The file cannot be read.
+    """
+    from pkl_dg.io import open_image
+
+    psf = open_image(path, "PSF file")
+    return psf.z_step_nm, float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None
+
+
 def psf_sampling_overrides(stated: tuple[float | None, float | None],
-                           settings: RestoreSettings, given: set[str]
-                           ) -> tuple[dict[str, float], list[str]]:
+                           settings: RestoreSettings, given: set[str]) -> dict[str, float]:
     """A measured PSF's own sampling for the settings that would otherwise take it as the
     image's ('PSF pixel size' / 'PSF Z step' 0 = same as image), so that it is resampled to
     the image's grid.
@@ -219,23 +229,14 @@ def psf_sampling_overrides(stated: tuple[float | None, float | None],
     settings
         The run's settings (the Z step counts in 3D mode only).
     given
-        Settings to keep as they are: those the user gave (the PSF's own spacing), and,
-        for :func:`physical_overrides`, nothing else.
+        Settings the user gave (kept as they are, a 0 included).
 
     Returns
     -------
-    (overrides, unused)
-        ``psf_pixel_size_nm`` / ``psf_z_step_nm`` (nm, 4 decimals) to set, and the names
-        of the stated ones left as given.
+    dict
+        ``psf_pixel_size_nm`` / ``psf_z_step_nm`` (nm, 4 decimals) to set.
     """
-    out: dict[str, float] = {}
-    unused: list[str] = []
     z, xy = stated
-    for name, value in (("psf_pixel_size_nm", xy),
-                        ("psf_z_step_nm", z if settings.mode == "3d" else None)):
-        if value:
-            if name in given or getattr(settings, name) > 0:
-                unused.append(name)
-            else:
-                out[name] = round(float(value), 4)
-    return out, unused
+    return {name: round(float(value), 4) for name, value in
+            (("psf_pixel_size_nm", xy), ("psf_z_step_nm", z if settings.mode == "3d" else None))
+            if value and name not in given and not getattr(settings, name) > 0}

@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"an OME-TIFF output needs the input's axes, and {args.input.name} "
                          "names none: write a .tif")
     # the sampling the image's and the PSF file's metadata state
-    from_file = physical_overrides(source, set(given_settings(args)), settings)
+    given = set(given_settings(args))
+    from_file = physical_overrides(source, given, settings)
     settings = settings.replace(**from_file)
     from_psf = [n for n, v in (("pixel_size_nm", source.pixel_size_nm),
                                ("z_step_nm", source.z_step_nm)) if n in from_file and not v]
@@ -191,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
         meta["settings_from_file"] = from_file
     if from_psf:
         meta["image_sampling_from_psf_file"] = from_psf
-    given = set(given_settings(args))
     assumed = [n for n in ("pixel_size_nm", "z_step_nm")
                if n not in given and n not in from_file and getattr(settings, n) > 0]
     if assumed:  # the nm figures of the metadata (PSF FWHM, spacing) rest on a default

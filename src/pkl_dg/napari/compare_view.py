@@ -41,15 +41,17 @@ class CompareView:
     :class:`~pkl_dg.napari.worker.ComparedRun` once done."""
 
     def __init__(self, viewer: Any, input_layer: Image, methods: list[str],
-                 origin: str) -> None:
+                 origin: str, plane: tuple[int, ...] = ()) -> None:
         self.viewer = viewer
         self.input_layer = input_layer
         self.origin = origin
         self.layers: dict[str, Image] = {}
         self.result: ComparedRun | None = None
-        self.label = f"Comparing {len(methods)} method(s) on '{input_layer.name}' with {origin}"
         #: the index of the compared plane in a stack's leading axes (() for a 2D image)
-        self.plane: tuple[int, ...] = ()
+        self.plane = tuple(plane)
+        where = f" (its displayed plane {self.plane}, in 2D)" if self.plane else ""
+        self.label = (f"Comparing {len(methods)} method(s) on '{input_layer.name}'{where} "
+                      f"with {origin}")
 
     def frame_key(self, frame: MethodFrame) -> str:
         """The method a frame belongs to."""

@@ -234,10 +234,7 @@ class CompareMethodsWidget(QWidget):
         self.table.setRowCount(0)
         self.export_button.setEnabled(False)
         self.residual_combo.clear()
-        self._view = CompareView(self.viewer, layer, methods, inputs.origin)
-        if self._plane:  # a stack: the plane shown in the viewer
-            self._view.plane = self._plane
-            self._view.label += f" (its displayed plane {self._plane}, in 2D)"
+        self._view = CompareView(self.viewer, layer, methods, inputs.origin, self._plane)
         self.runner.start(self._view, comparison_frames, image, methods, settings, inputs.psf,
                           self.operator_cache, self.model_cache, self.denoiser)
         return True

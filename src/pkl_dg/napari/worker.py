@@ -40,7 +40,7 @@ from pkl_dg.compare import compare_iter
 from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # imported here, with the widget, not in the first run's worker thread: importing torch
 # there would hold the interpreter lock and freeze the GUI for seconds
-from pkl_dg.inputs import psf_sampling_overrides
+from pkl_dg.inputs import psf_file_sampling, psf_sampling_overrides
 from pkl_dg.physics.psf_cleaning import PSFWarning
 from pkl_dg.psf_source import PSF, psf_from_settings
 from pkl_dg.restoration import restore_iter
@@ -213,11 +213,8 @@ def _psf_sampling(settings: RestoreSettings, request: PsfRequest,
     when the image's is assumed the PSF stays on the image's grid, and a warning says so."""
     stated = request.stated_nm
     if request.source == "file" and settings.psf_path:
-        from pkl_dg.io import open_image
-
-        psf = open_image(settings.psf_path, "PSF file")
-        stated = (psf.z_step_nm, float(psf.pixel_size_nm[1]) if psf.pixel_size_nm else None)
-    over, _given = psf_sampling_overrides(stated, settings, set())
+        stated = psf_file_sampling(settings.psf_path)
+    over = psf_sampling_overrides(stated, settings, set())
     used = {n: v for n, v in over.items() if n.removeprefix("psf_") in request.image_known}
     if used:
         notes["psf_sampling_from_source"] = used

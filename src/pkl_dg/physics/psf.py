@@ -20,9 +20,9 @@ from scipy import special
 from pkl_dg.physics.psf_cleaning import (clean_psf, fwhm_along_axes,  # noqa: F401
                                          in_focus_plane)
 
-__all__ = ["airy_psf", "check_psf_fits", "crop_to_fit", "fwhm_of", "fwhm_to_sigma", "gaussian_psf",
-           "gaussian_psf_3d", "in_focus_plane", "kernel_description", "load_psf", "prepare_psf",
-           "resample_psf", "resample_to_grid"]
+__all__ = ["airy_psf", "check_psf_fits", "crop_to_fit", "fwhm_of", "fwhm_to_sigma",
+           "gaussian_psf", "gaussian_psf_3d", "in_focus_plane", "kernel_description", "load_psf",
+           "prepare_psf", "resample_psf", "resample_to_grid"]
 
 # Born–Wolf in-focus intensity: first zeros of J1(v) (v = 2π·NA·r/λ)
 _J1_ZEROS = (3.8317, 7.0156, 10.1735, 13.3237, 16.4706, 19.6159)
@@ -217,10 +217,10 @@ def crop_to_fit(psf: np.ndarray, image_shape: tuple[int, ...]
     crop = np.asarray(psf[tuple(box)], dtype=np.float64)
     total = float(np.asarray(psf, dtype=np.float64).sum())
     loss = 1.0 - float(crop.sum()) / total if total > 0 else 1.0
-    shapes = f"({'×'.join(map(str, psf.shape))}) is larger than the image ({'×'.join(map(str, img))})"
     if loss > CROP_MAX_LOSS:
-        raise ValueError(f"PSF {shapes}, and cropping it to fit would remove {100 * loss:.0f} % "
-                         "of its light: crop the PSF or pick a larger image")
+        raise ValueError(f"PSF ({'×'.join(map(str, psf.shape))}) is larger than the image "
+                         f"({'×'.join(map(str, img))}), and cropping it to fit would remove "
+                         f"{100 * loss:.0f} % of its light: crop the PSF or pick a larger image")
     info = {"from": list(psf.shape), "to": list(crop.shape), "light_removed": round(loss, 5)}
     return (crop / crop.sum()).astype(np.float32), info
 
@@ -244,8 +244,8 @@ def resample_to_grid(psf: np.ndarray, pixel_size_nm: float, z_step_nm: float = 0
     -------
     (kernel, resampled)
         ``kernel`` float32, normalised; ``resampled`` None when neither spacing was given
-        or both equal the image's, else ``from_shape``, ``to_shape``, ``from_spacing_nm`` and ``to_spacing_nm`` (one
-        value per axis of the kernel; an unknown Z step is None).
+        or both equal the image's, else ``from_shape``, ``to_shape``, ``from_spacing_nm``
+        and ``to_spacing_nm`` (one value per axis of the kernel; an unknown Z step is None).
 
     Raises
     ------
