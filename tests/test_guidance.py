@@ -259,3 +259,28 @@ def test_a_psf_that_cannot_fit_the_data_is_reported_once():
         restore_iter(np.stack([y, y, y]), psf_sigma=3.0, **kw).finish()
     said = [str(w.message) for w in caught if issubclass(w.category, ModelMismatchWarning)]
     assert len(said) == 2 and "in 3 of 3 planes" in said[1]
+
+
+def test_the_stop_rules_deviance_ratio_equals_the_per_pixel_one():
+    """DevianceRatio (the automatic stop's: the data's own sum taken once, one shared log)
+    gives deviance_ratio's value, with zero counts, dim and very bright predictions, and
+    an iterate's mean_at equals its mean() at those pixels."""
+    from pkl_dg.guidance.discrepancy import DevianceRatio, deviance_ratio
+    from pkl_dg.richardson_lucy import rl_iterates
+
+    g = torch.Generator().manual_seed(4)
+    mu = torch.cat([torch.rand(500, generator=g) * 1e-3, torch.rand(3000, generator=g) * 20,
+                    1e3 + torch.rand(500, generator=g) * 1e5])
+    y = torch.poisson(mu, generator=g)
+    assert bool((y == 0).any())
+    ratio = DevianceRatio(y)
+    for pred in (mu, mu * 1.3 + 0.5, torch.full_like(mu, float(y.mean()))):
+        assert ratio(pred) == pytest.approx(float(deviance_ratio(y[None], pred[None])), rel=1e-5)
+    with pytest.raises(ValueError, match="predicted values"):
+        ratio(mu[:10])
+    psf = torch.as_tensor(gaussian_psf(1.5), dtype=torch.float32)
+    fm = ForwardModel(PSFConvolution(psf), 2.0, 0.5)
+    img = torch.poisson(torch.rand(48, 40, generator=g) * 50 + 2, generator=g)
+    where = torch.tensor([0, 7, 100, 48 * 40 - 1])
+    for it in rl_iterates(img, fm, 2):
+        assert torch.equal(it.mean_at(where), it.mean().reshape(-1)[where])

@@ -88,6 +88,11 @@ class RLIterate:
         """
         return self._loop.fit(self.x) - EPS
 
+    def mean_at(self, index: torch.Tensor) -> torch.Tensor:
+        """μ' of this iterate at the flat pixel indices ``index`` (1-D int64, into the
+        data's shape): :meth:`mean` there, without a copy of the whole image."""
+        return torch.take(self._loop.fit(self.x), index).sub_(EPS)
+
     def nll(self) -> float:
         """The PKL misfit Σ m·(μ' − y'·log(μ' + ε)) of this iterate (m: the fit mask, y' =
         max(y + s², 0)): :meth:`pkl_dg.guidance.PoissonKL.nll` from μ already computed."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from pkl_dg.guidance.discrepancy import deviance_ratio
+from pkl_dg.guidance.discrepancy import DevianceRatio
 from pkl_dg.guidance.steps import auto_discrepancy
 from pkl_dg.physics.forward import ForwardModel
 from pkl_dg.quantiles import quantile
@@ -120,18 +120,16 @@ class AutoStop:
         self.k, self.ratio, self.reason = 0, float("inf"), ""
         self._prev: float | None = None
         self.signal: torch.Tensor | None = None
-        self._ys_signal: torch.Tensor | None = None  # the data there, gathered once
+        self._deviance: DevianceRatio | None = None  # against the data there
         self._where: torch.Tensor | None = None  # its flat indices (a gather, not a mask)
         self.target = auto_discrepancy(peak_photons(y, fm))
 
     def __call__(self, it) -> bool:
-        mu = it.mean().reshape(-1)
         if self.signal is None:
-            self.signal = signal_region(mu.reshape(self.ys.shape), self.fit)
+            self.signal = signal_region(it.mean().reshape(self.ys.shape), self.fit)
             self._where = self.signal.reshape(-1).nonzero().squeeze(1)
-            self._ys_signal = self.ys.reshape(-1).index_select(0, self._where)
-        ratio = float(deviance_ratio(self._ys_signal[None],
-                                     mu.index_select(0, self._where)[None]))
+            self._deviance = DevianceRatio(self.ys.reshape(-1).index_select(0, self._where))
+        ratio = self._deviance(it.mean_at(self._where))
         self.k, prev, self._prev, self.ratio = it.k, self._prev, ratio, ratio
         if self.k <= MIN_ITERATIONS:
             return False
