@@ -213,6 +213,30 @@ def test_restore_to_an_ome_tiff_keeps_axes_and_physical_sizes(tmp_path, capsys):
     assert "OME-TIFF output needs the input's axes" in capsys.readouterr().err
 
 
+def test_a_plain_tiff_result_states_the_pixel_size_given_never_an_assumed_one(tmp_path):
+    """-o NAME.tif stores the pixel size the input states (or the user gives) in the TIFF
+    resolution tags, so Fiji and bioio read it back; one the run only assumed is not
+    written (the file then has no physical size, as its input had none)."""
+    from pkl_dg.io import open_image
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "cal.tif"
+    tifffile.imwrite(src, rng.poisson(20, (40, 44)).astype(np.uint16), imagej=True,
+                     resolution=(1 / 0.0426137, 1 / 0.0426137), metadata={"unit": "um"})
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, rng.poisson(20, (40, 44)).astype(np.uint16))
+    runs = {"from_file": (src, []), "given": (plain, ["--pixel-size", "80"]),
+            "assumed": (plain, [])}
+    for name, (inp, extra) in runs.items():
+        out = tmp_path / f"{name}.tif"
+        assert main(["restore", str(inp), "-o", str(out), "--method", "rl", "--quiet",
+                     *extra]) == 0
+        runs[name] = open_image(out).pixel_size_nm
+    assert runs["from_file"] == pytest.approx((42.6137, 42.6137), rel=1e-5)
+    assert runs["given"] == pytest.approx((80.0, 80.0))
+    assert runs["assumed"] is None
+
+
 def test_a_missing_output_folder_is_refused_before_the_run(tmp_path, image_file, capsys):
     """Found only when writing, after the whole run, it cost that run."""
     out = tmp_path / "nowhere" / "out.tif"

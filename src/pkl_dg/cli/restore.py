@@ -202,14 +202,15 @@ def run(args: argparse.Namespace) -> int:
     if with_std:
         meta["std_file"] = str(std_path)
 
+    # physical sizes the image file states or the user gave, never an assumed one
+    px = source.pixel_size_nm or ((settings.pixel_size_nm,) * 2
+                                  if "pixel_size_nm" in given else None)
+    z = source.z_step_nm or (settings.z_step_nm if "z_step_nm" in given else None)
+
     def write(path: Path, image, metadata: dict) -> None:
         if not ome:
-            write_result(path, image, metadata, overwrite=args.overwrite)
+            write_result(path, image, metadata, overwrite=args.overwrite, pixel_size_nm=px)
             return
-        # physical sizes the image file states or the user gave, never an assumed one
-        px = source.pixel_size_nm or ((settings.pixel_size_nm,) * 2
-                                      if "pixel_size_nm" in given else None)
-        z = source.z_step_nm or (settings.z_step_nm if "z_step_nm" in given else None)
         write_ome_tiff(path, image, source.axes, metadata, pixel_size_nm=px, z_step_nm=z,
                        overwrite=args.overwrite)
 

@@ -48,17 +48,34 @@ def partial_path(p: Path) -> Path:
 
 
 def write_result(path: str | Path, image: np.ndarray, metadata: dict,
-                 overwrite: bool = False) -> None:
-    """Write ``image`` as float32 TIFF with ``metadata`` as JSON in the image description."""
+                 overwrite: bool = False, *,
+                 pixel_size_nm: tuple[float, float] | None = None) -> None:
+    """Write ``image`` as float32 TIFF with ``metadata`` as JSON in the image description.
+
+    Parameters
+    ----------
+    pixel_size_nm
+        (Y, X) pixel size in nm, stored as the TIFF resolution tags in pixels per
+        centimetre (TIFF 6.0's metric unit; Fiji shows it in µm, bioio and tifffile read
+        it back). A plain TIFF has no standard tag for the Z step: that stays in the JSON
+        (``-o NAME.ome.tif`` stores both).
+    overwrite
+        Replace an existing file (else ``FileExistsError``).
+    """
     import tifffile
 
     p = Path(path)
     _check_target(p, overwrite)
     if p.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"output must be a .tif or .tiff file, got {p.name}")
+    extra: dict[str, Any] = {}
+    if pixel_size_nm:  # 1 cm = 1e7 nm; the tags are (X, Y)
+        extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
+                     resolutionunit="CENTIMETER")
     # minisblack: else tifffile stores a stack of 3 or 4 planes as one RGB(A) image
     tifffile.imwrite(p, np.asarray(image, dtype=np.float32), photometric="minisblack",
-                     description=json.dumps(metadata, sort_keys=True), metadata=None)
+                     description=json.dumps(metadata, sort_keys=True), metadata=None,
+                     **extra)
 
 
 def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dict, *,
