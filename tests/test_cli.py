@@ -260,3 +260,23 @@ def test_warnings_read_as_the_commands_own_lines(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines and all(line.startswith("pkl-dg restore: warning: ") for line in lines)
     assert "Warning:" not in proc.stderr and ".py:" not in proc.stderr
+
+
+def test_a_bad_flag_value_is_one_line_not_the_whole_usage(capsys):
+    """argparse printed restore's 20-line usage above the one line that says what is
+    wrong; now the error and a pointer to --help."""
+    with pytest.raises(SystemExit) as exc:
+        main(["restore", "in.tif", "--steps", "abc"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" not in err and len(err.strip().splitlines()) == 2
+    assert "pkl-dg restore: error: argument --steps: invalid int value: 'abc'" in err
+    assert "pkl-dg restore --help" in err
+
+
+def test_compare_says_an_frc_without_crossing_in_words_and_gives_nm():
+    from pkl_dg.cli.compare import frc_text
+
+    assert frc_text({"frc_px": float("inf"), "frc_nm": float("inf")}).startswith("none")
+    assert frc_text({"frc_px": 2.5, "frc_nm": 162.5}) == "2.50 px (162 nm)"
+    assert frc_text({"frc_px": 2.5, "frc_nm": None}) == "2.50 px"

@@ -48,10 +48,19 @@ def apply_threads(args: argparse.Namespace) -> None:
     apply(RestoreSettings().threads if threads is None else threads)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors said in one line with a pointer to ``--help``: the
+    usage of a command with many flags (restore's runs to 20 lines) buried the message."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists its "
+                     "options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pkl_dg._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pkl-dg",
         description="Physics-guided diffusion deconvolution of fluorescence microscopy images.",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         rows = metrics_table(results, gt, px, seconds)
         for r in rows:
             say(f"{r['method']:>18}  {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.3f}  "
-                f"FRC {r['frc_px']:.2f} px")
+                f"FRC {frc_text(r)}")
         if args.csv:
             write_csv(rows, args.csv)
     if args.png:
@@ -143,3 +144,12 @@ def run(args: argparse.Namespace) -> int:
             panel["Ground truth"] = np.asarray(gt, dtype=np.float32)
         render_panel(panel, args.png, rows, title=args.input.name)
     return 0
+
+
+def frc_text(row: dict) -> str:
+    """A metrics row's FRC resolution as the summary line says it: px, and nm where the
+    pixel size is known; no crossing at all (``inf``) as words."""
+    if not math.isfinite(row["frc_px"]):
+        return "none (the images do not correlate at any spatial frequency)"
+    nm = row.get("frc_nm")
+    return f"{row['frc_px']:.2f} px" + (f" ({nm:.0f} nm)" if nm else "")
