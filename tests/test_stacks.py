@@ -43,6 +43,34 @@ def test_4d_stack_plane_by_plane_lazily(scene):
     assert np.allclose(result.image[1, 2], alone)
 
 
+def test_empty_planes_of_a_stack_are_zeros_and_said_once_not_a_failed_run(scene):
+    """A bead stack has planes with no signal at all (RedLionfish's test data: 10 of
+    160). One such plane used to fail the whole run ('image is all zero') after the planes
+    before it were computed; now it is written as zeros, its index said once and recorded,
+    the progress counts it, the calibration is estimated on a plane with signal, and only
+    a stack with nothing in it is refused."""
+    _, y, _, _ = scene
+    stack = np.stack([y, np.zeros_like(y), y * 2, np.zeros_like(y)]).astype(np.float32)
+    mid = np.stack([y, y * 2, np.zeros_like(y), y]).astype(np.float32)  # empty middle
+    records = []
+    with pytest.warns(UserWarning, match=r"2 of 4 planes/volumes hold only zeros \(1, 3\)"):
+        result = restore_iter(stack, method="rl", rl_iterations=3, psf_sigma=1.5
+                              ).finish(records.append)
+    assert result.metadata["empty_blocks"] == [[1], [3]]
+    assert not result.image[[1, 3]].any() and result.image[[0, 2]].min() >= 0
+    assert result.image[2].sum() > 1.5 * result.image[0].sum()
+    assert [r.index for r in records][-1] == records[-1].total == 12
+    assert [r.block for r in records].count((1,)) == 1
+    with pytest.warns(UserWarning, match="hold only zeros"):  # calibrated on plane 1 or 3
+        out = restore_iter(mid, method="rl", rl_iterations=3, psf_sigma=1.5).finish()
+    assert out.metadata["empty_blocks"] == [[2]] and not out.image[2].any()
+    with pytest.raises(ValueError, match="all zero"):
+        restore(np.zeros((3, 48, 48), np.float32), method="rl", rl_iterations=2)
+    with pytest.raises(ValueError, match="all zero"):
+        restore(np.zeros((3, 48, 48), np.float32), method="rl", rl_iterations=2,
+                calibration="manual")
+
+
 def test_dask_layer_data(scene):
     da = pytest.importorskip("dask.array")
     _, y, _, _ = scene

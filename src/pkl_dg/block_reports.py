@@ -9,10 +9,11 @@ from typing import Any
 
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop, ModelMismatchWarning, misfit_note
+from pkl_dg.inputs import EmptyPlaneWarning
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.saturation import SaturationWarning
 
-__all__ = ["auto_info", "summarise_block_problems"]
+__all__ = ["auto_info", "say_empty_blocks", "summarise_block_problems"]
 
 
 def auto_info(rule: AutoStop, where: str = "", warn: bool = True) -> dict[str, Any]:
@@ -40,3 +41,13 @@ def summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
             warnings.warn(f"{what} in {n} of {blocks} planes/volumes (handled as warned for "
                           f"the first); each one's numbers are in the metadata (blocks).",
                           category, stacklevel=3)
+
+
+def say_empty_blocks(empty: list[list[int]], blocks: int) -> None:
+    """Warn once that ``empty`` (indices into the leading axes) of ``blocks`` planes or
+    volumes held only zeros and were written as zeros, not restored."""
+    shown = ", ".join(str(tuple(i)) if len(i) > 1 else str(i[0]) for i in empty[:12])
+    more = f" and {len(empty) - 12} more" if len(empty) > 12 else ""
+    warnings.warn(f"{len(empty)} of {blocks} planes/volumes hold only zeros ({shown}{more}): "
+                  "they are written as zeros, not restored (listed in the metadata as "
+                  "empty_blocks).", EmptyPlaneWarning, stacklevel=3)

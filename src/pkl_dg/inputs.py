@@ -50,8 +50,20 @@ def check_image_shape(shape: tuple[int, ...], mode: str = "2d", labelled: bool =
                          f"at least {MIN_SIDE} pixels")
 
 
-def validate_block(block: Any, dtype: Any) -> np.ndarray:
-    """Check one plane or volume and return a float32 copy of it."""
+class EmptyPlaneWarning(UserWarning):
+    """Planes or volumes of a stack hold no signal (every value 0): they are written as
+    zeros, not restored."""
+
+
+def validate_block(block: Any, dtype: Any, empty_ok: bool = False) -> np.ndarray:
+    """Check one plane or volume and return a float32 copy of it.
+
+    Raises
+    ------
+    ValueError
+        Not real numbers; NaN or infinite values; every value 0, unless ``empty_ok`` (one
+        plane of a stack, which the caller passes through as zeros).
+    """
     if np.dtype(dtype) == bool or np.issubdtype(dtype, np.complexfloating) or \
             not np.issubdtype(dtype, np.number):
         raise ValueError(f"image has dtype {np.dtype(dtype)}: a fluorescence image must be "
@@ -59,7 +71,7 @@ def validate_block(block: Any, dtype: Any) -> np.ndarray:
     out = np.array(block, dtype=np.float32, copy=True)
     if not np.all(np.isfinite(out)):
         raise ValueError("image contains NaN or infinite values: fix or mask them first")
-    if not np.any(out != 0):
+    if not empty_ok and not np.any(out != 0):
         raise ValueError("image is all zero: there is nothing to restore")
     return out
 
@@ -100,11 +112,18 @@ def estimate_image_calibration(image: Any) -> Calibration:
 
 
 def _middle_plane(image: Any) -> tuple[np.ndarray, np.dtype]:
-    """The first YX plane of the middle of the leading axes, validated, and the dtype."""
+    """The YX plane nearest the middle of the leading axes that is not all zero (a bead
+    stack has empty planes), validated, and the dtype."""
     shape = tuple(np.shape(image))
-    idx = tuple(d // 2 for d in shape[:-2])
     dtype = getattr(image, "dtype", np.float32)
-    return validate_block(image[idx] if idx else image, dtype), dtype
+    if len(shape) == 2:
+        return validate_block(image, dtype), dtype
+    planes = int(np.prod(shape[:-2]))
+    for k in sorted(range(planes), key=lambda k: abs(k - planes // 2)):
+        plane = validate_block(image[np.unravel_index(k, shape[:-2])], dtype, empty_ok=True)
+        if np.any(plane != 0):
+            return plane, dtype
+    raise ValueError("image is all zero: there is nothing to restore")
 
 
 def _estimate_on(plane: np.ndarray, dtype: Any) -> Calibration:
@@ -114,8 +133,8 @@ def _estimate_on(plane: np.ndarray, dtype: Any) -> Calibration:
 
 def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
     """The photon calibration of a run: the settings' values ('manual') or an estimate from
-    the image ('auto': :func:`pkl_dg.calibration.estimate_calibration` on its first YX
-    plane of the middle of its leading axes).
+    the image ('auto': :func:`pkl_dg.calibration.estimate_calibration` on the YX plane
+    nearest the middle of its leading axes that is not all zero).
 
     When the noise does not grow with the signal (noise-free synthetic or denoised data)
     no estimate exists: the data are then taken as photon counts (gain 1, offset 0, no read

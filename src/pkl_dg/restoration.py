@@ -46,7 +46,7 @@ from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import (calibration_implied, effective, is_guided, uses_prior,
                                    uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
-from pkl_dg.block_reports import auto_info, summarise_block_problems
+from pkl_dg.block_reports import auto_info, say_empty_blocks, summarise_block_problems
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
                            validate_block, validate_image)
@@ -236,10 +236,19 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     done = 0
     flagged = {"saturated": 0, "negative_values": 0, "rl_auto_misfit": 0}  # blocks with each
     delta_psf = psf_arr.size == 1  # pure denoising: a masked pixel would have no data at all
+    empty: list[list[int]] = []  # blocks with every value 0: written as 0, not restored
     for idx in indices:
-        raw = validate_block(image[idx] if idx else image, dtype)
+        raw = validate_block(image[idx] if idx else image, dtype, empty_ok=len(indices) > 1)
         block_meta: dict[str, Any] = {"index": list(idx)}
         meta["blocks"].append(block_meta)  # filled in as the block runs
+        if not np.any(raw != 0):
+            block_meta["empty"] = True
+            empty.append(list(idx))
+            out[idx], done = 0.0, done + steps_per_block
+            frame = out[idx].copy()
+            frame.flags.writeable = False
+            yield StepRecord(done, total, 0, frame, None, idx, steps_per_block, steps_per_block)
+            continue
         sat = detect_saturation(raw, dtype)
         # each kind of data problem is warned about once per run (every block's numbers
         # are in the metadata; a summary follows for stacks)
@@ -273,6 +282,11 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
                 block_meta.get("negative_values", {}):  # below the dark level: read noise
             flagged["negative_values"] -= "negative_values" in block_meta
     summarise_block_problems(flagged, len(indices))
+    if empty:
+        if len(empty) == len(indices):
+            raise ValueError("image is all zero: there is nothing to restore")
+        meta["empty_blocks"] = empty
+        say_empty_blocks(empty, len(indices))
     if len(indices) == 1:  # a single image: its background and scale at top level
         meta.update({k: v for k, v in meta.pop("blocks")[0].items() if k != "index"})
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
