@@ -319,6 +319,16 @@ def test_nd_layer_restores_displayed_plane(viewer_widget, qtbot):
     assert out.metadata["napari"]["plane"] == [2]
     assert "assumed: the layer has no physical pixel size" in out.metadata["napari"]["pixel_size"]
     assert out.data.mean() == pytest.approx(2 * plane.mean(), rel=0.05)
+    # the input stays where it was (the plane offset was added into napari's own array of
+    # the input's translate), so the next run restores the plane shown, not one 2 further
+    np.testing.assert_allclose(layer.translate, (0.0, 0.0, 0.0))
+    viewer.dims.set_current_step(0, 1)
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.output_layer
+    assert out.name == "stack [Richardson–Lucy] @1"
+    np.testing.assert_allclose(out.translate, (2.0, 0.0, 0.0))
+    np.testing.assert_allclose(layer.translate, (0.0, 0.0, 0.0))
+    assert out.data.mean() == pytest.approx(plane.mean(), rel=0.05)
 
 
 # ---------------------------------------------------------------- errors

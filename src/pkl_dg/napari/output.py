@@ -75,8 +75,9 @@ def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.nda
         return existing
     n = len(shape)
     data = np.zeros(shape, np.float32) if run.whole_stack else run.placed(frame)
-    scale = np.asarray(src.scale[-n:], dtype=float)
-    translate = np.asarray(src.translate[-n:], dtype=float)
+    # copies: napari hands out its own arrays, and the plane offset must not move the input
+    scale = np.array(src.scale[-n:], dtype=float)
+    translate = np.array(src.translate[-n:], dtype=float)
     translate[:len(run.plane)] += np.asarray(run.plane) * scale[:len(run.plane)]
     run.auto_contrast = None
     return viewer.add_image(
