@@ -468,6 +468,39 @@ def test_3d_mode_takes_the_psf_from_a_bead_stack(viewer_widget, qtbot, notes):
     assert not [n for n in notes if "ERROR" in n[0].upper()]
 
 
+def test_2d_mode_takes_a_bead_stacks_in_focus_plane_not_the_displayed_one(viewer_widget,
+                                                                           qtbot, notes):
+    """The viewer's Z slider is the image's: a 2D run on plane 3 of a stack used plane 3
+    of the bead stack too, where the beads (in focus at plane 11) are a faint blur or
+    noise. The PSF now comes from the bead stack's in-focus plane, said in the status."""
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.mgrid[:15, :64, :64]
+    beads = np.full((15, 64, 64), 100.0, np.float32)
+    for y, x in ((16, 16), (16, 46), (46, 30)):
+        width = 1.2 ** 2 * (1 + ((zz - 11) / 2.5) ** 2)  # widens out of focus
+        beads += 900 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * width)) / (width / 1.44)
+    viewer.add_image(rng.poisson(beads).astype(np.float32), name="bead stack")
+    stack = rng.poisson(20, (15, 40, 40)).astype(np.float32)
+    widget.input_combo.value = viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 3)
+    widget.psf_source.value = "beads"
+    widget.bead_layer_combo.value = viewer.layers["bead stack"]
+    widget.bead_box.value = 11
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    psf_layer = widget.show_psf()
+    assert psf_layer is not None and psf_layer.data.ndim == 2
+    assert psf_layer.metadata["psf_bead_plane"] == 11
+    assert psf_layer.metadata["psf_beads_used"] == 3
+    fwhm = psf_layer.metadata["psf"]["fwhm_px"]
+    assert fwhm == pytest.approx([2.83, 2.83], abs=0.5)  # σ 1.2 px in focus
+    assert "(3 beads in focus at plane 11)" in widget.status_label.text()
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layer.metadata["napari"]["psf_bead_plane"] == 11
+    assert not [n for n in notes if "ERROR" in n[0].upper()]
+
+
 def test_closing_the_dock_stops_the_run(viewer_widget, qtbot, notes, constant_denoiser):
     viewer, widget = viewer_widget
     widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser))

@@ -79,6 +79,7 @@ def psf_request(viewer: Any, source: str, bead_box: int, psf_layer: Image | None
         request.stated_nm = (z_step_nm_of(layer), pixel_size_nm_of(layer))
         if source == "layer":
             request.data = np.array(full_resolution(layer))
-        else:
-            request.data, _ = selected_block(viewer, layer, mode)  # 3d mode: bead volume
+        else:  # a bead stack's displayed volume: in 2D the worker takes its in-focus plane
+            # (the Z slider is the image's, so the beads' focus cannot be shown with it)
+            request.data, _ = selected_block(viewer, layer, "3d" if layer.ndim >= 3 else mode)
     return request

@@ -195,7 +195,11 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
         raw = np.asarray(request.data, dtype=np.float32)
         notes["psf_layer"] = request.layer_name
     elif request.source == "beads":
-        raw, n = psf_sources.psf_from_beads(request.data, request.bead_box,
+        raw = request.data
+        if settings.mode == "2d" and raw.ndim == 3:  # a bead stack: its in-focus plane
+            notes["psf_bead_plane"] = z = psf_sources.sharpest_bead_plane(raw)
+            raw = raw[z]
+        raw, n = psf_sources.psf_from_beads(raw, request.bead_box,
                                             f"bead layer '{request.layer_name}'")
         notes.update(psf_bead_layer=request.layer_name, psf_beads_used=n,
                      psf_bead_box=request.bead_box)
