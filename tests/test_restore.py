@@ -108,7 +108,9 @@ def test_3d_mode_needs_a_stack_and_a_3d_psf(scene):
     _, y, _, _ = scene
     with pytest.raises(ValueError, match="Z-stack"):
         next(restore_iter(y, method="rl", mode="3d", psf_sigma_z=1.0))
-    with pytest.raises(ValueError, match="σ Z > 0"):
+    # the default σ Z (0): what to set, where, and the alternatives (it said "needs σ Z > 0
+    # (planes), got 0.0", which a user of the widget could not place)
+    with pytest.raises(ValueError, match=r"set 'Gaussian σ Z' \(planes; --psf-sigma-z\)"):
         next(restore_iter(np.stack([y] * 9), method="rl", mode="3d"))
     with pytest.raises(ValueError, match="3D PSF"):
         next(restore_iter(np.stack([y] * 9), method="rl", mode="3d", psf=np.ones((5, 5))))

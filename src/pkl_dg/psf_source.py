@@ -212,6 +212,12 @@ def _computed(s: RestoreSettings, three_d: bool, image_shape: tuple[int, ...] | 
         return _vectorial(s, three_d, image_shape)
     if three_d:
         if kind == "gaussian":
+            if not s.psf_sigma_z > 0:  # its default 0: a 2D Gaussian has no Z extent
+                raise ValueError("3D deconvolution with a Gaussian PSF needs its extent "
+                                 "along Z: set 'Gaussian σ Z' (planes; --psf-sigma-z), or "
+                                 "use the widefield PSF from the optics (PSF model "
+                                 "'vectorial', with NA, wavelength, pixel size and Z step) "
+                                 "or a measured PSF stack")
             return gaussian_psf_3d(s.psf_sigma, s.psf_sigma_z, s.psf_sigma_y or None), \
                 {"source": kind}
         raise ValueError(f"3D deconvolution needs a 3D PSF: the widefield PSF from the optics "
