@@ -424,6 +424,29 @@ def test_whole_stack_fills_one_layer_block_by_block(viewer_widget, qtbot):
     np.testing.assert_array_equal(layer.data, stack)
 
 
+def test_a_stack_that_fails_part_way_keeps_its_planes_and_says_failed(viewer_widget, qtbot,
+                                                                      notes):
+    """Whole stack, plane 2 of 3 unusable (NaN): the run fails there with the reason in a
+    notification; the output keeps plane 0 and its metadata says 'failed', why and how
+    far it got (it said 'running' for ever)."""
+    viewer, widget = viewer_widget
+    plane = viewer.layers["cells"].data[:48, :48].astype(np.float32)
+    stack = np.stack([plane, plane * 2, plane])
+    stack[2, 5, 5] = np.nan
+    widget.input_combo.value = viewer.add_image(stack, name="stack")
+    widget.stack_combo.value = "all"
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    assert run_and_wait(qtbot, widget) == "failed"
+    out = widget.output_layer
+    assert out.metadata["status"] == "failed" and "NaN" in out.metadata["error"]
+    assert out.metadata["steps_completed"] == 4 and out.metadata["steps_total"] == 6
+    assert "calibration" in out.metadata  # what the run had established
+    assert out.data[0].max() > 0 and out.data[1].max() > 0 and not out.data[2].any()
+    assert "holds the last estimate" in widget.status_label.text()
+    assert any("NaN" in msg for msg in _error_messages(notes))
+
+
 def test_3d_mode_restores_the_volume_and_posterior_std(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     rng = np.random.default_rng(0)

@@ -100,5 +100,6 @@ class CompareView:
         """The layers keep the last estimates."""
         return "the result layers hold the last estimates" if self.layers else ""
 
-    def failed(self) -> None:
+    def failed(self, state: RunState, message: str) -> str:
         """Nothing to drop: every layer is its method's latest estimate."""
+        return self.cancelled(state)

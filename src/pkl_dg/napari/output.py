@@ -221,13 +221,21 @@ class RestorationView:
 
     def cancelled(self, state: Any) -> str:
         """Mark the output layer as a cancelled run's (``state`` counts its steps)."""
+        return self._mark_unfinished(state, {"status": "cancelled"})
+
+    def failed(self, state: Any, message: str) -> str:
+        """Mark the output layer as a failed run's, with the reason (``message``): a stack
+        keeps the blocks restored before the failure."""
+        return self._mark_unfinished(state, {"status": "failed", "error": message})
+
+    def _mark_unfinished(self, state: Any, status: dict[str, str]) -> str:
         run = self.run
         if run.shown_at is None or self.output_layer is None:
             return ""
         remove_std(self.viewer, run.name)  # the output changed: its old result's std goes
         established = dict(state.metadata)  # calibration, PSF, background…
         self.output_layer.metadata = {
-            **established, "status": "cancelled", "steps_completed": state.frames,
+            **established, **status, "steps_completed": state.frames,
             "steps_total": state.total, "settings": effective(run.settings).to_dict(),
             "napari": self._notes(established.get("napari", {}))}
         return f"'{run.name}' holds the last estimate"
@@ -240,11 +248,6 @@ class RestorationView:
         if run.pixel_size:
             out["pixel_size"] = run.pixel_size
         return out
-
-    def failed(self) -> None:
-        """The output no longer holds the old result: its std layer goes."""
-        if self.run.shown_at is not None:
-            remove_std(self.viewer, self.run.name)
 
     def output_removed(self, layer: Any) -> bool:
         """The user removed ``layer``: if it was the output, forget it and its std layer.

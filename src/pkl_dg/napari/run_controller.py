@@ -69,8 +69,9 @@ class RunView(Protocol):
     def cancelled(self, state: RunState) -> str:
         """Mark what the cancelled run left; return what it left in words ("" if nothing)."""
 
-    def failed(self) -> None:
-        """The run stopped on a user-fixable problem: drop what no longer belongs."""
+    def failed(self, state: RunState, message: str) -> str:
+        """The run stopped on a user-fixable problem (``message``): drop what no longer
+        belongs, mark what it left; return that in words ("" if nothing)."""
 
 
 def progress_widgets() -> tuple[QProgressBar, QLabel]:
@@ -237,15 +238,16 @@ class RunController(QObject):
             self._show_cancelled()
             return
         if isinstance(result, RunFailure):
+            run.metadata = result.metadata
             self._flush()
             run.status = "failed"
-            self.view.failed()
+            kept = self.view.failed(run, result.message)
             self.last_error = result.message
             show_error(result.message)
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
             self.progress.setFormat("failed")
-            self.status.setText(f"Failed: {result.message}")
+            self.status.setText(f"Failed: {result.message}{' (' + kept + ')' if kept else ''}")
             return
         self._timer.stop()
         self._pending = None

@@ -53,9 +53,12 @@ __all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "Met
 
 @dataclass(frozen=True)
 class RunFailure:
-    """A run that stopped on a user-fixable problem; ``message`` says what to do."""
+    """A run that stopped on a user-fixable problem; ``message`` says what to do;
+    ``steps_done`` and ``metadata`` as for :class:`Cancelled` (what it did before)."""
 
     message: str
+    steps_done: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class RunError(Exception):
@@ -270,10 +273,11 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
             done += 1
             flag.check()
         return _annotate(steps.result, notes)
-    except RunCancelled:
-        return Cancelled(done, {} if steps is None else {**steps.metadata, "napari": notes})
-    except (ValueError, FileNotFoundError) as exc:
-        return RunFailure(str(exc))
+    except (RunCancelled, ValueError, FileNotFoundError) as exc:
+        established = {} if steps is None else {**steps.metadata, "napari": notes}
+        if isinstance(exc, RunCancelled):
+            return Cancelled(done, established)
+        return RunFailure(str(exc), done, established)
     except RuntimeError as exc:
         raise RunError(f"{type(exc).__name__}: {exc}") from exc
     finally:
