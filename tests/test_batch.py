@@ -250,3 +250,188 @@ def test_a_warning_of_every_plane_is_said_once_per_input(tmp_path, cluster):
     assert jobs[0].status == "done" and "1 warning(s)" in jobs[0].message
     meta = read_metadata(tmp_path / "out" / "stack.ome.tif")
     assert all("not explained" in b["warnings"]["ModelMismatchWarning"] for b in meta["blocks"])
+
+
+def _stack(tmp_path, name, planes):
+    p = tmp_path / name
+    tifffile.imwrite(p, np.stack(planes).astype(np.uint16), imagej=True,
+                     metadata={"axes": "TYX"})
+    return p
+
+
+def test_an_empty_plane_is_written_as_zeros_and_said_once(tmp_path, cluster):
+    """A stack with an all-zero plane failed as a whole ('image is all zero'); the empty
+    plane here is also the middle one, where the calibration used to be estimated."""
+    planes = [noisy(48, 30 + t) for t in range(4)]
+    planes[2] = np.zeros_like(planes[2])
+    src = _stack(tmp_path, "beads.tif", planes)
+    with pytest.warns(UserWarning) as said:
+        jobs = run_batch([src], tmp_path / "out", RL, client=cluster, progress=False)
+    assert jobs[0].status == "done", jobs[0].message
+    empty = [str(w.message) for w in said if "hold only zeros" in str(w.message)]
+    assert len(empty) == 1 and empty[0].startswith("beads.tif: planes/volumes 2 hold only")
+    assert "in 1 of 4 blocks" in empty[0]
+    got = tifffile.imread(tmp_path / "out" / "beads.ome.tif")
+    expected = restore(read_image(src), settings=RL)  # the core restores it the same way
+    assert np.all(got[2] == 0) and rel(got, expected) <= 1e-5
+    meta = read_metadata(tmp_path / "out" / "beads.ome.tif")
+    assert meta["empty_blocks"] == [[2]] and meta["blocks"][2]["empty"]
+    assert meta["blocks"][0]["calibration"]["source"] == "estimated"
+    # an input with nothing in it still fails, with the core's words
+    nothing = _stack(tmp_path, "nothing.tif", [np.zeros((48, 48))] * 2)
+    jobs = run_batch([nothing], tmp_path / "out", RL.replace(calibration="manual"),
+                     client=cluster, progress=False)
+    assert jobs[0].status == "failed"
+    assert jobs[0].message == "image is all zero: there is nothing to restore"
+    assert not (tmp_path / "out" / "nothing.ome.tif").exists()
+
+
+def test_an_empty_plane_of_a_chunked_input_skips_its_statistics_and_chunks(tmp_path):
+    from pkl_dg.batch.assemble import _block_meta
+    from pkl_dg.batch.worker import plane_statistics, restore_task
+
+    p = _stack(tmp_path, "two.tif", [noisy(64, 1), np.zeros((64, 64))])
+    s = RL.replace(calibration="manual").to_dict()
+    stats = plane_statistics(str(p), (1,), s, threads=1)
+    assert stats["empty"]
+    image, meta = restore_task(str(p), (1,), s, (0, 40, 0, 40), stats, threads=1)
+    assert image.shape == (40, 40) and not image.any() and meta["empty"]
+    # a zero chunk inside a plane with signal: the plane is not empty, the chunk is listed
+    full = restore_task(str(p), (0,), s, (0, 40, 0, 40), plane_statistics(str(p), (0,), s))
+    block = _block_meta([full[1], meta])
+    assert "empty" not in block and block["empty_chunks"] == [1] and "warnings" not in block
+
+
+def _truncated(path):
+    planes = np.random.default_rng(0).poisson(20, (4, 128, 128)).astype(np.float32)
+    tifffile.imwrite(path, planes, photometric="minisblack")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+
+
+def test_failures_print_no_worker_traceback_and_keep_it_in_a_log(tmp_path, capfd):
+    """A failing block printed a 60-line 'distributed.worker - ERROR - Compute Failed'
+    traceback and tifffile lines; a truncated file read 'ValueError: failed to read …';
+    the failed row named an output that was never written; a local cluster warned that
+    port 8787 was in use."""
+    import socket
+    import warnings
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _truncated(src / "truncated.tif")
+    tifffile.imwrite(src / "cell.tif", noisy(48, 1))
+    busy = socket.socket()
+    try:
+        busy.bind(("0.0.0.0", 8787))  # as a Jupyter cluster's dashboard would
+        busy.listen()
+    except OSError:
+        pass  # in use already: all the better
+    out = tmp_path / "out"
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            code = main(["batch", str(src), "-o", str(out), "--workers", "1", "--threads", "1",
+                         "--method", "rl", "--rl-iterations", "4", "--psf-sigma", "1.5",
+                         "--quiet"])
+    finally:
+        busy.close()
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "Compute Failed" not in err and "Traceback" not in err
+    assert "ImageJ" not in err and "invalid page offset" not in err
+    assert not any("8787" in str(w.message) for w in said)
+    row = next(line for line in err.splitlines() if line.startswith("truncated.tif"))
+    assert "failed  —" in row and "truncated.ome.tif " not in row
+    assert "cannot read plane/volume" in row and "the file is truncated or damaged" in row
+    assert "(ValueError: failed to read" in row
+    assert "details in truncated.ome.tif.failed.log" in row
+    log = (out / "truncated.ome.tif.failed.log").read_text()
+    assert "Traceback" in log and "failed to read" in log
+    assert sorted(p.name for p in out.iterdir()) == ["cell.ome.tif",
+                                                     "truncated.ome.tif.failed.log"]
+    # once the input is restored, its failure log goes
+    tifffile.imwrite(src / "truncated.tif", noisy(48, 2))
+    assert main(["batch", str(src / "truncated.tif"), "-o", str(out), "--workers", "1",
+                 "--threads", "1", "--method", "rl", "--rl-iterations", "4", "--psf-sigma",
+                 "1.5", "--quiet"]) == 0
+    assert not (out / "truncated.ome.tif.failed.log").exists()
+
+
+class _InterruptAfter:
+    """A progress bar that presses Ctrl-C after ``n`` results."""
+
+    n = 2
+
+    def __init__(self, **_kw):
+        self.count = 0
+
+    def update(self, k):
+        self.count += k
+        if self.count > self.n:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+def test_an_interrupted_input_resumes_from_its_finished_blocks(tmp_path, cluster, monkeypatch):
+    """Ctrl-C deleted the staged blocks and a rerun after kill -9 recomputed every block;
+    now a rerun with the same settings takes them over, other settings start over."""
+    import json
+
+    import tqdm
+
+    from pkl_dg.batch.assemble import DONE_LIST, staging_path
+
+    src = _stack(tmp_path, "movie.tif", [noisy(40, 40 + t) for t in range(6)])
+    out = tmp_path / "out"
+    staged = staging_path(out / "movie.ome.tif")
+    monkeypatch.setattr(tqdm, "tqdm", _InterruptAfter)
+    with pytest.warns(UserWarning, match="finished blocks are kept in .movie.ome.tif.blocks"), \
+            pytest.raises(KeyboardInterrupt):
+        run_batch([src], out, RL, client=cluster, progress=False)
+    lines = (staged / DONE_LIST).read_text().splitlines()
+    assert len(lines) == 2 and not (out / "movie.ome.tif").exists()
+    done = {json.loads(line)["block"] for line in lines}
+    monkeypatch.undo()
+    (staged / DONE_LIST).write_text("\n".join(lines) + '\n{"block": 5, "me')  # cut by kill -9
+    jobs = run_batch([src], out, RL, client=cluster, progress=False)
+    assert jobs[0].status == "done" and "reused 2 of 6 blocks" in jobs[0].message
+    assert not staged.exists()
+    got = tifffile.imread(out / "movie.ome.tif")
+    assert rel(got, restore(read_image(src), settings=RL)) <= 1e-5
+    meta = read_metadata(out / "movie.ome.tif")
+    assert len(meta["blocks"]) == 6 and all(b["compute_seconds"] > 0 for b in meta["blocks"])
+    assert meta["compute_seconds"] == pytest.approx(
+        sum(b["compute_seconds"] for b in meta["blocks"]), abs=0.06)
+    assert done  # (the blocks that came back first)
+
+    # other settings: the staged blocks are not mixed in, and the user is told
+    (out / "movie.ome.tif").unlink()
+    monkeypatch.setattr(tqdm, "tqdm", _InterruptAfter)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+        run_batch([src], out, RL, client=cluster, progress=False)
+    monkeypatch.undo()
+    other = RL.replace(rl_iterations=3)
+    with pytest.warns(UserWarning, match=r"started over: .*other settings \(rl_iterations\)"):
+        jobs = run_batch([src], out, other, client=cluster, progress=False)
+    assert jobs[0].status == "done" and "started over" in jobs[0].message
+    got = tifffile.imread(out / "movie.ome.tif")
+    assert rel(got, restore(read_image(src), settings=other)) <= 1e-5
+
+
+def test_summary_gives_compute_seconds_and_wall_time_and_no_output_for_failures(tmp_path):
+    from pkl_dg.batch import summary_table
+    from pkl_dg.batch.plan import Job
+
+    done = Job(tmp_path / "a.tif", tmp_path / "a.ome.tif", "ome-tiff", RL, status="done",
+               seconds=6.3, finished_s=135.5)
+    failed = Job(tmp_path / "notes.tif", tmp_path / "notes.ome.tif", "ome-tiff", RL,
+                 status="failed", message="cannot read", finished_s=2.0)
+    table = summary_table([done, failed]).splitlines()
+    assert table[0].split()[:5] == ["input", "status", "output", "compute", "s"]
+    assert table[1].split()[:4] == ["a.tif", "done", "a.ome.tif", "6.3"]
+    assert table[2].split()[:3] == ["notes.tif", "failed", "—"]
+    assert "notes.ome.tif" not in table[2]
+    assert "wall time 135.5 s" in table[-1] and "without time waiting in the queue" in table[-1]

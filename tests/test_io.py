@@ -103,3 +103,22 @@ def test_outputs_open_in_napari_with_the_right_scale(tmp_path, make_napari_viewe
     assert a.metadata["pkl_dg"] == {"units": "photons"}
     np.testing.assert_array_equal(np.asarray(a.data), data)
     assert json.dumps(b.metadata["pkl_dg"])
+
+
+def test_ome_tiff_also_states_its_pixel_size_in_the_tiff_resolution_tags(tmp_path):
+    """Plain TIFF readers (napari's built-in one, ImageJ without Bio-Formats) read the
+    resolution tags, which said 1 pixel per unit."""
+    p = tmp_path / "r.ome.tif"
+    write_ome_tiff(p, np.ones((2, 20, 30), np.float32), "ZYX", {}, pixel_size_nm=(80.0, 65.0),
+                   z_step_nm=250.0)
+    with tifffile.TiffFile(p) as tif:
+        tags = tif.pages[0].tags
+        x, y = tags["XResolution"].value, tags["YResolution"].value
+        assert tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+    assert 1e7 / (x[0] / x[1]) == pytest.approx(65.0) and 1e7 / (y[0] / y[1]) == pytest.approx(80.0)
+    img = open_image(p)
+    assert img.pixel_size_nm == pytest.approx((80.0, 65.0)) and img.z_step_nm == pytest.approx(250.0)
+    q = tmp_path / "plain.tif"  # the same tags as a plain TIFF reader sees them
+    tifffile.imwrite(q, np.ones((20, 30), np.float32), resolution=(1e7 / 65.0, 1e7 / 80.0),
+                     resolutionunit="CENTIMETER")
+    assert open_image(q).pixel_size_nm == pytest.approx((80.0, 65.0))

@@ -7,11 +7,15 @@ the block into a staging Zarr array on disk beside the output (``.NAME.blocks.za
 chunked per plane). Memory then holds the blocks in flight, not the whole output: a
 time-lapse or a large volume is written from the staging array, lazily (dask) for an
 OME-Zarr output. The staging array is deleted once the output is written or the input has
-failed.
+failed, and kept when the run is interrupted: it records the settings its blocks were made
+with (:func:`staging_record`) and, after each block's pixels are on disk, one line of that
+block's metadata in ``blocks.jsonl``, so a rerun with the same settings takes over the
+finished blocks (:meth:`BlockAssembler.open`) and restores only the others.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,15 +23,45 @@ from typing import Any
 import numpy as np
 
 from pkl_dg.batch.plan import Job
+from pkl_dg.batch.report import EMPTY_BLOCK
 from pkl_dg.batch.tiles import blend_chunks
 
 #: largest YX side of one staging chunk (px)
 STAGING_CHUNK = 1024
+#: the file in the staging folder that lists the finished blocks, one JSON line each
+DONE_LIST = "blocks.jsonl"
 
 
 def staging_path(output: Path) -> Path:
     """Where the blocks of ``output`` are staged: ``.NAME.blocks.zarr`` beside it."""
     return output.parent / f".{output.name}.blocks.zarr"
+
+
+def staging_record(job: Job, settings: dict[str, Any]) -> dict[str, Any]:
+    """What the staged blocks of ``job`` depend on: the input (path, shape, size and time
+    of change), the result's ``settings`` and the chunk plan. Blocks staged under another
+    record are not reused."""
+    st = job.input.stat()
+    record = {"input": str(job.input.resolve()), "input_shape": list(job.shape),
+              "input_changed": [st.st_size, st.st_mtime_ns] if job.input.is_file() else None,
+              "settings": settings, "chunks": None if job.chunks is None else
+              [[list(c.core), list(c.box)] for c in job.chunks]}
+    return json.loads(json.dumps(record))  # as the staging array's attributes give it back
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which parts of two staging records differ, in words."""
+    if not old:
+        return "they have no record of their settings (an earlier version staged them)"
+    parts = [{"input": "another input", "input_shape": "another input shape",
+              "input_changed": "the input file changed", "chunks": "another --chunk"}[k]
+             for k in ("input", "input_shape", "input_changed", "chunks")
+             if old.get(k) != new.get(k)]
+    changed = sorted(k for k in set(old.get("settings", {})) | set(new["settings"])
+                     if old.get("settings", {}).get(k) != new["settings"].get(k))
+    if changed:
+        parts.append("other settings (" + ", ".join(changed) + ")")
+    return "they were made from " + ", ".join(parts)
 
 
 class BlockAssembler:
@@ -38,6 +72,13 @@ class BlockAssembler:
     job
         The input's job: its output shape (float32), blocks and chunks (None: one result
         per block).
+    record
+        What its blocks depend on (:func:`staging_record`). Blocks an interrupted run
+        staged under the same record are taken over (:attr:`done_blocks`; :attr:`note`
+        says how many); under another record, or none, they are deleted and :attr:`note`
+        says why (empty when there was nothing staged).
+    fresh
+        Start over even if the staged blocks match (``--overwrite``).
 
     Raises
     ------
@@ -45,20 +86,70 @@ class BlockAssembler:
         The staging array cannot be created beside the output.
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, record: dict[str, Any] | None = None,
+                 fresh: bool = False) -> None:
         import zarr
 
         self.job = job
         self.per_block = 1 if job.chunks is None else len(job.chunks)
         self.path = staging_path(job.output)
-        if self.path.exists():  # left by an interrupted run: its blocks are redone
+        self._pending: dict[int, dict[int, tuple[np.ndarray, dict]]] = {}
+        self._meta: dict[int, dict[str, Any]] = {}
+        self.note = ""
+        if self.path.exists() and record is not None:
+            reused, self.note = self._take_over(record, fresh)
+            if reused:
+                return
+        if self.path.exists():  # left by an interrupted run and not taken over: redone
             shutil.rmtree(self.path)
         chunks = tuple(1 for _ in job.shape[:-2]) + tuple(min(STAGING_CHUNK, n)
                                                           for n in job.shape[-2:])
         self.array = zarr.open_array(str(self.path), mode="w", shape=job.shape,
                                      chunks=chunks, dtype="float32")
-        self._pending: dict[int, dict[int, tuple[np.ndarray, dict]]] = {}
-        self._meta: dict[int, dict[str, Any]] = {}
+        self.array.attrs["pkl_dg_batch"] = record or {}
+
+    def _take_over(self, record: dict[str, Any], fresh: bool) -> tuple[bool, str]:
+        """Open the staged blocks if they were made under ``record``: whether they were
+        taken over, and the note."""
+        import zarr
+
+        if fresh:
+            return False, "started over (--overwrite): the staged blocks were not reused"
+        try:
+            array = zarr.open_array(str(self.path), mode="r+")
+            old = dict(array.attrs.get("pkl_dg_batch", {}))
+        except (OSError, ValueError) as exc:  # damaged: its blocks are redone
+            return False, (f"started over: the staged blocks are unreadable "
+                           f"({type(exc).__name__}: {exc})")
+        if old != record:
+            return False, ("started over: the staged blocks were not reused: "
+                           + _differences(old, record))
+        self.array, self._meta = array, self._read_done()
+        n = len(self._meta)
+        return True, f"reused {n} of {len(self.job.blocks)} blocks of an interrupted run" \
+            if n else ""
+
+    def _read_done(self) -> dict[int, dict[str, Any]]:
+        """The finished blocks listed in the staging folder (a line cut short by a kill is
+        skipped: its block is redone)."""
+        done: dict[int, dict[str, Any]] = {}
+        p = self.path / DONE_LIST
+        if not p.exists():
+            return done
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                b = int(rec["block"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if 0 <= b < len(self.job.blocks):
+                done[b] = rec["meta"]
+        return done
+
+    @property
+    def done_blocks(self) -> set[int]:
+        """The blocks already written to the staging array."""
+        return set(self._meta)
 
     @property
     def pending_blocks(self) -> int:
@@ -84,10 +175,9 @@ class BlockAssembler:
             image = blend_chunks(self.job.shape[-2:], self.job.chunks,
                                  [parts[k][0] for k in range(self.per_block)])
         self.array[self.job.blocks[block]] = np.asarray(image, dtype=np.float32)
-        meta = dict(parts[0][1])
-        said = {k: v for _img, m in parts.values() for k, v in m.get("warnings", {}).items()}
-        if said:  # any chunk's, one of each kind
-            meta["warnings"] = said
+        meta = _block_meta([parts[k][1] for k in range(self.per_block)])
+        with open(self.path / DONE_LIST, "a", encoding="utf-8") as fh:  # pixels are on disk
+            fh.write(json.dumps({"block": block, "meta": meta}) + "\n")
         self._meta[block] = meta
 
     def blocks_meta(self) -> list[dict[str, Any]]:
@@ -105,3 +195,23 @@ class BlockAssembler:
         self._pending.clear()
         if self.path.exists():
             shutil.rmtree(self.path)
+
+
+def _block_meta(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One block's metadata from its chunks' (one part for an unchunked block): the first
+    restored chunk's, every chunk's warnings (one of each kind) and the compute seconds of
+    all chunks and the plane's statistics. A block is empty only if every chunk is; chunks
+    with only zeros inside a block with signal are listed as ``empty_chunks``."""
+    restored = [k for k, m in enumerate(parts) if not m.get("empty")]
+    meta = {k: v for k, v in parts[restored[0] if restored else 0].items()
+            if k != "statistics_seconds"}
+    said = {k: v for m in parts for k, v in m.get("warnings", {}).items()}
+    if restored:
+        said.pop(EMPTY_BLOCK, None)
+        if len(restored) < len(parts):
+            meta["empty_chunks"] = [k for k in range(len(parts)) if k not in restored]
+    if said:  # any chunk's, one of each kind
+        meta["warnings"] = said
+    meta["compute_seconds"] = round(sum(m.get("compute_seconds", 0.0) for m in parts)
+                                    + parts[0].get("statistics_seconds", 0.0), 3)
+    return meta

@@ -44,9 +44,11 @@ class Job:
     blocks: list[tuple[int, ...]] = field(default_factory=list)
     chunks: list[Chunk] | None = None
     image_meta: dict[str, Any] = field(default_factory=dict)
+    reader_notes: list[str] = field(default_factory=list)  # what tifffile logged opening it
     status: str = "pending"  # pending → done | skipped | failed
     message: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # compute time of its blocks on the workers, summed
+    finished_s: float = 0.0  # when its output was written (or it failed), from the run's start
 
 
 def expand_inputs(items: list[str | Path]) -> list[Path]:
@@ -128,12 +130,16 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
     ------
     ValueError
         The file cannot be read, or its axes do not fit the mode (3D mode needs a Z axis).
+        What tifffile logs while opening it is kept in ``job.reader_notes``.
     """
+    from pkl_dg.batch.reading import reader_notes
     from pkl_dg.io import open_image
     from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import check_image_shape
 
-    img = open_image(job.input)
+    with reader_notes() as notes:  # said once by the batch, not printed by tifffile
+        img = open_image(job.input)
+    job.reader_notes = notes
     s = job.settings
     over = physical_overrides(img, given, s)
     if over:

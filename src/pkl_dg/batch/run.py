@@ -1,11 +1,13 @@
 """Running a batch on Dask: submit every block (or chunk), write each output as it completes.
 
 :func:`run_batch` plans the jobs (:mod:`pkl_dg.batch.plan`), skips outputs that are already
-complete, submits the rest to a ``distributed`` cluster (a ``LocalCluster`` unless a
-scheduler address or client is given), shows one progress bar with ETA over all blocks, and
-writes each output (to ``NAME.partial`` first, renamed when done) as soon as all its blocks
-are back; until then finished blocks wait on disk (:mod:`pkl_dg.batch.assemble`), not in
-memory. An input that fails is reported and the others go on.
+complete, submits the rest to a ``distributed`` cluster (a ``LocalCluster`` without a
+dashboard unless a scheduler address or client is given), shows one progress bar with ETA
+over all blocks, and writes each output (to ``NAME.partial`` first, renamed when done) as
+soon as all its blocks are back; until then finished blocks wait on disk
+(:mod:`pkl_dg.batch.assemble`), not in memory. When a run is interrupted they stay there,
+and a rerun with the same settings restores only the other blocks. An input that fails is
+reported in one line (its traceback goes to ``NAME.failed.log``) and the others go on.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import os
 import sys
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pkl_dg._version import __version__
 from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs
-from pkl_dg.batch.assemble import BlockAssembler
+from pkl_dg.batch.assemble import BlockAssembler, staging_record
+from pkl_dg.batch.report import (BlockFailure, clear_failure_log, say_block_warnings,
+                                 write_failure_log)
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import effective
 
@@ -48,8 +51,10 @@ def start_cluster(scheduler: str | None = None, workers: int | None = None,
 
     A local cluster runs one task at a time per worker (one Dask thread) and gives torch
     ``threads`` per worker (default: cores // workers), so workers × threads never exceeds
-    the cores. On an external cluster each task sets torch to its worker's cores divided by
-    the worker's Dask threads unless ``threads`` is given.
+    the cores. It has no dashboard (for one, start a scheduler with ``dask scheduler``
+    and workers with ``dask worker`` and pass its address). On an external cluster each
+    task sets torch to its worker's cores divided by the worker's Dask threads unless
+    ``threads`` is given.
     """
     from distributed import Client, LocalCluster
 
@@ -66,8 +71,12 @@ def start_cluster(scheduler: str | None = None, workers: int | None = None,
     if n < 1:
         raise ValueError(f"--workers must be ≥ 1, got {n}")
     per = threads or max(1, cores // n)
+    # no dashboard; the scheduler's HTTP server (Dask starts one anyway) takes a free port
+    # on this machine, so a second batch or a Jupyter cluster on :8787 cannot clash with it
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=None, silence_logs=logging.ERROR,
+                           scheduler_kwargs={"dashboard": False,
+                                             "dashboard_address": "127.0.0.1:0"})
     return Cluster(Client(cluster), cluster, per)
 
 
@@ -128,12 +137,17 @@ def _pixels_complete(p: Path, shape: tuple[int, ...]) -> bool:
 
 
 def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> None:
+    """Write the output with its metadata (``compute_seconds``: the blocks' compute time on
+    the workers, summed; ``empty_blocks``: the blocks written as zeros)."""
     from pkl_dg.io import write_ome_tiff, write_ome_zarr
     from pkl_dg.uncertainty import has_posterior_std
 
     meta = {"pkl_dg_version": __version__, "settings": effective(job.settings).to_dict(),
             "units": "photons", "input_file": str(job.input), "image": job.image_meta,
-            "blocks": blocks_meta, "batch": _batch_record(job), "seconds": round(seconds, 3)}
+            "blocks": blocks_meta, "batch": _batch_record(job), "compute_seconds": seconds}
+    empty = [b["index"] for b in blocks_meta if b.get("empty")]
+    if empty:
+        meta["empty_blocks"] = empty
     if job.chunks is not None:
         meta["chunks"] = {"count": len(job.chunks), "core": list(job.chunks[0].core),
                           "box": list(job.chunks[0].box)}
@@ -174,7 +188,8 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     chunk
         Planes larger than this (pixels) are restored in overlapping chunks; 0 never cuts.
     overwrite
-        Recompute outputs that are already complete (else they are skipped).
+        Recompute outputs that are already complete (else they are skipped), and do not
+        take over the blocks an interrupted run staged.
     scheduler, workers, threads, client
         Where to compute: an existing ``distributed.Client``, a scheduler address, or a
         local cluster of ``workers`` processes with ``threads`` torch threads each.
@@ -187,6 +202,7 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     """
     from tqdm import tqdm
 
+    t_start = time.perf_counter()
     s = settings or RestoreSettings()
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -200,6 +216,11 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
         except (ValueError, FileNotFoundError) as exc:
             job.status, job.message = "failed", str(exc)
             continue
+        finally:
+            if job.reader_notes:  # e.g. a truncated ImageJ file opens with fewer planes
+                warnings.warn(f"{job.input.name}: the TIFF reader logged: "
+                              f"{'; '.join(job.reader_notes)} (the file may be truncated or "
+                              "damaged: check that it opens in full)", stacklevel=2)
         state = output_state(job)
         if state == "complete" and not overwrite:
             job.status, job.message = "skipped", "already complete"
@@ -216,34 +237,73 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     try:
         c = client if client is not None else own.client
         per = threads if client is not None else own.threads
-        _compute(c, todo, per, progress, tqdm)
+        _compute(c, todo, per, progress, tqdm, overwrite, t_start)
     finally:
         if own is not None:
             own.close()
     return jobs
 
 
-def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm) -> None:
-    from distributed import as_completed
-
+def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm,
+             overwrite: bool, t_start: float) -> None:
     from pkl_dg.batch.worker import plane_statistics, restore_task
 
     owner: dict[Any, tuple[int, int, int]] = {}
-    staged: dict[int, BlockAssembler] = {}  # per job, from its first result on
-    started = [time.perf_counter()] * len(todo)
-    for j, job in enumerate(todo):
-        sd = _worker_settings(job.settings, threads)
-        path = str(job.input)
-        for b, idx in enumerate(job.blocks):
-            if job.chunks is None:
-                f = client.submit(restore_task, path, idx, sd, None, None, threads, pure=False)
-                owner[f] = (j, b, 0)
+    staged: dict[int, BlockAssembler] = {}
+    try:
+        for j, job in enumerate(todo):
+            try:  # take over what an interrupted run staged with the same settings
+                staged[j] = BlockAssembler(job, staging_record(job, _result_settings(
+                    job.settings)), fresh=overwrite)
+            except OSError as exc:  # the staging array beside the output: reported
+                _fail(job, f"staging {job.output.name}: {exc}", "", t_start)
                 continue
-            stats = client.submit(plane_statistics, path, idx, sd, threads, pure=False)
-            for k, ch in enumerate(job.chunks):
-                f = client.submit(restore_task, path, idx, sd, ch.box, stats, threads,
-                                  pure=False)
-                owner[f] = (j, b, k)
+            _note_staging(job, staged[j].note)
+            if staged[j].complete:
+                _finish(job, staged.pop(j), t_start)
+                continue
+            sd = _worker_settings(job.settings, threads)
+            path = str(job.input)
+            for b, idx in enumerate(job.blocks):
+                if b in staged[j].done_blocks:
+                    continue
+                if job.chunks is None:
+                    f = client.submit(restore_task, path, idx, sd, None, None, threads,
+                                      pure=False)
+                    owner[f] = (j, b, 0)
+                    continue
+                stats = client.submit(plane_statistics, path, idx, sd, threads, pure=False)
+                for k, ch in enumerate(job.chunks):
+                    f = client.submit(restore_task, path, idx, sd, ch.box, stats, threads,
+                                      pure=False)
+                    owner[f] = (j, b, k)
+        _collect(owner, todo, staged, progress, tqdm, t_start)
+    except KeyboardInterrupt:
+        for a in staged.values():  # kept only where a rerun has blocks to take over
+            if not a.done_blocks:
+                a.discard()
+        kept = [a.path.name for a in staged.values() if a.done_blocks]
+        if kept:  # said before the CLI's "interrupted"
+            warnings.warn(f"the finished blocks are kept in {', '.join(kept)}: rerun the same "
+                          "command to restore only the others", stacklevel=2)
+        raise
+
+
+def _note_staging(job: Job, note: str) -> None:
+    """Put what became of an interrupted run's blocks in the job's note; starting over
+    is also said now (the summary comes only at the end)."""
+    if not note:
+        return
+    if note.startswith("started over"):
+        warnings.warn(f"{job.input.name}: {note}", stacklevel=3)
+    job.message = f"{job.message}; {note}" if job.message else note
+
+
+def _collect(owner: dict[Any, tuple[int, int, int]], todo: list[Job],
+             staged: dict[int, BlockAssembler], progress: bool, tqdm, t_start: float) -> None:
+    """Take the results as they come: stage each block, write each finished output."""
+    from distributed import as_completed
+
     unit = "chunk" if any(job.chunks for job in todo) else "block"
     bar = tqdm(total=len(owner), desc="batch", unit=unit, file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -254,72 +314,62 @@ def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm)
             bar.update(1)
             if job.status == "failed":
                 continue
-            if fut.status != "finished":
-                exc = fut.exception()
-                job.status, job.message = "failed", f"{type(exc).__name__}: {exc}"
+            result = fut.result() if fut.status == "finished" else _dask_failure(fut)
+            if isinstance(result, BlockFailure):
+                _fail(job, result.message, result.details, t_start)
                 for other, (jj, _, _) in list(owner.items()):
                     if jj == j:
                         other.cancel()
-                if j in staged:
-                    staged.pop(j).discard()
+                staged.pop(j).discard()
                 continue
             try:
-                if j not in staged:
-                    staged[j] = BlockAssembler(job)
-                staged[j].add(b, k, fut.result())
+                staged[j].add(b, k, result)
             except OSError as exc:  # the staging array beside the output: reported
-                job.status, job.message = "failed", f"staging {job.output.name}: {exc}"
-                if j in staged:
-                    staged.pop(j).discard()
+                _fail(job, f"staging {job.output.name}: {exc}", "", t_start)
+                staged.pop(j).discard()
                 continue
             fut.release()
             if staged[j].complete:
-                assembler = staged.pop(j)
-                _finish(job, assembler, time.perf_counter() - started[j])
-                assembler.discard()
+                _finish(job, staged.pop(j), t_start)
     finally:
         bar.close()
-        for assembler in staged.values():  # interrupted: nothing half-staged is left behind
-            assembler.discard()
 
 
-def _finish(job: Job, assembler: BlockAssembler, seconds: float) -> None:
+def _dask_failure(fut) -> BlockFailure:
+    """A task Dask itself could not run (its worker died, it could not be sent): the
+    exception and what traceback there is."""
+    import traceback
+
+    exc = fut.exception()
+    tb = fut.traceback()
+    return BlockFailure(f"{type(exc).__name__}: {exc}",
+                        "".join(traceback.format_tb(tb)) if tb is not None else "")
+
+
+def _fail(job: Job, message: str, details: str, t_start: float) -> None:
+    job.status, job.finished_s = "failed", round(time.perf_counter() - t_start, 1)
+    job.message = write_failure_log(job, message, details) if details else message
+
+
+def _finish(job: Job, assembler: BlockAssembler, t_start: float) -> None:
     """Write a job's output from its staged blocks (read here, by this process's threads:
-    the cluster's workers may not see this machine's disk)."""
+    the cluster's workers may not see this machine's disk) and delete them; an input whose
+    every block holds only zeros fails (nothing to restore) and writes nothing."""
     import dask
 
+    blocks = assembler.blocks_meta()
+    if all(b.get("empty") for b in blocks):
+        assembler.discard()
+        return _fail(job, "image is all zero: there is nothing to restore", "", t_start)
+    seconds = round(sum(b.get("compute_seconds", 0.0) for b in blocks), 1)
     try:
         with dask.config.set(scheduler="threads"):
-            _write(job, assembler.image(), assembler.blocks_meta(), seconds)
+            _write(job, assembler.image(), blocks, seconds)
     except (OSError, ValueError) as exc:  # reported in the summary; the others go on
-        job.status, job.message = "failed", f"writing {job.output.name}: {exc}"
-        return
-    job.status, job.seconds = "done", round(seconds, 1)
-    job.message = _say_block_warnings(job, assembler.blocks_meta())
-
-
-def _say_block_warnings(job: Job, blocks: list[dict[str, Any]]) -> str:
-    """Each distinct warning of a job's blocks once, with how many blocks it concerns;
-    the summary's note for the job."""
-    counts = Counter(kind for b in blocks for kind in b.get("warnings", {}))
-    for kind, n in counts.items():  # the first block's words (others differ in numbers)
-        text = next(b["warnings"][kind] for b in blocks if kind in b.get("warnings", {}))
-        where = f" (in {n} of {len(blocks)} blocks; each block's in the metadata)" \
-            if len(blocks) > 1 else ""
-        warnings.warn(f"{job.input.name}: {text}{where}", stacklevel=2)
-    return f"{len(counts)} warning(s): see above and the file's metadata" if counts else ""
-
-
-def summary_table(jobs: list[Job]) -> str:
-    """A plain-text table: input, status, output, seconds, message."""
-    rows = [("input", "status", "output", "s", "note")]
-    for j in jobs:
-        rows.append((j.input.name, j.status, j.output.name,
-                     f"{j.seconds:g}" if j.status == "done" else "", j.message))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
-    done = sum(j.status == "done" for j in jobs)
-    skipped = sum(j.status == "skipped" for j in jobs)
-    failed = sum(j.status == "failed" for j in jobs)
-    lines.append(f"{done} restored, {skipped} already complete, {failed} failed")
-    return "\n".join(line.rstrip() for line in lines)
+        return _fail(job, f"writing {job.output.name}: {exc}", "", t_start)
+    assembler.discard()
+    clear_failure_log(job)
+    job.status, job.seconds = "done", seconds
+    job.finished_s = round(time.perf_counter() - t_start, 1)
+    said = say_block_warnings(job, blocks)
+    job.message = "; ".join(m for m in (job.message, said) if m)

@@ -1,24 +1,30 @@
 """The tasks a batch runs on its Dask workers.
 
 Each worker process keeps what is expensive to build in :data:`_CACHE`: the network (loaded
-once per model file and device), the PSF operator (one per PSF; it caches its OTFs per
-padded shape) and the opened input files. Tasks take plain, picklable arguments (paths,
-block indices, settings as a dict) and read their own data, so no image travels through
-the scheduler on the way in.
+once per model file and device) and the PSF operator (one per PSF; it caches its OTFs per
+padded shape); the open input and its calibration are kept by :mod:`pkl_dg.batch.reading`.
+Tasks take plain, picklable arguments (paths, block indices, settings as a dict) and read
+their own data, so no image travels through the scheduler on the way in. A task that fails
+returns a :class:`~pkl_dg.batch.report.BlockFailure` instead of raising, so no worker
+prints a traceback; a block with only zeros comes back as zeros, not restored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 from typing import Any
 
 import numpy as np
 
-#: per-process cache: networks, operators, open files and how often each was built
-_CACHE: dict[str, dict] = {"nets": {}, "operators": {}, "images": {}, "calibrations": {},
-                           "loads": {}}
+from pkl_dg.batch.reading import (input_calibration, input_calibration_dict,
+                                  input_calibration_warnings, read_block, reader_notes)
+from pkl_dg.batch.report import EMPTY_BLOCK, READER_NOTE, BlockFailure, report_failure
+
+#: per-process cache: networks, operators and how often each was built
+_CACHE: dict[str, dict] = {"nets": {}, "operators": {}, "loads": {}}
 
 
 def cache_counts() -> dict[str, int]:
@@ -63,28 +69,6 @@ def _with_threads(s, threads: int | None):
     return s
 
 
-def _image(path: str):
-    from pkl_dg.io import open_image
-
-    img = _CACHE["images"].get(path)
-    if img is None:
-        img = open_image(path)
-        _CACHE["images"] = {path: img}  # keep only the latest file open
-    return img
-
-
-def read_block(path: str, index: tuple[int, ...],
-               box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """One plane/volume of ``path`` at leading ``index`` (optionally a YX box), numpy."""
-    import dask
-
-    img = _image(path)
-    sel = tuple(index) + ((Ellipsis,) if box is None else
-                          (Ellipsis, slice(box[0], box[1]), slice(box[2], box[3])))
-    with dask.config.set(scheduler="synchronous"):  # read here, not through the cluster
-        return np.asarray(img.data[sel])
-
-
 def _operator(psf: np.ndarray):
     """The cached :class:`~pkl_dg.physics.PSFConvolution` of a PSF kernel (by content)."""
     from pkl_dg.physics import PSFConvolution
@@ -109,32 +93,19 @@ def _network(settings):
     return _CACHE["nets"][key]
 
 
-def input_calibration(path: str, settings) -> Any:
-    """The settings with the calibration one ``restore`` of the whole input would use.
-
-    With calibration 'auto', restore estimates it on the middle plane of the input's leading
-    axes (:func:`pkl_dg.inputs.resolve_calibration`); every block and chunk of the input must
-    share it (an estimate per chunk would give each its own gain), so it is estimated here
-    once per input and passed on as 'manual' values. Cached per process and input.
-    """
-    if settings.calibration != "auto":
-        return settings
-    from pkl_dg.inputs import resolve_calibration
-
-    cal = _CACHE["calibrations"].get(path)
-    if cal is None:
-        shape = _image(path).data.shape
-        plane = read_block(path, tuple(d // 2 for d in shape[:-2]))
-        cal = _CACHE["calibrations"][path] = resolve_calibration(plane, settings)
-    return settings.replace(calibration="manual", gain=cal.gain, offset=cal.offset,
-                            read_noise=cal.read_noise)
-
-
 def _photons(block: np.ndarray, settings) -> np.ndarray:
     from pkl_dg.restoration import validate_block
 
     return (validate_block(block, block.dtype) - np.float32(settings.offset)) \
         * np.float32(settings.gain)
+
+
+def is_empty(block: np.ndarray) -> bool:
+    """Whether a block (or chunk) holds only zeros (checked as restore checks a plane:
+    :func:`~pkl_dg.inputs.validate_block`, which refuses NaN and non-numbers)."""
+    from pkl_dg.inputs import validate_block
+
+    return not np.any(validate_block(block, block.dtype, empty_ok=True) != 0)
 
 
 def _saturation_mask(raw: np.ndarray, op):
@@ -149,14 +120,30 @@ def _saturation_mask(raw: np.ndarray, op):
 
 
 def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
-                     threads: int | None = None) -> dict[str, float]:
+                     threads: int | None = None) -> dict[str, float] | BlockFailure:
+    """Whole-plane quantities chunks of the plane must share (see
+    :func:`_plane_statistics`), with the ``seconds`` they took; a
+    :class:`~pkl_dg.batch.report.BlockFailure` if they cannot be computed."""
+    t0 = time.perf_counter()
+    with reader_notes() as notes:
+        try:
+            out = _plane_statistics(path, index, settings_dict, threads)
+        except Exception as exc:  # said by the client, with its traceback kept in a log
+            return report_failure(exc, notes)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
+                      threads: int | None = None) -> dict[str, Any]:
     """Whole-plane quantities chunks of the plane must share.
 
     Returns the background (photons; estimated as :func:`~pkl_dg.restoration.restore` does
     when the settings say −1), the Richardson–Lucy start level (mean signal above it), and
     for the diffusion methods the plane's brightness (peak photons of the rough RL estimate
     that sets the intensity scale) with the sub-iteration count and noise-level target it
-    implies, so automatic choices are made once for the plane and not per chunk.
+    implies, so automatic choices are made once for the plane and not per chunk. A plane
+    with only zeros gives ``empty`` (its chunks are written as zeros, not restored).
     """
     import torch
 
@@ -169,6 +156,9 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
     raw = read_block(path, index)
+    if is_empty(raw):
+        return {"empty": True, "background": 0.0, "rl_start": 1e-3,
+                "plane_shape": [int(n) for n in raw.shape[-2:]]}
     y = torch.from_numpy(_photons(raw, s))
     auto_rl = applies("rl_iterations", s) and s.rl_iterations == 0  # RL, automatic count
     proximal = uses_proximal_step(s)
@@ -218,8 +208,9 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
 
 def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
                  box: tuple[int, int, int, int] | None = None,
-                 stats: dict[str, float] | None = None,
-                 threads: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                 stats: dict[str, float] | BlockFailure | None = None,
+                 threads: int | None = None
+                 ) -> tuple[np.ndarray, dict[str, Any]] | BlockFailure:
     """Restore one block (a plane, or a volume in 3D mode) or one chunk of a plane.
 
     Parameters
@@ -233,9 +224,34 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
 
     Returns
     -------
-    (image, metadata)
-        float32 photons of the block or chunk, and that block's metadata.
+    (image, metadata) or BlockFailure
+        float32 photons of the block or chunk, and that block's metadata with its
+        ``compute_seconds`` (read and restore, on this worker). A block or chunk with only
+        zeros is returned as zeros, not restored, its metadata saying ``empty``. A task
+        that fails returns a :class:`~pkl_dg.batch.report.BlockFailure` (the workers print
+        no traceback; the client reports it).
     """
+    if isinstance(stats, BlockFailure):  # the plane's statistics failed: so does the chunk
+        return stats
+    t0 = time.perf_counter()
+    with reader_notes() as notes:
+        try:
+            image, meta = _restore_block(path, index, settings_dict, box, stats, threads)
+        except Exception as exc:  # said by the client, with its traceback kept in a log
+            return report_failure(exc, notes)
+    if notes:  # e.g. tifffile's "ImageJ series metadata invalid": once per input, not printed
+        meta.setdefault("warnings", {})[READER_NOTE] = (
+            "the TIFF reader logged: " + "; ".join(notes))
+    meta["compute_seconds"] = round(time.perf_counter() - t0, 3)
+    if stats is not None:
+        meta["statistics_seconds"] = stats.get("seconds", 0.0)
+    return image, meta
+
+
+def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
+                   box: tuple[int, int, int, int] | None, stats: dict[str, float] | None,
+                   threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`restore_task`'s work; raises what goes wrong."""
     from pkl_dg.psf_source import psf_from_settings
     from pkl_dg.restoration import PlaneChunk, restore_iter
     from pkl_dg.settings import RestoreSettings
@@ -243,7 +259,14 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
 
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
+    said: dict[str, str] = {}
+    if settings_dict.get("calibration", "auto") == "auto":  # every block carries its warnings
+        said.update(input_calibration_warnings(path))
     block = read_block(path, index, box)
+    if is_empty(block):  # nothing to restore here: zeros, said once per input by the client
+        said[EMPTY_BLOCK] = "holds only zeros: written as zeros, not restored"
+        return np.zeros(block.shape, np.float32), _block_meta({"empty": True}, said, path,
+                                                              settings_dict, None, s)
     if box is not None:
         if stats is None:
             raise ValueError("a chunk needs its plane's statistics")
@@ -272,11 +295,18 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes", "posterior_std")}  # batch keeps the mean only (run.py)
-    said = {w.category.__name__: str(w.message) for w in caught}  # one of each kind
+    said.update({w.category.__name__: str(w.message) for w in caught})  # one of each kind
+    return result.image, _block_meta(meta, said, path, settings_dict, model_meta, s)
+
+
+def _block_meta(meta: dict[str, Any], said: dict[str, str], path: str, settings_dict: dict,
+                model_meta: dict | None, s) -> dict[str, Any]:
+    """A block's metadata with its warnings, the input's calibration estimate and the
+    model."""
     if said:
         meta["warnings"] = said
     if settings_dict.get("calibration", "auto") == "auto":  # the input's estimate, as such
-        meta["calibration"] = _CACHE["calibrations"][path].to_dict()
+        meta["calibration"] = input_calibration_dict(path)
     if model_meta is not None:
         meta["model"] = {"path": s.model or "shipped default", "name": model_meta.get("name", "")}
-    return result.image, meta
+    return meta

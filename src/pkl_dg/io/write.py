@@ -88,7 +88,10 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
     image
         Array with one axis per letter of ``axes`` (a subset of ``TCZYX`` in that order).
     pixel_size_nm, z_step_nm
-        (Y, X) pixel size and z-step in nm; stored in µm as OME ``PhysicalSize*``.
+        (Y, X) pixel size and z-step in nm; stored in µm as OME ``PhysicalSize*``. The
+        pixel size also goes into the TIFF resolution tags (pixels per centimetre), so
+        readers that ignore the OME-XML (napari's built-in TIFF reader, ImageJ without
+        Bio-Formats) do not see 1-unit pixels.
     overwrite
         Replace an existing file (else ``FileExistsError``).
     """
@@ -107,8 +110,12 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
                     PhysicalSizeX=pixel_size_nm[1] / 1000.0, PhysicalSizeXUnit="µm")
     if z_step_nm and "Z" in axes:
         meta.update(PhysicalSizeZ=z_step_nm / 1000.0, PhysicalSizeZUnit="µm")
+    extra: dict[str, Any] = {}
+    if pixel_size_nm:  # 1 cm = 1e7 nm; the tags are (X, Y)
+        extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
+                     resolutionunit="CENTIMETER")
     tmp = partial_path(p)
-    tifffile.imwrite(tmp, arr, ome=True, photometric="minisblack", metadata=meta)
+    tifffile.imwrite(tmp, arr, ome=True, photometric="minisblack", metadata=meta, **extra)
     _replace(tmp, p)
 
 
