@@ -47,6 +47,7 @@ from pkl_dg.settings_rules import (calibration_implied, effective, is_guided, us
                                    uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
 from pkl_dg.block_reports import auto_info, say_empty_blocks, summarise_block_problems
+from pkl_dg.calibration import Calibration
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
                            validate_block, validate_image)
@@ -127,7 +128,7 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
                  psf: PSF | np.ndarray | None = None,
                  operator: PSFConvolution | None = None,
                  denoiser: Callable | None = None, chunk: PlaneChunk | None = None,
-                 axes: str | None = None,
+                 axes: str | None = None, fixed_calibration: Calibration | None = None,
                  **overrides: Any) -> RestoreRun:
     """Restore ``image`` step by step.
 
@@ -166,16 +167,22 @@ def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
         indexes the non-block axes in the axes' order, and the result comes back in the
         input's order. Without axes, layouts whose channel axis would be blurred
         ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
+    fixed_calibration
+        The photon calibration, established beforehand and used as it is, its ``source``
+        included (``pkl-dg batch`` estimates one per input, which all its blocks share, and
+        an estimated offset is judged as such: values a little below it are read noise);
+        None: the settings' values ('manual') or an estimate from ``image`` ('auto').
     """
     meta: dict[str, Any] = {}
     return RestoreRun(_restore_frames(image, settings, psf, operator, denoiser, chunk, axes,
-                                      overrides, meta), meta)
+                                      overrides, meta, fixed_calibration), meta)
 
 
 def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.ndarray | None,
                     operator: PSFConvolution | None, denoiser: Callable | None,
                     chunk: PlaneChunk | None, axes: str | None, overrides: dict[str, Any],
-                    meta: dict[str, Any]) -> Generator[StepRecord, None, RestoreResult]:
+                    meta: dict[str, Any], fixed: Calibration | None = None
+                    ) -> Generator[StepRecord, None, RestoreResult]:
     """:func:`restore_iter`'s run: yield its records, return its result; fill ``meta``."""
     s = _settings_from(settings, overrides)
     t_start = time.perf_counter()
@@ -223,7 +230,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             meta["tile_size"] = s.tile_size
         meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
 
-    cal = resolve_calibration(image, s)
+    cal = fixed if fixed is not None else resolve_calibration(image, s)
     meta["calibration"] = cal.to_dict()
     steps_per_block = (s.steps * len(sample_groups(s.samples, int(np.prod(shape[len(lead):])),
                                                    group_budget(device)))

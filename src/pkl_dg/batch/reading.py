@@ -137,6 +137,12 @@ def input_calibration_warnings(path: str) -> dict[str, str]:
     return dict(_OPEN["calibration_warnings"].get(path, {}))
 
 
+def input_calibration_estimate(path: str) -> Any:
+    """The input's :class:`~pkl_dg.calibration.Calibration` estimate (after
+    :func:`input_calibration`), its source ("estimated" or "assumed …") included."""
+    return _OPEN["calibrations"][path]
+
+
 def input_calibration_dict(path: str) -> dict[str, Any]:
     """The input's calibration estimate as metadata (after :func:`input_calibration`)."""
-    return _OPEN["calibrations"][path].to_dict()
+    return input_calibration_estimate(path).to_dict()

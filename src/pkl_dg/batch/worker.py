@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from pkl_dg.batch.reading import (input_calibration, input_calibration_dict,
-                                  input_calibration_warnings, read_block, reader_notes)
+                                  input_calibration_estimate, input_calibration_warnings,
+                                  read_block, reader_notes)
 from pkl_dg.batch.report import EMPTY_BLOCK, READER_NOTE, BlockFailure, report_failure
 
 #: per-process cache: networks, operators and how often each was built
@@ -260,8 +261,10 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
     threads = set_threads(threads)
     s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
     said: dict[str, str] = {}
+    cal = None  # the settings' values; with 'auto', the input's estimate as such
     if settings_dict.get("calibration", "auto") == "auto":  # every block carries its warnings
         said.update(input_calibration_warnings(path))
+        cal = input_calibration_estimate(path)
     block = read_block(path, index, box)
     if is_empty(block):  # nothing to restore here: zeros, said once per input by the client
         said[EMPTY_BLOCK] = "holds only zeros: written as zeros, not restored"
@@ -291,7 +294,7 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = restore_iter(block, s, psf=psf, operator=op, denoiser=net, chunk=chunk,
-                              axes=axes).finish()
+                              axes=axes, fixed_calibration=cal).finish()
     meta = {k: v for k, v in result.metadata.items()
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes", "posterior_std")}  # batch keeps the mean only (run.py)

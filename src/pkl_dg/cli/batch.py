@@ -23,14 +23,18 @@ def register(subparsers) -> None:
                     "input's axes and pixel size and all parameters as metadata. Runs on a "
                     "local Dask cluster (one worker per core) or on the cluster at "
                     "--scheduler. A rerun skips outputs that are complete and redoes "
-                    "unfinished ones; an input that fails is reported and the others go on "
-                    "(exit code 1 if any failed).")
+                    "unfinished ones, reusing the blocks an interrupted run finished with "
+                    "the same settings; an input that fails is reported (its traceback in "
+                    "OUTDIR/<output>.failed.log) and the others go on (exit code 1 if any "
+                    "failed).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or glob patterns")
     p.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
                    help="folder for the outputs (created if missing)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786, or "
-                        "one started by dask-jobqueue); default: a local cluster")
+                        "one started by dask-jobqueue); default: a local cluster, without "
+                        "Dask's dashboard (for one, start `dask scheduler` and `dask worker` "
+                        "yourself, with bokeh installed, and pass its address)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes of the local cluster (default: one per core)")
     p.add_argument("--chunk", type=int, default=1024, metavar="PX",
