@@ -122,3 +122,17 @@ def test_ome_tiff_also_states_its_pixel_size_in_the_tiff_resolution_tags(tmp_pat
     tifffile.imwrite(q, np.ones((20, 30), np.float32), resolution=(1e7 / 65.0, 1e7 / 80.0),
                      resolutionunit="CENTIMETER")
     assert open_image(q).pixel_size_nm == pytest.approx((80.0, 65.0))
+
+
+def test_a_truncated_imagej_stack_is_refused_not_read_as_one_plane(tmp_path):
+    """tifffile falls back to the pages it can find when an ImageJ file is cut short (an
+    interrupted copy): a 20-plane stack opened as one 2D plane and was restored as such,
+    without a word. The header's plane count is now checked."""
+    stack = np.random.default_rng(0).integers(0, 1000, (20, 64, 64)).astype(np.uint16)
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, stack, imagej=True, metadata={"axes": "ZYX"})
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    assert open_image(whole).shape == (20, 64, 64)
+    with pytest.raises(ValueError, match="truncated: its ImageJ header announces 20 planes"):
+        open_image(cut)

@@ -85,6 +85,7 @@ def _tiff_reader(p: Path):
             warnings.simplefilter("ignore")
             if not len(tif.pages):
                 raise ValueError("it has no image pages")
+            _check_imagej_planes(tif)
             is_ome = tif.is_ome
             unit_known = _tiff_states_units(tif)
     except Exception as exc:  # tifffile raises many types on damaged files
@@ -97,6 +98,23 @@ def _tiff_reader(p: Path):
     else:
         from bioio_tifffile import Reader
     return Reader, unit_known or is_ome
+
+
+def _check_imagej_planes(tif) -> None:
+    """Raise if an ImageJ TIFF holds fewer planes than its header announces: tifffile then
+    logs "ImageJ series metadata invalid or corrupted file" and falls back to the pages it
+    finds (a truncated 20-plane stack opened as one 2D plane, silently)."""
+    if not tif.is_imagej:
+        return
+    announced = int((tif.imagej_metadata or {}).get("images", 1) or 1)
+    series = tif.series[0]
+    found = int(np.prod(series.shape[:-2])) if len(series.shape) > 2 else 1
+    if series.shape and series.shape[-1] in (3, 4) and len(series.shape) > 3 and \
+            str(getattr(series, "axes", "")).endswith("S"):
+        found = int(np.prod(series.shape[:-3]))  # RGB samples are not planes
+    if found < announced:
+        raise ValueError(f"the file is truncated: its ImageJ header announces {announced} "
+                         f"planes and {found} can be read")
 
 
 def _tiff_states_units(tif) -> bool:
