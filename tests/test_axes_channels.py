@@ -149,6 +149,28 @@ def test_napari_layer_axes_are_respected():
     assert layer_axes_problem("s", ("-3", "-2", "-1"), (31, 96, 96), "3d") is None
 
 
+def test_a_hyperstack_opened_with_naparis_reader_keeps_its_files_axes(tmp_path,
+                                                                      make_napari_viewer):
+    """napari's built-in reader gives an ImageJ (Z, C, Y, X) hyperstack numeric labels;
+    with 5 channels after 10 planes the shape rule saw nothing wrong, and 3D mode blurred
+    the channels as Z planes without a word. The file's own axes now decide."""
+    from pkl_dg.napari.layer_input import axis_labels, selected_block
+
+    data = np.random.default_rng(0).poisson(20, (10, 5, 48, 48)).astype(np.uint16)
+    path = tmp_path / "zc.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    viewer = make_napari_viewer()
+    layer = viewer.open(path, plugin="napari")[0]
+    assert tuple(layer.axis_labels) == ("-4", "-3", "-2", "-1")
+    assert axis_labels(layer) == ("z", "c", "y", "x")
+    with pytest.raises(ValueError, match=r"axis 1 \('c', 5 channels\) is where deconvolution "
+                                         "expects Z"):
+        selected_block(viewer, layer, "3d")
+    assert selected_block(viewer, layer, "2d")[0].shape == (48, 48)
+    other = viewer.add_image(data.astype(np.float32), name="array")  # no file: as before
+    assert axis_labels(other) == ("-4", "-3", "-2", "-1")
+
+
 def test_each_channel_with_its_own_psf():
     from pkl_dg.channels import restore_channels
     from pkl_dg.physics import gaussian_psf

@@ -8,9 +8,33 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-from pkl_dg.axes import layer_axes_problem
+from pkl_dg.axes import axes_from_labels, layer_axes_problem
 from pkl_dg.napari.controls import pixel_size_nm_of, z_step_nm_of
 from pkl_dg.napari.worker import PsfRequest
+
+
+def axis_labels(layer: Image) -> tuple[str, ...]:
+    """The layer's axis labels, or where napari gave its numeric defaults (its built-in TIFF
+    reader does for an ImageJ hyperstack), the axes its TIFF file states, when the file's
+    image has the layer's shape (read in the file's order): a (Z, C, Y, X) file's channels
+    must not be taken for Z planes."""
+    labels = tuple(str(a) for a in layer.axis_labels)
+    path = layer.source.path
+    if axes_from_labels(labels) is not None or not path or \
+            not str(path).lower().endswith((".tif", ".tiff")):
+        return labels
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = str(series.axes), tuple(series.shape)
+    except Exception:  # not readable here: the layer's own labels decide, as before
+        return labels
+    if shape != tuple(full_resolution(layer).shape) or "Y" not in axes or "X" not in axes:
+        return labels
+    words = {"T": "t", "Z": "z", "C": "c", "S": "s", "Y": "y", "X": "x"}
+    return tuple(words.get(a, "q") for a in axes)
 
 
 def full_resolution(layer: Image) -> Any:
@@ -42,7 +66,7 @@ def selected_block(viewer: Any, layer: Image, mode: str = "2d",
                          "fluorescence channel. Split the channels (right-click the layer "
                          "> Split RGB) and pick one.")
     data = full_resolution(layer)
-    problem = layer_axes_problem(layer.name, layer.axis_labels, data.shape, mode)
+    problem = layer_axes_problem(layer.name, axis_labels(layer), data.shape, mode)
     if problem:  # a channel or time axis where Y, X (or Z) are expected
         raise ValueError(problem)
     block_ndim = 3 if mode == "3d" else 2
