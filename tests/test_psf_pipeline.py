@@ -244,7 +244,8 @@ def test_a_measured_psf_as_large_as_the_image_is_cropped_to_fit_with_a_warning()
 
 
 def test_a_measured_psf_that_would_lose_much_light_to_the_crop_is_refused():
-    with pytest.raises(ValueError, match=r"would remove \d+ % of its light: crop the PSF"):
+    with pytest.raises(ValueError,
+                       match=r"would remove \d+ % of its light: pick a larger image"):
         psf_from_settings(RestoreSettings(), (32, 32), array=np.ones((61, 61)))
 
 

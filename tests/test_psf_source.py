@@ -164,3 +164,24 @@ def test_physics_takes_arrays_and_numbers_not_the_settings():
             elif isinstance(node, ast.Attribute) and node.attr in fields:
                 found.append(f"{path.name}:{node.lineno} .{node.attr}")
     assert not found, found
+
+
+def test_a_computed_psf_deeper_than_a_short_stack_is_cropped_like_a_measured_one():
+    """A 6-plane stack in 3D mode with a Gaussian of σ Z 1 plane (9 planes) was refused
+    with 'crop the PSF', which a user cannot do to a computed PSF; it is now cropped to the
+    stack (1.2 % of its light here), said and recorded, as a measured PSF is."""
+    import warnings as w
+
+    from pkl_dg.physics.psf_cleaning import PSFWarning
+
+    stack = np.random.default_rng(0).poisson(30, (6, 40, 40)).astype(np.float32)
+    with pytest.warns(PSFWarning, match=r"cropped around its centre to 5×17×17"):
+        res = restore_iter(stack, mode="3d", psf_sigma=2.0, psf_sigma_z=1.0, method="rl",
+                           rl_iterations=2).finish()
+    cropped = res.metadata["psf"]["cropped_to_image"]
+    assert cropped["from"][0] == 9 and cropped["to"][0] == 5
+    assert 0.005 < cropped["light_removed"] < 0.02 and res.image.shape == stack.shape
+    with w.catch_warnings():
+        w.simplefilter("error", PSFWarning)  # a PSF that fits is not touched
+        restore_iter(stack[:, :, :], mode="3d", psf_sigma=2.0, psf_sigma_z=0.5,
+                     method="rl", rl_iterations=1).finish()

@@ -127,38 +127,42 @@ def psf_from_settings(settings: RestoreSettings, image_shape: tuple[int, ...] | 
         A measured PSF (array or file) is cleaned
         (:func:`~pkl_dg.physics.psf_cleaning.clean_psf`) and resampled from
         ``psf_pixel_size_nm`` to ``pixel_size_nm`` laterally and (3D) from
-        ``psf_z_step_nm`` to ``z_step_nm`` axially. One larger than the image is
-        cropped to fit (:func:`~pkl_dg.physics.psf.crop_to_fit`; ``info["cropped_to_image"]``).
+        ``psf_z_step_nm`` to ``z_step_nm`` axially. A measured PSF larger than the image,
+        or a computed one deeper than the stack, is cropped to fit
+        (:func:`~pkl_dg.physics.psf.crop_to_fit`; ``info["cropped_to_image"]``).
 
     Raises
     ------
     ValueError
         Missing file or array, a 2D PSF in 3D mode, axial resampling without the image's Z
-        step, a computed PSF larger than the image, a measured one that would lose more
-        than a quarter of its light to the crop.
+        step, a computed PSF wider than the image, a PSF that would lose more than a
+        quarter of its light to the crop.
 
     Warns
     -----
     PSFWarning
-        When a measured PSF was cropped to fit the image.
+        When the PSF was cropped to fit the image.
     """
     s = settings
     three_d = s.mode == "3d"
     if array is not None or s.psf_kind == "file":
         kernel, info = _measured(s, three_d, array)
         applied = ("psf_pixel_size_nm",) + (("psf_z_step_nm",) if three_d else ())
-        if image_shape is not None:
-            kernel, cropped = crop_to_fit(kernel, image_shape)
-            if cropped is not None:
-                info["cropped_to_image"] = cropped
-                warnings.warn(f"The PSF ({'×'.join(map(str, cropped['from']))}) is larger "
-                              "than the image: it was cropped around its centre to "
-                              f"{'×'.join(map(str, cropped['to']))}, which removed "
-                              f"{100 * cropped['light_removed']:.1f} % of its light "
-                              "(the rest renormalised).", PSFWarning, stacklevel=2)
     else:
         kernel, info = _computed(s, three_d, image_shape)
         applied = ()
+    # a measured PSF is cropped to fit; a computed one only along Z (a stack of 6 planes,
+    # a Gaussian of σ Z 1 plane: 9): one wider than the image is refused by check_psf_fits
+    if image_shape is not None and (applied or all(
+            p <= n for p, n in zip(kernel.shape[-2:], image_shape[-2:]))):
+        kernel, cropped = crop_to_fit(kernel, image_shape)
+        if cropped is not None:
+            info["cropped_to_image"] = cropped
+            warnings.warn(f"The PSF ({'×'.join(map(str, cropped['from']))}) is larger "
+                          "than the image: it was cropped around its centre to "
+                          f"{'×'.join(map(str, cropped['to']))}, which removed "
+                          f"{100 * cropped['light_removed']:.1f} % of its light "
+                          "(the rest renormalised).", PSFWarning, stacklevel=2)
     axial = [s.z_step_nm or None] if three_d else []
     info.update(kernel_description(kernel, axial + [s.pixel_size_nm] * 2))
     unused = [n for n in _MEASURED_FIELDS if getattr(s, n) > 0 and n not in applied]

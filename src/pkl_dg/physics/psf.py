@@ -169,7 +169,7 @@ def check_psf_fits(psf_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> 
     img = tuple(image_shape[-d:])
     if any(p > n for p, n in zip(psf_shape, img)):
         raise ValueError(f"PSF ({'×'.join(map(str, psf_shape))}) is larger than the image "
-                         f"({'×'.join(map(str, img))}): crop the PSF or pick a larger image")
+                         f"({'×'.join(map(str, img))}): pick a larger image or a narrower PSF")
 
 
 #: a measured PSF larger than the image is cropped to fit when that removes at most this
@@ -220,7 +220,8 @@ def crop_to_fit(psf: np.ndarray, image_shape: tuple[int, ...]
     if loss > CROP_MAX_LOSS:
         raise ValueError(f"PSF ({'×'.join(map(str, psf.shape))}) is larger than the image "
                          f"({'×'.join(map(str, img))}), and cropping it to fit would remove "
-                         f"{100 * loss:.0f} % of its light: crop the PSF or pick a larger image")
+                         f"{100 * loss:.0f} % of its light: pick a larger image (more planes "
+                         "in 3D) or a narrower PSF")
     info = {"from": list(psf.shape), "to": list(crop.shape), "light_removed": round(loss, 5)}
     return (crop / crop.sum()).astype(np.float32), info
 
