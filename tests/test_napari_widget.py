@@ -63,6 +63,7 @@ def test_widget_from_manifest_has_a_control_per_setting(viewer_widget):
     for spec in field_specs():
         if spec.name in widget.controls:
             assert spec.help in widget.controls[spec.name].tooltip
+    assert "Range 0 – 2147483647." in widget.controls["seed"].tooltip  # not 2.14748e+09
     assert [layer.name for layer in viewer.layers] == ["cells ground truth", "cells PSF",
                                                        "cells"]
     assert widget.input_combo.value.unique_id == viewer.layers["cells"].unique_id

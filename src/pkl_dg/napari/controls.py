@@ -163,7 +163,9 @@ def make_control(spec: FieldSpec):
     label = f"{spec.label} ({spec.unit})" if spec.unit else spec.label
     tip = spec.help
     if spec.min is not None and spec.max is not None and not spec.choices:
-        tip += f"\nRange {spec.min:g} – {spec.max:g}{' ' + spec.unit if spec.unit else ''}."
+        low, high = ((f"{spec.min:g}", f"{spec.max:g}") if spec.type != "int"
+                     else (str(int(spec.min)), str(int(spec.max))))  # not 2.14748e+09
+        tip += f"\nRange {low} – {high}{' ' + spec.unit if spec.unit else ''}."
     common = {"name": spec.name, "label": label, "tooltip": tip}
     if spec.choices:
         names = CHOICE_LABELS.get(spec.name, {})

@@ -145,8 +145,8 @@ class PKLDeconvolutionWidget(QWidget):
         self.run_button.setToolTip("Restore the selected image (the displayed plane of a "
                                    "stack) into the layer '<image> [<method>]'.")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop after the current step; the output layer keeps "
-                                      "the last estimate.")
+        self.cancel_button.setToolTip("Stop now (within one convolution); the output layer "
+                                      "keeps the last estimate.")
         self.cancel_button.setEnabled(False)
         self.defaults_button = QPushButton("Restore defaults")
         self.defaults_button.setToolTip("Reset every setting to its default (saved).")
