@@ -1,6 +1,7 @@
 """Readers with axes and physical sizes, OME writers, and the napari reader."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -136,3 +137,43 @@ def test_a_truncated_imagej_stack_is_refused_not_read_as_one_plane(tmp_path):
     assert open_image(whole).shape == (20, 64, 64)
     with pytest.raises(ValueError, match="truncated: its ImageJ header announces 20 planes"):
         open_image(cut)
+
+
+def test_a_layer_saved_from_napari_keeps_its_scale_place_and_parameters(tmp_path,
+                                                                       make_napari_viewer):
+    """napari's own TIFF writer kept only the pixels: a restored plane saved from the
+    viewer reopened at scale 1, at the origin, without its parameters. *.ome.tif now goes
+    through this plugin's writer (physical sizes, metadata, the layer's place), and its
+    reader gives it all back."""
+    rng = np.random.default_rng(3)
+    viewer = make_napari_viewer()
+    plane = viewer.add_image(
+        rng.random((1, 40, 50)).astype(np.float32), name="cells [PKL] @2",
+        scale=(0.3, 0.065, 0.065), translate=(0.6, 0.0, 0.0), units=("um",) * 3,
+        axis_labels=("z", "y", "x"),
+        metadata={"status": "done", "calibration": {"gain": np.float32(2.5)}})
+    path = tmp_path / "saved.ome.tif"
+    assert plane.save(str(path)) == [str(path)]  # no plugin named: the .ome.tif writer
+    saved = open_image(path)  # the OME header's sizes (the single Z plane is dropped)
+    assert saved.pixel_size_nm == pytest.approx((65.0, 65.0))
+    with tifffile.TiffFile(path) as tif:
+        z = float(re.search(r'PhysicalSizeZ="([0-9.e+-]+)"', tif.ome_metadata).group(1))
+    assert z == pytest.approx(0.3)
+    (back,) = viewer.open(path, plugin="napari-pkl-dg")
+    np.testing.assert_array_equal(np.asarray(back.data), plane.data)
+    assert tuple(back.scale) == pytest.approx((0.3, 0.065, 0.065))
+    assert tuple(back.translate) == pytest.approx((0.6, 0.0, 0.0))
+    assert [str(u) for u in back.units] == ["micrometer"] * 3
+    assert back.metadata["pkl_dg"]["status"] == "done"
+    assert back.metadata["pkl_dg"]["calibration"]["gain"] == pytest.approx(2.5)  # a number
+    # an ImageJ-ordered (Z, C, Y, X) layer is stored in OME order (C, Z, Y, X)
+    zc = viewer.add_image(rng.random((4, 2, 16, 16)).astype(np.float32),
+                          axis_labels=("z", "c", "y", "x"))
+    zc.save(str(tmp_path / "zc.ome.tif"))
+    img = open_image(tmp_path / "zc.ome.tif")
+    assert img.axes == "CZYX"
+    np.testing.assert_array_equal(img.numpy(), np.transpose(zc.data, (1, 0, 2, 3)))
+    unnamed = viewer.add_image(rng.random((2, 3, 16, 16)).astype(np.float32))
+    with pytest.warns(UserWarning, match="could not save .* 4 axes without names: set its"):
+        unnamed.save(str(tmp_path / "unnamed.ome.tif"))  # napari hides the writer's error
+    assert not (tmp_path / "unnamed.ome.tif").exists()

@@ -49,8 +49,27 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     img = open_image(p)
     kwargs = layer_kwargs(img)
     kwargs["name"] = p.name
+    data = img.data
     try:
         kwargs["metadata"] = {"pkl_dg": read_metadata(p)}
     except ValueError:
         kwargs["metadata"] = {}  # a file not written by pkl-dg: no parameters to show
-    return [(img.data, kwargs, "image")]
+    saved = kwargs["metadata"].get("pkl_dg", {}).get("napari_layer")
+    if saved:  # a layer saved by this plugin's writer: its place and geometry come back
+        data = _layer_geometry(data, img.axes, saved, kwargs)
+    return [(data, kwargs, "image")]
+
+
+def _layer_geometry(data: Any, axes: str, saved: dict[str, Any], kwargs: dict[str, Any]
+                    ) -> Any:
+    """The data with the saved layer's single-plane axes put back (the reader drops them)
+    and its scale, units, translate and axis labels in ``kwargs``; unchanged when the file
+    does not match the record."""
+    full = str(saved.get("axes", ""))
+    sizes = dict(zip(axes, data.shape))
+    if [a for a in full if a in sizes] != list(axes) or \
+            not all(len(saved.get(k, [])) == len(full) for k in ("scale", "translate", "units")):
+        return data
+    kwargs.update(scale=list(saved["scale"]), translate=list(saved["translate"]),
+                  units=list(saved["units"]), axis_labels=list(full.lower()))
+    return data.reshape(tuple(sizes.get(a, 1) for a in full))

@@ -29,8 +29,8 @@ def axis_labels(layer: Image) -> tuple[str, ...]:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = str(series.axes), tuple(series.shape)
-    except Exception:  # not readable here: the layer's own labels decide, as before
-        return labels
+    except (OSError, ValueError, IndexError, KeyError):  # tifffile's errors on a file it
+        return labels  # cannot parse (TiffFileError is a ValueError): the layer's labels
     if shape != tuple(full_resolution(layer).shape) or "Y" not in axes or "X" not in axes:
         return labels
     words = {"T": "t", "Z": "z", "C": "c", "S": "s", "Y": "y", "X": "x"}

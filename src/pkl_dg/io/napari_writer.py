@@ -1,0 +1,128 @@
+"""napari writer: an image layer as an OME-TIFF with its physical scale and metadata.
+
+napari's own TIFF writer keeps only the pixels: a restored layer saved with it reopens at
+scale 1, at the origin, without its parameters. This writer (contributed in
+``napari.yaml`` for ``*.ome.tif`` / ``*.ome.tiff``; in napari's *Save Selected Layer(s)*
+dialog choose "OME-TIFF with physical scale (pkl-dg)") writes the layer's data as float32
+with :func:`pkl_dg.io.write_ome_tiff`: axes from its axis labels, pixel size and Z step from
+its scale where its units are lengths, its metadata as JSON (a pkl-dg result's parameters),
+and its translate, which the pkl-dg reader gives back, so a plane restored at Z = 2 reopens
+at Z = 2.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pkl_dg.axes import axes_from_labels
+
+#: the OME axis order the writer stores
+OME_ORDER = "TCZYX"
+
+
+def layer_axes(labels: list[str], ndim: int, metadata: dict[str, Any]) -> str:
+    """The layer's axes as letters of ``TCZYX``: from its axis labels, else from a pkl-dg
+    result's own axes, else ``YX`` / ``ZYX`` for 2 / 3 axes.
+
+    Raises
+    ------
+    ValueError
+        When the axes cannot be known (4 or more unlabelled axes) or are not T, C, Z, Y, X.
+    """
+    axes = axes_from_labels(labels[-ndim:]) if labels else None
+    if axes is None:
+        restored = (metadata.get("axes") or {}).get("restored_as") \
+            if isinstance(metadata.get("axes"), dict) else None
+        if restored and len(restored) == ndim:
+            axes = restored
+        elif ndim in (2, 3):
+            axes = "ZYX"[-ndim:]
+        else:
+            raise ValueError(f"the layer has {ndim} axes without names: set its axis labels "
+                             "(e.g. t, c, z, y, x) before saving it as OME-TIFF")
+    if set(axes) - set(OME_ORDER) or len(set(axes)) != len(axes):
+        raise ValueError(f"axes {axes!r}: an OME-TIFF stores T, C, Z, Y, X once each; name "
+                         "the layer's axes with those (axis labels t, c, z, y, x)")
+    return axes
+
+
+def _length_nm(scale: float, unit: Any) -> float | None:
+    """``scale`` in ``unit`` as nm, or None when the unit is not a length (pixels)."""
+    import pint
+
+    if unit is None or str(unit) in ("", "pixel", "px"):
+        return None
+    try:
+        return float((scale * pint.get_application_registry()(str(unit))).to("nm").magnitude)
+    except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError):
+        return None
+
+
+def write_ome_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one image layer (napari's single-layer writer signature).
+
+    Parameters
+    ----------
+    path
+        Target ``*.ome.tif`` / ``*.ome.tiff`` (replaced if it exists: napari has asked).
+    data
+        The layer's data (numpy or dask; float32 is written).
+    meta
+        The layer's state from napari: ``axis_labels``, ``scale``, ``units``,
+        ``translate``, ``metadata``, ``name``.
+
+    Returns
+    -------
+    list[str]
+        ``[path]``.
+
+    Raises
+    ------
+    ValueError
+        Unknown axes (:func:`layer_axes`), RGB data, a multiscale layer; also given as a
+        warning first, since napari replaces a writer's error by "No data written! A
+        plugin could not be found".
+    """
+    try:
+        return _write(path, data, meta)
+    except ValueError as exc:
+        warnings.warn(f"pkl-dg could not save '{meta.get('name', '')}' as OME-TIFF: {exc}",
+                      UserWarning, stacklevel=2)
+        raise
+
+
+def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    from pkl_dg.io.write import write_ome_tiff
+
+    if meta.get("rgb"):
+        raise ValueError("an RGB layer is not a fluorescence image: save it with napari's "
+                         "own TIFF writer (a .tif name)")
+    if meta.get("multiscale"):
+        raise ValueError("a multiscale layer: save its full-resolution level (or write "
+                         "OME-Zarr with pkl-dg batch)")
+    arr = np.asarray(data, dtype=np.float32)
+    layer_meta = dict(meta.get("metadata") or {})
+    stored = layer_meta.get("pkl_dg", layer_meta)  # as the pkl-dg reader put it, or a result's
+    axes = layer_axes(list(meta.get("axis_labels") or []), arr.ndim, stored)
+    scale = list(meta.get("scale") or [1.0] * arr.ndim)
+    units = list(meta.get("units") or [None] * arr.ndim)
+    sizes = {a: _length_nm(float(s), u) for a, s, u in zip(axes, scale, units)}
+    order = sorted(range(arr.ndim), key=lambda i: OME_ORDER.index(axes[i]))
+    arr = np.transpose(arr, order)
+    ome_axes = "".join(axes[i] for i in order)
+    translate = [float(t) for t in (meta.get("translate") or [0.0] * len(axes))]
+    # numpy numbers as numbers, anything else JSON has no type for (paths) as text
+    out = json.loads(json.dumps(stored, default=lambda o: o.item() if isinstance(
+        o, np.generic) else str(o)))
+    out["napari_layer"] = {"name": meta.get("name", ""), "axes": ome_axes,
+                           "translate": [translate[i] for i in order],
+                           "scale": [float(scale[i]) for i in order],
+                           "units": [str(units[i] or "pixel") for i in order]}
+    pixel = (sizes["Y"], sizes["X"]) if sizes.get("Y") and sizes.get("X") else None
+    write_ome_tiff(path, arr, ome_axes, out, pixel_size_nm=pixel, z_step_nm=sizes.get("Z"),
+                   overwrite=True)
+    return [str(path)]
