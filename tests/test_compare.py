@@ -1,4 +1,5 @@
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -6,8 +7,13 @@ import tifffile
 import torch
 
 from pkl_dg.cli import main
-from pkl_dg.compare import compare_iter, metrics_table, parse_methods, pearson_residual
+from pkl_dg.calibration import Calibration
+from pkl_dg.compare import (METRIC_COLUMNS, METRIC_HEADERS, compare_iter, metrics_table,
+                            parse_methods, pearson_residual, result_residual)
+from pkl_dg.guidance.stopping import ModelMismatchWarning
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+from pkl_dg.restoration import RestoreResult
+from pkl_dg.saturation import SaturationWarning
 from pkl_dg.settings import RestoreSettings
 
 
@@ -15,7 +21,7 @@ def test_pearson_residual_of_truth_is_standard_normal():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 50, (128, 128)).astype(np.float32)
     x[40:60, 30:90] += 300  # bright structure
-    s = RestoreSettings(psf_sigma=1.5, background=5.0)
+    s = RestoreSettings(psf_sigma=1.5, background=5.0, calibration="manual")
     fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), 5.0)
     y = rng.poisson(fm.mean(torch.from_numpy(x)).numpy()).astype(np.float32)
     r = pearson_residual(y, x, s)
@@ -27,7 +33,65 @@ def test_pearson_residual_of_truth_is_standard_normal():
     rw = pearson_residual(y, wrong, s)
     assert rw[90:100, 90:100].mean() < -3 and abs(rw[:60, :60].mean()) < 0.1
     with pytest.raises(ValueError, match="background"):
-        pearson_residual(y, x, RestoreSettings())
+        pearson_residual(y, x, RestoreSettings(calibration="manual"))
+    with pytest.raises(ValueError, match="calibration is 'auto'"):  # no silent gain 1
+        pearson_residual(y, x, RestoreSettings(background=5.0))
+
+
+def _camera_image(rng, gain=0.4, offset=100.0, read_noise=3.0, background=5.0):
+    """A known object, its photon image through a σ 1.5 px blur with a background, read
+    noise, and the camera's ADU = offset + electrons / gain (gain e⁻/ADU)."""
+    x = rng.uniform(0, 30, (96, 96)).astype(np.float32)
+    x[30:45, 20:80] += 400
+    fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), background)
+    electrons = rng.poisson(fm.mean(torch.from_numpy(x)).numpy()) + \
+        rng.normal(0, read_noise, x.shape)
+    return x, (offset + electrons / gain).astype(np.float32)
+
+
+def test_the_residual_uses_the_runs_calibration_background_and_pedestal():
+    """With calibration 'auto' (the default) the settings hold gain 1, offset 0: the
+    residual compared raw ADU with photon predictions (W2S: mean 223, std 948). It takes
+    the calibration, background and read noise the run recorded."""
+    rng = np.random.default_rng(3)
+    gain, offset, rn = 0.4, 100.0, 3.0
+    x, adu = _camera_image(rng, gain, offset, rn)
+    s = RestoreSettings(psf_sigma=1.5)  # calibration and background 'auto'
+    meta = {"calibration": Calibration(gain, offset, rn, source="estimated").to_dict(),
+            "background_photons": 5.0}
+    r = result_residual(adu, RestoreResult(x, s, meta))
+    assert abs(r.mean()) < 0.05 and abs(r.std() - 1) < 0.05
+    # the run's read-noise pedestal (negative data) replaces s² = read noise²
+    meta["negative_values"] = {"pedestal_photons": 400.0}
+    assert result_residual(adu, RestoreResult(x, s, meta)).std() < 0.8
+    with pytest.raises(ValueError, match="background_photons"):
+        result_residual(adu, RestoreResult(x, s, {"calibration": meta["calibration"]}))
+
+
+def test_a_run_with_the_automatic_calibration_explains_its_camera_data():
+    """The same through a real run ('auto' calibration and background, estimated from the
+    ADU image): Richardson–Lucy's result is ≈ N(0, 1) with what the run estimated (it was
+    mean 108, std 42 with the settings' gain 1 and offset 0)."""
+    _, adu = _camera_image(np.random.default_rng(4))
+    result = compare_iter(adu, ["rl"], psf_sigma=1.5).finish().results["rl"]
+    assert result.metadata["calibration"]["source"] == "estimated"
+    r = result_residual(adu, result)
+    assert abs(r.mean()) < 0.3 and abs(r.std() - 1) < 0.2
+
+
+def test_saturated_pixels_are_left_out_of_the_residual_as_in_the_run():
+    """An integer image's pixels at its dtype's maximum were left out of the run's fit:
+    they are NaN in the residual, not a large negative misfit."""
+    rng = np.random.default_rng(5)
+    x = np.full((64, 64), 20.0, np.float32)
+    x[28:36, 28:36] = 2000
+    fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), 2.0)
+    counts = rng.poisson(fm.mean(torch.from_numpy(x)).numpy())
+    img = np.clip(counts, 0, 255).astype(np.uint8)
+    s = RestoreSettings(psf_sigma=1.5, calibration="manual", background=2.0)
+    r = pearson_residual(img, x, s)
+    assert np.array_equal(np.isnan(r), img == 255) and (img == 255).sum() > 10
+    assert abs(np.nanmean(r)) < 0.1
 
 
 def test_compare_streams_every_method_with_the_same_seed(scene, constant_denoiser):
@@ -59,6 +123,30 @@ def test_metrics_table_ranks_sharper_results_higher(scene):
     assert by["Richardson–Lucy"]["psnr_db"] > by["input"]["psnr_db"]
     assert by["Richardson–Lucy"]["frc_px"] <= by["input"]["frc_px"]
     assert by["input"]["frc_nm"] == pytest.approx(by["input"]["frc_px"] * 65.0)
+
+
+def test_a_comparison_says_each_shared_warning_once():
+    """Every method saw the same data: the model-mismatch warning of RL's automatic stop
+    came once per method that runs it (twice on BioSR), the saturation warning once per
+    method. Each is said once per comparison."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((48, 48), np.float32)
+    x[rng.integers(4, 44, 30), rng.integers(4, 44, 30)] = 3000
+    fm = ForwardModel(PSFConvolution(gaussian_psf(0.7)), 2.0)
+    y = rng.poisson(fm.mean(torch.from_numpy(x)).numpy()).astype(np.uint16)
+    y[2, 2] = y[2, 45] = np.iinfo(np.uint16).max  # two saturated pixels
+    zero = lambda a, t: 0 * a  # noqa: E731 (an ε-network that predicts no noise)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare_iter(y, ["rl", "pkl"], psf_sigma=2.5, steps=2, samples=1,
+                     calibration="manual", denoiser=zero).finish()
+    kinds = [w.category for w in caught]
+    assert kinds.count(ModelMismatchWarning) == 1 and kinds.count(SaturationWarning) == 1
+
+
+def test_metric_headers_are_readable_with_units():
+    assert [METRIC_HEADERS[k] for k in METRIC_COLUMNS] == [
+        "method", "PSNR (dB)", "SSIM", "NRMSE", "FRC (px)", "FRC (nm)", "time (s)"]
 
 
 def test_parse_methods():

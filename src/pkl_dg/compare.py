@@ -2,22 +2,28 @@
 
 :func:`compare_iter` restores the same input with several methods (same settings, same
 seed, the same PSF, built once) one after the other and streams every step, tagged with
-its method, so a GUI can fill one layer per method. :func:`metrics_table` scores the
-results against a ground truth (DESIGN §4 protocol plus FRC). :func:`pearson_residual`
-shows where a result disagrees with the measurement: (y − (A x̂ + B)) / √(A x̂ + B), which
-is ~N(0, 1) where the result explains the data and structured where it invents or misses
-something.
+its method, so a GUI can fill one layer per method; a warning the methods share (saturated
+pixels, a model that does not fit the data) is said once per comparison, not once per
+method. :func:`metrics_table` scores the results against a ground truth (DESIGN §4 protocol
+plus FRC). :func:`pearson_residual` shows where a result disagrees with the measurement:
+(y − (A x̂ + B)) / √(A x̂ + B + s²), in photons, which is ~N(0, 1) where the result explains
+the data and structured where it invents or misses something; :func:`result_residual`
+computes it with the forward model a result's run used (its calibration, background,
+read-noise pedestal and left-out saturated pixels, from its metadata).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
 
+from pkl_dg.calibration import Calibration
 from pkl_dg.frc import frc_resolution
+from pkl_dg.guidance.stopping import ModelMismatchWarning
 from pkl_dg.metrics import care_scores
 from pkl_dg.axes import arrange
 from pkl_dg.physics import ForwardModel, PSFConvolution
@@ -25,9 +31,14 @@ from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.restoration import (MIN_SIDE, RestoreResult, StepRecord, check_image_shape,
                                  restore_iter, validate_image)
 from pkl_dg.runs import StreamedRun
+from pkl_dg.saturation import detect_saturation, fit_mask
 from pkl_dg.settings import METHOD_LABELS, METHODS, RestoreSettings
 
 METRIC_COLUMNS = ("method", "psnr_db", "ssim", "nrmse", "frc_px", "frc_nm", "seconds")
+#: each column of :data:`METRIC_COLUMNS` as a table heads it (with its unit)
+METRIC_HEADERS = {"method": "method", "psnr_db": "PSNR (dB)", "ssim": "SSIM",
+                  "nrmse": "NRMSE", "frc_px": "FRC (px)", "frc_nm": "FRC (nm)",
+                  "seconds": "time (s)"}
 
 
 @dataclass
@@ -78,29 +89,95 @@ def _compare_frames(image: Any, methods: list[str], settings: RestoreSettings | 
     check_image_shape(shape, base.mode, labelled=True)
     psf = run_psf(psf, base, shape)  # one PSF for every method
     comp = Comparison()
+    said: set[tuple[type, str]] = set()  # warnings given so far in this comparison
     for method in methods:
         run = restore_iter(image, base.replace(method=method), psf=psf, operator=operator,
                            denoiser=denoiser)
         comp.misfit[method] = []
-        for rec in run:
+        for rec in _saying_once(run, said):
             comp.misfit[method].append(rec.nll)
             yield method, rec
         comp.results[method] = run.result
     return comp
 
 
+def _saying_once(run: Iterator[StepRecord], said: set[tuple[type, str]]
+                 ) -> Generator[StepRecord, None, None]:
+    """``run``'s records; each warning it gives is passed on unless ``said`` holds it.
+
+    The methods of a comparison see the same data: each one warned of the same saturated
+    pixels, and each that runs Richardson–Lucy's automatic stop of the same model mismatch
+    (twice per comparison on BioSR). A :class:`ModelMismatchWarning` is said once whatever
+    its numbers; others once per text. Warnings are caught only while a step computes,
+    never across a ``yield``.
+    """
+    while True:
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    rec = next(run)
+                except StopIteration:
+                    rec = None
+        finally:  # also what a failing step said before it failed
+            for w in caught:
+                key = (w.category, "" if issubclass(w.category, ModelMismatchWarning)
+                       else str(w.message))
+                if key not in said:
+                    said.add(key)
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if rec is None:
+            return
+        yield rec
+
+
 def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: RestoreSettings,
                      psf: PSF | np.ndarray | None = None,
-                     background: float | None = None) -> np.ndarray:
-    """(y − μ)/√μ with μ = A x̂ + B (+ s²), y in photons; float32, the image's shape.
+                     background: float | None = None,
+                     calibration: Calibration | None = None,
+                     read_noise_var: float | None = None) -> np.ndarray:
+    """The Pearson residual (y − μ)/√(μ + s²) of a restoration, μ = A x̂ + B.
 
-    ``estimate`` is a restoration in photons; ``psf`` the run's
-    :class:`~pkl_dg.psf_source.PSF` (an array or None is built into one from the
-    settings); ``background`` defaults to the settings' (or must be given when the
-    settings say 'auto': take it from the result metadata).
+    Parameters
+    ----------
+    measurement
+        The measured image (Y, X) in camera units (ADU), with the data type it was stored
+        in: an integer image's pixels at the dtype's maximum are saturated and, as in the
+        run, left out (NaN in the residual) unless the PSF is a single pixel.
+    estimate
+        The restoration x̂ in photons, the measurement's shape.
+    settings
+        The run's settings (PSF, and the calibration when it is 'manual').
+    psf
+        The run's :class:`~pkl_dg.psf_source.PSF`; an array or None is built into one
+        from ``settings``.
+    background
+        B in photons per pixel; the settings' value when None (which must then not be
+        'auto': take the run's from ``result.metadata['background_photons']``).
+    calibration
+        The photon calibration the run used (gain e⁻/ADU, offset ADU, read noise e⁻):
+        y = (ADU − offset)·gain. Required when ``settings.calibration`` is 'auto' (the
+        settings then hold no calibration): ``result.metadata['calibration']``.
+    read_noise_var
+        s² in photons², when the run raised it for negative data (its
+        ``negative_values.pedestal_photons``); the calibration's read noise squared when
+        None.
+
+    Returns
+    -------
+    np.ndarray
+        float32, the measurement's shape; ~N(0, 1) where x̂ explains the data.
     """
-    y = validate_image(measurement)
-    y = (y - np.float32(settings.offset)) * np.float32(settings.gain)
+    raw = np.asarray(measurement)
+    y = validate_image(raw)
+    if calibration is None:
+        if settings.calibration != "manual":
+            raise ValueError("the calibration is 'auto': pass the calibration the run "
+                             "estimated (result.metadata['calibration']), or use "
+                             "result_residual")
+        calibration = Calibration(settings.gain, settings.offset, settings.read_noise)
+    y = calibration.to_photons(y)
     x = np.asarray(estimate, dtype=np.float32)
     if x.shape != y.shape:
         raise ValueError(f"estimate {x.shape} and measurement {y.shape} differ in shape")
@@ -108,12 +185,60 @@ def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: Re
     if b < 0:
         raise ValueError("background is 'auto': pass the background used "
                          "(result.metadata['background_photons'])")
-    fm = ForwardModel(PSFConvolution(run_psf(psf, settings, y.shape).kernel), b)
-    s2 = float(settings.read_noise) ** 2
+    kernel = run_psf(psf, settings, y.shape).kernel
+    mask = fit_mask(detect_saturation(raw, raw.dtype), kernel.size == 1)
+    s2 = (float(calibration.read_noise) ** 2 if read_noise_var is None
+          else float(read_noise_var))
+    fm = ForwardModel(PSFConvolution(kernel), b)
     with torch.inference_mode():
         mu = fm.mean(torch.from_numpy(x)) + s2
         r = (torch.from_numpy(y) + s2 - mu) / mu.clamp(min=1e-6).sqrt()
-    return r.numpy().astype(np.float32)
+    out = r.numpy().astype(np.float32)
+    if mask is not None:
+        out[mask == 0] = np.nan  # left out of the fit: the data say nothing there
+    return out
+
+
+def result_residual(measurement: np.ndarray, result: RestoreResult,
+                    psf: PSF | np.ndarray | None = None) -> np.ndarray:
+    """:func:`pearson_residual` of ``result`` with the forward model its run used.
+
+    Parameters
+    ----------
+    measurement
+        The image the run restored (Y, X), in camera units and its stored data type.
+    result
+        A single-plane :class:`~pkl_dg.restoration.RestoreResult`: its ``metadata`` gives
+        the calibration (estimated or given), ``background_photons`` and any read-noise
+        pedestal for negative data (``negative_values.pedestal_photons``).
+    psf
+        The run's PSF (a :class:`~pkl_dg.psf_source.PSF` or array); built from
+        ``result.settings`` when None.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (Y, X) residual, NaN at saturated pixels the run left out.
+
+    Raises
+    ------
+    ValueError
+        When the metadata lack the calibration or the background (not a single-plane
+        result of :func:`~pkl_dg.restoration.restore_iter`).
+    """
+    meta = result.metadata
+    missing = [k for k in ("calibration", "background_photons") if k not in meta]
+    if missing:
+        raise ValueError(f"the result's metadata lack {' and '.join(missing)}: the "
+                         "residual needs the forward model of a single-plane run")
+    cal = meta["calibration"]
+    calibration = Calibration(float(cal["gain"]), float(cal["offset"]),
+                              float(cal.get("read_noise", 0.0)))
+    pedestal = meta.get("negative_values", {}).get("pedestal_photons")
+    return pearson_residual(measurement, result.image, result.settings, psf=psf,
+                            background=float(meta["background_photons"]),
+                            calibration=calibration,
+                            read_noise_var=None if pedestal is None else float(pedestal))
 
 
 def metrics_table(results: dict[str, np.ndarray], gt: np.ndarray,
