@@ -12,6 +12,7 @@ pytest.importorskip("pytestqt")
 
 import torch  # noqa: E402
 
+from pkl_dg.compare import METRIC_COLUMNS as METRIC_KEYS  # noqa: E402
 from pkl_dg.napari.compare_widget import CompareMethodsWidget  # noqa: E402
 
 torch.set_num_threads(1)
@@ -119,12 +120,13 @@ def test_scoring_and_plot_failures_are_shown(viewer_widget, monkeypatch):
     import pkl_dg.napari.compare_widget as cw
     from pkl_dg.compare import Comparison
 
-    _viewer, widget = viewer_widget
+    viewer, widget = viewer_widget
     shown = []
     monkeypatch.setattr(cw, "show_error", lambda msg: shown.append(("error", msg)))
     monkeypatch.setattr(cw, "show_warning", lambda msg: shown.append(("warning", msg)))
     widget.gt_combo.setCurrentText("cells ground truth")
     widget._settings = widget.run_inputs().state.settings
+    widget._input = viewer.layers["cells"]
     widget.comparison = Comparison(results={"pkl": SimpleNamespace(image=np.ones((9, 9)))},
                                    misfit={"pkl": ["not a number", object()]})
     widget._update_metrics()
@@ -296,13 +298,15 @@ def test_a_comparison_keeps_the_main_widgets_result(viewer_widget, qtbot):
 def test_a_stack_is_compared_on_its_displayed_plane(viewer_widget, qtbot):
     """Compare used to refuse every Z-stack ("works on 2D images"): it now compares the
     plane shown in the viewer, scores it against the same plane of a ground-truth stack and
-    says which plane it was."""
+    says which plane it was. Its result and residual layers sit at that plane, named with
+    it, as the PKL Deconvolution widget's plane outputs (they were 2D layers at the origin,
+    shown on every plane)."""
     viewer, widget = viewer_widget
     cells, gt = viewer.layers["cells"].data, viewer.layers["cells ground truth"].data
     stack = viewer.add_image(np.stack([cells, cells, cells[:, ::-1]]).astype(np.float32),
-                             name="stack")
+                             name="stack", scale=(0.3, 0.1, 0.1), translate=(1.0, 0, 0))
     viewer.add_image(np.stack([gt, gt, gt]).astype(np.float32), name="gt stack")
-    viewer.dims.set_point(0, 1)
+    viewer.dims.set_point(0, 1.0 + 1 * 0.3)  # world Z of plane 1
     widget.input_combo.setCurrentText("stack")
     widget.gt_combo.setCurrentText("gt stack")
     for m, box in widget.method_boxes.items():
@@ -310,16 +314,179 @@ def test_a_stack_is_compared_on_its_displayed_plane(viewer_widget, qtbot):
     before = np.array(stack.data, copy=True)
     assert run_and_wait(qtbot, widget) == "done"
     out = widget.layers["rl"]
-    assert out.data.shape == cells.shape
+    assert out.name == "stack [compare: Richardson–Lucy] @1"
+    assert out.data.shape == (1, *cells.shape)
+    np.testing.assert_allclose(out.scale, stack.scale)
+    np.testing.assert_allclose(out.translate, (1.0 + 0.3, 0, 0))
     assert out.metadata["napari"]["input_layer"] == "stack"
     assert out.metadata["napari"]["plane"] == [1]
     assert widget.table.rowCount() == 1  # scored against plane 1 of the ground-truth stack
     np.testing.assert_array_equal(stack.data, before)
+    res = widget.add_residual("rl")
+    assert res.name == "stack [compare: Richardson–Lucy] @1 residual"
+    assert res.data.shape == (1, *cells.shape)
+    np.testing.assert_allclose(res.translate, out.translate)
     plane1 = widget.comparison.results["rl"].image
-    viewer.dims.set_point(0, 2)
+    viewer.dims.set_point(0, 1.0 + 2 * 0.3)
     assert run_and_wait(qtbot, widget) == "done"
     assert widget.layers["rl"].metadata["napari"]["plane"] == [2]
+    assert widget.layers["rl"].name.endswith("@2")
+    assert "stack [compare: Richardson–Lucy] @1" in viewer.layers  # another plane's: kept
     plane2 = widget.comparison.results["rl"].image  # plane 2 is plane 1 mirrored
     assert np.corrcoef(plane2.ravel(), plane1[:, ::-1].ravel())[0, 1] > 0.99
     assert np.corrcoef(plane2.ravel(), plane1.ravel())[0, 1] < 0.9
-    assert widget.add_residual("rl").data.shape == cells.shape
+
+
+# ---------------------------------------------------------------- trial findings (helper3)
+def _camera(gain=0.4, offset=100.0):
+    """The cells sample's object, blurred (σ 2 px), Poisson, in ADU: offset + e⁻ / gain."""
+    from pkl_dg.napari.sample_data import make_sample
+
+    y, gt, _ = make_sample((64, 64))
+    adu = offset + y.astype(np.float32) / gain
+    return adu.astype(np.float32), gt
+
+
+def test_the_residual_uses_the_calibration_the_run_estimated(viewer_widget, qtbot):
+    """With the default calibration ('auto') the residual took the settings' offset 0 and
+    gain 1: ADU against photon predictions (W2S: mean 223, std 948). It now uses the
+    calibration, background and PSF the run used: about N(0, 1)."""
+    viewer, widget = viewer_widget
+    adu, _ = _camera()
+    viewer.add_image(adu, name="camera")
+    widget.input_combo.setCurrentText("camera")
+    widget.settings_overrides = {"rl_iterations": 0, "samples": 1}  # RL's automatic count
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.comparison.results["rl"].metadata["calibration"]["source"] == "estimated"
+    res = widget.add_residual("rl")
+    assert abs(float(res.data.mean())) < 0.3 and abs(float(res.data.std()) - 1) < 0.3
+    assert res.metadata["calibration"] == \
+        widget.comparison.results["rl"].metadata["calibration"]
+
+
+def test_the_frc_in_nm_uses_the_layers_pixel_size_or_none(viewer_widget, qtbot):
+    """The FRC in nm took the settings' 65 nm whatever the layer said (an OME layer at
+    0.13 µm got half its resolution in nm), and gave one for images stating no pixel size.
+    Now: the layer's own pixel size, a typed one, or nothing."""
+    viewer, widget = viewer_widget
+    cells = viewer.layers["cells"].data
+    viewer.add_image(cells, name="at 130 nm", scale=(0.13, 0.13), units=("um", "um"))
+    viewer.add_image(cells, name="no pixel size")
+    widget.gt_combo.setCurrentText("cells ground truth")
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    frc_nm = METRIC_KEYS.index("frc_nm")
+
+    widget.input_combo.setCurrentText("at 130 nm")
+    assert run_and_wait(qtbot, widget) == "done"
+    (row,) = widget.rows
+    assert row["frc_nm"] == pytest.approx(row["frc_px"] * 130.0, rel=1e-6)
+    assert "130 nm" in widget.frc_note.text()
+
+    widget.input_combo.setCurrentText("no pixel size")
+    assert run_and_wait(qtbot, widget) == "done"
+    (row,) = widget.rows
+    assert row["frc_nm"] is None and widget.table.item(0, frc_nm).text() == ""
+    assert "states no pixel size" in widget.frc_note.text()
+
+    widget.pixel_size.setValue(80.0)  # typed: the table follows at once
+    assert widget.rows[0]["frc_nm"] == pytest.approx(widget.rows[0]["frc_px"] * 80.0)
+    assert widget.table.item(0, frc_nm).text() != "" and "typed" in widget.frc_note.text()
+
+
+def test_an_integer_image_keeps_its_dtype_for_the_saturation_check(viewer_widget, qtbot):
+    """Compare converted the plane to float32: the saturation check lost the uint8 maximum
+    and found only plateaus at the image maximum (W2S crop: 84 pixels, not 386). It finds
+    what a single run finds."""
+    from pkl_dg import restore_iter
+
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.poisson(np.full((64, 64), 200.0)), 0, 255).astype(np.uint8)
+    img[20:24, 20:24] = 255  # a clipped spot besides the noise's isolated 255s
+    viewer.add_image(img, name="clipped")
+    widget.input_combo.setCurrentText("clipped")
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    assert run_and_wait(qtbot, widget) == "done"
+    got = widget.comparison.results["rl"].metadata["saturated"]
+    single = restore_iter(img, widget.comparison.results["rl"].settings).finish()
+    assert got == single.metadata["saturated"]
+    assert got["pixels"] == int((img == 255).sum()) and got["reason"] == "dtype maximum"
+
+
+def test_a_cancelled_comparison_leaves_no_old_results_beside_its_new_ones(viewer_widget,
+                                                                          qtbot):
+    """A cancelled comparison left the previous comparison's layers of other methods
+    (and their residuals) beside its partial ones, indistinguishable, and the old misfit
+    curves. Earlier layers of this input and plane go when a comparison starts; each layer
+    says its status."""
+    viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    assert run_and_wait(qtbot, widget) == "done"
+    assert {layer.metadata["status"] for layer in widget.layers.values()} == {"done"}
+    widget.add_residual("pkl")
+    assert "cells [compare: PKL] residual" in viewer.layers
+    axes = widget.misfit_plot.canvas.figure.axes
+    assert axes and axes[0].lines
+
+    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+        assert "cells [compare: PKL]" not in viewer.layers  # the old PKL result went
+        assert "cells [compare: PKL] residual" not in viewer.layers
+        assert not widget.misfit_plot.canvas.figure.axes[0].lines
+        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
+        widget.cancel()
+    assert blocker.args[0] == "cancelled"
+    rl, pkl = widget.layers["rl"].metadata, widget.layers["pkl"].metadata
+    assert rl["status"] == "done" and rl["steps_completed"] == 3
+    assert pkl["status"] == "cancelled" and 1 <= pkl["steps_completed"] < pkl["steps_total"]
+    assert pkl["settings"]["method"] == "pkl"
+    assert "PKL holds its last estimate" in widget.status_label.text()
+    assert widget.table.rowCount() == 0
+
+
+def test_a_failed_comparison_marks_the_running_methods_layer(viewer_widget, qtbot,
+                                                             monkeypatch):
+    import pkl_dg.napari.worker as worker
+    from pkl_dg.compare import CompareRun
+
+    real = worker.compare_iter
+
+    def failing(*args, **kwargs):
+        def frames():
+            for i, frame in enumerate(real(*args, **kwargs)):
+                if i == 2:
+                    raise ValueError("the PSF file changed on disk")
+                yield frame
+        return CompareRun(frames())
+    monkeypatch.setattr(worker, "compare_iter", failing)
+    _viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    assert run_and_wait(qtbot, widget) == "failed"
+    meta = widget.layers["rl"].metadata
+    assert meta["status"] == "failed" and meta["error"] == "the PSF file changed on disk"
+    assert meta["steps_completed"] == 2
+
+
+def test_the_table_shows_every_row_with_readable_headers(viewer_widget):
+    """The table showed one row at a time under raw keys (psnr_db, frc_px…)."""
+    _viewer, widget = viewer_widget
+    table = widget.table
+    headers = [table.horizontalHeaderItem(j).text() for j in range(table.columnCount())]
+    assert headers == ["method", "PSNR (dB)", "SSIM", "NRMSE", "FRC (px)", "FRC (nm)",
+                       "time (s)"]
+    rows = [{"method": label, "psnr_db": 25.123, "ssim": 0.81234, "nrmse": 0.3, "frc_px": 2.0,
+             "frc_nm": 130.0, "seconds": 2.5} for label in
+            ("Richardson–Lucy", "L2", "Anscombe + L2", "PKL (Poisson KL)", "Unguided prior")]
+    table.show_rows(rows)
+    shown = table.height() - table.horizontalHeader().height()
+    assert shown >= table.verticalHeader().length()  # all five rows, no vertical scrolling
+    assert table.item(3, 0).text() == "PKL" and table.item(0, 1).text() == "25.12"

@@ -2,9 +2,18 @@
 
 :class:`CompareView` is the :class:`~pkl_dg.napari.run_controller.RunView` of the Compare
 methods widget: every streamed frame of a method goes into the layer
-``"<input> [compare: <method>]"`` (made on its first frame with the input's scale, translate, units
-and axis labels, updated in place afterwards), and the finished results replace them with
-their metadata.
+``"<input> [compare: <method>]"`` (made on its first frame with the input's scale,
+translate, units and axis labels, updated in place afterwards), and the finished results
+replace them with their metadata. A plane of a stack is placed as the PKL Deconvolution
+widget places its displayed plane: the layer keeps the stack's leading axes (length 1
+each), translated to the compared plane, and its name ends in ``@z`` (``@z,c``…), so it
+shows at that plane only and names it; its residual layer likewise.
+
+Every layer's ``metadata["status"]`` says what it holds: "running", "done" (a finished
+method), "cancelled" or "failed" (the last estimate of the method that was running, with
+``steps_completed`` and ``steps_total``). A new comparison first removes the layers an
+earlier one left for the same input and plane (:func:`remove_earlier`), so a cancelled
+comparison never leaves old results of other methods beside its new partial ones.
 """
 
 from __future__ import annotations
@@ -16,36 +25,99 @@ from napari.layers import Image
 
 from pkl_dg.napari.controls import short_method_label
 from pkl_dg.napari.worker import ComparedRun, MethodFrame
+from pkl_dg.settings import METHODS
+from pkl_dg.settings_rules import effective
 
 if TYPE_CHECKING:
     from pkl_dg.napari.run_controller import RunState
 
 
-def result_layer_name(input_name: str, method: str) -> str:
+def result_layer_name(input_name: str, method: str, plane: tuple[int, ...] = ()) -> str:
     """The name of ``method``'s result layer for the input layer ``input_name``:
     ``"<input> [compare: <method>]"``, never the PKL Deconvolution widget's output name
     ``"<input> [<method>]"``, so that a comparison does not replace that widget's result
-    (it did: comparing PKL on an image removed the restored layer and its std layer)."""
-    return f"{input_name} [compare: {short_method_label(method)}]"
+    (it did: comparing PKL on an image removed the restored layer and its std layer).
+    A plane of a stack (``plane``, its index in the leading axes) is named as that widget
+    names its plane outputs: ``" @1"``, ``" @1,3"`` appended."""
+    suffix = f" @{','.join(map(str, plane))}" if plane else ""
+    return f"{input_name} [compare: {short_method_label(method)}]{suffix}"
 
 
-def geometry_of(layer: Image, n: int) -> dict[str, Any]:
-    """Scale, translate, units and axis labels of ``layer``'s last ``n`` axes."""
-    return {"scale": layer.scale[-n:], "translate": layer.translate[-n:],
-            "units": layer.units[-n:], "axis_labels": layer.axis_labels[-n:]}
+def residual_layer_name(result_name: str) -> str:
+    """The Pearson residual layer of the result layer ``result_name``."""
+    return f"{result_name} residual"
+
+
+def geometry_of(layer: Image, n: int, plane: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Scale, translate, units and axis labels of ``layer``'s last ``n`` axes; the first
+    ``len(plane)`` of them translated to ``plane`` (an index into the leading axes)."""
+    scale = np.array(layer.scale[-n:], dtype=float)  # copies: napari's own arrays
+    translate = np.array(layer.translate[-n:], dtype=float)
+    translate[:len(plane)] += np.asarray(plane, dtype=float) * scale[:len(plane)]
+    return {"scale": scale, "translate": translate, "units": layer.units[-n:],
+            "axis_labels": layer.axis_labels[-n:]}
+
+
+def placed(image: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
+    """A (Y, X) ``image`` as its layer holds it: one length-1 axis per axis of ``plane``."""
+    return np.reshape(image, (1,) * len(plane) + np.shape(image)[-2:]) if plane else image
+
+
+def add_plane_layer(viewer: Any, image: np.ndarray, name: str, like: Image,
+                    plane: tuple[int, ...], **kwargs: Any) -> Image:
+    """Add (or replace) the layer ``name`` holding the plane ``image`` at ``plane`` of the
+    stack ``like`` (its geometry), with napari's ``add_image`` ``kwargs``."""
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    data = placed(np.asarray(image, dtype=np.float32), plane)
+    return viewer.add_image(data, name=name, **geometry_of(like, data.ndim, plane), **kwargs)
+
+
+def show_residual(viewer: Any, residual: np.ndarray, input_layer: Image,
+                  plane: tuple[int, ...], method: str, result: Any) -> Image:
+    """Add (or replace) the Pearson residual layer of ``method``'s result (a
+    :class:`~pkl_dg.restoration.RestoreResult`), shown from −3 to 3 at ``plane``; its
+    metadata name the forward model it was computed with."""
+    name = residual_layer_name(result_layer_name(input_layer.name, method, plane))
+    meta = {"status": "done", "method": method, "units": "Pearson residual (σ)",
+            "calibration": result.metadata["calibration"],
+            "background_photons": result.metadata["background_photons"],
+            "napari": {"input_layer": input_layer.name, "plane": list(plane)}}
+    left_out = int(np.isnan(residual).sum())
+    if left_out:
+        meta["left_out"] = f"{left_out} saturated pixel(s): NaN, not in the data fit"
+    return add_plane_layer(viewer, residual, name, input_layer, plane,
+                           colormap="twilight_shifted", contrast_limits=(-3, 3),
+                           metadata=meta)
+
+
+def remove_earlier(viewer: Any, input_name: str, plane: tuple[int, ...]) -> list[str]:
+    """Remove the result and residual layers of any earlier comparison on the input
+    ``input_name`` at ``plane`` (every method's); return their names."""
+    gone = []
+    for method in METHODS:
+        name = result_layer_name(input_name, method, plane)
+        for each in (name, residual_layer_name(name)):
+            if each in viewer.layers:
+                viewer.layers.remove(each)
+                gone.append(each)
+    return gone
 
 
 class CompareView:
     """What a comparison shows (a :class:`~pkl_dg.napari.run_controller.RunView`): one layer
-    per method, ``"<input> [compare: <method>]"``, with the input's geometry; ``result`` is the
-    :class:`~pkl_dg.napari.worker.ComparedRun` once done."""
+    per method, ``"<input> [compare: <method>]"`` (``@plane``), at the compared plane of
+    the input; ``result`` is the :class:`~pkl_dg.napari.worker.ComparedRun` once done."""
 
     def __init__(self, viewer: Any, input_layer: Image, methods: list[str],
-                 origin: str, plane: tuple[int, ...] = ()) -> None:
+                 origin: str, plane: tuple[int, ...] = (), settings: Any = None) -> None:
         self.viewer = viewer
         self.input_layer = input_layer
         self.origin = origin
+        self.settings = settings  # for the metadata of unfinished layers
         self.layers: dict[str, Image] = {}
+        #: (steps, steps in all) of the frame each method's layer holds
+        self.steps: dict[str, tuple[int, int]] = {}
         self.result: ComparedRun | None = None
         #: the index of the compared plane in a stack's leading axes (() for a 2D image)
         self.plane = tuple(plane)
@@ -63,23 +135,33 @@ class CompareView:
         return rec.index, rec.total, frame.seconds, short_method_label(frame.method)
 
     def show(self, frame: MethodFrame, contrast: bool = True) -> bool:
-        """Put a frame into its method's layer."""
+        """Put a frame into its method's layer; the methods before it are done."""
+        for method, layer in self.layers.items():
+            if method != frame.method and layer.metadata.get("status") == "running":
+                done = self.steps.get(method, (0, 0))[0]  # an automatic RL count ends early
+                layer.metadata = {**layer.metadata, "status": "done",
+                                  "steps_completed": done, "steps_total": done}
         self.put(frame.method, frame.record.image, contrast)
+        self.steps[frame.method] = (frame.record.index, frame.record.total)
         return True
 
+    def notes(self) -> dict[str, Any]:
+        """The ``napari`` metadata entry: where the layers came from."""
+        return {"input_layer": self.input_layer.name, "plane": list(self.plane)}
+
     def put(self, method: str, image: np.ndarray, contrast: bool = True) -> Image:
-        """Write ``image`` into ``method``'s layer (made, or remade if removed)."""
+        """Write ``image`` (Y, X) into ``method``'s layer (made, or remade if removed)."""
         image = np.asarray(image, dtype=np.float32)
         layer = self.layers.get(method)
         if layer is None or layer not in self.viewer.layers:
-            name = result_layer_name(self.input_layer.name, method)
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            layer = self.viewer.add_image(image, name=name, colormap="gray",
-                                          **geometry_of(self.input_layer, image.ndim))
+            name = result_layer_name(self.input_layer.name, method, self.plane)
+            layer = add_plane_layer(self.viewer, image, name, self.input_layer, self.plane,
+                                    colormap="gray",
+                                    metadata={"status": "running", "method": method,
+                                              "napari": self.notes()})
             self.layers[method] = layer
         else:
-            layer.data = image
+            layer.data = placed(image, self.plane)
         lo, hi = np.percentile(image, [0.5, 99.8])
         if contrast and hi > lo:
             layer.contrast_limits = (float(lo), float(hi))
@@ -90,16 +172,35 @@ class CompareView:
         self.result = result
         for method, restored in result.comparison.results.items():
             meta = dict(restored.metadata)
-            meta["napari"] = {**meta.get("napari", {}), "input_layer": self.input_layer.name,
-                              "plane": list(self.plane)}
+            meta["napari"] = {**meta.get("napari", {}), **self.notes()}
+            meta["status"] = "done"
             self.put(method, restored.image).metadata = meta
         return (f"Compared {len(result.comparison.results)} method(s) in {seconds:.1f} s "
                 f"with {self.origin}.")
 
     def cancelled(self, state: RunState) -> str:
-        """The layers keep the last estimates."""
-        return "the result layers hold the last estimates" if self.layers else ""
+        """Mark the running method's layer 'cancelled' (the methods before it are done)."""
+        return self._mark_unfinished({"status": "cancelled"})
 
     def failed(self, state: RunState, message: str) -> str:
-        """Nothing to drop: every layer is its method's latest estimate."""
-        return self.cancelled(state)
+        """Mark the running method's layer 'failed', with the reason."""
+        return self._mark_unfinished({"status": "failed", "error": message})
+
+    def _mark_unfinished(self, status: dict[str, str]) -> str:
+        running = [m for m, layer in self.layers.items()
+                   if layer.metadata.get("status") == "running" and layer in self.viewer.layers]
+        for method in running:
+            done, total = self.steps.get(method, (0, 0))
+            settings = {} if self.settings is None else {
+                "settings": effective(self.settings.replace(method=method)).to_dict()}
+            self.layers[method].metadata = {
+                "method": method, **status, "steps_completed": done, "steps_total": total,
+                **settings, "napari": self.notes()}
+        if not self.layers:
+            return ""
+        finished = [short_method_label(m) for m in self.layers if m not in running]
+        parts = [f"{short_method_label(m)} holds its last estimate "
+                 f"(step {self.steps.get(m, (0, 0))[0]})" for m in running]
+        if finished:
+            parts.append(f"{', '.join(finished)} finished")
+        return "; ".join(parts)

@@ -4,8 +4,13 @@ Runs :func:`pkl_dg.napari.worker.comparison_frames` (around
 :func:`pkl_dg.compare.compare_iter`) through the same
 :class:`~pkl_dg.napari.run_controller.RunController` as the PKL Deconvolution widget
 (worker thread, progress bar, status line, cancel within one convolution), streams every
-method into its own layer (:class:`~pkl_dg.napari.compare_view.CompareView`), scores the results against an optional
-ground-truth layer, and shows Pearson residual maps. The input layer is only ever copied.
+method into its own layer (:class:`~pkl_dg.napari.compare_view.CompareView`, at the
+compared plane of a stack; a new comparison first removes what an earlier one left for that
+input and plane), scores the results against an optional ground-truth layer
+(:mod:`pkl_dg.napari.compare_table`; the FRC in nm for the pixel size typed in or stated by
+the image, none otherwise), and shows Pearson residual maps computed with the forward model
+each run used (calibration, background, PSF). The input layer is only ever copied, with
+its data type (an integer image's saturated pixels are found as a single run finds them).
 
 Settings and PSF: those the PKL Deconvolution widget open in the same viewer has at the
 moment Compare runs (:mod:`pkl_dg.napari.shared_state`), so a PSF taken from an image
@@ -23,12 +28,13 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                            QLabel, QPushButton, QVBoxLayout, QWidget)
 
-from pkl_dg.compare import METRIC_COLUMNS, metrics_table, pearson_residual, write_csv
+from pkl_dg.compare import metrics_table, result_residual, write_csv
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
-from pkl_dg.napari.compare_view import CompareView, geometry_of, result_layer_name
+from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size_field
+from pkl_dg.napari.compare_view import CompareView, remove_earlier, show_residual
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution, selected_block
 from pkl_dg.napari.misfit_plot import MisfitPlot
@@ -55,7 +61,8 @@ class CompareMethodsWidget(QWidget):
 
     Hooks for tests and scripts: ``denoiser`` (a network to use instead of the model cache),
     ``settings_overrides`` (extra RestoreSettings fields), ``model_cache``, ``layers``
-    (method → result layer), ``comparison``, ``rows`` (metrics rows), ``runner`` (the
+    (method → result layer), ``comparison``, ``rows`` (metrics rows), ``pixel_size`` (the
+    FRC's pixel size field, nm; 0: the image's own), ``runner`` (the
     :class:`~pkl_dg.napari.run_controller.RunController`), :meth:`run_inputs` and the
     ``run_finished(status)`` signal ("done", "cancelled", "failed", "error").
     """
@@ -94,8 +101,11 @@ class CompareMethodsWidget(QWidget):
         self.input_combo = fit_layer_names(QComboBox())
         self.gt_combo = fit_layer_names(QComboBox())
         self.gt_combo.setToolTip("Optional ground truth: when set, a metrics table is shown.")
+        self.pixel_size = pixel_size_field()
         form.addRow("Image", self.input_combo)
         form.addRow("Ground truth", self.gt_combo)
+        form.addRow("Pixel size", self.pixel_size)
+        self.pixel_size.valueChanged.connect(lambda _nm: self._update_metrics())
         layout.addLayout(form)
         self.method_boxes: dict[str, QCheckBox] = {}
         row = QHBoxLayout()
@@ -129,9 +139,11 @@ class CompareMethodsWidget(QWidget):
         self.grid_box.setToolTip("Grid view of the viewer; result layers share contrast limits.")
         self.grid_box.toggled.connect(self.set_side_by_side)
         layout.addWidget(self.grid_box)
-        self.table = QTableWidget(0, len(METRIC_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(METRIC_COLUMNS))
+        self.table = MetricsTable()
         layout.addWidget(self.table)
+        self.frc_note = QLabel("")  # the pixel size of the FRC in nm, or why there is none
+        self.frc_note.setWordWrap(True)
+        layout.addWidget(self.frc_note)
         self.export_button = QPushButton("Export CSV")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
@@ -146,6 +158,8 @@ class CompareMethodsWidget(QWidget):
         res.addWidget(self.residual_button)
         layout.addLayout(res)
         self.misfit_plot = MisfitPlot()  # or a label saying why there is no plot
+        if self.misfit_plot.canvas is not None:
+            self.misfit_plot.canvas.setMinimumHeight(200)  # room for the axis label
         layout.addWidget(self.misfit_plot.widget)
 
     def refresh_layers(self, *_args) -> None:
@@ -213,8 +227,10 @@ class CompareMethodsWidget(QWidget):
             return False
         try:
             # a 2D image, or the plane of a stack shown in the viewer (a copy, never the layer)
+            # with its data type: saturation at an integer dtype's maximum is found as in
+            # a single run (as float32 it was only a plateau at the image maximum)
             plane, self._plane = selected_block(self.viewer, layer, "2d")
-            image = np.asarray(plane, dtype=np.float32)
+            image = np.asarray(plane)
             inputs = self.run_inputs()
             settings = inputs.state.settings
             if settings.mode == "3d":  # the PKL widget restores volumes; Compare, planes
@@ -230,14 +246,24 @@ class CompareMethodsWidget(QWidget):
                          "PKL Deconvolution to choose the PSF and settings.")
         self._input, self._settings, self._psf = layer, settings, None
         self._image = image
-        self.comparison, self.rows, self.seconds = None, [], {}
-        self.table.setRowCount(0)
-        self.export_button.setEnabled(False)
-        self.residual_combo.clear()
-        self._view = CompareView(self.viewer, layer, methods, inputs.origin, self._plane)
+        self._clear_results()
+        self._view = CompareView(self.viewer, layer, methods, inputs.origin, self._plane,
+                                 settings)
         self.runner.start(self._view, comparison_frames, image, methods, settings, inputs.psf,
                           self.operator_cache, self.model_cache, self.denoiser)
         return True
+
+    def _clear_results(self) -> None:
+        """Forget the last comparison: its table, misfit curves and residual choices, and
+        the layers any earlier comparison left for this input and plane (a cancelled one
+        would otherwise leave old results of other methods beside its new partial ones)."""
+        self.comparison, self.rows, self.seconds = None, [], {}
+        self.table.setRowCount(0)
+        self.frc_note.setText("")
+        self.export_button.setEnabled(False)
+        self.residual_combo.clear()
+        self._draw_misfit({})
+        remove_earlier(self.viewer, self._input.name, self._plane)
 
     def cancel(self) -> None:
         """Stop the comparison within one convolution (the Cancel button)."""
@@ -271,16 +297,15 @@ class CompareMethodsWidget(QWidget):
                 gt = gt[self._plane]
             images = {m: np.asarray(r.image, dtype=np.float32)
                       for m, r in self.comparison.results.items()}
-            self.rows = metrics_table(images, gt, self._settings.pixel_size_nm, self.seconds)
+            # the pixel size typed here or stated by the image, never an assumed default
+            nm, note = frc_pixel_size(self.pixel_size.value(), self._input)
+            self.rows = metrics_table(images, gt, nm, self.seconds)
         except (ValueError, TypeError) as exc:  # shapes differ, constant or non-numeric data
             show_error(f"Cannot score against '{gt_layer.name}': {exc}")
             return
-        self.table.setRowCount(len(self.rows))
-        for i, row in enumerate(self.rows):
-            for j, key in enumerate(METRIC_COLUMNS):
-                v = row.get(key)
-                text = "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-                self.table.setItem(i, j, QTableWidgetItem(text))
+        self.table.show_rows(self.rows)
+        self.table.set_frc_note(note)
+        self.frc_note.setText(note + ".")
         self.export_button.setEnabled(bool(self.rows))
 
     def export_csv(self, path) -> bool:
@@ -303,9 +328,15 @@ class CompareMethodsWidget(QWidget):
 
     def _plot_misfit(self) -> None:
         if self.comparison is not None:
-            problem = self.misfit_plot.draw(self.comparison.misfit)
-            if problem:
-                show_warning(problem)
+            self._draw_misfit(self.comparison.misfit)
+
+    def _draw_misfit(self, misfit: dict[str, list]) -> None:
+        """Draw ``misfit`` (none: an empty plot), its axis label fitted to the canvas."""
+        problem = self.misfit_plot.draw(misfit)
+        if problem:
+            show_warning(problem)
+        elif self.misfit_plot.canvas is not None:
+            _fit_axis_label(self.misfit_plot.canvas.figure)
 
     def add_residual(self, method: str | None = None) -> Image | None:
         if self.comparison is None or self._input is None:
@@ -316,20 +347,13 @@ class CompareMethodsWidget(QWidget):
         if result is None:
             show_error(f"No result for method {method!r}.")
             return None
-        try:
-            bg = result.metadata.get("background_photons")
-            r = pearson_residual(self._image, result.image, self._settings, psf=self._psf,
-                                 background=None if bg is None else float(bg))
+        try:  # the run's calibration, background, read-noise pedestal and PSF
+            r = result_residual(self._image, result, psf=self._psf)
         except (ValueError, OSError, RuntimeError) as exc:
             # PSF or shape problems, an unreadable PSF file, torch out of memory
             show_error(f"Cannot compute the residual: {type(exc).__name__}: {exc}")
             return None
-        name = f"{result_layer_name(self._input.name, method)} residual"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        return self.viewer.add_image(r, name=name, colormap="twilight_shifted",
-                                     contrast_limits=(-3, 3),
-                                     **geometry_of(self._input, r.ndim))
+        return show_residual(self.viewer, r, self._input, self._plane, method, result)
 
     def _link_contrast(self) -> None:
         layers = [layer for layer in self.layers.values() if layer in self.viewer.layers]
@@ -358,3 +382,11 @@ class CompareMethodsWidget(QWidget):
         self.operator_cache.clear()
         self.model_cache.clear()
         super().closeEvent(event)
+
+
+def _fit_axis_label(figure: Any) -> None:
+    """The misfit plot's y label on two lines, so that a short canvas does not cut it."""
+    for ax in figure.axes:
+        ax.set_ylabel("misfit (NLL)\nabove the lowest", fontsize=7)
+    figure.tight_layout()
+    figure.canvas.draw_idle()
