@@ -48,9 +48,9 @@ def test_demo_compare_screenshot(tmp_path):
     # the widget's metrics table, printed as markdown: header, rule, one row per method
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in proc.stdout.splitlines() if line.startswith("|")]
-    assert rows[0] == ["method", "psnr_db", "ssim", "nrmse", "frc_px", "frc_nm", "seconds"]
-    assert [r[0] for r in rows[2:]] == ["Richardson–Lucy", "L2", "Anscombe + L2",
-                                        "PKL (Poisson KL)"]
+    assert rows[0] == ["method", "PSNR (dB)", "SSIM", "NRMSE", "FRC (px)", "FRC (nm)",
+                       "time (s)"]
+    assert [r[0] for r in rows[2:]] == ["Richardson–Lucy", "L2", "Anscombe + L2", "PKL"]
     for row in rows[2:]:
         psnr, ssim = float(row[1]), float(row[2])
         assert 10 < psnr < 60 and 0 < ssim <= 1

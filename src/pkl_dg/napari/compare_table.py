@@ -17,7 +17,7 @@ from typing import Any
 
 from napari.layers import Image
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, QSizePolicy,
+from qtpy.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QSizePolicy,
                             QTableWidget, QTableWidgetItem)
 
 from pkl_dg.compare import METRIC_COLUMNS, METRIC_HEADERS

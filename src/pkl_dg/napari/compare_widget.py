@@ -158,8 +158,6 @@ class CompareMethodsWidget(QWidget):
         res.addWidget(self.residual_button)
         layout.addLayout(res)
         self.misfit_plot = MisfitPlot()  # or a label saying why there is no plot
-        if self.misfit_plot.canvas is not None:
-            self.misfit_plot.canvas.setMinimumHeight(200)  # room for the axis label
         layout.addWidget(self.misfit_plot.widget)
 
     def refresh_layers(self, *_args) -> None:
@@ -331,12 +329,10 @@ class CompareMethodsWidget(QWidget):
             self._draw_misfit(self.comparison.misfit)
 
     def _draw_misfit(self, misfit: dict[str, list]) -> None:
-        """Draw ``misfit`` (none: an empty plot), its axis label fitted to the canvas."""
+        """Draw ``misfit`` (none: an empty plot)."""
         problem = self.misfit_plot.draw(misfit)
         if problem:
             show_warning(problem)
-        elif self.misfit_plot.canvas is not None:
-            _fit_axis_label(self.misfit_plot.canvas.figure)
 
     def add_residual(self, method: str | None = None) -> Image | None:
         if self.comparison is None or self._input is None:
@@ -383,10 +379,3 @@ class CompareMethodsWidget(QWidget):
         self.model_cache.clear()
         super().closeEvent(event)
 
-
-def _fit_axis_label(figure: Any) -> None:
-    """The misfit plot's y label on two lines, so that a short canvas does not cut it."""
-    for ax in figure.axes:
-        ax.set_ylabel("misfit (NLL)\nabove the lowest", fontsize=7)
-    figure.tight_layout()
-    figure.canvas.draw_idle()

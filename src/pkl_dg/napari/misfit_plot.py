@@ -38,7 +38,7 @@ class MisfitPlot:
             return
         self._figure = Figure(figsize=(3, 2))
         self.canvas = FigureCanvasQTAgg(self._figure)
-        self.canvas.setMinimumHeight(160)
+        self.canvas.setMinimumHeight(200)  # room for the two-line axis label
         self.widget = self.canvas
 
     def draw(self, misfit: dict[str, list[float | None]]) -> str | None:
@@ -73,7 +73,7 @@ class MisfitPlot:
                     ax.plot(steps, [v - lowest for v in vals], marker=".", markersize=3,
                             label=short_method_label(method))
             ax.set_xlabel("step", fontsize=7)
-            ax.set_ylabel("misfit above the lowest (NLL)", fontsize=7)
+            ax.set_ylabel("misfit (NLL)\nabove the lowest", fontsize=7)  # one line was cut
             ax.set_yscale("symlog", linthresh=1.0)
             ax.tick_params(labelsize=6)
             if ax.lines:
