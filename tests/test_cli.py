@@ -280,3 +280,42 @@ def test_compare_says_an_frc_without_crossing_in_words_and_gives_nm():
     assert frc_text({"frc_px": float("inf"), "frc_nm": float("inf")}).startswith("none")
     assert frc_text({"frc_px": 2.5, "frc_nm": 162.5}) == "2.50 px (162 nm)"
     assert frc_text({"frc_px": 2.5, "frc_nm": None}) == "2.50 px"
+
+
+def test_restore_says_what_it_assumed_and_refuses_early(tmp_path, capsys):
+    """From a new user's trial: an optical PSF silently took the default 65 nm pixel for a
+    file that states none (the 130 nm DAPI stack got a PSF twice too wide, and only a
+    misfit warning followed); an .ome.zarr output was refused after the whole analysis; a
+    warning given mid-run was glued to the progress bar; blocks were named 'block (0,)'."""
+    rng = np.random.default_rng(2)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, rng.poisson(30, (48, 48)).astype(np.uint16))
+    out = tmp_path / "o.tif"
+    assert main(["restore", str(plain), "-o", str(out), "--psf-kind", "airy", "--na", "1.2",
+                 "--method", "rl", "--rl-iterations", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "plain.tif states no pixel size and none was given: the airy PSF is computed for " \
+           "65 nm pixels" in err and "give --pixel-size" in err
+    assert main(["restore", str(plain), "-o", str(out), "--psf-kind", "airy", "--na", "1.2",
+                 "--pixel-size", "100", "--method", "rl", "--rl-iterations", "2", "--quiet",
+                 "--overwrite"]) == 0
+    assert "states no pixel size" not in capsys.readouterr().err
+    assert main(["restore", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "r.ome.zarr"),
+                 "--quiet"]) == 2  # the name is checked before the input is even opened
+    assert "output must be a .tif, .tiff or .ome.tif file, got r.ome.zarr (OME-Zarr: " \
+           "pkl-dg batch --format ome-zarr)" in capsys.readouterr().err
+    stack = rng.poisson(100, (3, 48, 48)).astype(np.uint16)
+    stack[:, 10:13, 10:13] = 65535
+    src = tmp_path / "tl.tif"
+    tifffile.imwrite(src, stack, imagej=True, metadata={"axes": "TYX"})
+    assert main(["restore", str(src), "-o", str(tmp_path / "tl_r.tif"), "--method", "rl",
+                 "--rl-iterations", "3"]) == 0  # with the progress bar
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("pkl-dg restore: warning: 9 saturated pixel(s) in time "
+                               "point 0 ") for line in lines)
+    assert any(line.startswith("pkl-dg restore: warning: saturated pixels in 3 of 3") for
+               line in lines)  # on a line of its own, not after the bar
+    png = tmp_path / "photo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert main(["restore", str(png), "-o", str(out), "--overwrite", "--quiet"]) == 2
+    assert "pip install bioio-imageio" in capsys.readouterr().err

@@ -13,7 +13,19 @@ from pkl_dg.inputs import EmptyPlaneWarning
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.saturation import SaturationWarning
 
-__all__ = ["auto_info", "say_empty_blocks", "summarise_block_problems"]
+__all__ = ["auto_info", "block_name", "say_empty_blocks", "summarise_block_problems"]
+
+
+def block_name(index: tuple[int, ...], axes: str | None) -> str:
+    """How messages name a block: ``"time point 0"``, ``"channel 1, plane 3"`` by the axes
+    before the block's (``axes``: the arranged image's, block axes last), ``"plane (0, 3)"``
+    without axes, and ``""`` for a single image."""
+    if not index:
+        return ""
+    words = {"T": "time point", "C": "channel", "Z": "plane", "S": "sample"}
+    if axes and len(axes) >= len(index) and all(a in words for a in axes[:len(index)]):
+        return ", ".join(f"{words[a]} {i}" for a, i in zip(axes, index))
+    return f"plane {tuple(int(i) for i in index)}"
 
 
 def auto_info(rule: AutoStop, where: str = "", warn: bool = True) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import (calibration_implied, effective, is_guided, uses_prior,
                                    uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
-from pkl_dg.block_reports import auto_info, say_empty_blocks, summarise_block_problems
+from pkl_dg.block_reports import (auto_info, block_name, say_empty_blocks,
+                                  summarise_block_problems)
 from pkl_dg.calibration import Calibration
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
@@ -259,7 +260,8 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         sat = detect_saturation(raw, dtype)
         # each kind of data problem is warned about once per run (every block's numbers
         # are in the metadata; a summary follows for stacks)
-        saturated = report_saturation(sat, f"block {idx}" if idx else "",
+        where = block_name(idx, axes)
+        saturated = report_saturation(sat, where,
                                       warn=not flagged["saturated"], kept=delta_psf)
         if saturated is not None:
             block_meta["saturated"] = saturated
@@ -267,7 +269,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         mask = None if mask is None else torch.from_numpy(mask).to(device)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
-                                  where=f"block {idx}" if idx else "", chunk=chunk,
+                                  where=where, chunk=chunk,
                                   read_noise=cal.read_noise,
                                   warn_negative=not flagged["negative_values"],
                                   estimated_offset=cal.source == "estimated",

@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    shown = warnings.formatwarning
+    shown = warnings.showwarning
     # a warning reads as the command's own line, as its errors and notes do, not as Python's
-    # "path/to/module.py:66: CategoryWarning: … <source line>"
-    warnings.formatwarning = lambda message, category, *_args, **_kw: (
-        f"pkl-dg {args.command}: warning: {message}\n")
+    # "path/to/module.py:66: CategoryWarning: … <source line>"; through tqdm, which clears a
+    # progress bar and draws it again below (a warning given mid-run was glued to the bar)
+    warnings.showwarning = lambda message, *_args, **_kw: _say_warning(args.command, message)
     try:
         apply_threads(args)
         return int(args.func(args) or 0)
@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pkl-dg {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = shown
+        warnings.showwarning = shown
+
+
+def _say_warning(command: str, message: Warning | str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"pkl-dg {command}: warning: {message}", file=sys.stderr)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,17 @@ def run(args: argparse.Namespace) -> int:
     from pkl_dg.io.write import OME_SUFFIXES, write_ome_tiff
     from pkl_dg.inputs import physical_overrides
     from pkl_dg.io import open_image
+    from pkl_dg.physics.psf_cleaning import PSFWarning
     from pkl_dg.restoration import restore_iter
     from pkl_dg.uncertainty import has_posterior_std
 
     settings = settings_from_args(args)
     ignored = report_not_applied(args, settings)
+    name = args.output.name.lower()
+    if not name.endswith((".tif", ".tiff")):  # said before any work, not after the run
+        zarr = " (OME-Zarr: pkl-dg batch --format ome-zarr)" if ".zarr" in name else ""
+        raise ValueError(f"output must be a .tif, .tiff or .ome.tif file, got "
+                         f"{args.output.name}{zarr}")
     outputs = [args.output]
     with_std = has_posterior_std(settings)
     std_path = std_path_for(args.output)
@@ -170,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"pkl-dg restore: note: {args.input.name} states no "
               f"{' or '.join(n[:-3].replace('_', ' ') for n in from_psf)}: taken from the PSF "
               f"file ({', '.join(f'{from_file[n]:g} nm' for n in from_psf)})", file=sys.stderr)
+    assumed = [n for n in ("pixel_size_nm", "z_step_nm")
+               if n not in given and n not in from_file and getattr(settings, n) > 0]
+    if "pixel_size_nm" in assumed and settings.psf_kind in ("airy", "vectorial"):
+        warnings.warn(f"{args.input.name} states no pixel size and none was given: the "
+                      f"{settings.psf_kind} PSF is computed for {settings.pixel_size_nm:g} nm "
+                      "pixels (the default), so its width in pixels is wrong unless that is "
+                      "the camera's pixel in the sample: give --pixel-size", PSFWarning)
     run = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
@@ -192,8 +206,6 @@ def run(args: argparse.Namespace) -> int:
         meta["settings_from_file"] = from_file
     if from_psf:
         meta["image_sampling_from_psf_file"] = from_psf
-    assumed = [n for n in ("pixel_size_nm", "z_step_nm")
-               if n not in given and n not in from_file and getattr(settings, n) > 0]
     if assumed:  # the nm figures of the metadata (PSF FWHM, spacing) rest on a default
         meta["sampling_assumed"] = {n: getattr(settings, n) for n in assumed}
     if ignored:  # given, but without effect on this run
@@ -220,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
                                      "posterior samples (photons)"})
     if not args.quiet:
         shape = "×".join(map(str, result.image.shape))
-        extra = f" and {std_path.name}" if with_std else ""
+        extra = f" and {std_path}" if with_std else ""
         print(f"wrote {args.output}{extra} ({shape} float32, {meta['seconds']} s)",
               file=sys.stderr)
     return 0

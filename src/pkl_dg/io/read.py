@@ -73,6 +73,13 @@ class MicroscopyImage:
                 "channel_names": list(self.channel_names)}
 
 
+#: the bioio plugin that reads a file suffix (the error for a missing reader names it)
+PLUGIN_FOR = {".png": "bioio-imageio", ".jpg": "bioio-imageio", ".jpeg": "bioio-imageio",
+              ".gif": "bioio-imageio", ".bmp": "bioio-imageio", ".czi": "bioio-czi",
+              ".nd2": "bioio-nd2", ".lif": "bioio-lif", ".dv": "bioio-dv",
+              ".sldy": "bioio-sldy"}
+
+
 def _tiff_reader(p: Path):
     """The bioio reader class for a TIFF, after checking tifffile can parse it."""
     import tifffile
@@ -204,9 +211,12 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
         img = BioImage(p, reader=reader) if reader is not None else BioImage(p)
         dims = img.dims
     except UnsupportedFileFormatError:
-        raise ValueError(f"{what} {p}: no reader for {p.suffix or 'this'} files is installed; "
-                         "install the bioio plugin for the format (e.g. pip install bioio-czi, "
-                         "bioio-nd2, bioio-lif) or convert it to OME-TIFF") from None
+        plugin = PLUGIN_FOR.get(p.suffix.lower())
+        hint = (f"pip install {plugin}" if plugin else
+                "install the bioio plugin for the format (e.g. pip install bioio-czi, "
+                "bioio-nd2, bioio-lif)")
+        raise ValueError(f"{what} {p}: no reader for {p.suffix or 'this'} files is installed: "
+                         f"{hint}, or convert it to OME-TIFF") from None
     except Exception as exc:
         raise ValueError(f"cannot read {what} {p}: the file is damaged or not an image "
                          f"({type(exc).__name__}: {exc})") from None
