@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pkl_dg.cli import build_parser
 from pkl_dg.settings import METHODS, STEP_RULES, RestoreSettings, field_specs
 from pkl_dg.settings_rules import (applies, effective, is_guided, uses_prior,
@@ -58,7 +60,7 @@ def test_restore_flag_that_does_not_apply_is_reported(capsys):
              ("--method", "l2", "--step-rule", "poisson", "--lam", "0.3"): [],
              ("--calibration", "auto", "--gain", "3"): ["gain"],
              ("--gain", "3",): [],  # a gain given means calibrating by hand
-             ("--psf-sigma", "2", "--na", "1.2"): ["na"],  # two models: the default stays
+             ("--psf-sigma", "2", "--na", "1.2", "--psf-kind", "gaussian"): ["na"],
              ("--psf-sigma-z", "2",): ["psf_sigma_z"],  # 2D mode
              # the image's sampling is recorded and written as physical size: never ignored
              ("--psf-sigma", "2", "--pixel-size", "100", "--z-step", "300"): []}
@@ -70,6 +72,9 @@ def test_restore_flag_that_does_not_apply_is_reported(capsys):
         for name in expected:
             assert f"pkl-dg restore: warning: --{name.replace('_', '-')} is ignored" in err
         assert bool(err) == bool(expected)
+    with pytest.raises(ValueError, match=r"different PSF models \(--psf-sigma: gaussian, "
+                                         r"--na: airy/vectorial\)"):  # which one is meant?
+        settings_from_args(_restore_args("--psf-sigma", "2", "--na", "1.2"))
     args = _restore_args("--method", "rl", "--samples", "4")
     report_not_applied(args, settings_from_args(args))
     assert "it applies with method pkl/anscombe/l2/none (here method rl)" in \

@@ -75,11 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    shown = warnings.showwarning
+    shown, formatted = warnings.showwarning, warnings.formatwarning
     # a warning reads as the command's own line, as its errors and notes do, not as Python's
-    # "path/to/module.py:66: CategoryWarning: … <source line>"; through tqdm, which clears a
-    # progress bar and draws it again below (a warning given mid-run was glued to the bar)
-    warnings.showwarning = lambda message, *_args, **_kw: _say_warning(args.command, message)
+    # "path/to/module.py:66: CategoryWarning: … <source line>"
+    warnings.formatwarning = lambda message, category, *_args, **_kw: (
+        f"pkl-dg {args.command}: warning: {message}\n")
+    if _warnings_printed():  # through tqdm, which clears a progress bar and draws it again
+        # below (a warning given mid-run was glued to the bar)
+        warnings.showwarning = lambda message, *_a, **_k: _say_warning(args.command, message)
     try:
         apply_threads(args)
         return int(args.func(args) or 0)
@@ -90,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pkl-dg {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.showwarning = shown
+        warnings.showwarning, warnings.formatwarning = shown, formatted
+
+
+def _warnings_printed() -> bool:
+    """Whether warnings are printed as Python prints them, not recorded by a caller
+    (``warnings.catch_warnings(record=True)``, pytest), whose record must stay whole."""
+    return (warnings.showwarning is getattr(warnings, "_showwarning_orig", None)
+            and getattr(warnings._showwarnmsg_impl, "__module__", "") == "warnings")
 
 
 def _say_warning(command: str, message: Warning | str) -> None:

@@ -26,7 +26,8 @@ _MODEL_FIELDS = tuple(s.name for s in field_specs() if s.applies_when and all(
 
 
 def flag_for(name: str) -> str:
-    return "--" + name.removesuffix("_nm").replace("_", "-")
+    """The command-line flag of a setting (``psf_path``: ``--psf``, also ``--psf-path``)."""
+    return "--psf" if name == "psf_path" else "--" + name.removesuffix("_nm").replace("_", "-")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [flag_for(spec.name)]
         if spec.name == "psf_path":
-            flags.insert(0, "--psf")
+            flags.append("--psf-path")
         unit = f" [{spec.unit}]" if spec.unit else ""
         when = applies_text(spec.name)
         when = f" Applies with {when}." if when else ""
@@ -54,16 +55,28 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     when ``--psf-kind`` is not given: the first of gaussian, airy, vectorial, file to which
     every given PSF-model flag applies (``--na`` → airy, ``--psf`` → file, ``--sample-ri``
     → vectorial). Model none (no blur: denoising only) has no flags of its own; only
-    ``--psf-kind none`` selects it."""
+    ``--psf-kind none`` selects it.
+
+    Raises
+    ------
+    ValueError
+        PSF flags of two models and no ``--psf-kind`` (``--psf FILE --psf-sigma 2``).
+    """
     given = {s.name: getattr(args, s.name) for s in field_specs()
              if getattr(args, s.name, None) is not None}
     models = [n for n in given if n in _MODEL_FIELDS]
     if "psf_kind" not in given and models:
         base = {**RestoreSettings().to_dict(), **given}
-        fits = [k for k in _CLI_PSF_KINDS
-                if all(applies(n, {**base, "psf_kind": k}) for n in models)]
-        if fits:
-            given["psf_kind"] = fits[0]
+        kinds = {n: [k for k in _CLI_PSF_KINDS if applies(n, {**base, "psf_kind": k})]
+                 for n in models}
+        kinds = {n: k for n, k in kinds.items() if k}  # none here (σ Z in 2D): reported
+        fits = [k for k in _CLI_PSF_KINDS if all(k in ks for ks in kinds.values())]
+        if not fits:  # e.g. --psf FILE and --psf-sigma: which PSF did the user mean?
+            raise ValueError("the PSF flags given describe different PSF models ("
+                             + ", ".join(f"{flag_for(n)}: {'/'.join(k)}"
+                                         for n, k in kinds.items())
+                             + "): keep those of one model, or choose it with --psf-kind")
+        given["psf_kind"] = fits[0]
     return calibration_implied(given)
 
 
