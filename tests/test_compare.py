@@ -165,8 +165,9 @@ def test_compare_cli_writes_csv_and_png(tmp_path, scene):
                "5", "--psf-sigma", "1.5", "--csv", str(out_csv), "--png", str(out_png)])
     assert rc == 0
     rows = list(csv.DictReader(out_csv.open()))
-    assert [r["method"] for r in rows] == ["Richardson–Lucy"]
-    assert float(rows[0]["psnr_db"]) > 10 and 0 < float(rows[0]["ssim"]) <= 1
+    assert [r["method"] for r in rows] == ["input", "Richardson–Lucy"]  # with its baseline
+    assert rows[0]["seconds"] == "" and float(rows[1]["psnr_db"]) > float(rows[0]["psnr_db"])
+    assert float(rows[1]["psnr_db"]) > 10 and 0 < float(rows[1]["ssim"]) <= 1
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["compare", str(inp), "--methods", "rl", "--csv", str(out_csv)]) == 2
 

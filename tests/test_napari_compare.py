@@ -61,13 +61,14 @@ def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path
         np.testing.assert_allclose(layer.scale, src.scale)
         assert layer.units == src.units  # else napari warns and drops units for rendering
     np.testing.assert_array_equal(viewer.layers["cells"].data, before)
-    assert widget.table.rowCount() == 2
+    assert widget.table.rowCount() == 3  # the input first: the baseline
+    assert [r["method"] for r in widget.rows][0] == "input"
     assert set(widget.comparison.misfit) == {"rl", "pkl"}
 
     out = tmp_path / "m.csv"
     assert widget.export_csv(out)
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
-    assert len(rows) == 2 and {"psnr_db", "ssim", "nrmse", "frc_px"} <= set(rows[0])
+    assert len(rows) == 3 and {"psnr_db", "ssim", "nrmse", "frc_px"} <= set(rows[0])
 
     res = widget.add_residual("pkl")
     assert res is not None and res.name == "cells [compare: PKL] residual"
@@ -320,7 +321,7 @@ def test_a_stack_is_compared_on_its_displayed_plane(viewer_widget, qtbot):
     np.testing.assert_allclose(out.translate, (1.0 + 0.3, 0, 0))
     assert out.metadata["napari"]["input_layer"] == "stack"
     assert out.metadata["napari"]["plane"] == [1]
-    assert widget.table.rowCount() == 1  # scored against plane 1 of the ground-truth stack
+    assert widget.table.rowCount() == 2  # input and RL, against plane 1 of the truth stack
     np.testing.assert_array_equal(stack.data, before)
     res = widget.add_residual("rl")
     assert res.name == "stack [compare: Richardson–Lucy] @1 residual"
@@ -381,19 +382,19 @@ def test_the_frc_in_nm_uses_the_layers_pixel_size_or_none(viewer_widget, qtbot):
 
     widget.input_combo.setCurrentText("at 130 nm")
     assert run_and_wait(qtbot, widget) == "done"
-    (row,) = widget.rows
+    (_input, row) = widget.rows
     assert row["frc_nm"] == pytest.approx(row["frc_px"] * 130.0, rel=1e-6)
     assert "130 nm" in widget.frc_note.text()
 
     widget.input_combo.setCurrentText("no pixel size")
     assert run_and_wait(qtbot, widget) == "done"
-    (row,) = widget.rows
-    assert row["frc_nm"] is None and widget.table.item(0, frc_nm).text() == ""
+    (_input, row) = widget.rows
+    assert row["frc_nm"] is None and widget.table.item(1, frc_nm).text() == ""
     assert "states no pixel size" in widget.frc_note.text()
 
     widget.pixel_size.setValue(80.0)  # typed: the table follows at once
-    assert widget.rows[0]["frc_nm"] == pytest.approx(widget.rows[0]["frc_px"] * 80.0)
-    assert widget.table.item(0, frc_nm).text() != "" and "typed" in widget.frc_note.text()
+    assert widget.rows[1]["frc_nm"] == pytest.approx(widget.rows[1]["frc_px"] * 80.0)
+    assert widget.table.item(1, frc_nm).text() != "" and "typed" in widget.frc_note.text()
 
 
 def test_an_integer_image_keeps_its_dtype_for_the_saturation_check(viewer_widget, qtbot):

@@ -50,7 +50,8 @@ def test_demo_compare_screenshot(tmp_path):
             for line in proc.stdout.splitlines() if line.startswith("|")]
     assert rows[0] == ["method", "PSNR (dB)", "SSIM", "NRMSE", "FRC (px)", "FRC (nm)",
                        "time (s)"]
-    assert [r[0] for r in rows[2:]] == ["Richardson–Lucy", "L2", "Anscombe + L2", "PKL"]
+    assert [r[0] for r in rows[2:]] == ["input", "Richardson–Lucy", "L2", "Anscombe + L2",
+                                        "PKL"]
     for row in rows[2:]:
         psnr, ssim = float(row[1]), float(row[2])
         assert 10 < psnr < 60 and 0 < ssim <= 1

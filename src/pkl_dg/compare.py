@@ -243,10 +243,14 @@ def result_residual(measurement: np.ndarray, result: RestoreResult,
 
 def metrics_table(results: dict[str, np.ndarray], gt: np.ndarray,
                   pixel_size_nm: float | None = None,
-                  seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """One row per method: PSNR (dB), SSIM, NRMSE (DESIGN §4), FRC resolution vs ``gt``."""
+                  seconds: dict[str, float] | None = None,
+                  measurement: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One row per method: PSNR (dB), SSIM, NRMSE (DESIGN §4), FRC resolution vs ``gt``;
+    first, where ``measurement`` (the input, any unit: the protocol fits a gain and an
+    offset) is given, its own row, ``"input"``: the baseline a method must beat."""
     rows = []
-    for method, img in results.items():
+    images = results if measurement is None else {"input": measurement, **results}
+    for method, img in images.items():
         sc = care_scores(img, gt)
         frc = frc_resolution(img, gt, pixel_size_nm=pixel_size_nm)
         rows.append({"method": METHOD_LABELS.get(method, method), "psnr_db": sc["psnr"],
@@ -282,16 +286,16 @@ def render_panel(images: dict[str, np.ndarray], path, rows: list[dict] | None = 
 
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
-    by_label = {r["method"]: r for r in rows or []}
+    by_label = {r["method"].lower(): r for r in rows or []}  # "Input" panel, "input" row
     for ax, (label, img) in zip(axes[0], images.items()):
         lo, hi = np.percentile(img, [0.5, 99.8])
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        row = by_label.get(label)
+        row = by_label.get(label.lower())
         sub = f"\n{row['psnr_db']:.2f} dB · SSIM {row['ssim']:.3f}" if row else ""
         ax.set_title(label + sub, fontsize=10)
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92) if title else None)  # the title above the panels
     fig.savefig(path, dpi=100)
     plt.close(fig)

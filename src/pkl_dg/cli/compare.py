@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     results = {m: r.image for m, r in comparison.result.results.items()}
     rows = None
     if gt is not None:
-        rows = metrics_table(results, gt, px, seconds)
+        rows = metrics_table(results, gt, px, seconds,
+                             measurement=np.asarray(image, dtype=np.float32))
         for r in rows:
             say(f"{r['method']:>18}  {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.3f}  "
                 f"FRC {frc_text(r)}")

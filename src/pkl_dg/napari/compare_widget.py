@@ -297,7 +297,8 @@ class CompareMethodsWidget(QWidget):
                       for m, r in self.comparison.results.items()}
             # the pixel size typed here or stated by the image, never an assumed default
             nm, note = frc_pixel_size(self.pixel_size.value(), self._input)
-            self.rows = metrics_table(images, gt, nm, self.seconds)
+            self.rows = metrics_table(images, gt, nm, self.seconds,
+                                      measurement=np.asarray(self._image, dtype=np.float32))
         except (ValueError, TypeError) as exc:  # shapes differ, constant or non-numeric data
             show_error(f"Cannot score against '{gt_layer.name}': {exc}")
             return
