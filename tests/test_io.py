@@ -177,3 +177,38 @@ def test_a_layer_saved_from_napari_keeps_its_scale_place_and_parameters(tmp_path
     with pytest.warns(UserWarning, match="could not save .* 4 axes without names: set its"):
         unnamed.save(str(tmp_path / "unnamed.ome.tif"))  # napari hides the writer's error
     assert not (tmp_path / "unnamed.ome.tif").exists()
+
+
+def test_a_time_lapse_keeps_its_time_interval_through_restore_and_napari(tmp_path,
+                                                                         make_napari_viewer):
+    """A time-lapse's interval (OME TimeIncrement, an OME-Zarr t scale, ImageJ finterval)
+    was dropped: outputs had none and napari gave T a scale of 1 pixel. It is now read,
+    written by the OME writers and `pkl-dg restore -o NAME.ome.tif`, and shown in seconds."""
+    from pkl_dg.cli import main
+
+    rng = np.random.default_rng(4)
+    frames = rng.poisson(30, (3, 40, 40)).astype(np.uint16)
+    ome = tmp_path / "tl.ome.tif"
+    tifffile.imwrite(ome, frames, ome=True, metadata={
+        "axes": "TYX", "TimeIncrement": 250, "TimeIncrementUnit": "ms",
+        "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1})
+    ij = tmp_path / "tl_ij.tif"
+    tifffile.imwrite(ij, frames, imagej=True, metadata={"axes": "TYX", "finterval": 3.0})
+    zar = tmp_path / "tl.ome.zarr"
+    write_ome_zarr(zar, frames.astype(np.float32), "TYX", {}, time_interval_s=0.5)
+    assert open_image(ome).time_interval_s == pytest.approx(0.25)
+    assert open_image(ij).time_interval_s == pytest.approx(3.0)
+    assert open_image(zar).time_interval_s == pytest.approx(0.5)
+    assert open_image(tmp_path / "tl_ij.tif").physical_metadata()["time_interval_s"] == 3.0
+    out = tmp_path / "r.ome.tif"
+    assert main(["restore", str(ome), "-o", str(out), "--method", "rl", "--rl-iterations",
+                 "2", "--quiet"]) == 0
+    assert open_image(out).time_interval_s == pytest.approx(0.25)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(out, plugin="napari-pkl-dg")
+    assert layer.scale[0] == pytest.approx(0.25) and str(layer.units[0]) == "second"
+    layer.save(str(tmp_path / "again.ome.tif"))  # the plugin's writer keeps it too
+    assert open_image(tmp_path / "again.ome.tif").time_interval_s == pytest.approx(0.25)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, frames, photometric="minisblack")
+    assert open_image(plain).time_interval_s is None

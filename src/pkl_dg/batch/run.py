@@ -157,7 +157,8 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
     pixel = tuple(job.image_meta["pixel_size_nm"]) if job.image_meta.get("pixel_size_nm") else None
     writer = write_ome_zarr if job.fmt == "ome-zarr" else write_ome_tiff
     writer(job.output, image, job.axes or "YX", meta, pixel_size_nm=pixel,
-           z_step_nm=job.image_meta.get("z_step_nm"), overwrite=True)
+           z_step_nm=job.image_meta.get("z_step_nm"),
+           time_interval_s=job.image_meta.get("time_interval_s"), overwrite=True)
 
 
 def _worker_settings(s: RestoreSettings, threads: int | None) -> dict[str, Any]:

@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             write_result(path, image, metadata, overwrite=args.overwrite, pixel_size_nm=px)
             return
         write_ome_tiff(path, image, source.axes, metadata, pixel_size_nm=px, z_step_nm=z,
-                       overwrite=args.overwrite)
+                       time_interval_s=source.time_interval_s, overwrite=args.overwrite)
 
     write(args.output, result.image, meta)
     if with_std:

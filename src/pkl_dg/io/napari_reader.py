@@ -35,6 +35,9 @@ def layer_kwargs(img) -> dict[str, Any]:
         elif a == "Z" and img.z_step_nm:
             scale.append(img.z_step_nm / 1000.0)
             units.append("micrometer")
+        elif a == "T" and img.time_interval_s:
+            scale.append(img.time_interval_s)
+            units.append("second")
         else:
             scale.append(1.0)
             units.append("pixel")

@@ -5,7 +5,7 @@ scale 1, at the origin, without its parameters. This writer (contributed in
 ``napari.yaml`` for ``*.ome.tif`` / ``*.ome.tiff``; in napari's *Save Selected Layer(s)*
 dialog choose "OME-TIFF with physical scale (pkl-dg)") writes the layer's data as float32
 with :func:`pkl_dg.io.write_ome_tiff`: axes from its axis labels, pixel size and Z step from
-its scale where its units are lengths, its metadata as JSON (a pkl-dg result's parameters),
+its scale where its units are lengths (a time axis's in seconds), its metadata as JSON (a pkl-dg result's parameters),
 and its translate, which the pkl-dg reader gives back, so a plane restored at Z = 2 reopens
 at Z = 2.
 """
@@ -50,14 +50,16 @@ def layer_axes(labels: list[str], ndim: int, metadata: dict[str, Any]) -> str:
     return axes
 
 
-def _length_nm(scale: float, unit: Any) -> float | None:
-    """``scale`` in ``unit`` as nm, or None when the unit is not a length (pixels)."""
+def _in(scale: float, unit: Any, target: str) -> float | None:
+    """``scale`` in ``unit`` as ``target`` ("nm", "s"), or None when the unit is not of
+    that kind (pixels)."""
     import pint
 
     if unit is None or str(unit) in ("", "pixel", "px"):
         return None
     try:
-        return float((scale * pint.get_application_registry()(str(unit))).to("nm").magnitude)
+        return float((scale * pint.get_application_registry()(str(unit))).to(target)
+                     .magnitude)
     except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError):
         return None
 
@@ -110,7 +112,8 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     axes = layer_axes(list(meta.get("axis_labels") or []), arr.ndim, stored)
     scale = list(meta.get("scale") or [1.0] * arr.ndim)
     units = list(meta.get("units") or [None] * arr.ndim)
-    sizes = {a: _length_nm(float(s), u) for a, s, u in zip(axes, scale, units)}
+    sizes = {a: _in(float(s), u, "s" if a == "T" else "nm")
+             for a, s, u in zip(axes, scale, units)}
     order = sorted(range(arr.ndim), key=lambda i: OME_ORDER.index(axes[i]))
     arr = np.transpose(arr, order)
     ome_axes = "".join(axes[i] for i in order)
@@ -124,5 +127,5 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
                            "units": [str(units[i] or "pixel") for i in order]}
     pixel = (sizes["Y"], sizes["X"]) if sizes.get("Y") and sizes.get("X") else None
     write_ome_tiff(path, arr, ome_axes, out, pixel_size_nm=pixel, z_step_nm=sizes.get("Z"),
-                   overwrite=True)
+                   time_interval_s=sizes.get("T"), overwrite=True)
     return [str(path)]

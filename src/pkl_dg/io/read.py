@@ -48,6 +48,9 @@ class MicroscopyImage:
         The file read.
     scenes
         Number of scenes (series / positions) in the file; scene 0 is the one read.
+    time_interval_s
+        Time between time points in seconds (OME ``TimeIncrement``, an OME-Zarr ``t``
+        scale with a time unit, ImageJ ``finterval``), or ``None`` (no T axis or not stated).
     """
 
     data: Any
@@ -57,6 +60,7 @@ class MicroscopyImage:
     channel_names: list[str] = field(default_factory=list)
     path: Path | None = None
     scenes: int = 1
+    time_interval_s: float | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -67,9 +71,10 @@ class MicroscopyImage:
         return np.asarray(self.data)
 
     def physical_metadata(self) -> dict[str, Any]:
-        """Axes, pixel size and z-step as JSON-able metadata."""
+        """Axes, pixel size, z-step and time interval as JSON-able metadata."""
         return {"axes": self.axes, "pixel_size_nm": list(self.pixel_size_nm)
                 if self.pixel_size_nm else None, "z_step_nm": self.z_step_nm,
+                "time_interval_s": self.time_interval_s,
                 "channel_names": list(self.channel_names)}
 
 
@@ -244,7 +249,53 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
     except (NotImplementedError, AttributeError, KeyError, IndexError, ValueError):
         # some readers cannot name channels; names are informative only
         channels = []
-    return MicroscopyImage(data, "".join(keep), pixel, z_step, channels, p, scenes)
+    dt = _time_interval_s(p, img) if "T" in keep else None
+    return MicroscopyImage(data, "".join(keep), pixel, z_step, channels, p, scenes, dt)
+
+
+def _seconds(value: Any, unit: Any) -> float | None:
+    """``value`` in ``unit`` (a time unit's name or symbol) as seconds; None if either is
+    missing, not positive or not a time."""
+    import pint
+
+    try:
+        v = float(value)
+        if not v > 0 or unit is None:
+            return None
+        return float((v * pint.get_application_registry()(str(unit))).to("s").magnitude)
+    except (TypeError, ValueError, pint.errors.DimensionalityError,
+            pint.errors.UndefinedUnitError, AttributeError):
+        return None
+
+
+def _time_interval_s(p: Path, img: Any) -> float | None:
+    """The time between time points the file states (bioio's readers give none): OME-TIFF
+    ``Pixels/TimeIncrement``, an OME-Zarr's ``t`` scale with a time unit, ImageJ's
+    ``finterval`` (seconds)."""
+    if p.is_dir():
+        import zarr
+
+        attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+        ms = (attrs.get("ome", attrs).get("multiscales") or [{}])[0]
+        axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+        names = [a.get("name") for a in axes]
+        scale = next((t.get("scale") for t in (ms.get("datasets") or [{}])[0]
+                      .get("coordinateTransformations", []) if t.get("type") == "scale"), None)
+        if "t" not in names or not scale:
+            return None
+        return _seconds(scale[names.index("t")], axes[names.index("t")].get("unit"))
+    try:
+        pixels = img.ome_metadata.images[0].pixels  # bioio's OME readers
+        unit = getattr(pixels.time_increment_unit, "value", pixels.time_increment_unit)
+        return _seconds(pixels.time_increment, unit)
+    except (AttributeError, IndexError, NotImplementedError, ValueError, TypeError):
+        pass
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            return _seconds((tif.imagej_metadata or {}).get("finterval"), "s")
+    return None
 
 
 def read_image(path: str | Path, what: str = "input image") -> np.ndarray:

@@ -80,7 +80,8 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
 
 def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dict, *,
                    pixel_size_nm: tuple[float, float] | None = None,
-                   z_step_nm: float | None = None, overwrite: bool = False) -> None:
+                   z_step_nm: float | None = None, time_interval_s: float | None = None,
+                   overwrite: bool = False) -> None:
     """Write a float32 OME-TIFF with physical sizes and ``metadata`` as JSON.
 
     Parameters
@@ -92,6 +93,8 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
         pixel size also goes into the TIFF resolution tags (pixels per centimetre), so
         readers that ignore the OME-XML (napari's built-in TIFF reader, ImageJ without
         Bio-Formats) do not see 1-unit pixels.
+    time_interval_s
+        Time between time points in s, stored as OME ``TimeIncrement`` (with a T axis).
     overwrite
         Replace an existing file (else ``FileExistsError``).
     """
@@ -110,6 +113,8 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
                     PhysicalSizeX=pixel_size_nm[1] / 1000.0, PhysicalSizeXUnit="µm")
     if z_step_nm and "Z" in axes:
         meta.update(PhysicalSizeZ=z_step_nm / 1000.0, PhysicalSizeZUnit="µm")
+    if time_interval_s and "T" in axes:
+        meta.update(TimeIncrement=float(time_interval_s), TimeIncrementUnit="s")
     extra: dict[str, Any] = {}
     if pixel_size_nm:  # 1 cm = 1e7 nm; the tags are (X, Y)
         extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
@@ -130,7 +135,8 @@ def _scale_factors(shape_yx: tuple[int, int]) -> list[int]:
 
 def write_ome_zarr(path: str | Path, image: Any, axes: str, metadata: dict, *,
                    pixel_size_nm: tuple[float, float] | None = None,
-                   z_step_nm: float | None = None, overwrite: bool = False) -> None:
+                   z_step_nm: float | None = None, time_interval_s: float | None = None,
+                   overwrite: bool = False) -> None:
     """Write a float32 OME-Zarr (NGFF 0.5) image with multiscales, chunked per plane.
 
     Chunks are one plane of at most ``ZARR_CHUNK``² pixels (never across T, C or Z); the
@@ -155,6 +161,8 @@ def write_ome_zarr(path: str | Path, image: Any, axes: str, metadata: dict, *,
         scale["z"] = z_step_nm / 1000.0 if z_step_nm else 1.0
         if z_step_nm:
             units["z"] = "micrometer"
+    if "T" in axes and time_interval_s:  # the t scale in seconds
+        scale["t"], units["t"] = float(time_interval_s), "second"
     for a in axes:  # axes without a physical size: scale 1 (no unit)
         scale.setdefault(a.lower(), 1.0)
     chunks = tuple(1 for _ in axes[:-2]) + tuple(min(ZARR_CHUNK, n) for n in image.shape[-2:])
