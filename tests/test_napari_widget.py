@@ -467,6 +467,17 @@ def test_3d_mode_restores_the_volume_and_posterior_std(viewer_widget, qtbot):
     assert std.data.shape == vol.shape and float(std.data.max()) >= 0
 
 
+def _rl_with_bead_psf(viewer, widget):
+    """Choose the layer 'bead stack' as the PSF source (11 px box) and 2 RL iterations;
+    show the PSF and return its layer."""
+    widget.psf_source.value = "beads"
+    widget.bead_layer_combo.value = viewer.layers["bead stack"]
+    widget.bead_box.value = 11
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 2
+    return widget.show_psf()
+
+
 def test_3d_mode_takes_the_psf_from_a_bead_stack(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     zz, yy, xx = np.mgrid[:15, :48, :48]
@@ -478,12 +489,7 @@ def test_3d_mode_takes_the_psf_from_a_bead_stack(viewer_widget, qtbot, notes):
     vol = np.random.default_rng(0).poisson(20, (15, 32, 32)).astype(np.float32)
     widget.input_combo.value = viewer.add_image(vol, name="vol")
     widget.controls["mode"].value = "3d"
-    widget.psf_source.value = "beads"
-    widget.bead_layer_combo.value = viewer.layers["bead stack"]
-    widget.bead_box.value = 11
-    widget.controls["method"].value = "rl"
-    widget.controls["rl_iterations"].value = 2
-    psf_layer = widget.show_psf()
+    psf_layer = _rl_with_bead_psf(viewer, widget)
     assert psf_layer is not None and psf_layer.data.ndim == 3
     assert psf_layer.metadata["psf_beads_used"] == 3
     assert run_and_wait(qtbot, widget) == "done"
@@ -508,12 +514,7 @@ def test_2d_mode_takes_a_bead_stacks_in_focus_plane_not_the_displayed_one(viewer
     stack = rng.poisson(20, (15, 40, 40)).astype(np.float32)
     widget.input_combo.value = viewer.add_image(stack, name="stack")
     viewer.dims.set_current_step(0, 3)
-    widget.psf_source.value = "beads"
-    widget.bead_layer_combo.value = viewer.layers["bead stack"]
-    widget.bead_box.value = 11
-    widget.controls["method"].value = "rl"
-    widget.controls["rl_iterations"].value = 2
-    psf_layer = widget.show_psf()
+    psf_layer = _rl_with_bead_psf(viewer, widget)
     assert psf_layer is not None and psf_layer.data.ndim == 2
     assert psf_layer.metadata["psf_bead_plane"] == 11
     assert psf_layer.metadata["psf_beads_used"] == 3

@@ -13,7 +13,8 @@ from pkl_dg.inputs import EmptyPlaneWarning
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.saturation import SaturationWarning
 
-__all__ = ["auto_info", "block_name", "say_empty_blocks", "summarise_block_problems"]
+__all__ = ["auto_info", "block_list", "block_name", "say_empty_blocks",
+           "summarise_block_problems"]
 
 
 def block_name(index: tuple[int, ...], axes: str | None) -> str:
@@ -55,11 +56,16 @@ def summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
                           category, stacklevel=3)
 
 
+def block_list(indices: list[list[int]], most: int = 12) -> str:
+    """Block indices (into the leading axes) as a message lists them: ``"2, 5"``,
+    ``"(0, 2), (1, 2)"``, the first ``most`` and how many more."""
+    shown = ", ".join(str(tuple(i)) if len(i) > 1 else str(i[0]) for i in indices[:most])
+    return shown + (f" and {len(indices) - most} more" if len(indices) > most else "")
+
+
 def say_empty_blocks(empty: list[list[int]], blocks: int) -> None:
     """Warn once that ``empty`` (indices into the leading axes) of ``blocks`` planes or
     volumes held only zeros and were written as zeros, not restored."""
-    shown = ", ".join(str(tuple(i)) if len(i) > 1 else str(i[0]) for i in empty[:12])
-    more = f" and {len(empty) - 12} more" if len(empty) > 12 else ""
-    warnings.warn(f"{len(empty)} of {blocks} planes/volumes hold only zeros ({shown}{more}): "
-                  "they are written as zeros, not restored (listed in the metadata as "
-                  "empty_blocks).", EmptyPlaneWarning, stacklevel=3)
+    warnings.warn(f"{len(empty)} of {blocks} planes/volumes hold only zeros "
+                  f"({block_list(empty)}): they are written as zeros, not restored (listed "
+                  "in the metadata as empty_blocks).", EmptyPlaneWarning, stacklevel=3)

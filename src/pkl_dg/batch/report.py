@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pkl_dg.batch.plan import Job
+from pkl_dg.block_reports import block_list
 from pkl_dg.inputs import EmptyPlaneWarning
 
 #: the block warning a worker records for a plane or volume with only zeros
@@ -70,9 +71,7 @@ def clear_failure_log(job: Job) -> None:
 
 def _empty_text(job: Job, blocks: list[dict[str, Any]]) -> str:
     empty = [b["index"] for b in blocks if b.get("empty")]
-    shown = ", ".join(str(tuple(i)) if len(i) > 1 else str(i[0]) for i in empty[:12])
-    more = f" and {len(empty) - 12} more" if len(empty) > 12 else ""
-    return (f"{job.input.name}: planes/volumes {shown}{more} hold only zeros: they are "
+    return (f"{job.input.name}: planes/volumes {block_list(empty)} hold only zeros: they are "
             "written as zeros, not restored (listed in the metadata as empty_blocks; in "
             f"{len(empty)} of {len(blocks)} blocks)")
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pkl_dg.axes import axes_from_labels
+from pkl_dg.io.read import in_unit
 
 #: the OME axis order the writer stores
 OME_ORDER = "TCZYX"
@@ -48,20 +49,6 @@ def layer_axes(labels: list[str], ndim: int, metadata: dict[str, Any]) -> str:
         raise ValueError(f"axes {axes!r}: an OME-TIFF stores T, C, Z, Y, X once each; name "
                          "the layer's axes with those (axis labels t, c, z, y, x)")
     return axes
-
-
-def _in(scale: float, unit: Any, target: str) -> float | None:
-    """``scale`` in ``unit`` as ``target`` ("nm", "s"), or None when the unit is not of
-    that kind (pixels)."""
-    import pint
-
-    if unit is None or str(unit) in ("", "pixel", "px"):
-        return None
-    try:
-        return float((scale * pint.get_application_registry()(str(unit))).to(target)
-                     .magnitude)
-    except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError):
-        return None
 
 
 def write_ome_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -112,7 +99,7 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     axes = layer_axes(list(meta.get("axis_labels") or []), arr.ndim, stored)
     scale = list(meta.get("scale") or [1.0] * arr.ndim)
     units = list(meta.get("units") or [None] * arr.ndim)
-    sizes = {a: _in(float(s), u, "s" if a == "T" else "nm")
+    sizes = {a: in_unit(s, u, "s" if a == "T" else "nm")
              for a, s, u in zip(axes, scale, units)}
     order = sorted(range(arr.ndim), key=lambda i: OME_ORDER.index(axes[i]))
     arr = np.transpose(arr, order)

@@ -141,13 +141,17 @@ def _tiff_states_units(tif) -> bool:
 def _zarr_states_units(p: Path) -> bool:
     """Whether an OME-Zarr gives its Y and X axes a physical unit (else its scale is in
     pixels and bioio's 1.0 would read as 1 µm)."""
+    units = {a.get("name", "").lower(): a.get("unit")
+             for a in _zarr_multiscale(p).get("axes", []) if isinstance(a, dict)}
+    return bool(units.get("y")) and bool(units.get("x"))
+
+
+def _zarr_multiscale(p: Path) -> dict[str, Any]:
+    """The first ``multiscales`` entry of an OME-Zarr's attributes (NGFF 0.4 or 0.5)."""
     import zarr
 
     attrs = dict(zarr.open_group(str(p), mode="r").attrs)
-    multiscales = attrs.get("ome", attrs).get("multiscales") or [{}]
-    axes = multiscales[0].get("axes", [])
-    units = {a.get("name", "").lower(): a.get("unit") for a in axes if isinstance(a, dict)}
-    return bool(units.get("y")) and bool(units.get("x"))
+    return (attrs.get("ome", attrs).get("multiscales") or [{}])[0]
 
 
 def _is_zarr(p: Path) -> bool:
@@ -253,16 +257,19 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
     return MicroscopyImage(data, "".join(keep), pixel, z_step, channels, p, scenes, dt)
 
 
-def _seconds(value: Any, unit: Any) -> float | None:
-    """``value`` in ``unit`` (a time unit's name or symbol) as seconds; None if either is
-    missing, not positive or not a time."""
+def in_unit(value: Any, unit: Any, target: str) -> float | None:
+    """``value`` given in ``unit`` (a pint unit or its name: "µm", "micrometer", "ms") as a
+    number in ``target`` ("nm", "s"); None when either is missing, the value is not
+    positive, or the unit is no unit of that kind (pixels, a time for a length)."""
     import pint
 
+    if unit is None or str(unit) in ("", "pixel", "px"):
+        return None
     try:
         v = float(value)
-        if not v > 0 or unit is None:
+        if not v > 0:
             return None
-        return float((v * pint.get_application_registry()(str(unit))).to("s").magnitude)
+        return float((v * pint.get_application_registry()(str(unit))).to(target).magnitude)
     except (TypeError, ValueError, pint.errors.DimensionalityError,
             pint.errors.UndefinedUnitError, AttributeError):
         return None
@@ -273,28 +280,25 @@ def _time_interval_s(p: Path, img: Any) -> float | None:
     ``Pixels/TimeIncrement``, an OME-Zarr's ``t`` scale with a time unit, ImageJ's
     ``finterval`` (seconds)."""
     if p.is_dir():
-        import zarr
-
-        attrs = dict(zarr.open_group(str(p), mode="r").attrs)
-        ms = (attrs.get("ome", attrs).get("multiscales") or [{}])[0]
+        ms = _zarr_multiscale(p)
         axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
         names = [a.get("name") for a in axes]
         scale = next((t.get("scale") for t in (ms.get("datasets") or [{}])[0]
                       .get("coordinateTransformations", []) if t.get("type") == "scale"), None)
         if "t" not in names or not scale:
             return None
-        return _seconds(scale[names.index("t")], axes[names.index("t")].get("unit"))
+        return in_unit(scale[names.index("t")], axes[names.index("t")].get("unit"), "s")
     try:
         pixels = img.ome_metadata.images[0].pixels  # bioio's OME readers
         unit = getattr(pixels.time_increment_unit, "value", pixels.time_increment_unit)
-        return _seconds(pixels.time_increment, unit)
+        return in_unit(pixels.time_increment, unit, "s")
     except (AttributeError, IndexError, NotImplementedError, ValueError, TypeError):
         pass
     if p.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         with tifffile.TiffFile(p) as tif:
-            return _seconds((tif.imagej_metadata or {}).get("finterval"), "s")
+            return in_unit((tif.imagej_metadata or {}).get("finterval"), "s", "s")
     return None
 
 

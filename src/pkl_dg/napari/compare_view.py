@@ -24,6 +24,7 @@ import numpy as np
 from napari.layers import Image
 
 from pkl_dg.napari.controls import short_method_label
+from pkl_dg.napari.output import plane_geometry, plane_suffix
 from pkl_dg.napari.worker import ComparedRun, MethodFrame
 from pkl_dg.settings import METHODS
 from pkl_dg.settings_rules import effective
@@ -39,23 +40,12 @@ def result_layer_name(input_name: str, method: str, plane: tuple[int, ...] = ())
     (it did: comparing PKL on an image removed the restored layer and its std layer).
     A plane of a stack (``plane``, its index in the leading axes) is named as that widget
     names its plane outputs: ``" @1"``, ``" @1,3"`` appended."""
-    suffix = f" @{','.join(map(str, plane))}" if plane else ""
-    return f"{input_name} [compare: {short_method_label(method)}]{suffix}"
+    return f"{input_name} [compare: {short_method_label(method)}]{plane_suffix(plane)}"
 
 
 def residual_layer_name(result_name: str) -> str:
     """The Pearson residual layer of the result layer ``result_name``."""
     return f"{result_name} residual"
-
-
-def geometry_of(layer: Image, n: int, plane: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Scale, translate, units and axis labels of ``layer``'s last ``n`` axes; the first
-    ``len(plane)`` of them translated to ``plane`` (an index into the leading axes)."""
-    scale = np.array(layer.scale[-n:], dtype=float)  # copies: napari's own arrays
-    translate = np.array(layer.translate[-n:], dtype=float)
-    translate[:len(plane)] += np.asarray(plane, dtype=float) * scale[:len(plane)]
-    return {"scale": scale, "translate": translate, "units": layer.units[-n:],
-            "axis_labels": layer.axis_labels[-n:]}
 
 
 def placed(image: np.ndarray, plane: tuple[int, ...]) -> np.ndarray:
@@ -70,7 +60,7 @@ def add_plane_layer(viewer: Any, image: np.ndarray, name: str, like: Image,
     if name in viewer.layers:
         viewer.layers.remove(name)
     data = placed(np.asarray(image, dtype=np.float32), plane)
-    return viewer.add_image(data, name=name, **geometry_of(like, data.ndim, plane), **kwargs)
+    return viewer.add_image(data, name=name, **plane_geometry(like, data.ndim, plane), **kwargs)
 
 
 def show_residual(viewer: Any, residual: np.ndarray, input_layer: Image,

@@ -245,15 +245,9 @@ def _sampling_and_source(layer: Image, axis: int) -> tuple[float | None, str]:
 
 
 def _scale_nm(layer: Image, axis: int = -1) -> float | None:
-    import pint
+    from pkl_dg.io.read import in_unit
 
-    unit = layer.units[axis]
-    if str(unit) in ("pixel", "px", ""):
-        return None
-    try:
-        return float((layer.scale[axis] * unit).to("nm").magnitude)
-    except pint.errors.DimensionalityError:
-        return None
+    return in_unit(layer.scale[axis], layer.units[axis], "nm")
 
 
 def _file_nm(layer: Image, axis: int = -1) -> float | None:

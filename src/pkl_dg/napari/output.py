@@ -60,6 +60,23 @@ class Run:
         return image.reshape(self.layer_shape) if self.plane else image
 
 
+def plane_suffix(plane: tuple[int, ...]) -> str:
+    """What a plane output's layer name ends in: ``" @2"``, ``" @1,3"`` (``""`` for none)."""
+    return f" @{','.join(map(str, plane))}" if plane else ""
+
+
+def plane_geometry(layer: Image, n: int, plane: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Scale, translate, units and axis labels of ``layer``'s last ``n`` axes, the first
+    ``len(plane)`` of them translated to ``plane`` (an index into the leading axes), so a
+    plane output shows at its own plane only."""
+    # copies: napari hands out its own arrays, and the plane offset must not move the input
+    scale = np.array(layer.scale[-n:], dtype=float)
+    translate = np.array(layer.translate[-n:], dtype=float)
+    translate[:len(plane)] += np.asarray(plane, dtype=float) * scale[:len(plane)]
+    return {"scale": scale, "translate": translate, "units": layer.units[-n:],
+            "axis_labels": layer.axis_labels[-n:]}
+
+
 def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.ndarray
                      ) -> Image:
     """The output layer of ``run``: ``current`` if still valid, a same-named float32 layer of
@@ -73,17 +90,10 @@ def output_layer_for(viewer: Any, run: Run, current: Image | None, frame: np.nda
     if isinstance(existing, Image) and existing.data.shape == shape and \
             existing.data.dtype == np.float32:
         return existing
-    n = len(shape)
     data = np.zeros(shape, np.float32) if run.whole_stack else run.placed(frame)
-    # copies: napari hands out its own arrays, and the plane offset must not move the input
-    scale = np.array(src.scale[-n:], dtype=float)
-    translate = np.array(src.translate[-n:], dtype=float)
-    translate[:len(run.plane)] += np.asarray(run.plane) * scale[:len(run.plane)]
     run.auto_contrast = None
-    return viewer.add_image(
-        data, name=run.name, scale=scale, translate=translate,
-        units=src.units[-n:], axis_labels=src.axis_labels[-n:],
-        colormap=src.colormap.name, metadata={"status": "running"})
+    return viewer.add_image(data, name=run.name, **plane_geometry(src, len(shape), run.plane),
+                            colormap=src.colormap.name, metadata={"status": "running"})
 
 
 def show_frame(layer: Image, run: Run, block: tuple[int, ...], image: np.ndarray) -> None:

@@ -38,7 +38,8 @@ from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, fit_laye
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import CalibrationPanel
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
-from pkl_dg.napari.output import RestorationView, Run, same_layer, show_psf_layer
+from pkl_dg.napari.output import (RestorationView, Run, plane_suffix, same_layer,
+                                  show_psf_layer)
 from pkl_dg.napari.sampling_fields import SamplingFields
 from pkl_dg.napari.run_controller import RunController, progress_widgets
 from pkl_dg.napari.shared_state import RunInputs
@@ -349,9 +350,7 @@ class PKLDeconvolutionWidget(QWidget):
             self.runner.report(f"Cannot run: {exc}", error=True)
             return False
         self._save()
-        name = f"{layer.name} [{short_method_label(settings.method)}]"
-        if index:
-            name += f" @{','.join(map(str, index))}"
+        name = f"{layer.name} [{short_method_label(settings.method)}]{plane_suffix(index)}"
         block_ndim = 3 if settings.mode == "3d" else 2
         run = Run(input_layer=layer, settings=settings, name=name, plane=index,
                   whole_stack=np.ndim(image) > block_ndim, block_ndim=block_ndim,
