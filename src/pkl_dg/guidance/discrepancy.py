@@ -113,5 +113,5 @@ class DevianceRatio:
             raise ValueError(f"{mu.numel()} predicted values for {self.y.numel()} measured")
         m = torch.clamp(mu.reshape(-1).to(torch.float64), min=1e-6)
         log_m = torch.log(m)
-        d = 2.0 * (self.own - float(torch.dot(self.y, log_m)) + float(m.sum()))
-        return d / float(expected_deviance(m, log_m).sum())
+        d = 2.0 * (self.own - torch.dot(self.y, log_m) + m.sum())
+        return float(d / expected_deviance(m, log_m).sum())  # one host sync per call
