@@ -443,9 +443,48 @@ def test_a_stack_that_fails_part_way_keeps_its_planes_and_says_failed(viewer_wid
     assert out.metadata["status"] == "failed" and "NaN" in out.metadata["error"]
     assert out.metadata["steps_completed"] == 4 and out.metadata["steps_total"] == 6
     assert "calibration" in out.metadata  # what the run had established
-    assert out.data[0].max() > 0 and out.data[1].max() > 0 and not out.data[2].any()
+    assert out.data[0].max() > 0 and out.data[1].max() > 0 and np.isnan(out.data[2]).all()
+    assert out.name == "stack [Richardson–Lucy] (failed, 2 of 3 planes restored)"
+    assert out.metadata["blocks_restored"] == [[0], [1]]
+    assert out.metadata["blocks_not_restored"] == {"count": 1, "value": "NaN"}
     assert "holds the last estimate" in widget.status_label.text()
     assert any("NaN" in msg for msg in _error_messages(notes))
+
+
+def test_a_cancelled_stack_says_so_in_its_name_and_leaves_planes_not_started_nan(
+        viewer_widget, qtbot, constant_denoiser):
+    """A cancelled whole-stack run looked finished: the layer kept the result's name and
+    the planes it never reached were zeros (0 photons). Now the name says how far it got,
+    those planes are NaN, the metadata lists what was restored, and the next run writes a
+    new layer instead of overwriting what the cancelled one left."""
+    viewer, widget = viewer_widget
+    plane = viewer.layers["cells"].data[:48, :48].astype(np.float32)
+    widget.input_combo.value = viewer.add_image(np.stack([plane] * 4), name="stack")
+    widget.stack_combo.value = "all"
+    widget.controls["samples"].value = 1
+    widget.model_cache.put("", "auto", SlowDenoiser(constant_denoiser, delay=0.1))
+    per_plane = widget.controls["steps"].value
+    frames = []
+    widget.frame_shown.connect(frames.append)
+    with qtbot.waitSignal(widget.run_finished, timeout=60000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: bool(frames) and frames[-1] > per_plane, timeout=30000)
+        widget.cancel()
+    assert blocker.args == ["cancelled"]
+    out = widget.output_layer
+    md = out.metadata
+    assert md["status"] == "cancelled" and md["blocks_restored"][0] == [0]
+    assert md["block_in_progress"] in ([1], None)
+    missing = md["blocks_not_restored"]["count"]
+    assert missing >= 1 and np.isnan(out.data[4 - missing:]).all()
+    assert np.isfinite(out.data[0]).all() and out.data[0].max() > 0
+    restored = len(md["blocks_restored"])
+    assert out.name == f"stack [PKL] (cancelled, {restored} of 4 planes restored)"
+    assert "are NaN" in widget.status_label.text()
+    widget.model_cache.put("", "auto", constant_denoiser)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.output_layer.name == "stack [PKL]"
+    assert out.name in viewer.layers and np.isnan(out.data[-1]).all()  # kept as it was
 
 
 def test_3d_mode_restores_the_volume_and_posterior_std(viewer_widget, qtbot):

@@ -184,6 +184,8 @@ class RestorationView:
         self.run = run
         self.output_layer = current
         self.label = f"Restoring '{run.input_layer.name}' with {run.method_label}"
+        self._blocks: list[tuple[int, ...]] = []  # blocks shown, in the run's order
+        self._last_done = False  # whether the last frame shown ended its block
 
     def frame_key(self, record: Any) -> tuple[int, ...]:
         """The block of the stack a frame belongs to."""
@@ -203,7 +205,11 @@ class RestorationView:
         if run.shown_at is None:  # the first frame replaces the previous result
             blank_std(self.viewer, run.name)
         self.output_layer = output_layer_for(self.viewer, run, self.output_layer, frame)
-        show_frame(self.output_layer, run, tuple(record.block), frame)
+        block = tuple(record.block)
+        show_frame(self.output_layer, run, block, frame)
+        if not self._blocks or self._blocks[-1] != block:
+            self._blocks.append(block)
+        self._last_done = 0 < record.steps <= record.step
         run.shown_at = time.perf_counter()
         if contrast:
             auto_contrast(self.output_layer, run, frame)
@@ -239,16 +245,44 @@ class RestorationView:
         return self._mark_unfinished(state, {"status": "failed", "error": message})
 
     def _mark_unfinished(self, state: Any, status: dict[str, str]) -> str:
+        """Say in the layer's name and metadata what an unfinished run left: a cancelled or
+        failed whole stack's blocks never started are NaN (not restored, not 0 photons)."""
         run = self.run
-        if run.shown_at is None or self.output_layer is None:
+        layer = self.output_layer
+        if run.shown_at is None or layer is None:
             return ""
         remove_std(self.viewer, run.name)  # the output changed: its old result's std goes
         established = dict(state.metadata)  # calibration, PSF, background…
-        self.output_layer.metadata = {
-            **established, **status, "steps_completed": state.frames,
+        extra: dict[str, Any] = {}
+        if run.whole_stack:
+            done = self._blocks if self._last_done else self._blocks[:-1]
+            started = set(self._blocks)
+            missing = [b for b in np.ndindex(*run.shape[:len(run.shape) - run.block_ndim])
+                       if b not in started]
+            data = layer.data
+            if missing and data.dtype == np.float32 and data.flags.writeable:
+                for b in missing:
+                    data[b] = np.nan
+                layer.refresh()
+            extra = {"blocks_restored": [list(b) for b in done],
+                     "block_in_progress": (None if self._last_done or not self._blocks
+                                           else list(self._blocks[-1])),
+                     "blocks_not_restored": {"count": len(missing), "value": "NaN"}}
+            total = len(done) + len(missing) + (not self._last_done and bool(self._blocks))
+            unit = "planes" if run.block_ndim == 2 else "volumes"
+            what = f"{len(done)} of {total} {unit} restored"
+        else:
+            what = f"at step {state.frames} of {state.total or '?'}"
+        layer.metadata = {
+            **established, **status, **extra, "steps_completed": state.frames,
             "steps_total": state.total, "settings": effective(run.settings).to_dict(),
             "napari": self._notes(established.get("napari", {}))}
-        return f"'{run.name}' holds the last estimate"
+        # a new name: the layer no longer looks like a result, and the next run writes
+        # a new layer instead of overwriting what this one left
+        layer.name = f"{run.name} ({status['status']}, {what})"
+        return f"'{layer.name}' holds the last estimate" + (
+            f"; the {unit} not started are NaN" if run.whole_stack and extra[
+                "blocks_not_restored"]["count"] else "")
 
     def _notes(self, notes: dict[str, Any]) -> dict[str, Any]:
         """The run's ``napari`` metadata: the worker's ``notes`` and where the output came
