@@ -447,6 +447,8 @@ def test_a_cancelled_comparison_leaves_no_old_results_beside_its_new_ones(viewer
     assert blocker.args[0] == "cancelled"
     rl, pkl = widget.layers["rl"].metadata, widget.layers["pkl"].metadata
     assert rl["status"] == "done" and rl["steps_completed"] == 3
+    # the finished method keeps its run's metadata (it had "done" and a step count only)
+    assert rl["calibration"]["source"] == "estimated" and rl["psf"] and rl["settings"]
     assert pkl["status"] == "cancelled" and 1 <= pkl["steps_completed"] < pkl["steps_total"]
     assert pkl["settings"]["method"] == "pkl"
     assert "PKL holds its last estimate" in widget.status_label.text()

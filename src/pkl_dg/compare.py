@@ -60,7 +60,14 @@ def parse_methods(text: str | list[str]) -> list[str]:
 
 class CompareRun(StreamedRun[tuple[str, StepRecord], Comparison]):
     """A comparison as :func:`compare_iter` returns it: iterate it for ``(method, record)``
-    frames; ``result`` is the :class:`Comparison` once it has ended."""
+    frames; ``result`` is the :class:`Comparison` once it has ended. ``finished`` maps each
+    method that has ended so far to its :class:`~pkl_dg.restoration.RestoreResult`, also
+    when the comparison is stopped before its end (:meth:`close`)."""
+
+    def __init__(self, frames: Generator[tuple[str, StepRecord], None, Comparison],
+                 finished: dict[str, RestoreResult] | None = None) -> None:
+        super().__init__(frames)
+        self.finished = finished if finished is not None else {}
 
 
 def compare_iter(image: Any, methods: list[str], settings: RestoreSettings | None = None, *,
@@ -74,11 +81,13 @@ def compare_iter(image: Any, methods: list[str], settings: RestoreSettings | Non
     built into one once (see :func:`pkl_dg.restoration.restore_iter`); the other
     arguments are :func:`~pkl_dg.restoration.restore_iter`'s.
     """
-    return CompareRun(_compare_frames(image, methods, settings, psf, operator, denoiser,
-                                      overrides))
+    comp = Comparison()
+    return CompareRun(_compare_frames(comp, image, methods, settings, psf, operator,
+                                      denoiser, overrides), comp.results)
 
 
-def _compare_frames(image: Any, methods: list[str], settings: RestoreSettings | None,
+def _compare_frames(comp: Comparison, image: Any, methods: list[str],
+                    settings: RestoreSettings | None,
                     psf: PSF | np.ndarray | None, operator: PSFConvolution | None,
                     denoiser: Callable | None, overrides: dict[str, Any]
                     ) -> Generator[tuple[str, StepRecord], None, Comparison]:
@@ -88,7 +97,6 @@ def _compare_frames(image: Any, methods: list[str], settings: RestoreSettings | 
     shape = np.shape(arrange(image, None, base.mode, MIN_SIDE)[0])  # checked as restore does
     check_image_shape(shape, base.mode, labelled=True)
     psf = run_psf(psf, base, shape)  # one PSF for every method
-    comp = Comparison()
     said: set[tuple[type, str]] = set()  # warnings given so far in this comparison
     for method in methods:
         run = restore_iter(image, base.replace(method=method), psf=psf, operator=operator,

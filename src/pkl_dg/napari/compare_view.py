@@ -161,15 +161,23 @@ class CompareView:
         """Put every method's result and metadata into its layer; the status line."""
         self.result = result
         for method, restored in result.comparison.results.items():
-            meta = dict(restored.metadata)
-            meta["napari"] = {**meta.get("napari", {}), **self.notes()}
-            meta["status"] = "done"
-            self.put(method, restored.image).metadata = meta
+            self._show_result(method, restored)
         return (f"Compared {len(result.comparison.results)} method(s) in {seconds:.1f} s "
                 f"with {self.origin}.")
 
+    def _show_result(self, method: str, restored: Any) -> None:
+        """A method's finished result and its run's metadata into its layer."""
+        meta = dict(restored.metadata)
+        meta["napari"] = {**meta.get("napari", {}), **self.notes()}
+        meta["status"] = "done"
+        if method in self.steps:  # an automatic RL count ends early
+            meta["steps_completed"] = meta["steps_total"] = self.steps[method][0]
+        self.put(method, restored.image).metadata = meta
+
     def cancelled(self, state: RunState) -> str:
         """Mark the running method's layer 'cancelled' (the methods before it are done)."""
+        for method, restored in state.finished.items():  # with their run's metadata
+            self._show_result(method, restored)
         return self._mark_unfinished({"status": "cancelled"})
 
     def failed(self, state: RunState, message: str) -> str:

@@ -46,6 +46,7 @@ class RunState:
     status: str = "running"  # running, cancelling, done, cancelled, failed, error
     cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
     metadata: dict = field(default_factory=dict)  # what a cancelled run had established
+    finished: dict = field(default_factory=dict)  # parts it had finished (compared methods)
 
 
 class RunView(Protocol):
@@ -233,7 +234,7 @@ class RunController(QObject):
             run.status = "cancelled"  # a result nobody can see any more
             return
         if isinstance(result, Cancelled):
-            run.metadata = result.metadata
+            run.metadata, run.finished = result.metadata, result.finished
             self._flush()  # the last streamed estimate
             self._show_cancelled()
             return

@@ -77,6 +77,8 @@ class Cancelled:
 
     steps_done: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: what had ended before the cancel: a comparison's finished methods → their results
+    finished: dict[str, Any] = field(default_factory=dict)
 
 
 class CancelFlag:
@@ -345,7 +347,10 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
             _annotate(result, dict(notes))
         return ComparedRun(steps.result, seconds, settings, psf)
     except RunCancelled:
-        return Cancelled(done)
+        finished = {} if steps is None else dict(steps.finished)
+        for result in finished.values():
+            _annotate(result, dict(notes))
+        return Cancelled(done, finished=finished)
     except (ValueError, FileNotFoundError) as exc:
         return RunFailure(str(exc))
     except RuntimeError as exc:
