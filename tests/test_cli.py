@@ -214,6 +214,37 @@ def test_restore_to_an_ome_tiff_keeps_axes_and_physical_sizes(tmp_path, capsys):
     assert "OME-TIFF output needs the input's axes" in capsys.readouterr().err
 
 
+def test_a_plain_tiff_result_is_an_imagej_hyperstack_with_its_axes_and_sizes(tmp_path):
+    """-o NAME.tif of a (C, Z, Y, X) stack wrote C·Z plain pages: tifffile read the result
+    back as 6 unnamed planes (a Z-stack as IYX), Fiji as one stack with the channels among
+    the slices. It is now an ImageJ hyperstack (Fiji's order Z, C, Y, X) with the pixel
+    size, Z step and the run's parameters; the pkl-dg reader gives back the input's axes."""
+    from pkl_dg.io import open_image
+
+    src = tmp_path / "czyx.ome.tif"
+    rng = np.random.default_rng(2)
+    stack = rng.poisson(20, (2, 3, 40, 40)).astype(np.uint16)
+    stack[1] *= 3  # the channels differ, so a swap of C and Z shows
+    tifffile.imwrite(src, stack, ome=True, metadata={
+        "axes": "CZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.3})
+    out = tmp_path / "out.tif"
+    assert main(["restore", str(src), "-o", str(out), "--method", "rl", "--rl-iterations",
+                 "2", "--psf-sigma", "1.5", "--quiet", "--threads", "1"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZCYX"
+        assert tif.series[0].shape == (3, 2, 40, 40)
+        ij = tif.imagej_metadata
+        assert ij["unit"] == "um" and ij["spacing"] == pytest.approx(0.3)
+        data = tif.asarray()
+    assert data[:, 1].mean() > 2 * data[:, 0].mean()  # channel 1 is the brighter one
+    back = open_image(out)
+    assert back.axes == "CZYX" and back.shape == (2, 3, 40, 40)
+    assert back.pixel_size_nm == pytest.approx((100.0, 100.0), rel=1e-4)
+    assert back.z_step_nm == pytest.approx(300.0)
+    meta = read_metadata(out)
+    assert meta["input_axes"] == "CZYX" and meta["settings"]["method"] == "rl"
+
+
 def test_a_plain_tiff_result_states_the_pixel_size_given_never_an_assumed_one(tmp_path):
     """-o NAME.tif stores the pixel size the input states (or the user gives) in the TIFF
     resolution tags, so Fiji and bioio read it back; one the run only assumed is not

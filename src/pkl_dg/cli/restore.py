@@ -134,7 +134,8 @@ def register(subparsers) -> None:
     p.add_argument("input", type=Path, help="input image (TIFF, OME-TIFF, OME-Zarr, .npy, or "
                    "any format a bioio plugin reads)")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output .tif (the metadata as JSON in its description), or .ome.tif (an "
+                   help="output .tif (an ImageJ hyperstack, as Fiji writes: the input's axes and "
+                   "physical sizes, the metadata as JSON in its Info), or .ome.tif (an "
                    "OME-TIFF with the input's axes and the physical sizes the input states "
                    "or you give, the metadata as JSON too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -234,7 +235,9 @@ def run(args: argparse.Namespace) -> int:
 
     def write(path: Path, image, metadata: dict) -> None:
         if not ome:
-            write_result(path, image, metadata, overwrite=args.overwrite, pixel_size_nm=px)
+            write_result(path, image, metadata, overwrite=args.overwrite, axes=axes,
+                         pixel_size_nm=px, z_step_nm=z,
+                         time_interval_s=source.time_interval_s)
             return
         write_ome_tiff(path, image, source.axes, metadata, pixel_size_nm=px, z_step_nm=z,
                        time_interval_s=source.time_interval_s, overwrite=args.overwrite)

@@ -1,9 +1,10 @@
 """Writing float32 results: plain TIFF, OME-TIFF and OME-Zarr, with their metadata.
 
-Every writer stores the restoration's parameters as JSON: in the TIFF image description
-(:func:`write_result`), in the OME ``Image/Description`` element (:func:`write_ome_tiff`),
+Every writer stores the restoration's parameters as JSON: in the ImageJ ``Info`` property of
+an ImageJ hyperstack TIFF (:func:`write_result`; for an image whose axes are unknown, in its
+description), in the OME ``Image/Description`` element (:func:`write_ome_tiff`),
 or in the group attribute ``pkl_dg`` (:func:`write_ome_zarr`); :func:`read_metadata` reads
-any of them back. The OME writers also store the axes and the physical pixel sizes, so
+any of them back. Every writer also stores the axes and the physical pixel sizes, so
 napari and Fiji show the result at the right scale. They write to a temporary sibling
 (``NAME.partial``) first and rename it at the end, so an interrupted write never leaves a
 file that looks finished.
@@ -47,20 +48,53 @@ def partial_path(p: Path) -> Path:
     return p.with_name(p.name + ".partial")
 
 
+#: the axes an ImageJ hyperstack holds, in its order (Fiji's "plain TIFF")
+IMAGEJ_AXES = "TZCYX"
+
+
 def write_result(path: str | Path, image: np.ndarray, metadata: dict,
-                 overwrite: bool = False, *,
-                 pixel_size_nm: tuple[float, float] | None = None) -> None:
-    """Write ``image`` as float32 TIFF with ``metadata`` as JSON in the image description.
+                 overwrite: bool = False, *, axes: str | None = None,
+                 pixel_size_nm: tuple[float, float] | None = None,
+                 z_step_nm: float | None = None,
+                 time_interval_s: float | None = None) -> None:
+    """Write ``image`` as a float32 ImageJ hyperstack TIFF, ``metadata`` as JSON in its
+    ``Info`` property.
+
+    An ImageJ hyperstack is the TIFF Fiji writes and reads with its axes: a (Z, Y, X) result
+    opens as a Z-stack with its voxel size, a (C, Z, Y, X) one as channels × slices (a
+    TIFF without ImageJ metadata holds only pages: tifffile read a Z-stack back as ``IYX``
+    and a (C, Z, Y, X) stack as C·Z pages). ImageJ stores the axes in the order ``TZCYX``:
+    a result with both C and Z is written with them swapped (Z before C), as Fiji expects.
 
     Parameters
     ----------
-    pixel_size_nm
-        (Y, X) pixel size in nm, stored as the TIFF resolution tags in pixels per
-        centimetre (TIFF 6.0's metric unit; Fiji shows it in µm, bioio and tifffile read
-        it back). A plain TIFF has no standard tag for the Z step: that stays in the JSON
-        (``-o NAME.ome.tif`` stores both).
+    path
+        A ``.tif`` / ``.tiff`` file.
+    image
+        The result, axes as ``axes`` names them.
+    metadata
+        JSON-serialisable parameters of the run (read back by :func:`read_metadata`).
     overwrite
         Replace an existing file (else ``FileExistsError``).
+    axes
+        One letter per axis of ``image`` from ``TCZYX``; None for an image whose axes are
+        unknown (a ``.npy`` input): a 2D one is written as ``YX``, one with more axes as
+        plain TIFF pages (the JSON in the image description; tifffile reads such a stack
+        back as ``IYX``, several leading axes as one).
+    pixel_size_nm
+        (Y, X) pixel size in nm, stored as the resolution tags in µm (ImageJ's unit).
+    z_step_nm
+        Z step in nm (ImageJ ``spacing``).
+    time_interval_s
+        Time between T points in s (ImageJ ``finterval``).
+
+    Raises
+    ------
+    ValueError
+        Not a TIFF name; ``axes`` not one distinct letter of ``TCZYX`` per axis, ending in
+        ``YX``.
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
     """
     import tifffile
 
@@ -68,14 +102,35 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
     _check_target(p, overwrite)
     if p.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"output must be a .tif or .tiff file, got {p.name}")
+    arr = np.asarray(image, dtype=np.float32)
     extra: dict[str, Any] = {}
-    if pixel_size_nm:  # 1 cm = 1e7 nm; the tags are (X, Y)
-        extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
-                     resolutionunit="CENTIMETER")
-    # minisblack: else tifffile stores a stack of 3 or 4 planes as one RGB(A) image
-    tifffile.imwrite(p, np.asarray(image, dtype=np.float32), photometric="minisblack",
-                     description=json.dumps(metadata, sort_keys=True), metadata=None,
-                     **extra)
+    if axes is None and arr.ndim > 2:  # nothing to name: the planes as pages
+        if pixel_size_nm:  # 1 cm = 1e7 nm; the tags are (X, Y)
+            extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
+                         resolutionunit="CENTIMETER")
+        # minisblack: else tifffile stores a stack of 3 or 4 planes as one RGB(A) image
+        tifffile.imwrite(p, arr, photometric="minisblack", metadata=None,
+                         description=json.dumps(metadata, sort_keys=True), **extra)
+        return
+    axes = (axes or "YX").upper()
+    if len(axes) != arr.ndim or len(set(axes)) != len(axes) or set(axes) - set(IMAGEJ_AXES) \
+            or not axes.endswith("YX"):
+        raise ValueError(f"axes {axes!r} do not name the {arr.ndim} axes of the image with "
+                         f"distinct letters of {IMAGEJ_AXES} ending in YX")
+    order = sorted(range(arr.ndim), key=lambda i: IMAGEJ_AXES.index(axes[i]))
+    meta: dict[str, Any] = {"axes": "".join(axes[i] for i in order),
+                            "Info": json.dumps(metadata, sort_keys=True)}
+    if pixel_size_nm:  # pixels per µm, (X, Y)
+        extra["resolution"] = (1e3 / pixel_size_nm[1], 1e3 / pixel_size_nm[0])
+        meta["unit"] = "um"
+    if z_step_nm and "Z" in axes:
+        meta["spacing"] = z_step_nm / 1e3
+    if time_interval_s and "T" in axes:
+        meta["finterval"] = float(time_interval_s)
+    tmp = partial_path(p)
+    tifffile.imwrite(tmp, np.ascontiguousarray(arr.transpose(order)), imagej=True,
+                     metadata=meta, **extra)
+    _replace(tmp, p)
 
 
 def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dict, *,
@@ -210,6 +265,8 @@ def read_metadata(path: str | Path) -> dict:
             text = tif.pages[0].description
             if tif.is_ome:
                 text = _ome_description(tif.ome_metadata)
+            elif tif.is_imagej:  # write_result's ImageJ hyperstack
+                text = (tif.imagej_metadata or {})["Info"]
         return json.loads(text)
     except Exception as exc:
         raise ValueError(f"{p} has no pkl-dg metadata ({type(exc).__name__}: {exc})") from None
