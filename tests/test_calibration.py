@@ -68,6 +68,8 @@ def test_scale_of_the_data_does_not_decide_the_result(method):
     kw = dict(method=method, psf_sigma=1.5, steps=3, samples=1, seed=0)
     ref = restore_iter(counts, **kw).finish()
     assert ref.metadata["calibration"]["source"] == "estimated"
+    # the camera fields of the settings (at their defaults) are said to have had no effect
+    assert {"offset", "gain", "read_noise"} <= set(ref.metadata["settings_without_effect"])
     for factor in (1000.0, 1 / 65535):
         out = restore(counts * np.float32(factor), **kw)
         assert np.allclose(out, ref.image, rtol=2e-3, atol=2e-3 * float(ref.image.max()))
@@ -80,6 +82,7 @@ def test_explicit_camera_values_mean_manual_calibration(scene):
     assert res.settings.calibration == "manual"
     assert res.metadata["calibration"] == {"gain": 0.5, "offset": 100.0, "read_noise": 0.0,
                                            "source": "given"}
+    assert not {"offset", "gain"} & set(res.metadata["settings_without_effect"])
 
 
 def test_cli_gain_flag_means_manual_calibration():

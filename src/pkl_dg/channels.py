@@ -15,7 +15,7 @@ import numpy as np
 from pkl_dg.axes import check_axes
 from pkl_dg.restoration import RestoreResult, restore_iter
 from pkl_dg.settings import RestoreSettings
-from pkl_dg.settings_rules import effective
+from pkl_dg.settings_rules import settings_record
 
 
 def restore_channels(image: Any, axes: str, psfs: Sequence[np.ndarray | None] | None = None,
@@ -72,7 +72,7 @@ def restore_channels(image: Any, axes: str, psfs: Sequence[np.ndarray | None] | 
     std = np.stack(stds, axis=axis) if all(x is not None for x in stds) else None
     meta = {"channels": [{"channel": c, "psf_given": psfs[c] is not None, **r.metadata}
                          for c, r in enumerate(results)],
-            "axes": a, "channel_axis": axis, "settings": effective(s).to_dict(),
+            "axes": a, "channel_axis": axis, **settings_record(s),
             "units": "photons",
             "seconds": round(sum(r.metadata.get("seconds", 0.0) for r in results), 3)}
     return RestoreResult(out, s, meta, std)

@@ -43,7 +43,7 @@ from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import detect_saturation, fit_mask, report_saturation, scale_pixels
 from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import RestoreSettings
-from pkl_dg.settings_rules import (calibration_implied, effective, is_guided, uses_prior,
+from pkl_dg.settings_rules import (calibration_implied, settings_record, is_guided, uses_prior,
                                    uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
 from pkl_dg.block_reports import (auto_info, block_name, say_empty_blocks,
@@ -202,7 +202,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             operator.psf, torch.from_numpy(psf_arr).double(), atol=1e-7):
         raise ValueError("the supplied operator was built for a different PSF")
     meta.update({
-        "pkl_dg_version": __version__, "settings": effective(s).to_dict(), "units": "photons",
+        "pkl_dg_version": __version__, **settings_record(s), "units": "photons",
         "psf_shape": list(psf_arr.shape), "input_shape": list(shape),
         "input_dtype": str(np.dtype(dtype)), "device": str(device), "blocks": [],
         "posterior_std": posterior_std_note(s), "psf": psf.metadata(),

@@ -81,3 +81,15 @@ def effective(settings: RestoreSettings) -> RestoreSettings:
               if f.name not in IMAGE_FIELDS and not applies(f.name, settings)
               and getattr(settings, f.name) != f.default}
     return dataclasses.replace(settings, **unused) if unused else settings
+
+
+def settings_record(settings: RestoreSettings) -> dict[str, Any]:
+    """What a result's metadata records of its settings: ``settings``, the
+    :func:`effective` ones, and ``settings_without_effect``, the names of those that had no
+    effect on this run (recorded at their defaults): with the automatic calibration the
+    camera fields read e.g. gain 1 while the gain used is in the metadata's
+    ``calibration``."""
+    return {"settings": effective(settings).to_dict(),
+            "settings_without_effect": [f.name for f in dataclasses.fields(settings)
+                                        if f.name not in IMAGE_FIELDS
+                                        and not applies(f.name, settings)]}

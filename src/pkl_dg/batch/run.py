@@ -27,7 +27,7 @@ from pkl_dg.batch.assemble import BlockAssembler, staging_record
 from pkl_dg.batch.report import (BlockFailure, clear_failure_log, say_block_warnings,
                                  write_failure_log)
 from pkl_dg.settings import RestoreSettings
-from pkl_dg.settings_rules import effective
+from pkl_dg.settings_rules import effective, settings_record
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
     from pkl_dg.io import write_ome_tiff, write_ome_zarr
     from pkl_dg.uncertainty import has_posterior_std
 
-    meta = {"pkl_dg_version": __version__, "settings": effective(job.settings).to_dict(),
+    meta = {"pkl_dg_version": __version__, **settings_record(job.settings),
             "units": "photons", "input_file": str(job.input), "image": job.image_meta,
             "blocks": blocks_meta, "batch": _batch_record(job), "compute_seconds": seconds}
     empty = [b["index"] for b in blocks_meta if b.get("empty")]

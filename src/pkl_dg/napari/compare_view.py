@@ -27,7 +27,7 @@ from pkl_dg.napari.controls import short_method_label
 from pkl_dg.napari.output import plane_geometry, plane_suffix
 from pkl_dg.napari.worker import ComparedRun, MethodFrame
 from pkl_dg.settings import METHODS
-from pkl_dg.settings_rules import effective
+from pkl_dg.settings_rules import settings_record
 
 if TYPE_CHECKING:
     from pkl_dg.napari.run_controller import RunState
@@ -189,8 +189,8 @@ class CompareView:
                    if layer.metadata.get("status") == "running" and layer in self.viewer.layers]
         for method in running:
             done, total = self.steps.get(method, (0, 0))
-            settings = {} if self.settings is None else {
-                "settings": effective(self.settings.replace(method=method)).to_dict()}
+            settings = {} if self.settings is None else settings_record(
+                self.settings.replace(method=method))
             self.layers[method].metadata = {
                 "method": method, **status, "steps_completed": done, "steps_total": total,
                 **settings, "napari": self.notes()}

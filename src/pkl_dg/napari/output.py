@@ -20,7 +20,7 @@ import numpy as np
 from napari.layers import Image
 
 from pkl_dg.settings import RestoreSettings
-from pkl_dg.settings_rules import effective
+from pkl_dg.settings_rules import settings_record
 
 #: pixels used for the automatic contrast limits (every k-th pixel of a larger frame)
 CONTRAST_SAMPLE = 1 << 18
@@ -275,7 +275,7 @@ class RestorationView:
             what = f"at step {state.frames} of {state.total or '?'}"
         layer.metadata = {
             **established, **status, **extra, "steps_completed": state.frames,
-            "steps_total": state.total, "settings": effective(run.settings).to_dict(),
+            "steps_total": state.total, **settings_record(run.settings),
             "napari": self._notes(established.get("napari", {}))}
         # a new name: the layer no longer looks like a result, and the next run writes
         # a new layer instead of overwriting what this one left
