@@ -155,7 +155,13 @@ def test_parse_methods():
         parse_methods("rl,magic")
 
 
-def test_compare_cli_writes_csv_and_png(tmp_path, scene):
+def test_compare_cli_writes_csv_and_png(tmp_path, scene, monkeypatch):
+    import pkl_dg.compare
+
+    titles = []
+    render = pkl_dg.compare.render_panel
+    monkeypatch.setattr(pkl_dg.compare, "render_panel",
+                        lambda *a, **kw: (titles.append(kw.get("title")), render(*a, **kw)))
     x, y, _, _ = scene
     inp, gt = tmp_path / "in.tif", tmp_path / "gt.tif"
     tifffile.imwrite(inp, y)
@@ -169,6 +175,8 @@ def test_compare_cli_writes_csv_and_png(tmp_path, scene):
     assert rows[0]["seconds"] == "" and float(rows[1]["psnr_db"]) > float(rows[0]["psnr_db"])
     assert float(rows[1]["psnr_db"]) > 10 and 0 < float(rows[1]["ssim"]) <= 1
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure names the PSF the methods ran with (it gave the file's name only)
+    assert titles == ["in.tif · gaussian PSF, FWHM 3.61 × 3.61 px"]
     assert main(["compare", str(inp), "--methods", "rl", "--csv", str(out_csv)]) == 2
 
 

@@ -91,6 +91,18 @@ class PSF:
         check_psf_fits(self.kernel.shape, image_shape)
 
 
+def describe_psf(info: dict[str, Any]) -> str:
+    """A PSF's :attr:`PSF.info` (a result's ``metadata["psf"]``) in a few words for a
+    figure: where it came from and its FWHM per axis in px, e.g. "gaussian PSF, FWHM
+    4.80 × 4.80 px"; "no blur (1-pixel PSF)"."""
+    if info.get("source") == NO_BLUR:
+        return "no blur (1-pixel PSF)"
+    fwhm = info.get("fwhm_px") or []
+    size = (f", FWHM {' × '.join(f'{v:.2f}' for v in fwhm)} px"
+            if fwhm and all(v is not None for v in fwhm) else "")
+    return f"{info.get('source', 'unknown')} PSF{size}"
+
+
 def run_psf(psf: PSF | np.ndarray | None, settings: RestoreSettings,
             image_shape: tuple[int, ...]) -> PSF:
     """The PSF of a run on an image of ``image_shape``.

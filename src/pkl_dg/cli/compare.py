@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pkl_dg.imageio import read_image
     from pkl_dg.inputs import physical_overrides
     from pkl_dg.io import open_image
+    from pkl_dg.psf_source import describe_psf
     from pkl_dg.settings import METHOD_LABELS
 
     if not (args.csv or args.png):
@@ -143,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
         panel.update({METHOD_LABELS[m]: v for m, v in results.items()})
         if gt is not None:
             panel["Ground truth"] = np.asarray(gt, dtype=np.float32)
-        render_panel(panel, args.png, rows, title=args.input.name)
+        # every method ran with the same PSF
+        info = next(iter(comparison.result.results.values())).metadata["psf"]
+        render_panel(panel, args.png, rows,
+                     title=f"{args.input.name} · {describe_psf(info)}")
     return 0
 
 
