@@ -194,10 +194,14 @@ class RestoreSettings:
                             "≤ 30 photons peak, 0.95 from 100); 0 = always run all "
                             "sub-iterations.", "Guidance", min=-1.0, max=10.0,
                             applies_when=_STOP)
-    t_threshold: int = _f(800, "Ramp end T_thr", "Guidance ramps up from 0 at t = T to "
-                          "full strength at t = T_thr (T = 1000).", "Guidance",
+    t_threshold: int = _f(800, "Full data pull from t", "The diffusion time (of T = 1000: "
+                          "pure noise) from which the data pull acts at full strength; "
+                          "before it, it ramps up from 0, so the prior alone shapes the "
+                          "first, noisiest steps. 800: full from the first fifth of the "
+                          "noise schedule on (T_thr in the PKL-DG paper).", "Guidance",
                           min=0, max=999, applies_when=_GUIDED)
-    ramp: str = _f("linear", "Ramp", "Shape of the guidance ramp before T_thr.", "Guidance",
+    ramp: str = _f("linear", "Ramp", "Shape of the data pull's ramp from 0 (t = T) to full "
+                   "strength ('Full data pull from t').", "Guidance",
                    choices=RAMPS, applies_when=_GUIDED)
     final_noise: float = _f(0.3, "Final denoising", "A last network pass over the result "
                             "removes the measurement noise the data steps left in it, taken "
