@@ -86,8 +86,10 @@ def test_cli_reads_hyperstack_axes_from_the_file(tmp_path):
                  "--rl-iterations", "20", "--quiet", "--threads", "1",
                  "--calibration", "manual"]) == 0
     meta = read_metadata(out)
-    # the float32 TIFF writer stores pages without their 4D shape: reshape by the metadata
-    res = tifffile.imread(out).reshape(meta["input_shape"])
+    # an ImageJ hyperstack, as the input: Z before C (it held C·Z unnamed pages)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZCYX"
+        res = np.moveaxis(tif.asarray(), 1, 0)
     assert meta["input_axes"] == "CZYX" and res.shape == (2, 14, 40, 40)
     alone = restore_iter(np.ascontiguousarray(y[:, 0]), mode="3d", psf_sigma=1.5,
                          psf_sigma_z=1.2, background=2.0, **RL).finish().image
