@@ -106,6 +106,32 @@ def test_outputs_open_in_napari_with_the_right_scale(tmp_path, make_napari_viewe
     assert json.dumps(b.metadata["pkl_dg"])
 
 
+@pytest.mark.gui
+def test_a_file_with_channels_opens_as_one_named_layer_per_channel(tmp_path,
+                                                                   make_napari_viewer):
+    """Channels came as one layer with a channel slider and the OME channel names were
+    not used; each is a layer of its own now, named after its channel, at the file's
+    scale, so each can be restored with its own PSF."""
+    rng = np.random.default_rng(3)
+    data = rng.random((2, 3, 24, 24)).astype(np.float32)
+    p = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(p, data, ome=True, metadata={
+        "axes": "CZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.3,
+        "Channel": {"Name": ["DAPI", "GFP"]}})
+    viewer = make_napari_viewer()
+    layers = viewer.open(p, plugin="napari-pkl-dg")
+    assert [layer.name for layer in layers] == ["cells.ome.tif [DAPI]", "cells.ome.tif [GFP]"]
+    for k, layer in enumerate(layers):
+        assert tuple(layer.scale) == pytest.approx((0.3, 0.1, 0.1))
+        assert tuple(layer.axis_labels) == ("z", "y", "x")
+        np.testing.assert_array_equal(np.asarray(layer.data), data[k])
+    assert layers[0].colormap.name != layers[1].colormap.name
+    unnamed = tmp_path / "two.ome.tif"
+    write_ome_tiff(unnamed, data[:, 0], "CYX", {})
+    assert [layer.name for layer in viewer.open(unnamed, plugin="napari-pkl-dg")] == [
+        "two.ome.tif [channel 0]", "two.ome.tif [channel 1]"]
+
+
 def test_ome_tiff_also_states_its_pixel_size_in_the_tiff_resolution_tags(tmp_path):
     """Plain TIFF readers (napari's built-in one, ImageJ without Bio-Formats) read the
     resolution tags, which said 1 pixel per unit."""

@@ -2,12 +2,14 @@
 
 Opens the image lazily with :func:`pkl_dg.io.open_image` and gives the layer the file's
 physical scale (µm per pixel and per Z plane), its units and axis labels, and the pkl-dg
-metadata when there is any. Contributed in ``napari.yaml`` for ``*.ome.tif``,
+metadata when there is any; a file with several channels opens as one layer per channel,
+named after it. Contributed in ``napari.yaml`` for ``*.ome.tif``,
 ``*.ome.tiff`` and ``*.zarr``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +47,8 @@ def layer_kwargs(img) -> dict[str, Any]:
 
 
 def read_layers(path: str | list[str]) -> list[tuple]:
-    """One image layer (lazy data, physical scale, pkl-dg metadata if present)."""
+    """The file's image layers (lazy data, physical scale, pkl-dg metadata if present):
+    one per channel, else one."""
     from pkl_dg.io import open_image, read_metadata
 
     p = Path(path[0] if isinstance(path, list) else path)
@@ -60,7 +63,26 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     saved = kwargs["metadata"].get("pkl_dg", {}).get("napari_layer")
     if saved:  # a layer saved by this plugin's writer: its place and geometry come back
         data = _layer_geometry(data, img.axes, saved, kwargs)
+    elif "C" in img.axes and data.shape[img.axes.index("C")] > 1:
+        _split_channels(img, kwargs)
     return [(data, kwargs, "image")]
+
+
+def _split_channels(img, kwargs: dict[str, Any]) -> None:
+    """One layer per channel (napari's ``channel_axis``), each named after its channel
+    ("cells.ome.tif [DAPI]", or "[channel 1]" where the file names none) and coloured by
+    napari, as microscopy viewers show channels: each is restored on its own, with its
+    own PSF (emission wavelength)."""
+    c = img.axes.index("C")
+    n = int(img.data.shape[c])
+    names = [str(v) for v in img.channel_names] if len(img.channel_names) == n else [""] * n
+    # bioio names a channel the file leaves unnamed "Channel:<scene>:<index>"
+    names = [v if v and not re.fullmatch(r"Channel:\d+:\d+", v) else f"channel {k}"
+             for k, v in enumerate(names)]
+    kwargs["name"] = [f"{kwargs['name']} [{v}]" for v in names]
+    kwargs["channel_axis"] = c
+    for key in ("scale", "units", "axis_labels"):
+        kwargs[key] = [v for i, v in enumerate(kwargs[key]) if i != c]
 
 
 def _layer_geometry(data: Any, axes: str, saved: dict[str, Any], kwargs: dict[str, Any]
