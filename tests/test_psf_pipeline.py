@@ -66,6 +66,36 @@ def test_clean_psf_removes_baseline_centres_and_reports():
     assert np.abs(core - ref).sum() < 0.06  # the flat baseline is gone
 
 
+def _widefield_psf_stack(focus=8, planes=21, seed=0):
+    """A measured-style widefield PSF stack: a spot that widens out of focus, each plane
+    with about the same light (a little more far from focus, as a background gradient
+    gives), on a baseline of 5 counts with Poisson noise; in focus at ``focus``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-20:21, -20:21]
+    stack = []
+    for z in range(planes):
+        sigma = 1.2 + 0.8 * abs(z - focus)
+        spot = np.exp(-(yy ** 2 + xx ** 2) / (2 * sigma ** 2))
+        stack.append(spot / spot.sum() * (1 + 0.02 * abs(z - focus)))
+    stack = np.array(stack)
+    return rng.poisson(stack / stack[focus].max() * 200 + 5).astype(np.float32)
+
+
+def test_a_3d_psf_in_2d_mode_gives_its_in_focus_plane_and_says_which():
+    """A 3D PSF (file, array, layer) restoring a 2D image gave the plane of most energy:
+    in a widefield stack every plane holds about the same light, so that plane was out of
+    focus (on a measured-style stack 1 µm off, 4 % of the in-focus peak: a kernel far too
+    wide) and the metadata did not say which plane was taken."""
+    stack = _widefield_psf_stack()
+    energy = np.clip(stack, 0, None).reshape(len(stack), -1).sum(axis=1)
+    assert int(np.argmax(energy)) != 8  # the old rule's pick is out of focus
+    kernel, diag = clean_psf(stack)
+    assert diag.in_focus_plane == [8, 21]
+    assert all(2.0 < w < 3.6 for w in diag.fwhm_px)  # in focus: 2.355 × 1.2 px
+    psf = psf_from_settings(RestoreSettings(psf_kind="array"), (64, 64), stack)
+    assert psf.info["cleaning"]["in_focus_plane"] == [8, 21]
+
+
 def test_computed_psfs_pass_unchanged():
     tight = gaussian_psf_3d(1.5, 1.0)[3:6, 2:11, 2:11]  # truncated: a pedestal at its edge
     for g in (gaussian_psf(1.5), gaussian_psf(2.0, 1.3), gaussian_psf_3d(1.5, 2.0), tight):

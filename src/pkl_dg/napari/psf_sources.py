@@ -6,7 +6,7 @@ plane in 2D, baseline and noise floor, sub-pixel centring, energy-keeping crop,
 normalisation; its diagnostics go into the result's metadata).
 
 Bead extraction (:func:`psf_from_beads`), on a 2D bead image or a 3D (Z, Y, X) bead stack
-(for a 2D run, the stack's plane where the beads are in focus, :func:`sharpest_bead_plane`),
+(for a 2D run, the stack's plane where the beads are in focus, :func:`~pkl_dg.physics.psf_cleaning.sharpest_plane`),
 in simple documented steps (in 3D every "box" is a cube, at most the stack depth along Z):
 
 1. Subtract the image's median (the background) and smooth with a Gaussian (σ = 1 px) to find
@@ -84,21 +84,6 @@ def psf_from_beads(image: np.ndarray, box: int = 25, name: str = "bead image"
                          "or a PSF image / Gaussian PSF instead).")
     psf = np.clip(np.mean(windows, axis=0), 0, None)
     return (psf / psf.sum()).astype(np.float32), len(windows)
-
-
-def sharpest_bead_plane(stack: np.ndarray) -> int:
-    """The Z index of a (Z, Y, X) bead stack where its beads are in focus: the plane whose
-    brightest spot, after subtracting the plane's median and smoothing (σ = 1 px, as bead
-    detection does), is the highest. In a widefield stack every plane holds about the same
-    light, so the plane of most energy (a computed PSF's in-focus rule) does not find the
-    focus of beads on a background; their peak does."""
-    from scipy import ndimage
-
-    img = np.asarray(stack, dtype=np.float32)
-    if img.ndim != 3:
-        raise ValueError(f"expected a (Z, Y, X) bead stack, got shape {img.shape}")
-    peaks = [float(ndimage.gaussian_filter(p - np.median(p), 1.0).max()) for p in img]
-    return int(np.argmax(peaks))
 
 
 def _centre_subpixel(win: np.ndarray, iterations: int = 3) -> np.ndarray:

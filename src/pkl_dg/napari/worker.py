@@ -41,7 +41,7 @@ from pkl_dg.napari.caches import ModelCache, OperatorCache, psf_key
 # imported here, with the widget, not in the first run's worker thread: importing torch
 # there would hold the interpreter lock and freeze the GUI for seconds
 from pkl_dg.inputs import psf_file_sampling, psf_sampling_overrides
-from pkl_dg.physics.psf_cleaning import PSFWarning
+from pkl_dg.physics.psf_cleaning import PSFWarning, sharpest_plane
 from pkl_dg.psf_source import PSF, psf_from_settings
 from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import PSF_KINDS, RestoreSettings
@@ -202,7 +202,7 @@ def resolve_psf(settings: RestoreSettings, request: PsfRequest, image_shape: tup
     elif request.source == "beads":
         raw = request.data
         if settings.mode == "2d" and raw.ndim == 3:  # a bead stack: its in-focus plane
-            notes["psf_bead_plane"] = z = psf_sources.sharpest_bead_plane(raw)
+            notes["psf_bead_plane"] = z = sharpest_plane(raw)
             raw = raw[z]
         raw, n = psf_sources.psf_from_beads(raw, request.bead_box,
                                             f"bead layer '{request.layer_name}'")

@@ -65,6 +65,8 @@ class PSFDiagnostics:
     ----------
     measured_shape, kernel_shape
         The supplied array's shape (after taking the in-focus plane) and the final kernel's.
+    in_focus_plane
+        For a 3D PSF used in 2D: [the Z index of the plane taken, planes in all]; else None.
         (Not called "shape": tifffile takes JSON descriptions with a "shape" key for its own.)
     baseline, noise_sigma
         Subtracted border median and the border's noise σ (the PSF's own units).
@@ -85,9 +87,14 @@ class PSFDiagnostics:
     centroid_offset_px: list[float]
     energy_kept: float
     fwhm_px: list[float | None]
+    #: for a 3D PSF cut to 2D: [the plane taken, planes in all] (:func:`sharpest_plane`)
+    in_focus_plane: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["in_focus_plane"] is None:  # said only where a plane was taken
+            del d["in_focus_plane"]
+        return d
 
 
 def check_finite_nonzero(psf: np.ndarray, what: str = "PSF") -> None:
@@ -101,12 +108,33 @@ def check_finite_nonzero(psf: np.ndarray, what: str = "PSF") -> None:
                          "check that the right image was chosen as PSF")
 
 
+def sharpest_plane(stack: np.ndarray) -> int:
+    """The Z index of a (Z, Y, X) stack (a PSF or beads) where it is in focus: the plane
+    whose brightest spot, after subtracting the plane's median and smoothing (σ = 1 px, so
+    one noisy pixel does not decide), is the highest.
+
+    The plane of most energy does not find it: in a widefield stack every plane holds
+    about the same light (only spread wider out of focus), so on a measured PSF the most
+    energy fell 1 µm out of focus (4 % of the in-focus peak) and on flowdec's bead kernel
+    gave a kernel 3× too wide.
+
+    Raises
+    ------
+    ValueError
+        ``stack`` is not 3D.
+    """
+    from scipy import ndimage
+
+    arr = np.asarray(stack, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a (Z, Y, X) stack, got shape {arr.shape}")
+    peaks = [float(ndimage.gaussian_filter(p - np.median(p), 1.0).max()) for p in arr]
+    return int(np.argmax(peaks))
+
+
 def in_focus_plane(psf: np.ndarray) -> np.ndarray:
-    """The Z-plane of a 3D PSF that carries the most energy (sum of positive values)."""
-    if psf.ndim != 3:
-        raise ValueError(f"expected a 3D PSF, got shape {psf.shape}")
-    energy = np.clip(psf, 0, None).reshape(psf.shape[0], -1).sum(axis=1)
-    return psf[int(np.argmax(energy))]
+    """The in-focus Z-plane of a 3D PSF (:func:`sharpest_plane`)."""
+    return psf[sharpest_plane(psf)]
 
 
 def lateral_border(shape: tuple[int, ...], width: int = BORDER) -> np.ndarray:
@@ -225,8 +253,10 @@ def clean_psf(psf: Any, *, keep_3d: bool = False, max_size: int | None = None,
         (it was centred) or the crop kept less than :data:`ENERGY_WARN` of the energy.
     """
     arr = np.asarray(psf, dtype=np.float64)
+    plane = None
     if arr.ndim == 3 and not keep_3d:
-        arr = in_focus_plane(arr)
+        plane = [sharpest_plane(arr), arr.shape[0]]
+        arr = arr[plane[0]]
     if arr.ndim not in ((2, 3) if keep_3d else (2,)):
         raise ValueError(f"{what} must be 2D{' or 3D' if keep_3d else ' (or a 3D stack)'}, "
                          f"got shape {arr.shape}")
@@ -259,7 +289,7 @@ def clean_psf(psf: Any, *, keep_3d: bool = False, max_size: int | None = None,
                           noise_sigma=sigma,
                           centroid_offset_px=[round(float(v), 3) for v in centroid - geometric],
                           energy_kept=round(min(kept, 1.0), 5),
-                          fwhm_px=fwhm_along_axes(kernel))
+                          fwhm_px=fwhm_along_axes(kernel), in_focus_plane=plane)
     offset = float(np.max(np.abs(centroid - geometric)))
     if offset > OFF_CENTRE_WARN_PX:
         warnings.warn(f"The {what}'s centre of mass is {_vec(centroid - geometric)} px from "
