@@ -59,6 +59,34 @@ def test_background_subtracted_data_restore_like_the_photons_they_came_from():
     assert care_scores(out.image, obj)["psnr"] > care_scores(clamped.image, obj)["psnr"] + 0.3
 
 
+@pytest.mark.parametrize("method", ["rl", "pkl"])
+def test_an_offset_given_a_little_too_high_still_restores_the_structures(method):
+    """A 90 ADU dark level with the offset given as 101.8: 58 % of the pixels below it. RL
+    started flat at the data's mean above background, here below 0, i.e. at 0.001 photons;
+    the automatic stop took the barely moving fit for stalled after 3 iterations and both
+    methods returned an empty image (max 0.003 photons, said nowhere). The start is now
+    the level of the positive part: the structures come back."""
+    from scipy.ndimage import gaussian_filter
+
+    from pkl_dg.napari.sample_data import make_sample
+
+    rng = np.random.default_rng(0)
+    truth = make_sample()[1][:128, :128].astype(np.float64)  # the plugin's cells sample
+    lam = gaussian_filter(truth / truth.max() * 60, 2.0) + 2
+    img = (rng.poisson(lam * 0.5) * 4.0 + 90).astype(np.uint16)  # 4 ADU/e⁻, offset 90
+    kw = dict(method=method, threads=1, psf_sigma=2.0, steps=4, samples=1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NegativeDataWarning)
+        wrong = restore_iter(img, calibration="manual", gain=0.972, offset=101.8, **kw).finish()
+    assert wrong.metadata["negative_values"]["fraction_negative"] > 0.5
+    if method == "rl":
+        assert wrong.metadata["rl_auto_iterations"] > 10
+    right = restore_iter(img, calibration="manual", gain=0.25, offset=90, **kw).finish()
+    assert wrong.image.max() > 0.2 * right.image.max() * 0.972 / 0.25
+    # the same structures: correlated with the result of the right calibration
+    assert np.corrcoef(wrong.image.ravel(), right.image.ravel())[0, 1] > 0.8
+
+
 def test_non_negative_data_are_left_alone():
     out, caught = _rl(_blurred_counts(_object(), background=5.0))
     assert "negative_values" not in out.metadata
