@@ -1,7 +1,7 @@
-"""The Compare widget's plot of the data misfit per step (matplotlib in Qt, optional).
+"""The Compare widget's plot of the data misfit per step (matplotlib in Qt).
 
-matplotlib is not a dependency of the plugin: without it (or without its Qt backend) the
-plot's place holds a label saying so, and the rest of the widget works.
+Where matplotlib's Qt backend cannot be loaded (a Qt binding it does not support, or a
+broken install) the plot's place holds a label saying so, and the rest of the widget works.
 """
 
 from __future__ import annotations
