@@ -132,6 +132,17 @@ def test_a_file_with_channels_opens_as_one_named_layer_per_channel(tmp_path,
         "two.ome.tif [channel 0]", "two.ome.tif [channel 1]"]
 
 
+def test_physical_sizes_are_written_without_float_noise(tmp_path):
+    """A Z step of 300 nm that arrived as 299.99999999999994 was written as
+    PhysicalSizeZ="0.29999999999999993"."""
+    p = tmp_path / "z.ome.tif"
+    write_ome_tiff(p, np.ones((2, 8, 8), np.float32), "ZYX", {},
+                   pixel_size_nm=(64.99999999999999, 65.0), z_step_nm=299.99999999999994)
+    with tifffile.TiffFile(p) as tif:
+        xml = tif.ome_metadata
+    assert 'PhysicalSizeZ="0.3"' in xml and 'PhysicalSizeY="0.065"' in xml
+
+
 def test_ome_tiff_also_states_its_pixel_size_in_the_tiff_resolution_tags(tmp_path):
     """Plain TIFF readers (napari's built-in one, ImageJ without Bio-Formats) read the
     resolution tags, which said 1 pixel per unit."""

@@ -29,6 +29,12 @@ ZARR_MIN_LEVEL = 64
 _OME_NS = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 
 
+def _um(nm: float) -> float:
+    """nm → µm as a file states it: rounded to 1 fm, so that 300 nm read back as
+    299.99999999999994 is written 0.3, not 0.29999999999999993."""
+    return round(float(nm) / 1000.0, 9)
+
+
 def _check_target(p: Path, overwrite: bool) -> None:
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists: pass --overwrite to replace it")
@@ -121,10 +127,10 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
     meta: dict[str, Any] = {"axes": "".join(axes[i] for i in order),
                             "Info": json.dumps(metadata, sort_keys=True)}
     if pixel_size_nm:  # pixels per µm, (X, Y)
-        extra["resolution"] = (1e3 / pixel_size_nm[1], 1e3 / pixel_size_nm[0])
+        extra["resolution"] = (1 / _um(pixel_size_nm[1]), 1 / _um(pixel_size_nm[0]))
         meta["unit"] = "um"
     if z_step_nm and "Z" in axes:
-        meta["spacing"] = z_step_nm / 1e3
+        meta["spacing"] = _um(z_step_nm)
     if time_interval_s and "T" in axes:
         meta["finterval"] = float(time_interval_s)
     tmp = partial_path(p)
@@ -164,10 +170,10 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
         raise ValueError(f"image has {arr.ndim} axes but axes {axes!r} name {len(axes)}")
     meta: dict[str, Any] = {"axes": axes, "Description": json.dumps(metadata, sort_keys=True)}
     if pixel_size_nm:
-        meta.update(PhysicalSizeY=pixel_size_nm[0] / 1000.0, PhysicalSizeYUnit="µm",
-                    PhysicalSizeX=pixel_size_nm[1] / 1000.0, PhysicalSizeXUnit="µm")
+        meta.update(PhysicalSizeY=_um(pixel_size_nm[0]), PhysicalSizeYUnit="µm",
+                    PhysicalSizeX=_um(pixel_size_nm[1]), PhysicalSizeXUnit="µm")
     if z_step_nm and "Z" in axes:
-        meta.update(PhysicalSizeZ=z_step_nm / 1000.0, PhysicalSizeZUnit="µm")
+        meta.update(PhysicalSizeZ=_um(z_step_nm), PhysicalSizeZUnit="µm")
     if time_interval_s and "T" in axes:
         meta.update(TimeIncrement=float(time_interval_s), TimeIncrementUnit="s")
     extra: dict[str, Any] = {}
@@ -210,10 +216,10 @@ def write_ome_zarr(path: str | Path, image: Any, axes: str, metadata: dict, *,
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     if pixel_size_nm:
-        scale.update(y=pixel_size_nm[0] / 1000.0, x=pixel_size_nm[1] / 1000.0)
+        scale.update(y=_um(pixel_size_nm[0]), x=_um(pixel_size_nm[1]))
         units.update(y="micrometer", x="micrometer")
     if "Z" in axes:
-        scale["z"] = z_step_nm / 1000.0 if z_step_nm else 1.0
+        scale["z"] = _um(z_step_nm) if z_step_nm else 1.0
         if z_step_nm:
             units["z"] = "micrometer"
     if "T" in axes and time_interval_s:  # the t scale in seconds
