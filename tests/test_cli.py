@@ -30,6 +30,12 @@ def test_restore_round_trip(tmp_path, image_file, capsys):
     assert meta["settings"]["method"] == "rl" and meta["settings"]["psf_sigma"] == 1.5
     assert meta["settings"]["rl_iterations"] == 5 and meta["units"] == "photons"
     assert "5/5" in capsys.readouterr().err  # progress bar on stderr
+    # RL's automatic count: the bar counts without a total (it ended at "171/6000")
+    assert main(["restore", str(image_file), "-o", str(out), "--method", "rl",
+                 "--psf-sigma", "1.5", "--overwrite"]) == 0
+    n = read_metadata(out)["rl_auto_iterations"]
+    err = capsys.readouterr().err
+    assert f"{n}step" in err.replace(" ", "") and "/500" not in err
 
 
 def test_restore_takes_the_pixel_size_and_z_step_the_file_states(tmp_path):

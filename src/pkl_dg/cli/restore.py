@@ -201,10 +201,14 @@ def run(args: argparse.Namespace) -> int:
     run = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
+    # RL's automatic count ends when the fit reaches the noise: no total to show (it
+    # showed its cap, the bar ending at "171/6000")
+    open_count = settings.method == "rl" and settings.rl_iterations == 0
+
     def progress(rec) -> None:
         if not bars:
-            bars.append(tqdm(total=rec.total, desc=settings.method, unit="step",
-                             file=sys.stderr, disable=args.quiet))
+            bars.append(tqdm(total=None if open_count else rec.total, desc=settings.method,
+                             unit="step", file=sys.stderr, disable=args.quiet))
         bar = bars[0]
         bar.update(1)
         if rec.nll is not None:
