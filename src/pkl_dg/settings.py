@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import os
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +73,20 @@ def _f(default: Any, label: str, help: str, group: str, *, min: float | None = N
 
 @dataclass(frozen=True)
 class RestoreSettings:
-    """All parameters of one restoration (see the field metadata for their meaning)."""
+    """All parameters of one restoration; frozen (a changed copy: :meth:`replace`).
+
+    Each field's meaning, unit, range and choices are under Parameters (generated from the
+    schema; :func:`pkl_dg.settings.field_specs` returns them). Values are normalised when
+    built: numpy scalars become Python ``int``/``float``/``str``; an integer setting takes
+    integral numbers only (``3``, ``3.0``, ``np.int64(3)``); a text one a str or path.
+
+    Raises
+    ------
+    TypeError
+        Text, None or a bool for a number; a number for a text setting.
+    ValueError
+        A non-integral number for an integer setting; NaN; out of range; not a choice.
+    """
 
     # --- Data ----------------------------------------------------------------------
     mode: str = _f("2d", "Deconvolution", "'2d': every YX plane of a stack is restored on "
@@ -263,6 +279,8 @@ class RestoreSettings:
                         max=16384, unit="px", applies_when=_PRIOR)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # frozen: normalised in place
+            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
         self.validate()
 
     # ------------------------------------------------------------------------------
@@ -306,22 +324,35 @@ class RestoreSettings:
         typed = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
-                typed[f.name] = _coerce(f.type, data[f.name], f.name)
+                typed[f.name] = _coerce(f, data[f.name], text=True)
         return cls(**typed)
 
 
-def _coerce(type_name: Any, value: Any, name: str) -> Any:
-    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "")
-    try:
-        if kind == "float":
-            return float(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"setting {name} must be a {kind}, got {value!r}") from None
+def _coerce(f: dataclasses.Field, value: Any, *, text: bool = False) -> Any:
+    """``value`` as setting ``f``'s Python type (``int``, ``float`` or ``str``), else a
+    one-line TypeError (wrong kind) or ValueError naming it (see the class docstring).
+    ``text``: numbers may be given as text too ("2", "0.5": a saved file, a CLI flag)."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    who = f"{f.metadata['label']} ({f.name})"
+    if kind not in ("int", "float"):
+        if isinstance(value, (str, os.PathLike)):
+            return str(os.fspath(value))
+        raise TypeError(f"{who} must be text (a str), got {value!r} ({type(value).__name__})")
+    what = "a whole number (int)" if kind == "int" else "a number"
+    if text and isinstance(value, str):
+        try:
+            return int(value) if kind == "int" else float(value)
+        except ValueError:
+            raise ValueError(f"{who} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{who} must be {what}, got {value!r} ({type(value).__name__})")
+    if kind == "float":
+        return float(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if not float(value).is_integer():
+        raise ValueError(f"{who} must be {what}, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -349,3 +380,21 @@ def field_specs() -> list[FieldSpec]:
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
         out.append(FieldSpec(f.name, type_name, f.default, **f.metadata))
     return out
+
+
+def _parameters_doc() -> str:
+    """RestoreSettings' Parameters section, from the field metadata (so it never drifts)."""
+    lines = ["    Parameters", "    ----------"]
+    for f in field_specs():
+        facts = [f.label, f"unit {f.unit}" if f.unit else "",
+                 f"range {f.min:g} to {f.max:g}" if f.max is not None else "",
+                 "one of " + ", ".join(map(repr, f.choices)) if f.choices else ""]
+        lines.append(f"    {f.name} : {f.type}, default {f.default!r}")
+        lines += textwrap.wrap(f"{'; '.join(filter(None, facts))}. {f.help}", 92,
+                               initial_indent=" " * 8, subsequent_indent=" " * 8)
+    return "\n".join(lines) + "\n\n"
+
+
+if RestoreSettings.__doc__:  # None under python -OO
+    RestoreSettings.__doc__ = RestoreSettings.__doc__.replace(
+        "    Raises\n", _parameters_doc() + "    Raises\n", 1)
