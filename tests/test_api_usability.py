@@ -3,11 +3,13 @@
 Settings are checked and normalised when built, so a wrong type fails at once with a
 one-line message naming the setting (it failed deep in the run: "an integer is required",
 a torch linspace error) and numpy numbers do not end up in the result's metadata (which
-then was not JSON-serialisable).
+then was not JSON-serialisable). ``restore(image, settings)`` (settings where the PSF goes)
+says how to call it; a torch tensor is taken as an image like numpy, dask and xarray arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -109,3 +111,55 @@ def test_help_of_restore_settings_lists_every_field_with_its_unit():
         assert spec.label in entry.group(1)
         if spec.unit:
             assert f"unit {spec.unit}" in entry.group(1)
+
+
+# ---------------------------------------------------------------------- call mistakes
+def test_settings_passed_where_restore_takes_the_psf_say_how_to_call_it():
+    s = RestoreSettings(**RL)
+    with pytest.raises(TypeError, match=r"settings=") as exc:
+        pkl_dg.restore(_image(), s)
+    assert "\n" not in str(exc.value)
+    assert np.asarray(pkl_dg.restore(_image(), settings=s)).shape == (32, 32)
+
+
+def test_restore_iter_refuses_a_psf_passed_as_settings_at_the_call():
+    with pytest.raises(TypeError, match=r"psf=") as exc:
+        pkl_dg.restore_iter(_image(), np.ones((5, 5)))  # nothing iterated yet
+    assert "ndarray" in str(exc.value)
+
+
+def test_a_torch_tensor_is_restored_like_the_numpy_array():
+    torch = pytest.importorskip("torch")
+    image = _image()
+    want = pkl_dg.restore(image, **RL)
+    tensor = torch.from_numpy(image.copy()).requires_grad_(True)
+    np.testing.assert_array_equal(pkl_dg.restore(tensor, **RL), want)
+    result = pkl_dg.restore_iter(tensor.detach().to(torch.bfloat16), **RL).finish()
+    assert result.image.dtype == np.float32 and result.metadata["input_dtype"] == "float32"
+
+
+def test_a_torch_tensor_of_booleans_is_refused_like_numpy_booleans():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="dtype bool"):
+        pkl_dg.restore(torch.ones(32, 32, dtype=torch.bool), **RL)
+
+
+# ---------------------------------------------------------------------- documentation
+def test_help_of_restore_lists_axes():
+    assert "axes" in inspect.signature(pkl_dg.restore).parameters
+    assert "axes" in pkl_dg.restore.__doc__
+    assert pkl_dg.restore(np.stack([_image()] * 2), axes="CYX", **RL).shape == (2, 32, 32)
+
+
+def test_restore_result_has_a_numpy_style_docstring():
+    doc = inspect.getdoc(pkl_dg.RestoreResult)
+    assert "Attributes\n----------" in doc
+    for field in dataclasses.fields(pkl_dg.RestoreResult):
+        assert re.search(rf"^{field.name} : ", doc, re.M), field.name
+    assert "photon" in doc and "JSON" in doc
+
+
+def test_restore_iter_doc_says_how_the_image_becomes_photons_by_default():
+    doc = inspect.getdoc(pkl_dg.restore_iter)
+    image = re.search(r"^image\b.*\n((?:    .*\n)+)", doc, re.M).group(1)
+    assert "estimated" in image and "'auto'" in image  # not "the settings' offset and gain"

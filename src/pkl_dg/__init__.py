@@ -1,9 +1,11 @@
 """napari-pkl-dg: physics-guided diffusion deconvolution for fluorescence microscopy.
 
-The public API: :func:`restore` (an image → a :class:`RestoreResult`), :func:`restore_iter`
-(a :class:`RestoreRun`: iterate it for each step's :class:`StepRecord`, then read its
-``result``) and :class:`RestoreSettings`, the one settings schema. The core (``physics``,
-``guidance``, ``diffusion``, ``restore``) imports neither napari nor Qt.
+The public API: :func:`restore` (an image → the restored image, a float32 array in
+photons), :func:`restore_iter` (a :class:`RestoreRun`: iterate it for each step's
+:class:`StepRecord`; ``finish()`` returns the :class:`RestoreResult`: the image with its
+settings, JSON-able metadata and posterior std) and :class:`RestoreSettings`, the one
+settings schema (``help(pkl_dg.RestoreSettings)`` lists every field with its unit). The
+core (``physics``, ``guidance``, ``diffusion``, ``restore``) imports neither napari nor Qt.
 """
 
 from __future__ import annotations

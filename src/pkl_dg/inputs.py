@@ -85,6 +85,31 @@ def validate_image(image: Any) -> np.ndarray:
     return validate_block(arr, arr.dtype)
 
 
+def check_call(image: Any, settings: Any, psf: Any) -> Any:
+    """Check the argument kinds of :func:`~pkl_dg.restoration.restore_iter` (and of
+    ``restore``); return ``image``, a torch tensor made a numpy array (detached, on the CPU;
+    bfloat16 as float32) as every other array-like (numpy, dask, xarray, lists) is taken.
+
+    Raises
+    ------
+    TypeError
+        ``psf`` is a RestoreSettings (``restore(image, settings)``: restore's second
+        positional argument is the PSF), or ``settings`` is neither one nor None.
+    """
+    if isinstance(psf, RestoreSettings):
+        raise TypeError("the PSF argument is a RestoreSettings: pass settings by keyword, "
+                        "restore(image, settings=s) (restore's second positional argument "
+                        "is the PSF; restore_iter(image, s) takes them second)")
+    if settings is not None and not isinstance(settings, RestoreSettings):
+        raise TypeError(f"settings must be a RestoreSettings or None, got "
+                        f"{type(settings).__name__}: pass a PSF as psf=..., single settings "
+                        "as keywords (restore_iter(image, steps=10))")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+    return image
+
+
 def estimate_background(y: torch.Tensor, conv: PSFConvolution) -> float:
     """The 1st percentile of the PSF-smoothed data (photons), ≥ 0."""
     smooth = conv.A(y).reshape(-1)

@@ -51,7 +51,7 @@ from pkl_dg.block_reports import (auto_info, block_name, say_empty_blocks,
 from pkl_dg.calibration import Calibration
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, resolve_calibration,
-                           validate_block, validate_image)
+                           validate_block, validate_image, check_call)
 from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F401 (re-export)
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
@@ -101,12 +101,25 @@ class PlaneChunk:
 
 @dataclass
 class RestoreResult:
+    """A finished restoration, as ``restore_iter(...).finish()`` returns it.
+
+    Attributes
+    ----------
+    image : np.ndarray
+        float32 photon counts, in the input's shape and axis order.
+    settings : RestoreSettings
+        The settings the run used, overrides applied.
+    metadata : dict
+        JSON-serialisable: ``settings``, ``calibration``, ``psf``, ``units``, ``seconds``, the
+        background and intensity scale (a stack's per block: ``blocks``), …
+    std : np.ndarray or None
+        Per-pixel std over the posterior samples, photons (0 for one sample); None for
+        Richardson–Lucy, which draws none (``metadata["posterior_std"]`` says so).
+    """
+
     image: np.ndarray
     settings: RestoreSettings
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: per-pixel standard deviation over posterior samples (zero for one sample);
-    #: None for Richardson–Lucy, which draws no samples (``metadata["posterior_std"]``
-    #: says why)
     std: np.ndarray | None = None
 
 
@@ -126,54 +139,47 @@ def _settings_from(settings: RestoreSettings | None, overrides: dict[str, Any]) 
 
 
 def restore_iter(image: Any, settings: RestoreSettings | None = None, *,
-                 psf: PSF | np.ndarray | None = None,
-                 operator: PSFConvolution | None = None,
+                 psf: PSF | np.ndarray | None = None, operator: PSFConvolution | None = None,
                  denoiser: Callable | None = None, chunk: PlaneChunk | None = None,
                  axes: str | None = None, fixed_calibration: Calibration | None = None,
                  **overrides: Any) -> RestoreRun:
     """Restore ``image`` step by step.
 
-    Returns a :class:`RestoreRun`: iterating it runs the restoration, one
-    :class:`StepRecord` per diffusion step (or RL iteration); its ``result`` (a
-    :class:`RestoreResult`) is there once it has ended (``run.finish()`` does both);
-    ``run.close()`` stops it. Nothing runs, and bad input raises nothing, before the
-    first step is asked for.
-
     Parameters
     ----------
-    image
-        Array (numpy, dask, …) in camera units (ADU), last two axes YX; converted with the
-        settings' offset and gain.
-    settings, overrides
-        The parameters; keyword overrides (e.g. ``method="rl"``) replace fields.
-    psf
-        The run's :class:`~pkl_dg.psf_source.PSF`, built once by the caller
-        (:func:`~pkl_dg.psf_source.psf_from_settings`) and used as it is; or a measured
-        PSF array, which takes precedence over the settings' PSF model and is built into
-        one here; None: the settings' PSF.
-    operator
-        A prebuilt :class:`~pkl_dg.physics.PSFConvolution` of this PSF's kernel, to reuse
-        its OTF cache across runs (the napari widget keeps one per layer shape and PSF).
-    denoiser
-        A loaded network ``(x_t, t) -> ε``; by default the settings' model (or the
-        shipped prior) is loaded.
-    chunk
-        ``image`` is this chunk of a larger plane (``pkl-dg batch``): it takes the plane's
-        Richardson–Lucy start level and intensity scale, and its window of the plane's
-        noise, so that it solves the same problem as the whole plane would.
-    axes
-        One letter per axis of ``image`` (T, C, S, Z, Y, X; Q unnamed), e.g. ``"ZCYX"`` for
-        an ImageJ hyperstack. Channels and time are never deconvolved along: each channel's
-        plane (2D mode) or volume (3D mode) is a block of its own, ``StepRecord.block``
-        indexes the non-block axes in the axes' order, and the result comes back in the
-        input's order. Without axes, layouts whose channel axis would be blurred
-        ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
-    fixed_calibration
-        The photon calibration, established beforehand and used as it is, its ``source``
-        included (``pkl-dg batch`` estimates one per input, which all its blocks share, and
-        an estimated offset is judged as such: values a little below it are read noise);
-        None: the settings' values ('manual') or an estimate from ``image`` ('auto').
+    image : array_like
+        (..., Y, X) in camera units (numpy, dask, xarray, torch, …), never modified; converted
+        to photons with the calibration estimated from it ('auto', the default) or the
+        settings' offset and gain ('manual').
+    settings, overrides : RestoreSettings, optional; its fields as keywords
+        The parameters (None: the defaults); overrides (e.g. ``method="rl"``) replace fields.
+    psf : PSF or array_like, optional
+        A :class:`~pkl_dg.psf_source.PSF`, used as it is, or a measured PSF array ((Y, X);
+        (Z, Y, X) in 3D mode) that overrides the settings' PSF model; None: the settings' PSF.
+    axes : str, optional
+        One letter per axis of ``image`` (T, C, S, Z, Y, X; Q unnamed), e.g. ``"ZCYX"`` (an
+        ImageJ hyperstack): channels and time are never deconvolved along (each channel's plane
+        or volume is a block; ``StepRecord.block`` indexes the other axes in this order), and
+        the result keeps the input's order. Without axes, layouts that would blur a channel
+        axis ((Y, X, C); (Z, C, Y, X) in 3D mode) are refused with a message saying what to do.
+    operator, denoiser, chunk, fixed_calibration
+        Work shared across runs (napari widget, ``pkl-dg batch``): this PSF's prebuilt
+        ``PSFConvolution``; a network ``(x_t, t) -> ε`` (None: the settings' model); the
+        :class:`PlaneChunk` of a plane that ``image`` is; a ``Calibration`` used as it is.
+
+    Returns
+    -------
+    RestoreRun
+        Iterate it for one :class:`StepRecord` per diffusion step (or RL iteration);
+        ``run.finish()`` runs it to the end and returns the :class:`RestoreResult`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``settings`` or ``psf`` of the wrong kind: TypeError at the call. Bad settings, image or
+        PSF (the message says why): when the first step is asked for (nothing runs before).
     """
+    image = check_call(image, settings, psf)
     meta: dict[str, Any] = {}
     return RestoreRun(_restore_frames(image, settings, psf, operator, denoiser, chunk, axes,
                                       overrides, meta, fixed_calibration), meta)
@@ -379,12 +385,15 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
 
 
 def restore(image: Any, psf: PSF | np.ndarray | None = None,
-            settings: RestoreSettings | None = None,
-            *, operator: PSFConvolution | None = None, denoiser: Callable | None = None,
+            settings: RestoreSettings | None = None, *, axes: str | None = None,
+            operator: PSFConvolution | None = None, denoiser: Callable | None = None,
             progress: Callable[[StepRecord], None] | None = None, **overrides: Any) -> np.ndarray:
-    """Restore ``image`` and return the result (float32 photons). See :func:`restore_iter`.
+    """Restore ``image``; return the restored image alone: float32 photons, shaped and ordered
+    as ``image`` (``restore_iter(...).finish()`` adds metadata and std: a RestoreResult).
 
-    Example: ``restore(img, method="pkl", psf_sigma=2.0, steps=25, seed=0)``.
+    The parameters (``axes`` etc.) and errors (TypeError, ValueError) are :func:`restore_iter`'s,
+    but the PSF comes second: settings go by keyword, e.g. ``restore(img, settings=s,
+    axes="ZCYX", steps=25)``. ``progress`` is called with each :class:`StepRecord`.
     """
     return restore_iter(image, settings, psf=psf, operator=operator, denoiser=denoiser,
-                        **overrides).finish(progress).image
+                        axes=axes, **overrides).finish(progress).image
