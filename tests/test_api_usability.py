@@ -23,6 +23,7 @@ import pkl_dg
 from pkl_dg import RestoreSettings
 from pkl_dg.settings import field_specs
 
+ROOT = Path(__file__).resolve().parents[1]
 #: a few cheap Richardson–Lucy iterations, calibrated by hand: no estimate, no network
 RL = dict(method="rl", rl_iterations=3, threads=1, calibration="manual")
 
@@ -163,3 +164,10 @@ def test_restore_iter_doc_says_how_the_image_becomes_photons_by_default():
     doc = inspect.getdoc(pkl_dg.restore_iter)
     image = re.search(r"^image\b.*\n((?:    .*\n)+)", doc, re.M).group(1)
     assert "estimated" in image and "'auto'" in image  # not "the settings' offset and gain"
+
+
+def test_readme_names_the_sample_menu_as_napari_shows_it():
+    manifest = (ROOT / "src" / "pkl_dg" / "napari.yaml").read_text(encoding="utf-8")
+    display = re.search(r"^display_name: (.+)$", manifest, re.M).group(1).strip()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"*File → Open Sample → {display}*" in readme
