@@ -71,8 +71,12 @@ def test_guided_methods_fit_the_data_better_than_unguided(scene, constant_denois
     yt = torch.from_numpy(y)
     nll = {}
     for method in ("none", "l2", "anscombe", "pkl"):
-        # no final denoising pass: a flat analytic prior would flatten the result
+        # no final denoising pass: a flat analytic prior would flatten the result. The
+        # scene is in photons with its background b: calibrated as such (with the default
+        # estimate, whose offset is the dark level, b came on top of it, every method's
+        # intensity scale collapsed and the comparison was of empty images)
         out = restore(y, method=method, steps=6, background=b, psf_sigma=1.5,
+                      calibration="manual", gain=1.0, offset=0.0,
                       denoiser=constant_denoiser, final_noise=0.0)
         nll[method] = float(pkl.nll(torch.from_numpy(out), yt, fm))
     for method in ("l2", "anscombe", "pkl"):

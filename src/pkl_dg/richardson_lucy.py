@@ -54,24 +54,19 @@ def _tv_divergence(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return div_x + div_y
 
 
-#: the flat start falls back to the positive part's level where the data's mean above
-#: background is below this fraction of it (see :func:`initial_estimate`)
-LOW_START = 0.1
-
-
 def initial_estimate(y: torch.Tensor, fm: ForwardModel) -> torch.Tensor:
     """A flat image with the data's mean signal above background (the usual RL start).
 
-    Where most of the data lie below the background (an offset given a little too high:
-    the mean above background under :data:`LOW_START` of the mean of its positive part,
-    while structures stand far above it) the start is half that positive mean instead: from a start near 0 RL's
+    Where the data's mean lies below the background (an offset given a little too high,
+    while structures stand far above it) the start is half the mean of the positive part
+    instead (the flux-conserving level, ≤ 0, was clamped to 0.001 photons): from a start near 0 RL's
     multiplicative update needs many iterations to grow, and the automatic stop saw a fit
     that barely moved as stalled (measured: a 90 ADU dark level with the offset given as
     101.8, 58 % of the pixels negative: stopped at 3 iterations with an empty result).
     """
     above = y - fm.background
     level, positive = float(above.mean()), float(above.clamp(min=0).mean())
-    if level < LOW_START * positive:  # the negative values cancel most of the signal
+    if level <= 0:  # the negative values cancel all of the signal
         level = 0.5 * positive
     return torch.full_like(y, max(level, 1e-3))
 
