@@ -41,6 +41,32 @@ def test_hyperstack_channels_restored_one_by_one():
                                        "block_axes": "ZYX"}
 
 
+def test_each_channel_gets_its_own_estimated_calibration():
+    """Two detectors (1 ADU/e⁻, offset 100; 4 ADU/e⁻, offset 90) in one (C, Y, X) image:
+    one calibration estimated for both put every pixel of channel 0 below channel 1's
+    offset and restored it as an empty image. Each channel is estimated on its own now
+    and restores as it does alone."""
+    from scipy.ndimage import gaussian_filter
+
+    from pkl_dg.napari.sample_data import make_sample
+
+    rng = np.random.default_rng(0)
+    truth = make_sample()[1][:96, :96].astype(np.float64)
+    lam = gaussian_filter(truth / truth.max() * 60, 2.0) + 2
+    cyx = np.stack([rng.poisson(lam) * 1.0 + 100,
+                    rng.poisson(lam * 0.5) * 4.0 + 90]).astype(np.uint16)
+    kw = dict(method="rl", psf_sigma=2.0, threads=1)
+    both = restore_iter(cyx, axes="CYX", **kw).finish()
+    cal = both.metadata["calibration"]
+    assert cal["source"] == "estimated per channel" and len(cal["channels"]) == 2
+    assert cal["channels"][0]["offset"] == pytest.approx(100, abs=4)
+    assert cal["channels"][1]["offset"] == pytest.approx(90, abs=6)
+    for c in (0, 1):
+        alone = restore_iter(cyx[c], **kw).finish().image
+        np.testing.assert_allclose(both.image[c], alone, rtol=1e-5, atol=1e-4 * alone.max())
+    assert both.image[0].max() > 10  # not empty
+
+
 def test_unlabelled_hyperstack_in_3d_is_refused_naming_the_channel_axis():
     with pytest.raises(ValueError, match=r"channel axis.*ZCYX"):
         next(restore_iter(zcyx_beads(), mode="3d", psf_sigma_z=1.2, **RL))

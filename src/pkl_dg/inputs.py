@@ -9,7 +9,7 @@ then look like photon counts.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -176,6 +176,49 @@ def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
                       "0, no read noise) for this run.", CalibrationWarning, stacklevel=3)
         return Calibration(gain=1.0, offset=0.0, read_noise=0.0,
                            source=f"assumed (no estimate: {exc})")
+
+
+def block_calibrations(image: Any, axes: str | None, lead: int, s: RestoreSettings,
+                       fixed: Calibration | None = None
+                       ) -> tuple[Callable[[tuple[int, ...]], Calibration], dict[str, Any]]:
+    """The photon calibration of each block of a run, and what the metadata records of it.
+
+    One calibration for the whole image (the settings' values, ``fixed``, or
+    :func:`resolve_calibration`'s estimate), except where it is estimated ('auto') and the
+    image has several channels among its ``lead`` leading axes (``axes`` names them): each
+    channel is then estimated on its own, as its detector (or camera, or gain setting)
+    has its own gain and offset. One estimate for all gave, with two detectors of offsets
+    90 and 100 ADU, a channel that was all below the other's offset: restored as an empty
+    image, under a warning to give the camera's offset that the user could not act on.
+
+    Parameters
+    ----------
+    image
+        The arranged image (leading axes, then the block axes), camera units.
+    axes
+        Its axes letters (None: unknown, one calibration).
+    lead
+        How many leading axes it has (the blocks are their index tuples).
+    s
+        The run's settings (``calibration`` 'auto' or 'manual' and the camera values).
+    fixed
+        A calibration to use as given for every block (e.g. batch's per-input estimate).
+
+    Returns
+    -------
+    (calibration_of, record)
+        ``calibration_of(block_index)`` → :class:`Calibration`; ``record`` the metadata's
+        ``calibration``: that calibration's dict, or ``{"source": "estimated per channel",
+        "channels": [...]}``.
+    """
+    c = axes.index("C") if axes is not None and "C" in axes[:lead] else None
+    if fixed is not None or s.calibration != "auto" or c is None or np.shape(image)[c] < 2:
+        cal = fixed if fixed is not None else resolve_calibration(image, s)
+        return (lambda _idx: cal), cal.to_dict()
+    cals = [resolve_calibration(np.take(image, k, axis=c), s)
+            for k in range(np.shape(image)[c])]
+    return ((lambda idx: cals[idx[c]]),
+            {"source": "estimated per channel", "channels": [v.to_dict() for v in cals]})
 
 
 def check_photon_counts(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, disc: float,

@@ -50,7 +50,7 @@ from pkl_dg.block_reports import (auto_info, block_name, say_empty_blocks,
                                   summarise_block_problems)
 from pkl_dg.calibration import Calibration
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
-                           check_photon_counts, estimate_background, resolve_calibration,
+                           check_photon_counts, estimate_background, block_calibrations,
                            validate_block, validate_image, check_call)
 from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F401 (re-export)
 
@@ -237,8 +237,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             meta["tile_size"] = s.tile_size
         meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
 
-    cal = fixed if fixed is not None else resolve_calibration(image, s)
-    meta["calibration"] = cal.to_dict()
+    calibration_of, meta["calibration"] = block_calibrations(image, axes, len(lead), s, fixed)
     steps_per_block = (s.steps * len(sample_groups(s.samples, int(np.prod(shape[len(lead):])),
                                                    group_budget(device)))
                        + (is_guided(s) and s.final_noise > 0) if uses_prior(s)
@@ -273,6 +272,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             block_meta["saturated"] = saturated
         mask = fit_mask(sat, delta_psf)
         mask = None if mask is None else torch.from_numpy(mask).to(device)
+        cal = calibration_of(idx)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
         for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
                                   where=where, chunk=chunk,
