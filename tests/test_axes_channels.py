@@ -67,6 +67,21 @@ def test_each_channel_gets_its_own_estimated_calibration():
     assert both.image[0].max() > 10  # not empty
 
 
+def test_the_result_records_its_own_axes_order_and_the_napari_writer_uses_it():
+    """A (Z, C, Y, X) image restored in 3D mode is arranged as CZYX and given back as ZCYX;
+    the metadata said only restored_as 'CZYX', and the napari writer labelled a saved
+    layer without axis labels C = 6, Z = 2 (the truth: Z = 6, C = 2)."""
+    from pkl_dg.io.napari_writer import layer_axes
+
+    zcyx = np.random.default_rng(4).poisson(20, (6, 2, 24, 24)).astype(np.float32)
+    res = restore_iter(zcyx, axes="ZCYX", mode="3d", psf_sigma=1.0, psf_sigma_z=0.6,
+                       **RL).finish()
+    assert res.image.shape == zcyx.shape
+    assert res.metadata["axes"]["restored_as"] == "CZYX"
+    assert res.metadata["axes"]["result"] == "ZCYX"
+    assert layer_axes([], 4, res.metadata) == "ZCYX"
+
+
 def test_unlabelled_hyperstack_in_3d_is_refused_naming_the_channel_axis():
     with pytest.raises(ValueError, match=r"channel axis.*ZCYX"):
         next(restore_iter(zcyx_beads(), mode="3d", psf_sigma_z=1.2, **RL))

@@ -154,6 +154,12 @@ def put_back(arr, back: tuple[int, ...] | None):
     return np.ascontiguousarray(np.transpose(arr, back))
 
 
+def result_axes(axes: str, back: tuple[int, ...] | None) -> str:
+    """The axes of a result put back by :func:`put_back` (the caller's order), from the
+    arranged ``axes`` and the permutation ``back``."""
+    return axes if back is None else "".join(axes[i] for i in back)
+
+
 def layer_axes_problem(name: str, labels: Sequence[str], shape: Sequence[int], mode: str
                        ) -> str | None:
     """Why a napari layer cannot be restored as laid out (None when it can).

@@ -22,7 +22,7 @@ import torch
 from einops import reduce
 
 from pkl_dg._version import __version__
-from pkl_dg.axes import arrange, channel_count, put_back
+from pkl_dg.axes import arrange, channel_count, put_back, result_axes
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
 from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, group_budget,
@@ -215,7 +215,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     })
     if axes is not None:
         meta["axes"] = {"restored_as": axes, "channels": channel_count(axes, shape),
-                        "block_axes": axes[-block_ndim:]}
+                        "block_axes": axes[-block_ndim:], "result": result_axes(axes, back)}
     apply_threads(s.threads)  # process-wide, like torch.set_num_threads
     meta.update(thread_info())
     net = None

@@ -36,8 +36,10 @@ def layer_axes(labels: list[str], ndim: int, metadata: dict[str, Any]) -> str:
     """
     axes = axes_from_labels(labels[-ndim:]) if labels else None
     if axes is None:
-        restored = (metadata.get("axes") or {}).get("restored_as") \
-            if isinstance(metadata.get("axes"), dict) else None
+        # the result's own order (a run with axes 'ZCYX' in 3D mode restores as CZYX
+        # and puts the result back as ZCYX); results of older versions have restored_as
+        recorded = metadata.get("axes") if isinstance(metadata.get("axes"), dict) else {}
+        restored = recorded.get("result") or recorded.get("restored_as")
         if restored and len(restored) == ndim:
             axes = restored
         elif ndim in (2, 3):
