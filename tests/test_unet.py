@@ -216,3 +216,19 @@ def test_in_place_inference_equals_the_autograd_forward():
         fast = net(x, t)
     assert ref.requires_grad and torch.equal(fast, ref.detach())
     assert torch.equal(x, x0)
+
+
+def test_a_run_given_the_loaded_prior_names_it_in_its_metadata():
+    """The napari widget hands restore the network from its model cache: the result's
+    metadata said "network supplied by the caller" instead of the shipped prior."""
+    import numpy as np
+
+    from pkl_dg.napari.caches import ModelCache
+    from pkl_dg.restoration import restore_iter
+
+    net = ModelCache().get("", "cpu")
+    assert net.source == {"path": "shipped default", "name": load_model()[1].get("name", "")}
+    img = np.random.default_rng(0).poisson(20, (32, 32)).astype(np.float32)
+    res = restore_iter(img, denoiser=net, steps=1, samples=1, threads=1).finish()
+    assert res.metadata["model"]["path"] == "shipped default"
+    assert res.metadata["model"]["class"] == "UNet"

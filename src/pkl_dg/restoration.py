@@ -223,7 +223,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         net = denoiser
         if net is not None:
             cfg = getattr(net, "config", None)
-            meta["model"] = {"path": "network supplied by the caller",
+            meta["model"] = {**getattr(net, "source", {"path": "network supplied by the caller"}),
                              "class": type(net).__name__,
                              "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
         else:

@@ -157,7 +157,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     """Load a prior; return ``(model in eval mode on device, metadata dict)``.
 
     ``path`` is a ``model.safetensors`` file, its directory, or ``None`` for the shipped
-    default prior. On a CPU the weights are put in channels-last memory format (faster).
+    default prior; the model's ``source`` attribute records which (``path``, ``name``). On a CPU the weights are put in channels-last memory format (faster).
     Missing files raise FileNotFoundError; corrupt, truncated or mismatched files raise
     ValueError naming the file and what to do.
     """
@@ -203,6 +203,10 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
+    # where it came from, for the metadata of results restored with it (a run given the
+    # network, as the napari widget's model cache does, names it from this)
+    model.source = {"path": str(path) if path else "shipped default",
+                    "name": meta.get("name", "")}
     return model, meta
 
 
