@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from pkl_dg import RestoreSettings
 from pkl_dg.cli import main
 from pkl_dg.imageio import read_metadata
 
@@ -249,6 +250,31 @@ def test_a_plain_tiff_result_is_an_imagej_hyperstack_with_its_axes_and_sizes(tmp
     assert back.z_step_nm == pytest.approx(300.0)
     meta = read_metadata(out)
     assert meta["input_axes"] == "CZYX" and meta["settings"]["method"] == "rl"
+
+
+def test_non_square_pixels_are_warned_of(tmp_path):
+    """An OME-TIFF of 0.2 × 0.1 µm pixels got a PSF built on square 100 nm pixels, twice
+    too wide along Y, without a word; the widget read the X size only, too."""
+    from napari.layers import Image
+
+    from pkl_dg.napari.controls import pixel_size_note
+    from pkl_dg.physics.psf_cleaning import PSFWarning
+
+    src = tmp_path / "aniso.ome.tif"
+    img = np.random.default_rng(5).poisson(20, (40, 40)).astype(np.uint16)
+    tifffile.imwrite(src, img, ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.1,
+                                                   "PhysicalSizeY": 0.2})
+    with pytest.warns(PSFWarning, match="200 × 100 nm .* not square"):
+        assert main(["restore", str(src), "-o", str(tmp_path / "o.tif"), "--psf-kind", "airy",
+                     "--method", "rl", "--rl-iterations", "2", "--quiet", "--threads", "1"]) == 0
+    said = []
+    layer = Image(img.astype(np.float32), scale=(0.2, 0.1), units=("um", "um"), name="aniso")
+    pixel_size_note(layer, RestoreSettings(pixel_size_nm=100.0), said.append)
+    assert len(said) == 1 and "not square" in said[0]
+    square = Image(img.astype(np.float32), scale=(0.1, 0.1), units=("um", "um"))
+    said.clear()
+    pixel_size_note(square, RestoreSettings(pixel_size_nm=100.0), said.append)
+    assert said == []
 
 
 def test_a_plain_tiff_result_states_the_pixel_size_given_never_an_assumed_one(tmp_path):

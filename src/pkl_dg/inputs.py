@@ -18,6 +18,7 @@ from pkl_dg.axes import check_unlabelled_layout
 from pkl_dg.calibration import Calibration, estimate_calibration
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.physics import ForwardModel, PSFConvolution
+from pkl_dg.physics.psf_cleaning import PSFWarning
 from pkl_dg.quantiles import quantile
 from pkl_dg.saturation import detect_saturation
 from pkl_dg.settings import RestoreSettings
@@ -247,6 +248,29 @@ def check_photon_counts(y: torch.Tensor, fm: ForwardModel, rough: torch.Tensor, 
     return disc
 
 
+def non_square_pixels(pixel_size_nm: tuple[float, float] | None, name: str
+                      ) -> str | None:
+    """What to tell the user when an image's pixels are not square (None when they are,
+    to 1 %, or unknown): the PSF is built on a square grid of the X size.
+
+    Parameters
+    ----------
+    pixel_size_nm
+        (Y, X) pixel size in nm as the file or layer states it.
+    name
+        The image, for the message.
+    """
+    if not pixel_size_nm or not all(v and v > 0 for v in pixel_size_nm):
+        return None
+    py, px = (float(v) for v in pixel_size_nm)
+    if abs(py / px - 1) <= 0.01:
+        return None
+    return (f"{name} has pixels of {py:g} × {px:g} nm (Y × X), not square: the PSF is built "
+            f"on square pixels of the X size ({px:g} nm), so along Y it is {px / py:.2f}× "
+            "its true width in pixels. Resample the image to square pixels first (e.g. "
+            "skimage.transform.rescale along Y, or Fiji's Image › Scale).")
+
+
 def physical_overrides(image: Any, given: set[str],
                        settings: RestoreSettings | None = None) -> dict[str, float]:
     """The settings the files' metadata fill in, each unless the user gave it (nm, to the
@@ -272,8 +296,17 @@ def physical_overrides(image: Any, given: set[str],
     ------
     ValueError
         The PSF file cannot be read.
+
+    Warns
+    -----
+    PSFWarning
+        The image's pixels are not square (:func:`non_square_pixels`) and no pixel size
+        was given.
     """
     out: dict[str, float] = {}
+    problem = non_square_pixels(image.pixel_size_nm, getattr(image.path, "name", "the image"))
+    if problem and "pixel_size_nm" not in given and getattr(settings, "psf_kind", "") != "none":
+        warnings.warn(problem, PSFWarning, stacklevel=2)
     if image.pixel_size_nm and "pixel_size_nm" not in given:
         out["pixel_size_nm"] = round(float(image.pixel_size_nm[1]), 4)
     if image.z_step_nm and "z_step_nm" not in given:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image
 
+from pkl_dg.inputs import non_square_pixels
 from pkl_dg.napari.state import PSF_SOURCES
 from pkl_dg.settings import CAMERA_FIELDS, METHOD_LABELS, PSF_KINDS, FieldSpec, field_specs
 from pkl_dg.settings_rules import applies
@@ -251,8 +252,8 @@ def _scale_nm(layer: Image, axis: int = -1) -> float | None:
 
 
 def _file_nm(layer: Image, axis: int = -1) -> float | None:
-    """The spacing along ``axis`` (-1: X, -3: Z; nm) that the layer's source file states
-    (read with this package's reader)."""
+    """The spacing along ``axis`` (-1: X, -2: Y, -3: Z; nm) that the layer's source file
+    states (read with this package's reader)."""
     from pkl_dg.io.read import open_image
 
     path = layer.source.path
@@ -264,17 +265,21 @@ def _file_nm(layer: Image, axis: int = -1) -> float | None:
         return None
     if axis == -3:
         return None if not img.z_step_nm else float(img.z_step_nm)
-    return None if img.pixel_size_nm is None else float(img.pixel_size_nm[-1])
+    return None if img.pixel_size_nm is None else float(img.pixel_size_nm[axis])
 
 
 def pixel_size_note(layer: Image, settings: Any, warn: Callable[[str], Any]) -> str:
     """Where a run's pixel size (``settings.pixel_size_nm``) comes from, for its metadata.
 
     An optical PSF model ('airy', 'vectorial') computed at a pixel size the image does not
-    carry is also passed to ``warn``: its width in pixels depends on that value.
+    carry is also passed to ``warn``: its width in pixels depends on that value; so are
+    pixels that are not square (the PSF is built on square pixels of the X size).
     """
     used = settings.pixel_size_nm
     nm, where = _sampling_and_source(layer, -1)
+    problem = non_square_pixels((_sampling_and_source(layer, -2)[0], nm), f"'{layer.name}'")
+    if problem and settings.psf_kind != "none":
+        warn(problem)
     if nm is None:
         if settings.psf_kind in ("airy", "vectorial"):
             warn(f"'{layer.name}' carries no physical pixel size: the {settings.psf_kind} PSF "
