@@ -236,7 +236,7 @@ class RestoreSettings:
                     "a fixed function of its starting noise) on test phantoms. Either way "
                     "the same seed gives the same result.", "Sampler", min=0.0, max=1.0,
                     applies_when=_PRIOR)
-    seed: int = _f(0, "Seed", "Random seed: the same seed gives the same result.", "Sampler",
+    seed: int = _f(0, "Seed", "Random seed: the same seed and thread count give the same result.", "Sampler",
                    min=0, max=2**31 - 1, applies_when=_PRIOR)
     rl_iterations: int = _f(0, "RL iterations", "Iterations of Richardson–Lucy (method "
                             "'rl'). 0 = automatic: stop when the fit reaches the noise level, "

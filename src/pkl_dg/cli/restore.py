@@ -128,7 +128,8 @@ def register(subparsers) -> None:
         "restore", help="restore an image or stack (TIFF or .npy) to a float32 TIFF",
         description="Deconvolve a fluorescence image or stack (last two axes YX; --mode 3d "
                     "treats the last three as a ZYX volume). Output: float32 photon counts, "
-                    "all parameters as JSON in the TIFF description; with --samples N > 1 "
+                    "all parameters as JSON in the file (ImageJ Info or OME description); "
+                    "with --samples N > 1 "
                     "also OUT_std.tif, the per-pixel posterior standard deviation (not for "
                     "--method rl, which draws no samples).")
     p.add_argument("input", type=Path, help="input image (TIFF, OME-TIFF, OME-Zarr, .npy, or "
