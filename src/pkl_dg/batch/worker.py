@@ -2,7 +2,8 @@
 
 Each worker process keeps what is expensive to build in :data:`_CACHE`: the network (loaded
 once per model file and device) and the PSF operator (one per PSF; it caches its OTFs per
-padded shape); the open input and its calibration are kept by :mod:`pkl_dg.batch.reading`.
+padded shape); the open input and its calibration (each channel's, where it has several)
+are kept by :mod:`pkl_dg.batch.reading`.
 Tasks take plain, picklable arguments (paths, block indices, settings as a dict) and read
 their own data, so no image travels through the scheduler on the way in. A task that fails
 returns a :class:`~pkl_dg.batch.report.BlockFailure` instead of raising, so no worker
@@ -19,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from pkl_dg.batch.reading import (input_calibration, input_calibration_dict,
-                                  input_calibration_estimate, input_calibration_warnings,
-                                  read_block, reader_notes)
+from pkl_dg.batch.reading import (calibration_channel, input_calibration,
+                                  input_calibration_dict, input_calibration_estimate,
+                                  input_calibration_warnings, read_block, reader_notes)
 from pkl_dg.batch.report import EMPTY_BLOCK, READER_NOTE, BlockFailure, report_failure
 
 #: per-process cache: networks, operators and how often each was built
@@ -120,6 +121,25 @@ def _saturation_mask(raw: np.ndarray, op):
     return None if mask is None else torch.from_numpy(mask)
 
 
+def _calibrated(path: str, index: tuple[int, ...], s, box=None):
+    """The settings with the calibration of the block at ``index`` (its input's, or its
+    channel's: :func:`~pkl_dg.batch.reading.input_calibration`); None where its channel
+    holds only zeros (nothing to estimate on; the block is empty and written as zeros).
+
+    Raises
+    ------
+    ValueError
+        The estimate failed otherwise (an input all zero, a damaged plane).
+    """
+    try:
+        return input_calibration(path, s, index)
+    except ValueError:
+        if calibration_channel(path, s, index) is None or \
+                not is_empty(read_block(path, index, box)):
+            raise
+        return None
+
+
 def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
                      threads: int | None = None) -> dict[str, float] | BlockFailure:
     """Whole-plane quantities chunks of the plane must share (see
@@ -155,9 +175,10 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.settings_rules import applies, uses_prior, uses_proximal_step
 
     threads = set_threads(threads)
-    s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
+    s = _calibrated(path, index, _with_threads(RestoreSettings.from_dict(settings_dict),
+                                               threads))
     raw = read_block(path, index)
-    if is_empty(raw):
+    if s is None or is_empty(raw):  # None: a channel with only zeros
         return {"empty": True, "background": 0.0, "rl_start": 1e-3,
                 "plane_shape": [int(n) for n in raw.shape[-2:]]}
     y = torch.from_numpy(_photons(raw, s))
@@ -259,17 +280,19 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
     from pkl_dg.settings_rules import uses_prior
 
     threads = set_threads(threads)
-    s = input_calibration(path, _with_threads(RestoreSettings.from_dict(settings_dict), threads))
+    s = _calibrated(path, index, _with_threads(RestoreSettings.from_dict(settings_dict),
+                                               threads), box)
     said: dict[str, str] = {}
-    cal = None  # the settings' values; with 'auto', the input's estimate as such
+    cal = None  # the settings' values; with 'auto', the input's (channel's) estimate as such
     if settings_dict.get("calibration", "auto") == "auto":  # every block carries its warnings
-        said.update(input_calibration_warnings(path))
-        cal = input_calibration_estimate(path)
+        mode = settings_dict.get("mode", "2d")
+        said.update(input_calibration_warnings(path, index, mode))
+        cal = input_calibration_estimate(path, index, mode)
     block = read_block(path, index, box)
-    if is_empty(block):  # nothing to restore here: zeros, said once per input by the client
+    if s is None or is_empty(block):  # nothing to restore here: zeros, said once per input
         said[EMPTY_BLOCK] = "holds only zeros: written as zeros, not restored"
         return np.zeros(block.shape, np.float32), _block_meta({"empty": True}, said, path,
-                                                              settings_dict, None, s)
+                                                              settings_dict, None, s, index)
     if box is not None:
         if stats is None:
             raise ValueError("a chunk needs its plane's statistics")
@@ -299,17 +322,19 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
             if k not in ("settings", "model", "input_shape", "seconds", "pkl_dg_version",
                          "axes", "posterior_std")}  # batch keeps the mean only (run.py)
     said.update({w.category.__name__: str(w.message) for w in caught})  # one of each kind
-    return result.image, _block_meta(meta, said, path, settings_dict, model_meta, s)
+    return result.image, _block_meta(meta, said, path, settings_dict, model_meta, s, index)
 
 
 def _block_meta(meta: dict[str, Any], said: dict[str, str], path: str, settings_dict: dict,
-                model_meta: dict | None, s) -> dict[str, Any]:
-    """A block's metadata with its warnings, the input's calibration estimate and the
-    model."""
+                model_meta: dict | None, s, index: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A block's metadata with its warnings, the input's (or its channel's) calibration
+    estimate and the model."""
     if said:
         meta["warnings"] = said
     if settings_dict.get("calibration", "auto") == "auto":  # the input's estimate, as such
-        meta["calibration"] = input_calibration_dict(path)
+        cal = input_calibration_dict(path, index, settings_dict.get("mode", "2d"))
+        if cal is not None:  # None: a channel with only zeros, nothing estimated
+            meta["calibration"] = cal
     if model_meta is not None:
         meta["model"] = {"path": s.model or "shipped default", "name": model_meta.get("name", "")}
     return meta
