@@ -38,7 +38,7 @@ def test_hyperstack_channels_restored_one_by_one():
     # nothing of channel 0's bead leaks into channel 1
     assert result.image[7, 1, 12, 12] < 0.05 * result.image[7, 0, 12, 12]
     assert result.metadata["axes"] == {"restored_as": "CZYX", "channels": 2,
-                                       "block_axes": "ZYX"}
+                                       "block_axes": "ZYX", "result": "ZCYX"}
 
 
 def test_each_channel_gets_its_own_estimated_calibration():
