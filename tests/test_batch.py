@@ -79,6 +79,7 @@ def test_batch_equals_restore_resumes_and_reports_failures(tmp_path, inputs, clu
     assert meta["settings"]["pixel_size_nm"] == 80.0 and len(meta["blocks"]) == 3
     # the input's own estimate, as such (it once read "given", without the fit), per block
     cal = meta["blocks"][0]["calibration"]
+    assert meta["calibration"] == cal  # at top level too, as restore records it
     assert cal["source"] == "estimated" and "fit" in cal
     assert all(b["calibration"] == cal for b in meta["blocks"])
 

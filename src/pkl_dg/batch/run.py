@@ -146,8 +146,15 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
             "units": "photons", "input_file": str(job.input), "image": job.image_meta,
             "blocks": blocks_meta, "batch": _batch_record(job), "compute_seconds": seconds}
     channels = _channel_calibrations(job, blocks_meta)
-    if channels is not None:  # as restore records it; one estimate: each block's (as before)
+    if channels is not None:  # as restore records it
         meta["calibration"] = {"source": "estimated per channel", "channels": channels}
+    else:  # one for the input: its estimate (every block has it) or the values given
+        from pkl_dg.calibration import Calibration
+
+        s = job.settings
+        meta["calibration"] = next(
+            (b["calibration"] for b in blocks_meta if "calibration" in b),
+            Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise).to_dict())
     empty = [b["index"] for b in blocks_meta if b.get("empty")]
     if empty:
         meta["empty_blocks"] = empty
