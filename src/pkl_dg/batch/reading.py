@@ -225,3 +225,27 @@ def input_calibration_dict(path: str, index: tuple[int, ...] = (),
     :func:`input_calibration`); None for a channel that holds only zeros."""
     cal = input_calibration_estimate(path, index, mode)
     return None if cal is None else cal.to_dict()
+
+
+def calibration_record(axes: str | None, shape: tuple[int, ...], settings: Any,
+                       blocks_meta: list[dict]) -> dict[str, Any]:
+    """The output metadata's ``calibration``, as restore records it, from the blocks'.
+
+    Where the input's channels were estimated one by one (:func:`channel_axis`):
+    ``{"source": "estimated per channel", "channels": [...]}``, a channel that holds only
+    zeros (nothing estimated) None in its place; else the input's one estimate (every block
+    carries it) or, with calibration 'manual', the values given.
+    """
+    from pkl_dg.calibration import Calibration
+
+    c = channel_axis(axes, shape, settings)
+    if c is None:
+        return next((b["calibration"] for b in blocks_meta if "calibration" in b),
+                    Calibration(gain=settings.gain, offset=settings.offset,
+                                read_noise=settings.read_noise).to_dict())
+    found: dict[int, dict] = {}
+    for b in blocks_meta:
+        if "calibration" in b:
+            found.setdefault(int(b["index"][c]), b["calibration"])
+    return {"source": "estimated per channel",
+            "channels": [found.get(k) for k in range(shape[c])]}

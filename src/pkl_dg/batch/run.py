@@ -24,6 +24,7 @@ from typing import Any
 from pkl_dg._version import __version__
 from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs
 from pkl_dg.batch.assemble import BlockAssembler, staging_record
+from pkl_dg.batch.reading import calibration_record
 from pkl_dg.batch.report import (BlockFailure, clear_failure_log, say_block_warnings,
                                  write_failure_log)
 from pkl_dg.settings import RestoreSettings
@@ -145,16 +146,8 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
     meta = {"pkl_dg_version": __version__, **settings_record(job.settings),
             "units": "photons", "input_file": str(job.input), "image": job.image_meta,
             "blocks": blocks_meta, "batch": _batch_record(job), "compute_seconds": seconds}
-    channels = _channel_calibrations(job, blocks_meta)
-    if channels is not None:  # as restore records it
-        meta["calibration"] = {"source": "estimated per channel", "channels": channels}
-    else:  # one for the input: its estimate (every block has it) or the values given
-        from pkl_dg.calibration import Calibration
-
-        s = job.settings
-        meta["calibration"] = next(
-            (b["calibration"] for b in blocks_meta if "calibration" in b),
-            Calibration(gain=s.gain, offset=s.offset, read_noise=s.read_noise).to_dict())
+    meta["calibration"] = calibration_record(job.axes, tuple(job.shape), job.settings,
+                                             blocks_meta)
     empty = [b["index"] for b in blocks_meta if b.get("empty")]
     if empty:
         meta["empty_blocks"] = empty
@@ -169,23 +162,6 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
     writer(job.output, image, job.axes or "YX", meta, pixel_size_nm=pixel,
            z_step_nm=job.image_meta.get("z_step_nm"),
            time_interval_s=job.image_meta.get("time_interval_s"), overwrite=True)
-
-
-def _channel_calibrations(job: Job, blocks_meta: list[dict]) -> list[dict | None] | None:
-    """Each channel's calibration estimate, from its blocks' metadata, where the input's
-    channels were estimated one by one (:func:`~pkl_dg.batch.reading.channel_axis`); None
-    where one estimate (or the settings' values) served the whole input. A channel that
-    holds only zeros has nothing estimated: None in its place."""
-    from pkl_dg.batch.reading import channel_axis
-
-    c = channel_axis(job.axes, tuple(job.shape), job.settings)
-    if c is None:
-        return None
-    found: dict[int, dict] = {}
-    for b in blocks_meta:
-        if "calibration" in b:
-            found.setdefault(int(b["index"][c]), b["calibration"])
-    return [found.get(k) for k in range(job.shape[c])]
 
 
 def _worker_settings(s: RestoreSettings, threads: int | None) -> dict[str, Any]:
