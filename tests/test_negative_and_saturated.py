@@ -75,8 +75,7 @@ def test_an_offset_given_a_little_too_high_still_restores_the_structures(method)
     lam = gaussian_filter(truth / truth.max() * 60, 2.0) + 2
     img = (rng.poisson(lam * 0.5) * 4.0 + 90).astype(np.uint16)  # 4 ADU/e⁻, offset 90
     kw = dict(method=method, threads=1, psf_sigma=2.0, steps=4, samples=1, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NegativeDataWarning)
+    with pytest.warns(NegativeDataWarning, match="offset given is probably too high"):
         wrong = restore_iter(img, calibration="manual", gain=0.972, offset=101.8, **kw).finish()
     assert wrong.metadata["negative_values"]["fraction_negative"] > 0.5
     if method == "rl":

@@ -96,6 +96,11 @@ def negative_value_pedestal(y: torch.Tensor, read_noise_var: float, where: str =
     if clipped:
         msg += (f" {clipped} pixel(s) still below −{s2_used:.3g} were clipped to 0 in the "
                 "data fit.")
+    if info["fraction_negative"] > 0.5:  # most of the image: the offset, not the noise
+        msg += (" With more than half of the pixels below zero, the camera offset given is "
+                "probably too high for a raw camera image (its dark level lies below it): "
+                "check it, or let it be estimated (Calibration 'auto'); the result can come "
+                "out weak or empty.")
     msg += (" Better: give the raw camera image and its offset (Camera offset), or the read "
             "noise of your camera.")
     warnings.warn(msg, NegativeDataWarning, stacklevel=3)
