@@ -273,6 +273,34 @@ def test_a_measured_psf_as_large_as_the_image_is_cropped_to_fit_with_a_warning()
     assert inside > (y - 1.0)[6:10, 10:22, 12:20].sum() / (y - 1.0).sum()  # deblurred
 
 
+def test_a_cropped_psf_is_centred_again_so_objects_stay_in_place():
+    """A widefield PSF with more light on one side of focus, cut to a shallow stack, had its
+    centroid 0.86 plane off the centre (RedLionfish's 61-plane PSF on 30 planes), and every
+    restored bead sat that far off in Z; only the light lost was said."""
+    from scipy import ndimage
+
+    from pkl_dg.physics.psf import crop_to_fit
+
+    zz, yy, xx = np.mgrid[-15:16, -6:7, -6:7].astype(float)
+    width = 1.0 + 0.15 * np.abs(zz) + 0.1 * np.clip(zz, 0, None)  # wider above focus
+    psf = np.exp(-(yy ** 2 + xx ** 2) / (2 * width ** 2)) / width ** 2
+    psf *= np.where(zz > 0, 1.0 + 0.06 * zz, 1.0)  # and more light there
+    psf, _ = clean_psf(psf, keep_3d=True)  # centred on its centroid, as a run does
+    centre = (np.array(psf.shape) - 1) / 2
+    assert np.allclose(ndimage.center_of_mass(psf), centre, atol=0.05)
+    kernel, info = crop_to_fit(psf, (27, 40, 40))
+    assert kernel.shape[0] == 27 and info["light_removed"] < 0.25
+    com = np.array(ndimage.center_of_mass(kernel))
+    assert np.abs(com - (np.array(kernel.shape) - 1) / 2).max() <= 0.03
+    assert abs(info["recentred_px"][0]) > 0.3  # the cut had moved it
+    # the model blurs a point around its own plane (in a volume deep enough that the
+    # reflect padding does not fold light back)
+    obj = np.zeros((81, 40, 40))
+    obj[40, 20, 20] = 1.0
+    blurred = PSFConvolution(kernel).A(torch.from_numpy(obj)).numpy()
+    assert abs(ndimage.center_of_mass(blurred)[0] - 40.0) < 0.05
+
+
 def test_a_measured_psf_that_would_lose_much_light_to_the_crop_is_refused():
     with pytest.raises(ValueError,
                        match=r"would remove \d+ % of its light: pick a larger image"):
