@@ -91,6 +91,10 @@ class PSF:
         check_psf_fits(self.kernel.shape, image_shape)
 
 
+def _shift_text(shift: list[float]) -> str:
+    return "(" + ", ".join(f"{v:+.2f}" for v in shift) + ")"
+
+
 def describe_psf(info: dict[str, Any]) -> str:
     """A PSF's :attr:`PSF.info` (a result's ``metadata["psf"]``) in a few words for a
     figure: where it came from and its FWHM per axis in px, e.g. "gaussian PSF, FWHM
@@ -174,7 +178,9 @@ def psf_from_settings(settings: RestoreSettings, image_shape: tuple[int, ...] | 
                           "than the image: it was cropped around its centre to "
                           f"{'×'.join(map(str, cropped['to']))}, which removed "
                           f"{100 * cropped['light_removed']:.1f} % of its light "
-                          "(the rest renormalised).", PSFWarning, stacklevel=2)
+                          "(the rest renormalised) and centred again on its centroid "
+                          f"(shifted by {_shift_text(cropped['recentred_px'])} px), so "
+                          "restored objects stay in place.", PSFWarning, stacklevel=2)
     axial = [s.z_step_nm or None] if three_d else []
     info.update(kernel_description(kernel, axial + [s.pixel_size_nm] * 2))
     unused = [n for n in _MEASURED_FIELDS if getattr(s, n) > 0 and n not in applied]
