@@ -250,6 +250,8 @@ def test_a_plain_tiff_result_is_an_imagej_hyperstack_with_its_axes_and_sizes(tmp
     assert back.z_step_nm == pytest.approx(300.0)
     meta = read_metadata(out)
     assert meta["input_axes"] == "CZYX" and meta["settings"]["method"] == "rl"
+    # the metadata names the axes in the file's order (it said the result was CZYX)
+    assert meta["file_axes"] == "ZCYX" and meta["axes"]["result"] == "ZCYX"
 
 
 def test_non_square_pixels_are_warned_of(tmp_path):

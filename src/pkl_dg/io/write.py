@@ -124,8 +124,13 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
         raise ValueError(f"axes {axes!r} do not name the {arr.ndim} axes of the image with "
                          f"distinct letters of {IMAGEJ_AXES} ending in YX")
     order = sorted(range(arr.ndim), key=lambda i: IMAGEJ_AXES.index(axes[i]))
-    meta: dict[str, Any] = {"axes": "".join(axes[i] for i in order),
-                            "Info": json.dumps(metadata, sort_keys=True)}
+    file_axes = "".join(axes[i] for i in order)
+    # the metadata names the axes as the file holds them (the result's own order, e.g.
+    # CZYX, is stored as ImageJ's ZCYX)
+    record = {**metadata, "file_axes": file_axes}
+    if isinstance(record.get("axes"), dict) and "result" in record["axes"]:
+        record["axes"] = {**record["axes"], "result": file_axes}
+    meta: dict[str, Any] = {"axes": file_axes, "Info": json.dumps(record, sort_keys=True)}
     if pixel_size_nm:  # pixels per µm, (X, Y)
         extra["resolution"] = (1 / _um(pixel_size_nm[1]), 1 / _um(pixel_size_nm[0]))
         meta["unit"] = "um"
