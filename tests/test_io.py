@@ -185,7 +185,7 @@ def test_a_layer_saved_from_napari_keeps_its_scale_place_and_parameters(tmp_path
     rng = np.random.default_rng(3)
     viewer = make_napari_viewer()
     plane = viewer.add_image(
-        rng.random((1, 40, 50)).astype(np.float32), name="cells [PKL] @2",
+        (rng.random((1, 40, 50)) * 3000).astype(np.float32), name="cells [PKL] @2",
         scale=(0.3, 0.065, 0.065), translate=(0.6, 0.0, 0.0), units=("um",) * 3,
         axis_labels=("z", "y", "x"),
         metadata={"status": "done", "calibration": {"gain": np.float32(2.5)}})
@@ -200,6 +200,9 @@ def test_a_layer_saved_from_napari_keeps_its_scale_place_and_parameters(tmp_path
     np.testing.assert_array_equal(np.asarray(back.data), plane.data)
     assert tuple(back.scale) == pytest.approx((0.3, 0.065, 0.065))
     assert tuple(back.translate) == pytest.approx((0.6, 0.0, 0.0))
+    # its contrast from its data (a plane placed at its Z came back white, limits 0–1)
+    lo, hi = back.contrast_limits
+    assert 2000 < hi <= float(np.max(plane.data)) and lo < hi
     assert [str(u) for u in back.units] == ["micrometer"] * 3
     assert back.metadata["pkl_dg"]["status"] == "done"
     assert back.metadata["pkl_dg"]["calibration"]["gain"] == pytest.approx(2.5)  # a number

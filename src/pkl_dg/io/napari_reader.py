@@ -13,7 +13,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 SUFFIXES = (".ome.tif", ".ome.tiff", ".zarr")
+#: a saved layer of at most this many pixels gets its contrast from its data
+CONTRAST_FROM_DATA = 1 << 24
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
@@ -97,4 +101,13 @@ def _layer_geometry(data: Any, axes: str, saved: dict[str, Any], kwargs: dict[st
         return data
     kwargs.update(scale=list(saved["scale"]), translate=list(saved["translate"]),
                   units=list(saved["units"]), axis_labels=list(full.lower()))
-    return data.reshape(tuple(sizes.get(a, 1) for a in full))
+    data = data.reshape(tuple(sizes.get(a, 1) for a in full))
+    if int(np.prod(data.shape)) <= CONTRAST_FROM_DATA:
+        # napari takes the contrast of lazy data from the slice shown, which for a plane
+        # placed at its Z (translate) is empty at first: the plane came back white (0–1)
+        values = np.asarray(data, dtype=np.float32)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = (float(v) for v in np.percentile(finite, (0.1, 99.9)))
+            kwargs["contrast_limits"] = [lo, hi if hi > lo else lo + 1.0]
+    return data
