@@ -447,7 +447,7 @@ def test_a_stack_that_fails_part_way_keeps_its_planes_and_says_failed(viewer_wid
     assert out.name == "stack [Richardson–Lucy] (failed, 2 of 3 planes restored)"
     assert out.metadata["blocks_restored"] == [[0], [1]]
     assert out.metadata["blocks_not_restored"] == {"count": 1, "value": "NaN"}
-    assert "holds the last estimate" in widget.status_label.text()
+    assert "holds the planes restored" in widget.status_label.text()
     assert any("NaN" in msg for msg in _error_messages(notes))
 
 
@@ -481,6 +481,8 @@ def test_a_cancelled_stack_says_so_in_its_name_and_leaves_planes_not_started_nan
     restored = len(md["blocks_restored"])
     assert out.name == f"stack [PKL] (cancelled, {restored} of 4 planes restored)"
     assert "are NaN" in widget.status_label.text()
+    if md["block_in_progress"] == [1]:  # said in words, not only in the metadata
+        assert "plane 1 part way (an unfinished estimate)" in widget.status_label.text()
     widget.model_cache.put("", "auto", constant_denoiser)
     assert run_and_wait(qtbot, widget) == "done"
     assert widget.output_layer.name == "stack [PKL]"

@@ -280,9 +280,14 @@ class RestorationView:
         # a new name: the layer no longer looks like a result, and the next run writes
         # a new layer instead of overwriting what this one left
         layer.name = f"{run.name} ({status['status']}, {what})"
-        return f"'{layer.name}' holds the last estimate" + (
-            f"; the {unit} not started are NaN" if run.whole_stack and extra[
-                "blocks_not_restored"]["count"] else "")
+        if not run.whole_stack:
+            return f"'{layer.name}' holds the last estimate"
+        partial = extra["block_in_progress"]
+        return (f"'{layer.name}' holds the {unit} restored"
+                + (f", {unit[:-1]} {','.join(map(str, partial))} part way (an unfinished "
+                   "estimate)" if partial is not None else "")
+                + (f"; the {unit} not started are NaN"
+                   if extra["blocks_not_restored"]["count"] else ""))
 
     def _notes(self, notes: dict[str, Any]) -> dict[str, Any]:
         """The run's ``napari`` metadata: the worker's ``notes`` and where the output came
