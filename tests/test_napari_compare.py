@@ -452,7 +452,18 @@ def test_a_cancelled_comparison_leaves_no_old_results_beside_its_new_ones(viewer
     assert pkl["status"] == "cancelled" and 1 <= pkl["steps_completed"] < pkl["steps_total"]
     assert pkl["settings"]["method"] == "pkl"
     assert "PKL holds its last estimate" in widget.status_label.text()
-    assert widget.table.rowCount() == 0
+    assert widget.table.rowCount() == 0  # no ground truth chosen: nothing to score
+
+    # with a ground truth, the method that finished before the cancel is scored (its
+    # layer stayed, but the table and CSV were empty)
+    widget.gt_combo.setCurrentText("cells ground truth")
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
+        widget.cancel()
+    assert blocker.args[0] == "cancelled"
+    assert [r["method"] for r in widget.rows] == ["input", "Richardson–Lucy"]
+    assert widget.table.rowCount() == 2 and widget.export_button.isEnabled()
 
 
 def test_a_failed_comparison_marks_the_running_methods_layer(viewer_widget, qtbot,

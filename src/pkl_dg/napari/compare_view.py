@@ -109,6 +109,9 @@ class CompareView:
         #: (steps, steps in all) of the frame each method's layer holds
         self.steps: dict[str, tuple[int, int]] = {}
         self.result: ComparedRun | None = None
+        #: after a cancel: the methods that had finished → their RestoreResult
+        self.finished: dict[str, Any] = {}
+        self.seconds: dict[str, float] = {}  # each method's running time, as streamed
         #: the index of the compared plane in a stack's leading axes (() for a 2D image)
         self.plane = tuple(plane)
         where = f" (its displayed plane {self.plane}, in 2D)" if self.plane else ""
@@ -133,6 +136,7 @@ class CompareView:
                                   "steps_completed": done, "steps_total": done}
         self.put(frame.method, frame.record.image, contrast)
         self.steps[frame.method] = (frame.record.index, frame.record.total)
+        self.seconds[frame.method] = frame.seconds
         return True
 
     def notes(self) -> dict[str, Any]:
@@ -176,7 +180,8 @@ class CompareView:
 
     def cancelled(self, state: RunState) -> str:
         """Mark the running method's layer 'cancelled' (the methods before it are done)."""
-        for method, restored in state.finished.items():  # with their run's metadata
+        self.finished = dict(state.finished)
+        for method, restored in self.finished.items():  # with their run's metadata
             self._show_result(method, restored)
         return self._mark_unfinished({"status": "cancelled"})
 

@@ -30,7 +30,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QPushButton, QVBoxLayout, QWidget)
 
-from pkl_dg.compare import metrics_table, result_residual, write_csv
+from pkl_dg.compare import Comparison, metrics_table, result_residual, write_csv
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size_field
@@ -273,6 +273,13 @@ class CompareMethodsWidget(QWidget):
         self.model_cache.trim()
         release_freed_memory()
         result = self._view.result if self._view is not None else None
+        if status == "cancelled" and self._view is not None and self._view.finished:
+            # the methods that finished before the cancel are scored (no residuals: those
+            # need the comparison's PSF, which only a finished comparison returns)
+            self.comparison = Comparison(results=dict(self._view.finished))
+            self.seconds = {m: self._view.seconds.get(m) for m in self._view.finished}
+            self._update_metrics()
+            return
         if status != "done" or result is None:
             return
         self.comparison, self.seconds = result.comparison, result.seconds
