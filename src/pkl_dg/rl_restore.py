@@ -12,6 +12,7 @@ bar and the Compare widget's plot do.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from pkl_dg.block_reports import auto_info
 from pkl_dg.diffusion.step_record import SamplerStep
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop
+from pkl_dg.physics.psf_cleaning import PSFWarning
 from pkl_dg.physics.forward import ForwardModel
 from pkl_dg.richardson_lucy import RLIterate, rl_iterates
 from pkl_dg.settings import RestoreSettings
@@ -85,6 +87,11 @@ def rl_steps(y: torch.Tensor, fm: ForwardModel, s: RestoreSettings,
     ValueError
         The automatic count with TV regularisation.
     """
+    if fm.conv.psf.numel() == 1:
+        warnings.warn("Richardson–Lucy with no blur (PSF 'none', one pixel) has nothing to "
+                      "deconvolve: it returns the data above background as they are. To "
+                      "denoise, use PKL; to deconvolve, give the PSF.", PSFWarning,
+                      stacklevel=3)
     fast = s.rl_acceleration != "none"
     auto = s.rl_iterations == 0
     if auto and s.tv_weight > 0:
