@@ -179,6 +179,17 @@ def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
                            source=f"assumed (no estimate: {exc})")
 
 
+def channel_axis(axes: str | None, shape: tuple[int, ...], block_ndim: int) -> int | None:
+    """The position of the C axis among an image's leading axes (before its ``block_ndim``
+    block axes) when it holds more than one channel, else None: where an estimated
+    calibration is made per channel (:func:`block_calibrations`, and ``pkl-dg batch``)."""
+    lead = len(shape) - block_ndim
+    if not axes or "C" not in axes[:max(lead, 0)]:
+        return None
+    c = axes.index("C")
+    return c if shape[c] > 1 else None
+
+
 def block_calibrations(image: Any, axes: str | None, lead: int, s: RestoreSettings,
                        fixed: Calibration | None = None
                        ) -> tuple[Callable[[tuple[int, ...]], Calibration], dict[str, Any]]:
@@ -212,8 +223,9 @@ def block_calibrations(image: Any, axes: str | None, lead: int, s: RestoreSettin
         ``calibration``: that calibration's dict, or ``{"source": "estimated per channel",
         "channels": [...]}``.
     """
-    c = axes.index("C") if axes is not None and "C" in axes[:lead] else None
-    if fixed is not None or s.calibration != "auto" or c is None or np.shape(image)[c] < 2:
+    shape = tuple(np.shape(image))
+    c = channel_axis(axes, shape, len(shape) - lead)
+    if fixed is not None or s.calibration != "auto" or c is None:
         cal = fixed if fixed is not None else resolve_calibration(image, s)
         return (lambda _idx: cal), cal.to_dict()
     cals = [resolve_calibration(np.take(image, k, axis=c), s)

@@ -23,7 +23,7 @@ import numpy as np
 from pkl_dg.physics.psf import (airy_psf, check_psf_fits, crop_to_fit, gaussian_psf,
                                 gaussian_psf_3d, kernel_description, load_psf,
                                 resample_to_grid)
-from pkl_dg.physics.psf_cleaning import PSFWarning, clean_psf
+from pkl_dg.physics.psf_cleaning import PSFWarning, _vec, clean_psf
 from pkl_dg.settings import RestoreSettings
 
 __all__ = ["PSF", "psf_from_settings", "run_psf"]
@@ -89,10 +89,6 @@ class PSF:
             raise ValueError(f"a {self.kernel.ndim}D PSF cannot restore in {mode} mode: "
                              "build the PSF with the run's settings")
         check_psf_fits(self.kernel.shape, image_shape)
-
-
-def _shift_text(shift: list[float]) -> str:
-    return "(" + ", ".join(f"{v:+.2f}" for v in shift) + ")"
 
 
 def describe_psf(info: dict[str, Any]) -> str:
@@ -179,7 +175,7 @@ def psf_from_settings(settings: RestoreSettings, image_shape: tuple[int, ...] | 
                           f"{'×'.join(map(str, cropped['to']))}, which removed "
                           f"{100 * cropped['light_removed']:.1f} % of its light "
                           "(the rest renormalised) and centred again on its centroid "
-                          f"(shifted by {_shift_text(cropped['recentred_px'])} px), so "
+                          f"(shifted by {_vec(cropped['recentred_px'])} px), so "
                           "restored objects stay in place.", PSFWarning, stacklevel=2)
     axial = [s.z_step_nm or None] if three_d else []
     info.update(kernel_description(kernel, axial + [s.pixel_size_nm] * 2))

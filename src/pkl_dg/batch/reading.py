@@ -123,11 +123,9 @@ def channel_axis(axes: str | None, shape: tuple[int, ...], settings) -> int | No
 
 
 def _channel_axis(axes: str | None, shape: tuple[int, ...], mode: str) -> int | None:
-    lead = len(shape) - (3 if mode == "3d" else 2)
-    if not axes or "C" not in axes[:max(lead, 0)]:
-        return None
-    c = axes.index("C")
-    return c if shape[c] > 1 else None
+    from pkl_dg.inputs import channel_axis as leading_channel_axis
+
+    return leading_channel_axis(axes, shape, 3 if mode == "3d" else 2)
 
 
 def _calibration_key(path: str, mode: str, index: tuple[int, ...]) -> tuple[str, int | None]:
