@@ -219,6 +219,38 @@ def test_a_layer_saved_from_napari_keeps_its_scale_place_and_parameters(tmp_path
     assert not (tmp_path / "unnamed.ome.tif").exists()
 
 
+def test_a_saved_layer_keeps_its_camera_counts_type_and_its_display(tmp_path,
+                                                                     make_napari_viewer):
+    """The plugin's writer wrote every layer as float32: a raw uint16 camera image saved
+    from the viewer doubled in size and was no longer counts; and a reopened layer came
+    back grey with its contrast recomputed, whatever colormap and limits it was saved with."""
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS
+
+    from pkl_dg.io.napari_reader import COLORMAPS
+
+    assert set(COLORMAPS) <= set(AVAILABLE_COLORMAPS)  # the reader's list is napari's
+    rng = np.random.default_rng(5)
+    viewer = make_napari_viewer()
+    raw = viewer.add_image(rng.integers(90, 4000, (32, 40)).astype(np.uint16), name="raw",
+                           scale=(0.1, 0.1), units=("um", "um"), colormap="magenta",
+                           contrast_limits=(100, 2500), gamma=0.8, blending="additive")
+    path = tmp_path / "raw.ome.tif"
+    raw.save(str(path))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].dtype == np.uint16
+    (back,) = viewer.open(path, plugin="napari-pkl-dg")
+    assert np.asarray(back.data).dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(back.data), raw.data)
+    assert back.colormap.name == "magenta"
+    assert tuple(back.contrast_limits) == pytest.approx((100, 2500))
+    assert back.gamma == pytest.approx(0.8) and str(back.blending) == "additive"
+    # a float64 layer is written as float32 (results are float32 photons)
+    f64 = viewer.add_image(rng.random((16, 16)), name="f64")
+    f64.save(str(tmp_path / "f64.ome.tif"))
+    with tifffile.TiffFile(tmp_path / "f64.ome.tif") as tif:
+        assert tif.pages[0].dtype == np.float32
+
+
 def test_a_time_lapse_keeps_its_time_interval_through_restore_and_napari(tmp_path,
                                                                          make_napari_viewer):
     """A time-lapse's interval (OME TimeIncrement, an OME-Zarr t scale, ImageJ finterval)

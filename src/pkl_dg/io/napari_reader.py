@@ -16,6 +16,12 @@ from typing import Any, Callable
 import numpy as np
 
 SUFFIXES = (".ome.tif", ".ome.tiff", ".zarr")
+#: napari's built-in colormaps a saved layer's display may name (the core does not import
+#: napari; a test checks napari knows each)
+COLORMAPS = ("gray", "gray_r", "red", "green", "blue", "cyan", "magenta", "yellow",
+             "inferno", "magma", "plasma", "viridis", "turbo", "twilight", "twilight_shifted",
+             "hsv", "bop blue", "bop orange", "bop purple", "I Blue", "I Bordeaux", "I Forest",
+             "I Orange", "I Purple")
 #: a saved layer of at most this many pixels gets its contrast from its data
 CONTRAST_FROM_DATA = 1 << 24
 
@@ -102,7 +108,8 @@ def _layer_geometry(data: Any, axes: str, saved: dict[str, Any], kwargs: dict[st
     kwargs.update(scale=list(saved["scale"]), translate=list(saved["translate"]),
                   units=list(saved["units"]), axis_labels=list(full.lower()))
     data = data.reshape(tuple(sizes.get(a, 1) for a in full))
-    if int(np.prod(data.shape)) <= CONTRAST_FROM_DATA:
+    kwargs.update(_display(saved.get("display") or {}))
+    if "contrast_limits" not in kwargs and int(np.prod(data.shape)) <= CONTRAST_FROM_DATA:
         # napari takes the contrast of lazy data from the slice shown, which for a plane
         # placed at its Z (translate) is empty at first: the plane came back white (0–1)
         values = np.asarray(data, dtype=np.float32)
@@ -111,3 +118,15 @@ def _layer_geometry(data: Any, axes: str, saved: dict[str, Any], kwargs: dict[st
             lo, hi = (float(v) for v in np.percentile(finite, (0.1, 99.9)))
             kwargs["contrast_limits"] = [lo, hi if hi > lo else lo + 1.0]
     return data
+
+
+def _display(saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved layer's colormap, contrast limits, gamma and blending as napari keywords
+    (a colormap not in :data:`COLORMAPS`, e.g. one made in a session, is left out)."""
+    out = {k: saved[k] for k in ("gamma", "blending") if k in saved}
+    limits = saved.get("contrast_limits")
+    if isinstance(limits, list) and len(limits) == 2 and limits[0] < limits[1]:
+        out["contrast_limits"] = [float(v) for v in limits]
+    if saved.get("colormap") in COLORMAPS:
+        out["colormap"] = saved["colormap"]
+    return out

@@ -3,11 +3,13 @@
 napari's own TIFF writer keeps only the pixels: a restored layer saved with it reopens at
 scale 1, at the origin, without its parameters. This writer (contributed in
 ``napari.yaml`` for ``*.ome.tif`` / ``*.ome.tiff``; in napari's *Save Selected Layer(s)*
-dialog choose "OME-TIFF with physical scale (pkl-dg)") writes the layer's data as float32
-with :func:`pkl_dg.io.write_ome_tiff`: axes from its axis labels, pixel size and Z step from
-its scale where its units are lengths (a time axis's in seconds), its metadata as JSON (a pkl-dg result's parameters),
-and its translate, which the pkl-dg reader gives back, so a plane restored at Z = 2 reopens
-at Z = 2.
+dialog choose "OME-TIFF with physical scale (pkl-dg)") writes the layer's data with
+:func:`pkl_dg.io.write_ome_tiff` (camera counts keep their integer type, anything else is
+float32): axes from its axis labels, pixel size and Z step from its scale where its units
+are lengths (a time axis's in seconds), its metadata as JSON (a pkl-dg result's
+parameters), its translate and its display (colormap, contrast limits, gamma, blending),
+which the pkl-dg reader gives back, so a plane restored at Z = 2 reopens at Z = 2 and
+looks as it did.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pkl_dg.io.read import in_unit
 
 #: the OME axis order the writer stores
 OME_ORDER = "TCZYX"
+#: the layer's display settings kept in the file (the reader gives them back)
+DISPLAY_KEYS = ("colormap", "contrast_limits", "gamma", "blending")
 
 
 def layer_axes(labels: list[str], ndim: int, metadata: dict[str, Any]) -> str:
@@ -61,7 +65,8 @@ def write_ome_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str
     path
         Target ``*.ome.tif`` / ``*.ome.tiff`` (replaced if it exists: napari has asked).
     data
-        The layer's data (numpy or dask; float32 is written).
+        The layer's data (numpy or dask); integer camera counts are written as they are,
+        anything else as float32.
     meta
         The layer's state from napari: ``axis_labels``, ``scale``, ``units``,
         ``translate``, ``metadata``, ``name``.
@@ -95,7 +100,7 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     if meta.get("multiscale"):
         raise ValueError("a multiscale layer: save its full-resolution level (or write "
                          "OME-Zarr with pkl-dg batch)")
-    arr = np.asarray(data, dtype=np.float32)
+    arr = np.asarray(data)
     layer_meta = dict(meta.get("metadata") or {})
     stored = layer_meta.get("pkl_dg", layer_meta)  # as the pkl-dg reader put it, or a result's
     axes = layer_axes(list(meta.get("axis_labels") or []), arr.ndim, stored)
@@ -113,8 +118,25 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     out["napari_layer"] = {"name": meta.get("name", ""), "axes": ome_axes,
                            "translate": [translate[i] for i in order],
                            "scale": [float(scale[i]) for i in order],
-                           "units": [str(units[i] or "pixel") for i in order]}
+                           "units": [str(units[i] or "pixel") for i in order],
+                           "display": _display(meta)}
     pixel = (sizes["Y"], sizes["X"]) if sizes.get("Y") and sizes.get("X") else None
     write_ome_tiff(path, arr, ome_axes, out, pixel_size_nm=pixel, z_step_nm=sizes.get("Z"),
                    time_interval_s=sizes.get("T"), overwrite=True)
     return [str(path)]
+
+
+def _display(meta: dict[str, Any]) -> dict[str, Any]:
+    """The layer's colormap (by name), contrast limits, gamma and blending, as JSON."""
+    out: dict[str, Any] = {}
+    for key in DISPLAY_KEYS:
+        value = meta.get(key)
+        if key == "colormap" and not isinstance(value, str):  # napari gives its state
+            value = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+        if key == "contrast_limits" and value is not None:
+            value = [float(v) for v in value]
+        if key == "gamma" and value is not None:
+            value = float(value)
+        if value is not None:
+            out[key] = value if key != "blending" else str(value)
+    return out

@@ -144,16 +144,22 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
     _replace(tmp, p)
 
 
+#: integer types an OME-TIFF keeps as they are (a camera's counts); others become float32
+KEPT_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "int16", "uint32", "int32"))
+
+
 def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dict, *,
                    pixel_size_nm: tuple[float, float] | None = None,
                    z_step_nm: float | None = None, time_interval_s: float | None = None,
                    overwrite: bool = False) -> None:
-    """Write a float32 OME-TIFF with physical sizes and ``metadata`` as JSON.
+    """Write an OME-TIFF with physical sizes and ``metadata`` as JSON.
 
     Parameters
     ----------
     image
         Array with one axis per letter of ``axes`` (a subset of ``TCZYX`` in that order).
+        Integer data (camera counts: uint8, uint16, int16, uint32, int32) keep their type;
+        anything else is written as float32 (results are float32 photons).
     pixel_size_nm, z_step_nm
         (Y, X) pixel size and z-step in nm; stored in µm as OME ``PhysicalSize*``. The
         pixel size also goes into the TIFF resolution tags (pixels per centimetre), so
@@ -170,7 +176,9 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
     _check_target(p, overwrite)
     if not p.name.lower().endswith(OME_SUFFIXES):
         raise ValueError(f"an OME-TIFF name must end in .ome.tif, got {p.name}")
-    arr = np.asarray(image, dtype=np.float32)
+    arr = np.asarray(image)
+    if arr.dtype not in KEPT_DTYPES:
+        arr = arr.astype(np.float32, copy=False)
     if arr.ndim != len(axes):
         raise ValueError(f"image has {arr.ndim} axes but axes {axes!r} name {len(axes)}")
     meta: dict[str, Any] = {"axes": axes, "Description": json.dumps(metadata, sort_keys=True)}
