@@ -108,6 +108,23 @@ def test_invalid_images_refused(image, msg):
         next(restore_iter(image, method="rl"))
 
 
+def test_a_masked_array_is_refused_not_restored_under_its_mask(scene):
+    """np.asarray dropped a masked array's mask: the values under it were restored as data
+    without a word (and the NaN message told users to "mask them", which did nothing)."""
+    _, y, _, _ = scene
+    masked = np.ma.masked_array(y, mask=np.zeros(y.shape, bool))
+    masked[3:6, 3:6] = np.ma.masked
+    with pytest.raises(ValueError, match="masked array with 9 masked pixel"):
+        next(restore_iter(masked, method="rl", rl_iterations=2))
+    unmasked = np.ma.masked_array(y)  # nothing masked: the data as they are
+    np.testing.assert_array_equal(restore(unmasked, method="rl", rl_iterations=2),
+                                  restore(y, method="rl", rl_iterations=2))
+    hole = y.copy()
+    hole[:, :4] = np.nan  # a registered image's border
+    with pytest.raises(ValueError, match=r"\d+ NaN .* crop the image to its measured region"):
+        next(restore_iter(hole, method="rl"))
+
+
 def test_3d_mode_needs_a_stack_and_a_3d_psf(scene):
     _, y, _, _ = scene
     with pytest.raises(ValueError, match="Z-stack"):

@@ -70,8 +70,13 @@ def validate_block(block: Any, dtype: Any, empty_ok: bool = False) -> np.ndarray
         raise ValueError(f"image has dtype {np.dtype(dtype)}: a fluorescence image must be "
                          "real numbers (integer or float)")
     out = np.array(block, dtype=np.float32, copy=True)
-    if not np.all(np.isfinite(out)):
-        raise ValueError("image contains NaN or infinite values: fix or mask them first")
+    finite = np.isfinite(out)
+    if not np.all(finite):
+        raise ValueError(
+            f"image contains {out.size - int(finite.sum())} NaN or infinite value(s) (e.g. the "
+            "border of a registered or stitched image): pkl-dg cannot leave pixels out of "
+            "the data fit; crop the image to its measured region, or replace them (e.g. "
+            "with the background level)")
     if not empty_ok and not np.any(out != 0):
         raise ValueError("image is all zero: there is nothing to restore")
     return out
@@ -96,6 +101,8 @@ def check_call(image: Any, settings: Any, psf: Any) -> Any:
     TypeError
         ``psf`` is a RestoreSettings (``restore(image, settings)``: restore's second
         positional argument is the PSF), or ``settings`` is neither one nor None.
+    ValueError
+        ``image`` is a numpy masked array with masked pixels: the mask would be dropped.
     """
     if isinstance(psf, RestoreSettings):
         raise TypeError("the PSF argument is a RestoreSettings: pass settings by keyword, "
@@ -105,6 +112,15 @@ def check_call(image: Any, settings: Any, psf: Any) -> Any:
         raise TypeError(f"settings must be a RestoreSettings or None, got "
                         f"{type(settings).__name__}: pass a PSF as psf=..., single settings "
                         "as keywords (restore_iter(image, steps=10))")
+    if np.ma.isMaskedArray(image):  # np.asarray drops the mask: the data under it restored
+        masked = int(np.ma.getmaskarray(image).sum())
+        if masked:
+            raise ValueError(
+                f"image is a masked array with {masked} masked pixel(s): pkl-dg cannot leave "
+                "pixels out of the data fit, and would restore the values under the mask. "
+                "Crop to the measured region, or fill the masked pixels (image.filled(value), "
+                "e.g. with the background level) and pass a plain array")
+        image = np.ma.getdata(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
