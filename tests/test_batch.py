@@ -76,6 +76,10 @@ def test_batch_equals_restore_resumes_and_reports_failures(tmp_path, inputs, clu
                        settings=RL.replace(pixel_size_nm=80.0))
     assert rel(tl.numpy(), expected) <= 1e-5
     meta = read_metadata(out / "timelapse.ome.zarr")
+    # the nm figures of a file that states no pixel size rest on the default: recorded as
+    # such (batch recorded the default 65 nm as if the file stated it)
+    assert "sampling_assumed" not in meta
+    assert read_metadata(out / "cell0.ome.tif")["sampling_assumed"] == {"pixel_size_nm": 65.0}
     assert meta["settings"]["pixel_size_nm"] == 80.0 and len(meta["blocks"]) == 3
     # the input's own estimate, as such (it once read "given", without the fit), per block
     cal = meta["blocks"][0]["calibration"]

@@ -21,6 +21,7 @@ import numpy as np
 
 from pkl_dg.batch.tiles import Chunk, margin_for, plan_chunks
 from pkl_dg.inputs import physical_overrides
+from pkl_dg.sampling_assumed import assumed_sampling
 from pkl_dg.settings import RestoreSettings
 
 FORMATS = ("auto", "ome-tiff", "ome-zarr")
@@ -45,6 +46,8 @@ class Job:
     chunks: list[Chunk] | None = None
     image_meta: dict[str, Any] = field(default_factory=dict)
     reader_notes: list[str] = field(default_factory=list)  # what tifffile logged opening it
+    #: sampling settings (nm) the run takes from the defaults: the file states none
+    sampling_assumed: dict[str, float] = field(default_factory=dict)
     status: str = "pending"  # pending → done | skipped | failed
     message: str = ""
     seconds: float = 0.0  # compute time of its blocks on the workers, summed
@@ -144,6 +147,7 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
     over = physical_overrides(img, given, s)
     if over:
         s = s.replace(**over)
+    job.sampling_assumed = assumed_sampling(job.input.name, s, given, over)
     if s.mode == "3d" and "Z" not in img.axes:
         raise ValueError(f"3D mode needs a Z-stack, but {job.input.name} has axes "
                          f"{img.axes} (no Z axis): restore it in 2D mode")

@@ -148,6 +148,8 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
             "blocks": blocks_meta, "batch": _batch_record(job), "compute_seconds": seconds}
     meta["calibration"] = calibration_record(job.axes, tuple(job.shape), job.settings,
                                              blocks_meta)
+    if job.sampling_assumed:  # the nm figures of the metadata rest on a default
+        meta["sampling_assumed"] = job.sampling_assumed
     empty = [b["index"] for b in blocks_meta if b.get("empty")]
     if empty:
         meta["empty_blocks"] = empty

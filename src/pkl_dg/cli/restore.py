@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
     from pkl_dg.imageio import write_result
     from pkl_dg.io.write import OME_SUFFIXES, write_ome_tiff
     from pkl_dg.inputs import physical_overrides
+    from pkl_dg.sampling_assumed import assumed_sampling
     from pkl_dg.io import open_image
-    from pkl_dg.physics.psf_cleaning import PSFWarning
     from pkl_dg.restoration import restore_iter
     from pkl_dg.uncertainty import has_posterior_std
 
@@ -192,13 +191,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pkl-dg restore: note: {args.input.name} states no "
               f"{' or '.join(n[:-3].replace('_', ' ') for n in from_psf)}: taken from the PSF "
               f"file ({', '.join(f'{from_file[n]:g} nm' for n in from_psf)})", file=sys.stderr)
-    assumed = [n for n in ("pixel_size_nm", "z_step_nm")
-               if n not in given and n not in from_file and getattr(settings, n) > 0]
-    if "pixel_size_nm" in assumed and settings.psf_kind in ("airy", "vectorial"):
-        warnings.warn(f"{args.input.name} states no pixel size and none was given: the "
-                      f"{settings.psf_kind} PSF is computed for {settings.pixel_size_nm:g} nm "
-                      "pixels (the default), so its width in pixels is wrong unless that is "
-                      "the camera's pixel in the sample: give --pixel-size", PSFWarning)
+    assumed = assumed_sampling(args.input.name, settings, given, from_file)
     run = restore_iter(image, settings, axes=axes)
     bars = []  # created on the first frame, so input errors print only their message
 
@@ -226,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     if from_psf:
         meta["image_sampling_from_psf_file"] = from_psf
     if assumed:  # the nm figures of the metadata (PSF FWHM, spacing) rest on a default
-        meta["sampling_assumed"] = {n: getattr(settings, n) for n in assumed}
+        meta["sampling_assumed"] = assumed
     if ignored:  # given, but without effect on this run
         meta["settings_not_applied"] = ignored
     with_std = with_std and result.std is not None
