@@ -28,6 +28,11 @@ from pkl_dg.settings import METHOD_LABELS
 ROWS_SHOWN = 3
 #: the *Pixel size* field's value meaning "the image's own" (its special-value text)
 FROM_IMAGE = "from image"
+#: what the time column measures (the "time (s)" header's tooltip)
+TIME_NOTE = ("Each method's wall time in this viewer, its live display included: drawing "
+             "the layers shares the CPU with the run, which slows fast methods most "
+             "(Richardson–Lucy on a small image: several times its time alone). For timings, "
+             "run `pkl-dg compare` in a terminal.")
 _SHORT = {label: short_method_label(key) for key, label in METHOD_LABELS.items()}
 
 
@@ -49,6 +54,7 @@ class MetricsTable(QTableWidget):
         header.setStretchLastSection(True)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
+        self.horizontalHeaderItem(METRIC_COLUMNS.index("seconds")).setToolTip(TIME_NOTE)
         self._fit_columns()
         self._fit_height(ROWS_SHOWN)
 
