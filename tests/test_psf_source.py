@@ -185,3 +185,22 @@ def test_a_computed_psf_deeper_than_a_short_stack_is_cropped_like_a_measured_one
         w.simplefilter("error", PSFWarning)  # a PSF that fits is not touched
         restore_iter(stack[:, :, :], mode="3d", psf_sigma=2.0, psf_sigma_z=0.5,
                      method="rl", rl_iterations=1).finish()
+
+
+@pytest.mark.parametrize("settings,words", [
+    (RestoreSettings(psf_kind="airy", pixel_size_nm=6.5), "µm typed as nm"),  # 6.5 µm camera
+    (RestoreSettings(psf_kind="airy", pixel_size_nm=300.0), "undersampled"),
+    (RestoreSettings(psf_sigma=0.3), "undersampled"),
+])
+def test_an_implausible_psf_width_is_warned_of_and_recorded(settings, words):
+    """Any PSF width was taken without a word: an Airy PSF for 6.5 nm pixels (a camera's
+    6.5 µm typed as nm) is 29 px wide, one for 300 nm pixels a single pixel, and the run
+    went ahead as if either were the microscope's."""
+    from pkl_dg.physics.psf_cleaning import PSFWarning
+
+    with pytest.warns(PSFWarning, match=words):
+        psf = psf_from_settings(settings, (512, 512))
+    assert "width_check" in psf.info
+    for fine in (RestoreSettings(psf_sigma=2.0), RestoreSettings(psf_kind="airy"),
+                 RestoreSettings(psf_kind="none")):
+        assert "width_check" not in psf_from_settings(fine, (128, 128)).info
