@@ -52,6 +52,10 @@ GROUP_VOXELS = 4 * 1024 * 1024
 #: tiles (measured on an H200, BENCHMARKS.md "GPU": 4096² × 4 samples peak 4.6 GB, 69 B;
 #: a 32×512² stack in 3D mode × 4 samples 8.1 GB, 242 B)
 GPU_BYTES_PER_VOXEL = 256
+#: network images that :func:`final_denoise` evaluates per image it denoises: every grid
+#: phase at t0 and phase 0 at t1, always in float32 whatever the run's precision (a step
+#: of :func:`guided_ddim` evaluates one per sample). Progress displays weigh the pass by it.
+FINAL_PASS_IMAGES = PHASES + 1
 
 
 @dataclass(frozen=True)
@@ -205,8 +209,8 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
     level. At t0 it averages the four phases of the network's pixel grid
     (:mod:`pkl_dg.diffusion.grid_phase`; one phase alone adds the grid's pattern to the
     result) and adds w·(x̂0(t1) − x̂0(t0)) of phase 0 (the pattern cancels in that
-    difference): 5 network images, not 8. What lies above the prior's range (z > Z_MAX, a
-    bright spot) is kept as it is.
+    difference): :data:`FINAL_PASS_IMAGES` (5) network images, not 8. What lies above the
+    prior's range (z > Z_MAX, a bright spot) is kept as it is.
 
     Parameters
     ----------
@@ -367,5 +371,6 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
                           joined_misfit(done), corrected)
 
 
-__all__ = ["Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem", "SamplerStep",
-           "final_denoise", "guided_ddim", "guided_ddim_grouped", "mean_mc_error", "sample_groups"]
+__all__ = ["FINAL_PASS_IMAGES", "Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem",
+           "SamplerStep", "final_denoise", "guided_ddim", "guided_ddim_grouped", "mean_mc_error",
+           "sample_groups"]

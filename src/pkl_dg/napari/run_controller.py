@@ -17,6 +17,10 @@ previous part's last frame is written before the next is shown, so no part is sk
 
 Status: the status line always holds the latest event: run progress, result, cancel (and
 why), failure, or an error found before the run started (:meth:`RunController.report`).
+Progress counts steps; the time left assumes they cost alike, unless the run has a
+:class:`~pkl_dg.napari.step_pace.StepPace` (a PKL restoration: its final denoising pass
+costs several steps). While such a pass runs the status is renewed every second (no frame
+arrives meanwhile), so its ETA counts down, and past its estimate gives the time it has run.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from napari.utils.notifications import notification_manager, show_error
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
+from pkl_dg.napari.step_pace import StepPace
 from pkl_dg.napari.worker import CancelFlag, Cancelled, RunFailure
 
 #: least time between two updates of the layers, progress bar and status (≤ 10/s)
 DISPLAY_INTERVAL_S = 0.1
+#: how often the status is renewed while a final denoising pass runs, ms
+PASS_TICK_MS = 1000
 
 
 @dataclass
@@ -117,12 +124,18 @@ class RunController(QObject):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._flush)
+        self._pace: StepPace | None = None  # of the run in progress, if its steps differ
+        self._shown = None  # the record in the layers, progress bar and status
+        self._tick = QTimer(self)  # renews the status while a final pass runs
+        self._tick.setInterval(PASS_TICK_MS)
+        self._tick.timeout.connect(self._renew)
         self._ui_alive = True  # False once the widget's Qt objects are deleted (closed)
         status.destroyed.connect(self._ui_deleted)
 
     def _ui_deleted(self, *_args) -> None:
         self._ui_alive = False
         self._timer.stop()
+        self._tick.stop()
         if self._flag is not None:
             self._flag.set()
 
@@ -132,7 +145,8 @@ class RunController(QObject):
         """True from :meth:`start` until the worker has finished."""
         return self._worker is not None
 
-    def start(self, view: RunView, frames: Callable[..., Any], *args: Any) -> None:
+    def start(self, view: RunView, frames: Callable[..., Any], *args: Any,
+              pace: StepPace | None = None) -> None:
         """Run ``frames(*args, cancel=flag)`` (a generator function) in a worker thread.
 
         Parameters
@@ -145,9 +159,12 @@ class RunController(QObject):
             :class:`~pkl_dg.napari.worker.Cancelled`.
         *args
             Passed to ``frames`` before the ``cancel`` keyword.
+        pace
+            The time its steps take, where they differ (see the module); None: alike.
         """
         self.run = RunState()
         self.view = view
+        self._pace, self._shown = pace, None
         self.last_error = None
         self._pending = None
         self._shown_at = None
@@ -194,6 +211,8 @@ class RunController(QObject):
         run = self.run
         if run is None or run.status != "running" or not self._ui_alive:
             return  # being cancelled (a frame finished meanwhile) or closed
+        if self._pace is not None:
+            self._pace.observe(record, time.perf_counter())
         run.frames += 1
         run.total = self.view.progress(record)[1]
         pending = self._pending
@@ -217,15 +236,40 @@ class RunController(QObject):
         if not self.view.show(record):
             return
         self._shown_at = time.perf_counter()
+        self._shown = record
+        index = self._show_progress()
+        self.frame_shown.emit(index)
+
+    def _show_progress(self) -> int:
+        """Progress bar and status of the record shown; returns its step index."""
+        record, run = self._shown, self.run
         index, total, seconds, part = self.view.progress(record)
-        eta = seconds / max(index, 1) * (total - index)
         self.progress.setRange(0, total)
         self.progress.setValue(index)
-        if run.status == "running":
-            text = f"{part + ' ' if part else ''}step {index}/{total} · ETA {eta:.0f} s"
+        pace = self._pace
+        if run.status == "running" and self._ui_alive:
+            if pace is None:
+                eta = seconds / max(index, 1) * (total - index)
+                text = f"step {index}/{total} · ETA {eta:.0f} s"
+            else:
+                text = pace.status(record, run.started, time.perf_counter())
+            text = f"{part + ' ' if part else ''}{text}"
             self.progress.setFormat(text)
             self.status.setText(f"{self.view.label}: {text}.")
-        self.frame_shown.emit(index)
+        if pace is not None and run.status == "running" and pace.in_final_pass(record):
+            if not self._tick.isActive():
+                self._tick.start()
+        else:
+            self._tick.stop()
+        return index
+
+    def _renew(self) -> None:
+        """The status of a final pass in progress, a second later."""
+        run = self.run
+        if run is None or run.status != "running" or not self._ui_alive or self._shown is None:
+            self._tick.stop()
+            return
+        self._show_progress()
 
     # ------------------------------------------------------------------ outcomes
     def _on_returned(self, result) -> None:
@@ -251,6 +295,7 @@ class RunController(QObject):
             self.status.setText(f"Failed: {result.message}{' (' + kept + ')' if kept else ''}")
             return
         self._timer.stop()
+        self._tick.stop()
         self._pending = None
         elapsed = time.perf_counter() - run.started
         message = self.view.finish(result, elapsed)
@@ -281,6 +326,7 @@ class RunController(QObject):
     def _on_errored(self, exc: Exception) -> None:
         """An unexpected exception of the run (expected ones return a RunFailure)."""
         self._timer.stop()
+        self._tick.stop()
         self._pending = None
         self.run.status = "error"
         if not self._ui_alive:
@@ -291,6 +337,7 @@ class RunController(QObject):
         self.status.setText(f"Error: {exc}")
 
     def _on_finished(self) -> None:
+        self._tick.stop()
         run = self.run
         status = run.status if run is not None else "done"
         if status in ("running", "cancelling"):  # stopped without a result

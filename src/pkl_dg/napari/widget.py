@@ -44,6 +44,7 @@ from pkl_dg.napari.sampling_fields import SamplingFields
 from pkl_dg.napari.run_controller import RunController, progress_widgets
 from pkl_dg.napari.shared_state import RunInputs
 from pkl_dg.napari.state import STACK_EXTENTS, SettingsStore, WidgetState
+from pkl_dg.napari.step_pace import StepPace
 from pkl_dg.napari.worker import ModelCache, OperatorCache, resolve_psf, restoration_frames
 from pkl_dg.settings import METHOD_LABELS, RestoreSettings
 
@@ -266,7 +267,7 @@ class PKLDeconvolutionWidget(QWidget):
         if layer is None:
             return None
         try:
-            block, _ = self.selected_block(layer, self.controls["mode"].value)
+            block, _ = selected_block(self.viewer, layer, self.controls["mode"].value)
         except ValueError as exc:  # e.g. RGB or 1×N: the run reports it in full
             self.runner.report(f"Calibration: {exc}")
             return None
@@ -292,11 +293,6 @@ class PKLDeconvolutionWidget(QWidget):
             self.runner.cancel(f"the input layer '{removed.name}' was removed")
         self.operator_cache.keep_shapes(open_shapes(self.viewer))
 
-    def selected_block(self, layer: Image, mode: str = "2d", whole_stack: bool = False
-                       ) -> tuple[Any, tuple[int, ...]]:
-        """See :func:`pkl_dg.napari.layer_input.selected_block`."""
-        return selected_block(self.viewer, layer, mode, whole_stack)
-
     # ------------------------------------------------------------------ actions
     @property
     def is_running(self) -> bool:
@@ -318,8 +314,8 @@ class PKLDeconvolutionWidget(QWidget):
         try:
             inputs = self.run_inputs()
             settings = inputs.state.settings
-            shape = (np.shape(self.selected_block(layer, settings.mode,
-                                                  inputs.state.stack == "all")[0])
+            shape = (np.shape(selected_block(self.viewer, layer, settings.mode,
+                                             inputs.state.stack == "all")[0])
                      if layer is not None else (256, 256))
             _raw, psf, _settings, notes = resolve_psf(settings, inputs.psf, shape)
         except (ValueError, FileNotFoundError) as exc:
@@ -344,8 +340,8 @@ class PKLDeconvolutionWidget(QWidget):
         try:
             inputs = self.run_inputs()
             settings = inputs.state.settings
-            image, index = self.selected_block(layer, settings.mode,
-                                               inputs.state.stack == "all")
+            image, index = selected_block(self.viewer, layer, settings.mode,
+                                          inputs.state.stack == "all")
         except (ValueError, FileNotFoundError) as exc:
             self.runner.report(f"Cannot run: {exc}", error=True)
             return False
@@ -358,7 +354,8 @@ class PKLDeconvolutionWidget(QWidget):
                   pixel_size=pixel_size_note(layer, settings, show_warning))
         self._view = RestorationView(self.viewer, run, self.output_layer)
         self.runner.start(self._view, restoration_frames, image, settings, inputs.psf,
-                          self.operator_cache, self.model_cache)
+                          self.operator_cache, self.model_cache,
+                          pace=StepPace.for_run(settings))
         return True
 
     def _after_run(self, _status: str) -> None:

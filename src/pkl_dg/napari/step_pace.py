@@ -1,0 +1,130 @@
+"""Time left in a run whose blocks end with a final denoising pass (no Qt).
+
+A PKL run streams one frame per diffusion step of each group of posterior samples and, per
+block, one after its final denoising pass (:func:`pkl_dg.diffusion.sampler.final_denoise`).
+A step runs the network on the samples of its group (plus the data steps); the pass runs it
+on :data:`~pkl_dg.diffusion.sampler.FINAL_PASS_IMAGES` images, in float32 even where the
+steps run under bf16 autocast. Counted as one step, the pass made the widget say
+"step 40/41 · ETA 3 s" for half a minute (2048², one sample per step, CPU).
+
+:class:`StepPace` weighs each block's pass as that many network images, in steps' worth,
+and once a block's pass has been timed uses the measured weight for the blocks after it.
+While a pass runs its status says so; when the pass outlasts its estimate the status gives
+the time it has run instead of a countdown at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pkl_dg.devices import autocast_dtype, resolve_device
+from pkl_dg.diffusion.sampler import FINAL_PASS_IMAGES
+from pkl_dg.settings import RestoreSettings
+from pkl_dg.settings_rules import is_guided, uses_prior
+
+#: float32 network time over bf16 autocast on a CPU (BENCHMARKS.md "Speed", 2-core Xeon:
+#: 1.6× at 256², 2.0× at 512², 3.5× at 1024², 2.1× at 2048², 2.4× at 4096²); on an H200 the
+#: two take about as long (BENCHMARKS.md "GPU"), so no factor there
+CPU_FP32_SLOWDOWN = 2.0
+
+
+class StepPace:
+    """The ETA of a run of :class:`pkl_dg.restoration.StepRecord` frames whose last step
+    per block is a final denoising pass.
+
+    Parameters
+    ----------
+    steps
+        Diffusion steps per group of samples (the ``steps`` setting).
+    samples
+        Posterior samples per block (the ``samples`` setting).
+    slowdown
+        How much longer one of the pass's float32 network images takes than one of the
+        steps' (1 where the steps run in float32 too).
+    """
+
+    def __init__(self, steps: int, samples: int, slowdown: float = 1.0) -> None:
+        self.steps, self.samples, self.slowdown = int(steps), int(samples), float(slowdown)
+        self.measured: float | None = None  # the pass's weight, timed on a finished block
+        self._arrived: dict[int, float] = {}  # frame index → when it arrived
+        self._block_start: tuple[int, float] | None = None  # (block, its step-1 frame's time)
+        self._pass_start: tuple[int, float] | None = None  # (block, when its pass began)
+
+    @classmethod
+    def for_run(cls, settings: RestoreSettings) -> "StepPace | None":
+        """The pace of a run with ``settings``; None when its steps all cost alike
+        (Richardson–Lucy, an unguided prior, no final pass) or its device is unavailable
+        (the run then stops at once and says why)."""
+        if not (uses_prior(settings) and is_guided(settings) and settings.final_noise > 0):
+            return None
+        try:
+            device = resolve_device(settings.device)
+        except ValueError:
+            return None
+        on_cpu_bf16 = (device.type == "cpu"
+                       and autocast_dtype(settings.precision, device) is not None)
+        return cls(settings.steps, settings.samples,
+                   CPU_FP32_SLOWDOWN if on_cpu_bf16 else 1.0)
+
+    # ------------------------------------------------------------------ the weights
+    def final_weight(self, record: Any) -> float:
+        """The final pass in steps of ``record``'s run: measured, else its network images
+        over a step's (the samples of a group, on average)."""
+        if self.measured is not None:
+            return self.measured
+        groups = max((record.steps - 1) // max(self.steps, 1), 1)
+        return FINAL_PASS_IMAGES * groups / max(self.samples, 1) * self.slowdown
+
+    def in_final_pass(self, record: Any) -> bool:
+        """True when ``record`` is its block's last step before the pass: the pass runs
+        from the moment it arrives until the next frame."""
+        return record.steps > 1 and record.step == record.steps - 1
+
+    # ------------------------------------------------------------------ timing
+    def observe(self, record: Any, now: float) -> None:
+        """Note that ``record`` arrived at ``now`` (``time.perf_counter``): every frame of
+        the run, in order, shown or not."""
+        self._arrived[record.index] = now
+        block = (record.index - record.step) // max(record.steps, 1)
+        if record.step == 1:
+            self._block_start = (block, now)
+        if self.in_final_pass(record):
+            self._pass_start = (block, now)
+        elif (record.step == record.steps and record.steps > 2
+              and self._pass_start is not None and self._pass_start[0] == block
+              and self._block_start is not None and self._block_start[0] == block):
+            step_s = (self._pass_start[1] - self._block_start[1]) / (record.steps - 2)
+            if step_s > 0:
+                self.measured = (now - self._pass_start[1]) / step_s
+
+    def status(self, record: Any, started: float, now: float) -> str:
+        """The progress text for ``record`` at ``now``: "step i/N · ETA s", and during a
+        final pass what runs and the time left (or, past its estimate, the time it has run).
+
+        Parameters
+        ----------
+        record
+            The newest frame shown (``index``, ``total``, ``step``, ``steps``).
+        started
+            When the run started (``time.perf_counter``).
+        now
+            The time to report at.
+        """
+        final = self.final_weight(record)
+        sampling = record.steps - 1  # frames per block before its pass
+        per_block = sampling + final
+        block = (record.index - record.step) // max(record.steps, 1)
+        done = block * per_block + (record.step if record.step <= sampling else per_block)
+        all_units = record.total // max(record.steps, 1) * per_block
+        arrived = self._arrived.get(record.index, now)
+        rate = (arrived - started) / max(done, 1e-9)  # seconds per step's worth
+        step = f"step {record.index}/{record.total}"
+        if not self.in_final_pass(record):
+            return f"{step} · ETA {rate * (all_units - done):.0f} s"
+        running = now - arrived
+        after = rate * (all_units - done - final)  # the blocks after this one
+        left = rate * final - running
+        if left > 0:
+            return f"{step} · final denoising pass · ETA {left + after:.0f} s"
+        text = f"{step} · final denoising pass: {running:.0f} s so far (longer than estimated)"
+        return f"{text} · then ETA {after:.0f} s" if after >= 0.5 else text
