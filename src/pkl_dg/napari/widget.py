@@ -36,7 +36,8 @@ from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, fit_laye
                                     settings_controls, short_method_label, shown_fields,
                                     write_control)
 from pkl_dg.napari.caches import release_freed_memory
-from pkl_dg.napari.calibration_panel import CalibrationPanel
+from pkl_dg.napari.calibration_panel import (CalibrationPanel, CalibrationSample,
+                                              calibration_sample)
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
 from pkl_dg.napari.output import (RestorationView, Run, plane_suffix, same_layer,
                                   show_psf_layer)
@@ -111,9 +112,9 @@ class PKLDeconvolutionWidget(QWidget):
                                     tooltip=STACK_TIP)
         self.controls, by_group = settings_controls(exclude=("psf_kind",))  # "PSF from"
         self.sampling = SamplingFields(self.controls)  # pixel size and Z step
-        self.calibration_panel = CalibrationPanel(
-            self.controls, self._calibration_plane, lambda msg: self.runner.report(msg),
-            self.viewer.dims.events.current_step)  # the plane shown: the one a run restores
+        self.calibration_panel = CalibrationPanel(  # on what a run would calibrate on
+            self.controls, self._calibration_sample, self.viewer.dims.events.current_step)
+        self.stack_combo.changed.connect(self.calibration_panel.block_changed)
         by_group["Data"] = by_group.get("Data", []) + [self.stack_combo]
         by_group["PSF"] = [self.psf_source, self.psf_layer_combo, self.bead_layer_combo,
                            self.bead_box] + by_group["PSF"]
@@ -261,17 +262,10 @@ class PKLDeconvolutionWidget(QWidget):
         if not had_input and isinstance(event.value, Image):
             self.input_combo.value = event.value
 
-    def _calibration_plane(self) -> tuple[str, Any] | None:
-        """(layer name, the plane a run would restore) for the calibration estimate."""
-        layer = self.input_combo.value
-        if layer is None:
-            return None
-        try:
-            block, _ = selected_block(self.viewer, layer, self.controls["mode"].value)
-        except ValueError as exc:  # e.g. RGB or 1×N: the run reports it in full
-            self.runner.report(f"Calibration: {exc}")
-            return None
-        return layer.name, block
+    def _calibration_sample(self) -> CalibrationSample | None:
+        """What a run would estimate its calibration on now (:func:`calibration_sample`)."""
+        return calibration_sample(self.viewer, self.input_combo.value,
+                                  self.controls["mode"].value, self.stack_combo.value == "all")
 
     def _on_input_changed(self, *_args) -> None:
         self._update_visibility()
@@ -358,9 +352,14 @@ class PKLDeconvolutionWidget(QWidget):
                           pace=StepPace.for_run(settings))
         return True
 
-    def _after_run(self, _status: str) -> None:
-        """Hold the caches to their caps now that the operator's OTF is filled, and give
-        the run's freed temporaries back to the system (memory stays flat over runs)."""
+    def _after_run(self, status: str) -> None:
+        """Say in the calibration panel what the run used; hold the caches to their caps
+        now that the operator's OTF is filled, and give the run's freed temporaries back to
+        the system (memory stays flat over runs)."""
+        done = status == "done" and self.output_layer is not None
+        used = (self.output_layer.metadata if done else self.runner.run.metadata)
+        if "calibration" in used:
+            self.calibration_panel.show_used(used["calibration"], self._view.run.name)
         self.operator_cache.trim()
         self.model_cache.trim()
         release_freed_memory()
