@@ -100,7 +100,7 @@ def implausible_gain(cal: Calibration) -> str | None:
     if low <= cal.gain <= high:
         return None
     noise = "weaker" if cal.gain > high else "stronger"
-    return (f"Check: gain {cal.gain:.4g} e⁻/ADU is far outside what cameras have (about "
+    return (f"Gain {cal.gain:.4g} e⁻/ADU is far outside what cameras have (about "
             f"{low:g}–{high:g}): the noise is much {noise} than photon counts at these "
             "values would have. This looks like an image already in photons or rescaled (a "
             "restored result, an average, a filtered or normalised image). Already in "
@@ -211,14 +211,14 @@ class CalibrationPanel:
                         "values, and a run with calibration 'auto' uses this estimate.")
         odd = implausible_gain(cal)
         if got.in_photons:  # it says so itself: no need to guess from the gain
-            warn.append(f"Check: '{got.name}' is already in photons (a restoration: its "
-                        "metadata says so), not camera data. Choose calibration 'manual' "
-                        "with gain 1 and offset 0. The estimate is kept as it is; a run "
-                        "with calibration 'auto' uses it.")
+            warn.append("This image is already in photons (a restoration: its metadata says "
+                        "so), not camera data. Choose calibration 'manual' with gain 1 and "
+                        "offset 0. The estimate is kept as it is; a run with calibration "
+                        "'auto' uses it.")
         elif odd:
             warn.append(odd)
         self.label.setText(" ".join([text, *warn]) if warn else text + EDIT)
-        message = f"Calibration of '{got.name}': {text} {' '.join(warn)}" if warn else ""
+        message = f"Calibration of '{got.name}': {' '.join(warn)} {text}" if warn else ""
         if message and message != self._warned:
             show_warning(message)
         self._warned = message
