@@ -376,6 +376,44 @@ def test_worker_cancel_stops_inside_a_long_step(constant_denoiser, method):
         assert frames == []
 
 
+def test_worker_cancel_stops_inside_the_final_denoising_pass():
+    """The pass runs the network on 5 images and no convolution, so Cancel (checked before
+    each convolution) waited for all of it: about 30 s at 2048² on a CPU, where its images
+    go through the network one call each. The network now checks the flag before each
+    forward too."""
+    from conftest import ConstantDenoiser
+    from pkl_dg.diffusion.grid_phase import PHASES
+    from pkl_dg.napari.worker import CancelFlag, Cancelled
+
+    class CancellingInThePass(ConstantDenoiser):
+        flag, after = None, 0
+
+        def forward(self, x, t):
+            if self.flag is not None and self.flag.is_set():
+                self.after += 1  # a network image computed after the cancel
+            out = super().forward(x, t)
+            if self.flag is not None and len(x) == PHASES:  # the pass's grid phases
+                self.flag.set()
+            return out
+
+    image = np.random.default_rng(1).poisson(30.0, (64, 64)).astype(np.float32)
+    settings = RestoreSettings(steps=2, samples=1, psf_sigma=1.5, threads=1)
+    net = CancellingInThePass()
+    models = ModelCache()
+    models.put("", "auto", net)
+    net.flag = CancelFlag()
+    frames, result = _drain(restoration_frames(image, settings, PsfRequest("gaussian"),
+                                               OperatorCache(), models, cancel=net.flag))
+    assert net.flag.is_set()  # the flag was set inside the pass
+    assert isinstance(result, Cancelled) and len(frames) == 2  # both steps, not the pass
+    assert net.after == 0
+    # the metadata still names the network, not the wrapper that checks the flag
+    net.flag = None
+    _f, done = _drain(restoration_frames(image, settings, PsfRequest("gaussian"),
+                                         OperatorCache(), models))
+    assert done.metadata["model"]["class"] == "CancellingInThePass"
+
+
 def test_cancellable_operator_checks_every_convolution_path():
     import torch
 

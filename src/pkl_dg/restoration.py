@@ -222,9 +222,10 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     if uses_prior(s):
         net = denoiser
         if net is not None:
-            cfg = getattr(net, "config", None)
-            meta["model"] = {**getattr(net, "source", {"path": "network supplied by the caller"}),
-                             "class": type(net).__name__,
+            inner = getattr(net, "__wrapped__", net)  # e.g. the widget's cancellable wrapper
+            cfg = getattr(inner, "config", None)
+            meta["model"] = {**getattr(inner, "source", {"path": "network supplied by the caller"}),
+                             "class": type(inner).__name__,
                              "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
         else:
             from pkl_dg.diffusion.model_io import load_model

@@ -47,9 +47,10 @@ from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import PSF_KINDS, RestoreSettings
 from pkl_dg.settings_rules import uses_prior
 
-__all__ = ["CancelFlag", "CancellableOperator", "Cancelled", "ComparedRun", "MethodFrame",
-           "ModelCache", "OperatorCache", "PsfRequest", "RunCancelled", "RunError", "RunFailure",
-           "comparison_frames", "psf_key", "resolve_psf", "restoration_frames"]
+__all__ = ["CancelFlag", "CancellableDenoiser", "CancellableOperator", "Cancelled",
+           "ComparedRun", "MethodFrame", "ModelCache", "OperatorCache", "PsfRequest",
+           "RunCancelled", "RunError", "RunFailure", "comparison_frames", "psf_key",
+           "resolve_psf", "restoration_frames"]
 
 @dataclass(frozen=True)
 class RunFailure:
@@ -125,6 +126,27 @@ class CancellableOperator:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+class CancellableDenoiser:
+    """The network, checking a :class:`CancelFlag` before each forward.
+
+    PKL's final denoising pass runs the network on 5 images and no convolution, so the
+    operator's checks alone let Cancel wait for it (about 30 s at 2048² on a CPU). The
+    wrapped network is ``__wrapped__`` (restore reads its name and configuration there);
+    everything else is its own.
+    """
+
+    def __init__(self, inner: Any, flag: CancelFlag) -> None:
+        self.__wrapped__ = inner
+        self._flag = flag
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._flag.check()
+        return self.__wrapped__(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
 
 
 class _CheckedWorkspace:
@@ -266,7 +288,7 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
                                                   operators, flag)
         denoiser = None
         if uses_prior(settings):
-            denoiser = models.get(settings.model, settings.device)
+            denoiser = CancellableDenoiser(models.get(settings.model, settings.device), flag)
             notes["model"] = settings.model or "shipped default"
         flag.check()
         steps = restore_iter(image, settings, psf=psf, operator=operator, denoiser=denoiser)
@@ -327,7 +349,7 @@ def comparison_frames(image: np.ndarray, methods: list[str], settings: RestoreSe
         psf, settings, notes, operator = _prepare(image.shape, settings, psf_request,
                                                   operators, flag)
         if denoiser is None and any(uses_prior({"method": m}) for m in methods):
-            denoiser = models.get(settings.model, settings.device)
+            denoiser = CancellableDenoiser(models.get(settings.model, settings.device), flag)
         flag.check()
         steps = compare_iter(image, methods, settings, psf=psf, operator=operator,
                              denoiser=denoiser)
