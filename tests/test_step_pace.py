@@ -31,7 +31,6 @@ def test_the_pass_weighs_its_network_images_against_a_steps():
     assert StepPace(steps=10, samples=4).final_weight(frame(1, 11, 1, 11)) == 1.25
     # four samples one at a time (4 groups of 10 steps): 5 steps' worth again
     assert StepPace(steps=10, samples=4).final_weight(frame(1, 41, 1, 41)) == 5
-    assert StepPace(steps=40, samples=1, slowdown=2.0).final_weight(rec) == 10
 
 
 def test_a_stack_times_the_first_pass_and_uses_it_for_the_planes_after():
@@ -54,6 +53,5 @@ def test_a_stack_times_the_first_pass_and_uses_it_for_the_planes_after():
 def test_runs_without_a_final_pass_have_no_pace():
     assert StepPace.for_run(RestoreSettings(method="rl")) is None
     assert StepPace.for_run(RestoreSettings(final_noise=0.0)) is None
-    assert StepPace.for_run(RestoreSettings(device="cpu", precision="fp32")).slowdown == 1.0
     pace = StepPace.for_run(RestoreSettings(steps=7, samples=3))
     assert (pace.steps, pace.samples) == (7, 3)

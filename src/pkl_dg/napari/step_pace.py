@@ -3,8 +3,7 @@
 A PKL run streams one frame per diffusion step of each group of posterior samples and, per
 block, one after its final denoising pass (:func:`pkl_dg.diffusion.sampler.final_denoise`).
 A step runs the network on the samples of its group (plus the data steps); the pass runs it
-on :data:`~pkl_dg.diffusion.sampler.FINAL_PASS_IMAGES` images, in float32 even where the
-steps run under bf16 autocast. Counted as one step, the pass made the widget say
+on :data:`~pkl_dg.diffusion.sampler.FINAL_PASS_IMAGES` images, at the steps' precision. Counted as one step, the pass made the widget say
 "step 40/41 · ETA 3 s" for half a minute (2048², one sample per step, CPU).
 
 :class:`StepPace` weighs each block's pass as that many network images, in steps' worth,
@@ -17,15 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.sampler import FINAL_PASS_IMAGES
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import is_guided, uses_prior
-
-#: float32 network time over bf16 autocast on a CPU (BENCHMARKS.md "Speed", 2-core Xeon:
-#: 1.6× at 256², 2.0× at 512², 3.5× at 1024², 2.1× at 2048², 2.4× at 4096²); on an H200 the
-#: two take about as long (BENCHMARKS.md "GPU"), so no factor there
-CPU_FP32_SLOWDOWN = 2.0
 
 
 class StepPace:
@@ -38,13 +31,10 @@ class StepPace:
         Diffusion steps per group of samples (the ``steps`` setting).
     samples
         Posterior samples per block (the ``samples`` setting).
-    slowdown
-        How much longer one of the pass's float32 network images takes than one of the
-        steps' (1 where the steps run in float32 too).
     """
 
-    def __init__(self, steps: int, samples: int, slowdown: float = 1.0) -> None:
-        self.steps, self.samples, self.slowdown = int(steps), int(samples), float(slowdown)
+    def __init__(self, steps: int, samples: int) -> None:
+        self.steps, self.samples = int(steps), int(samples)
         self.measured: float | None = None  # the pass's weight, timed on a finished block
         self._arrived: dict[int, float] = {}  # frame index → when it arrived
         self._block_start: tuple[int, float] | None = None  # (block, its step-1 frame's time)
@@ -53,18 +43,10 @@ class StepPace:
     @classmethod
     def for_run(cls, settings: RestoreSettings) -> "StepPace | None":
         """The pace of a run with ``settings``; None when its steps all cost alike
-        (Richardson–Lucy, an unguided prior, no final pass) or its device is unavailable
-        (the run then stops at once and says why)."""
+        (Richardson–Lucy, an unguided prior, no final pass)."""
         if not (uses_prior(settings) and is_guided(settings) and settings.final_noise > 0):
             return None
-        try:
-            device = resolve_device(settings.device)
-        except ValueError:
-            return None
-        on_cpu_bf16 = (device.type == "cpu"
-                       and autocast_dtype(settings.precision, device) is not None)
-        return cls(settings.steps, settings.samples,
-                   CPU_FP32_SLOWDOWN if on_cpu_bf16 else 1.0)
+        return cls(settings.steps, settings.samples)
 
     # ------------------------------------------------------------------ the weights
     def final_weight(self, record: Any) -> float:
@@ -73,7 +55,7 @@ class StepPace:
         if self.measured is not None:
             return self.measured
         groups = max((record.steps - 1) // max(self.steps, 1), 1)
-        return FINAL_PASS_IMAGES * groups / max(self.samples, 1) * self.slowdown
+        return FINAL_PASS_IMAGES * groups / max(self.samples, 1)
 
     def in_final_pass(self, record: Any) -> bool:
         """True when ``record`` is its block's last step before the pass: the pass runs
