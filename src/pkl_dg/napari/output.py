@@ -152,22 +152,66 @@ def remove_std(viewer: Any, output_name: str) -> None:
         viewer.layers.remove(name)
 
 
+#: colormap of the std layer (see :func:`show_std`); :data:`STD_COLORMAP_ALT` over a result
+#: that is itself shown in magenta
+STD_COLORMAP, STD_COLORMAP_ALT = "magenta", "green"
+
+
+def std_description(samples: int) -> str:
+    """What the std layer holds, for its metadata (README, "Reading the posterior std")."""
+    return (f"posterior std (photons) of {samples} single posterior samples; the result is "
+            f"their mean (a mean's sampling error: this / √{samples}). Noise and the prior's "
+            "freedom under the forward model, not errors of the model (PSF, calibration): "
+            "not a calibrated error bar. Drawn additively onto the layers below it.")
+
+
 def show_std(viewer: Any, out: Image, std: np.ndarray, samples: int) -> Image:
-    """Per-pixel standard deviation over posterior samples, as its own (hidden) layer."""
+    """Per-pixel standard deviation over posterior samples, as its own (hidden) layer.
+
+    The layer takes the result layer's scale, translate, units and axis labels, so it
+    lines up with the result and the viewer's axes keep their names (z, y, x …).
+
+    It is drawn with additive blending in a colormap that starts at black (magenta; green
+    when the result itself is shown in magenta). A microscopist reads an uncertainty map
+    as an overlay on its image, like a second channel of a Fiji composite: ticking the
+    layer's eye tints the result where the samples disagree (zero std adds nothing);
+    the opaque viridis map it replaces covered the result as if that had gone. To see
+    the map alone, hide the layers below it (or set its blending to 'translucent').
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    out
+        The result layer the std belongs to.
+    std
+        The per-pixel standard deviation, photons, shaped like ``out.data``.
+    samples
+        How many posterior samples it was computed from (≥ 2).
+
+    Returns
+    -------
+    Image
+        The std layer (new, or the same-named one updated in place).
+    """
     name = std_name(out.name)
+    geometry = {"scale": out.scale, "translate": out.translate, "units": out.units,
+                "axis_labels": out.axis_labels}
+    colormap = STD_COLORMAP_ALT if out.colormap.name == STD_COLORMAP else STD_COLORMAP
     if name in viewer.layers and isinstance(viewer.layers[name], Image):
         layer = viewer.layers[name]
         layer.data = std
+        for key, value in geometry.items():  # its colormap and blending: the user's
+            setattr(layer, key, value)
     else:
-        layer = viewer.add_image(std, name=name, scale=out.scale, translate=out.translate,
-                                 units=out.units, colormap="viridis", visible=False)
+        layer = viewer.add_image(std, name=name, colormap=colormap, blending="additive",
+                                 visible=False, **geometry)
         # adding selects the new (hidden) layer: keep the result selected, so the layer
         # controls at hand (contrast, colormap) are the visible result's
         viewer.layers.selection.active = out
     hi = float(np.percentile(std, 99.9)) if std.size else 1.0
     layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
-    layer.metadata = {"description": "per-pixel standard deviation over "
-                      f"{samples} posterior samples (photons)", "of_layer": out.name}
+    layer.metadata = {"description": std_description(samples), "of_layer": out.name}
     return layer
 
 
@@ -326,7 +370,8 @@ def show_psf_layer(viewer: Any, psf: np.ndarray, like: Image | None,
     psf
         The PSF (normalised, 2D or 3D).
     like
-        The image it is for: a new layer takes its scale and units; None for pixels.
+        The image it is for: the layer takes the scale, units and axis labels of its
+        last ``psf.ndim`` axes; None for pixels.
     metadata
         The layer's metadata (its description and the PSF's diagnostics).
 
@@ -336,14 +381,17 @@ def show_psf_layer(viewer: Any, psf: np.ndarray, like: Image | None,
         The PSF layer.
     """
     limits = (0.0, float(psf.max()))
+    n = psf.ndim
+    geometry = {} if like is None else {"scale": like.scale[-n:], "units": like.units[-n:],
+                                        "axis_labels": like.axis_labels[-n:]}
     if PSF_LAYER in viewer.layers and isinstance(viewer.layers[PSF_LAYER], Image):
         layer = viewer.layers[PSF_LAYER]
         layer.data = psf
         layer.contrast_limits = limits
+        for key, value in geometry.items():  # the image (or mode) may have changed
+            setattr(layer, key, value)
     else:
-        n = psf.ndim
-        kwargs = {} if like is None else {"scale": like.scale[-n:], "units": like.units[-n:]}
         layer = viewer.add_image(psf, name=PSF_LAYER, colormap="inferno",
-                                 contrast_limits=limits, **kwargs)
+                                 contrast_limits=limits, **geometry)
     layer.metadata = metadata
     return layer
