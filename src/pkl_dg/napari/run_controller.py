@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Protocol
 
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import notification_manager, show_error
+from napari.utils.notifications import notification_manager, show_error, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
@@ -319,9 +319,19 @@ class RunController(QObject):
     # superqt's worker class, whose __init__ does not chain to it, so the mixin never
     # connects. The run relays both itself (one notification each: tested).
     def _on_warned(self, show_warning_args: tuple) -> None:
-        """A warning raised inside the run (saturated pixels, negative values, …)."""
+        """A warning raised inside the run (saturated pixels, negative values, …), shown as
+        a plain napari warning notification with its message only.
+
+        Not ``notification_manager.receive_warning``: that makes a WarningNotification,
+        whose text (napari's terminal copy of every notification, at its default
+        *Console notification level*) reads ``file.py:273: ModelMismatchWarning: …!``, a
+        source line and a trailing '!' of napari's formatting; and it shows a text once
+        per session, so a second run with the same problem said nothing. (The core says
+        each problem once per run, a comparison once per comparison.)
+        The worker thread itself prints nothing (superqt sends its warnings here).
+        """
         if self._ui_alive:
-            notification_manager.receive_warning(*show_warning_args)
+            show_warning(str(show_warning_args[0]))  # the Warning (or str) warned
 
     def _on_errored(self, exc: Exception) -> None:
         """An unexpected exception of the run (expected ones return a RunFailure)."""
