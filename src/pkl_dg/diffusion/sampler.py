@@ -23,7 +23,7 @@ from einops import rearrange, repeat
 
 from pkl_dg.diffusion.grid_phase import PHASES, phase_shifted
 from pkl_dg.diffusion.mapping import IntensityMapping
-from pkl_dg.diffusion.noise import NoiseSource, window_noise
+from pkl_dg.diffusion.noise import NoiseSource, shared_along_z, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
 from pkl_dg.diffusion.step_record import SamplerStep, joined_misfit, misfit_of
 from pkl_dg.guidance.likelihoods import Likelihood
@@ -145,6 +145,8 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
     misfit = guidance.reported()
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     draw = noise if noise is not None else window_noise(gen)
+    if volume:
+        draw = shared_along_z(draw, len(planes))
     cast = (torch.autocast(y.device.type, dtype=autocast_dtype) if autocast_dtype is not None
             else nullcontext())
     T, ts = scheduler.num_train_timesteps, scheduler.timesteps
