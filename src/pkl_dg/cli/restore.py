@@ -242,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
 
     write(args.output, result.image, meta)
     if with_std:
-        write(std_path, result.std, {**meta, "content": "per-pixel standard deviation over "
-                                     "posterior samples (photons)"})
+        write(std_path, result.std, {**meta, "content": "per-pixel standard deviation of "
+                                     "single posterior samples, photons (not a calibrated "
+                                     "error bar: see posterior_std)"})
     if not args.quiet:
         shape = "×".join(map(str, result.image.shape))
         extra = f" and {std_path}" if with_std else ""
