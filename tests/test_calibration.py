@@ -70,9 +70,20 @@ def test_scale_of_the_data_does_not_decide_the_result(method):
     assert ref.metadata["calibration"]["source"] == "estimated"
     # the camera fields of the settings (at their defaults) are said to have had no effect
     assert {"offset", "gain", "read_noise"} <= set(ref.metadata["settings_without_effect"])
+    peak = float(ref.image.max())
     for factor in (1000.0, 1 / 65535):
         out = restore(counts * np.float32(factor), **kw)
-        assert np.allclose(out, ref.image, rtol=2e-3, atol=2e-3 * float(ref.image.max()))
+        # the network runs in bf16 where the CPU has bf16 kernels (the default precision):
+        # its rounding (2⁻⁸ relative) moves single pixels of a PKL result by up to ~0.3 %
+        # of the peak when the photon values differ in their last float32 digits
+        assert np.abs(out - ref.image).max() <= 5e-3 * peak
+        assert np.sqrt(np.mean((out - ref.image) ** 2)) <= 1e-3 * peak
+    # in float32 the scale leaves nothing but float32 rounding
+    exact = dict(kw, precision="fp32")
+    ref32 = restore(counts, **exact)
+    for factor in (1000.0, 1 / 65535):
+        out = restore(counts * np.float32(factor), **exact)
+        assert np.abs(out - ref32).max() <= 1e-5 * float(ref32.max())
 
 
 def test_explicit_camera_values_mean_manual_calibration(scene):
