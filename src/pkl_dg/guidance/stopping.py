@@ -156,5 +156,8 @@ def misfit_note(rule: AutoStop) -> str | None:
             f"{rule.ratio:.1f}× the noise level (the deviance ratio of Richardson–Lucy's "
             "automatic iteration count, which also sets PKL's data budget; ≈ 1 where the model "
             "fits). The PSF (or the camera calibration) probably does not match this image, "
-            "and the result follows from that fit. A PSF closer to the real one (a fitted σ, "
-            "a PSF measured from beads, the optics' NA and refractive indices) fits better.")
+            "and the result follows from that fit. A PSF closer to the real one fits better: "
+            "one measured from beads on this microscope fits best (a PSF computed from the "
+            "optics, even the right NA and wavelength, leaves out the real one's aberrations: "
+            "a refractive-index mismatch, depth, a tilted or dirty objective); then the "
+            "optics' PSF with the sample's refractive index and depth; then a fitted σ.")
