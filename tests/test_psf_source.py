@@ -204,3 +204,14 @@ def test_an_implausible_psf_width_is_warned_of_and_recorded(settings, words):
     for fine in (RestoreSettings(psf_sigma=2.0), RestoreSettings(psf_kind="airy"),
                  RestoreSettings(psf_kind="none")):
         assert "width_check" not in psf_from_settings(fine, (128, 128)).info
+
+
+def test_a_cropped_psf_is_named_by_the_shape_it_was_given_too():
+    """A 64×64 PSF is centred on its peak as 65×65; the crop warning spoke of a 65×65 PSF,
+    a shape the user never had."""
+    from pkl_dg.physics.psf_cleaning import PSFWarning
+
+    yy, xx = np.mgrid[:64, :64]
+    arr = np.exp(-((yy - 32.0) ** 2 + (xx - 32.0) ** 2) / (2 * 3.0 ** 2)).astype(np.float32)
+    with pytest.warns(PSFWarning, match=r"PSF \(65×65; 64×64 as given, centred on its peak\)"):
+        psf_from_settings(RestoreSettings(), (40, 40), arr)

@@ -167,10 +167,18 @@ def psf_from_settings(settings: RestoreSettings, image_shape: tuple[int, ...] | 
     # a Gaussian of σ Z 1 plane: 9): one wider than the image is refused by check_psf_fits
     if image_shape is not None and (applied or all(
             p <= n for p, n in zip(kernel.shape[-2:], image_shape[-2:]))):
-        kernel, cropped = crop_to_fit(kernel, image_shape)
+        # a measured PSF's kernel is its array centred on the peak (odd sides): a message
+        # about its shape names the array as given too (64³ became 65³ without a word)
+        measured = info.get("cleaning", {}).get("measured_shape")
+        given = ("" if not measured or tuple(measured) == kernel.shape else
+                 f"; {'×'.join(map(str, measured))} as given, centred on its peak")
+        try:
+            kernel, cropped = crop_to_fit(kernel, image_shape)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{' (' + given[2:] + ')' if given else ''}") from None
         if cropped is not None:
             info["cropped_to_image"] = cropped
-            warnings.warn(f"The PSF ({'×'.join(map(str, cropped['from']))}) is larger "
+            warnings.warn(f"The PSF ({'×'.join(map(str, cropped['from']))}{given}) is larger "
                           "than the image: it was cropped around its centre to "
                           f"{'×'.join(map(str, cropped['to']))}, which removed "
                           f"{100 * cropped['light_removed']:.1f} % of its light "
