@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import tifffile
 import pytest
 
 pytest.importorskip("napari")
@@ -423,6 +424,44 @@ def test_whole_stack_fills_one_layer_block_by_block(viewer_widget, qtbot):
     assert widget.runner.run.frames == 4  # 2 iterations × 2 planes, into the same layer
     assert out.data[1].mean() == pytest.approx(2 * out.data[0].mean(), rel=0.05)
     np.testing.assert_array_equal(layer.data, stack)
+
+
+def test_a_hyperstacks_channels_get_their_own_calibration_in_the_widget(viewer_widget, qtbot,
+                                                                        tmp_path):
+    """Two detectors (1 ADU/e⁻, offset 100; 4 ADU/e⁻, offset 90) in an ImageJ (Z, C, Y, X)
+    file opened with napari's own reader: the widget handed the core the array without its
+    axes, so the whole stack shared one estimated calibration and channel 0, below channel
+    1's offset, came out empty. The file's axes now go with it."""
+    from scipy.ndimage import gaussian_filter
+
+    from pkl_dg import restore
+
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    truth = viewer.layers["cells"].data[:64, :64].astype(np.float64)
+    lam = gaussian_filter(truth / truth.max() * 60, 2.0) + 2
+    zcyx = np.stack([np.stack([rng.poisson(lam) * 1.0 + 100,
+                               rng.poisson(lam * 0.5) * 4.0 + 90]) for _ in range(2)])
+    zcyx = zcyx.astype(np.uint16)
+    path = tmp_path / "two_detectors.tif"
+    tifffile.imwrite(path, zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    (layer,) = viewer.open(path, plugin="napari")  # numeric axis labels
+    widget.input_combo.value = layer
+    widget.stack_combo.value = "all"
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 5
+    assert run_and_wait(qtbot, widget) == "done"
+    out = widget.output_layer
+    assert out.data.shape == zcyx.shape
+    assert out.metadata["calibration"]["source"] == "estimated per channel"
+    # as the core restores the file with its axes (each channel on its own)
+    kw = dict(method="rl", rl_iterations=5, psf_sigma=2.0, threads=1)
+    api = restore(zcyx, axes="ZCYX", **kw)
+    np.testing.assert_allclose(out.data, api, rtol=1e-4, atol=1e-3 * api.max())
+    for c in (0, 1):
+        alone = restore(zcyx[:, c], **kw)
+        np.testing.assert_allclose(out.data[:, c], alone, rtol=1e-4, atol=1e-3 * alone.max())
+    assert out.data[:, 0].max() > 10  # channel 0 is not empty
 
 
 def test_a_stack_that_fails_part_way_keeps_its_planes_and_says_failed(viewer_widget, qtbot,

@@ -37,6 +37,15 @@ def axis_labels(layer: Image) -> tuple[str, ...]:
     return tuple(words.get(a, "q") for a in axes)
 
 
+def stack_axes(layer: Image) -> str | None:
+    """The layer's axes as letters (``"ZCYX"``) where its labels, or its TIFF file, name
+    them all (:func:`axis_labels`); None where they do not (napari's numeric defaults, an
+    unknown label). A whole-stack run hands them to the core, which then calibrates each
+    channel on its own (two detectors differ in offset and gain)."""
+    axes = axes_from_labels(axis_labels(layer))
+    return None if axes is None or "Q" in axes else axes
+
+
 def full_resolution(layer: Image) -> Any:
     """The layer's data at full resolution (level 0 of a multiscale layer), not copied."""
     return layer.data[0] if layer.multiscale else layer.data

@@ -38,7 +38,7 @@ from pkl_dg.napari.controls import (GROUP_TITLES, INPUT_TIP, STACK_TIP, fit_laye
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import (CalibrationPanel, CalibrationSample,
                                               calibration_sample)
-from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block
+from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block, stack_axes
 from pkl_dg.napari.output import (RestorationView, Run, plane_suffix, same_layer,
                                   show_psf_layer)
 from pkl_dg.napari.sampling_fields import SamplingFields
@@ -349,6 +349,7 @@ class PKLDeconvolutionWidget(QWidget):
         self._view = RestorationView(self.viewer, run, self.output_layer)
         self.runner.start(self._view, restoration_frames, image, settings, inputs.psf,
                           self.operator_cache, self.model_cache,
+                          stack_axes(layer) if run.whole_stack else None,
                           pace=StepPace.for_run(settings))
         return True
 

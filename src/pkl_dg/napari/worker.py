@@ -272,13 +272,14 @@ def _prepare(image_shape: tuple[int, ...], settings: RestoreSettings,
 
 
 def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request: PsfRequest,
-                       operators: OperatorCache, models: ModelCache,
+                       operators: OperatorCache, models: ModelCache, axes: str | None = None,
                        cancel: CancelFlag | None = None) -> Generator[Any, None, Any]:
     """Yield every step's ``StepRecord``; return the ``RestoreResult``, a :class:`RunFailure`
     or, once ``cancel`` is set, :class:`Cancelled`.
 
-    ``image`` is a copy of the block(s) to restore (the layer itself is never touched). The
-    flag is checked between steps and before every convolution inside a step.
+    ``image`` is a copy of the block(s) to restore (the layer itself is never touched);
+    ``axes`` its axes where known (a whole stack: its channels are calibrated one by one).
+    The flag is checked between steps and before every convolution inside a step.
     """
     flag = cancel if cancel is not None else CancelFlag()
     done = 0
@@ -291,7 +292,8 @@ def restoration_frames(image: np.ndarray, settings: RestoreSettings, psf_request
             denoiser = CancellableDenoiser(models.get(settings.model, settings.device), flag)
             notes["model"] = settings.model or "shipped default"
         flag.check()
-        steps = restore_iter(image, settings, psf=psf, operator=operator, denoiser=denoiser)
+        steps = restore_iter(image, settings, psf=psf, operator=operator, denoiser=denoiser,
+                             axes=axes)
         for record in steps:
             yield record
             done += 1
