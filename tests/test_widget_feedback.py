@@ -137,15 +137,21 @@ def test_an_image_already_in_photons_gets_a_warning_not_silence(docked, monkeypa
     assert len(shown) == 1
 
 
+@pytest.mark.parametrize("metadata", [
+    {"units": "photons", "method": "pkl"},  # a result in the viewer
+    {"pkl_dg": {"units": "photons", "method": "pkl"}},  # saved and reopened (pkl-dg reader)
+])
 def test_a_layer_that_says_it_is_in_photons_gets_the_warning_whatever_its_gain(
-        docked, monkeypatch):
+        docked, monkeypatch, metadata):
     """A restoration of a large image can come out with a gain a camera might have (26.7
-    e⁻/ADU on a 1024² W2S result): its metadata ("units": "photons") says what it is."""
+    e⁻/ADU on a 1024² W2S result): its metadata ("units": "photons") says what it is. A
+    result saved and reopened keeps it under "pkl_dg", where the check did not look (a
+    trial's reopened PKL result was estimated at gain 8.0 e⁻/ADU without a word)."""
     shown = []
     monkeypatch.setattr("pkl_dg.napari.calibration_panel.show_warning", shown.append)
     viewer, widget = docked
     layer = viewer.add_image(_camera_image().astype(np.float32), name="cells [PKL]",
-                             metadata={"units": "photons", "method": "pkl"})
+                             metadata=metadata)
     widget.input_combo.value = layer
     assert widget.calibration_panel.estimate_shown.gain == pytest.approx(0.25, rel=0.15)
     label = widget.calibration_panel.label.text()

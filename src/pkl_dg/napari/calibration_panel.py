@@ -72,7 +72,10 @@ def calibration_sample(viewer: Any, layer: Any, mode: str, whole_stack: bool
         where = f"the displayed plane {', '.join(map(str, index))}"
     else:
         where = ""
-    in_photons = dict(layer.metadata or {}).get("units") == "photons"
+    meta = dict(layer.metadata or {})
+    # a result in the viewer, or one saved and reopened with the pkl-dg reader (which keeps
+    # the file's metadata under "pkl_dg")
+    in_photons = "photons" in (meta.get("units"), dict(meta.get("pkl_dg") or {}).get("units"))
     return CalibrationSample(layer.name, block, where, in_photons)
 
 
