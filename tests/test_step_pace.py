@@ -20,12 +20,15 @@ def test_the_pass_weighs_its_network_images_against_a_steps():
     pace = StepPace(steps=40, samples=1)
     rec = frame(40, 41, 40, 41)
     assert pace.final_weight(rec) == FINAL_PASS_IMAGES == 5
-    pace.observe(rec, now=40.0)
+    first = frame(1, 41, 1, 41)
+    pace.observe(first, now=3.0)  # step 1 also carried the preparation (PSF, RL start)
+    assert pace.status(first, started=0.0, now=3.0) == "step 1/41 · ETA …"
+    pace.observe(rec, now=42.0)  # then 1 s per step
     assert pace.in_final_pass(rec)
-    text = pace.status(rec, started=0.0, now=40.0)  # 1 s per step so far
+    text = pace.status(rec, started=0.0, now=42.0)
     assert text == "step 40/41 · final denoising pass · ETA 5 s"
-    assert pace.status(rec, started=0.0, now=43.0).endswith("ETA 2 s")  # counting down
-    late = pace.status(rec, started=0.0, now=70.0)
+    assert pace.status(rec, started=0.0, now=45.0).endswith("ETA 2 s")  # counting down
+    late = pace.status(rec, started=0.0, now=72.0)
     assert late == "step 40/41 · final denoising pass: 30 s so far (longer than estimated)"
     # four samples in one group: a step runs 4 images, the pass 5 → 1.25 steps
     assert StepPace(steps=10, samples=4).final_weight(frame(1, 11, 1, 11)) == 1.25

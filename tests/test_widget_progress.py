@@ -98,3 +98,30 @@ def test_the_final_pass_status_says_when_it_outlasts_its_estimate(docked, qtbot,
         qtbot.waitUntil(lambda: "so far" in widget.status_label.text(), timeout=30000)
         text = widget.status_label.text()
     assert "final denoising pass" in text and "longer than estimated" in text, text
+
+
+def test_richardson_lucys_automatic_count_shows_no_total(docked, qtbot):
+    """The automatic count runs to the noise level (tens of iterations), but the bar said
+    "step 160/500 · ETA 61 s" just before "done": 500 is only its cap."""
+    viewer, widget = docked
+    widget.input_combo.value = viewer.add_image(_camera_image(128), name="cells")
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 0  # automatic
+    widget.controls["threads"].value = 1
+    texts = []
+    widget.runner.frame_shown.connect(lambda _i: texts.append(widget.runner.progress.format()))
+    with qtbot.waitSignal(widget.run_finished, timeout=60000):
+        assert widget.run()
+    assert texts and all("stops at the noise level" in t and "/" not in t for t in texts), texts
+
+
+def test_the_eta_is_not_taken_from_the_first_steps_preparation():
+    """The first frame carries the run's preparation (PSF, model, the rough RL estimate): an
+    ETA from the run's start after it said 280 s where 69 s were left (3D PKL)."""
+    from pkl_dg.napari.run_controller import eta_text
+
+    now = time.perf_counter()
+    assert eta_text(None, 1, 10) == "ETA …"
+    assert eta_text((now, 1), 1, 10) == "ETA …"  # one frame: no rate yet
+    # frame 1 arrived 2 s ago, frame 3 now: 1 s per step, 7 steps left
+    assert eta_text((now - 2.0, 1), 3, 10) == "ETA 7 s"

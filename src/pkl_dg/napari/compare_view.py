@@ -127,6 +127,10 @@ class CompareView:
         rec = frame.record
         return rec.index, rec.total, frame.seconds, short_method_label(frame.method)
 
+    def open_ended(self, frame: MethodFrame) -> bool:
+        """Richardson–Lucy's automatic count: its total is only the cap."""
+        return frame.method == "rl" and getattr(self.settings, "rl_iterations", 1) == 0
+
     def show(self, frame: MethodFrame, contrast: bool = True) -> bool:
         """Put a frame into its method's layer; the methods before it are done."""
         for method, layer in self.layers.items():

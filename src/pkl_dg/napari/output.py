@@ -239,6 +239,10 @@ class RestorationView:
         """Steps done and in all over the whole run, and the seconds since it started."""
         return record.index, record.total, time.perf_counter() - self.run.started, ""
 
+    def open_ended(self, record: Any) -> bool:
+        """Richardson–Lucy's automatic count: its total is only the cap."""
+        return self.run.settings.method == "rl" and self.run.settings.rl_iterations == 0
+
     def show(self, record: Any, contrast: bool = True) -> bool:
         """Write a frame into the output layer (made on the first frame); False once the
         user removed that layer."""
@@ -386,8 +390,7 @@ def show_psf_layer(viewer: Any, psf: np.ndarray, like: Image | None,
                                         "axis_labels": like.axis_labels[-n:]}
     if PSF_LAYER in viewer.layers and isinstance(viewer.layers[PSF_LAYER], Image):
         layer = viewer.layers[PSF_LAYER]
-        layer.data = psf
-        layer.contrast_limits = limits
+        layer.data, layer.contrast_limits = psf, limits
         for key, value in geometry.items():  # the image (or mode) may have changed
             setattr(layer, key, value)
     else:

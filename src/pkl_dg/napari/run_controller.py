@@ -54,6 +54,9 @@ class RunState:
     cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
     metadata: dict = field(default_factory=dict)  # what a cancelled run had established
     finished: dict = field(default_factory=dict)  # parts it had finished (compared methods)
+    #: each part's first frame: (when it arrived, its step); the ETA's rate is taken from
+    #: there on, since the first step also carries the run's preparation (PSF, RL start)
+    first: dict = field(default_factory=dict)
 
 
 class RunView(Protocol):
@@ -80,6 +83,16 @@ class RunView(Protocol):
     def failed(self, state: RunState, message: str) -> str:
         """The run stopped on a user-fixable problem (``message``): drop what no longer
         belongs, mark what it left; return that in words ("" if nothing)."""
+
+
+def eta_text(first: tuple[float, int] | None, index: int, total: int) -> str:
+    """"ETA n s" from the steps since the part's ``first`` frame (when it arrived, its
+    step): the first step also holds the run's preparation (PSF, model, the rough RL
+    estimate), which made the ETA after it 2–4× too long. "ETA …" until a second frame."""
+    if first is None or index <= first[1]:
+        return "ETA …"
+    rate = (time.perf_counter() - first[0]) / (index - first[1])
+    return f"ETA {rate * (total - index):.0f} s"
 
 
 def progress_widgets() -> tuple[QProgressBar, QLabel]:
@@ -211,10 +224,12 @@ class RunController(QObject):
         run = self.run
         if run is None or run.status != "running" or not self._ui_alive:
             return  # being cancelled (a frame finished meanwhile) or closed
+        now = time.perf_counter()
         if self._pace is not None:
-            self._pace.observe(record, time.perf_counter())
+            self._pace.observe(record, now)
         run.frames += 1
-        run.total = self.view.progress(record)[1]
+        index, run.total, _seconds, part = self.view.progress(record)
+        run.first.setdefault(part, (now, index))
         pending = self._pending
         if pending is not None and self.view.frame_key(pending) != self.view.frame_key(record):
             self.view.show(pending, contrast=False)  # a part's last frame always shows
@@ -248,9 +263,12 @@ class RunController(QObject):
         self.progress.setValue(index)
         pace = self._pace
         if run.status == "running" and self._ui_alive:
-            if pace is None:
-                eta = seconds / max(index, 1) * (total - index)
-                text = f"step {index}/{total} · ETA {eta:.0f} s"
+            open_ended = getattr(self.view, "open_ended", lambda _r: False)(record)
+            if open_ended:  # an automatic count: the total is only its cap
+                text = f"iteration {index} · stops at the noise level (at most {total})"
+                self.progress.setRange(0, 0)
+            elif pace is None:
+                text = f"step {index}/{total} · {eta_text(run.first.get(part), index, total)}"
             else:
                 text = pace.status(record, run.started, time.perf_counter())
             text = f"{part + ' ' if part else ''}{text}"

@@ -39,6 +39,9 @@ class StepPace:
         self._arrived: dict[int, float] = {}  # frame index → when it arrived
         self._block_start: tuple[int, float] | None = None  # (block, its step-1 frame's time)
         self._pass_start: tuple[int, float] | None = None  # (block, when its pass began)
+        #: the run's first frame: (steps' worth done, when it arrived); the rate is taken
+        #: from there on (that frame also carries the PSF, model and rough RL estimate)
+        self._first: tuple[float, float] | None = None
 
     @classmethod
     def for_run(cls, settings: RestoreSettings) -> "StepPace | None":
@@ -57,6 +60,13 @@ class StepPace:
         groups = max((record.steps - 1) // max(self.steps, 1), 1)
         return FINAL_PASS_IMAGES * groups / max(self.samples, 1)
 
+    def _done(self, record: Any) -> float:
+        """Steps' worth done when ``record`` arrived (a finished pass counts its weight)."""
+        sampling = record.steps - 1  # frames per block before its pass
+        per_block = sampling + self.final_weight(record)
+        block = (record.index - record.step) // max(record.steps, 1)
+        return block * per_block + (record.step if record.step <= sampling else per_block)
+
     def in_final_pass(self, record: Any) -> bool:
         """True when ``record`` is its block's last step before the pass: the pass runs
         from the moment it arrives until the next frame."""
@@ -67,6 +77,8 @@ class StepPace:
         """Note that ``record`` arrived at ``now`` (``time.perf_counter``): every frame of
         the run, in order, shown or not."""
         self._arrived[record.index] = now
+        if self._first is None:
+            self._first = (self._done(record), now)
         block = (record.index - record.step) // max(record.steps, 1)
         if record.step == 1:
             self._block_start = (block, now)
@@ -93,14 +105,15 @@ class StepPace:
             The time to report at.
         """
         final = self.final_weight(record)
-        sampling = record.steps - 1  # frames per block before its pass
-        per_block = sampling + final
-        block = (record.index - record.step) // max(record.steps, 1)
-        done = block * per_block + (record.step if record.step <= sampling else per_block)
+        per_block = record.steps - 1 + final
+        done = self._done(record)
         all_units = record.total // max(record.steps, 1) * per_block
         arrived = self._arrived.get(record.index, now)
-        rate = (arrived - started) / max(done, 1e-9)  # seconds per step's worth
         step = f"step {record.index}/{record.total}"
+        first_done, first_at = self._first if self._first is not None else (0.0, started)
+        if done <= first_done:
+            return f"{step} · ETA …"
+        rate = (arrived - first_at) / (done - first_done)  # seconds per step's worth
         if not self.in_final_pass(record):
             return f"{step} · ETA {rate * (all_units - done):.0f} s"
         running = now - arrived
