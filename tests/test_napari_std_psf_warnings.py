@@ -72,7 +72,7 @@ def test_std_layer_updated_in_place_follows_the_result(viewer):
 @pytest.mark.parametrize("psf_shape, labels", [((5, 9, 9), ("z", "y", "x")),
                                                ((9, 9), ("y", "x"))])
 def test_psf_layer_has_the_images_axis_labels(viewer, psf_shape, labels):
-    from pkl_dg.napari.output import PSF_LAYER, show_psf_layer
+    from pkl_dg.napari.psf_layer import PSF_LAYER, show_psf_layer
 
     image = viewer.add_image(np.zeros((4, 16, 12), np.float32), name="img", **GEOMETRY)
     psf = np.full(psf_shape, 1.0 / np.prod(psf_shape), np.float32)

@@ -5,9 +5,9 @@ A run writes every streamed frame into ONE image layer named ``"<input> [<method
 first frame with the input's scale, translate, units and axis labels, float32, and updated in
 place afterwards. A displayed block keeps the stack's axes, each leading one of length 1 and
 translated to the block's position, so it shows at its own plane, not on every plane.
-Contrast limits follow the 0.1–99.9 percentiles of each frame until the user changes them. :class:`RestorationView` is what the
-:class:`~pkl_dg.napari.run_controller.RunController` shows of a restoration; the "PSF (PKL)"
-layer of the widget's *Show PSF* is written by :func:`show_psf_layer`.
+Contrast limits follow the 0.1–99.9 percentiles of each frame until the user changes them.
+:class:`RestorationView` is what the :class:`~pkl_dg.napari.run_controller.RunController`
+shows of a restoration. The widget's *Show PSF* layer: :mod:`pkl_dg.napari.psf_layer`.
 """
 
 from __future__ import annotations
@@ -357,44 +357,3 @@ class RestorationView:
             return False
         self.run.output_gone = True
         return True
-
-
-#: the layer *Show PSF* writes into
-PSF_LAYER = "PSF (PKL)"
-
-
-def show_psf_layer(viewer: Any, psf: np.ndarray, like: Image | None,
-                   metadata: dict[str, Any]) -> Image:
-    """Add (or update in place) the :data:`PSF_LAYER` layer showing ``psf``.
-
-    Parameters
-    ----------
-    viewer
-        The napari viewer.
-    psf
-        The PSF (normalised, 2D or 3D).
-    like
-        The image it is for: the layer takes the scale, units and axis labels of its
-        last ``psf.ndim`` axes; None for pixels.
-    metadata
-        The layer's metadata (its description and the PSF's diagnostics).
-
-    Returns
-    -------
-    Image
-        The PSF layer.
-    """
-    limits = (0.0, float(psf.max()))
-    n = psf.ndim
-    geometry = {} if like is None else {"scale": like.scale[-n:], "units": like.units[-n:],
-                                        "axis_labels": like.axis_labels[-n:]}
-    if PSF_LAYER in viewer.layers and isinstance(viewer.layers[PSF_LAYER], Image):
-        layer = viewer.layers[PSF_LAYER]
-        layer.data, layer.contrast_limits = psf, limits
-        for key, value in geometry.items():  # the image (or mode) may have changed
-            setattr(layer, key, value)
-    else:
-        layer = viewer.add_image(psf, name=PSF_LAYER, colormap="inferno",
-                                 contrast_limits=limits, **geometry)
-    layer.metadata = metadata
-    return layer

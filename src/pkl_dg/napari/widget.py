@@ -39,8 +39,8 @@ from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.calibration_panel import (CalibrationPanel, CalibrationSample,
                                               calibration_sample)
 from pkl_dg.napari.layer_input import open_shapes, psf_request, selected_block, stack_axes
-from pkl_dg.napari.output import (RestorationView, Run, plane_suffix, same_layer,
-                                  show_psf_layer)
+from pkl_dg.napari.output import RestorationView, Run, plane_suffix, same_layer
+from pkl_dg.napari.psf_layer import show_psf_layer
 from pkl_dg.napari.sampling_fields import SamplingFields
 from pkl_dg.napari.run_controller import RunController, progress_widgets
 from pkl_dg.napari.shared_state import RunInputs
