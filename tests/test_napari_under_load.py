@@ -257,14 +257,21 @@ def test_no_stale_std_layer_after_a_cancelled_rerun(viewer_widget, qtbot, consta
         qtbot.waitUntil(lambda: len(shown) >= 1, timeout=120000)
         click(qtbot, widget.cancel_button)
     names = [layer.name for layer in viewer.layers]
-    # the output the cancelled run wrote into says so in its name; no std beside it
+    # the output the cancelled run wrote into says so in its name; no std beside it. The
+    # finished result it had replaced (by its partial estimate) is back, with its std
     assert any(n.startswith("cells [PKL] (cancelled, at step ") for n in names)
-    assert not any(n.endswith(" std") for n in names)
-    # a finished re-run brings it back; removing the output removes its std with it
+    assert not any(n.startswith("cells [PKL] (cancelled") and n.endswith(" std")
+                   for n in names)
+    assert "cells [PKL]" in names and "cells [PKL] std" in names
+    assert viewer.layers["cells [PKL]"].metadata["settings"]["steps"] == 3  # the first run's
+    assert not any("previous run" in n for n in names)
+    # a finished re-run replaces it; removing the output removes its std with it
     widget.controls["sub_iterations"].value = 2
     widget.controls["steps"].value = 2
     assert run_clicked(qtbot, widget) == "done"
     assert "cells [PKL] std" in viewer.layers
+    assert viewer.layers["cells [PKL]"].metadata["settings"]["steps"] == 2  # the new result
+    assert not any("previous run" in layer.name for layer in viewer.layers)
     viewer.layers.remove("cells [PKL]")
     assert "cells [PKL] std" not in viewer.layers and widget.output_layer is None
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
+from pkl_dg.napari.kept_result import KeptResult, keep_finished, put_back
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import settings_record
 
@@ -230,6 +231,7 @@ class RestorationView:
         self.label = f"Restoring '{run.input_layer.name}' with {run.method_label}"
         self._blocks: list[tuple[int, ...]] = []  # blocks shown, in the run's order
         self._last_done = False  # whether the last frame shown ended its block
+        self._kept: KeptResult | None = None  # the finished result this run writes over
 
     def frame_key(self, record: Any) -> tuple[int, ...]:
         """The block of the stack a frame belongs to."""
@@ -250,7 +252,8 @@ class RestorationView:
         if run.output_gone:
             return False
         frame = np.asarray(record.image, dtype=np.float32)
-        if run.shown_at is None:  # the first frame replaces the previous result
+        if run.shown_at is None:  # the first frame: a finished result is kept until the end
+            self._kept = keep_finished(self.viewer, run.name, std_name(run.name))
             blank_std(self.viewer, run.name)
         self.output_layer = output_layer_for(self.viewer, run, self.output_layer, frame)
         block = tuple(record.block)
@@ -279,6 +282,7 @@ class RestorationView:
         metadata = dict(result.metadata)
         metadata["napari"] = self._notes(metadata.get("napari", {}))
         layer.metadata = metadata
+        self._kept = None
         n = metadata.get("threads", "?")
         return (f"'{run.name}': restored in {seconds:.1f} s "
                 f"({n} CPU thread{'' if n == 1 else 's'}).")
@@ -299,7 +303,8 @@ class RestorationView:
         layer = self.output_layer
         if run.shown_at is None or layer is None:
             return ""
-        remove_std(self.viewer, run.name)  # the output changed: its old result's std goes
+        if self._kept is None:  # the output changed: its old result's std goes
+            remove_std(self.viewer, run.name)
         established = dict(state.metadata)  # calibration, PSF, background…
         extra: dict[str, Any] = {}
         if run.whole_stack:
@@ -326,8 +331,14 @@ class RestorationView:
             "steps_total": state.total, **settings_record(run.settings),
             "napari": self._notes(established.get("napari", {}))}
         # a new name: the layer no longer looks like a result, and the next run writes
-        # a new layer instead of overwriting what this one left
-        layer.name = f"{run.name} ({status['status']}, {what})"
+        # a new layer instead of overwriting what this one left; a finished result it
+        # wrote over is put back under its own name
+        name = f"{run.name} ({status['status']}, {what})"
+        if self._kept is not None:
+            self.output_layer = layer = put_back(self.viewer, layer, self._kept, name,
+                                                 std_name(run.name))
+            self._kept = None
+        layer.name = name
         if not run.whole_stack:
             return f"'{layer.name}' holds the last estimate"
         partial = extra["block_in_progress"]
