@@ -500,6 +500,10 @@ def test_the_table_shows_every_row_with_readable_headers(viewer_widget):
     # the time is the viewer's, live display included (the trial read RL 4.1 s against
     # PKL 3.8 s on 256²; alone RL takes 0.2 s): the header says so
     assert "live display included" in table.horizontalHeaderItem(6).toolTip()
+    # every metric says how it is computed (a trial found only FRC (nm) and time explained)
+    tips = [table.horizontalHeaderItem(j).toolTip() for j in (1, 2, 3, 4)]
+    assert "CARE protocol" in tips[0] and "a·x + b" in tips[0]
+    assert all(tips) and "1/7" in tips[3]
     rows = [{"method": label, "psnr_db": 25.123, "ssim": 0.81234, "nrmse": 0.3, "frc_px": 2.0,
              "frc_nm": 130.0, "seconds": 2.5} for label in
             ("Richardson–Lucy", "L2", "Anscombe + L2", "PKL (Poisson KL)", "Unguided prior")]

@@ -33,6 +33,19 @@ TIME_NOTE = ("Each method's wall time in this viewer, its live display included:
              "the layers shares the CPU with the run, which slows fast methods most "
              "(Richardson–Lucy on a small image: several times its time alone). For timings, "
              "run `pkl-dg compare` in a terminal.")
+#: what each column measures (the headers' tooltips; pkl_dg.metrics, pkl_dg.frc)
+HEADER_TIPS = {
+    "psnr_db": "PSNR by the CARE protocol: the ground truth scaled to its 0.1–99.9 % "
+               "percentiles, the result fitted to it by a·x + b (least squares), then PSNR "
+               "with a peak of 1. Higher is better.",
+    "ssim": "Structural similarity of the fitted result and the scaled ground truth (as for "
+            "PSNR; scikit-image, data range 1). 1 is identical.",
+    "nrmse": "RMS error of the fitted result divided by the scaled ground truth's standard "
+             "deviation (as for PSNR). Lower is better; 1 is no better than a flat image.",
+    "frc_px": "Resolution by Fourier ring correlation with the ground truth: the period (px) "
+              "where the correlation falls below 1/7. Lower is finer; 2 px is Nyquist.",
+    "seconds": TIME_NOTE,
+}
 _SHORT = {label: short_method_label(key) for key, label in METHOD_LABELS.items()}
 
 
@@ -54,7 +67,8 @@ class MetricsTable(QTableWidget):
         header.setStretchLastSection(True)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
-        self.horizontalHeaderItem(METRIC_COLUMNS.index("seconds")).setToolTip(TIME_NOTE)
+        for key, tip in HEADER_TIPS.items():
+            self.horizontalHeaderItem(METRIC_COLUMNS.index(key)).setToolTip(tip)
         self._fit_columns()
         self._fit_height(ROWS_SHOWN)
 
