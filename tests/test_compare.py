@@ -1,4 +1,5 @@
 import csv
+import json
 import warnings
 
 import numpy as np
@@ -174,6 +175,11 @@ def test_compare_cli_writes_csv_and_png(tmp_path, scene, monkeypatch):
     assert [r["method"] for r in rows] == ["input", "Richardson–Lucy"]  # with its baseline
     assert rows[0]["seconds"] == "" and float(rows[1]["psnr_db"]) > float(rows[0]["psnr_db"])
     assert float(rows[1]["psnr_db"]) > 10 and 0 < float(rows[1]["ssim"]) <= 1
+    # every row says what it was measured on (two exports could not be told apart)
+    assert rows[1]["input"] == "in.tif" and rows[1]["ground_truth"] == "gt.tif"
+    assert rows[1]["psf"].startswith("gaussian PSF, FWHM 3.61")
+    shared = json.loads(rows[1]["settings"])
+    assert shared["rl_iterations"] == 5 and "method" not in shared
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the figure names the PSF the methods ran with (it gave the file's name only)
     assert titles == ["in.tif · gaussian PSF, FWHM 3.61 × 3.61 px"]

@@ -69,6 +69,8 @@ def test_compare_layers_metrics_csv_residual_grid(viewer_widget, qtbot, tmp_path
     assert widget.export_csv(out)
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert len(rows) == 3 and {"psnr_db", "ssim", "nrmse", "frc_px"} <= set(rows[0])
+    assert rows[0]["input"] == "cells" and rows[0]["ground_truth"]  # what it measured
+    assert "PSF" in rows[0]["psf"] and rows[0]["settings"].startswith("{")
 
     res = widget.add_residual("pkl")
     assert res is not None and res.name == "cells [compare: PKL] residual"

@@ -14,6 +14,7 @@ read-noise pedestal and left-out saturated pixels, from its metadata).
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator
@@ -27,7 +28,7 @@ from pkl_dg.guidance.stopping import ModelMismatchWarning
 from pkl_dg.metrics import care_scores
 from pkl_dg.axes import arrange
 from pkl_dg.physics import ForwardModel, PSFConvolution
-from pkl_dg.psf_source import PSF, run_psf
+from pkl_dg.psf_source import PSF, describe_psf, run_psf
 from pkl_dg.restoration import (MIN_SIDE, RestoreResult, StepRecord, check_image_shape,
                                  restore_iter, validate_image)
 from pkl_dg.runs import StreamedRun
@@ -268,16 +269,32 @@ def metrics_table(results: dict[str, np.ndarray], gt: np.ndarray,
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path) -> None:
+def csv_context(input_name: str, gt_name: str, results: dict[str, RestoreResult]
+                ) -> dict[str, str]:
+    """What a metrics CSV was measured on: the input, the ground truth, the PSF and the
+    settings the methods shared (their metadata's, less the method), as text columns."""
+    first = next(iter(results.values()), None)
+    meta = first.metadata if first is not None else {}
+    shared = {k: v for k, v in dict(meta.get("settings") or {}).items() if k != "method"}
+    return {"input": input_name, "ground_truth": gt_name,
+            "psf": describe_psf(meta["psf"]) if "psf" in meta else "",
+            "settings": json.dumps(shared, sort_keys=True, default=str)}
+
+
+def write_csv(rows: list[dict[str, Any]], path, context: dict[str, str] | None = None
+              ) -> None:
+    """The metrics ``rows`` as CSV, one row per method; ``context`` (:func:`csv_context`)
+    adds its columns to every row, so that two exports can be told apart."""
     import csv
 
+    extra = dict(context or {})
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS))
+        w = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS) + list(extra))
         w.writeheader()
         for row in rows:
-            w.writerow({k: ("" if row.get(k) is None else
-                            (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k]))
-                        for k in METRIC_COLUMNS})
+            w.writerow({**{k: ("" if row.get(k) is None else
+                               (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k]))
+                           for k in METRIC_COLUMNS}, **extra})
 
 
 def render_panel(images: dict[str, np.ndarray], path, rows: list[dict] | None = None,

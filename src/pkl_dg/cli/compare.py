@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pkl_dg.cli.restore import check_output_folders
-    from pkl_dg.compare import compare_iter, metrics_table, parse_methods, render_panel, write_csv
+    from pkl_dg.compare import (compare_iter, csv_context, metrics_table, parse_methods,
+                                render_panel, write_csv)
     from pkl_dg.imageio import read_image
     from pkl_dg.inputs import physical_overrides
     from pkl_dg.io import open_image
@@ -138,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
             say(f"{r['method']:>18}  {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.3f}  "
                 f"FRC {frc_text(r)}")
         if args.csv:
-            write_csv(rows, args.csv)
+            write_csv(rows, args.csv, csv_context(args.input.name, args.gt.name,
+                                                  comparison.result.results))
     if args.png:
         panel = {"Input": np.asarray(image, dtype=np.float32)}
         panel.update({METHOD_LABELS[m]: v for m, v in results.items()})

@@ -30,7 +30,8 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QPushButton, QVBoxLayout, QWidget)
 
-from pkl_dg.compare import Comparison, metrics_table, result_residual, write_csv
+from pkl_dg.compare import (Comparison, csv_context, metrics_table, result_residual,
+                            write_csv)
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size_field
@@ -318,8 +319,11 @@ class CompareMethodsWidget(QWidget):
         if not self.rows:
             show_error("No metrics to export: run a comparison with a ground truth first.")
             return False
+        gt = self._layer(self.gt_combo.currentText())
+        context = csv_context(self._input.name if self._input is not None else "",
+                              gt.name if gt is not None else "", self.comparison.results)
         try:
-            write_csv(self.rows, path)
+            write_csv(self.rows, path, context)
         except OSError as exc:
             show_error(f"Cannot write {path}: {exc}")
             return False
