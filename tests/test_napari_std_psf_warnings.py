@@ -106,7 +106,7 @@ class _NoView:
         return 0
 
     def progress(self, record):
-        return 1, 1, 0.0, ""
+        return 1, 1, ""
 
     def show(self, record, contrast=True):
         return True

@@ -17,12 +17,7 @@ pytest.importorskip("pytestqt")
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("napari_config_dir")]
 PLUGIN, WIDGET = "napari-pkl-dg", "PKL Deconvolution"
 
-
-def _camera_image(gain=0.25, offset=400.0, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:128, :128]
-    photons = 60 * np.exp(-((yy - 64) ** 2 + (xx - 50) ** 2) / 300.0) + 20 * (np.abs(xx - 90) < 2)
-    return (offset + rng.poisson(photons + 1) / gain).astype(np.uint16)
+from test_napari_calibration import _camera_image  # noqa: E402 (the same camera frame)
 
 
 def _restored_like(seed=0):

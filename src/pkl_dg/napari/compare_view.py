@@ -122,10 +122,10 @@ class CompareView:
         """The method a frame belongs to."""
         return frame.method
 
-    def progress(self, frame: MethodFrame) -> tuple[int, int, float, str]:
-        """Steps of the running method, done and in all, the seconds it took, its name."""
+    def progress(self, frame: MethodFrame) -> tuple[int, int, str]:
+        """Steps of the running method, done and in all, and its name."""
         rec = frame.record
-        return rec.index, rec.total, frame.seconds, short_method_label(frame.method)
+        return rec.index, rec.total, short_method_label(frame.method)
 
     def open_ended(self, frame: MethodFrame) -> bool:
         """Richardson–Lucy's automatic count: its total is only the cap."""

@@ -13,7 +13,7 @@ shows of a restoration. The widget's *Show PSF* layer: :mod:`pkl_dg.napari.psf_l
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,6 @@ class Run:
     whole_stack: bool  # the output has the input's shape and is filled block by block
     block_ndim: int  # 2 (YX plane) or 3 (ZYX volume)
     shape: tuple[int, ...]  # of what is restored (the output's shape)
-    started: float = field(default_factory=time.perf_counter)
     shown_at: float | None = None  # perf_counter of the last frame put into the layer
     auto_contrast: tuple[float, float] | None = None
     method_label: str = ""  # e.g. "PKL (Poisson KL)", for the status line
@@ -237,9 +236,9 @@ class RestorationView:
         """The block of the stack a frame belongs to."""
         return tuple(record.block)
 
-    def progress(self, record: Any) -> tuple[int, int, float, str]:
-        """Steps done and in all over the whole run, and the seconds since it started."""
-        return record.index, record.total, time.perf_counter() - self.run.started, ""
+    def progress(self, record: Any) -> tuple[int, int, str]:
+        """Steps done and in all over the whole run (one part: no name)."""
+        return record.index, record.total, ""
 
     def open_ended(self, record: Any) -> bool:
         """Richardson–Lucy's automatic count: its total is only the cap."""

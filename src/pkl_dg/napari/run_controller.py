@@ -68,8 +68,9 @@ class RunView(Protocol):
     def frame_key(self, record: Any) -> Hashable:
         """The part of the run a frame belongs to (a stack's block, a compared method)."""
 
-    def progress(self, record: Any) -> tuple[int, int, float, str]:
-        """(steps done, steps in all, seconds they took, the part named: "" or e.g. "PKL")."""
+    def progress(self, record: Any) -> tuple[int, int, str]:
+        """(steps done, steps in all, the part named: "" or e.g. "PKL"); the controller
+        times the steps itself (:func:`eta_text`)."""
 
     def show(self, record: Any, contrast: bool = True) -> bool:
         """Put a frame into its layer (and set its contrast); False if it has nowhere to go."""
@@ -228,7 +229,7 @@ class RunController(QObject):
         if self._pace is not None:
             self._pace.observe(record, now)
         run.frames += 1
-        index, run.total, _seconds, part = self.view.progress(record)
+        index, run.total, part = self.view.progress(record)
         run.first.setdefault(part, (now, index))
         pending = self._pending
         if pending is not None and self.view.frame_key(pending) != self.view.frame_key(record):
@@ -258,7 +259,7 @@ class RunController(QObject):
     def _show_progress(self) -> int:
         """Progress bar and status of the record shown; returns its step index."""
         record, run = self._shown, self.run
-        index, total, seconds, part = self.view.progress(record)
+        index, total, part = self.view.progress(record)
         self.progress.setRange(0, total)
         self.progress.setValue(index)
         pace = self._pace
