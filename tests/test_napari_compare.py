@@ -513,3 +513,23 @@ def test_the_table_shows_every_row_with_readable_headers(viewer_widget):
     shown = table.height() - table.horizontalHeader().height()
     assert shown >= table.verticalHeader().length()  # all five rows, no vertical scrolling
     assert table.item(3, 0).text() == "PKL" and table.item(0, 1).text() == "25.12"
+
+
+def test_the_status_says_which_method_of_how_many_runs(viewer_widget, qtbot):
+    """A comparison runs its methods one after the other: the status names the running one
+    and its place ("method 2 of 2, PKL: step …"); L2 and Anscombe say they are slow."""
+    _viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    texts = []
+    widget.runner.frame_shown.connect(lambda _i: texts.append(widget.status_label.text()))
+    assert run_and_wait(qtbot, widget) == "done"
+    assert any("method 1 of 2, Richardson–Lucy:" in t for t in texts), texts
+    # the last method's frames may all fall within the display's throttle: ask the view
+    from types import SimpleNamespace
+
+    frame = SimpleNamespace(method="pkl", record=SimpleNamespace(index=1, total=2))
+    assert widget._view.progress(frame) == (1, 2, "method 2 of 2, PKL:")
+    for m in ("l2", "anscombe"):
+        assert "slower than PKL" in widget.method_boxes[m].toolTip()
+    assert "slower" not in widget.method_boxes["pkl"].toolTip()

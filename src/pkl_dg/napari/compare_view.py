@@ -105,6 +105,7 @@ class CompareView:
         self.input_layer = input_layer
         self.origin = origin
         self.settings = settings  # for the metadata of unfinished layers
+        self.methods = list(methods)  # in the order they run
         self.layers: dict[str, Image] = {}
         #: (steps, steps in all) of the frame each method's layer holds
         self.steps: dict[str, tuple[int, int]] = {}
@@ -123,9 +124,12 @@ class CompareView:
         return frame.method
 
     def progress(self, frame: MethodFrame) -> tuple[int, int, str]:
-        """Steps of the running method, done and in all, and its name."""
-        rec = frame.record
-        return rec.index, rec.total, short_method_label(frame.method)
+        """Steps of the running method, done and in all, and which method of how many it
+        is ("method 2 of 4, PKL:")."""
+        rec, name = frame.record, short_method_label(frame.method)
+        if frame.method in self.methods and len(self.methods) > 1:
+            name = f"method {self.methods.index(frame.method) + 1} of {len(self.methods)}, {name}:"
+        return rec.index, rec.total, name
 
     def open_ended(self, frame: MethodFrame) -> bool:
         """Richardson–Lucy's automatic count: its total is only the cap."""
