@@ -162,3 +162,21 @@ def test_a_camera_image_gets_no_gain_warning(docked, monkeypatch):
     assert widget.calibration_panel.estimate_shown.gain == pytest.approx(0.25, rel=0.15)
     assert shown == []
     assert "already in photons" not in widget.calibration_panel.label.text()
+
+
+def test_deleting_the_input_gives_no_toast_about_the_layer_picked_instead(docked, monkeypatch):
+    """Deleting the input layer moves the widget to another layer by itself; a result layer
+    in photons then got a calibration toast nobody asked for (a trial clearing its layer list
+    saw 4). The panel's line still says it."""
+    shown = []
+    monkeypatch.setattr("pkl_dg.napari.calibration_panel.show_warning", shown.append)
+    viewer, widget = docked
+    result = viewer.add_image(_camera_image().astype(np.float32), name="cells [PKL]",
+                              metadata={"units": "photons", "method": "pkl"})
+    camera = viewer.add_image(_camera_image(), name="cells")
+    widget.input_combo.value = camera
+    shown.clear()  # the result, picked when it was the only layer, was said then
+    viewer.layers.remove(camera)
+    assert widget.input_combo.value is result
+    assert "already in photons" in widget.calibration_panel.label.text()
+    assert shown == []

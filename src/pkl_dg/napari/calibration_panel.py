@@ -20,7 +20,8 @@ panel's messages stay in its line: the widget's status line is the runs'.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NamedTuple
 
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
@@ -172,6 +173,7 @@ class CalibrationPanel:
         self.estimate_shown: Calibration | None = None
         self._shown_from: tuple[str, str] | None = None  # (name, where) of the line's values
         self._warned = ""  # the last warning notified (a re-estimate does not repeat it)
+        self._quiet = False
         self._writing = False
         for name in CAMERA_FIELDS:
             controls[name].changed.connect(self._edited)
@@ -222,10 +224,22 @@ class CalibrationPanel:
             warn.append(odd)
         self.label.setText(" ".join([text, *warn]) if warn else text + EDIT)
         message = f"Calibration of '{got.name}': {' '.join(warn)} {text}" if warn else ""
+        if self._quiet:  # the line says it; notified when the user picks this image
+            return cal
         if message and message != self._warned:
             show_warning(message)
         self._warned = message
         return cal
+
+    @contextmanager
+    def quietly(self) -> Iterator[None]:
+        """Estimates without notifications within: the input moved to another layer by
+        itself (its layer was deleted), which the user did not ask to calibrate."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
 
     def show_used(self, record: dict[str, Any], run_name: str) -> None:
         """Say in the line what calibration the run ``run_name`` used (its result's metadata

@@ -278,7 +278,8 @@ class PKLDeconvolutionWidget(QWidget):
     def _on_layer_removed(self, event) -> None:
         removed = event.value
         removed.events.name.disconnect(self._reset_layer_choices)
-        self._reset_layer_choices()
+        with self.calibration_panel.quietly():  # no toasts about a layer nobody picked
+            self._reset_layer_choices()
         view = self._view
         if view is not None and view.output_removed(removed) and self.is_running:
             self.runner.cancel("the output layer was removed")
