@@ -31,10 +31,8 @@ from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.step_record import LazyMisfit
 from pkl_dg.diffusion.tiling import needs_tiles, tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
-from pkl_dg.guidance.steps import (auto_discrepancy, auto_sub_iterations,
-                                   proximal_sub_iterations)
-from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
-from pkl_dg.guidance.stopping import AutoStop
+from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations, proximal_sub_iterations
+from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX, AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.negatives import negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
@@ -90,13 +88,15 @@ class PlaneChunk:
 
     ``box`` (y0, y1, x0, x1), half-open px, within a plane of ``plane_shape`` (H, W);
     ``rl_start`` the plane's Richardson–Lucy start level and ``intensity_scale`` its scale
-    s, photons (the chunk's own would differ; None for Richardson–Lucy, which has none).
+    s, photons (the chunk's own would differ; None for Richardson–Lucy, which has none);
+    ``rl_auto_iterations`` the plane's automatic RL count, which sets PKL's data budget.
     """
 
     box: tuple[int, int, int, int]
     plane_shape: tuple[int, int]
     rl_start: float
     intensity_scale: float | None = None
+    rl_auto_iterations: int | None = None
 
 
 @dataclass
@@ -358,25 +358,25 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     guidance = None
     if is_guided(s):
         peak = mapping.scale / SCALE_FACTOR
-        disc = 0.0
-        if proximal:  # the sampler's data iterations add up to RL's automatic count
-            k = s.sub_iterations or proximal_sub_iterations(info["rl_auto_iterations"],
-                                                             s.steps)
-        else:
-            k = s.sub_iterations or auto_sub_iterations(peak)
+        disc, k, accelerate = 0.0, s.sub_iterations, False
+        if proximal and not k:  # the sampler's data iterations add up to RL's automatic count
+            count = getattr(chunk, "rl_auto_iterations", None) or info["rl_auto_iterations"]
+            k, accelerate = proximal_sub_iterations(count, s.steps)
+        elif not proximal:
+            k = k or auto_sub_iterations(peak)
             disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy
             if disc > 0 and s.calibration == "manual":
                 disc = check_photon_counts(y, fm, rough, disc, auto=s.discrepancy < 0,
                                           info=info)
             info["discrepancy"] = disc
-        info["sub_iterations"] = k
+        info.update(sub_iterations=k, sub_iterations_accelerated=accelerate)
         rule, lam = s.step_rule, s.lam
         if rule == "proximal" and not proximal:  # documented: the proximal step is PKL's
             rule, lam = "poisson", 1.0
             info["step_rule_used"] = ("poisson, λ = 1 (the proximal rule is the Poisson "
                                       f"likelihood's; {s.method} guidance takes Poisson-"
                                       "preconditioned steps)")
-        guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc)
+        guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc, accelerate)
     yield from guided_ddim_grouped(net, Problem(y, fm, mapping), DDIMScheduler(s.steps, s.eta),
                                    Guidance(guidance, s.t_threshold, s.ramp, misfit=pkl),
                                    num_samples=s.samples, seed=s.seed,

@@ -198,9 +198,9 @@ class RestoreSettings:
                     "Guidance", min=0.0, max=10.0, applies_when=_LAM)
     sub_iterations: int = _f(0, "Sub-iterations", "Data-consistency iterations per "
                              "diffusion step. More follow the data more closely (like more "
-                             "Richardson–Lucy iterations). 0 = automatic: proximal rule, the "
-                             "automatic Richardson–Lucy count of the image shared out over "
-                             "the steps; Poisson rule, from the image's brightness (5 at ~10 "
+                             "RL iterations). 0 = automatic: proximal rule, the automatic RL "
+                             "count shared out over the steps (from 4 a step, half as many, "
+                             "accelerated); Poisson rule, from the brightness (5 at ~10 "
                              "photons peak, ~22 at 100, ~100 at 1000).", "Guidance", min=0,
                              max=200, applies_when=_GUIDED)
     discrepancy: float = _f(-1.0, "Stop at noise level", "Each diffusion step stops its "

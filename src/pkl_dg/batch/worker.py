@@ -194,7 +194,6 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
            "plane_shape": [int(n) for n in y.shape[-2:]]}
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
-        from pkl_dg.guidance.steps import proximal_sub_iterations
         from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
         from pkl_dg.physics import ForwardModel
         from pkl_dg.richardson_lucy import rl_iterates
@@ -209,7 +208,7 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         else:
             scale = scale_from_estimate(rough, scale_pixels(fm.mask, op))
             out.update(peak_photons=float(scale / SCALE_FACTOR), intensity_scale=float(scale),
-                       sub_iterations=proximal_sub_iterations(rule.k, s.steps))
+                       rl_auto_iterations=rule.k)  # the chunks' data budget
     elif uses_prior(s):
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
@@ -311,7 +310,8 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
     # elsewhere and end 2e-3 away after 30 iterations); a diffusion chunk takes the plane's
     # intensity scale and its window of the plane's noise
     chunk = None if box is None else PlaneChunk(
-        tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"))
+        tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"),
+        stats.get("rl_auto_iterations"))
     # the block's warnings travel with its result: the client says each once per input
     # (with the blocks it concerns) instead of every worker printing it for every plane
     with warnings.catch_warnings(record=True) as caught:

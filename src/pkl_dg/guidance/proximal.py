@@ -25,6 +25,14 @@ has a closed form, the positive root of
 Every iteration lowers the objective. With a one-pixel PSF and no background the surrogate
 is exact and one iteration gives the exact per-pixel proximal point; τ → ∞ gives plain
 Richardson–Lucy iterations, τ → 0 gives x̂0.
+
+``accelerate=True`` extrapolates the iterations as Biggs & Andrews do for RL (Applied Optics
+36, 1997; :mod:`pkl_dg.richardson_lucy`): each iteration starts from
+Y = max(x_k + α(x_k − x_{k−1}), floor), α = ⟨g_k, g_{k−1}⟩/⟨g_{k−1}, g_{k−1}⟩ per sample,
+clipped to [0, α_max], g_k the change the previous iteration made; α = 0 for the first two.
+The extrapolated iterate need not lower the objective, so this is a faster route to the
+same kind of fit, not a guarantee: :data:`ACCEL_ALPHA_MAX` and the halved iteration count
+of :func:`~pkl_dg.guidance.steps.proximal_sub_iterations` were measured on the dev data.
 """
 
 from __future__ import annotations
@@ -34,10 +42,14 @@ import torch
 from pkl_dg.guidance.likelihoods import EPS
 from pkl_dg.physics.forward import ForwardModel
 
+#: upper clip of the extrapolation factor α with ``accelerate`` (deconvlucy clips at 1)
+ACCEL_ALPHA_MAX = 1.0
+
 
 def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
                      tau: torch.Tensor | float, iterations: int = 1,
-                     floor: float = 1e-6, x_init: torch.Tensor | None = None) -> torch.Tensor:
+                     floor: float = 1e-6, x_init: torch.Tensor | None = None,
+                     accelerate: bool = False) -> torch.Tensor:
     """Approximate Poisson proximal point of ``x_prior`` (photons).
 
     Parameters
@@ -58,6 +70,8 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
     x_init
         Where the iterations start (default ``x_prior``): the previous diffusion step's
         solution is a warm start, since the proximal point moves little between steps.
+    accelerate
+        Biggs–Andrews extrapolation of the iterations (see the module docstring).
 
     Returns
     -------
@@ -89,18 +103,56 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
     low = max(s2, floor)
     x = (x_prior if x_init is None else x_init).clamp(min=floor)  # a new tensor: updated in place
     x_em, root, den = (torch.empty_like(x) for _ in range(3))
+    extrapolate = _Extrapolation(x) if accelerate else None
     for _ in range(iterations):
+        base = x if extrapolate is None else extrapolate.start(x, floor)
         if torch.is_tensor(bias):
-            mu = ws.A(x).add_(bias).clamp_(min=low)
+            mu = ws.A(base).add_(bias).clamp_(min=low)
         else:
-            mu = ws.A(x, bias).clamp_(min=low)
+            mu = ws.A(base, bias).clamp_(min=low)
         torch.div(ys, mu, out=ws.adjoint_input())
-        torch.mul(x, ws.adjoint(), out=x_em)
+        torch.mul(base, ws.adjoint(), out=x_em)
         x_em.div_(n).clamp_(min=0)
         torch.addcmul(c2, four_nt2, x_em, out=root).sqrt_()
         # the positive root, in the form without cancellation for each sign of c
         torch.add(root, c, out=den).clamp_(min=EPS)
         x_em.mul_(two_nt2).div_(den)
         root.sub_(c).mul_(0.5)
+        if extrapolate is not None:
+            x = extrapolate.record(x)  # x_k kept; a free buffer for x_{k+1}
         torch.where(positive, x_em, root, out=x).clamp_(min=floor)
+        if extrapolate is not None:
+            extrapolate.change(x, base)
     return x
+
+
+class _Extrapolation:
+    """Biggs–Andrews bookkeeping of :func:`poisson_proximal` (per sample along axis 0)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.n = x.shape[0]
+        self.prev: torch.Tensor | None = None  # x_{k−1}
+        self.g: torch.Tensor | None = None  # x_k − Y_{k−1}
+        self.g_prev: torch.Tensor | None = None
+        self.spare: torch.Tensor | None = None  # a buffer for the next iterate
+
+    def start(self, x: torch.Tensor, floor: float) -> torch.Tensor:
+        """Y = max(x + α(x − x_prev), floor), or x itself while α is not defined yet."""
+        if self.g_prev is None:
+            return x
+        g, gp = self.g.reshape(self.n, -1), self.g_prev.reshape(self.n, -1)
+        alpha = (g * gp).sum(1) / ((gp * gp).sum(1) + 1e-30)
+        alpha = alpha.clamp_(0.0, ACCEL_ALPHA_MAX).reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.lerp(self.prev, x, 1.0 + alpha).clamp_(min=floor)
+
+    def record(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep x as x_{k−1}; return the buffer the next iterate is written into."""
+        out = self.spare if self.spare is not None else torch.empty_like(x)
+        self.spare, self.prev = self.prev, x
+        return out
+
+    def change(self, x: torch.Tensor, base: torch.Tensor) -> None:
+        """g ← x_new − Y (the previous g becomes g_prev)."""
+        new = self.g_prev if self.g_prev is not None else torch.empty_like(x)
+        self.g_prev = self.g
+        self.g = torch.sub(x, base, out=new)

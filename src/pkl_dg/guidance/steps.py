@@ -68,13 +68,30 @@ def auto_sub_iterations(peak_photons: float) -> int:
 
 #: the proximal rule's automatic sub-iterations are capped here
 PROXIMAL_K_MAX = 30
+#: from this many plain sub-iterations on, the automatic count runs accelerated and halved
+PROXIMAL_ACCEL_FROM = 4
 
 
-def proximal_sub_iterations(rl_iterations: int, steps: int) -> int:
-    """Sub-iterations per diffusion step of the proximal rule: Richardson–Lucy's automatic
-    count of the image (:class:`~pkl_dg.guidance.stopping.AutoStop`) shared out over the
-    ``steps``, so the sampler's data iterations add up to it; in [1, PROXIMAL_K_MAX]."""
-    return int(min(max(math.ceil(rl_iterations / steps), 1), PROXIMAL_K_MAX))
+def proximal_sub_iterations(rl_iterations: int, steps: int) -> tuple[int, bool]:
+    """Sub-iterations per diffusion step of the proximal rule, and whether they are
+    accelerated.
+
+    Richardson–Lucy's automatic count of the image
+    (:class:`~pkl_dg.guidance.stopping.AutoStop`) is shared out over the ``steps``, so the
+    sampler's data iterations add up to it: k = ⌈count / steps⌉ in [1, PROXIMAL_K_MAX].
+    From :data:`PROXIMAL_ACCEL_FROM` on, ⌈k/2⌉ (at least 3) Biggs–Andrews-accelerated
+    iterations replace them (:func:`~pkl_dg.guidance.proximal.poisson_proximal`). Measured
+    on the BioSR F-actin dev pair (PSNR / SSIM by the CARE protocol): σ 2 px, 108 RL
+    iterations: 11 plain 22.47 / 0.688, 6 accelerated 22.49 / 0.702 (6 plain 22.26 /
+    0.640); fitted σ 1.87, 129 iterations: 13 plain 22.85 / 0.710, 7 accelerated 22.89 /
+    0.730. The dev inputs with fewer (W2S, C. elegans: 1; flowdec bars: 3) are unchanged.
+    The synthetic quality cases at 1000 photons (``pkl-dg bench quality --reduced``) moved
+    by −0.20 to +0.12 dB, −0.04 on average; α_max 0.7 scored lower on all of these.
+    """
+    k = int(min(max(math.ceil(rl_iterations / steps), 1), PROXIMAL_K_MAX))
+    if k < PROXIMAL_ACCEL_FROM:
+        return k, False
+    return max(math.ceil(k / 2), 3), True
 
 
 #: Discrepancy target per photon level: the fit may go below the noise level by the degrees
@@ -109,6 +126,8 @@ class GuidanceStep:
     #: multiple of its expected value (the discrepancy principle; ``sub_iterations`` is
     #: then the maximum). 0 runs all sub-iterations.
     discrepancy: float = 0.0
+    #: the proximal rule's iterations Biggs–Andrews-accelerated (see its module)
+    accelerate: bool = False
     eps: float = 1e-12
 
     def __post_init__(self) -> None:
@@ -133,7 +152,7 @@ class GuidanceStep:
             if prior_std is None:
                 raise ValueError("the proximal step needs the prior's uncertainty (prior_std)")
             return poisson_proximal(x, y, fm, step * prior_std, self.sub_iterations,
-                                    x_init=x_init)
+                                    x_init=x_init, accelerate=self.accelerate)
         active = None  # per-sample mask while the discrepancy principle is on
         for _ in range(self.sub_iterations):
             mu = fm.mean(x)  # one forward prediction per sub-iteration, shared below
