@@ -109,6 +109,30 @@ def check_output_folders(paths: list[Path]) -> None:
                                     "or choose another")
 
 
+def check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse outputs that are one of the input files (the image, the PSF file).
+
+    Parameters
+    ----------
+    outputs
+        The files the command will write (the result, its std file).
+    inputs
+        The files it reads.
+
+    Raises
+    ------
+    ValueError
+        An output is an input: with ``--overwrite`` the measurement would be replaced by
+        its restoration.
+    """
+    for out in outputs:
+        for src in inputs:
+            same = out.exists() and src.exists() and out.samefile(src)
+            if same or out.resolve() == src.resolve():
+                raise ValueError(f"the output {out} is the input file {src}: it would be "
+                                 "replaced by the result; choose another output name")
+
+
 def std_path_for(output: Path) -> Path:
     """Where the posterior std goes: ``NAME_std`` beside ``output``, same suffix
     (``.ome.tif`` kept whole)."""
@@ -168,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
     std_path = std_path_for(args.output)
     if with_std:
         outputs.append(std_path)
+    check_not_inputs(outputs, [args.input] + ([Path(settings.psf_path)]
+                                              if settings.psf_path else []))
     for out in outputs:
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
