@@ -180,3 +180,22 @@ def test_deleting_the_input_gives_no_toast_about_the_layer_picked_instead(docked
     assert widget.input_combo.value is result
     assert "already in photons" in widget.calibration_panel.label.text()
     assert shown == []
+
+
+def test_a_layer_with_a_nan_border_is_calibrated_and_restored(docked, qtbot):
+    """A registered image's NaN border: the panel estimates on the measured pixels, the run
+    leaves the border out and the result is NaN there (it was refused before)."""
+    viewer, widget = docked
+    image = _camera_image().astype(np.float32)
+    image[:, :16] = np.nan
+    widget.input_combo.value = viewer.add_image(image, name="registered")
+    assert widget.calibration_panel.estimate_shown.gain == pytest.approx(0.25, rel=0.15)
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 3
+    with qtbot.waitSignal(widget.run_finished, timeout=60000) as blocker:
+        assert widget.run()
+    assert blocker.args[0] == "done"
+    out = widget.output_layer
+    assert np.isnan(out.data[:, :16]).all() and np.isfinite(out.data[:, 16:]).all()
+    assert out.metadata["missing"]["pixels"] == 128 * 16
+    assert np.isfinite(out.contrast_limits).all()

@@ -10,6 +10,7 @@ from typing import Any
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop, ModelMismatchWarning, misfit_note
 from pkl_dg.inputs import EmptyPlaneWarning
+from pkl_dg.missing import MissingDataWarning
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.saturation import SaturationWarning
 
@@ -45,7 +46,8 @@ def auto_info(rule: AutoStop, where: str = "", warn: bool = True) -> dict[str, A
 
 def summarise_block_problems(flagged: dict[str, int], blocks: int) -> None:
     """One warning per kind of data problem found in more than one block of a stack."""
-    words = {"saturated": ("saturated pixels", SaturationWarning),
+    words = {"missing": ("NaN or infinite values (no measurement)", MissingDataWarning),
+             "saturated": ("saturated pixels", SaturationWarning),
              "negative_values": ("negative values", NegativeDataWarning),
              "rl_auto_misfit": ("a data fit stalled far above the noise", ModelMismatchWarning)}
     for kind, n in flagged.items():

@@ -19,6 +19,7 @@ from pkl_dg.calibration import Calibration, estimate_calibration
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.physics.psf_cleaning import PSFWarning
+from pkl_dg.missing import calibration_mask, fill_missing
 from pkl_dg.quantiles import quantile
 from pkl_dg.saturation import detect_saturation
 from pkl_dg.settings import RestoreSettings
@@ -56,14 +57,16 @@ class EmptyPlaneWarning(UserWarning):
     zeros, not restored."""
 
 
-def validate_block(block: Any, dtype: Any, empty_ok: bool = False) -> np.ndarray:
-    """Check one plane or volume and return a float32 copy of it.
+def validate_block(block: Any, dtype: Any, empty_ok: bool = False,
+                   missing_ok: bool = False) -> np.ndarray:
+    """Check one plane or volume and return a float32 copy of it (``missing_ok``: NaN and
+    ±inf, pixels without a measurement, kept for :func:`pkl_dg.missing.fill_missing`).
 
     Raises
     ------
     ValueError
-        Not real numbers; NaN or infinite values; every value 0, unless ``empty_ok`` (one
-        plane of a stack, which the caller passes through as zeros).
+        Not real numbers; NaN or infinite values, unless ``missing_ok``; every value 0,
+        unless ``empty_ok`` (one plane of a stack, which the caller passes through as zeros).
     """
     if np.dtype(dtype) == bool or np.issubdtype(dtype, np.complexfloating) or \
             not np.issubdtype(dtype, np.number):
@@ -71,12 +74,13 @@ def validate_block(block: Any, dtype: Any, empty_ok: bool = False) -> np.ndarray
                          "real numbers (integer or float)")
     out = np.array(block, dtype=np.float32, copy=True)
     finite = np.isfinite(out)
-    if not np.all(finite):
+    if not missing_ok and not np.all(finite):
         raise ValueError(
             f"image contains {out.size - int(finite.sum())} NaN or infinite value(s) (e.g. the "
-            "border of a registered or stitched image): pkl-dg cannot leave pixels out of "
-            "the data fit; crop the image to its measured region, or replace them (e.g. "
-            "with the background level)")
+            "border of a registered or stitched image): this needs a value at every pixel; "
+            "crop the image to its measured region, or replace them (e.g. with the "
+            "background level). A restoration (restore, the napari widget) leaves them out "
+            "of the fit by itself")
     if not empty_ok and not np.any(out != 0):
         raise ValueError("image is all zero: there is nothing to restore")
     return out
@@ -116,10 +120,10 @@ def check_call(image: Any, settings: Any, psf: Any) -> Any:
         masked = int(np.ma.getmaskarray(image).sum())
         if masked:
             raise ValueError(
-                f"image is a masked array with {masked} masked pixel(s): pkl-dg cannot leave "
-                "pixels out of the data fit, and would restore the values under the mask. "
-                "Crop to the measured region, or fill the masked pixels (image.filled(value), "
-                "e.g. with the background level) and pass a plain array")
+                f"image is a masked array with {masked} masked pixel(s): its mask would be "
+                "dropped and the values under it restored as data. Pass a float copy with "
+                "NaN there (image.astype(np.float32).filled(np.nan)): NaN pixels are left out "
+                "of the data fit and are NaN in the result")
         image = np.ma.getdata(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
@@ -155,22 +159,28 @@ def estimate_image_calibration(image: Any) -> Calibration:
 
 def _middle_plane(image: Any) -> tuple[np.ndarray, np.dtype]:
     """The YX plane nearest the middle of the leading axes that is not all zero (a bead
-    stack has empty planes), validated, and the dtype."""
+    stack has empty planes) nor all missing, validated (NaN kept), and the dtype."""
     shape = tuple(np.shape(image))
     dtype = getattr(image, "dtype", np.float32)
     if len(shape) == 2:
-        return validate_block(image, dtype), dtype
+        plane = validate_block(image, dtype, missing_ok=True)
+        fill_missing(plane)  # not one finite value: an error, not "no estimate"
+        return plane, dtype
     planes = int(np.prod(shape[:-2]))
     for k in sorted(range(planes), key=lambda k: abs(k - planes // 2)):
-        plane = validate_block(image[np.unravel_index(k, shape[:-2])], dtype, empty_ok=True)
-        if np.any(plane != 0):
+        plane = validate_block(image[np.unravel_index(k, shape[:-2])], dtype, empty_ok=True,
+                               missing_ok=True)
+        if np.any(np.isfinite(plane) & (plane != 0)):
             return plane, dtype
     raise ValueError("image is all zero: there is nothing to restore")
 
 
 def _estimate_on(plane: np.ndarray, dtype: Any) -> Calibration:
-    sat = detect_saturation(plane, dtype)
-    return estimate_calibration(plane, saturated=sat.mask if sat.count else None)
+    """The calibration estimate of one plane, its saturated and missing pixels left out."""
+    plane, missing = fill_missing(plane)
+    sat, out = detect_saturation(plane, dtype), calibration_mask(missing)
+    out = (sat.mask if out is None else out | sat.mask) if sat.count else out
+    return estimate_calibration(plane, saturated=out)
 
 
 def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:

@@ -38,7 +38,8 @@ from pkl_dg.negatives import negative_value_pedestal
 from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.rl_restore import rl_steps
 from pkl_dg.runs import StreamedRun
-from pkl_dg.saturation import detect_saturation, fit_mask, report_saturation, scale_pixels
+from pkl_dg.missing import block_fit
+from pkl_dg.saturation import scale_pixels
 from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import (calibration_implied, settings_record, is_guided, uses_prior,
@@ -248,11 +249,12 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     out = np.empty(shape, dtype=np.float32)
     std = np.zeros(shape, dtype=np.float32) if uses_prior(s) else None
     done = 0
-    flagged = {"saturated": 0, "negative_values": 0, "rl_auto_misfit": 0}  # blocks with each
+    flagged = {"missing": 0, "saturated": 0, "negative_values": 0, "rl_auto_misfit": 0}
     delta_psf = psf_arr.size == 1  # pure denoising: a masked pixel would have no data at all
     empty: list[list[int]] = []  # blocks with every value 0: written as 0, not restored
     for idx in indices:
-        raw = validate_block(image[idx] if idx else image, dtype, empty_ok=len(indices) > 1)
+        raw = validate_block(image[idx] if idx else image, dtype, empty_ok=len(indices) > 1,
+                             missing_ok=True)
         block_meta: dict[str, Any] = {"index": list(idx)}
         meta["blocks"].append(block_meta)  # filled in as the block runs
         if not np.any(raw != 0):
@@ -263,15 +265,10 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             frame.flags.writeable = False
             yield StepRecord(done, total, 0, frame, None, idx, steps_per_block, steps_per_block)
             continue
-        sat = detect_saturation(raw, dtype)
         # each kind of data problem is warned about once per run (every block's numbers
         # are in the metadata; a summary follows for stacks)
         where = block_name(idx, axes)
-        saturated = report_saturation(sat, where,
-                                      warn=not flagged["saturated"], kept=delta_psf)
-        if saturated is not None:
-            block_meta["saturated"] = saturated
-        mask = fit_mask(sat, delta_psf)
+        raw, missing, mask = block_fit(raw, dtype, where, delta_psf, flagged, block_meta)
         mask = None if mask is None else torch.from_numpy(mask).to(device)
         cal = calibration_of(idx)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
@@ -286,12 +283,15 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             # the final pass's mean as it set it (averaging its samples again rounds < 0)
             frame = (rec.x0[0] if len(rec.x0) == 1 else rec.mean[0] if rec.mean is not None
                      else reduce(rec.x0, "sample ... -> ...", "mean")).float().cpu().numpy()
+            if missing is not None:  # nothing measured there: NaN (a copy: not the sampler's)
+                frame = np.where(missing, np.float32(np.nan), frame)
             frame.flags.writeable = False
             misfit = None if rec.misfit is None else (lambda r=rec: float(r.nll.mean()))
             yield StepRecord(done, total, rec.t, frame, misfit, idx, rec.index, rec.total)
         out[idx] = frame  # the last frame is the block's result
         if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
-            std[idx] = rec.x0.std(dim=0).float().cpu().numpy()
+            spread = rec.x0.std(dim=0).float().cpu().numpy()
+            std[idx] = spread if missing is None else np.where(missing, np.nan, spread)
         for kind in flagged:
             flagged[kind] += kind in block_meta
         if cal.source == "estimated" and "below_estimated_offset" not in \

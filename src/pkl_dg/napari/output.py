@@ -209,7 +209,7 @@ def show_std(viewer: Any, out: Image, std: np.ndarray, samples: int) -> Image:
         # adding selects the new (hidden) layer: keep the result selected, so the layer
         # controls at hand (contrast, colormap) are the visible result's
         viewer.layers.selection.active = out
-    hi = float(np.percentile(std, 99.9)) if std.size else 1.0
+    hi = float(np.nanpercentile(std, 99.9)) if np.isfinite(std).any() else 1.0
     layer.contrast_limits = (0.0, hi if hi > 0 else 1.0)
     layer.metadata = {"description": std_description(samples), "of_layer": out.name}
     return layer
