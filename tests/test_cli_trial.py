@@ -30,3 +30,16 @@ def test_restore_refuses_to_write_over_its_input(tmp_path, capsys):
                "--steps", "1", "--samples", "2", "--threads", "1", "--quiet"])
     assert rc == 2 and "input" in capsys.readouterr().err
     assert std_in.read_bytes() == before and not (tmp_path / "x.tif").exists()
+
+
+def test_batch_refuses_bad_worker_counts_before_any_work(tmp_path, capsys):
+    """``--workers 0`` silently meant 'one per core' and ``--workers -2`` passed whenever no
+    cluster was started; both are refused at once, as ``--chunk -5`` is."""
+    src = tmp_path / "thin.tif"
+    tifffile.imwrite(src, np.ones((1, 40), np.uint16))  # fails when planned: no cluster
+    for n in ("0", "-2"):
+        rc = main(["batch", str(src), "-o", str(tmp_path / "out"), "--workers", n,
+                   "--threads", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--workers" in err and "thin.tif" not in err
+

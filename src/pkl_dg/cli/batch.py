@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     given = {s.name for s in field_specs() if getattr(args, s.name, None) is not None}
     if args.chunk < 0:
         raise ValueError(f"--chunk must be ≥ 0, got {args.chunk}")
+    if args.workers is not None and args.workers < 1:  # 0 silently meant one per core
+        raise ValueError(f"--workers must be ≥ 1, got {args.workers} (leave it out for one "
+                         "worker per core)")
     jobs = run_batch(args.inputs, args.output_dir, settings, given=given, fmt=args.fmt,
                      chunk=args.chunk, overwrite=args.overwrite, scheduler=args.scheduler,
                      workers=args.workers, threads=args.threads, progress=not args.quiet)
