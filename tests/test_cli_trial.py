@@ -43,3 +43,13 @@ def test_batch_refuses_bad_worker_counts_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and "--workers" in err and "thin.tif" not in err
 
+
+def test_batch_names_both_paths_of_inputs_with_one_output(tmp_path, capsys):
+    """Two inputs of one name in different folders: the error named 'a.tif and a.tif'."""
+    for d in ("day1", "day2"):
+        (tmp_path / d).mkdir()
+        _camera_image(tmp_path / d / "a.tif")
+    rc = main(["batch", str(tmp_path / "day1" / "a.tif"), str(tmp_path / "day2" / "a.tif"),
+               "-o", str(tmp_path / "out"), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "day1" in err and "day2" in err

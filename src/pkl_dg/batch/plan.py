@@ -119,7 +119,7 @@ def plan_outputs(inputs: list[Path], outdir: Path, fmt: str,
         if out.resolve() == p.resolve():
             raise ValueError(f"the output {out} would replace its input: choose another -o")
         if out in seen:
-            raise ValueError(f"{seen[out].name} and {p.name} would both be written to "
+            raise ValueError(f"{seen[out]} and {p} would both be written to "
                              f"{out.name}: rename one or run them in separate batches")
         seen[out] = p
         jobs.append(Job(p, out, f, settings))
