@@ -53,3 +53,18 @@ def test_batch_names_both_paths_of_inputs_with_one_output(tmp_path, capsys):
                "-o", str(tmp_path / "out"), "--threads", "1", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "day1" in err and "day2" in err
+
+
+def test_compare_refuses_to_write_over_its_input_or_ground_truth(tmp_path, capsys):
+    """``--csv GT --overwrite`` replaced the ground-truth TIFF by the metrics table."""
+    src = _camera_image(tmp_path / "noisy.tif", seed=1)
+    gt = _camera_image(tmp_path / "clean.tif", seed=2)
+    kept = {p: p.read_bytes() for p in (src, gt)}
+    for flag, target in (("--csv", gt), ("--png", src), ("--png", gt)):
+        rc = main(["compare", str(src), "--gt", str(gt), flag, str(target), "--overwrite",
+                   "--methods", "rl", "--rl-iterations", "2", "--threads", "1", "--quiet"])
+        assert rc == 2 and "input" in capsys.readouterr().err
+        assert all(p.read_bytes() == b for p, b in kept.items())
+    rc = main(["compare", str(src), "--gt", str(gt), "--csv", str(tmp_path / "a.out"),
+               "--png", str(tmp_path / "a.out"), "--methods", "rl", "--threads", "1"])
+    assert rc == 2 and "--csv and --png" in capsys.readouterr().err

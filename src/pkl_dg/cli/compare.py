@@ -75,7 +75,7 @@ def report_not_applied(args: argparse.Namespace, settings: RestoreSettings,
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pkl_dg.cli.restore import check_output_folders
+    from pkl_dg.cli.restore import check_not_inputs, check_output_folders
     from pkl_dg.compare import (compare_iter, csv_context, metrics_table, parse_methods,
                                 render_panel, write_csv)
     from pkl_dg.imageio import read_image
@@ -86,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not (args.csv or args.png):
         raise ValueError("nothing to write: give --csv FILE and/or --png FILE")
+    outputs = [p for p in (args.csv, args.png) if p is not None]
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise ValueError(f"--csv and --png name the same file {args.csv}: give two names")
+    check_not_inputs(outputs, [p for p in (args.input, args.gt) if p is not None]
+                     + ([Path(args.psf_path)] if args.psf_path else []))
     for out in (args.csv, args.png):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
