@@ -22,6 +22,7 @@ import torch
 from einops import rearrange, repeat
 
 from pkl_dg.diffusion.grid_phase import PHASES, phase_shifted
+from pkl_dg.diffusion.local_flux import keep_local_flux
 from pkl_dg.diffusion.mapping import IntensityMapping
 from pkl_dg.diffusion.noise import NoiseSource, shared_along_z, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
@@ -212,7 +213,9 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
     (:mod:`pkl_dg.diffusion.grid_phase`; one phase alone adds the grid's pattern to the
     result) and adds w·(x̂0(t1) − x̂0(t0)) of phase 0 (the pattern cancels in that
     difference): :data:`FINAL_PASS_IMAGES` (5) network images, not 8. What lies above the
-    prior's range (z > Z_MAX, a bright spot) is kept as it is.
+    prior's range (z > Z_MAX, a bright spot) is kept as it is. The local flux the pass takes
+    beyond what its grain explains (a dim cell beside a bright one) is put back
+    (:func:`~pkl_dg.diffusion.local_flux.keep_local_flux`).
 
     Parameters
     ----------
@@ -269,7 +272,9 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
         if w1 > 0.0:
             out += w1 * (predict(t1, range(1))[0] - at_t0)
         z0 = out.reshape(z.shape) + (z - inside.reshape(z.shape))
-        return mapping.to_intensity(z0).clamp(min=0), t0 + w1 * (t1 - t0)
+        passed = mapping.to_intensity(z0).clamp(min=0)
+        return (keep_local_flux(x0, passed, fraction, float(problem.fm.read_noise_var)),
+                t0 + w1 * (t1 - t0))
 
 
 def mean_mc_error(samples: torch.Tensor) -> float:
