@@ -68,3 +68,32 @@ def test_compare_refuses_to_write_over_its_input_or_ground_truth(tmp_path, capsy
     rc = main(["compare", str(src), "--gt", str(gt), "--csv", str(tmp_path / "a.out"),
                "--png", str(tmp_path / "a.out"), "--methods", "rl", "--threads", "1"])
     assert rc == 2 and "--csv and --png" in capsys.readouterr().err
+
+
+def test_batch_blocks_keep_psf_warnings_instead_of_printing_them(tmp_path):
+    """An off-centre PSF file: every worker task printed Python's raw 'psf_source.py:161:
+    PSFWarning: …' (twice per chunked plane) instead of the block carrying it to the client,
+    which says each warning once per input."""
+    import warnings
+
+    from pkl_dg import RestoreSettings
+    from pkl_dg.batch.worker import plane_statistics, restore_task
+
+    yy, xx = np.mgrid[:15, :15]
+    psf = np.exp(-((yy - 5) ** 2 + (xx - 9) ** 2) / 4.0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "psf.tif", psf)
+    src = _camera_image(tmp_path / "cells.tif", shape=(64, 64))
+    s = RestoreSettings(method="rl", rl_iterations=2, psf_kind="file",
+                        psf_path=str(tmp_path / "psf.tif")).to_dict()
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        _, whole = restore_task(str(src), (), s, threads=1)
+        stats = plane_statistics(str(src), (), s, threads=1)
+        _, chunk = restore_task(str(src), (), s, (0, 40, 0, 40), stats, threads=1)
+        from pkl_dg.batch.plan import Job, plan_job  # chunks planned on the client
+        plan_job(Job(src, tmp_path / "cells.ome.tif", "ome-tiff",
+                     RestoreSettings.from_dict(s)), set(), 40)
+    assert [str(w.message) for w in escaped] == []
+    for meta in (whole, chunk):
+        assert "centre of mass" in meta["warnings"]["PSFWarning"]
+

@@ -160,5 +160,7 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
     job.image_meta["scenes"] = img.scenes
     h, w = img.shape[-2:]
     if chunk and s.mode == "2d" and max(h, w) > chunk:
-        psf = psf_from_settings(s, img.shape).kernel
+        with warnings.catch_warnings():  # its warnings: said once by the blocks' report
+            warnings.simplefilter("ignore")
+            psf = psf_from_settings(s, img.shape).kernel
         job.chunks = plan_chunks(h, w, chunk, margin_for(psf.shape, s.method))

@@ -146,11 +146,15 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     :func:`_plane_statistics`), with the ``seconds`` they took; a
     :class:`~pkl_dg.batch.report.BlockFailure` if they cannot be computed."""
     t0 = time.perf_counter()
-    with reader_notes() as notes:
+    # its warnings (the PSF's) go to the plane's chunks, which carry them to the client
+    with reader_notes() as notes, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             out = _plane_statistics(path, index, settings_dict, threads)
         except Exception as exc:  # said by the client, with its traceback kept in a log
             return report_failure(exc, notes)
+    if caught:
+        out["warnings"] = {w.category.__name__: str(w.message) for w in caught}
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -303,19 +307,21 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
         if "rl_iterations" in stats and s.rl_iterations == 0:
             s = s.replace(rl_iterations=stats["rl_iterations"])
     axes = "ZYX" if s.mode == "3d" else "YX"  # a block is one plane or one Z-stack
-    psf = psf_from_settings(s, block.shape)  # once per task: restore_iter takes it as it is
-    op = _operator(psf.kernel)
-    net, model_meta = _network(s) if uses_prior(s) else (None, None)
+    if stats is not None:  # the plane's (its PSF's), said with the chunk's own
+        said.update(stats.get("warnings", {}))
     # a chunk's Richardson–Lucy starts at the plane's level (its own mean would start it
     # elsewhere and end 2e-3 away after 30 iterations); a diffusion chunk takes the plane's
     # intensity scale and its window of the plane's noise
     chunk = None if box is None else PlaneChunk(
         tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"),
         stats.get("rl_auto_iterations"))
-    # the block's warnings travel with its result: the client says each once per input
-    # (with the blocks it concerns) instead of every worker printing it for every plane
+    # the block's warnings (the PSF's too) travel with its result: the client says each once
+    # per input (with the blocks it concerns) instead of every worker printing it per plane
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        psf = psf_from_settings(s, block.shape)  # once per task: restore_iter takes it as is
+        op = _operator(psf.kernel)
+        net, model_meta = _network(s) if uses_prior(s) else (None, None)
         result = restore_iter(block, s, psf=psf, operator=op, denoiser=net, chunk=chunk,
                               axes=axes, fixed_calibration=cal).finish()
     meta = {k: v for k, v in result.metadata.items()
