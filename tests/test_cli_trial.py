@@ -97,3 +97,34 @@ def test_batch_blocks_keep_psf_warnings_instead_of_printing_them(tmp_path):
     for meta in (whole, chunk):
         assert "centre of mass" in meta["warnings"]["PSFWarning"]
 
+
+def test_batch_tasks_read_their_psf_file_without_seceding(tmp_path):
+    """Reading a PSF file inside a task computed its dask array through the cluster: the
+    task seceded and the worker (one thread) started the next one beside it, so restores
+    overlapped (more torch threads than cores) and their warning records mixed: a block lost
+    its PSF warning and the terminal got Python's raw 'PSFWarning: …' lines."""
+    import warnings
+
+    from distributed import Client, LocalCluster
+
+    from pkl_dg import RestoreSettings
+    from pkl_dg.batch.worker import restore_task
+
+    yy, xx = np.mgrid[:15, :15]
+    psf = np.exp(-((yy - 5) ** 2 + (xx - 9) ** 2) / 4.0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "psf.tif", psf)
+    planes = [tifffile.imread(_camera_image(tmp_path / f"p{k}.tif", seed=k)) for k in range(4)]
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack(planes), imagej=True,
+                     metadata={"axes": "ZYX"})
+    s = RestoreSettings(method="rl", rl_iterations=3, psf_kind="file",
+                        psf_path=str(tmp_path / "psf.tif")).to_dict()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as lc, Client(lc) as client:
+        with warnings.catch_warnings(record=True) as escaped:
+            warnings.simplefilter("always")
+            futures = [client.submit(restore_task, str(tmp_path / "stack.tif"), (k,), s,
+                                     None, None, 1, pure=False) for k in range(4)]
+            metas = [f.result()[1] for f in futures]
+    assert [m.get("warnings", {}).get("PSFWarning", "")[:30] for m in metas] == \
+        ["The PSF's centre of mass is (-"] * 4
+    assert [str(w.message) for w in escaped if "centre of mass" in str(w.message)] == []

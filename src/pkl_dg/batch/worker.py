@@ -140,6 +140,16 @@ def _calibrated(path: str, index: tuple[int, ...], s, box=None):
         return None
 
 
+def _in_this_task():
+    """Compute any dask array the task reads (a PSF file, a bioio image) here, not through
+    the cluster: on a worker dask would send it to the cluster and secede, and the worker
+    would start its next task beside this one (two restores on one worker's cores, and
+    their warning records mixed)."""
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
+
+
 def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
                      threads: int | None = None) -> dict[str, float] | BlockFailure:
     """Whole-plane quantities chunks of the plane must share (see
@@ -147,7 +157,8 @@ def plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     :class:`~pkl_dg.batch.report.BlockFailure` if they cannot be computed."""
     t0 = time.perf_counter()
     # its warnings (the PSF's) go to the plane's chunks, which carry them to the client
-    with reader_notes() as notes, warnings.catch_warnings(record=True) as caught:
+    with reader_notes() as notes, _in_this_task(), \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             out = _plane_statistics(path, index, settings_dict, threads)
@@ -259,7 +270,7 @@ def restore_task(path: str, index: tuple[int, ...], settings_dict: dict,
     if isinstance(stats, BlockFailure):  # the plane's statistics failed: so does the chunk
         return stats
     t0 = time.perf_counter()
-    with reader_notes() as notes:
+    with reader_notes() as notes, _in_this_task():
         try:
             image, meta = _restore_block(path, index, settings_dict, box, stats, threads)
         except Exception as exc:  # said by the client, with its traceback kept in a log
