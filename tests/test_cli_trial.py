@@ -128,3 +128,25 @@ def test_batch_tasks_read_their_psf_file_without_seceding(tmp_path):
     assert [m.get("warnings", {}).get("PSFWarning", "")[:30] for m in metas] == \
         ["The PSF's centre of mass is (-"] * 4
     assert [str(w.message) for w in escaped if "centre of mass" in str(w.message)] == []
+
+
+def test_batch_of_a_folder_does_not_restore_its_psf_file(tmp_path, capsys):
+    """``pkl-dg batch data/ --psf data/psf.tif``: the PSF file was restored as one more
+    image (psf.ome.tif, a deconvolved bead)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _camera_image(data / "cells.tif")
+    yy, xx = np.mgrid[:9, :9]
+    tifffile.imwrite(data / "psf.tif", np.exp(-((yy - 4) ** 2 + (xx - 4) ** 2) / 3.0)
+                     .astype(np.float32))
+    import warnings
+
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        rc = main(["batch", str(data), "-o", str(out), "--psf", str(data / "psf.tif"),
+                   "--method", "rl", "--rl-iterations", "2", "--workers", "1",
+                   "--threads", "1", "--quiet"])
+    assert rc == 0 and sorted(p.name for p in out.iterdir()) == ["cells.ome.tif"]
+    assert any("psf.tif" in str(w.message) and "PSF" in str(w.message) for w in said)
+

@@ -110,6 +110,40 @@ def output_for(path: Path, outdir: Path, fmt: str) -> tuple[Path, str]:
     return outdir / (stem_of(path) + ext), fmt
 
 
+def without_psf_file(inputs: list[Path], settings: RestoreSettings) -> list[Path]:
+    """``inputs`` less the PSF file the settings name (a folder of images often holds it
+    too), with a warning where it was among them.
+
+    Parameters
+    ----------
+    inputs
+        The expanded inputs (:func:`expand_inputs`).
+    settings
+        The run's settings; a PSF file counts with PSF model 'file'.
+
+    Returns
+    -------
+    list of Path
+        The inputs to restore.
+
+    Raises
+    ------
+    FileNotFoundError
+        The PSF file was the only input.
+    """
+    if settings.psf_kind != "file" or not settings.psf_path:
+        return inputs
+    psf = Path(settings.psf_path).resolve()
+    kept = [p for p in inputs if p.resolve() != psf]
+    if len(kept) < len(inputs):
+        if not kept:
+            raise FileNotFoundError(f"the only input is the PSF file {settings.psf_path}: "
+                                    "give the images to restore")
+        warnings.warn(f"{Path(settings.psf_path).name} is the PSF file (--psf): it is not "
+                      "restored as an image", stacklevel=2)
+    return kept
+
+
 def plan_outputs(inputs: list[Path], outdir: Path, fmt: str,
                  settings: RestoreSettings) -> list[Job]:
     """One job per input; refuses two inputs that would write the same output."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pkl_dg._version import __version__
-from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs
+from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs, without_psf_file
 from pkl_dg.batch.assemble import BlockAssembler, staging_record
 from pkl_dg.batch.reading import calibration_record
 from pkl_dg.batch.report import (BlockFailure, clear_failure_log, say_block_warnings,
@@ -214,7 +214,7 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"output folder {outdir} is a file")
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = plan_outputs(expand_inputs(list(inputs)), outdir, fmt, s)
+    jobs = plan_outputs(without_psf_file(expand_inputs(list(inputs)), s), outdir, fmt, s)
     todo = []
     for job in jobs:
         try:
