@@ -150,3 +150,23 @@ def test_batch_of_a_folder_does_not_restore_its_psf_file(tmp_path, capsys):
     assert rc == 0 and sorted(p.name for p in out.iterdir()) == ["cells.ome.tif"]
     assert any("psf.tif" in str(w.message) and "PSF" in str(w.message) for w in said)
 
+
+
+def test_a_given_pixel_size_is_the_one_the_output_states(tmp_path):
+    """``--pixel-size 100`` on a file stating 130 nm: the PSF was built at 100 nm and the
+    metadata said 100, but the output's OME PhysicalSize (and a batch output's) said 130."""
+    import re
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(src, (100 + rng.poisson(30, (2, 32, 32))).astype(np.uint16), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.13, "PhysicalSizeY": 0.13,
+                               "PhysicalSizeZ": 0.3})
+    common = ["--pixel-size", "100", "--z-step", "250", "--method", "rl",
+              "--rl-iterations", "2", "--threads", "1", "--quiet"]
+    assert main(["restore", str(src), "-o", str(tmp_path / "r.ome.tif"), *common]) == 0
+    assert main(["batch", str(src), "-o", str(tmp_path / "b"), "--workers", "1",
+                 *common]) == 0
+    for out in (tmp_path / "r.ome.tif", tmp_path / "b" / "cells.ome.tif"):
+        pixels = re.search(r"<Pixels[^>]*>", tifffile.TiffFile(out).ome_metadata).group(0)
+        assert 'PhysicalSizeX="0.1"' in pixels and 'PhysicalSizeZ="0.25"' in pixels, out

@@ -46,6 +46,8 @@ class Job:
     chunks: list[Chunk] | None = None
     image_meta: dict[str, Any] = field(default_factory=dict)
     reader_notes: list[str] = field(default_factory=list)  # what tifffile logged opening it
+    #: the sampling the user gave (nm), written to the output in place of the file's
+    given_sampling: dict[str, float] = field(default_factory=dict)
     #: sampling settings (nm) the run takes from the defaults: the file states none
     sampling_assumed: dict[str, float] = field(default_factory=dict)
     status: str = "pending"  # pending → done | skipped | failed
@@ -191,6 +193,8 @@ def plan_job(job: Job, given: set[str], chunk: int) -> None:
     job.settings, job.axes, job.shape = s, img.axes, img.shape
     job.blocks = list(np.ndindex(*lead))
     job.image_meta = img.physical_metadata()
+    job.given_sampling = {n: getattr(s, n) for n in ("pixel_size_nm", "z_step_nm")
+                          if n in given and getattr(s, n)}
     job.image_meta["scenes"] = img.scenes
     h, w = img.shape[-2:]
     if chunk and s.mode == "2d" and max(h, w) > chunk:

@@ -160,9 +160,11 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
         meta["posterior_std"] = ("not kept: pkl-dg batch writes the mean of the posterior "
                                  "samples; pkl-dg restore writes their per-pixel std too")
     pixel = tuple(job.image_meta["pixel_size_nm"]) if job.image_meta.get("pixel_size_nm") else None
+    given = job.given_sampling  # the user's (the PSF's) over the file's
+    pixel = (given["pixel_size_nm"],) * 2 if "pixel_size_nm" in given else pixel
     writer = write_ome_zarr if job.fmt == "ome-zarr" else write_ome_tiff
     writer(job.output, image, job.axes or "YX", meta, pixel_size_nm=pixel,
-           z_step_nm=job.image_meta.get("z_step_nm"),
+           z_step_nm=given.get("z_step_nm", job.image_meta.get("z_step_nm")),
            time_interval_s=job.image_meta.get("time_interval_s"), overwrite=True)
 
 

@@ -252,10 +252,16 @@ def run(args: argparse.Namespace) -> int:
     if with_std:
         meta["std_file"] = str(std_path)
 
-    # physical sizes the image file states or the user gave, never an assumed one
-    px = source.pixel_size_nm or ((settings.pixel_size_nm,) * 2
-                                  if "pixel_size_nm" in given else None)
-    z = source.z_step_nm or (settings.z_step_nm if "z_step_nm" in given else None)
+    # physical sizes the user gave (those the PSF was built at) or the file states, never
+    # an assumed one (the file's alone were written, whatever the PSF was built at)
+    px = (settings.pixel_size_nm,) * 2 if "pixel_size_nm" in given else source.pixel_size_nm
+    z = settings.z_step_nm if "z_step_nm" in given and settings.z_step_nm else source.z_step_nm
+    for flag, mine, theirs in (("--pixel-size", px and px[1], source.pixel_size_nm
+                                and source.pixel_size_nm[1]), ("--z-step", z, source.z_step_nm)):
+        if mine and theirs and abs(mine - theirs) > 1e-6 * theirs:
+            print(f"pkl-dg restore: note: {flag} {mine:g} nm replaces the {theirs:g} nm "
+                  f"{args.input.name} states (used for the PSF and written to the output)",
+                  file=sys.stderr)
 
     def write(path: Path, image, metadata: dict) -> None:
         if not ome:
