@@ -284,3 +284,61 @@ def test_a_time_lapse_keeps_its_time_interval_through_restore_and_napari(tmp_pat
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, frames, photometric="minisblack")
     assert open_image(plain).time_interval_s is None
+
+
+def test_channel_names_go_into_ome_tiff_and_ome_zarr_outputs(tmp_path):
+    """A trial's DAPI/GFP OME-TIFF came out of restore and batch with unnamed channels."""
+    data = np.random.default_rng(2).random((2, 3, 24, 20)).astype(np.float32)
+    write_ome_tiff(tmp_path / "c.ome.tif", data, "CZYX", {}, channel_names=["DAPI", "GFP"])
+    assert open_image(tmp_path / "c.ome.tif").channel_names == ["DAPI", "GFP"]
+    write_ome_zarr(tmp_path / "c.ome.zarr", data, "CZYX", {}, channel_names=["DAPI", "GFP"])
+    assert open_image(tmp_path / "c.ome.zarr").channel_names == ["DAPI", "GFP"]
+    # names that do not fit the C axis are not written (a wrong name is worse than none)
+    write_ome_tiff(tmp_path / "n.ome.tif", data, "CZYX", {}, channel_names=["only one"])
+    assert "only one" not in open_image(tmp_path / "n.ome.tif").channel_names
+
+
+def test_a_stack_without_axes_is_written_through_a_partial_file(tmp_path, monkeypatch):
+    """The page-stack branch (a .npy input's result) wrote straight to its final name: an
+    interrupted write left a half-written result there."""
+    from pkl_dg.io import write_result
+
+    seen = []
+    real = tifffile.imwrite
+    monkeypatch.setattr(tifffile, "imwrite", lambda p, *a, **k: (seen.append(str(p)),
+                                                                  real(p, *a, **k))[1])
+    out = tmp_path / "r.tif"
+    write_result(out, np.zeros((3, 8, 8), np.float32), {"k": 1})
+    assert seen and seen[0].endswith(".partial") and out.exists()
+    assert not (tmp_path / "r.tif.partial").exists()
+
+
+def test_restore_keeps_the_inputs_channel_names(tmp_path):
+    from pkl_dg.cli import main
+
+    rng = np.random.default_rng(3)
+    data = (100 + rng.poisson(20, (2, 32, 32))).astype(np.uint16)
+    src = tmp_path / "in.ome.tif"
+    tifffile.imwrite(src, data, ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    out = tmp_path / "out.ome.tif"
+    assert main(["restore", str(src), "-o", str(out), "--method", "rl", "--rl-iterations",
+                 "2", "--psf-sigma", "1.5", "--quiet", "--threads", "1"]) == 0
+    assert open_image(out).channel_names == ["DAPI", "GFP"]
+
+
+def test_samples_per_pixel_are_named_as_channels_and_a_psf_as_planes(tmp_path):
+    """A (Y, X, 2) two-channel camera file was called 'RGB(A) colour'; a 3-plane float PSF
+    saved by tifffile's default as planar RGB got no hint how to save it as planes."""
+    from pkl_dg.physics.psf import load_psf
+
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, np.zeros((32, 40, 2), np.uint16), photometric="minisblack",
+                     extrasamples=["unspecified"])
+    with pytest.raises(ValueError, match=r"2 samples per pixel .*channels stored interleaved"
+                                         r".* channel axis C"):
+        read_image(two)
+    psf = tmp_path / "psf.tif"
+    tifffile.imwrite(psf, np.ones((3, 9, 9), np.float32), photometric="rgb", planarconfig=2)
+    with pytest.raises(ValueError, match=r"PSF's Z planes, save them as a stack of pages"):
+        load_psf(psf)

@@ -165,7 +165,8 @@ def _write(job: Job, image: Any, blocks_meta: list[dict], seconds: float) -> Non
     writer = write_ome_zarr if job.fmt == "ome-zarr" else write_ome_tiff
     writer(job.output, image, job.axes or "YX", meta, pixel_size_nm=pixel,
            z_step_nm=given.get("z_step_nm", job.image_meta.get("z_step_nm")),
-           time_interval_s=job.image_meta.get("time_interval_s"), overwrite=True)
+           time_interval_s=job.image_meta.get("time_interval_s"), overwrite=True,
+           channel_names=job.image_meta.get("channel_names"))
 
 
 def _worker_settings(s: RestoreSettings, threads: int | None) -> dict[str, Any]:

@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
                          time_interval_s=source.time_interval_s)
             return
         write_ome_tiff(path, image, source.axes, metadata, pixel_size_nm=px, z_step_nm=z,
-                       time_interval_s=source.time_interval_s, overwrite=args.overwrite)
+                       time_interval_s=source.time_interval_s, overwrite=args.overwrite,
+                       channel_names=source.channel_names)
 
     write(args.output, result.image, meta)
     if with_std:

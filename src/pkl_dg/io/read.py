@@ -231,9 +231,15 @@ def _from_bioimage(p: Path, reader, units_known: bool, what: str) -> MicroscopyI
                          f"({type(exc).__name__}: {exc})") from None
     sizes = dict(zip(dims.order, dims.shape))
     if sizes.get("S", 1) > 1:
-        raise ValueError(f"{what} {p} is RGB(A) colour ({sizes['S']} samples per pixel): "
-                         "deconvolution needs single-channel fluorescence data; split the "
-                         "channels and restore each one")
+        n = sizes["S"]
+        planes = ("; if they are the PSF's Z planes, save them as a stack of pages (e.g. "
+                  "tifffile.imwrite(path, psf, photometric='minisblack'))" if what == "PSF file"
+                  else "")
+        raise ValueError(f"{what} {p} holds {n} samples per pixel (axis S: RGB colour, or {n} "
+                         "channels stored interleaved in each pixel): pkl-dg restores "
+                         "fluorescence channels one at a time along a channel axis C. Save "
+                         "them as channels (an ImageJ hyperstack or OME-TIFF with a C axis), "
+                         f"or split them and restore each one{planes}")
     scenes = len(img.scenes)
     if scenes > 1:
         warnings.warn(f"{p.name} holds {scenes} scenes (series/positions); only the first, "

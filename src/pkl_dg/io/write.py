@@ -115,8 +115,10 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict,
             extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
                          resolutionunit="CENTIMETER")
         # minisblack: else tifffile stores a stack of 3 or 4 planes as one RGB(A) image
-        tifffile.imwrite(p, arr, photometric="minisblack", metadata=None,
+        tmp = partial_path(p)  # an interrupted write leaves no half-written result
+        tifffile.imwrite(tmp, arr, photometric="minisblack", metadata=None,
                          description=json.dumps(metadata, sort_keys=True), **extra)
+        _replace(tmp, p)
         return
     axes = (axes or "YX").upper()
     if len(axes) != arr.ndim or len(set(axes)) != len(axes) or set(axes) - set(IMAGEJ_AXES) \
@@ -151,7 +153,7 @@ KEPT_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "int16", "uint32", 
 def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dict, *,
                    pixel_size_nm: tuple[float, float] | None = None,
                    z_step_nm: float | None = None, time_interval_s: float | None = None,
-                   overwrite: bool = False) -> None:
+                   overwrite: bool = False, channel_names: list[str] | None = None) -> None:
     """Write an OME-TIFF with physical sizes and ``metadata`` as JSON.
 
     Parameters
@@ -169,6 +171,9 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
         Time between time points in s, stored as OME ``TimeIncrement`` (with a T axis).
     overwrite
         Replace an existing file (else ``FileExistsError``).
+    channel_names
+        The input's channel names (OME ``Channel/@Name``), one per channel of a C axis;
+        ignored when they do not match it (see :func:`_names_for`).
     """
     import tifffile
 
@@ -189,6 +194,9 @@ def write_ome_tiff(path: str | Path, image: np.ndarray, axes: str, metadata: dic
         meta.update(PhysicalSizeZ=_um(z_step_nm), PhysicalSizeZUnit="µm")
     if time_interval_s and "T" in axes:
         meta.update(TimeIncrement=float(time_interval_s), TimeIncrementUnit="s")
+    names = _names_for(channel_names, axes, arr.shape)
+    if names:
+        meta["Channel"] = {"Name": names}
     extra: dict[str, Any] = {}
     if pixel_size_nm:  # 1 cm = 1e7 nm; the tags are (X, Y)
         extra.update(resolution=(1e7 / pixel_size_nm[1], 1e7 / pixel_size_nm[0]),
@@ -210,12 +218,13 @@ def _scale_factors(shape_yx: tuple[int, int]) -> list[int]:
 def write_ome_zarr(path: str | Path, image: Any, axes: str, metadata: dict, *,
                    pixel_size_nm: tuple[float, float] | None = None,
                    z_step_nm: float | None = None, time_interval_s: float | None = None,
-                   overwrite: bool = False) -> None:
+                   overwrite: bool = False, channel_names: list[str] | None = None) -> None:
     """Write a float32 OME-Zarr (NGFF 0.5) image with multiscales, chunked per plane.
 
     Chunks are one plane of at most ``ZARR_CHUNK``² pixels (never across T, C or Z); the
     pyramid halves Y and X until the coarsest level is below ``2·ZARR_MIN_LEVEL`` pixels.
     ``metadata`` goes to the group attribute ``pkl_dg``. ``image`` may be numpy or dask.
+    ``channel_names`` (one per channel of a C axis) become the ``omero`` channel labels.
     """
     import zarr
     from ome_zarr.writer import write_image
@@ -250,7 +259,22 @@ def write_ome_zarr(path: str | Path, image: Any, axes: str, metadata: dict, *,
                 axes_units=units or None, storage_options={"chunks": chunks},
                 name=p.name.removesuffix(ZARR_SUFFIX).removesuffix(".ome"))
     root.attrs["pkl_dg"] = metadata
+    names = _names_for(channel_names, axes, tuple(image.shape))
+    if names:  # NGFF keeps its metadata under "ome" (0.5) or at the top (0.4)
+        omero = {"channels": [{"label": n, "active": True} for n in names]}
+        if "ome" in root.attrs:
+            root.attrs["ome"] = {**root.attrs["ome"], "omero": omero}
+        else:
+            root.attrs["omero"] = omero
     _replace(tmp, p)
+
+
+def _names_for(names: list[str] | None, axes: str, shape: tuple[int, ...]) -> list[str]:
+    """``names`` when they name each channel of the C axis (not all empty), else []."""
+    if not names or "C" not in axes or len(names) != shape[axes.index("C")] or \
+            not any(str(n) for n in names):
+        return []
+    return [str(n) for n in names]
 
 
 def _ome_description(xml: str) -> str:
