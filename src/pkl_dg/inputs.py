@@ -19,7 +19,7 @@ from pkl_dg.calibration import Calibration, estimate_calibration
 from pkl_dg.guidance.discrepancy import deviance_ratio
 from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.physics.psf_cleaning import PSFWarning
-from pkl_dg.missing import calibration_mask, fill_missing
+from pkl_dg.missing import calibration_mask, fill_missing, require_measured
 from pkl_dg.quantiles import quantile
 from pkl_dg.saturation import detect_saturation
 from pkl_dg.settings import RestoreSettings
@@ -164,7 +164,7 @@ def _middle_plane(image: Any) -> tuple[np.ndarray, np.dtype]:
     dtype = getattr(image, "dtype", np.float32)
     if len(shape) == 2:
         plane = validate_block(image, dtype, missing_ok=True)
-        fill_missing(plane)  # not one finite value: an error, not "no estimate"
+        require_measured(np.isfinite(plane))  # an error, not "no estimate"
         return plane, dtype
     planes = int(np.prod(shape[:-2]))
     for k in sorted(range(planes), key=lambda k: abs(k - planes // 2)):

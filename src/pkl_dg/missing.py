@@ -57,12 +57,18 @@ def fill_missing(block: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     finite = np.isfinite(block)
     if finite.all():
         return block, None
-    if not finite.any():
-        raise ValueError("image holds no finite value (all NaN or infinite): nothing was "
-                         "measured, so there is nothing to restore")
+    require_measured(finite)
     nearest = ndimage.distance_transform_edt(~finite, return_distances=False,
                                              return_indices=True)
     return block[tuple(nearest)], ~finite
+
+
+def require_measured(finite: np.ndarray) -> None:
+    """Raise ValueError when ``finite`` (bool, ``np.isfinite`` of a block) has no True:
+    nothing was measured, so there is nothing to restore."""
+    if not finite.any():
+        raise ValueError("image holds no finite value (all NaN or infinite): nothing was "
+                         "measured, so there is nothing to restore")
 
 
 def calibration_mask(missing: np.ndarray | None) -> np.ndarray | None:
