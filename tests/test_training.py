@@ -137,6 +137,36 @@ def test_tiny_model_loss_falls():
     assert after < 0.7 * before, (before, after)
 
 
+def test_distillation_targets_the_teachers_noise():
+    """With a teacher the loss is the distance to the teacher's ε: zero for a copy of it,
+    and not the distance to the drawn noise (which a copy of the teacher does not reach)."""
+    torch.manual_seed(0)
+    teacher = UNet(UNetConfig(width=8, channel_mult=(1, 2))).eval()
+    student = UNet(UNetConfig(width=8, channel_mult=(1, 2)))
+    student.load_state_dict(teacher.state_dict())
+    alphas = cosine_alphas_cumprod().float()
+    x0 = torch.from_numpy(phantom_batch(seed=3, n=4, size=32))[:, None] * 2 - 1
+    with torch.no_grad():
+        distilled = diffusion_loss(student, x0, alphas, torch.Generator().manual_seed(1), False,
+                                   teacher)
+        plain = diffusion_loss(student, x0, alphas, torch.Generator().manual_seed(1), False)
+    assert float(distilled) < 1e-10 and float(plain) > 0.05
+
+
+def test_cli_train_distils_a_saved_model(tmp_path):
+    teacher = tmp_path / "teacher"
+    assert cli.main(["train", "--out", str(teacher), "--steps", "1", *TINY_ARGS]) == 0
+    out = tmp_path / "student"
+    assert cli.main(["train", "--out", str(out), "--teacher", str(teacher), "--steps", "2",
+                     *TINY_ARGS]) == 0
+    recipe = json.loads((out / "model.json").read_text())["training"]
+    assert recipe["teacher"] == str(teacher) and "eps_teacher" in recipe["loss"]
+    # resume keeps the teacher of the checkpoint
+    assert cli.main(["train", "--out", str(out), "--resume", str(out), "--steps", "3",
+                     *TINY_ARGS]) == 0
+    assert json.loads((out / "model.json").read_text())["training"]["teacher"] == str(teacher)
+
+
 def test_cli_train_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--out", str(out), "--steps", "4", *TINY_ARGS]) == 0

@@ -92,6 +92,10 @@ class TrainConfig:
     init: str | None = _opt(None, "start from the weights (and architecture) of a saved "
                             "model, e.g. src/pkl_dg/weights, with a fresh optimiser: "
                             "fine-tuning", metavar="MODEL_DIR")
+    teacher: str | None = _opt(None, "distil a saved model: learn the noise it predicts for "
+                               "each noisy patch (same patches and timesteps) instead of the "
+                               "drawn noise, e.g. a narrower --width from src/pkl_dg/weights",
+                               metavar="MODEL_DIR")
     command: str = ""
     extra: dict = field(default_factory=dict)
 

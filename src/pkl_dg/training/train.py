@@ -98,14 +98,23 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
-                   bf16: bool) -> torch.Tensor:
-    """ε-prediction MSE at uniformly drawn timesteps."""
+                   bf16: bool, teacher: torch.nn.Module | None = None) -> torch.Tensor:
+    """ε-prediction MSE at uniformly drawn timesteps t ~ U{0..T−1} (Ho et al. 2020, eq. 14).
+
+    ``x0`` (N, 1, H, W) in the model domain [−1, 1]. With a ``teacher`` (a trained
+    ``model(x_t, t) -> ε``), the target is the teacher's ε for the same x_t and t instead of
+    the drawn noise: knowledge distillation (Hinton et al. 2015) of the denoiser, whose
+    target has no sampling noise, so a smaller student converges in fewer steps.
+    """
     n = x0.shape[0]
     t = to_device(torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=gen), x0.device)
     noise = to_device(torch.randn(x0.shape, generator=gen), x0.device)
     xt = q_sample(x0, t, noise, alphas_cumprod)
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         eps = model(xt, t)
+        if teacher is not None:
+            with torch.no_grad():
+                noise = teacher(xt, t).float()
     return F.mse_loss(eps.float(), noise)
 
 
@@ -208,6 +217,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         # checkpoints from before these options existed used the default mix and no init
         cfg.phantom_mix = old.get("phantom_mix", _DEFAULT_MIX)
         cfg.init = old.get("init")
+        cfg.teacher = old.get("teacher")
         for key, default in (("zoom_min", 1.0), ("zoom_max", 1.0), ("max_saturated", 1.0), ("val_fraction", 0.0),
                              ("real_blur", 0.0)):
             setattr(cfg, key, old.get(key, default))  # checkpoints from before: native pixels, no split
@@ -219,6 +229,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    teacher = None
+    if cfg.teacher:
+        from pkl_dg.diffusion.model_io import load_model
+
+        teacher = load_model(cfg.teacher, device=device)[0]
     bf16 = resolve_bf16(cfg.precision, device)
 
     ucfg = UNetConfig(width=cfg.width, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks,
@@ -267,8 +282,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                   "ema_decay": cfg.ema_decay, "warmup": cfg.warmup, "seed": cfg.seed,
                   "precision": "bf16 autocast" if bf16 else "fp32", "device": str(device),
                   "data": _data_text(cfg),
-                  "phantom_mix": cfg.phantom_mix, "init": cfg.init,
-                  "loss": "MSE(eps_pred, eps), t ~ U{0..999}", "final_loss": loss_recent,
+                  "phantom_mix": cfg.phantom_mix, "init": cfg.init, "teacher": cfg.teacher,
+                  "loss": ("MSE(eps_pred, eps_teacher(x_t, t))" if teacher is not None
+                           else "MSE(eps_pred, eps)") + ", t ~ U{0..999}", "final_loss": loss_recent,
                   "wall_time_s": round(elapsed, 1), "weights": "EMA", "finished": final}
         save_model(ema, {"training": recipe}, out)
 
@@ -289,7 +305,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             lr = learning_rate(cfg, step, (elapsed - run_start) / budget_s)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = diffusion_loss(model, x0, alphas, gen, bf16)
+            loss = diffusion_loss(model, x0, alphas, gen, bf16, teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
