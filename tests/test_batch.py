@@ -474,3 +474,30 @@ def test_summary_gives_compute_seconds_and_wall_time_and_no_output_for_failures(
     assert table[2].split()[:3] == ["notes.tif", "failed", "—"]
     assert "notes.ome.tif" not in table[2]
     assert "wall time 135.5 s" in table[-1] and "without time waiting in the queue" in table[-1]
+
+
+def test_a_setting_that_fails_every_input_stops_the_run_once(tmp_path, capsys):
+    """A missing PSF file or a too small chunk is one error (exit code 2) before any input
+    is read or any output folder made, not one failure per input."""
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.full((64, 64), 20, np.uint16))
+    inputs = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="PSF file not found"):
+        run_batch(inputs, out, RestoreSettings(psf_kind="file", psf_path=str(tmp_path / "no.tif")))
+    with pytest.raises(ValueError, match="--chunk 16 px is too small"):
+        run_batch(inputs, out, RestoreSettings(method="rl"), chunk=16)
+    assert not out.exists()
+    assert main(["batch", *inputs, "-o", str(out), "--psf", str(tmp_path / "no.tif"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("PSF file not found") == 1 and "a.npy" not in err
+
+
+def test_an_input_refused_while_planning_keeps_its_reason_in_a_log(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    jobs = run_batch([str(tmp_path / "bad.npy")], tmp_path / "out", RestoreSettings(method="rl"),
+                     progress=False)
+    assert jobs[0].status == "failed" and "bad.ome.tif.failed.log" in jobs[0].message
+    log = (tmp_path / "out" / "bad.ome.tif.failed.log").read_text()
+    assert "cannot read" in log and "Traceback" in log

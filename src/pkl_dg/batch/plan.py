@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pkl_dg.batch.tiles import Chunk, margin_for, plan_chunks
+from pkl_dg.batch.tiles import MIN_CHUNK, Chunk, margin_for, plan_chunks
 from pkl_dg.inputs import physical_overrides
 from pkl_dg.sampling_assumed import assumed_sampling
 from pkl_dg.settings import RestoreSettings
@@ -144,6 +144,47 @@ def without_psf_file(inputs: list[Path], settings: RestoreSettings) -> list[Path
         warnings.warn(f"{Path(settings.psf_path).name} is the PSF file (--psf): it is not "
                       "restored as an image", stacklevel=2)
     return kept
+
+
+def check_run_wide(settings: RestoreSettings, chunk: int) -> None:
+    """Refuse, once for the whole run, what would fail every input alike.
+
+    Parameters
+    ----------
+    settings
+        The run's settings; with PSF model 'file' the PSF file is read and cleaned here
+        (:func:`~pkl_dg.physics.psf_cleaning.clean_psf`; its warnings are said later, once,
+        by the blocks' report).
+    chunk
+        The chunk side (px; 0 = never cut).
+
+    Raises
+    ------
+    ValueError
+        ``chunk`` between 1 and :data:`~pkl_dg.batch.tiles.MIN_CHUNK` − 1; a PSF file that
+        cannot be read or holds no usable PSF, or a 2D PSF in 3D mode.
+    FileNotFoundError
+        The PSF file does not exist.
+    """
+    from pkl_dg.physics.psf import load_psf
+    from pkl_dg.physics.psf_cleaning import clean_psf
+
+    if 0 < chunk < MIN_CHUNK:
+        raise ValueError(f"--chunk {chunk} px is too small: use at least {MIN_CHUNK} "
+                         "(or 0: never cut)")
+    if settings.psf_kind != "file" or not settings.psf_path:
+        return
+    kernel = load_psf(settings.psf_path)
+    three_d = settings.mode == "3d"
+    if three_d and kernel.ndim != 3:
+        raise ValueError(f"3D mode needs a 3D PSF (Z, Y, X); {settings.psf_path} has shape "
+                         f"{kernel.shape}: pick a PSF stack or use 2D mode")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            clean_psf(kernel, keep_3d=three_d)
+        except ValueError as exc:
+            raise ValueError(f"PSF file {settings.psf_path}: {exc}") from None
 
 
 def plan_outputs(inputs: list[Path], outdir: Path, fmt: str,

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pkl_dg._version import __version__
-from pkl_dg.batch.plan import Job, expand_inputs, plan_job, plan_outputs, without_psf_file
+from pkl_dg.batch.plan import (Job, check_run_wide, expand_inputs, plan_job, plan_outputs,
+                              without_psf_file)
 from pkl_dg.batch.assemble import BlockAssembler, staging_record
 from pkl_dg.batch.reading import calibration_record
 from pkl_dg.batch.report import (BlockFailure, clear_failure_log, say_block_warnings,
@@ -206,8 +207,10 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     Raises
     ------
     FileNotFoundError, ValueError
-        Bad inputs as a whole (nothing matched, two inputs → one output); problems of one
-        input are reported in its job instead.
+        Bad inputs as a whole (nothing matched, two inputs → one output) or a setting that
+        would fail every input (:func:`~pkl_dg.batch.plan.check_run_wide`: the PSF file, the
+        chunk side), raised before any input is read; problems of one input are reported
+        in its job instead (a ``NAME.failed.log`` beside the output holds the traceback).
     """
     from tqdm import tqdm
 
@@ -216,14 +219,18 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"output folder {outdir} is a file")
+    inputs = without_psf_file(expand_inputs(list(inputs)), s)
+    check_run_wide(s, chunk)
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = plan_outputs(without_psf_file(expand_inputs(list(inputs)), s), outdir, fmt, s)
+    jobs = plan_outputs(inputs, outdir, fmt, s)
     todo = []
     for job in jobs:
         try:
             plan_job(job, given or set(), chunk)
         except (ValueError, FileNotFoundError) as exc:
-            job.status, job.message = "failed", str(exc)
+            import traceback
+
+            _fail(job, str(exc), traceback.format_exc(), t_start)
             continue
         finally:
             if job.reader_notes:  # e.g. a truncated ImageJ file opens with fewer planes

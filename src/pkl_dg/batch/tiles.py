@@ -29,6 +29,8 @@ NETWORK_REACH = 64
 RL_REACH = 64
 #: width of the cross-fade between neighbouring chunks (pixels)
 BLEND = 32
+#: the smallest chunk side (pixels): the cross-fade plus 8
+MIN_CHUNK = BLEND + 8
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def plan_chunks(height: int, width: int, chunk: int, margin: int,
     if margin < 0 or blend < 0:
         raise ValueError(f"margin and blend must be ≥ 0, got {margin}, {blend}")
     if chunk < blend + 8:
-        raise ValueError(f"chunk side {chunk} px is too small: use at least {blend + 8}")
+        raise ValueError(f"chunk side {chunk} px is too small: use at least {blend + 8} "
+                         "(or 0: never cut)")
     halo = margin + math.ceil(blend / 2)
     out = []
     for y0 in range(0, height, chunk):
