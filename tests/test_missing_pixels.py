@@ -113,3 +113,27 @@ def test_steps_that_need_every_value_still_refuse_nan_and_say_what_restores():
     img[:, :4] = np.nan
     with pytest.raises(ValueError, match=r"384 NaN .* crop the image.* leaves them out"):
         validate_image(img)
+
+
+def test_saturated_pixels_are_counted_where_measured_not_where_filled_in():
+    """A clipped pixel beside a NaN border is copied into the border by the filling; only
+    the measured ones are saturated (and plateaus of filled copies do not make clipping)."""
+    from pkl_dg.missing import block_fit
+
+    img = _camera()
+    img[10:14, 24:26] = 4095.0  # 8 clipped pixels at the edge of the border
+    img[:, :24] = np.nan
+    info: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, missing, mask = block_fit(img, np.float32, "", False, {}, info)
+    assert info["saturated"]["pixels"] == 8
+    assert mask[10:14, 24:26].sum() == 0 and mask[missing].sum() == 0
+    one = _camera()
+    one[30, 24] = 4095.0  # one top value: its copies in the border are no plateau
+    one[:, :24] = np.nan
+    info = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        block_fit(one, np.float32, "", False, {}, info)
+    assert "saturated" not in info

@@ -178,7 +178,8 @@ def _middle_plane(image: Any) -> tuple[np.ndarray, np.dtype]:
 def _estimate_on(plane: np.ndarray, dtype: Any) -> Calibration:
     """The calibration estimate of one plane, its saturated and missing pixels left out."""
     plane, missing = fill_missing(plane)
-    sat, out = detect_saturation(plane, dtype), calibration_mask(missing)
+    sat = detect_saturation(plane, dtype, None if missing is None else ~missing)
+    out = calibration_mask(missing)
     out = (sat.mask if out is None else out | sat.mask) if sat.count else out
     return estimate_calibration(plane, saturated=out)
 

@@ -132,7 +132,7 @@ def block_fit(raw: np.ndarray, dtype: Any, where: str, delta_psf: bool,
     entry = report_missing(missing, where, warn=not flagged.get("missing"))
     if entry is not None:
         info["missing"] = entry
-    sat = detect_saturation(filled, dtype)
+    sat = detect_saturation(filled, dtype, None if missing is None else ~missing)
     saturated = report_saturation(sat, where, warn=not flagged.get("saturated"), kept=delta_psf)
     if saturated is not None:
         info["saturated"] = saturated

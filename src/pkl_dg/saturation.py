@@ -64,7 +64,8 @@ class Saturation:
                 "handling": "excluded from the data fit (likelihood mask)"}
 
 
-def detect_saturation(block: np.ndarray, dtype: Any) -> Saturation:
+def detect_saturation(block: np.ndarray, dtype: Any,
+                      measured: np.ndarray | None = None) -> Saturation:
     """Find saturated pixels of one plane or volume.
 
     Parameters
@@ -73,6 +74,10 @@ def detect_saturation(block: np.ndarray, dtype: Any) -> Saturation:
         The raw data (camera units, before offset/gain), any shape.
     dtype
         The dtype the data were stored in (integer dtypes saturate at their maximum).
+    measured
+        bool, ``block``'s shape: the pixels that were measured (None: all). Only these
+        are looked at, so values filled in for missing pixels
+        (:func:`~pkl_dg.missing.fill_missing`) are neither counted nor make a plateau.
 
     Returns
     -------
@@ -81,14 +86,15 @@ def detect_saturation(block: np.ndarray, dtype: Any) -> Saturation:
     """
     arr = np.asarray(block)
     none = Saturation(np.zeros(arr.shape, dtype=bool), None, "")
-    if arr.size == 0:
+    seen = arr if measured is None else arr[measured]
+    if seen.size == 0:
         return none
-    top = arr.max()
+    top = seen.max()
+    at_top = arr == top if measured is None else (arr == top) & measured
     dt = np.dtype(dtype)
     if np.issubdtype(dt, np.integer) and dt.itemsize > 0 and top == np.iinfo(dt).max:
-        return Saturation(arr == top, float(top), "dtype maximum")
-    at_top = arr == top
-    if at_top.sum() < MIN_PLATEAU or np.unique(arr).size < MIN_LEVELS:
+        return Saturation(at_top, float(top), "dtype maximum")
+    if at_top.sum() < MIN_PLATEAU or np.unique(seen).size < MIN_LEVELS:
         return none
     labels, n = ndimage.label(at_top, structure=np.ones((3,) * arr.ndim, dtype=bool))
     sizes = np.bincount(labels.ravel())[1:]
