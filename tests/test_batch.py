@@ -501,3 +501,27 @@ def test_an_input_refused_while_planning_keeps_its_reason_in_a_log(tmp_path):
     assert jobs[0].status == "failed" and "bad.ome.tif.failed.log" in jobs[0].message
     log = (tmp_path / "out" / "bad.ome.tif.failed.log").read_text()
     assert "cannot read" in log and "Traceback" in log
+
+
+def test_nan_pixels_are_left_out_in_batch_as_in_restore(tmp_path, cluster):
+    """A stack with a NaN border was refused by batch; it is restored as restore() does
+    (NaN there, the rest equal). A plane cut in chunks still refuses, saying --chunk 0."""
+    planes = [noisy(48, 40 + t).astype(np.float32) for t in range(2)]
+    for p in planes:
+        p[:, :6] = np.nan
+    src = tmp_path / "registered.tif"
+    tifffile.imwrite(src, np.stack(planes), imagej=True, metadata={"axes": "TYX"})
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        jobs = run_batch([src], tmp_path / "out", RL, client=cluster, progress=False)
+    assert jobs[0].status == "done", jobs[0].message
+    got = tifffile.imread(tmp_path / "out" / "registered.ome.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = restore(read_image(src), settings=RL)
+    missing = np.isnan(read_image(src))
+    assert np.isnan(got[missing]).all() and np.isfinite(got[~missing]).all()
+    assert rel(got[~missing], expected[~missing]) <= 1e-5
+    assert read_metadata(tmp_path / "out" / "registered.ome.tif")["blocks"][0]["missing"][
+        "pixels"] == 48 * 6
+    jobs = run_batch([src], tmp_path / "chunked", RL, chunk=40, client=cluster, progress=False)
+    assert jobs[0].status == "failed" and "--chunk 0" in jobs[0].message

@@ -104,10 +104,11 @@ def _photons(block: np.ndarray, settings) -> np.ndarray:
 
 def is_empty(block: np.ndarray) -> bool:
     """Whether a block (or chunk) holds only zeros (checked as restore checks a plane:
-    :func:`~pkl_dg.inputs.validate_block`, which refuses NaN and non-numbers)."""
+    :func:`~pkl_dg.inputs.validate_block`, which refuses non-numbers; NaN pixels, left out
+    of the fit by the restoration, are not zeros)."""
     from pkl_dg.inputs import validate_block
 
-    return not np.any(validate_block(block, block.dtype, empty_ok=True) != 0)
+    return not np.any(validate_block(block, block.dtype, empty_ok=True, missing_ok=True) != 0)
 
 
 def _saturation_mask(raw: np.ndarray, op):
@@ -193,6 +194,13 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
     s = _calibrated(path, index, _with_threads(RestoreSettings.from_dict(settings_dict),
                                                threads))
     raw = read_block(path, index)
+    missing = int(np.size(raw) - np.isfinite(raw).sum())
+    if missing:
+        raise ValueError(
+            f"{missing} NaN or infinite value(s) in a plane restored in chunks (larger than "
+            "--chunk): its chunks share statistics that need a value at every pixel. Pass "
+            "--chunk 0 to restore the plane whole (the NaN pixels are then left out of the "
+            "fit and NaN in the result), or crop it to its measured region")
     if s is None or is_empty(raw):  # None: a channel with only zeros
         return {"empty": True, "background": 0.0, "rl_start": 1e-3,
                 "plane_shape": [int(n) for n in raw.shape[-2:]]}
