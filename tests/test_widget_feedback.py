@@ -199,3 +199,27 @@ def test_a_layer_with_a_nan_border_is_calibrated_and_restored(docked, qtbot):
     assert np.isnan(out.data[:, :16]).all() and np.isfinite(out.data[:, 16:]).all()
     assert out.metadata["missing"]["pixels"] == 128 * 16
     assert np.isfinite(out.contrast_limits).all()
+
+
+def test_a_run_on_another_image_does_not_overwrite_the_selected_images_calibration(
+        docked, qtbot):
+    """A trial picked a second image while a run on the first went on: when the run ended,
+    the fields took the first image's gain and offset (0.1181, 9.99 ADU) under the second's
+    name (offset ≈ 2508 ADU), so one edit (which switches to 'manual') would have restored
+    the second image with the first's calibration."""
+    viewer, widget = docked
+    first = viewer.add_image(_camera_image(gain=0.25, offset=400.0), name="first")
+    second = viewer.add_image(_camera_image(gain=2.0, offset=100.0, seed=1), name="second")
+    widget.input_combo.value = first
+    widget.controls["method"].value = "rl"
+    widget.controls["rl_iterations"].value = 3
+    with qtbot.waitSignal(widget.run_finished, timeout=60000) as blocker:
+        assert widget.run()
+        widget.input_combo.value = second  # while the run goes on
+    assert blocker.args[0] == "done"
+    assert widget.output_layer.metadata["calibration"]["gain"] == pytest.approx(0.25, rel=0.15)
+    c = widget.controls
+    assert widget.input_combo.value is second and c["calibration"].value == "auto"
+    assert c["gain"].value == pytest.approx(2.0, rel=0.15)
+    assert c["offset"].value == pytest.approx(100.0, abs=5)
+    assert widget.calibration_panel.label.text().startswith("Estimated from 'second'")

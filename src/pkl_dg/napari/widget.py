@@ -355,12 +355,14 @@ class PKLDeconvolutionWidget(QWidget):
         return True
 
     def _after_run(self, status: str) -> None:
-        """Say in the calibration panel what the run used; hold the caches to their caps
-        now that the operator's OTF is filled, and give the run's freed temporaries back to
-        the system (memory stays flat over runs)."""
+        """Say in the calibration panel what the run used (unless another image was picked
+        meanwhile: the panel shows that one's estimate); hold the caches to their caps now
+        that the operator's OTF is filled, and give the run's freed temporaries back to the
+        system (memory stays flat over runs)."""
         done = status == "done" and self.output_layer is not None
         used = (self.output_layer.metadata if done else self.runner.run.metadata)
-        if "calibration" in used:
+        if "calibration" in used and same_layer(self.input_combo.value,
+                                                self._view.run.input_layer):
             self.calibration_panel.show_used(used["calibration"], self._view.run.name)
         self.operator_cache.trim()
         self.model_cache.trim()
