@@ -533,3 +533,19 @@ def test_the_status_says_which_method_of_how_many_runs(viewer_widget, qtbot):
     for m in ("l2", "anscombe"):
         assert "slower than PKL" in widget.method_boxes[m].toolTip()
     assert "slower" not in widget.method_boxes["pkl"].toolTip()
+
+
+def test_the_pickers_follow_a_renamed_layer(viewer_widget, qtbot):
+    """A trial renamed its input and ground-truth layers after a comparison: the pickers kept
+    the old names, 'Run compare' said 'Pick an image layer to compare methods on.' with the
+    image shown as picked, and the ground truth was no longer scored, without a word."""
+    viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    widget.gt_combo.setCurrentText("cells ground truth")
+    viewer.layers["cells"].name = "field 1"
+    viewer.layers["cells ground truth"].name = "field 1 SIM"
+    assert widget.input_combo.currentText() == "field 1"
+    assert widget.gt_combo.currentText() == "field 1 SIM"
+    assert run_and_wait(qtbot, widget) == "done"
+    assert [r["method"] for r in widget.rows] == ["input", "Richardson–Lucy"]

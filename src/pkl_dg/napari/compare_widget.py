@@ -38,6 +38,7 @@ from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size
 from pkl_dg.napari.compare_view import CompareView, remove_earlier, show_residual
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution, selected_block
+from pkl_dg.napari.layer_pickers import picked, refill
 from pkl_dg.napari.misfit_plot import MisfitPlot
 from pkl_dg.napari.psf_sources import describe_psf
 from pkl_dg.napari.run_controller import RunController, progress_widgets
@@ -95,8 +96,11 @@ class CompareMethodsWidget(QWidget):
         self.runner.finished.connect(self.run_finished)
         self.refresh_layers()
         ev = self.viewer.layers.events
-        ev.inserted.connect(self.refresh_layers)
-        ev.removed.connect(self.refresh_layers)
+        ev.inserted.connect(self._layer_inserted)
+        ev.removed.connect(self._layer_removed)
+        ev.moved.connect(self.refresh_layers)
+        for layer in self.viewer.layers:  # a renamed layer shows (and stays) under its name
+            layer.events.name.connect(self.refresh_layers)
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
@@ -167,21 +171,16 @@ class CompareMethodsWidget(QWidget):
     def refresh_layers(self, *_args) -> None:
         """Refill the image and ground-truth pickers from the viewer's image layers."""
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-        for combo, extra in ((self.input_combo, []), (self.gt_combo, [NO_GT])):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(extra + [layer.name for layer in images])
-            idx = combo.findText(current)
-            if idx >= 0:
-                combo.setCurrentIndex(idx)
-            combo.blockSignals(False)
+        refill(self.input_combo, images)
+        refill(self.gt_combo, images, [NO_GT])
 
-    def _layer(self, name: str) -> Image | None:
-        if not name or name == NO_GT or name not in self.viewer.layers:
-            return None
-        layer = self.viewer.layers[name]
-        return layer if isinstance(layer, Image) else None
+    def _layer_inserted(self, event) -> None:
+        event.value.events.name.connect(self.refresh_layers)
+        self.refresh_layers()
+
+    def _layer_removed(self, event) -> None:
+        event.value.events.name.disconnect(self.refresh_layers)
+        self.refresh_layers()
 
     @property
     def is_running(self) -> bool:
@@ -219,7 +218,7 @@ class CompareMethodsWidget(QWidget):
         if self.is_running:
             show_warning("A comparison is already running: wait or press Cancel.")
             return False
-        layer = self._layer(self.input_combo.currentText())
+        layer = picked(self.input_combo, self.viewer)
         if layer is None:
             self.runner.report("Pick an image layer to compare methods on.", error=True)
             return False
@@ -297,7 +296,7 @@ class CompareMethodsWidget(QWidget):
 
     # ------------------------------------------------------------------ results
     def _update_metrics(self) -> None:
-        gt_layer = self._layer(self.gt_combo.currentText())
+        gt_layer = picked(self.gt_combo, self.viewer)
         if gt_layer is None or self.comparison is None:
             return
         try:
@@ -322,7 +321,7 @@ class CompareMethodsWidget(QWidget):
         if not self.rows:
             show_error("No metrics to export: run a comparison with a ground truth first.")
             return False
-        gt = self._layer(self.gt_combo.currentText())
+        gt = picked(self.gt_combo, self.viewer)
         context = csv_context(self._input.name if self._input is not None else "",
                               gt.name if gt is not None else "", self.comparison.results)
         try:
