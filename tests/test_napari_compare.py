@@ -549,3 +549,17 @@ def test_the_pickers_follow_a_renamed_layer(viewer_widget, qtbot):
     assert widget.gt_combo.currentText() == "field 1 SIM"
     assert run_and_wait(qtbot, widget) == "done"
     assert [r["method"] for r in widget.rows] == ["input", "Richardson–Lucy"]
+
+
+def test_the_image_picked_at_opening_is_the_selected_layer(make_napari_viewer):
+    """A trial opened the sample (ground truth, PSF, image) and then Compare methods: its
+    Image picker showed the first layer, the ground truth, so 'Run compare' compared the
+    methods on the ground truth. It now starts on the selected image layer, as the PKL
+    Deconvolution widget does."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells")
+    assert [layer.name for layer in viewer.layers][0] == "cells ground truth"
+    viewer.layers.selection.active = viewer.layers["cells"]
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert widget.input_combo.currentText() == "cells"
+    assert widget.gt_combo.currentText() == "(none)"

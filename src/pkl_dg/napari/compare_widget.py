@@ -38,7 +38,7 @@ from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size
 from pkl_dg.napari.compare_view import CompareView, remove_earlier, show_residual
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution, selected_block
-from pkl_dg.napari.layer_pickers import picked, refill
+from pkl_dg.napari.layer_pickers import pick_active, picked, refill
 from pkl_dg.napari.misfit_plot import MisfitPlot
 from pkl_dg.napari.psf_sources import describe_psf
 from pkl_dg.napari.run_controller import RunController, progress_widgets
@@ -95,6 +95,7 @@ class CompareMethodsWidget(QWidget):
         self.runner.finished.connect(self._after_run)
         self.runner.finished.connect(self.run_finished)
         self.refresh_layers()
+        pick_active(self.input_combo, self.viewer)  # as the PKL Deconvolution widget does
         ev = self.viewer.layers.events
         ev.inserted.connect(self._layer_inserted)
         ev.removed.connect(self._layer_removed)

@@ -2,7 +2,8 @@
 
 Each item holds its layer (not only its name), so a renamed layer stays picked under its
 new name; before, the picker kept the old name, which no layer had any more ('Run compare'
-then asked to pick an image, and a renamed ground truth was no longer scored).
+then asked to pick an image, and a renamed ground truth was no longer scored). The image
+picker opens on the viewer's selected layer (:func:`pick_active`), not on the first one.
 """
 
 from __future__ import annotations
@@ -52,3 +53,13 @@ def picked(combo: QComboBox, viewer: Any) -> Image | None:
     if not isinstance(layer, Image):
         return None
     return next((each for each in viewer.layers if same_layer(each, layer)), None)
+
+
+def pick_active(combo: QComboBox, viewer: Any) -> None:
+    """Pick the viewer's selected layer in ``combo`` when it is one of its images (a widget
+    opening on the sample would otherwise start on its first layer, the ground truth)."""
+    active = viewer.layers.selection.active
+    index = next((i for i in range(combo.count())
+                  if same_layer(combo.itemData(i), active)), -1)
+    if index >= 0:
+        combo.setCurrentIndex(index)
