@@ -424,8 +424,8 @@ def test_a_cancelled_comparison_leaves_no_old_results_beside_its_new_ones(viewer
                                                                           qtbot):
     """A cancelled comparison left the previous comparison's layers of other methods
     (and their residuals) beside its partial ones, indistinguishable, and the old misfit
-    curves. Earlier layers of this input and plane go when a comparison starts; each layer
-    says its status."""
+    curves. Earlier layers of this input and plane go when a comparison's first frame
+    arrives (its start clears the misfit curves); each layer says its status."""
     viewer, widget = viewer_widget
     for m, box in widget.method_boxes.items():
         box.setChecked(m in ("rl", "pkl"))
@@ -439,11 +439,14 @@ def test_a_cancelled_comparison_leaves_no_old_results_beside_its_new_ones(viewer
     widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
     for m, box in widget.method_boxes.items():
         box.setChecked(m in ("rl", "pkl"))
+    old_pkl = viewer.layers["cells [compare: PKL]"]
+    assert old_pkl in viewer.layers
     with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
         assert widget.run()
-        assert "cells [compare: PKL]" not in viewer.layers  # the old PKL result went
-        assert "cells [compare: PKL] residual" not in viewer.layers
         assert not widget.misfit_plot.canvas.figure.axes[0].lines
+        qtbot.waitUntil(lambda: "rl" in widget.layers, timeout=60000)  # the first frame
+        assert old_pkl not in viewer.layers  # the old PKL result went
+        assert "cells [compare: PKL] residual" not in viewer.layers
         qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
         widget.cancel()
     assert blocker.args[0] == "cancelled"
@@ -563,3 +566,33 @@ def test_the_image_picked_at_opening_is_the_selected_layer(make_napari_viewer):
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     assert widget.input_combo.currentText() == "cells"
     assert widget.gt_combo.currentText() == "(none)"
+
+
+def test_a_comparison_that_fails_before_its_first_frame_keeps_the_earlier_results(
+        viewer_widget, qtbot, tmp_path):
+    """A trial pointed the PKL widget at an unreadable PSF file and pressed 'Run compare'
+    again: the comparison failed before any method ran, and the finished results of the
+    earlier one were gone (removed when the new one started). Earlier layers now go when
+    the new comparison's first result arrives."""
+    viewer, widget = viewer_widget
+    _dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
+    main.input_combo.value = viewer.layers["cells"]
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    assert run_and_wait(qtbot, widget) == "done"
+    names = ["cells [compare: Richardson–Lucy]", "cells [compare: PKL]"]
+    kept = {name: np.array(viewer.layers[name].data) for name in names}
+    bad = tmp_path / "psf.tif"
+    bad.write_text("not a TIFF")
+    main.psf_source.value = "file"
+    main.controls["psf_path"].value = str(bad)
+    assert run_and_wait(qtbot, widget) == "failed"
+    assert "not a TIFF" in widget.status_label.text()
+    for name in names:
+        assert viewer.layers[name].metadata["status"] == "done"
+        np.testing.assert_array_equal(viewer.layers[name].data, kept[name])
+
+    main.psf_source.value = "gaussian"  # a comparison that runs replaces them
+    widget.method_boxes["pkl"].setChecked(False)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert names[0] in viewer.layers and names[1] not in viewer.layers

@@ -11,9 +11,11 @@ shows at that plane only and names it; its residual layer likewise.
 
 Every layer's ``metadata["status"]`` says what it holds: "running", "done" (a finished
 method), "cancelled" or "failed" (the last estimate of the method that was running, with
-``steps_completed`` and ``steps_total``). A new comparison first removes the layers an
-earlier one left for the same input and plane (:func:`remove_earlier`), so a cancelled
-comparison never leaves old results of other methods beside its new partial ones.
+``steps_completed`` and ``steps_total``). A new comparison removes the layers an earlier
+one left for the same input and plane (:func:`remove_earlier`) when its first frame
+arrives, so a cancelled comparison never leaves old results of other methods beside its
+new partial ones, and one that fails or is cancelled before any frame (an unreadable PSF
+file) leaves the earlier results as they were.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class CompareView:
         #: after a cancel: the methods that had finished → their RestoreResult
         self.finished: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}  # each method's running time, as streamed
+        self._earlier_removed = False  # an earlier comparison's layers (on the first frame)
         #: the index of the compared plane in a stack's leading axes (() for a 2D image)
         self.plane = tuple(plane)
         where = f" (its displayed plane {self.plane}, in 2D)" if self.plane else ""
@@ -156,6 +159,9 @@ class CompareView:
         image = np.asarray(image, dtype=np.float32)
         layer = self.layers.get(method)
         if layer is None or layer not in self.viewer.layers:
+            if not self._earlier_removed:
+                remove_earlier(self.viewer, self.input_layer.name, self.plane)
+                self._earlier_removed = True
             name = result_layer_name(self.input_layer.name, method, self.plane)
             layer = add_plane_layer(self.viewer, image, name, self.input_layer, self.plane,
                                     colormap="gray",

@@ -5,8 +5,8 @@ Runs :func:`pkl_dg.napari.worker.comparison_frames` (around
 :class:`~pkl_dg.napari.run_controller.RunController` as the PKL Deconvolution widget
 (worker thread, progress bar, status line, cancel within one convolution), streams every
 method into its own layer (:class:`~pkl_dg.napari.compare_view.CompareView`, at the
-compared plane of a stack; a new comparison first removes what an earlier one left for that
-input and plane), scores the results against an optional ground-truth layer
+compared plane of a stack; a new comparison's first frame removes what an earlier one left
+for that input and plane), scores the results against an optional ground-truth layer
 (:mod:`pkl_dg.napari.compare_table`; the FRC in nm for the pixel size typed in or stated by
 the image, none otherwise), and shows Pearson residual maps computed with the forward model
 each run used (calibration, background, PSF). The input layer is only ever copied, with
@@ -35,7 +35,7 @@ from pkl_dg.compare import (Comparison, csv_context, metrics_table, result_resid
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size_field
-from pkl_dg.napari.compare_view import CompareView, remove_earlier, show_residual
+from pkl_dg.napari.compare_view import CompareView, show_residual
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution, selected_block
 from pkl_dg.napari.layer_pickers import pick_active, picked, refill
@@ -256,16 +256,14 @@ class CompareMethodsWidget(QWidget):
         return True
 
     def _clear_results(self) -> None:
-        """Forget the last comparison: its table, misfit curves and residual choices, and
-        the layers any earlier comparison left for this input and plane (a cancelled one
-        would otherwise leave old results of other methods beside its new partial ones)."""
+        """Forget the last comparison: its table, misfit curves and residual choices (its
+        layers go when the new comparison's first frame arrives: :class:`CompareView`)."""
         self.comparison, self.rows, self.seconds = None, [], {}
         self.table.setRowCount(0)
         self.frc_note.setText("")
         self.export_button.setEnabled(False)
         self.residual_combo.clear()
         self._draw_misfit({})
-        remove_earlier(self.viewer, self._input.name, self._plane)
 
     def cancel(self) -> None:
         """Stop the comparison within one convolution (the Cancel button)."""
