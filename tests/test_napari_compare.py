@@ -596,3 +596,29 @@ def test_a_comparison_that_fails_before_its_first_frame_keeps_the_earlier_result
     widget.method_boxes["pkl"].setChecked(False)
     assert run_and_wait(qtbot, widget) == "done"
     assert names[0] in viewer.layers and names[1] not in viewer.layers
+
+
+def test_a_cancelled_comparison_counts_the_steps_of_the_method_it_stopped(viewer_widget,
+                                                                          qtbot):
+    """A trial cancelled PKL after Richardson–Lucy's 465 iterations: the bar read 'cancelled
+    at step 469/13' and the status 'Cancelled after 469 step(s)', every method's frames
+    counted against the last method's total. Both now name the method and its own step."""
+    import re
+
+    viewer, widget = viewer_widget
+    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
+        widget.cancel()
+    assert blocker.args[0] == "cancelled"
+    pkl = widget.layers["pkl"].metadata
+    found = re.fullmatch(r"cancelled at method 2 of 2, PKL: step (\d+)/(\d+)",
+                         widget.progress.format())
+    assert found, widget.progress.format()
+    step, total = map(int, found.groups())
+    assert total == pkl["steps_total"] and pkl["steps_completed"] <= step <= total
+    assert widget.status_label.text().startswith(
+        f"Cancelled at method 2 of 2, PKL: step {step}/{total}; PKL holds its last estimate")

@@ -50,6 +50,8 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)
     frames: int = 0  # frames streamed (all counted, not all shown)
     total: int = 0  # steps of the run, as the last frame said
+    index: int = 0  # the last frame's step (in its part) and its part's name, as
+    part: str = ""  # RunView.progress gives them: a compared method's own count
     status: str = "running"  # running, cancelling, done, cancelled, failed, error
     cancel_reason: str = ""  # why the run was cancelled, if not by the Cancel button
     metadata: dict = field(default_factory=dict)  # what a cancelled run had established
@@ -230,6 +232,7 @@ class RunController(QObject):
             self._pace.observe(record, now)
         run.frames += 1
         index, run.total, part = self.view.progress(record)
+        run.index, run.part = index, part
         run.first.setdefault(part, (now, index))
         pending = self._pending
         if pending is not None and self.view.frame_key(pending) != self.view.frame_key(record):
@@ -328,10 +331,14 @@ class RunController(QObject):
         run = self.run
         run.status = "cancelled"
         kept = self.view.cancelled(run)
-        self.progress.setFormat(f"cancelled at step {run.frames}/{run.total or '?'}")
+        # a run in parts (compared methods) counts the stopped part's own steps: all
+        # frames against the last part's total read 'cancelled at step 469/13'
+        step = run.index if run.part else run.frames
+        where = f"{run.part + ' ' if run.part else ''}step {step}/{run.total or '?'}"
+        self.progress.setFormat(f"cancelled at {where}")
         why = f" ({run.cancel_reason})" if run.cancel_reason else ""
-        self.status.setText(f"Cancelled after {run.frames} step(s){why}"
-                            f"{'; ' + kept if kept else ''}.")
+        said = f"at {where}" if run.part else f"after {run.frames} step(s)"
+        self.status.setText(f"Cancelled {said}{why}{'; ' + kept if kept else ''}.")
 
     # napari's thread_worker is meant to turn a worker's warnings and exceptions into
     # notifications, but in napari 0.9.2 it does not: its notifying mixin sits after
