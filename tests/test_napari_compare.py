@@ -622,3 +622,25 @@ def test_a_cancelled_comparison_counts_the_steps_of_the_method_it_stopped(viewer
     assert total == pkl["steps_total"] and pkl["steps_completed"] <= step <= total
     assert widget.status_label.text().startswith(
         f"Cancelled at method 2 of 2, PKL: step {step}/{total}; PKL holds its last estimate")
+
+
+def test_the_residual_of_a_cancelled_comparison_says_why_there_is_none(viewer_widget,
+                                                                       qtbot, monkeypatch):
+    """After a cancelled comparison the residual picker is empty (residuals need the
+    finished comparison's PSF) but the button stays: pressing it said 'No result for method
+    None.'"""
+    shown = []
+    monkeypatch.setattr("pkl_dg.napari.compare_widget.show_error", shown.append)
+    viewer, widget = viewer_widget
+    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
+        widget.cancel()
+    assert blocker.args[0] == "cancelled" and widget.residual_combo.count() == 0
+    n_layers = len(viewer.layers)
+    assert widget.add_residual() is None and len(viewer.layers) == n_layers
+    assert len(shown) == 1 and "None" not in shown[0]
+    assert "cancelled" in shown[0] and "run the comparison to the end" in shown[0]

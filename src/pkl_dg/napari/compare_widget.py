@@ -352,6 +352,10 @@ class CompareMethodsWidget(QWidget):
             show_error("Run a comparison first.")
             return None
         method = method or self.residual_combo.currentData()
+        if method is None:  # none offered: the comparison was cancelled (no PSF returned)
+            show_error("No residual: the comparison was cancelled, and a residual needs its "
+                       "PSF; run the comparison to the end.")
+            return None
         result = self.comparison.results.get(method)
         if result is None:
             show_error(f"No result for method {method!r}.")
