@@ -644,3 +644,20 @@ def test_the_residual_of_a_cancelled_comparison_says_why_there_is_none(viewer_wi
     assert widget.add_residual() is None and len(viewer.layers) == n_layers
     assert len(shown) == 1 and "None" not in shown[0]
     assert "cancelled" in shown[0] and "run the comparison to the end" in shown[0]
+
+
+def test_picking_the_ground_truth_after_a_comparison_scores_it(viewer_widget, qtbot):
+    """A trial ran a comparison, then picked the ground truth: the table stayed empty until
+    the whole comparison was run again (only the pixel size field re-scored it); setting
+    '(none)' again left the old scores up."""
+    viewer, widget = viewer_widget
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.table.rowCount() == 0 and not widget.export_button.isEnabled()
+    widget.gt_combo.setCurrentText("cells ground truth")
+    assert [r["method"] for r in widget.rows] == ["input", "Richardson–Lucy"]
+    assert widget.table.rowCount() == 2 and widget.export_button.isEnabled()
+    widget.gt_combo.setCurrentText("(none)")
+    assert widget.rows == [] and widget.table.rowCount() == 0
+    assert not widget.export_button.isEnabled() and widget.frc_note.text() == ""

@@ -83,6 +83,18 @@ def show_residual(viewer: Any, residual: np.ndarray, input_layer: Image,
                            metadata=meta)
 
 
+def link_contrast(viewer: Any, layers: Any) -> None:
+    """Give the result ``layers`` still in ``viewer`` one shared contrast range (their
+    lowest and highest limits), so a side-by-side grid compares like with like."""
+    shown = [layer for layer in layers if layer in viewer.layers]
+    if len(shown) < 2:
+        return
+    lo = min(layer.contrast_limits[0] for layer in shown)
+    hi = max(layer.contrast_limits[1] for layer in shown)
+    for layer in shown:
+        layer.contrast_limits = (lo, hi)
+
+
 def remove_earlier(viewer: Any, input_name: str, plane: tuple[int, ...]) -> list[str]:
     """Remove the result and residual layers of any earlier comparison on the input
     ``input_name`` at ``plane`` (every method's); return their names."""

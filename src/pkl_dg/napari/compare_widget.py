@@ -35,7 +35,7 @@ from pkl_dg.compare import (Comparison, csv_context, metrics_table, result_resid
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size_field
-from pkl_dg.napari.compare_view import CompareView, show_residual
+from pkl_dg.napari.compare_view import CompareView, link_contrast, show_residual
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution, selected_block
 from pkl_dg.napari.layer_pickers import pick_active, picked, refill
@@ -115,6 +115,7 @@ class CompareMethodsWidget(QWidget):
         form.addRow("Ground truth", self.gt_combo)
         form.addRow("Pixel size", self.pixel_size)
         self.pixel_size.valueChanged.connect(lambda _nm: self._update_metrics())
+        self.gt_combo.currentIndexChanged.connect(lambda _i: self._update_metrics())
         layout.addLayout(form)
         self.method_boxes: dict[str, QCheckBox] = {}
         row = QHBoxLayout()
@@ -258,10 +259,8 @@ class CompareMethodsWidget(QWidget):
     def _clear_results(self) -> None:
         """Forget the last comparison: its table, misfit curves and residual choices (its
         layers go when the new comparison's first frame arrives: :class:`CompareView`)."""
-        self.comparison, self.rows, self.seconds = None, [], {}
-        self.table.setRowCount(0)
-        self.frc_note.setText("")
-        self.export_button.setEnabled(False)
+        self.comparison, self.seconds = None, {}
+        self._update_metrics()  # no comparison: no scores
         self.residual_combo.clear()
         self._draw_misfit({})
 
@@ -291,12 +290,16 @@ class CompareMethodsWidget(QWidget):
         self._update_metrics()
         self._plot_misfit()
         if self.grid_box.isChecked():
-            self._link_contrast()
+            link_contrast(self.viewer, self.layers.values())
 
     # ------------------------------------------------------------------ results
     def _update_metrics(self) -> None:
         gt_layer = picked(self.gt_combo, self.viewer)
-        if gt_layer is None or self.comparison is None:
+        if gt_layer is None or self.comparison is None:  # no scores (none left up)
+            self.rows = []
+            self.table.setRowCount(0)
+            self.frc_note.setText("")
+            self.export_button.setEnabled(False)
             return
         try:
             gt = np.asarray(full_resolution(gt_layer), dtype=np.float32)
@@ -368,15 +371,6 @@ class CompareMethodsWidget(QWidget):
             return None
         return show_residual(self.viewer, r, self._input, self._plane, method, result)
 
-    def _link_contrast(self) -> None:
-        layers = [layer for layer in self.layers.values() if layer in self.viewer.layers]
-        if len(layers) < 2:
-            return
-        lo = min(layer.contrast_limits[0] for layer in layers)
-        hi = max(layer.contrast_limits[1] for layer in layers)
-        for layer in layers:
-            layer.contrast_limits = (lo, hi)
-
     @property
     def grid(self) -> Any:
         """The viewer's grid model (``viewer.canvas.grid`` in napari ≥ 0.9)."""
@@ -386,7 +380,7 @@ class CompareMethodsWidget(QWidget):
     def set_side_by_side(self, on: bool) -> None:
         self.grid.enabled = bool(on)
         if on:
-            self._link_contrast()
+            link_contrast(self.viewer, self.layers.values())
         if self.grid_box.isChecked() != bool(on):
             self.grid_box.setChecked(bool(on))
 
