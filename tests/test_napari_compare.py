@@ -661,3 +661,32 @@ def test_picking_the_ground_truth_after_a_comparison_scores_it(viewer_widget, qt
     widget.gt_combo.setCurrentText("(none)")
     assert widget.rows == [] and widget.table.rowCount() == 0
     assert not widget.export_button.isEnabled() and widget.frc_note.text() == ""
+
+
+def test_an_image_at_another_pixel_size_is_compared_at_its_own(viewer_widget, qtbot):
+    """A trial compared an image at 130 nm pixels (its scale says so) while the PKL widget
+    had another image at 65 nm: the Airy PSF was computed for 65 nm pixels (twice too wide)
+    without a word. The compared image's own pixel size is used; the PKL widget's own
+    input keeps the widget's 'Pixel size' field."""
+    viewer, widget = viewer_widget
+    cells = viewer.layers["cells"]
+    coarse = viewer.add_image(np.array(cells.data), name="coarse", scale=(0.13, 0.13),
+                              units=("um", "um"))
+    _dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
+    main.input_combo.value = cells
+    main.psf_source.value = "airy"
+    assert main.controls["pixel_size_nm"].value == pytest.approx(65.0)
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    widget.input_combo.setCurrentText("coarse")
+    assert run_and_wait(qtbot, widget) == "done"
+    psf = widget.comparison.results["rl"].metadata["psf"]
+    assert psf["spacing_nm"] == pytest.approx([130.0, 130.0])
+    assert widget.comparison.results["rl"].metadata["settings"]["pixel_size_nm"] == 130.0
+
+    main.controls["pixel_size_nm"].value = 70.0  # typed for the PKL widget's own input
+    widget.input_combo.setCurrentText("cells")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert widget.comparison.results["rl"].metadata["psf"]["spacing_nm"] == pytest.approx(
+        [70.0, 70.0])
+    assert coarse in viewer.layers

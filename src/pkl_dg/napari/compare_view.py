@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 
-from pkl_dg.napari.controls import short_method_label
-from pkl_dg.napari.output import plane_geometry, plane_suffix
+from pkl_dg.napari.controls import pixel_size_nm_of, short_method_label
+from pkl_dg.napari.output import plane_geometry, plane_suffix, same_layer
 from pkl_dg.napari.worker import ComparedRun, MethodFrame
 from pkl_dg.settings import METHODS
 from pkl_dg.settings_rules import settings_record
@@ -81,6 +81,24 @@ def show_residual(viewer: Any, residual: np.ndarray, input_layer: Image,
     return add_plane_layer(viewer, residual, name, input_layer, plane,
                            colormap="twilight_shifted", contrast_limits=(-3, 3),
                            metadata=meta)
+
+
+def own_pixel_size(layer: Image, settings: Any, settings_layer: Any) -> Any:
+    """``settings`` with the pixel size ``layer`` states (its scale or file), when it is not
+    the layer the settings were filled from (``settings_layer``, the PKL widget's input,
+    whose 'Pixel size' field the user may have set) and states another one; an optical or
+    resampled PSF was otherwise computed for that other image's pixels without a word.
+
+    Raises
+    ------
+    ValueError
+        When the stated pixel size is outside the setting's range.
+    """
+    nm = pixel_size_nm_of(layer)
+    if nm is None or same_layer(layer, settings_layer) \
+            or abs(nm - settings.pixel_size_nm) <= 1e-5 * nm:
+        return settings
+    return settings.replace(pixel_size_nm=round(nm, 4))  # as the field holds it
 
 
 def link_contrast(viewer: Any, layers: Any) -> None:

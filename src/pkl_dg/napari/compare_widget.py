@@ -35,7 +35,8 @@ from pkl_dg.compare import (Comparison, csv_context, metrics_table, result_resid
 from pkl_dg.napari import shared_state
 from pkl_dg.napari.caches import release_freed_memory
 from pkl_dg.napari.compare_table import MetricsTable, frc_pixel_size, pixel_size_field
-from pkl_dg.napari.compare_view import CompareView, link_contrast, show_residual
+from pkl_dg.napari.compare_view import (CompareView, link_contrast, own_pixel_size,
+                                         show_residual)
 from pkl_dg.napari.controls import fit_layer_names, short_method_label
 from pkl_dg.napari.layer_input import full_resolution, selected_block
 from pkl_dg.napari.layer_pickers import pick_active, picked, refill
@@ -211,7 +212,7 @@ class CompareMethodsWidget(QWidget):
             inputs = RunInputs(state, PsfRequest(state.psf_source), origin=DEFAULTS)
         settings = inputs.state.settings.replace(mode="2d", **self.settings_overrides)
         state = WidgetState(settings, inputs.state.psf_source, inputs.state.bead_box)
-        return RunInputs(state, inputs.psf, inputs.origin)
+        return RunInputs(state, inputs.psf, inputs.origin, inputs.input_layer)
 
     # ------------------------------------------------------------------ run
     def run(self) -> bool:
@@ -238,6 +239,7 @@ class CompareMethodsWidget(QWidget):
             settings = inputs.state.settings
             if settings.mode == "3d":  # the PKL widget restores volumes; Compare, planes
                 settings = settings.replace(mode="2d")
+            settings = own_pixel_size(layer, settings, inputs.input_layer)
             settings.validate()
         except (ValueError, TypeError) as exc:
             self.runner.report(f"Cannot compare: {exc}", error=True)

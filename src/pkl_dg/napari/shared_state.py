@@ -29,11 +29,14 @@ MAIN_WIDGET = "the settings and PSF of the PKL Deconvolution widget"
 
 @dataclass(frozen=True)
 class RunInputs:
-    """Settings and PSF source of a run, and where they came from (for the status line)."""
+    """Settings and PSF source of a run, where they came from (for the status line), and
+    the image layer whose sampling the settings' pixel size and Z step were filled from
+    (the PKL Deconvolution widget's input; None with the defaults)."""
 
     state: WidgetState
     psf: PsfRequest
     origin: str = MAIN_WIDGET
+    input_layer: Any = None
 
 
 #: a published source: called with the deconvolution mode ("2d"/"3d") the run needs

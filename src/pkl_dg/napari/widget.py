@@ -204,7 +204,7 @@ class PKLDeconvolutionWidget(QWidget):
         request = psf_request(self.viewer, state.psf_source, self.bead_box.value,
                               self.psf_layer_combo.value, self.bead_layer_combo.value,
                               mode or state.settings.mode, self.sampling.known())
-        return RunInputs(state, request)
+        return RunInputs(state, request, input_layer=self.input_combo.value)
 
     def apply_state(self, state: WidgetState) -> None:
         self._loading = self.calibration_panel._writing = True
