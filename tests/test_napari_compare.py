@@ -690,3 +690,19 @@ def test_an_image_at_another_pixel_size_is_compared_at_its_own(viewer_widget, qt
     assert widget.comparison.results["rl"].metadata["psf"]["spacing_nm"] == pytest.approx(
         [70.0, 70.0])
     assert coarse in viewer.layers
+
+
+def test_opened_after_a_pkl_run_it_picks_that_runs_image_not_its_result(make_napari_viewer):
+    """A trial ran the PKL widget, then opened Compare methods: the picker took the selected
+    layer, the PKL result (napari selects a new layer), so 'Run compare' would have
+    compared methods on a restored image. With the PKL widget open, Compare opens on that
+    widget's image, whose settings and PSF it runs with."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells")
+    _dock, main = viewer.window.add_plugin_dock_widget(PLUGIN, "PKL Deconvolution")
+    main.input_combo.value = viewer.layers["cells"]
+    viewer.add_image(np.array(viewer.layers["cells"].data, dtype=np.float32),
+                     name="cells [PKL]", metadata={"units": "photons"})
+    assert viewer.layers.selection.active.name == "cells [PKL]"
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert widget.input_combo.currentText() == "cells"

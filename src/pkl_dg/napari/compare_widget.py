@@ -96,7 +96,11 @@ class CompareMethodsWidget(QWidget):
         self.runner.finished.connect(self._after_run)
         self.runner.finished.connect(self.run_finished)
         self.refresh_layers()
-        pick_active(self.input_combo, self.viewer)  # as the PKL Deconvolution widget does
+        try:  # the PKL Deconvolution widget's image, whose settings and PSF Compare uses
+            shared = shared_state.run_inputs(self.viewer, "2d")
+        except ValueError:  # its settings cannot run now: the selected layer, then
+            shared = None
+        pick_active(self.input_combo, self.viewer, shared and shared.input_layer)
         ev = self.viewer.layers.events
         ev.inserted.connect(self._layer_inserted)
         ev.removed.connect(self._layer_removed)

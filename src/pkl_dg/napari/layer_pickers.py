@@ -3,7 +3,8 @@
 Each item holds its layer (not only its name), so a renamed layer stays picked under its
 new name; before, the picker kept the old name, which no layer had any more ('Run compare'
 then asked to pick an image, and a renamed ground truth was no longer scored). The image
-picker opens on the viewer's selected layer (:func:`pick_active`), not on the first one.
+picker opens on the PKL Deconvolution widget's image, else on the viewer's selected layer
+(:func:`pick_active`), not on the first one.
 """
 
 from __future__ import annotations
@@ -55,11 +56,14 @@ def picked(combo: QComboBox, viewer: Any) -> Image | None:
     return next((each for each in viewer.layers if same_layer(each, layer)), None)
 
 
-def pick_active(combo: QComboBox, viewer: Any) -> None:
-    """Pick the viewer's selected layer in ``combo`` when it is one of its images (a widget
-    opening on the sample would otherwise start on its first layer, the ground truth)."""
-    active = viewer.layers.selection.active
-    index = next((i for i in range(combo.count())
-                  if same_layer(combo.itemData(i), active)), -1)
-    if index >= 0:
-        combo.setCurrentIndex(index)
+def pick_active(combo: QComboBox, viewer: Any, preferred: Any = None) -> None:
+    """Pick ``preferred`` in ``combo`` when it is one of its images, else the viewer's
+    selected layer when it is (a widget opening on the sample would otherwise start on its
+    first layer, the ground truth). ``preferred``: the PKL Deconvolution widget's input
+    (after a run napari selects its result, which is no image to restore again)."""
+    for layer in (preferred, viewer.layers.selection.active):
+        index = next((i for i in range(combo.count())
+                      if same_layer(combo.itemData(i), layer)), -1)
+        if index >= 0:
+            combo.setCurrentIndex(index)
+            return
