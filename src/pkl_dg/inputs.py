@@ -179,9 +179,8 @@ def _estimate_on(plane: np.ndarray, dtype: Any) -> Calibration:
     """The calibration estimate of one plane, its saturated and missing pixels left out."""
     plane, missing = fill_missing(plane)
     sat = detect_saturation(plane, dtype, None if missing is None else ~missing)
-    out = calibration_mask(missing)
-    out = (sat.mask if out is None else out | sat.mask) if sat.count else out
-    return estimate_calibration(plane, saturated=out)
+    out = [m for m in (calibration_mask(missing), sat.mask if sat.count else None) if m is not None]
+    return estimate_calibration(plane, saturated=np.logical_or.reduce(out) if out else None)
 
 
 def resolve_calibration(image: Any, s: RestoreSettings) -> Calibration:
