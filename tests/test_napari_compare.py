@@ -598,6 +598,19 @@ def test_a_comparison_that_fails_before_its_first_frame_keeps_the_earlier_result
     assert names[0] in viewer.layers and names[1] not in viewer.layers
 
 
+def _cancel_during_pkl(widget, qtbot) -> str:
+    """Compare RL and PKL (50 steps) and cancel once PKL has streamed a frame; the status
+    the run ended with."""
+    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "pkl"))
+    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
+        assert widget.run()
+        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
+        widget.cancel()
+    return blocker.args[0]
+
+
 def test_a_cancelled_comparison_counts_the_steps_of_the_method_it_stopped(viewer_widget,
                                                                           qtbot):
     """A trial cancelled PKL after Richardson–Lucy's 465 iterations: the bar read 'cancelled
@@ -606,14 +619,7 @@ def test_a_cancelled_comparison_counts_the_steps_of_the_method_it_stopped(viewer
     import re
 
     viewer, widget = viewer_widget
-    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
-    for m, box in widget.method_boxes.items():
-        box.setChecked(m in ("rl", "pkl"))
-    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
-        assert widget.run()
-        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
-        widget.cancel()
-    assert blocker.args[0] == "cancelled"
+    assert _cancel_during_pkl(widget, qtbot) == "cancelled"
     pkl = widget.layers["pkl"].metadata
     found = re.fullmatch(r"cancelled at method 2 of 2, PKL: step (\d+)/(\d+)",
                          widget.progress.format())
@@ -632,14 +638,7 @@ def test_the_residual_of_a_cancelled_comparison_says_why_there_is_none(viewer_wi
     shown = []
     monkeypatch.setattr("pkl_dg.napari.compare_widget.show_error", shown.append)
     viewer, widget = viewer_widget
-    widget.settings_overrides = {"steps": 50, "rl_iterations": 3, "samples": 1}
-    for m, box in widget.method_boxes.items():
-        box.setChecked(m in ("rl", "pkl"))
-    with qtbot.waitSignal(widget.run_finished, timeout=120000) as blocker:
-        assert widget.run()
-        qtbot.waitUntil(lambda: "pkl" in widget.layers, timeout=60000)
-        widget.cancel()
-    assert blocker.args[0] == "cancelled" and widget.residual_combo.count() == 0
+    assert _cancel_during_pkl(widget, qtbot) == "cancelled" and widget.residual_combo.count() == 0
     n_layers = len(viewer.layers)
     assert widget.add_residual() is None and len(viewer.layers) == n_layers
     assert len(shown) == 1 and "None" not in shown[0]
