@@ -516,6 +516,10 @@ def test_the_table_shows_every_row_with_readable_headers(viewer_widget):
     shown = table.height() - table.horizontalHeader().height()
     assert shown >= table.verticalHeader().length()  # all five rows, no vertical scrolling
     assert table.item(3, 0).text() == "PKL" and table.item(0, 1).text() == "25.12"
+    # the unguided prior resolves nothing (FRC inf): the table said "inf"
+    table.show_rows([{**rows[0], "frc_px": float("inf"), "frc_nm": float("inf")}])
+    assert table.item(0, 4).text() == table.item(0, 5).text() == "none"
+    assert "Not resolved" in table.item(0, 4).toolTip()
 
 
 def test_the_status_says_which_method_of_how_many_runs(viewer_widget, qtbot):

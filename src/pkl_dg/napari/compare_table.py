@@ -46,6 +46,8 @@ HEADER_TIPS = {
               "where the correlation falls below 1/7. Lower is finer; 2 px is Nyquist.",
     "seconds": TIME_NOTE,
 }
+#: an FRC resolution of ``inf`` (nothing resolved) as the table shows it
+UNRESOLVED = "none"
 _SHORT = {label: short_method_label(key) for key, label in METHOD_LABELS.items()}
 
 
@@ -99,6 +101,8 @@ class MetricsTable(QTableWidget):
                     text = _SHORT.get(v, str(v))
                 elif v is None:
                     text = ""
+                elif key.startswith("frc") and v == float("inf"):  # frc.py: no ring above 1/7
+                    text = UNRESOLVED
                 elif isinstance(v, float):
                     text = f"{v:.3g}" if key == "seconds" else f"{v:.4g}"
                 else:
@@ -106,6 +110,10 @@ class MetricsTable(QTableWidget):
                 item = QTableWidgetItem(text)
                 if key == "method":
                     item.setToolTip(str(v))
+                elif text == UNRESOLVED:
+                    item.setToolTip("Not resolved: the correlation with the ground truth is "
+                                    "below 1/7 already at the coarsest ring, so no detail "
+                                    "of it is resolved")
                 self.setItem(i, j, item)
         self._fit_columns()
         self._fit_height(max(ROWS_SHOWN, len(rows)))
