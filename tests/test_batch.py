@@ -64,8 +64,8 @@ def test_batch_equals_restore_resumes_and_reports_failures(tmp_path, inputs, clu
     assert "broken.tif" in table and "failed" in table and "damaged" in table
     assert "5 restored, 0 already complete, 1 failed" in table
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["cell0.ome.tif", "cell1.ome.tif", "cell2.ome.tif", "cell3.ome.tif",
-                     "timelapse.ome.zarr"]
+    assert names == ["broken.ome.tif.failed.log", "cell0.ome.tif", "cell1.ome.tif",
+                     "cell2.ome.tif", "cell3.ome.tif", "timelapse.ome.zarr"]
     for i in range(4):
         expected = restore(read_image(inputs / f"cell{i}.tif"), settings=RL)
         got = tifffile.imread(out / f"cell{i}.ome.tif")
