@@ -7,8 +7,8 @@ import torch
 
 from pkl_dg.guidance.likelihoods import EPS, get_likelihood
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf, gaussian_psf_3d
-from pkl_dg.richardson_lucy import (_tv_divergence, initial_estimate, richardson_lucy,
-                                    rl_iterates)
+from pkl_dg.richardson_lucy import (_Iterates, _tv_divergence, initial_estimate,
+                                    richardson_lucy, rl_iterates)
 
 
 def reference_rl(y, fm, n, tv_weight=0.0):
@@ -77,6 +77,42 @@ def test_iterates_are_new_tensors_and_readout_works_late():
     for it, r in zip(its, ref):  # nothing was overwritten, and a late readout is still exact
         assert torch.allclose(it.x, r, rtol=2e-5)
         assert it.nll() == pytest.approx(float(get_likelihood("pkl").nll(r, y, fm)), rel=1e-5)
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_an_iterate_kept_in_any_form_is_never_overwritten(accelerate):
+    """The loop reuses its buffers (no page faults per iterate), but only those nothing refers
+    to: iterates kept as tensors, views, or numpy arrays of views keep their values, beyond
+    the pool's size too."""
+    y = _data((40, 36))
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.0)), 2.0)
+    truth = [it.x.clone() for it in rl_iterates(y, fm, 30, accelerate=accelerate)]
+    kept = {}
+    for it in rl_iterates(y, fm, 30, accelerate=accelerate):
+        if it.k % 3 == 0:
+            kept[it.k] = it.x[None].numpy()[:, 1:]  # a numpy array of a view of a view
+        elif it.k > 15:
+            kept[it.k] = it.x  # the tensor itself: > 8 held at once
+    for k, value in kept.items():
+        expected = truth[k - 1].numpy()
+        np.testing.assert_array_equal(value, expected[None, 1:] if k % 3 == 0 else expected)
+
+
+def test_iterate_buffers_are_reused_only_when_nothing_refers_to_them():
+    pool = _Iterates(torch.zeros(8, 9), size=2)
+    a = pool.take()
+    ptr = a.data_ptr()
+    del a
+    b = pool.take()
+    assert b.data_ptr() == ptr  # dropped: its buffer comes back
+    view = b.T.numpy()
+    del b
+    c = pool.take()
+    assert c.data_ptr() != ptr  # a numpy view of a view still refers to it
+    d = pool.take()  # the pool is full and both are held: a fresh allocation
+    assert len({ptr, c.data_ptr(), d.data_ptr()}) == 3
+    del view, c
+    assert pool.take().data_ptr() == ptr
 
 
 def test_stop_callback_ends_the_run():
