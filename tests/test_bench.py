@@ -92,6 +92,22 @@ def test_speed_estimates_sizes_above_e2e_max_from_the_memory_process():
     assert 0 <= rs["guided_step_non_network_share"] <= 1
 
 
+def test_speed_restores_sizes_up_to_once_max_to_the_end_in_the_memory_process():
+    from pkl_dg.bench.report_speed import speed_section
+    from pkl_dg.bench.speed import run_speed
+
+    d = run_speed([48], repeats=1, smoke=True, e2e_max=32, once_max=48, stack=None,
+                  log=lambda m: None)
+    rs, mem = d["sizes"][0]["restore"], d["sizes"][0]["memory"]
+    assert rs["end_to_end_estimated"] is False and rs["end_to_end_repeats"] == 1
+    assert mem["frames"] == mem["run_frames"] == rs["run_frames"] > 2  # the whole run
+    assert rs["steps_timed"] == rs["run_frames"] - 1
+    assert rs["end_to_end_s"] == mem["frames_s"] >= rs["first_frame_s"] > 0
+    assert d["run_once_max_size"] == 48
+    d["rl"] = {}
+    assert "(1 run)" in "\n".join(speed_section(d))
+
+
 def test_memory_high_water_mark_resets_and_sees_an_allocation():
     """The peak-memory method must see what happens after the reset, and only that."""
     import subprocess

@@ -60,6 +60,9 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
         if rs["end_to_end_estimated"]:
             e2e = f"~{rs['end_to_end_s']:.0f} (est.)"
             notes.append(f"{n}²: {rs.get('end_to_end_note', 'estimated')}.")
+        elif rs.get("end_to_end_repeats") == 1 and "end_to_end_note" in rs:
+            e2e = f"{rs['end_to_end_s']:.1f} (1 run)"
+            notes.append(f"{n}²: {rs['end_to_end_note']}.")
         L.append(f"| {n}² | {nt['ms']['fp32']:.1f} | {nt['ms']['bf16']:.1f} | "
                  f"{rs['guided_step_ms']:.0f} | {share * 100:.0f} % | {fa['cold_ms']:.2f} | "
                  f"{fa['warm_ms']:.2f} | {rl['ours_ms']:.2f} | {rl['skimage_ms']:.2f} | "

@@ -43,7 +43,8 @@ from pkl_dg.bench.simulate import TEST_PEAK_PHOTONS as PEAK_PHOTONS
 from pkl_dg.bench.simulate import TEST_PSF_SIGMA as PSF_SIGMA
 from pkl_dg.bench.simulate import simulate_measurement, test_image
 from pkl_dg.bench.speed_restore import (peak_memory, real_restore_timing, restore_timing,
-                                        restore_timing_from_worker, stack_restore)
+                                        restore_timing_from_worker, restore_timing_run_once,
+                                        stack_restore)
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 from pkl_dg.richardson_lucy import richardson_lucy
 from pkl_dg.settings import RestoreSettings
@@ -147,8 +148,11 @@ def precision_quality(net: torch.nn.Module, smoke: bool) -> dict:
 
 def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = None,
               e2e_max: int = 1024, stack: tuple[int, int] | None = STACK,
-              realdata: str | None = None, log=print) -> dict:
-    """Run the speed benchmark and return its JSON-ready result (``stack``: (planes, side)
+              realdata: str | None = None, log=print, once_max: int = 0) -> dict:
+    """Run the speed benchmark and return its JSON-ready result (sizes up to ``e2e_max``
+    restored end to end ``repeats`` times; larger ones up to ``once_max`` once to the end in
+    the peak-memory process, whose peak then covers the whole run; larger still estimated
+    from that process's first frames; ``stack``: (planes, side)
     of the 3D row, restored once to the end in a fresh process; None leaves it out;
     ``realdata``: the public test data for the real-image rows, default
     :func:`~pkl_dg.bench.quality.default_realdata`; skipped, with the reason, without them
@@ -178,10 +182,11 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         row["rl_iteration"] = rl_timing(y, rl_iters, repeats)
         log(f"  RL/iter ours {row['rl_iteration']['ours_ms']:.2f} ms, skimage "
             f"{row['rl_iteration']['skimage_ms']:.2f} ms")
-        full = n <= e2e_max
-        row["memory"] = peak_memory(n, smoke, model, frames=2 if full else 3)
+        full, once = n <= e2e_max, e2e_max < n <= once_max
+        row["memory"] = peak_memory(n, smoke, model, frames=2 if full else 0 if once else 3)
         log(f"  peak RSS {row['memory']['peak_rss_mb']:.0f} MB")
         row["restore"] = (restore_timing(net, y, steps, repeats) if full
+                          else restore_timing_run_once(row["memory"], steps) if once
                           else restore_timing_from_worker(row["memory"], steps, e2e_max))
         log(f"  first frame {row['restore']['first_frame_s']:.2f} s, step "
             f"{row['restore']['guided_step_ms']:.0f} ms, end-to-end "
@@ -220,7 +225,7 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         "precision_quality": precision,
         "test_image": {"psf": f"gaussian sigma={PSF_SIGMA} px", "peak_photons": PEAK_PHOTONS,
                        "background": BACKGROUND},
-        "end_to_end_max_size": e2e_max,
+        "end_to_end_max_size": e2e_max, "run_once_max_size": max(once_max, e2e_max),
         "wall_s": time.perf_counter() - t_start,
     }
 

@@ -197,9 +197,34 @@ def restore_timing_from_worker(mem: dict, steps: int, e2e_max: int) -> dict:
                                 "sample groups)")}
 
 
+def restore_timing_run_once(mem: dict, steps: int) -> dict:
+    """Restore timing of a size restored once to the end in the peak-memory process.
+
+    Parameters
+    ----------
+    mem : dict
+        :func:`peak_memory` of that size with ``frames=0`` (the whole run).
+    steps : int
+        Diffusion steps of a full restoration.
+
+    Returns
+    -------
+    dict
+        As :func:`restore_timing`, from that one run: ``end_to_end_s`` its wall time (call to
+        last frame), ``end_to_end_repeats`` 1, ``end_to_end_estimated`` False.
+    """
+    out = _summary(RestoreSettings(), steps, mem["first_frame_s"], mem["step_ms"],
+                   mem["step_network_ms"])
+    return {**out, "end_to_end_s": mem["frames_s"], "run_frames": mem["run_frames"],
+            "end_to_end_repeats": 1, "end_to_end_estimated": False,
+            "end_to_end_note": "restored once to the end, in the fresh process that measures "
+                               "its peak memory (the whole run's peak)"}
+
+
 def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict:
-    """Peak memory and frame times of the first ``frames`` frames of a restoration of an
-    n×n test image, run in a fresh interpreter (see :func:`_memory_worker`).
+    """Peak memory and frame times of the first ``frames`` frames (0: the whole run) of a
+    restoration of an n×n test image, run in a fresh interpreter (see
+    :func:`_memory_worker`).
 
     Raises
     ------
@@ -207,7 +232,7 @@ def peak_memory(n: int, smoke: bool, model: str | None, frames: int = 2) -> dict
         The worker process failed (its stderr is in the message).
     """
     return _run_worker(["--memory-worker", str(n), "--frames", str(frames)], smoke, model,
-                       f"memory worker for {n}×{n}", timeout=1800)
+                       f"memory worker for {n}×{n}", timeout=1800 if frames else 7200)
 
 
 def _run_worker(args: list[str], smoke: bool, model: str | None, what: str,
@@ -289,7 +314,8 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
     timed = TimedNetwork(net)
     t0 = time.perf_counter()
     gen = restore_iter(y, settings, denoiser=timed)
-    first, step_ms, net_ms, run_frames = _frame_times(gen, None if stack else frames, timed)
+    to_end = stack or not frames
+    first, step_ms, net_ms, run_frames = _frame_times(gen, None if to_end else frames, timed)
     if stack:
         if not np.isfinite(gen.result.image).all():
             raise RuntimeError("the 3D test restoration gave non-finite values")
@@ -298,7 +324,7 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
     gen.close()
     return {"shape": list(y.shape), "mode": settings.mode,
             "peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
-            "frames": run_frames if stack else frames, "run_frames": run_frames,
+            "frames": run_frames if to_end else frames, "run_frames": run_frames,
             "frames_s": seconds,
             "first_frame_s": first,
             "step_ms": step_ms, "step_network_ms": net_ms,
@@ -313,7 +339,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="internal: peak-memory worker of pkl-dg bench speed")
     p.add_argument("--memory-worker", type=int, required=True)
-    p.add_argument("--frames", type=int, default=2)
+    p.add_argument("--frames", type=int, default=2, help="frames to run; 0: the whole run")
     p.add_argument("--stack", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--model", default=None)

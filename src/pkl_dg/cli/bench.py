@@ -65,7 +65,8 @@ def _speed(args: argparse.Namespace) -> int:
     if args.parts == "rl":
         return _speed_rl_only(args, repeats)
     result = run_speed(sizes, repeats, args.smoke, args.model, args.e2e_max,
-                       stack=_stack_arg(args.stack), realdata=args.realdata, log=_log)
+                       stack=_stack_arg(args.stack), realdata=args.realdata, log=_log,
+                       once_max=args.once_max)
     result["note"] = args.note
     result["rl"] = _rl_part(args, repeats)
     _write_json(args.json, result)
@@ -249,7 +250,11 @@ def register(subparsers) -> None:
     s.add_argument("--repeats", type=int, default=None, help="repeats per figure; medians "
                    "are reported (default 3; smoke 1)")
     s.add_argument("--e2e-max", type=int, default=1024, help="largest size restored end to "
-                   "end; larger ones are estimated from first frame + steps (default 1024)")
+                   "end, --repeats times (default 1024)")
+    s.add_argument("--once-max", type=int, default=4096, help="larger sizes up to this one "
+                   "are restored once to the end, in the process that measures their peak "
+                   "memory (4096²: about 6 min on 2 CPU cores); larger still are estimated "
+                   "from their first frames (default 4096; 0: estimate all above --e2e-max)")
     s.add_argument("--stack", default="32,512", help="the 3D row: PLANES,SIDE of a test stack "
                    "restored to the end in 3D mode; 'none' leaves it out (default 32,512; "
                    "smoke 18,32)")
