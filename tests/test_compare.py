@@ -126,6 +126,42 @@ def test_metrics_table_ranks_sharper_results_higher(scene):
     assert by["input"]["frc_nm"] == pytest.approx(by["input"]["frc_px"] * 65.0)
 
 
+def test_a_nan_border_is_left_out_of_the_scores_and_the_residual(scene, tmp_path):
+    """A registered image's NaN border: restored, scored on the measured rectangle (the
+    same scores as the images cropped to it), the residual NaN only where μ needs an
+    unmeasured pixel; missing pixels inside the image are refused with a clear message."""
+    from pkl_dg import restore_iter
+    from pkl_dg.compare import write_csv
+
+    x, y, _, _ = scene
+    holed = y.copy()
+    holed[:, :6] = np.nan
+    holed[-3:, :] = np.nan
+    res = restore_iter(holed, method="rl", rl_iterations=10, psf_sigma=1.5).finish()
+    assert np.isnan(res.image[:, :6]).all() and np.isfinite(res.image[:-3, 6:]).all()
+    rows = metrics_table({"rl": res.image}, x, measurement=holed)
+    h, w = y.shape
+    assert all(r["scored_region"] == f"rows 0–{h - 4}, columns 6–{w - 1} of {h}×{w} "
+               "(the NaN border left out)" for r in rows)
+    cropped = metrics_table({"rl": res.image[:-3, 6:]}, x[:-3, 6:],
+                            measurement=holed[:-3, 6:])
+    for a, b in zip(rows, cropped):
+        assert a["psnr_db"] == b["psnr_db"] and a["ssim"] == b["ssim"]
+        assert a["frc_px"] == b["frc_px"] and np.isfinite(a["psnr_db"])
+    write_csv(rows, tmp_path / "m.csv")
+    with open(tmp_path / "m.csv", encoding="utf-8") as fh:
+        assert next(csv.DictReader(fh))["scored_region"] == rows[0]["scored_region"]
+    r = result_residual(holed, res)
+    reach = PSFConvolution(gaussian_psf(1.5)).radius[0]
+    assert np.isnan(r[:, :6 + reach]).all() and np.isnan(r[-3 - reach:]).all()
+    assert np.isfinite(r[:-3 - reach, 6 + reach:]).all()
+    assert abs(float(np.mean(r[:-3 - reach, 6 + reach:]))) < 1.0
+    inside = y.copy()
+    inside[15:30, 15:30] = np.nan  # a hole, not a border
+    with pytest.raises(ValueError, match="inside the image"):
+        metrics_table({"rl": inside}, x)
+
+
 def test_a_comparison_says_each_shared_warning_once():
     """Every method saw the same data: the model-mismatch warning of RL's automatic stop
     came once per method that runs it (twice on BioSR), the saturation warning once per

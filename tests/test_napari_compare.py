@@ -709,3 +709,26 @@ def test_opened_after_a_pkl_run_it_picks_that_runs_image_not_its_result(make_nap
     assert viewer.layers.selection.active.name == "cells [PKL]"
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     assert widget.input_combo.currentText() == "cells"
+
+
+def test_a_registered_image_with_a_nan_border_is_compared_scored_and_explained(
+        viewer_widget, qtbot):
+    """A trial's list: Compare refused NaN pixels (scoring failed with an SVD error) though
+    the PKL widget restores them. Now: restored, scored on the measured rectangle (the
+    note says which) and the residual is NaN only where μ needs unmeasured pixels."""
+    viewer, widget = viewer_widget
+    data = np.array(viewer.layers["cells"].data, dtype=np.float32)
+    data[:, :8] = np.nan
+    viewer.add_image(data, name="registered")
+    widget.input_combo.setCurrentText("registered")
+    widget.gt_combo.setCurrentText("cells ground truth")
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m == "rl")
+    assert run_and_wait(qtbot, widget) == "done"
+    assert [r["method"] for r in widget.rows] == ["input", "Richardson–Lucy"]
+    assert all(np.isfinite(r["psnr_db"]) for r in widget.rows)
+    assert "Scored on rows 0–" in widget.frc_note.text()
+    assert "columns 8–" in widget.frc_note.text()
+    res = widget.add_residual("rl")
+    assert res is not None
+    assert np.isnan(res.data[:, :8]).all() and np.isfinite(res.data[:, 30:]).all()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from pkl_dg.calibration import Calibration
 from pkl_dg.frc import frc_resolution
@@ -33,6 +34,7 @@ from pkl_dg.restoration import (MIN_SIDE, RestoreResult, StepRecord, check_image
                                  restore_iter, validate_image)
 from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import detect_saturation, fit_mask
+from pkl_dg.scored_region import measured_rectangle, region_text
 from pkl_dg.settings import METHOD_LABELS, METHODS, RestoreSettings
 
 METRIC_COLUMNS = ("method", "psnr_db", "ssim", "nrmse", "frc_px", "frc_nm", "seconds")
@@ -176,10 +178,12 @@ def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: Re
     Returns
     -------
     np.ndarray
-        float32, the measurement's shape; ~N(0, 1) where x̂ explains the data.
+        float32, the measurement's shape; ~N(0, 1) where x̂ explains the data; NaN where
+        the measurement or x̂ is NaN (unmeasured pixels, e.g. a registered image's border)
+        and within the PSF's reach of them, where μ would need x̂ there.
     """
     raw = np.asarray(measurement)
-    y = validate_image(raw)
+    y = validate_image(raw, missing_ok=True)
     if calibration is None:
         if settings.calibration != "manual":
             raise ValueError("the calibration is 'auto': pass the calibration the run "
@@ -190,12 +194,15 @@ def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: Re
     x = np.asarray(estimate, dtype=np.float32)
     if x.shape != y.shape:
         raise ValueError(f"estimate {x.shape} and measurement {y.shape} differ in shape")
+    # unmeasured pixels (NaN: a registered image's border, and the result there)
+    missing = ~(np.isfinite(y) & np.isfinite(x))
+    y, x = np.where(missing, 0, y), np.where(missing, 0, x).astype(np.float32)
     b = settings.background if background is None else background
     if b < 0:
         raise ValueError("background is 'auto': pass the background used "
                          "(result.metadata['background_photons'])")
     kernel = run_psf(psf, settings, y.shape).kernel
-    mask = fit_mask(detect_saturation(raw, raw.dtype), kernel.size == 1)
+    mask = fit_mask(detect_saturation(raw, raw.dtype, measured=~missing), kernel.size == 1)
     s2 = (float(calibration.read_noise) ** 2 if read_noise_var is None
           else float(read_noise_var))
     fm = ForwardModel(PSFConvolution(kernel), b)
@@ -205,6 +212,8 @@ def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: Re
     out = r.numpy().astype(np.float32)
     if mask is not None:
         out[mask == 0] = np.nan  # left out of the fit: the data say nothing there
+    if missing.any():  # μ within the PSF's reach of an unmeasured pixel is unknown
+        out[ndimage.maximum_filter(missing, size=kernel.shape)] = np.nan
     return out
 
 
@@ -256,16 +265,26 @@ def metrics_table(results: dict[str, np.ndarray], gt: np.ndarray,
                   measurement: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One row per method: PSNR (dB), SSIM, NRMSE (DESIGN §4), FRC resolution vs ``gt``;
     first, where ``measurement`` (the input, any unit: the protocol fits a gain and an
-    offset) is given, its own row, ``"input"``: the baseline a method must beat."""
+    offset) is given, its own row, ``"input"``: the baseline a method must beat.
+
+    Where any image has NaN pixels (a registered image's border, left NaN by the
+    restorations) all are scored on the largest rectangle measured in every one
+    (:func:`~pkl_dg.scored_region.measured_rectangle`); each row's ``scored_region`` then
+    says which. Raises ValueError when missing pixels lie inside the image."""
     rows = []
     images = results if measurement is None else {"input": measurement, **results}
+    region = measured_rectangle(gt, *images.values())
+    where = {} if region is None else {"scored_region": region_text(region, np.shape(gt))}
+    if region is not None:
+        gt = np.asarray(gt)[region]
+        images = {m: np.asarray(img)[region] for m, img in images.items()}
     for method, img in images.items():
         sc = care_scores(img, gt)
         frc = frc_resolution(img, gt, pixel_size_nm=pixel_size_nm)
         rows.append({"method": METHOD_LABELS.get(method, method), "psnr_db": sc["psnr"],
                      "ssim": sc["ssim"], "nrmse": sc["nrmse"], "frc_px": frc.resolution_px,
                      "frc_nm": frc.resolution_nm,
-                     "seconds": (seconds or {}).get(method)})
+                     "seconds": (seconds or {}).get(method), **where})
     return rows
 
 
@@ -288,13 +307,15 @@ def write_csv(rows: list[dict[str, Any]], path, context: dict[str, str] | None =
     import csv
 
     extra = dict(context or {})
+    columns = list(METRIC_COLUMNS) + (["scored_region"] if any("scored_region" in r
+                                                                for r in rows) else [])
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS) + list(extra))
+        w = csv.DictWriter(fh, fieldnames=columns + list(extra))
         w.writeheader()
         for row in rows:
             w.writerow({**{k: ("" if row.get(k) is None else
                                (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k]))
-                           for k in METRIC_COLUMNS}, **extra})
+                           for k in columns}, **extra})
 
 
 def render_panel(images: dict[str, np.ndarray], path, rows: list[dict] | None = None,
@@ -313,7 +334,7 @@ def render_panel(images: dict[str, np.ndarray], path, rows: list[dict] | None = 
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
     by_label = {r["method"].lower(): r for r in rows or []}  # "Input" panel, "input" row
     for ax, (label, img) in zip(axes[0], images.items()):
-        lo, hi = np.percentile(img, [0.5, 99.8])
+        lo, hi = np.nanpercentile(img, [0.5, 99.8])  # a NaN border stays NaN (blank)
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         row = by_label.get(label.lower())
         sub = f"\n{row['psnr_db']:.2f} dB · SSIM {row['ssim']:.3f}" if row else ""

@@ -86,13 +86,13 @@ def validate_block(block: Any, dtype: Any, empty_ok: bool = False,
     return out
 
 
-def validate_image(image: Any) -> np.ndarray:
-    """Check a single-channel 2D image and return a float32 copy of it."""
+def validate_image(image: Any, missing_ok: bool = False) -> np.ndarray:
+    """Check a single-channel 2D image; a float32 copy of it (see :func:`validate_block`)."""
     arr = np.asarray(image)
     check_image_shape(arr.shape)
     if arr.ndim != 2:
         raise ValueError(f"image must be 2D (Y, X), got shape {arr.shape}")
-    return validate_block(arr, arr.dtype)
+    return validate_block(arr, arr.dtype, missing_ok=missing_ok)
 
 
 def check_call(image: Any, settings: Any, psf: Any) -> Any:

@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             say(f"{r['method']:>18}  {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.3f}  "
                 f"FRC {frc_text(r)}")
+        if rows and "scored_region" in rows[0]:
+            say(f"scored on {rows[0]['scored_region']}")
         if args.csv:
             write_csv(rows, args.csv, csv_context(args.input.name, args.gt.name,
                                                   comparison.result.results))

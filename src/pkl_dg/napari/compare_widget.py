@@ -322,7 +322,8 @@ class CompareMethodsWidget(QWidget):
             return
         self.table.show_rows(self.rows)
         self.table.set_frc_note(note)
-        self.frc_note.setText(note + ".")
+        region = self.rows[0].get("scored_region") if self.rows else None
+        self.frc_note.setText(note + "." + (f" Scored on {region}." if region else ""))
         self.export_button.setEnabled(bool(self.rows))
 
     def export_csv(self, path) -> bool:
