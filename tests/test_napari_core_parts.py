@@ -468,3 +468,44 @@ def test_a_psf_layers_own_sampling_is_resampled_to_the_images_when_that_is_known
     _psf, _k, used, notes = resolve_psf(settings.replace(psf_pixel_size_nm=80.0), given,
                                         (128, 128))
     assert used.psf_pixel_size_nm == 80.0 and "psf_sampling_from_source" not in notes
+
+
+def test_a_stack_cancelled_while_a_plane_prepares_does_not_list_that_plane():
+    """Cancel clicked while plane 1 of a whole stack was still preparing (background,
+    calibration, its first iteration): the layer marks plane 1 as not started (NaN; it got
+    no frame), but the metadata's ``blocks`` listed it beside the restored plane 0. The
+    blocks listed are now those that yielded a frame."""
+    from pkl_dg.napari.worker import CancelFlag, Cancelled
+    from pkl_dg.physics import PSFConvolution
+
+    flag, seen = CancelFlag(), []
+    per_plane = 3
+
+    class CancelOnceAPlaneIsDone:  # Cancel clicked during the next plane's preparation
+        def __init__(self, psf):
+            self._inner = PSFConvolution(psf)
+
+        def A(self, x):  # noqa: N802
+            if len(seen) == per_plane:
+                flag.set()
+            return self._inner.A(x)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    rng = np.random.default_rng(0)
+    stack = rng.poisson(40.0, (3, 32, 32)).astype(np.float32) + 100
+    settings = RestoreSettings(method="rl", rl_iterations=per_plane, psf_sigma=1.5, threads=1)
+    gen = restoration_frames(stack, settings, PsfRequest("gaussian"),
+                             OperatorCache(factory=CancelOnceAPlaneIsDone), ModelCache(),
+                             axes="ZYX", cancel=flag)
+    while True:
+        try:
+            seen.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert isinstance(result, Cancelled) and result.steps_done == per_plane
+    assert {f.block for f in seen} == {(0,)}  # plane 1 got no frame: the layer's NaN
+    assert [b["index"] for b in result.metadata["blocks"]] == [[0]]
+    assert result.metadata["blocks"][0]["background_photons"] >= 0

@@ -5,7 +5,7 @@ stacks, so that a stack of 100 planes with the same problem says so once, not 10
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Iterator, TypeVar
 
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.guidance.stopping import AutoStop, ModelMismatchWarning, misfit_note
@@ -14,8 +14,10 @@ from pkl_dg.missing import MissingDataWarning
 from pkl_dg.negatives import NegativeDataWarning
 from pkl_dg.saturation import SaturationWarning
 
-__all__ = ["auto_info", "block_list", "block_name", "say_empty_blocks",
-           "summarise_block_problems"]
+__all__ = ["auto_info", "block_list", "block_name", "listed_from_first_frame",
+           "say_empty_blocks", "summarise_block_problems"]
+
+Frame = TypeVar("Frame")
 
 
 def block_name(index: tuple[int, ...], axes: str | None) -> str:
@@ -71,3 +73,33 @@ def say_empty_blocks(empty: list[list[int]], blocks: int) -> None:
     warnings.warn(f"{len(empty)} of {blocks} planes/volumes hold only zeros "
                   f"({block_list(empty)}): they are written as zeros, not restored (listed "
                   "in the metadata as empty_blocks).", EmptyPlaneWarning, stacklevel=3)
+
+
+def listed_from_first_frame(frames: Iterator[Frame], blocks: list[dict[str, Any]],
+                            info: dict[str, Any]) -> Iterator[Frame]:
+    """Yield a block's ``frames``, adding its metadata ``info`` to the run's ``blocks`` as
+    the first one comes.
+
+    A run cancelled (or failed) while a block was still preparing (calibration,
+    background, its first step) then does not list that block: it yielded no frame, and a
+    stopped stack names such blocks not started (the napari layer's NaN planes,
+    ``blocks_not_restored``). ``info`` is still filled in as the block runs.
+
+    Parameters
+    ----------
+    frames : iterator
+        The block's frames.
+    blocks : list of dict
+        The run's ``metadata["blocks"]``.
+    info : dict
+        The block's metadata, appended to ``blocks`` once.
+
+    Yields
+    ------
+    object
+        The frames of ``frames``, unchanged.
+    """
+    for n, frame in enumerate(frames):
+        if n == 0:
+            blocks.append(info)
+        yield frame

@@ -45,8 +45,8 @@ from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import (calibration_implied, settings_record, is_guided, uses_prior,
                                    uses_proximal_step)
 from pkl_dg.threads import apply_threads, thread_info
-from pkl_dg.block_reports import (auto_info, block_name, say_empty_blocks,
-                                  summarise_block_problems)
+from pkl_dg.block_reports import (auto_info, block_name, listed_from_first_frame,
+                                  say_empty_blocks, summarise_block_problems)
 from pkl_dg.calibration import Calibration
 from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
                            check_photon_counts, estimate_background, block_calibrations,
@@ -255,10 +255,10 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
     for idx in indices:
         raw = validate_block(image[idx] if idx else image, dtype, empty_ok=len(indices) > 1,
                              missing_ok=True)
-        block_meta: dict[str, Any] = {"index": list(idx)}
-        meta["blocks"].append(block_meta)  # filled in as the block runs
+        block_meta: dict[str, Any] = {"index": list(idx)}  # listed once it yields a frame
         if not np.any(raw != 0):
             block_meta["empty"] = True
+            meta["blocks"].append(block_meta)
             empty.append(list(idx))
             out[idx], done = 0.0, done + steps_per_block
             frame = out[idx].copy()
@@ -272,12 +272,12 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
         mask = None if mask is None else torch.from_numpy(mask).to(device)
         cal = calibration_of(idx)
         y = torch.from_numpy(cal.to_photons(raw)).to(device)
-        for rec in _restore_block(y, s, operator, net, device, block_meta, mask=mask,
-                                  where=where, chunk=chunk,
-                                  read_noise=cal.read_noise,
-                                  warn_negative=not flagged["negative_values"],
-                                  estimated_offset=cal.source == "estimated",
-                                  warn_misfit=not flagged["rl_auto_misfit"]):
+        steps = _restore_block(y, s, operator, net, device, block_meta, mask=mask, where=where,
+                               chunk=chunk, read_noise=cal.read_noise,
+                               warn_negative=not flagged["negative_values"],
+                               estimated_offset=cal.source == "estimated",
+                               warn_misfit=not flagged["rl_auto_misfit"])
+        for rec in listed_from_first_frame(steps, meta["blocks"], block_meta):
             done += 1
             # one sample (RL): a read-only view (each iterate is a new tensor), not a pass;
             # the final pass's mean as it set it (averaging its samples again rounds < 0)
