@@ -525,3 +525,35 @@ def test_nan_pixels_are_left_out_in_batch_as_in_restore(tmp_path, cluster):
         "pixels"] == 48 * 6
     jobs = run_batch([src], tmp_path / "chunked", RL, chunk=40, client=cluster, progress=False)
     assert jobs[0].status == "failed" and "--chunk 0" in jobs[0].message
+
+
+def test_a_failure_log_whose_input_was_deleted_goes_with_a_note(tmp_path):
+    """An input that failed left NAME.failed.log; deleting that input and rerunning the
+    batch left the log for ever (it went only once the input was restored), so the output
+    folder went on saying the file failed. A rerun now removes it and says so; logs of
+    inputs that still exist (another batch's), or whose folder is gone (a drive not
+    mounted: nothing says the file was deleted), and files the batch did not write stay."""
+    src, other, out = tmp_path / "in", tmp_path / "elsewhere", tmp_path / "out"
+    for folder, name in ((src, "gone"), (src, "bad"), (other, "kept"), (other, "away")):
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.npy").write_bytes(b"not an array")  # fails while planning
+    s = RestoreSettings(method="rl")
+    run_batch([src], out, s, progress=False)
+    run_batch([other / "kept.npy"], out, s, progress=False)
+    (other / "away").mkdir()
+    (other / "away.npy").rename(other / "away" / "away.npy")
+    run_batch([other / "away" / "away.npy"], out, s, progress=False)
+    (out / "notes.failed.log").write_text("my own notes\n")
+    logs = {"gone.ome.tif.failed.log", "bad.ome.tif.failed.log", "kept.ome.tif.failed.log",
+            "away.ome.tif.failed.log", "notes.failed.log"}
+    assert {p.name for p in out.iterdir()} == logs
+    (src / "gone.npy").unlink()
+    (other / "away" / "away.npy").unlink()
+    (other / "away").rmdir()  # as an unmounted drive: the input cannot be checked
+    with pytest.warns(UserWarning) as said:
+        jobs = run_batch([src], out, s, progress=False)
+    assert [(j.input.name, j.status) for j in jobs] == [("bad.npy", "failed")]
+    assert {p.name for p in out.iterdir()} == logs - {"gone.ome.tif.failed.log"}
+    note = next(str(w.message) for w in said if "gone.ome.tif.failed.log" in str(w.message))
+    assert "removed" in note and str(src / "gone.npy") in note and "no longer" in note
+    assert not any("kept" in str(w.message) or "away" in str(w.message) for w in said)

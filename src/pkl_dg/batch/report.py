@@ -47,9 +47,14 @@ def report_failure(exc: BaseException, notes: list[str] | None = None) -> BlockF
     return BlockFailure(str(exc) if own else f"{type(exc).__name__}: {exc}", details)
 
 
+#: how a failure log begins: this, the input's path, " failed: " and the reason
+_LOG_HEAD = "pkl-dg batch: "
+_LOG_SUFFIX = ".failed.log"
+
+
 def failure_log_path(job: Job) -> Path:
     """Where the details of a failed input go: ``NAME.failed.log`` in the output folder."""
-    return job.output.parent / f"{job.output.name}.failed.log"
+    return job.output.parent / f"{job.output.name}{_LOG_SUFFIX}"
 
 
 def write_failure_log(job: Job, message: str, details: str) -> str:
@@ -57,7 +62,7 @@ def write_failure_log(job: Job, message: str, details: str) -> str:
     (``message`` and where the details are; only ``message`` if the log cannot be written)."""
     p = failure_log_path(job)
     try:
-        p.write_text(f"pkl-dg batch: {job.input} failed: {message}\n\n{details}",
+        p.write_text(f"{_LOG_HEAD}{job.input.resolve()} failed: {message}\n\n{details}",
                      encoding="utf-8")
     except OSError as exc:
         return f"{message} (details not kept: cannot write {p.name}: {exc})"
@@ -67,6 +72,55 @@ def write_failure_log(job: Job, message: str, details: str) -> str:
 def clear_failure_log(job: Job) -> None:
     """Remove the failure log of an earlier run once the input has been restored."""
     failure_log_path(job).unlink(missing_ok=True)
+
+
+def clear_stale_failure_logs(outdir: Path, jobs: list[Job]) -> list[str]:
+    """Remove the failure logs of earlier runs whose input has since been deleted, and say
+    so in a warning; returns the names of the logs removed.
+
+    A log (``NAME.failed.log``, written by :func:`write_failure_log`) goes only when the
+    input it names is gone from a folder that is still there; the logs of this run's
+    inputs (rewritten or cleared as they fail or are restored), of inputs that still exist
+    (another batch into the same folder) and of inputs whose folder cannot be reached (a
+    drive not mounted) stay, as do files the batch did not write.
+
+    Parameters
+    ----------
+    outdir : Path
+        The run's output folder.
+    jobs : list of Job
+        The run's jobs (:func:`~pkl_dg.batch.plan.plan_outputs`).
+
+    Returns
+    -------
+    list of str
+        The names of the logs removed.
+    """
+    ours = {failure_log_path(job).name for job in jobs}
+    removed: list[tuple[str, Path]] = []
+    for log in sorted(outdir.glob(f"*{_LOG_SUFFIX}")):
+        if log.name in ours or not log.is_file():
+            continue
+        try:
+            with log.open(encoding="utf-8") as f:
+                head = f.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if not head.startswith(_LOG_HEAD) or " failed: " not in head:
+            continue
+        source = Path(head[len(_LOG_HEAD):].split(" failed: ", 1)[0])
+        if source.exists() or not source.parent.is_dir():
+            continue
+        try:
+            log.unlink()
+        except OSError:
+            continue
+        removed.append((log.name, source))
+    if removed:
+        warnings.warn(f"removed {len(removed)} failure log(s) of an earlier run whose input no "
+                      f"longer exists: {'; '.join(f'{n} ({p})' for n, p in removed)}",
+                      stacklevel=3)
+    return [name for name, _ in removed]
 
 
 def _empty_text(job: Job, blocks: list[dict[str, Any]]) -> str:

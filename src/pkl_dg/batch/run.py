@@ -26,8 +26,8 @@ from pkl_dg.batch.plan import (Job, check_run_wide, expand_inputs, plan_job, pla
                               without_psf_file)
 from pkl_dg.batch.assemble import BlockAssembler, staging_record
 from pkl_dg.batch.reading import calibration_record
-from pkl_dg.batch.report import (BlockFailure, clear_failure_log, say_block_warnings,
-                                 write_failure_log)
+from pkl_dg.batch.report import (BlockFailure, clear_failure_log, clear_stale_failure_logs,
+                                 say_block_warnings, write_failure_log)
 from pkl_dg.settings import RestoreSettings
 from pkl_dg.settings_rules import effective, settings_record
 
@@ -210,7 +210,8 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
         Bad inputs as a whole (nothing matched, two inputs → one output) or a setting that
         would fail every input (:func:`~pkl_dg.batch.plan.check_run_wide`: the PSF file, the
         chunk side), raised before any input is read; problems of one input are reported
-        in its job instead (a ``NAME.failed.log`` beside the output holds the traceback).
+        in its job instead (a ``NAME.failed.log`` beside the output holds the traceback;
+        an earlier run's log whose input has since been deleted is removed, with a warning).
     """
     from tqdm import tqdm
 
@@ -223,6 +224,7 @@ def run_batch(inputs: list[str | Path], outdir: str | Path,
     check_run_wide(s, chunk)
     outdir.mkdir(parents=True, exist_ok=True)
     jobs = plan_outputs(inputs, outdir, fmt, s)
+    clear_stale_failure_logs(outdir, jobs)  # of inputs deleted since: removed, with a note
     todo = []
     for job in jobs:
         try:

@@ -25,10 +25,10 @@ def register(subparsers) -> None:
                     "--scheduler. A rerun skips outputs that are complete and redoes "
                     "unfinished ones, reusing the blocks an interrupted run finished with "
                     "the same settings; an input that fails is reported (its traceback in "
-                    "OUTDIR/<output>.failed.log) and the others go on (exit code 1 if any "
-                    "failed); a setting that would fail every input (an unreadable PSF "
-                    "file, a too small --chunk) stops the run before it starts (exit "
-                    "code 2).")
+                    "OUTDIR/<output>.failed.log, removed once it is restored or, with a note, "
+                    "deleted) and the others go on (exit code 1 if any failed); a setting "
+                    "that would fail every input (an unreadable PSF file, a too small "
+                    "--chunk) stops the run before it starts (exit code 2).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or glob patterns")
     p.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
                    help="folder for the outputs (created if missing)")
