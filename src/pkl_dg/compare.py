@@ -196,7 +196,7 @@ def pearson_residual(measurement: np.ndarray, estimate: np.ndarray, settings: Re
         raise ValueError(f"estimate {x.shape} and measurement {y.shape} differ in shape")
     # unmeasured pixels (NaN: a registered image's border, and the result there)
     missing = ~(np.isfinite(y) & np.isfinite(x))
-    y, x = np.where(missing, 0, y), np.where(missing, 0, x).astype(np.float32)
+    y, x = np.where(missing, 0, y), np.where(missing, 0, x)  # float32 both
     b = settings.background if background is None else background
     if b < 0:
         raise ValueError("background is 'auto': pass the background used "

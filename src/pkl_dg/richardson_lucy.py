@@ -33,9 +33,9 @@ along with the detail), in 0.3–0.4× the iterations.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
-import sys
 
 import numpy as np
 import torch
@@ -315,6 +315,7 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
             alpha = float(torch.vdot(g.reshape(-1), g_prev.reshape(-1))) / (gg_prev + 1e-30)
             alpha = min(max(alpha, 0.0), alpha_max)
         if alpha > 0:
+            # x + α(x − x_prev)
             base = torch.lerp(x_prev, x, 1.0 + alpha, out=buffers.take()).clamp_(min=0)
         corr = loop.correction(base)
         if tv_weight > 0:
