@@ -197,7 +197,7 @@ def test_restore_applies_the_automatic_stop(scene):
 
 def test_uncalibrated_data_switch_the_automatic_stop_off(scene):
     """Data far less noisy than photon counts (here: counts × 0.1) cannot use the stop."""
-    from pkl_dg.restoration import CalibrationWarning
+    from pkl_dg.inputs import CalibrationWarning
 
     _, y, _, _ = scene
     scaled = (y * 0.1).astype(np.float32)  # variance 0.1 × the mean

@@ -115,3 +115,68 @@ def test_final_pass_level_adds_the_monte_carlo_error_of_the_sample_mean():
     assert t_both > t_grain
     assert sched.x0_noise_level(math.floor(t_both)) <= target * 1.01
     assert sched.x0_noise_level(math.ceil(t_both)) >= target * 0.99
+
+
+@pytest.mark.parametrize("final_noise", [0.0, 0.5])
+def test_a_later_group_streams_its_own_samples_and_the_mean_of_all_so_far(monkeypatch, scene,
+                                                                         final_noise):
+    """From the second group on a record holds the current group's x̂0 and the running mean
+    of every sample so far (one image, not a copy of all samples each frame); the last
+    record holds every sample, and the final pass moves them all by the same correction."""
+    import torch
+
+    from pkl_dg.diffusion.mapping import IntensityMapping
+    from pkl_dg.diffusion.sampler import Guidance, Problem, guided_ddim_grouped
+    from pkl_dg.diffusion.schedule import DDIMScheduler
+    from pkl_dg.guidance import GuidanceStep, get_likelihood
+    from pkl_dg.physics import ForwardModel, PSFConvolution
+
+    x, y, psf, b = scene
+    monkeypatch.setattr(sampler, "GROUP_VOXELS", y.size)  # one sample per group
+    problem = Problem(torch.from_numpy(y), ForwardModel(PSFConvolution(psf), background=b),
+                      IntensityMapping(1.2 * float(x.max())))
+    steps, n = 3, 3
+    recs = list(guided_ddim_grouped(lambda z, t: 0.3 * z, problem, DDIMScheduler(steps, 1.0),
+                                    Guidance(GuidanceStep(get_likelihood("pkl"), "proximal",
+                                                          sub_iterations=2)),
+                                    num_samples=n, final_noise=final_noise))
+    assert len(recs) == steps * n + (final_noise > 0)
+    ends = [recs[steps * g - 1].x0[-1:] for g in range(1, n + 1)]  # each group's last x̂0
+    for r in recs[:steps]:
+        assert r.x0.shape[0] == 1 and r.mean is None
+    for i, r in enumerate(recs[steps:-1], start=steps):
+        done = ends[: i // steps]
+        assert r.x0.shape == (1, *y.shape) and r.mean.shape == (1, *y.shape)
+        torch.testing.assert_close(r.mean, torch.cat([*done, r.x0]).mean(dim=0, keepdim=True))
+    assert not torch.allclose(ends[0], ends[1])  # the samples differ: the mean is not trivial
+    last, every = recs[-1], torch.cat(ends)
+    assert last.x0.shape == (n, *y.shape)
+    if final_noise:
+        torch.testing.assert_close(last.x0 - last.mean, every - every.mean(dim=0, keepdim=True),
+                                   rtol=1e-5, atol=1e-4)
+    else:
+        assert last.mean is None and torch.equal(last.x0, every)
+
+
+def test_the_rough_estimate_frees_its_buffers_before_the_sampler_runs(monkeypatch, scene):
+    """The automatic RL run that sets the scale and the data budget holds images and an
+    FFT workspace: none of it stays alive through the diffusion steps."""
+    import gc
+    import weakref
+
+    import pkl_dg.richardson_lucy as rl
+
+    loops = []
+
+    class Tracked(rl._RLLoop):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            loops.append(weakref.ref(self))
+
+    monkeypatch.setattr(rl, "_RLLoop", Tracked)
+    _, y, psf, _ = scene
+    run = restore_iter(y, psf=psf, steps=3, samples=2, calibration="manual")
+    next(run)  # the rough estimate has run; the sampler is at its first step
+    gc.collect()
+    assert loops and all(ref() is None for ref in loops)
+    list(run)

@@ -30,8 +30,8 @@ from pkl_dg.metrics import care_scores
 from pkl_dg.axes import arrange
 from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.psf_source import PSF, describe_psf, run_psf
-from pkl_dg.restoration import (MIN_SIDE, RestoreResult, StepRecord, check_image_shape,
-                                 restore_iter, validate_image)
+from pkl_dg.inputs import MIN_SIDE, check_image_shape, validate_image
+from pkl_dg.restoration import RestoreResult, StepRecord, restore_iter
 from pkl_dg.runs import StreamedRun
 from pkl_dg.saturation import detect_saturation, fit_mask
 from pkl_dg.scored_region import measured_rectangle, region_text

@@ -48,10 +48,9 @@ from pkl_dg.threads import apply_threads, thread_info
 from pkl_dg.block_reports import (auto_info, block_name, listed_from_first_frame,
                                   say_empty_blocks, summarise_block_problems)
 from pkl_dg.calibration import Calibration
-from pkl_dg.inputs import (MIN_SIDE, CalibrationWarning, check_image_shape,  # noqa: F401
-                           check_photon_counts, estimate_background, block_calibrations,
-                           validate_block, validate_image, check_call)
-from pkl_dg.uncertainty import has_posterior_std, posterior_std_note  # noqa: F401 (re-export)
+from pkl_dg.inputs import (MIN_SIDE, check_image_shape, check_photon_counts,
+                           estimate_background, block_calibrations, validate_block, check_call)
+from pkl_dg.uncertainty import posterior_std_note
 
 #: RL iterations of the rough estimate that sets the intensity scale (DESIGN §7)
 SCALE_ESTIMATE_ITERATIONS = 20
@@ -279,9 +278,9 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
                                warn_misfit=not flagged["rl_auto_misfit"])
         for rec in listed_from_first_frame(steps, meta["blocks"], block_meta):
             done += 1
-            # one sample (RL): a read-only view (each iterate is a new tensor), not a pass;
-            # the final pass's mean as it set it (averaging its samples again rounds < 0)
-            frame = (rec.x0[0] if len(rec.x0) == 1 else rec.mean[0] if rec.mean is not None
+            # the mean as the sampler set it (the final pass's: averaging its samples again
+            # rounds < 0); one sample (RL): a read-only view (each iterate is a new tensor)
+            frame = (rec.mean[0] if rec.mean is not None else rec.x0[0] if len(rec.x0) == 1
                      else reduce(rec.x0, "sample ... -> ...", "mean")).float().cpu().numpy()
             if missing is not None:  # nothing measured there: NaN (a copy: not the sampler's)
                 frame = np.where(missing, np.float32(np.nan), frame)
@@ -334,18 +333,18 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         info["negative_values"] = negatives
     fm = ForwardModel(operator, background, s2, mask)
     pkl = get_likelihood("pkl")
+    x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)  # where RL starts
     if not uses_prior(s):  # Richardson–Lucy
-        x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
         yield from rl_steps(y, fm, s, x0, info, where, warn_misfit)
         return
     proximal = uses_proximal_step(s)
     with torch.inference_mode():
         if proximal:  # RL with the automatic stop sets both the scale and the data budget
             rule = AutoStop(y, fm)
-            x0 = None if chunk is None else torch.full_like(y, chunk.rl_start)
             for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
                 rough = it.x
             info.update(auto_info(rule, where, warn_misfit))
+            del it, rule  # RL's buffers and FFT workspace: not held through the run
         else:
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
     scale_px = scale_pixels(fm.mask, operator)  # not set by saturated pixels or their blur
@@ -377,6 +376,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
                                       f"likelihood's; {s.method} guidance takes Poisson-"
                                       "preconditioned steps)")
         guidance = GuidanceStep(get_likelihood(s.method), rule, lam, k, disc, accelerate)
+    del rough, x0  # the sampler starts from noise: images not held through the run
     yield from guided_ddim_grouped(net, Problem(y, fm, mapping), DDIMScheduler(s.steps, s.eta),
                                    Guidance(guidance, s.t_threshold, s.ramp, misfit=pkl),
                                    num_samples=s.samples, seed=s.seed,

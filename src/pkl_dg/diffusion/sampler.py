@@ -163,9 +163,10 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                 eps = phase_shifted(denoiser, x, torch.full((len(x),), t, dtype=torch.long,
                                                             device=y.device),
                                     [(j + i) % PHASES for j in sample_of_row])
-            z0 = scheduler.predict_x0(x, eps.float(), t).clamp(-1.0, Z_MAX)
-            x0 = rearrange(mapping.to_intensity(z0).clamp(min=0), f"{NETWORK} -> {layout}",
+            z0 = scheduler.predict_x0(x, eps.float(), t).clamp_(-1.0, Z_MAX)
+            x0 = rearrange(mapping.to_intensity(z0).clamp_(min=0), f"{NETWORK} -> {layout}",
                            sample=num_samples)
+            del eps, z0  # two images fewer held through the data step
             if guidance.step is not None:
                 # x̂0's noise level σ̄_t in model units, s/2 photons each; capped at SIGMA_MAX
                 # (there the proximal step is already plain RL, and τ² must stay finite in
@@ -348,9 +349,12 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
         ``index`` counts the steps of all groups, then (with ``final_noise``) the
         :func:`final_denoise` pass over the samples' mean, which moves every sample by the
         same correction so that their spread is kept (``total`` = steps × groups + 1);
-        ``x0`` holds the final x̂0 of the groups already done followed by the current
-        group's, photons, (samples so far, *y.shape); ``nll`` likewise (the final pass
-        repeats the last misfit). The last record holds every sample.
+        ``x0`` holds the current group's x̂0, photons, (group's samples, *y.shape), and from
+        the second group on ``mean`` the mean of the samples so far (the groups done and
+        the current one's x̂0), (1, *y.shape): a frame costs one image, not a copy of every
+        sample (4096², 4 groups: 64 MB, not 256). ``nll`` holds the misfit of every sample
+        so far (the final pass repeats the last). The last record holds every sample in
+        ``x0``.
     """
     groups = sample_groups(num_samples, problem.y.numel(), group_budget(problem.y.device))
     plane_shape, box = window if window is not None else (None, None)
@@ -358,16 +362,22 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
     final = guidance.step is not None and final_noise > 0
     total = steps * len(groups) + final
     done: list[SamplerStep] = []  # the last step of each group done
+    done_sum = torch.zeros(())  # the sum of their samples' x̂0
     for g, ids in enumerate(groups):
         noise = window_noise(torch.Generator().manual_seed(seed), plane_shape, box,
                              num_samples=num_samples, samples=ids)
         for rec in guided_ddim(denoiser, problem, scheduler, guidance, num_samples=len(ids),
                                autocast_dtype=autocast_dtype, noise=noise,
                                first_sample=ids.start):
-            yield SamplerStep(g * steps + rec.index, total, rec.t,
-                              torch.cat([*(d.x0 for d in done), rec.x0]) if done else rec.x0,
-                              joined_misfit([*done, rec]))
+            x0, mean = rec.x0, None
+            if done and g == len(groups) - 1 and rec.index == steps and not final:
+                x0 = torch.cat([*(d.x0 for d in done), rec.x0])  # the run's last record
+            elif done:
+                mean = (done_sum + rec.x0.sum(dim=0, keepdim=True)) / ids.stop
+            yield SamplerStep(g * steps + rec.index, total, rec.t, x0,
+                              joined_misfit([*done, rec]), mean)
         done.append(rec)
+        done_sum = done_sum + rec.x0.sum(dim=0, keepdim=True)
     if final:  # the pass corrects the posterior mean; the spread stays
         samples = torch.cat([d.x0 for d in done])
         mean = samples.mean(dim=0, keepdim=True)
@@ -378,7 +388,8 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
         corrected, t = final_denoise(denoiser, mean, problem, scheduler, final_noise,
                                      autocast_dtype=autocast_dtype,
                                      mc_error=mean_mc_error(samples))
-        yield SamplerStep(total, total, round(t), samples - mean + corrected,
+        # in place: ``samples`` is this pass's own copy (4096²: 512 MB of temporaries fewer)
+        yield SamplerStep(total, total, round(t), samples.sub_(mean).add_(corrected),
                           joined_misfit(done), corrected)
 
 

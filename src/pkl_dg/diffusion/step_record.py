@@ -56,7 +56,9 @@ class SamplerStep(LazyMisfit):
         Each sample's data misfit, (samples,), or a callable that computes it (read it as
         ``nll``, :class:`LazyMisfit`); None where none is offered.
     mean : torch.Tensor or None
-        The samples' mean where the step sets it (the final pass), (1, *y.shape).
+        The mean of all samples so far where the step sets it, (1, *y.shape): the final
+        pass's result, and in a run of several sample groups each step from the second
+        group on (``x0`` then holds the current group's samples alone).
     """
 
     index: int

@@ -94,7 +94,7 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
     n = fm.adjoint_ones(x_prior).clamp(min=EPS)
     nt2 = n * tau_t * tau_t
     c = nt2 - x_prior
-    c2, four_nt2, two_nt2, positive = c * c, 4.0 * nt2, 2.0 * nt2, c > 0
+    c2, two_nt2, positive = c * c, 2.0 * nt2, c > 0  # 4·n·τ²: a scaling of nt2 (exact)
     # max(max(A x + B, 0) + s², floor) = max(A x + (B + s²), max(s², floor)): the constant
     # rides on the FFT's zero-frequency bin, the clamp is one in-place pass
     ws = fm.conv.workspace(tuple(x_prior.shape), x_prior.dtype, x_prior.device)
@@ -113,7 +113,7 @@ def poisson_proximal(x_prior: torch.Tensor, y: torch.Tensor, fm: ForwardModel,
         torch.div(ys, mu, out=ws.adjoint_input())
         torch.mul(base, ws.adjoint(), out=x_em)
         x_em.div_(n).clamp_(min=0)
-        torch.addcmul(c2, four_nt2, x_em, out=root).sqrt_()
+        torch.addcmul(c2, nt2, x_em, value=4.0, out=root).sqrt_()
         # the positive root, in the form without cancellation for each sign of c
         torch.add(root, c, out=den).clamp_(min=EPS)
         x_em.mul_(two_nt2).div_(den)
