@@ -107,3 +107,35 @@ def test_bench_load_cases_replaces_only_their_rows(tmp_path, monkeypatch):
     assert [(r["case"], r["threads"], r["ratio"], r["repeats"]) for r in data["rows"]] == \
         [("pkl", 1, 1.9, 3), ("rl", 1, 2.0, 7), ("pkl", 2, 2.0, 3)]
     assert [r["note"] for r in data["rows"]] == ["n", "again", None]
+
+
+def test_small_richardson_lucy_iterations_run_on_one_thread_and_give_the_count_back():
+    """A small image's RL iterations (FFT grid under ONE_THREAD_BELOW_PX) run on one
+    thread; between iterations, and after an error, the caller's count is back."""
+    from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+    from pkl_dg.richardson_lucy import rl_iterates
+    from pkl_dg.threads import ONE_THREAD_BELOW_PX, one_thread_below
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="inside"):
+            with one_thread_below(10):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+        with one_thread_below(ONE_THREAD_BELOW_PX):  # at the limit: unchanged
+            assert torch.get_num_threads() == 2
+        seen = []
+        fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), background=1.0)
+
+        def stop(it):
+            seen.append(torch.get_num_threads())
+            return it.k == 3
+
+        y = torch.full((40, 40), 5.0)
+        for it in rl_iterates(y, fm, 10, stop=stop):
+            assert torch.get_num_threads() == 2  # the consumer's count while it runs
+        assert it.k == 3 and seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -33,6 +33,7 @@ along with the detail), in 0.3–0.4× the iterations.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -42,6 +43,7 @@ import torch
 
 from pkl_dg.guidance.likelihoods import EPS
 from pkl_dg.physics.forward import ForwardModel
+from pkl_dg.threads import one_thread_below
 
 #: Upper clip of the Biggs–Andrews factor α (deconvlucy clips at 1; see the module docstring)
 ALPHA_MAX = 0.7
@@ -309,30 +311,36 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
     x_prev = g = g_prev = None
     gg_prev = 0.0
     buffers = _Iterates(y)
+    # a small image's iterations on one thread (see pkl_dg.threads.one_thread_below)
+    pixels = math.prod(y.shape[:-fm.conv.ndim]) * math.prod(
+        fm.conv.padded_shape(*y.shape[-fm.conv.ndim:])) if y.device.type == "cpu" else 1 << 62
     for k in range(1, iterations + 1):
-        alpha, base = 0.0, x
-        if accelerate and g_prev is not None:
-            alpha = float(torch.vdot(g.reshape(-1), g_prev.reshape(-1))) / (gg_prev + 1e-30)
-            alpha = min(max(alpha, 0.0), alpha_max)
-        if alpha > 0:
-            # x + α(x − x_prev)
-            base = torch.lerp(x_prev, x, 1.0 + alpha, out=buffers.take()).clamp_(min=0)
-        corr = loop.correction(base)
-        if tv_weight > 0:
-            x_new = base * corr / (norm - tv_weight * _tv_divergence(base)).clamp(min=1e-6)
-        else:
-            x_new = normalise(torch.mul(base, corr, out=buffers.take()))
-        if accelerate:
-            x_new.clamp_(min=0)  # deconvlucy's positivity; FFT rounding can dip below 0
-            if g is not None:
-                g_prev, gg_prev = g, float(torch.vdot(g.reshape(-1), g.reshape(-1)))
-            g = torch.sub(x_new, base, out=buffers.take())
-            x_prev = x
-        x = x_new
+        with one_thread_below(pixels):
+            alpha, base = 0.0, x
+            if accelerate and g_prev is not None:
+                alpha = float(torch.vdot(g.reshape(-1), g_prev.reshape(-1))) / (gg_prev + 1e-30)
+                alpha = min(max(alpha, 0.0), alpha_max)
+            if alpha > 0:
+                # x + α(x − x_prev)
+                base = torch.lerp(x_prev, x, 1.0 + alpha, out=buffers.take()).clamp_(min=0)
+            corr = loop.correction(base)
+            if tv_weight > 0:
+                x_new = base * corr / (norm - tv_weight * _tv_divergence(base)).clamp(min=1e-6)
+            else:
+                x_new = normalise(torch.mul(base, corr, out=buffers.take()))
+            if accelerate:
+                x_new.clamp_(min=0)  # deconvlucy's positivity; FFT rounding can dip below 0
+                if g is not None:
+                    g_prev, gg_prev = g, float(torch.vdot(g.reshape(-1), g.reshape(-1)))
+                g = torch.sub(x_new, base, out=buffers.take())
+                x_prev = x
+            x = x_new
         it = RLIterate(k, x, alpha, loop)
         yield it
-        if stop is not None and stop(it):
-            return
+        if stop is not None:
+            with one_thread_below(pixels):
+                if stop(it):
+                    return
 
 
 def richardson_lucy_iter(y: torch.Tensor, fm: ForwardModel, iterations: int,
