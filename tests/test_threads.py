@@ -114,17 +114,17 @@ def test_small_richardson_lucy_iterations_run_on_one_thread_and_give_the_count_b
     thread; between iterations, and after an error, the caller's count is back."""
     from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
     from pkl_dg.richardson_lucy import rl_iterates
-    from pkl_dg.threads import ONE_THREAD_BELOW_PX, one_thread_below
+    from pkl_dg.threads import one_thread
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         with pytest.raises(RuntimeError, match="inside"):
-            with one_thread_below(10):
+            with one_thread():
                 assert torch.get_num_threads() == 1
                 raise RuntimeError("inside")
         assert torch.get_num_threads() == 2
-        with one_thread_below(ONE_THREAD_BELOW_PX):  # at the limit: unchanged
+        with one_thread(False):
             assert torch.get_num_threads() == 2
         seen = []
         fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), background=1.0)
@@ -137,5 +137,37 @@ def test_small_richardson_lucy_iterations_run_on_one_thread_and_give_the_count_b
         for it in rl_iterates(y, fm, 10, stop=stop):
             assert torch.get_num_threads() == 2  # the consumer's count while it runs
         assert it.k == 3 and seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_blur_tiles_run_on_one_thread(monkeypatch):
+    """The tiled blur of a large image runs its tiles on one thread (each tile's operations
+    are too small to share) and gives the caller's count back."""
+    import pkl_dg.physics.filtering as filtering
+    from pkl_dg.physics import PSFConvolution, gaussian_psf
+
+    before, seen = torch.get_num_threads(), []
+    real_rfft2 = torch.fft.rfft2
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real_rfft2(*a, **k)
+
+    monkeypatch.setattr(filtering, "BLOCK_FROM_THREADED", 64)
+    try:
+        torch.set_num_threads(2)
+        conv = PSFConvolution(gaussian_psf(1.5))
+        x = torch.rand(400, 400, generator=torch.Generator().manual_seed(0))
+        ws = conv.workspace(tuple(x.shape))
+        assert ws._blocked
+        monkeypatch.setattr(torch.fft, "rfft2", spy)
+        out = ws.A(x).clone()
+        monkeypatch.setattr(torch.fft, "rfft2", real_rfft2)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        monkeypatch.setattr(filtering, "BLOCK_FROM_THREADED", 10**6)
+        whole = conv.workspace(tuple(x.shape))
+        assert not whole._blocked
+        torch.testing.assert_close(out, whole.A(x), rtol=1e-4, atol=1e-4)  # the same blur
     finally:
         torch.set_num_threads(before)

@@ -43,7 +43,7 @@ import torch
 
 from pkl_dg.guidance.likelihoods import EPS
 from pkl_dg.physics.forward import ForwardModel
-from pkl_dg.threads import one_thread_below
+from pkl_dg.threads import ONE_THREAD_BELOW_PX, one_thread
 
 #: Upper clip of the Biggs–Andrews factor α (deconvlucy clips at 1; see the module docstring)
 ALPHA_MAX = 0.7
@@ -311,11 +311,11 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
     x_prev = g = g_prev = None
     gg_prev = 0.0
     buffers = _Iterates(y)
-    # a small image's iterations on one thread (see pkl_dg.threads.one_thread_below)
-    pixels = math.prod(y.shape[:-fm.conv.ndim]) * math.prod(
-        fm.conv.padded_shape(*y.shape[-fm.conv.ndim:])) if y.device.type == "cpu" else 1 << 62
+    # a small image's iterations on one thread (see pkl_dg.threads.one_thread)
+    small = y.device.type == "cpu" and math.prod(y.shape[:-fm.conv.ndim]) * math.prod(
+        fm.conv.padded_shape(*y.shape[-fm.conv.ndim:])) < ONE_THREAD_BELOW_PX
     for k in range(1, iterations + 1):
-        with one_thread_below(pixels):
+        with one_thread(small):
             alpha, base = 0.0, x
             if accelerate and g_prev is not None:
                 alpha = float(torch.vdot(g.reshape(-1), g_prev.reshape(-1))) / (gg_prev + 1e-30)
@@ -338,7 +338,7 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
         it = RLIterate(k, x, alpha, loop)
         yield it
         if stop is not None:
-            with one_thread_below(pixels):
+            with one_thread(small):
                 if stop(it):
                     return
 

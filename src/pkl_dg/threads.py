@@ -87,29 +87,31 @@ def thread_info() -> dict:
             "omp_wait_policy": os.environ.get(WAIT_POLICY_ENV, "runtime default")}
 
 
-#: FFT-grid pixels per plane below which Richardson–Lucy's iterations run on one thread
-#: (:func:`one_thread_below`). Measured on the 2-core benchmark machine, passive wait, one
-#: RL iteration, 1 vs 2 threads: 512² 2.76 vs 3.26 ms, 640² 4.97 vs 4.58 ms, 768² 6.39 vs
+
+#: FFT-grid pixels below which Richardson–Lucy's iterations run on one thread (see
+#: :func:`one_thread`). Measured on the 2-core benchmark machine, passive wait, one RL
+#: iteration, 1 vs 2 threads: 512² 2.76 vs 3.26 ms, 640² 4.97 vs 4.58 ms, 768² 6.39 vs
 #: 5.20 ms, 1024² 11.3 vs 7.7 ms (``/work/exp20/rlparts2.py``, session 20).
 ONE_THREAD_BELOW_PX = 576 * 576
 
 
 @contextmanager
-def one_thread_below(pixels: int, limit: int = ONE_THREAD_BELOW_PX) -> Iterator[None]:
-    """Run the block on one torch thread when ``pixels`` < ``limit``; the count set before
-    is restored afterwards (also on an exception).
+def one_thread(when: bool = True) -> Iterator[None]:
+    """Run the block on one torch thread (if ``when``); the count set before is restored
+    afterwards, also on an exception.
 
     Why: with OpenMP's passive wait (:func:`set_passive_wait_policy`) every parallel
     operation wakes the sleeping threads, which costs more than a second thread saves on
-    an operation of a few hundred microseconds: Richardson–Lucy on a 512² image is 1.2×
-    faster on one thread than on two, while the network at that size still gains from two.
-    Switching costs well under a microsecond (it sets OpenMP's and MKL's counts for the
-    calling thread; no thread is started or stopped).
+    an operation of a few hundred microseconds: Richardson–Lucy on a 512² image, and the
+    320² tiles of a 4096² blur, run faster on one thread than on two (the network, and
+    the element-wise work on a large image, still gain from two). Switching costs well
+    under a microsecond: it sets OpenMP's and MKL's counts for the calling thread; no
+    thread is started or stopped.
     """
     import torch
 
     before = torch.get_num_threads()
-    if before == 1 or pixels >= limit:
+    if not when or before == 1:
         yield
         return
     torch.set_num_threads(1)
