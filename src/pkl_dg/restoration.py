@@ -39,6 +39,7 @@ from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
 from pkl_dg.rl_restore import rl_steps
 from pkl_dg.runs import StreamedRun
 from pkl_dg.missing import block_fit
+from pkl_dg.plane_chunk import PlaneChunk
 from pkl_dg.saturation import scale_pixels
 from pkl_dg.psf_source import PSF, run_psf
 from pkl_dg.settings import RestoreSettings
@@ -80,23 +81,6 @@ class StepRecord(LazyMisfit):
     block: tuple[int, ...] = ()
     step: int = 0
     steps: int = 0
-
-
-@dataclass(frozen=True)
-class PlaneChunk:
-    """What a chunk of a plane shares with the whole plane (``pkl-dg batch``).
-
-    ``box`` (y0, y1, x0, x1), half-open px, within a plane of ``plane_shape`` (H, W);
-    ``rl_start`` the plane's Richardson–Lucy start level and ``intensity_scale`` its scale
-    s, photons (the chunk's own would differ; None for Richardson–Lucy, which has none);
-    ``rl_auto_iterations`` the plane's automatic RL count, which sets PKL's data budget.
-    """
-
-    box: tuple[int, int, int, int]
-    plane_shape: tuple[int, int]
-    rl_start: float
-    intensity_scale: float | None = None
-    rl_auto_iterations: int | None = None
 
 
 @dataclass

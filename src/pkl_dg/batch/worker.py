@@ -297,7 +297,8 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
                    threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`restore_task`'s work; raises what goes wrong."""
     from pkl_dg.psf_source import psf_from_settings
-    from pkl_dg.restoration import PlaneChunk, restore_iter
+    from pkl_dg.plane_chunk import PlaneChunk
+    from pkl_dg.restoration import restore_iter
     from pkl_dg.settings import RestoreSettings
     from pkl_dg.settings_rules import uses_prior
 
