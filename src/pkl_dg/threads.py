@@ -87,7 +87,6 @@ def thread_info() -> dict:
             "omp_wait_policy": os.environ.get(WAIT_POLICY_ENV, "runtime default")}
 
 
-
 #: FFT-grid pixels below which Richardson–Lucy's iterations run on one thread (see
 #: :func:`one_thread`). Measured on the 2-core benchmark machine, passive wait, one RL
 #: iteration, 1 vs 2 threads: 512² 2.76 vs 3.26 ms, 640² 4.97 vs 4.58 ms, 768² 6.39 vs

@@ -93,10 +93,10 @@ def use_blocks(ndim: int, radius: tuple[int, ...], shape: tuple[int, ...],
 
     With several threads and OpenMP's passive wait (:mod:`pkl_dg.threads`) each of a tile's
     small operations would wake the other threads, so the tiles run on one thread
-    (:func:`valid_filter`). Measured at 2 threads (session 20, ``/work/exp20/tiles.py``), one
-    RL iteration in tiles / as one FFT: 2048² 42–44 / 41–42 ms, 3072² 138–140 / 162–168 ms,
-    4096² 227–231 / 337–340 ms (tiles on two threads: 368–370 ms); on one thread tiles won
-    at 2048² too (A + Aᵀ 60 vs 114 ms; 4096² 239 vs 622 ms).
+    (:func:`valid_filter`). Measured at 2 threads (session 20, ``/work/exp20/tiles.py``),
+    one RL iteration in tiles / as one FFT: 2048² 42–44 / 41–42 ms, 3072² 138–140 /
+    162–168 ms, 4096² 227–231 / 337–340 ms (tiles on two threads: 368–370 ms); on one
+    thread tiles won at 2048² too (A + Aᵀ 60 vs 114 ms; 4096² 239 vs 622 ms).
     """
     if ndim != 2 or like.device.type != "cpu" or like.requires_grad or \
             8 * max(radius) > BLOCK_FFT:
@@ -132,34 +132,26 @@ def valid_filter(u: torch.Tensor, otf: torch.Tensor, radius: tuple[int, int],
     torch.Tensor
         ``out``: output i uses inputs i … i + 2r.
     """
-    t, (m0, m1) = BLOCK_FFT, out_shape
+    t = BLOCK_FFT
+    (r0, r1), (m0, m1) = radius, out_shape
+    b0, b1 = t - 2 * r0, t - 2 * r1
     if out is None:
         out = u.new_empty(*u.shape[:-2], m0, m1)
     tile, full = u.new_empty(t, t), u.new_empty(t, t)
     spec = torch.empty(otf.shape, dtype=otf.dtype, device=u.device)
     with one_thread():  # a tile's operations are too small to share (pkl_dg.threads)
-        _tiles(u, otf, radius, out_shape, out, offset, tile, full, spec)
+        for src, dst in zip(u.reshape(-1, *u.shape[-2:]), out.reshape(-1, m0, m1)):
+            for y in range(0, m0, b0):
+                h, hin = min(b0, m0 - y), min(t, m0 + 2 * r0 - y)
+                for x in range(0, m1, b1):
+                    w, win = min(b1, m1 - x), min(t, m1 + 2 * r1 - x)
+                    if hin < t or win < t:  # a last, partial tile: zeros beyond the input
+                        tile.zero_()
+                    tile[:hin, :win].copy_(src[y: y + hin, x: x + win])
+                    torch.fft.rfft2(tile, out=spec)
+                    spec.mul_(otf)
+                    if offset:  # + c everywhere = + c·t² on the zero-frequency bin
+                        spec[0, 0] += offset * t * t
+                    torch.fft.irfft2(spec, s=(t, t), out=full)
+                    dst[y: y + h, x: x + w] = full[r0: r0 + h, r1: r1 + w]
     return out
-
-
-def _tiles(u: torch.Tensor, otf: torch.Tensor, radius: tuple[int, int],
-           out_shape: tuple[int, int], out: torch.Tensor, offset: float, tile: torch.Tensor,
-           full: torch.Tensor, spec: torch.Tensor) -> None:
-    """:func:`valid_filter`'s loop over planes and tiles, writing into ``out``."""
-    t = BLOCK_FFT
-    (r0, r1), (m0, m1) = radius, out_shape
-    b0, b1 = t - 2 * r0, t - 2 * r1
-    for src, dst in zip(u.reshape(-1, *u.shape[-2:]), out.reshape(-1, m0, m1)):
-        for y in range(0, m0, b0):
-            h, hin = min(b0, m0 - y), min(t, m0 + 2 * r0 - y)
-            for x in range(0, m1, b1):
-                w, win = min(b1, m1 - x), min(t, m1 + 2 * r1 - x)
-                if hin < t or win < t:  # a last, partial tile: zeros beyond the input
-                    tile.zero_()
-                tile[:hin, :win].copy_(src[y: y + hin, x: x + win])
-                torch.fft.rfft2(tile, out=spec)
-                spec.mul_(otf)
-                if offset:  # + c everywhere = + c·t² on the zero-frequency bin
-                    spec[0, 0] += offset * t * t
-                torch.fft.irfft2(spec, s=(t, t), out=full)
-                dst[y: y + h, x: x + w] = full[r0: r0 + h, r1: r1 + w]
