@@ -214,22 +214,21 @@ def test_batched_blur_equals_the_blur_of_each_image():
     assert torch.allclose(xg.grad, adj, atol=1e-5)
 
 
-def test_large_images_are_blurred_in_tiles_exactly():
-    """Above BLOCK_FROM px (on one CPU thread) A and Aᵀ run in overlap-save tiles: the same
-    operator as one FFT to rounding, still adjoint, through the workspace too."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_images_are_blurred_in_tiles_exactly(threads):
+    """From BLOCK_FROM px A and Aᵀ run in overlap-save tiles (on one or more threads): the
+    same operator as one FFT to rounding, still adjoint, through the workspace too."""
     from pkl_dg.physics import filtering as blocked
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         _check_tiles(blocked)
-        shape = (blocked.BLOCK_FROM, blocked.BLOCK_FROM)
-        torch.set_num_threads(2)  # more threads: tiles only from BLOCK_FROM_THREADED
-        assert not blocked.use_blocks(2, (8, 8), shape, torch.empty(0))
-        assert blocked.use_blocks(2, (8, 8), (blocked.BLOCK_FROM_THREADED,) * 2,
-                                  torch.empty(0))
-        assert not blocked.use_blocks(2, (blocked.BLOCK_FFT // 4,) * 2,
-                                      (blocked.BLOCK_FROM_THREADED,) * 2, torch.empty(0))
+        side = blocked.BLOCK_FROM
+        assert not blocked.use_blocks(2, (8, 8), (side - 1, side + 100), torch.empty(0))
+        assert blocked.use_blocks(2, (8, 8), (side, side), torch.empty(0))
+        assert not blocked.use_blocks(2, (blocked.BLOCK_FFT // 4,) * 2, (side, side),
+                                      torch.empty(0))
     finally:
         torch.set_num_threads(before)
 

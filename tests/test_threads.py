@@ -141,33 +141,120 @@ def test_small_richardson_lucy_iterations_run_on_one_thread_and_give_the_count_b
         torch.set_num_threads(before)
 
 
-def test_blur_tiles_run_on_one_thread(monkeypatch):
-    """The tiled blur of a large image runs its tiles on one thread (each tile's operations
-    are too small to share) and gives the caller's count back."""
+def _tiled_workspace(monkeypatch, side=400):
     import pkl_dg.physics.filtering as filtering
     from pkl_dg.physics import PSFConvolution, gaussian_psf
+
+    monkeypatch.setattr(filtering, "BLOCK_FROM", 64)
+    conv = PSFConvolution(gaussian_psf(1.5))
+    x = torch.rand(side, side + 7, generator=torch.Generator().manual_seed(0))
+    ws = conv.workspace(tuple(x.shape))
+    assert ws._blocked
+    return conv, x, ws
+
+
+def _whole_blur(monkeypatch, conv, x):
+    import pkl_dg.physics.filtering as filtering
+
+    monkeypatch.setattr(filtering, "BLOCK_FROM", 10**6)
+    whole = conv.workspace(tuple(x.shape))
+    assert not whole._blocked
+    return whole.A(x).clone()
+
+
+def test_blur_tiles_are_shared_by_the_threads_each_on_one_torch_thread(monkeypatch):
+    """The tiled blur of a large image splits its tiles among as many Python threads as
+    torch has threads (the caller and helpers), each running torch on one thread, gives the
+    caller's count back and equals the one-FFT blur."""
+    import threading
 
     before, seen = torch.get_num_threads(), []
     real_rfft2 = torch.fft.rfft2
 
     def spy(*a, **k):
-        seen.append(torch.get_num_threads())
+        seen.append((threading.get_ident(), torch.get_num_threads()))
         return real_rfft2(*a, **k)
 
-    monkeypatch.setattr(filtering, "BLOCK_FROM_THREADED", 64)
     try:
         torch.set_num_threads(2)
-        conv = PSFConvolution(gaussian_psf(1.5))
-        x = torch.rand(400, 400, generator=torch.Generator().manual_seed(0))
-        ws = conv.workspace(tuple(x.shape))
-        assert ws._blocked
+        conv, x, ws = _tiled_workspace(monkeypatch, side=1200)  # 16 jobs of up to 4 tiles
         monkeypatch.setattr(torch.fft, "rfft2", spy)
         out = ws.A(x).clone()
         monkeypatch.setattr(torch.fft, "rfft2", real_rfft2)
-        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
-        monkeypatch.setattr(filtering, "BLOCK_FROM_THREADED", 10**6)
-        whole = conv.workspace(tuple(x.shape))
-        assert not whole._blocked
-        torch.testing.assert_close(out, whole.A(x), rtol=1e-4, atol=1e-4)  # the same blur
+        assert seen and {n for _, n in seen} == {1} and torch.get_num_threads() == 2
+        assert len({ident for ident, _ in seen}) == 2  # the caller and one helper
+        torch.testing.assert_close(out, _whole_blur(monkeypatch, conv, x), rtol=1e-4,
+                                   atol=1e-4)
+        seen.clear()
+        torch.set_num_threads(1)  # one thread: no helper
+        monkeypatch.setattr(torch.fft, "rfft2", spy)
+        _tiled_workspace(monkeypatch, side=1200)[2].A(x)
+        monkeypatch.setattr(torch.fft, "rfft2", real_rfft2)
+        assert {ident for ident, _ in seen} == {threading.get_ident()}
     finally:
         torch.set_num_threads(before)
+
+
+def test_blur_tiles_under_inference_mode_and_after_an_error(monkeypatch):
+    """Helpers run in the caller's autograd mode (writing an inference-mode buffer from a
+    helper outside it failed); a failing job's error reaches the caller once every job has
+    stopped, and the next blur works."""
+    before = torch.get_num_threads()
+    real_rfft2, calls = torch.fft.rfft2, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("tile failed")
+        return real_rfft2(*a, **k)
+
+    try:
+        torch.set_num_threads(2)
+        conv, x, ws = _tiled_workspace(monkeypatch, side=1200)
+        with torch.inference_mode():
+            inferred = conv.workspace(tuple(x.shape)).A(x).clone()
+        monkeypatch.setattr(torch.fft, "rfft2", failing)
+        with pytest.raises(RuntimeError, match="tile failed"):
+            ws.A(x)
+        assert len(calls) < 16  # the remaining jobs were dropped
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(torch.fft, "rfft2", real_rfft2)
+        torch.testing.assert_close(ws.A(x), inferred)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _blur_in_child(queue):
+    from pkl_dg.physics.filtering import valid_filter
+
+    # OpenMP (libgomp) cannot run a parallel region in a child forked after the parent ran
+    # one, so the child makes its tensors on one thread; the tiles run on one thread each
+    torch.set_num_threads(1)
+    u, out = torch.ones(1, 1316, 1316), torch.empty(1, 1300, 1300)
+    otf = torch.ones(320, 161, dtype=torch.complex64)
+    torch.set_num_threads(2)
+    valid_filter(u, otf, (8, 8), (1300, 1300), out=out)
+    torch.set_num_threads(1)
+    queue.put(float(out.mean()))
+
+
+def test_a_forked_child_gets_helper_threads_of_its_own(monkeypatch):
+    """Threads do not survive a fork: a child that inherited the parent's helper pool must
+    start its own, not wait forever for the parent's threads."""
+    import multiprocessing
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _tiled_workspace(monkeypatch)[2].A(torch.rand(400, 407))  # the parent's pool exists
+    finally:
+        torch.set_num_threads(before)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_blur_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child's tiled blur did not finish")
+    assert child.exitcode == 0 and queue.get(timeout=5) == pytest.approx(1.0)

@@ -24,12 +24,16 @@ always wins. ``pkl-dg bench load`` measures the result (BENCHMARKS.md, "Under lo
 The count is the ``threads`` field of :class:`pkl_dg.settings.RestoreSettings` (0 means
 automatic), so the CLI (``--threads``), the widget ("CPU threads") and the metadata of each
 result share it. ``torch.set_num_threads`` is process-wide: a run sets it for the process.
+Work that torch's own threads cannot share well (the tiles of a large image's blur) is
+split among the caller and ``threads − 1`` helper threads instead (:func:`helper_pool`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -118,3 +122,44 @@ def one_thread(when: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class _HelperPool:
+    """The process's helper threads for work split by hand (:func:`helper_pool`)."""
+
+    def __init__(self) -> None:
+        self.lock, self.pool, self.size = threading.Lock(), None, 0
+
+    def get(self, size: int) -> ThreadPoolExecutor:
+        with self.lock:
+            if self.pool is None or self.size < size:
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)  # its threads end once idle
+                self.pool = ThreadPoolExecutor(size, thread_name_prefix="pkl-dg-helper",
+                                               initializer=_single_threaded)
+                self.size = size
+            return self.pool
+
+
+def _single_threaded() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_HELPERS = _HelperPool()
+if hasattr(os, "register_at_fork"):  # POSIX: threads do not survive a fork, so the child
+    os.register_at_fork(after_in_child=lambda: _HELPERS.__init__())  # starts its own pool
+
+
+def helper_pool(size: int) -> ThreadPoolExecutor:
+    """A pool of at least ``size`` helper threads, each running torch on one thread.
+
+    For work that the caller splits into pieces too small for torch's own threads (the
+    tiles of :func:`pkl_dg.physics.filtering.valid_filter`): the caller works on pieces
+    too and waits for its helpers before it returns. The threads persist between calls
+    (starting a thread and its OpenMP/MKL state per call cost 2–3 ms of a 20 ms blur at
+    2048², ``/work/exp21/persist.py``); they sleep while idle, and a forked child gets a
+    new pool. A helper must not wait on another (the pool is shared by all callers).
+    """
+    return _HELPERS.get(size)
