@@ -24,6 +24,7 @@ from einops import rearrange, repeat
 from pkl_dg.diffusion.grid_phase import PHASES, phase_shifted
 from pkl_dg.diffusion.local_flux import keep_local_flux
 from pkl_dg.diffusion.mapping import IntensityMapping
+from pkl_dg.diffusion.network_view import view_ceiling
 from pkl_dg.diffusion.noise import NoiseSource, shared_along_z, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
 from pkl_dg.diffusion.step_record import SamplerStep, joined_misfit, misfit_of
@@ -144,6 +145,8 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
     yb = (rearrange(planes, "plane h w -> 1 plane h w") if volume
           else repeat(planes, f"plane h w -> {NETWORK}", sample=num_samples))
     misfit = guidance.reported()
+    ceiling = view_ceiling(fm.mask, fm.conv.radius, Z_MAX, len(planes),
+                           VOLUME if volume else NETWORK, num_samples)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     draw = noise if noise is not None else window_noise(gen)
     if volume:
@@ -174,13 +177,12 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
                 prior_std = mapping.scale / 2.0 * min(scheduler.x0_noise_level(t), SIGMA_MAX)
                 x0 = warm = guidance.step(x0, yb, fm, guidance.weight(t, T), prior_std,
                                           x_init=warm)
-            # the next state sees x̂0 within the prior's range [−1, Z_MAX]: a bright spot
-            # that the data step put far above the scale (a saturated bead at 100× s) would
-            # otherwise enter the network as an out-of-range input that disturbs its output
-            # over the whole field. The spot itself is kept: ``warm`` and the output hold
-            # the unclipped x̂0.
-            z0 = rearrange(mapping.to_model(x0).clamp(max=Z_MAX), f"{layout} -> {NETWORK}",
-                           sample=num_samples)
+            # the next state sees x̂0 within [−1, Z_MAX] (the scale where the data leave it
+            # open): a bright spot far above it, a saturated bead, disturbs the network over
+            # the whole field (:mod:`~pkl_dg.diffusion.network_view`); the output is unclipped
+            z0 = mapping.to_model(x0)
+            z0 = z0.clamp(max=Z_MAX) if ceiling is None else torch.minimum(z0, ceiling)
+            z0 = rearrange(z0, f"{layout} -> {NETWORK}", sample=num_samples)
             x = scheduler.step(x, z0, t, noise=draw)
             # computed when read (a convolution per sample); x̂0 is never modified later
             nll = (torch.zeros(num_samples) if misfit is None
