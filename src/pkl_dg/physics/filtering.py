@@ -188,10 +188,9 @@ class _TilePlan:
 
     def buffers(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tiles, spectra, outputs) for jobs of up to ``k`` tiles."""
-        t, like = BLOCK_FFT, self.src
-        return (like.new_empty(k, t, t), torch.empty(k, *self.otf.shape, dtype=self.otf.dtype,
-                                                     device=like.device),
-                like.new_empty(k, t, t))
+        t = BLOCK_FFT
+        return (self.src.new_empty(k, t, t), self.otf.new_empty(k, *self.otf.shape),
+                self.src.new_empty(k, t, t))
 
     def run(self, job: tuple[int, int, int, int], buffers) -> None:
         t, (b0, b1), (r0, r1) = BLOCK_FFT, (self.b0, self.b1), (self.r0, self.r1)
