@@ -229,6 +229,8 @@ def test_plane_statistics_leave_saturated_pixels_out_as_restore_does(tmp_path):
         else:
             assert stats["intensity_scale"] == pytest.approx(meta["intensity_scale"], rel=1e-6)
             assert stats["rl_auto_iterations"] == meta["rl_auto_iterations"]
+            assert tuple(stats["data_budget"]) == (meta["data_budget"],
+                                                   meta["data_budget_reason"])
 
 
 def test_a_warning_of_every_plane_is_said_once_per_input(tmp_path, cluster):

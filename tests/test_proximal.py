@@ -256,7 +256,8 @@ def test_a_chunk_takes_its_planes_data_budget():
     y = np.random.default_rng(0).poisson(30.0, (48, 48)).astype(np.float32)
     common = dict(psf_sigma=1.5, steps=2, samples=1, calibration="manual", gain=1.0,
                   offset=0.0, threads=1)
-    chunk = PlaneChunk((0, 48, 0, 48), (48, 48), float(y.mean()), 40.0, rl_auto_iterations=120)
+    chunk = PlaneChunk((0, 48, 0, 48), (48, 48), float(y.mean()), 40.0,
+                       data_budget=(120, "the plane's"))
     meta = restore_iter(y, chunk=chunk, **common).finish().metadata
     assert (meta["sub_iterations"], meta["sub_iterations_accelerated"]) == (15, True)
     meta = restore_iter(y, chunk=chunk, sub_iterations=12, **common).finish().metadata

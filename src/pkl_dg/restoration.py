@@ -31,6 +31,7 @@ from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.step_record import LazyMisfit
 from pkl_dg.diffusion.tiling import needs_tiles, tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
+from pkl_dg.guidance.data_budget import data_budget
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations, proximal_sub_iterations
 from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX, AutoStop
 from pkl_dg.physics import ForwardModel, PSFConvolution
@@ -328,6 +329,10 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
                 rough = it.x
             info.update(auto_info(rule, where, warn_misfit))
+            budget, why = data_budget(rule, it, fm)
+            if chunk is not None and chunk.data_budget is not None:  # the plane's budget
+                budget, why = chunk.data_budget
+            info.update(data_budget=budget, data_budget_reason=why)
             del it, rule  # RL's buffers and FFT workspace: not held through the run
         else:
             rough = richardson_lucy(y, fm, SCALE_ESTIMATE_ITERATIONS)
@@ -343,8 +348,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
         peak = mapping.scale / SCALE_FACTOR
         disc, k, accelerate = 0.0, s.sub_iterations, False
         if proximal and not k:  # the sampler's data iterations add up to RL's automatic count
-            count = getattr(chunk, "rl_auto_iterations", None) or info["rl_auto_iterations"]
-            k, accelerate = proximal_sub_iterations(count, s.steps)
+            k, accelerate = proximal_sub_iterations(info["data_budget"], s.steps)
         elif not proximal:
             k = k or auto_sub_iterations(peak)
             disc = auto_discrepancy(peak) if s.discrepancy < 0 else s.discrepancy

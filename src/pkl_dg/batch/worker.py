@@ -217,6 +217,7 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
            "plane_shape": [int(n) for n in y.shape[-2:]]}
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
+        from pkl_dg.guidance.data_budget import data_budget
         from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
         from pkl_dg.physics import ForwardModel
         from pkl_dg.richardson_lucy import rl_iterates
@@ -230,8 +231,9 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
             out["rl_iterations"] = rule.k
         else:
             scale = scale_from_estimate(rough, scale_pixels(fm.mask, op))
+            budget, why = data_budget(rule, it, fm)  # the chunks' data budget
             out.update(peak_photons=float(scale / SCALE_FACTOR), intensity_scale=float(scale),
-                       rl_auto_iterations=rule.k)  # the chunks' data budget
+                       rl_auto_iterations=rule.k, data_budget=[budget, why])
     elif uses_prior(s):
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations
@@ -334,7 +336,7 @@ def _restore_block(path: str, index: tuple[int, ...], settings_dict: dict,
     # intensity scale and its window of the plane's noise
     chunk = None if box is None else PlaneChunk(
         tuple(box), tuple(stats["plane_shape"]), stats["rl_start"], stats.get("intensity_scale"),
-        stats.get("rl_auto_iterations"))
+        None if stats.get("data_budget") is None else tuple(stats["data_budget"]))
     # the block's warnings (the PSF's too) travel with its result: the client says each once
     # per input (with the blocks it concerns) instead of every worker printing it per plane
     with warnings.catch_warnings(record=True) as caught:
