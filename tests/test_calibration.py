@@ -52,6 +52,38 @@ def test_a_constant_image_is_refused_with_a_message_not_a_numpy_error():
         estimate_calibration(np.full((64, 64), 5.0))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_estimate_is_the_same_on_one_thread_and_on_two(threads):
+    """With two or more threads the estimate's independent pieces (filters, the dark level,
+    half the bins) run on a helper thread: the numbers must not change, nor the errors."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    adu = 100.0 + rng.poisson(_scene(peak=300.0)) / 2.0 + rng.normal(0, 1.5, (256, 256))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = estimate_calibration(adu)
+        torch.set_num_threads(threads)
+        assert estimate_calibration(adu) == ref
+        with pytest.raises(ValueError, match="too flat"):
+            estimate_calibration(np.full((64, 64), 5.0))
+        with pytest.raises(ValueError, match="by hand"):
+            estimate_calibration(np.tile(np.linspace(0, 100, 64), (64, 1)))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_quantiles_read_off_a_sorted_array_are_numpys():
+    from pkl_dg.calibration import sorted_quantiles
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 17, 1000, 248_000):
+        v = np.sort(np.round(rng.random(n) * 1e3))  # with ties
+        for q in (np.linspace(0, 1, 17), np.array([0.0, 0.5, 0.999, 1.0])):
+            assert np.array_equal(sorted_quantiles(v, q), np.quantile(v, q))
+
+
 def test_calibration_input_not_modified_and_photons():
     img = np.full((4, 4), 110.0, np.float32)
     img.setflags(write=False)

@@ -258,3 +258,35 @@ def test_a_forked_child_gets_helper_threads_of_its_own(monkeypatch):
         child.kill()
         pytest.fail("the forked child's tiled blur did not finish")
     assert child.exitcode == 0 and queue.get(timeout=5) == pytest.approx(1.0)
+
+
+def test_work_beside_runs_on_a_helper_with_threads_to_spare_and_lazily_without():
+    import threading
+
+    from pkl_dg.threads import beside
+
+    before = torch.get_num_threads()
+    ran = []
+
+    def job(x):
+        ran.append(threading.get_ident())
+        if x < 0:
+            raise ValueError("negative")
+        return 2 * x
+
+    try:
+        torch.set_num_threads(1)
+        later = beside(job, 3)
+        assert ran == []  # not run until its result is asked for
+        assert later() == 6 and ran == [threading.get_ident()]
+        failing = beside(job, -1)
+        with pytest.raises(ValueError, match="negative"):
+            failing()
+        torch.set_num_threads(2)
+        ran.clear()
+        later = beside(job, 4)
+        assert later() == 8 and ran and ran[0] != threading.get_ident()
+        with pytest.raises(ValueError, match="negative"):
+            beside(job, -1)()
+    finally:
+        torch.set_num_threads(before)

@@ -25,7 +25,9 @@ The count is the ``threads`` field of :class:`pkl_dg.settings.RestoreSettings` (
 automatic), so the CLI (``--threads``), the widget ("CPU threads") and the metadata of each
 result share it. ``torch.set_num_threads`` is process-wide: a run sets it for the process.
 Work that torch's own threads cannot share well (the tiles of a large image's blur) is
-split among the caller and ``threads − 1`` helper threads instead (:func:`helper_pool`).
+split among the caller and ``threads − 1`` helper threads instead (:func:`helper_pool`);
+independent numpy/scipy pieces (the photon calibration's) run beside the caller
+(:func:`beside`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from functools import partial
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
@@ -163,3 +168,18 @@ def helper_pool(size: int) -> ThreadPoolExecutor:
     new pool. A helper must not wait on another (the pool is shared by all callers).
     """
     return _HELPERS.get(size)
+
+
+def beside(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
+    """Start ``fn(*args, **kwargs)`` on a helper thread while the caller goes on, when the
+    run has CPU threads to spare (torch set to ≥ 2); else it runs when its result is
+    asked for. Returns the callable that asks (waiting for the helper; an exception of
+    ``fn`` is raised there in both cases, so errors come in the order results are used).
+
+    For numpy/scipy work that releases the GIL (filters, sorts, partitions: the photon
+    calibration's pieces), which torch's threads do not share.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or torch.get_num_threads() < 2:
+        return partial(fn, *args, **kwargs)
+    return helper_pool(1).submit(fn, *args, **kwargs).result
