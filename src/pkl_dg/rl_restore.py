@@ -98,7 +98,7 @@ def rl_steps(y: torch.Tensor, fm: ForwardModel, s: RestoreSettings,
         raise ValueError("the automatic RL iteration count is for plain RL: set the RL "
                          "iterations for RL with TV regularisation")
     n = RL_AUTO_MAX if auto else s.rl_iterations
-    rule = AutoStop(y, fm) if auto else None
+    rule = AutoStop(y, fm, accelerated=fast) if auto else None
     readouts = _Readouts(fast, n)
     for it in rl_iterates(y, fm, n, s.tv_weight, x0, accelerate=fast, stop=rule):
         yield SamplerStep(it.k, n, it.k, rearrange(it.x, "... -> 1 ..."), readouts.offer(it))

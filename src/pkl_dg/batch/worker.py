@@ -223,9 +223,10 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
         from pkl_dg.richardson_lucy import rl_iterates
 
         fm = ForwardModel(op, bg, float(s.read_noise) ** 2, _saturation_mask(raw, op))
-        rule = AutoStop(y, fm)
+        fast = auto_rl and s.rl_acceleration != "none"  # the count of the run's own RL
+        rule = AutoStop(y, fm, accelerated=fast)
         with torch.inference_mode():
-            for it in rl_iterates(y, fm, MAX_ITERATIONS, stop=rule):
+            for it in rl_iterates(y, fm, MAX_ITERATIONS, accelerate=fast, stop=rule):
                 rough = it.x
         if auto_rl:
             out["rl_iterations"] = rule.k
