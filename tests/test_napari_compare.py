@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 
 import numpy as np
 import pytest
@@ -522,6 +523,43 @@ def test_the_table_shows_every_row_with_readable_headers(viewer_widget):
     assert "Not resolved" in table.item(0, 4).toolTip()
 
 
+def test_the_time_left_for_the_methods_still_to_come():
+    """The status gave the running method's time left only (three more methods: the run
+    took several times what it said); now the diffusion methods still to come are counted
+    as long as those timed so far, RL as negligible."""
+    from pkl_dg.napari.compare_view import later_seconds
+
+    # RL running first: nothing timed that says what a diffusion method takes
+    assert later_seconds("rl", 0.5, {}, ["l2", "anscombe", "pkl"]) is None
+    # L2 running, projected 5 s: Anscombe and PKL as long
+    assert later_seconds("l2", 5.0, {"rl": 0.8}, ["anscombe", "pkl"]) == pytest.approx(10.0)
+    # PKL running: the mean of L2, Anscombe and PKL's projection, for the unguided prior
+    assert later_seconds("pkl", 3.0, {"rl": 0.8, "l2": 4.0, "anscombe": 5.0},
+                         ["none"]) == pytest.approx(4.0)
+    assert later_seconds("pkl", 3.0, {"l2": 4.0}, []) is None  # the last method
+    assert later_seconds("l2", 4.0, {}, ["rl"]) is None  # only RL to come
+
+
+class SlowZeroDenoiser(ZeroDenoiser):
+    def forward(self, x, t, *args, **kwargs):
+        time.sleep(0.03)  # several displayed frames per method (the display is throttled)
+        return torch.zeros_like(x)
+
+
+def test_the_status_gives_the_time_until_every_method_is_done(viewer_widget, qtbot):
+    _viewer, widget = viewer_widget
+    widget.denoiser = SlowZeroDenoiser()
+    widget.settings_overrides = {"steps": 12, "rl_iterations": 3, "samples": 1}
+    for m, box in widget.method_boxes.items():
+        box.setChecked(m in ("rl", "l2", "pkl"))
+    texts = []
+    widget.runner.frame_shown.connect(lambda _i: texts.append(widget.status_label.text()))
+    assert run_and_wait(qtbot, widget) == "done"
+    during_l2 = [t for t in texts if "method 2 of 3, L2: step" in t]
+    assert any("all done in ≈" in t for t in during_l2), texts
+    assert not any("all done in" in t for t in texts if "method 3 of 3" in t)
+
+
 def test_the_status_says_which_method_of_how_many_runs(viewer_widget, qtbot):
     """A comparison runs its methods one after the other: the status names the running one
     and its place ("method 2 of 2, PKL: step …"); L2 and Anscombe say they are slow."""
@@ -532,6 +570,7 @@ def test_the_status_says_which_method_of_how_many_runs(viewer_widget, qtbot):
     widget.runner.frame_shown.connect(lambda _i: texts.append(widget.status_label.text()))
     assert run_and_wait(qtbot, widget) == "done"
     assert any("method 1 of 2, Richardson–Lucy:" in t for t in texts), texts
+    assert not any("all done in" in t for t in texts), texts  # PKL, the last, says its own
     # the last method's frames may all fall within the display's throttle: ask the view
     from types import SimpleNamespace
 

@@ -72,7 +72,9 @@ class RunView(Protocol):
 
     def progress(self, record: Any) -> tuple[int, int, str]:
         """(steps done, steps in all, the part named: "" or e.g. "PKL"); the controller
-        times the steps itself (:func:`eta_text`)."""
+        times the steps itself (:func:`eta_text`). A view whose run has parts still to come
+        may also say how long they will take: ``seconds_after(record, seconds_left)`` →
+        seconds or None (the Compare widget's methods after the running one)."""
 
     def show(self, record: Any, contrast: bool = True) -> bool:
         """Put a frame into its layer (and set its contrast); False if it has nowhere to go."""
@@ -88,14 +90,19 @@ class RunView(Protocol):
         belongs, mark what it left; return that in words ("" if nothing)."""
 
 
-def eta_text(first: tuple[float, int] | None, index: int, total: int) -> str:
-    """"ETA n s" from the steps since the part's ``first`` frame (when it arrived, its
-    step): the first step also holds the run's preparation (PSF, model, the rough RL
-    estimate), which made the ETA after it 2–4× too long. "ETA …" until a second frame."""
+def eta_seconds(first: tuple[float, int] | None, index: int, total: int) -> float | None:
+    """Seconds left in a part, from the steps since its ``first`` frame (when it arrived,
+    its step): the first step also holds the run's preparation (PSF, model, the rough RL
+    estimate), which made the estimate after it 2–4× too long. None until a second frame."""
     if first is None or index <= first[1]:
-        return "ETA …"
-    rate = (time.perf_counter() - first[0]) / (index - first[1])
-    return f"ETA {rate * (total - index):.0f} s"
+        return None
+    return (time.perf_counter() - first[0]) / (index - first[1]) * (total - index)
+
+
+def eta_text(first: tuple[float, int] | None, index: int, total: int) -> str:
+    """"ETA n s" (:func:`eta_seconds`); "ETA …" until a second frame."""
+    left = eta_seconds(first, index, total)
+    return "ETA …" if left is None else f"ETA {left:.0f} s"
 
 
 def progress_widgets() -> tuple[QProgressBar, QLabel]:
@@ -273,6 +280,11 @@ class RunController(QObject):
                 self.progress.setRange(0, 0)
             elif pace is None:
                 text = f"step {index}/{total} · {eta_text(run.first.get(part), index, total)}"
+                left = eta_seconds(run.first.get(part), index, total)
+                after = None if left is None else getattr(
+                    self.view, "seconds_after", lambda _r, _s: None)(record, left)
+                if after:  # the parts still to come (the compared methods after this one)
+                    text += f" · all done in ≈ {left + after:.0f} s"
             else:
                 text = pace.status(record, run.started, time.perf_counter())
             text = f"{part + ' ' if part else ''}{text}"
