@@ -166,11 +166,13 @@ def misfit_note(rule: AutoStop) -> str | None:
     """
     if rule.reason != "stalled" or rule.ratio <= MISFIT_WARN * rule.target:
         return None
-    return (f"the data are not explained down to their noise: the best data fit stalled at "
+    # the reason first: a napari notification shows only its first few words until opened
+    return (f"the PSF (or the camera calibration) probably does not match this image: the "
+            f"data are not explained down to their noise, the best data fit stalled at "
             f"{rule.ratio:.1f}× the noise level (the deviance ratio of Richardson–Lucy's "
             "automatic iteration count, which also sets PKL's data budget; ≈ 1 where the model "
-            "fits). The PSF (or the camera calibration) probably does not match this image, "
-            "and the result follows from that fit. A PSF closer to the real one fits better: "
+            "fits), and the result follows from that fit. A PSF closer to the real one fits "
+            "better: "
             "one measured from beads on this microscope fits best (a PSF computed from the "
             "optics, even the right NA and wavelength, leaves out the real one's aberrations: "
             "a refractive-index mismatch, depth, a tilted or dirty objective); then the "
