@@ -254,8 +254,7 @@ def test_a_psf_that_cannot_fit_the_data_is_reported_once():
         assert (md["rl_auto_deviance_ratio"] > MISFIT_WARN * md["rl_auto_noise_target"]) == misfit
     assert f"{md['rl_auto_deviance_ratio']:.1f}×" in str(said[0].message)
     # the reason comes first: a napari notification shows its first few words until opened
-    assert str(said[0].message).startswith("The PSF (or the camera calibration) probably "
-                                           "does not match this image")
+    assert str(said[0].message).startswith("The PSF does not fit this image")
     # a stack with the same problem in every plane: one warning, then one summary
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -167,7 +167,7 @@ def misfit_note(rule: AutoStop) -> str | None:
     if rule.reason != "stalled" or rule.ratio <= MISFIT_WARN * rule.target:
         return None
     # the reason first: a napari notification shows only its first few words until opened
-    return (f"the PSF (or the camera calibration) probably does not match this image: the "
+    return (f"the PSF does not fit this image (or the camera calibration does not): the "
             f"data are not explained down to their noise, the best data fit stalled at "
             f"{rule.ratio:.1f}× the noise level (the deviance ratio of Richardson–Lucy's "
             "automatic iteration count, which also sets PKL's data budget; ≈ 1 where the model "
