@@ -290,3 +290,44 @@ def test_work_beside_runs_on_a_helper_with_threads_to_spare_and_lazily_without()
             beside(job, -1)()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cap", [500, 7])
+def test_the_stop_is_judged_beside_the_next_iteration_with_the_same_outcome(monkeypatch, cap):
+    """A small image's RL runs on one thread; with two, AutoStop judges iterate k on a
+    helper thread while iterate k + 1 is computed: the run must end at the same iterate
+    (k + 1 dropped), with the same record, also when the cap ends it first."""
+    import threading
+
+    from pkl_dg.guidance.stopping import AutoStop
+    from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
+    from pkl_dg.richardson_lucy import rl_iterates
+
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(rng.poisson(np.full((64, 64), 30.0)).astype(np.float32))
+    y[20:30, 20:40] += 200.0
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.5)), 1.0)
+    judged_on = []
+    judge = AutoStop._judge
+
+    def recording(self, k, mu):
+        judged_on.append(threading.get_ident())
+        return judge(self, k, mu)
+
+    monkeypatch.setattr(AutoStop, "_judge", recording)
+    before, runs = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            judged_on.clear()
+            rule = AutoStop(y, fm)
+            with torch.inference_mode():
+                xs = [it.x.clone() for it in rl_iterates(y, fm, cap, stop=rule)]
+            runs[threads] = (len(xs), rule.k, rule.reason, rule.ratio, xs[-1])
+            assert (threading.get_ident() in judged_on) == (threads == 1)
+    finally:
+        torch.set_num_threads(before)
+    (n1, k1, why1, r1, x1), (n2, k2, why2, r2, x2) = runs[1], runs[2]
+    assert (n1, k1, why1, r1) == (n2, k2, why2, r2) and n1 == k1
+    assert (why1 == "") == (cap == 7)  # the cap ended the short run
+    assert torch.equal(x1, x2)

@@ -170,16 +170,21 @@ def helper_pool(size: int) -> ThreadPoolExecutor:
     return _HELPERS.get(size)
 
 
-def beside(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
+def beside(fn: Callable[..., T], *args: Any, threads: int | None = None,
+           **kwargs: Any) -> Callable[[], T]:
     """Start ``fn(*args, **kwargs)`` on a helper thread while the caller goes on, when the
-    run has CPU threads to spare (torch set to ≥ 2); else it runs when its result is
-    asked for. Returns the callable that asks (waiting for the helper; an exception of
-    ``fn`` is raised there in both cases, so errors come in the order results are used).
+    run has CPU threads to spare (``threads``, default torch's count now, ≥ 2); else it runs
+    when its result is asked for. Returns the callable that asks (waiting for the helper;
+    an exception of ``fn`` is raised there in both cases, so errors come in the order
+    results are used).
 
-    For numpy/scipy work that releases the GIL (filters, sorts, partitions: the photon
-    calibration's pieces), which torch's threads do not share.
+    For work that releases the GIL and that torch's threads do not share: numpy/scipy
+    pieces (the photon calibration's), or a small torch computation beside a loop that runs
+    on one thread (Richardson–Lucy's stop check beside its next iteration).
     """
     torch = sys.modules.get("torch")
-    if torch is None or torch.get_num_threads() < 2:
+    if threads is None:
+        threads = 1 if torch is None else torch.get_num_threads()
+    if threads < 2:
         return partial(fn, *args, **kwargs)
     return helper_pool(1).submit(fn, *args, **kwargs).result

@@ -36,12 +36,15 @@ so it costs no extra convolution.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from pkl_dg.guidance.discrepancy import DevianceRatio
 from pkl_dg.guidance.steps import auto_discrepancy
 from pkl_dg.physics.forward import ForwardModel
 from pkl_dg.quantiles import quantile
+from pkl_dg.threads import beside
 
 #: the misfit above the noise level must shrink by at least this fraction per iteration
 STALL = 0.005
@@ -139,12 +142,24 @@ class AutoStop:
         self.target = auto_discrepancy(peak_photons(y, fm))
 
     def __call__(self, it) -> bool:
+        """Whether the run ends at iterate ``it``."""
+        return self.defer(it)()
+
+    def defer(self, it, threads: int = 1) -> Callable[[], bool]:
+        """Read what the rule needs of iterate ``it`` now (its prediction over the signal
+        region: a gather, so the run may overwrite its buffers) and judge it on a helper
+        thread when the run has ``threads`` ≥ 2 (:func:`pkl_dg.threads.beside`), while the
+        next iteration runs; else when asked. Returns the callable that gives the decision
+        (and updates the attributes); call it before the next ``defer``."""
         if self.signal is None:
             self.signal = signal_region(it.mean().reshape(self.ys.shape), self.fit)
             self._where = self.signal.reshape(-1).nonzero().squeeze(1)
             self._deviance = DevianceRatio(self.ys.reshape(-1).index_select(0, self._where))
-        ratio = self._deviance(it.mean_at(self._where))
-        self.k, prev, self._prev, self.ratio = it.k, self._prev, ratio, ratio
+        return beside(self._judge, it.k, it.mean_at(self._where), threads=threads)
+
+    def _judge(self, k: int, mu: torch.Tensor) -> bool:
+        ratio = self._deviance(mu)
+        self.k, prev, self._prev, self.ratio = k, self._prev, ratio, ratio
         if self.k <= MIN_ITERATIONS:
             return False
         if ratio <= self.target:
