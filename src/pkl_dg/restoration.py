@@ -329,9 +329,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
             for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
                 rough = it.x
             info.update(auto_info(rule, where, warn_misfit))
-            budget, why = data_budget(rule, it, fm)
-            if chunk is not None and chunk.data_budget is not None:  # the plane's budget
-                budget, why = chunk.data_budget
+            budget, why = (chunk.data_budget if chunk is not None and chunk.data_budget
+                           else data_budget(rule, it, fm))  # a chunk takes its plane's
             info.update(data_budget=budget, data_budget_reason=why)
             del it, rule  # RL's buffers and FFT workspace: not held through the run
         else:
@@ -347,7 +346,7 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     if is_guided(s):
         peak = mapping.scale / SCALE_FACTOR
         disc, k, accelerate = 0.0, s.sub_iterations, False
-        if proximal and not k:  # the sampler's data iterations add up to RL's automatic count
+        if proximal and not k:  # the sampler's data iterations add up to the data budget
             k, accelerate = proximal_sub_iterations(info["data_budget"], s.steps)
         elif not proximal:
             k = k or auto_sub_iterations(peak)
