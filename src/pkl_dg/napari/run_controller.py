@@ -72,9 +72,8 @@ class RunView(Protocol):
 
     def progress(self, record: Any) -> tuple[int, int, str]:
         """(steps done, steps in all, the part named: "" or e.g. "PKL"); the controller
-        times the steps itself (:func:`eta_text`). A view whose run has parts still to come
-        may also say how long they will take: ``seconds_after(record, seconds_left)`` →
-        seconds or None (the Compare widget's methods after the running one)."""
+        times the steps itself (:func:`eta_text`). A view may also give ``seconds_after(record,
+        seconds_left)``: the seconds of its parts still to come, or None (Compare's)."""
 
     def show(self, record: Any, contrast: bool = True) -> bool:
         """Put a frame into its layer (and set its contrast); False if it has nowhere to go."""
@@ -281,10 +280,9 @@ class RunController(QObject):
             elif pace is None:
                 text = f"step {index}/{total} · {eta_text(run.first.get(part), index, total)}"
                 left = eta_seconds(run.first.get(part), index, total)
-                after = None if left is None else getattr(
-                    self.view, "seconds_after", lambda _r, _s: None)(record, left)
-                if after:  # the parts still to come (the compared methods after this one)
-                    text += f" · all done in ≈ {left + after:.0f} s"
+                after = left is not None and getattr(self.view, "seconds_after", None)
+                if after and (rest := after(record, left)):  # compared methods still to come
+                    text += f" · all done in ≈ {left + rest:.0f} s"
             else:
                 text = pace.status(record, run.started, time.perf_counter())
             text = f"{part + ' ' if part else ''}{text}"
