@@ -126,7 +126,7 @@ def remove_earlier(viewer: Any, input_name: str, plane: tuple[int, ...]) -> list
     return gone
 
 
-def later_seconds(running: str, running_total: float | None, done: dict[str, float],
+def later_seconds(running: str, running_total: float, done: dict[str, float],
                   later: list[str]) -> float | None:
     """Seconds the ``later`` methods of a comparison will take: each diffusion method
     (L2, Anscombe, PKL, the unguided prior: the same steps and samples) as long as the mean
@@ -134,7 +134,7 @@ def later_seconds(running: str, running_total: float | None, done: dict[str, flo
     ``running_total``); Richardson–Lucy, a second or so where they take several, is not
     counted. None while no diffusion method has been timed, or none comes later."""
     timed = [t for m, t in done.items() if m != "rl"]
-    if running != "rl" and running_total is not None:
+    if running != "rl":
         timed.append(running_total)
     guided = [m for m in later if m != "rl"]
     if not timed or not guided:
@@ -180,15 +180,14 @@ class CompareView:
             name = f"method {self.methods.index(frame.method) + 1} of {len(self.methods)}, {name}:"
         return rec.index, rec.total, name
 
-    def seconds_after(self, frame: MethodFrame, left: float | None) -> float | None:
+    def seconds_after(self, frame: MethodFrame, left: float) -> float | None:
         """Seconds the methods after the running one will take (:func:`later_seconds`),
         given ``left`` seconds for it; None when there is no estimate yet."""
         if frame.method not in self.methods:
             return None
         i = self.methods.index(frame.method)
         done = {m: self.seconds[m] for m in self.methods[:i] if m in self.seconds}
-        now = None if left is None else frame.seconds + left
-        return later_seconds(frame.method, now, done, self.methods[i + 1:])
+        return later_seconds(frame.method, frame.seconds + left, done, self.methods[i + 1:])
 
     def open_ended(self, frame: MethodFrame) -> bool:
         """Richardson–Lucy's automatic count: its total is only the cap."""
