@@ -129,6 +129,10 @@ def one_thread(when: bool = True) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: name prefix of the helper threads (:func:`helper_pool`)
+HELPER_PREFIX = "pkl-dg-helper"
+
+
 class _HelperPool:
     """The process's helper threads for work split by hand (:func:`helper_pool`)."""
 
@@ -140,7 +144,7 @@ class _HelperPool:
             if self.pool is None or self.size < size:
                 if self.pool is not None:
                     self.pool.shutdown(wait=False)  # its threads end once idle
-                self.pool = ThreadPoolExecutor(size, thread_name_prefix="pkl-dg-helper",
+                self.pool = ThreadPoolExecutor(size, thread_name_prefix=HELPER_PREFIX,
                                                initializer=_single_threaded)
                 self.size = size
             return self.pool
