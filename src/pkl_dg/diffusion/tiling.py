@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from einops import rearrange, repeat
 
+from pkl_dg.threads import in_two, two_at_once
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MIN_TILE = 64
 #: pixels (tiles × samples × tile area) per network call: 4 samples of a 1024² tile
@@ -74,10 +76,15 @@ class TiledDenoiser:
         one image (one sample of one tile) always goes. Bounds the activation memory; on a
         CPU, calls of about one 512² image also run faster per pixel than larger batches
         (:data:`CPU_MAX_PIXELS`).
+    in_two
+        Make two calls at least and run half of them on a helper thread, each on one torch
+        thread (:func:`pkl_dg.threads.in_two`; only where the caller has two threads or
+        more): a CPU's network calls, where two whole calls share two cores better than
+        torch's threads share one call. The denoiser must be safe to call from two threads.
     """
 
     def __init__(self, denoiser: Denoiser, tile: int = 512, overlap: int = 64,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = MAX_PIXELS, in_two: bool = False) -> None:
         if tile < MIN_TILE or overlap < 0 or overlap >= tile // 2:
             raise ValueError(f"tile must be ≥ {MIN_TILE} and overlap in [0, tile/2); "
                              f"got tile={tile}, overlap={overlap}")
@@ -85,6 +92,7 @@ class TiledDenoiser:
         self.tile = tile
         self.overlap = overlap
         self.max_pixels = max_pixels
+        self.in_two = in_two
         self.retries = 0  # how often an out-of-memory error halved the tile
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -105,12 +113,18 @@ class TiledDenoiser:
 
     def _batched(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoiser over the batch of ``x`` in calls of at most ``max_pixels`` pixels
-        (at least one image per call)."""
+        (at least one image per call); with ``in_two``, in two calls at least, half of
+        them on a helper thread (:func:`pkl_dg.threads.in_two`)."""
         per_call = max(1, self.max_pixels // (x.shape[-2] * x.shape[-1]))
+        split = self.in_two and len(x) > 1 and two_at_once()
+        if split:
+            per_call = min(per_call, (len(x) + 1) // 2)
         if per_call >= len(x):
             return self.denoiser(x, t)
-        return torch.cat([self.denoiser(x[i: i + per_call], t[i: i + per_call])
-                          for i in range(0, len(x), per_call)])
+        calls = [(x[i: i + per_call], t[i: i + per_call]) for i in range(0, len(x), per_call)]
+        if split:
+            return torch.cat(in_two(lambda c: self.denoiser(*c), calls))
+        return torch.cat([self.denoiser(*c) for c in calls])
 
     def _run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -152,11 +166,17 @@ def tiled_network(denoiser: Denoiser, shape: tuple[int, int], tile_size: int, ov
     Images wider or taller than ``tile_size`` (px; 0 = never) run on tiles with
     ``min(overlap, tile_size/4)`` px of overlap. On a CPU every image, tiled or not, goes
     through in calls of at most :data:`CPU_MAX_PIXELS` (faster per pixel); elsewhere the
-    untiled network is returned as it is.
+    untiled network is returned as it is. A torch module's calls on a CPU go half on a
+    helper thread (``in_two`` of :class:`TiledDenoiser`).
     """
     tiled = needs_tiles(shape, tile_size)
-    if not tiled and device.type != "cpu":
+    cpu = device.type == "cpu"
+    if not tiled and not cpu:
         return denoiser
     tile = tile_size if tiled else max(*shape, MIN_TILE)
+    # a torch module (also behind a wrapper such as the widget's) may be called from two
+    # threads at once; any other callable is called from one
+    module = isinstance(getattr(denoiser, "__wrapped__", denoiser), torch.nn.Module)
     return TiledDenoiser(denoiser, tile=tile, overlap=min(overlap, tile // 4),
-                         max_pixels=CPU_MAX_PIXELS if device.type == "cpu" else MAX_PIXELS)
+                         max_pixels=CPU_MAX_PIXELS if cpu else MAX_PIXELS,
+                         in_two=cpu and module)
