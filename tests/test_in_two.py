@@ -116,3 +116,32 @@ def test_one_thread_keeps_the_network_calls_as_they_were():
     finally:
         torch.set_num_threads(before)
     assert net.calls == [(4, False)]
+
+
+def test_a_tiled_cpu_network_sends_two_tiles_at_once_half_on_a_helper(two_threads):
+    net = _Net()
+    x, t = torch.rand(1, 1, 200, 200), torch.tensor([3])
+    with torch.no_grad():
+        serial = TiledDenoiser(net, tile=128, overlap=32, max_pixels=128 * 128)(x, t)
+        assert len(net.calls) == 4 and not any(h for _, h in net.calls)
+        net.calls.clear()
+        both = TiledDenoiser(net, tile=128, overlap=32, max_pixels=128 * 128, in_two=True)(x, t)
+    assert torch.equal(both, serial)
+    assert net.calls.count((1, True)) == 2 and net.calls.count((1, False)) == 2
+
+
+def test_the_benchmarks_network_timer_counts_overlapping_calls_once(two_threads):
+    import time
+
+    from pkl_dg.bench.network import TimedNetwork
+
+    class Slow(torch.nn.Module):
+        def forward(self, x, t):
+            time.sleep(0.2)
+            return x
+
+    timed = TimedNetwork(Slow())
+    t0 = time.perf_counter()
+    in_two(lambda _: timed(torch.zeros(1), torch.zeros(1)), [0, 1])
+    wall = time.perf_counter() - t0
+    assert 0.19 <= timed.seconds <= wall < 0.35  # one 0.2 s span, not two

@@ -27,7 +27,9 @@ result share it. ``torch.set_num_threads`` is process-wide: a run sets it for th
 Work that torch's own threads cannot share well (the tiles of a large image's blur) is
 split among the caller and ``threads − 1`` helper threads instead (:func:`helper_pool`);
 independent numpy/scipy pieces (the photon calibration's) run beside the caller
-(:func:`beside`).
+(:func:`beside`); the network's calls of one step go half on a helper (:func:`in_two`),
+and a 512²–1024² image's convolutions in two bands
+(:class:`pkl_dg.physics.bands.BandedWorkspace`).
 """
 
 from __future__ import annotations

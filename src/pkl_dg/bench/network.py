@@ -17,6 +17,7 @@ given widths (timing does not depend on the weights).
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 
 import torch
@@ -129,18 +130,28 @@ def network_timing(net: torch.nn.Module, n: int, repeats: int, matmul: dict) -> 
 
 
 class TimedNetwork(torch.nn.Module):
-    """Wraps a denoiser and accumulates the wall time spent in it (``seconds``)."""
+    """Wraps a denoiser and accumulates the wall time spent in it (``seconds``): the time
+    during which at least one call runs (a restoration calls it from two threads at once,
+    :func:`pkl_dg.threads.in_two`, and overlapping calls count once)."""
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
         self.net = net
         self.seconds = 0.0
+        self._lock, self._running, self._since = threading.Lock(), 0, 0.0
 
     def forward(self, x, t):
-        t0 = time.perf_counter()
-        out = self.net(x, t)
-        self.seconds += time.perf_counter() - t0
-        return out
+        with self._lock:
+            if not self._running:
+                self._since = time.perf_counter()
+            self._running += 1
+        try:
+            return self.net(x, t)
+        finally:
+            with self._lock:
+                self._running -= 1
+                if not self._running:
+                    self.seconds += time.perf_counter() - self._since
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,8 @@ class TiledDenoiser:
         norm = torch.zeros(1, 1, h, w, dtype=torch.float32, device=x.device)
         boxes = [(y0, x0) for y0 in ys for x0 in xs]
         per_call = max(1, self.max_pixels // (n * th * tw))
+        if self.in_two and two_at_once():  # two calls' tiles at once: half on a helper
+            per_call *= 2
         for i in range(0, len(boxes), per_call):
             chunk = boxes[i: i + per_call]
             # the network sees every tile of every image as one batch, tile-major
