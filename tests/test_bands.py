@@ -99,3 +99,23 @@ def test_richardson_lucy_in_bands_gives_the_iterates_of_one_thread(two_threads):
                               atol=1e-4 * float(runs[1][0].max()))
         for it in rl_iterates(y, fm, 50, stop=AutoStop(y, fm)):
             assert type(it._loop.ws).__name__ == "ConvWorkspace"
+
+
+def test_the_widgets_cancel_check_sees_every_banded_convolution(two_threads):
+    """RL in bands goes through the operator's ``workspace``, so the widget's wrapper
+    (CancellableOperator) still checks its flag before each convolution: a run cancelled
+    inside the iterations stops there (before, the bands bypassed the wrapper)."""
+    from pkl_dg.napari.worker import CancelFlag, CancellableOperator, RunCancelled
+
+    conv = PSFConvolution(gaussian_psf(2.0))
+    flag = CancelFlag()
+    fm = ForwardModel(CancellableOperator(conv, flag), background=2.0)
+    y = torch.full((512, 512), 20.0)
+    done = 0
+    with pytest.raises(RunCancelled):
+        for it in rl_iterates(y, fm, 50):
+            assert type(it._loop.ws._inner).__name__ == "BandedWorkspace"
+            done = it.k
+            if it.k == 3:
+                flag.set()
+    assert done == 3

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from pkl_dg.guidance.likelihoods import EPS
-from pkl_dg.physics.bands import BandedWorkspace, use_bands
+from pkl_dg.physics.bands import use_bands
 from pkl_dg.physics.forward import ForwardModel
 from pkl_dg.threads import ONE_THREAD_BELOW_PX, one_thread
 
@@ -208,8 +208,7 @@ class _RLLoop:
 
     def __init__(self, y: torch.Tensor, fm: ForwardModel, banded: bool = False) -> None:
         self.fm = fm
-        self.ws = (BandedWorkspace(fm.conv, tuple(y.shape), y.dtype) if banded
-                   else fm.conv.workspace(tuple(y.shape), y.dtype, y.device))
+        self.ws = fm.conv.workspace(tuple(y.shape), y.dtype, y.device, banded=banded)
         s2 = fm.read_noise_var
         ys = (y + s2).clamp(min=0)
         self.mask = None if fm.mask is None else fm.mask.to(y.device, y.dtype)

@@ -227,11 +227,18 @@ class PSFConvolution:
         return (self.otf_conj if conj else self.otf)(grid, like.dtype, like.device)
 
     def workspace(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> ConvWorkspace:
+                  device: str | torch.device = "cpu", *, banded: bool = False) -> ConvWorkspace:
         """Preallocated buffers to apply A and Aᵀ many times to images of ``shape``
-        (:class:`pkl_dg.physics.workspace.ConvWorkspace`)."""
+        (:class:`pkl_dg.physics.workspace.ConvWorkspace`; with ``banded``, an (H, W) CPU
+        image's, in two bands on two threads: :class:`pkl_dg.physics.bands.BandedWorkspace`,
+        the same interface). Callers go through here, so that a wrapper of the operator
+        (the widget's cancel check) sees every convolution."""
         from pkl_dg.physics.workspace import ConvWorkspace  # it builds on this module
 
+        if banded:
+            from pkl_dg.physics.bands import BandedWorkspace
+
+            return BandedWorkspace(self, tuple(shape), dtype)
         return ConvWorkspace(self, tuple(shape), dtype, torch.device(device))
 
     # ---- the operator -------------------------------------------------------------
