@@ -85,3 +85,14 @@ class ConstantDenoiser(torch.nn.Module):
 @pytest.fixture
 def constant_denoiser():
     return ConstantDenoiser()
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (the count before is restored)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

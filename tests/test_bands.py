@@ -22,14 +22,6 @@ def _skewed_psf(ny: int, nx: int) -> np.ndarray:
     return k / k.sum()
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("shape, psf", [((64, 100), (7, 11)), ((301, 257), (17, 17)),
                                         ((41, 96), (9, 3))])
 def test_bands_give_the_whole_grid_blur_and_its_adjoint(shape, psf):

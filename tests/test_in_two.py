@@ -12,14 +12,6 @@ from pkl_dg.diffusion.tiling import CPU_MAX_PIXELS, TiledDenoiser, tiled_network
 from pkl_dg.threads import HELPER_PREFIX, in_two
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _where(item):
     return (item, threading.current_thread().name.startswith(HELPER_PREFIX),
             torch.get_num_threads(), torch.is_autocast_enabled("cpu"),
