@@ -28,8 +28,8 @@ Work that torch's own threads cannot share well (the tiles of a large image's bl
 split among the caller and ``threads − 1`` helper threads instead (:func:`helper_pool`);
 independent numpy/scipy pieces (the photon calibration's) run beside the caller
 (:func:`beside`); the network's calls of one step go half on a helper (:func:`in_two`),
-and a 512²–1024² image's convolutions in two bands
-(:class:`pkl_dg.physics.bands.BandedWorkspace`).
+and a mid-sized 2D image's Richardson–Lucy convolutions in two bands
+(:mod:`pkl_dg.physics.bands`).
 """
 
 from __future__ import annotations
@@ -208,13 +208,18 @@ def beside(fn: Callable[..., T], *args: Any, threads: int | None = None,
     return helper_pool(1).submit(fn, *args, **kwargs).result
 
 
+def on_helper() -> bool:
+    """Whether the calling thread is one of :func:`helper_pool`'s (which must not wait on
+    another helper)."""
+    return threading.current_thread().name.startswith(HELPER_PREFIX)
+
+
 def two_at_once() -> bool:
     """Whether :func:`in_two` would split its work now: the caller has two or more torch
     threads and is not a helper itself."""
     import torch
 
-    return torch.get_num_threads() >= 2 and \
-        not threading.current_thread().name.startswith(HELPER_PREFIX)
+    return torch.get_num_threads() >= 2 and not on_helper()
 
 
 def in_two(fn: Callable[[Any], T], items: list) -> list[T]:

@@ -7,10 +7,11 @@ filtered on its own grid by its own thread, share the work in one hand-off per
 convolution instead (:data:`BANDS_FROM_PX` holds the measurements). Beside one busy
 process the hand-off waits for a preempted thread but never spins: A + Aᵀ at 502² took
 2.75 ms in bands, 2.46 on one thread and 8.2 with torch's two threads
-(``/work/exp23/bandtest.py``; 1.93, 2.45 and 2.5 idle). The result equals the whole-grid one up to float rounding: each band
-is an overlap-save block (as :func:`pkl_dg.physics.filtering.valid_filter`'s tiles), whose
-grid holds the band and the PSF's reach above and below it, so no output pixel sees a
-wrapped-around one.
+(``/work/exp23/bandtest.py``; 1.93, 2.45 and 2.5 idle).
+
+The result equals the whole-grid one up to float rounding: each band is an overlap-save
+block (as :func:`pkl_dg.physics.filtering.valid_filter`'s tiles), whose grid holds the band
+and the PSF's reach above and below it, so no output pixel sees a wrapped-around one.
 
 Geometry, for an (H, W) image, PSF radius (r_y, r_x), reflect-padded image P of
 (H + 2r_y, W + 2r_x):
@@ -25,13 +26,12 @@ Geometry, for an (H, W) image, PSF radius (r_y, r_x), reflect-padded image P of
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 
 from pkl_dg.physics.convolution import PSFConvolution, _even_smooth_size
 from pkl_dg.physics.workspace import _MarginViews
-from pkl_dg.threads import HELPER_PREFIX, helper_pool
+from pkl_dg.threads import helper_pool, on_helper
 
 #: bands of an image (one per thread; the machines this targets have two cores)
 BANDS = 2
@@ -135,7 +135,7 @@ class BandedWorkspace:
     def _run(bands: list[_Band], offset: float = 0.0) -> None:
         """Every band, the first on the caller's thread; all of them there when the caller
         is a helper itself (a helper must not wait on another)."""
-        if threading.current_thread().name.startswith(HELPER_PREFIX):
+        if on_helper():
             for band in bands:
                 band(offset)
             return
