@@ -95,7 +95,8 @@ def test_final_pass_level_adds_the_monte_carlo_error_of_the_sample_mean():
     import torch
 
     from pkl_dg.diffusion.mapping import IntensityMapping
-    from pkl_dg.diffusion.sampler import Problem, final_denoise, mean_mc_error
+    from pkl_dg.diffusion.mc_error import mean_mc_error
+    from pkl_dg.diffusion.sampler import Problem, final_denoise
     from pkl_dg.diffusion.schedule import DDIMScheduler
     from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
 

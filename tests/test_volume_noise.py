@@ -7,18 +7,18 @@ import numpy as np
 import torch
 
 from pkl_dg import restore
-from pkl_dg.diffusion.noise import shared_along_z, window_noise
+from pkl_dg.diffusion.noise import shared_along_z, stream_noise
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf_3d
 from pkl_dg.training.phantoms import phantom_batch
 
 
 def test_each_sample_draws_one_plane_of_noise_for_all_its_planes():
-    draw = shared_along_z(window_noise(torch.Generator().manual_seed(3)), planes=5)
+    draw = shared_along_z(stream_noise(torch.Generator().manual_seed(3)), planes=5)
     z = draw((2 * 5, 1, 8, 8))  # 2 samples × 5 planes, sample-major
     assert torch.equal(z[0], z[4]) and torch.equal(z[5], z[9])
     assert not torch.equal(z[0], z[5])  # the samples still differ
     # the same rows as drawing one plane per sample directly
-    direct = window_noise(torch.Generator().manual_seed(3))((2, 1, 8, 8))
+    direct = stream_noise(torch.Generator().manual_seed(3))((2, 1, 8, 8))
     assert torch.equal(z[::5], direct)
 
 

@@ -24,8 +24,9 @@ from einops import rearrange, repeat
 from pkl_dg.diffusion.grid_phase import PHASES, phase_shifted
 from pkl_dg.diffusion.local_flux import keep_local_flux
 from pkl_dg.diffusion.mapping import IntensityMapping
+from pkl_dg.diffusion.mc_error import mean_mc_error
 from pkl_dg.diffusion.network_view import view_ceiling
-from pkl_dg.diffusion.noise import NoiseSource, shared_along_z, window_noise
+from pkl_dg.diffusion.noise import NoiseSource, shared_along_z, stream_noise, window_noise
 from pkl_dg.diffusion.schedule import NUM_TRAIN_TIMESTEPS, DDIMScheduler
 from pkl_dg.diffusion.step_record import SamplerStep, joined_misfit, misfit_of
 from pkl_dg.guidance.likelihoods import Likelihood
@@ -122,7 +123,8 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
         physics always stays in float32.
     noise
         Where x_T and the steps' fresh noise come from (default: ``generator`` draws it for
-        this image's shape; a chunk of a plane takes its window of the plane's noise,
+        this image's shape, all samples from one stream; :func:`guided_ddim_grouped` gives
+        each sample its own stream and a chunk of a plane its window of the plane's noise,
         :func:`~pkl_dg.diffusion.noise.window_noise`).
     first_sample
         Index of the first of these samples in the whole run (a group of samples, see
@@ -148,7 +150,7 @@ def guided_ddim(denoiser: Denoiser, problem: Problem, scheduler: DDIMScheduler,
     ceiling = view_ceiling(fm.mask, fm.conv.radius, Z_MAX, len(planes),
                            VOLUME if volume else NETWORK, num_samples)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    draw = noise if noise is not None else window_noise(gen)
+    draw = noise if noise is not None else stream_noise(gen)
     if volume:
         draw = shared_along_z(draw, len(planes))
     cast = (torch.autocast(y.device.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -280,21 +282,6 @@ def final_denoise(denoiser: Denoiser, x0: torch.Tensor, problem: Problem,
                 t0 + w1 * (t1 - t0))
 
 
-def mean_mc_error(samples: torch.Tensor) -> float:
-    """Monte-Carlo error of the mean of posterior samples, photons: the RMS over pixels of
-    the samples' standard deviation (unbiased), divided by √N; 0 for a single sample.
-
-    ``samples`` is (N, *image shape), photons. Measured on the BioSR F-actin pair (σ 2 and
-    fitted): a final pass at a level that includes it scores +0.27 dB over one at the
-    grain alone; on the flowdec bars, C. elegans and W2S inputs the grain dominates and
-    nothing changes (``pkl-dg bench quality --section real``).
-    """
-    n = samples.shape[0]
-    if n < 2:
-        return 0.0
-    return float(samples.var(dim=0).mean().sqrt()) / math.sqrt(n)
-
-
 def group_budget(device: torch.device | str) -> int:
     """Samples × voxels that one group may hold on ``device``.
 
@@ -328,14 +315,14 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
     """:func:`guided_ddim` over all samples, run one group of samples at a time
     (:func:`sample_groups`) so that memory holds one group's state.
 
-    Every group takes its rows of the noise that all samples draw together from
-    ``seed`` (:func:`~pkl_dg.diffusion.noise.window_noise`, a fresh generator per group),
-    so the samples are those of one run over all of them, whatever the grouping.
+    Every sample draws its noise from its own stream of ``seed``
+    (:func:`~pkl_dg.diffusion.noise.window_noise`), so the samples are those of one run
+    over all of them, whatever the grouping.
 
     Parameters
     ----------
     seed
-        Seed of the CPU generator of the whole run.
+        The run's seed (sample j's stream: :func:`~pkl_dg.diffusion.noise.sample_seed`).
     window
         ((H, W), (y0, y1, x0, x1)): the measurement is this chunk of a plane; the noise is
         the chunk's window of the plane's.
@@ -366,8 +353,7 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
     done: list[SamplerStep] = []  # the last step of each group done
     done_sum = torch.zeros(())  # the sum of their samples' x̂0
     for g, ids in enumerate(groups):
-        noise = window_noise(torch.Generator().manual_seed(seed), plane_shape, box,
-                             num_samples=num_samples, samples=ids)
+        noise = window_noise(seed, plane_shape, box, num_samples=num_samples, samples=ids)
         for rec in guided_ddim(denoiser, problem, scheduler, guidance, num_samples=len(ids),
                                autocast_dtype=autocast_dtype, noise=noise,
                                first_sample=ids.start):
@@ -396,5 +382,4 @@ def guided_ddim_grouped(denoiser: Denoiser, problem: Problem, scheduler: DDIMSch
 
 
 __all__ = ["FINAL_PASS_IMAGES", "Denoiser", "Guidance", "NUM_TRAIN_TIMESTEPS", "Problem",
-           "SamplerStep", "final_denoise", "guided_ddim", "guided_ddim_grouped", "mean_mc_error",
-           "sample_groups"]
+           "SamplerStep", "final_denoise", "guided_ddim", "guided_ddim_grouped", "sample_groups"]

@@ -174,8 +174,8 @@ class DDIMScheduler:
             ``x_t``'s device, so a seed gives the same sample on any device); the global
             generator when None.
         noise : callable, optional
-            ``draw(shape)`` giving z instead of ``generator`` (e.g. a chunk's window of the
-            whole plane's noise, :func:`pkl_dg.diffusion.noise.window_noise`).
+            ``draw(shape)`` giving z instead of ``generator`` (e.g. each sample's own stream,
+            or a chunk's window of the whole plane's, :func:`pkl_dg.diffusion.noise.window_noise`).
 
         Returns
         -------
