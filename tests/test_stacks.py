@@ -142,6 +142,29 @@ def test_tiled_equals_untiled_for_a_local_network():
     assert err < 0.01
 
 
+def test_tile_windows_are_made_once_per_image_shape_and_blend_exactly():
+    """The blending windows and their sum are kept between calls on one image and made
+    anew for another shape; a pointwise network's output comes back exactly blended."""
+    tiled = TiledDenoiser(lambda x, t: 2.0 * x, tile=64, overlap=16)
+    t = torch.tensor([500])
+    for shape in ((150, 170), (150, 170), (130, 100)):
+        x = torch.randn(1, 1, *shape)
+        torch.testing.assert_close(tiled(x, t), 2.0 * x)
+        assert tiled._window_cache["norm"].shape[-2:] == shape
+    assert len(tiled._window_cache) <= 1 + 9  # the sum and one window per kind of tile
+
+
+def test_a_cpu_runs_a_tiled_image_in_tiles_of_at_most_cpu_tile():
+    from pkl_dg.diffusion.tiling import CPU_TILE, tiled_network
+
+    den = lambda x, t: x  # noqa: E731
+    assert tiled_network(den, (4096, 4096), 1024, 64, torch.device("cpu")).tile == CPU_TILE
+    assert tiled_network(den, (4096, 4096), 512, 64, torch.device("cpu")).tile == 512
+    assert tiled_network(den, (4096, 4096), 1024, 64, torch.device("cuda")).tile == 1024
+    # an image that fits the setting is not cut on a CPU either
+    assert tiled_network(den, (900, 900), 1024, 64, torch.device("cpu")).tile == 900
+
+
 def test_tiled_unet_flat_field_has_no_seam():
     from pkl_dg.diffusion.unet import UNet, UNetConfig
 

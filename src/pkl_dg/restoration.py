@@ -220,7 +220,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
                              "name": model_cfg.get("name", "")}
         net = tiled_network(net, shape[-2:], s.tile_size, TILE_OVERLAP, device)
         if needs_tiles(shape[-2:], s.tile_size):
-            meta["tile_size"] = s.tile_size
+            meta["tile_size"] = net.tile  # the setting, or less on a CPU (CPU_TILE)
         meta["network_dtype"] = str(autocast_dtype(s.precision, device) or torch.float32)
 
     calibration_of, meta["calibration"] = block_calibrations(image, axes, len(lead), s, fixed)

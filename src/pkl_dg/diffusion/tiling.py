@@ -29,6 +29,12 @@ MAX_PIXELS = 4 * 1024 * 1024
 #: prior, bf16, 1 thread, 4 samples, median ms for all 4: 512² 933 as one call vs 691 one
 #: sample per call; 1024² 4758 vs 3728; 256² 219 vs 186.
 CPU_MAX_PIXELS = 512 * 512
+#: largest tile on a CPU, for an image that is tiled anyway: 736² tiles ran a 4096² image
+#: through the shipped prior in 2.14–2.18 s against 2.37–2.49 s for tiles of 871² (what
+#: 1024 gives), 2.13–2.18 for 640² and 2.29–2.41 for 512² (bf16, 2 threads, one call, the
+#: median of 2; /work/exp24/tiles.py, session 24): past ~700 px a tile's activations leave
+#: the caches, below it the overlap grows.
+CPU_TILE = 768
 
 
 def balanced_tile(n: int, tile: int, overlap: int) -> int:
@@ -94,6 +100,8 @@ class TiledDenoiser:
         self.max_pixels = max_pixels
         self.in_two = in_two
         self.retries = 0  # how often an out-of-memory error halved the tile
+        self._window_cache: dict | None = None  # see _windows
+        self._window_key: tuple | None = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         while True:
@@ -134,8 +142,8 @@ class TiledDenoiser:
                   balanced_tile(w, self.tile, self.overlap))
         ys, xs = _starts(h, th, self.overlap), _starts(w, tw, self.overlap)
         out = torch.zeros(n, c, h, w, dtype=torch.float32, device=x.device)
-        norm = torch.zeros(1, 1, h, w, dtype=torch.float32, device=x.device)
         boxes = [(y0, x0) for y0 in ys for x0 in xs]
+        windows = self._windows(h, w, th, tw, x.device)
         per_call = max(1, self.max_pixels // (n * th * tw))
         if self.in_two and two_at_once():  # two calls' tiles at once: half on a helper
             per_call *= 2
@@ -147,12 +155,32 @@ class TiledDenoiser:
             eps = self._batched(tiles, repeat(t, "n -> (tile n)", tile=len(chunk))).float()
             eps = rearrange(eps, "(tile n) c h w -> tile n c h w", tile=len(chunk))
             for j, (y0, x0) in enumerate(chunk):
-                wy = _ramp(th, self.overlap, y0 == 0, y0 + th == h, torch.float32, x.device)
-                wx = _ramp(tw, self.overlap, x0 == 0, x0 + tw == w, torch.float32, x.device)
-                win = wy[:, None] * wx[None, :]
-                out[..., y0: y0 + th, x0: x0 + tw] += eps[j] * win
-                norm[..., y0: y0 + th, x0: x0 + tw] += win
-        return out / norm
+                out[..., y0: y0 + th, x0: x0 + tw].addcmul_(
+                    eps[j], windows[y0 == 0, y0 + th == h, x0 == 0, x0 + tw == w])
+        return out.div_(windows["norm"])
+
+    def _windows(self, h: int, w: int, th: int, tw: int, device: torch.device) -> dict:
+        """The tiles' blending windows, by where a tile lies (at the first row, last row,
+        first column, last column of tiles), and their sum "norm" (1, 1, h, w) over the
+        image: the same for every call on this image, so made once and kept (an image and
+        at most 9 tiles held; at 4096² it saved an image's allocation and 25 tile
+        additions per call)."""
+        key = (h, w, th, tw, self.overlap, str(device))
+        if self._window_key != key:
+            self._window_cache, self._window_key = None, None  # the old one freed first
+            norm = torch.zeros(1, 1, h, w, dtype=torch.float32, device=device)
+            cache: dict = {"norm": norm}
+            for y0 in _starts(h, th, self.overlap):
+                wy = _ramp(th, self.overlap, y0 == 0, y0 + th == h, torch.float32, device)
+                for x0 in _starts(w, tw, self.overlap):
+                    where = (y0 == 0, y0 + th == h, x0 == 0, x0 + tw == w)
+                    if where not in cache:
+                        wx = _ramp(tw, self.overlap, x0 == 0, x0 + tw == w, torch.float32,
+                                   device)
+                        cache[where] = wy[:, None] * wx[None, :]
+                    norm[..., y0: y0 + th, x0: x0 + tw] += cache[where]
+            self._window_cache, self._window_key = cache, key
+        return self._window_cache
 
 
 def needs_tiles(shape: tuple[int, int], tile_size: int) -> bool:
@@ -166,16 +194,18 @@ def tiled_network(denoiser: Denoiser, shape: tuple[int, int], tile_size: int, ov
     """The network as a restoration of a (H, W) = ``shape`` image runs it.
 
     Images wider or taller than ``tile_size`` (px; 0 = never) run on tiles with
-    ``min(overlap, tile_size/4)`` px of overlap. On a CPU every image, tiled or not, goes
+    ``min(overlap, tile_size/4)`` px of overlap; on a CPU those tiles are at most
+    :data:`CPU_TILE` (faster per pixel). On a CPU every image, tiled or not, goes
     through in calls of at most :data:`CPU_MAX_PIXELS` (faster per pixel); elsewhere the
     untiled network is returned as it is. A torch module's calls on a CPU go half on a
-    helper thread (``in_two`` of :class:`TiledDenoiser`).
+    helper thread (``in_two`` of :class:`TiledDenoiser`). The tile used is the returned
+    wrapper's ``tile``.
     """
     tiled = needs_tiles(shape, tile_size)
     cpu = device.type == "cpu"
     if not tiled and not cpu:
         return denoiser
-    tile = tile_size if tiled else max(*shape, MIN_TILE)
+    tile = (min(tile_size, CPU_TILE) if cpu else tile_size) if tiled else max(*shape, MIN_TILE)
     # a torch module (also behind a wrapper such as the widget's) may be called from two
     # threads at once; any other callable is called from one
     module = isinstance(getattr(denoiser, "__wrapped__", denoiser), torch.nn.Module)
