@@ -321,6 +321,8 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
             raise RuntimeError("the 3D test restoration gave non-finite values")
     seconds = time.perf_counter() - t0
     peak = proc_status_mb("VmHWM")
+    tiles = (f"; tiles of {gen.result.metadata['tile_size']} px"
+             if to_end and "tile_size" in gen.result.metadata else "")
     gen.close()
     return {"shape": list(y.shape), "mode": settings.mode,
             "peak_rss_mb": peak, "baseline_rss_mb": base, "restore_extra_mb": peak - base,
@@ -331,7 +333,7 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
             "image_mb": y.nbytes / 2**20,
             "note": "VmHWM of a fresh process whose high-water mark was reset after loading the "
                     "network and the image (baseline = VmRSS then); default settings "
-                    f"(tile_size {settings.tile_size}, {settings.samples} samples)"}
+                    f"(tile_size {settings.tile_size}, {settings.samples} samples{tiles})"}
 
 
 def _main(argv: list[str] | None = None) -> int:
