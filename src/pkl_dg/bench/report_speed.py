@@ -40,7 +40,9 @@ def speed_section(speed: dict, quality: dict | None = None) -> list[str]:
              f"(width {net['config'].get('width')}, channel_mult {net['config'].get('channel_mult')}). "
              f"Default network precision on this machine: {speed['default_network_precision']}. "
              f"Test image: {speed['test_image']['psf']}, {speed['test_image']['peak_photons']:.0f} "
-             f"photons peak, background {speed['test_image']['background']:.0f}. Medians of "
+             f"photons peak, background {speed['test_image']['background']:.0f}"
+             + (f", dots on blobs of σ {speed['test_image']['blob_sigma_px']:g} px at every size"
+                if "blob_sigma_px" in speed["test_image"] else "") + ". Medians of "
              f"{speed['repeats']} repeats{' (SMOKE RUN: tiny sizes, not meaningful)' if speed['smoke'] else ''}.")
     mm = speed["matmul"]
     L.append("")

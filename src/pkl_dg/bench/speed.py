@@ -39,6 +39,7 @@ import torch
 from pkl_dg.bench.common import benchmark_network, machine_info, median_ms, now_iso
 from pkl_dg.bench.network import matmul_gflops, network_timing
 from pkl_dg.bench.simulate import TEST_BACKGROUND as BACKGROUND
+from pkl_dg.bench.simulate import TEST_BLOB_SIGMA
 from pkl_dg.bench.simulate import TEST_PEAK_PHOTONS as PEAK_PHOTONS
 from pkl_dg.bench.simulate import TEST_PSF_SIGMA as PSF_SIGMA
 from pkl_dg.bench.simulate import simulate_measurement, test_image
@@ -224,7 +225,8 @@ def run_speed(sizes: list[int], repeats: int, smoke: bool, model: str | None = N
         "repeats": repeats, "sizes": rows, "real_images": real, "stack_3d": stack_row, "matmul": matmul,
         "precision_quality": precision,
         "test_image": {"psf": f"gaussian sigma={PSF_SIGMA} px", "peak_photons": PEAK_PHOTONS,
-                       "background": BACKGROUND},
+                       "background": BACKGROUND,
+                       "blob_sigma_px": TEST_BLOB_SIGMA},
         "end_to_end_max_size": e2e_max, "run_once_max_size": max(once_max, e2e_max),
         "wall_s": time.perf_counter() - t_start,
     }
