@@ -321,7 +321,7 @@ def _memory_worker(n: int, frames: int | None, smoke: bool, model: str | None,
             raise RuntimeError("the 3D test restoration gave non-finite values")
     seconds = time.perf_counter() - t0
     peak = proc_status_mb("VmHWM")
-    tiles = (f"; tiles of {gen.result.metadata['tile_size']} px"
+    tiles = (f"; tiles of at most {gen.result.metadata['tile_size']} px"
              if to_end and "tile_size" in gen.result.metadata else "")
     gen.close()
     return {"shape": list(y.shape), "mode": settings.mode,
