@@ -13,8 +13,9 @@ the unclipped x̂0.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import repeat
+
+from pkl_dg.physics.unfit_reach import near_unfit
 
 #: the network's view of x̂0 is clipped here (model units: the scale s) in unfit pixels and
 #: their PSF reach
@@ -47,14 +48,10 @@ def view_ceiling(mask: torch.Tensor | None, radius: tuple[int, ...], z_max: floa
         float32 on the mask's device: :data:`UNFIT_Z_MAX` within the lateral PSF reach of a
         pixel left out of the fit, ``z_max`` elsewhere.
     """
-    if mask is None:
+    near = near_unfit(mask, tuple(radius[-2:]))
+    if near is None:
         return None
-    unfit = (mask < 1).reshape(-1, 1, *mask.shape[-2:]).float()
-    if not bool(unfit.any()):
-        return None
-    r0, r1 = radius[-2:]
-    near = F.max_pool2d(unfit, (2 * r0 + 1, 2 * r1 + 1), stride=1, padding=(r0, r1)) > 0
-    bound = torch.where(near, UNFIT_Z_MAX, z_max).to(torch.float32)[:, 0]
+    bound = torch.where(near.reshape(-1, *near.shape[-2:]), UNFIT_Z_MAX, z_max).to(torch.float32)
     bound = bound.expand(planes or len(bound), -1, -1)
     return repeat(bound, f"plane h w -> {layout}", **({"sample": samples} if "sample" in layout
                                                        else {}))

@@ -25,12 +25,10 @@ simulated pair and its real input; the bead-free references reach the noise leve
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from pkl_dg.guidance.discrepancy import DevianceRatio
 from pkl_dg.guidance.stopping import AutoStop
 from pkl_dg.physics.forward import ForwardModel
+from pkl_dg.physics.unfit_reach import near_unfit
 
 __all__ = ["FIT_BUDGET", "FIT_TOLERANCE", "data_budget"]
 
@@ -38,19 +36,6 @@ __all__ = ["FIT_BUDGET", "FIT_TOLERANCE", "data_budget"]
 FIT_BUDGET = 3
 #: the fit away from unfit pixels counts as at the noise level within this multiple of it
 FIT_TOLERANCE = 1.15
-
-
-def _beyond_unfit_reach(fm: ForwardModel) -> torch.Tensor | None:
-    """bool, the mask's shape: pixels farther than twice the PSF's half size (on every
-    axis of the blur) from any pixel left out of the fit; None if none is left out."""
-    if fm.mask is None or not bool((fm.mask < 1).any()):
-        return None
-    d = fm.conv.ndim
-    unfit = (fm.mask < 1).reshape(-1, 1, *fm.mask.shape[-d:]).float()
-    reach = tuple(2 * r for r in fm.conv.radius[-d:])
-    pool = F.max_pool3d if d == 3 else F.max_pool2d
-    near = pool(unfit, tuple(2 * r + 1 for r in reach), stride=1, padding=reach) > 0
-    return (~near).reshape(fm.mask.shape)
 
 
 def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
@@ -76,7 +61,9 @@ def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
     more = FIT_BUDGET * rule.k
     if rule.reason == "noise level":
         return more, f"×{FIT_BUDGET}: Richardson–Lucy's fit reached the noise level"
-    away = _beyond_unfit_reach(fm)
+    d = fm.conv.ndim  # judged beyond twice the PSF's reach of pixels left out of the fit
+    near = near_unfit(fm.mask, tuple(2 * r for r in fm.conv.radius[-d:]))
+    away = None if near is None else ~near
     if rule.reason == "stalled" and away is not None and rule.signal is not None:
         where = (rule.signal.reshape(away.shape) & away).reshape(-1).nonzero().squeeze(1)
         if where.numel():
