@@ -313,6 +313,24 @@ def test_gpu_bench_smoke_on_cpu_and_its_report(tmp_path, quality_json, speed_jso
     assert "| 32² | PKL | fp32 | failed: OutOfMemoryError" in text
 
 
+def test_gpu_rows_are_compared_with_the_cpu_only_on_the_same_test_image():
+    # a GPU run from before the blobs were fixed at σ 8 px (no blob size recorded) restored
+    # the same image as today's CPU run at 512² only (σ = n/64 there too)
+    from pkl_dg.bench.gpu import gpu_section
+
+    row = {"method": "pkl", "precision": "bf16", "end_to_end_s": 1.0, "first_frame_s": 0.1,
+           "cold_s": 1.0, "peak_gpu_mb": 10.0}
+    gpu = {"machine": {"torch": "x", "logical_cpus": 1}, "device": "cuda", "created": "t",
+           "wall_s": 60.0, "network": {"source": "s"}, "stack": None,
+           "rows": [dict(row, size=512), dict(row, size=4096)]}
+    cpu = {"machine": {"torch_threads": 2}, "test_image": {"blob_sigma_px": 8.0},
+           "sizes": [{"size": n, "restore": {"end_to_end_s": 2.0}} for n in (512, 4096)]}
+    old = "\n".join(gpu_section(gpu, cpu))
+    assert "2.0 s (2× the GPU)" in old and "another test image: not comparable" in old
+    new = "\n".join(gpu_section(dict(gpu, test_image_blob_sigma_px=8.0), cpu))
+    assert "not comparable" not in new and new.count("× the GPU") == 2
+
+
 def test_gpu_bench_without_cuda_says_so(tmp_path, capsys):
     import torch
 

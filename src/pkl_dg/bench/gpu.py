@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pkl_dg.bench.common import benchmark_network, machine_info
-from pkl_dg.bench.simulate import (TEST_BACKGROUND, TEST_PSF_SIGMA, TEST_PSF_SIGMA_Z, test_image,
+from pkl_dg.bench.simulate import (TEST_BACKGROUND, TEST_BLOB_SIGMA, TEST_PSF_SIGMA, TEST_PSF_SIGMA_Z, test_image,
                                    test_stack)
 from pkl_dg.devices import resolve_device
 from pkl_dg.restoration import restore_iter
@@ -138,7 +138,7 @@ def run_gpu(sizes: list[int], precisions: list[str], stack: tuple[int, int] | No
     rows = []
     result = {"kind": "gpu", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "device": str(device), "machine": machine, "network": net_info, "rows": rows,
-              "stack": None, "wall_s": 0.0}
+              "stack": None, "wall_s": 0.0, "test_image_blob_sigma_px": TEST_BLOB_SIGMA}
 
     def saved() -> dict:
         result["wall_s"] = time.perf_counter() - t_start
@@ -189,6 +189,15 @@ def _cpu_pkl_seconds(speed: dict | None) -> dict:
     return out
 
 
+def _same_test_image(gpu: dict, cpu_speed: dict | None, n: int) -> bool:
+    """Whether the GPU and CPU runs restored the same test image at side ``n`` (runs before
+    :data:`~pkl_dg.bench.simulate.TEST_BLOB_SIGMA` record none: their blobs had σ = n/64)."""
+    def blob(recorded):
+        return recorded if recorded is not None else max(1.0, n / 64)
+    cpu_blob = ((cpu_speed or {}).get("test_image") or {}).get("blob_sigma_px")
+    return blob(gpu.get("test_image_blob_sigma_px")) == blob(cpu_blob)
+
+
 def gpu_section(gpu: dict, cpu_speed: dict | None = None) -> list[str]:
     """BENCHMARKS.md's GPU section from ``pkl-dg bench gpu`` results (markdown lines); with
     the CPU speed results, the default PKL rows are compared with the CPU's."""
@@ -217,7 +226,10 @@ def gpu_section(gpu: dict, cpu_speed: dict | None = None) -> list[str]:
         ref = "-"
         if r["method"] == "pkl" and r["size"] in cpu:
             sec, est = cpu[r["size"]]
-            ref = f"{'~' if est else ''}{sec:.1f} s ({sec / r['end_to_end_s']:.0f}× the GPU)"
+            ref = (f"{'~' if est else ''}{sec:.1f} s ("
+                   + (f"{sec / r['end_to_end_s']:.0f}× the GPU)"
+                      if _same_test_image(gpu, cpu_speed, r["size"]) else
+                      "another test image: not comparable)"))
         L.append(f"{head} {r['end_to_end_s']:.2f} s | {r['first_frame_s']:.3f} s | "
                  f"{r['cold_s']:.2f} s | {mem} | {ref} |")
     s = gpu.get("stack")
