@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from pkl_dg.bench.common import benchmark_network, machine_info
-from pkl_dg.bench.simulate import (TEST_BACKGROUND, TEST_BLOB_SIGMA, TEST_PSF_SIGMA, TEST_PSF_SIGMA_Z, test_image,
-                                   test_stack)
+from pkl_dg.bench.simulate import (TEST_BACKGROUND, TEST_BLOB_SIGMA, TEST_PSF_SIGMA,
+                                   TEST_PSF_SIGMA_Z, test_image, test_stack)
 from pkl_dg.devices import resolve_device
 from pkl_dg.restoration import restore_iter
 from pkl_dg.settings import RestoreSettings

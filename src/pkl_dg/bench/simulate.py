@@ -7,7 +7,8 @@ y ~ Poisson(A x + B): the acquisition model of :class:`~pkl_dg.physics.ForwardMo
 mean it uses. The noise comes from a torch generator seeded with ``seed``, so a measurement
 is a function of (object, PSF, peak, background, seed) alone.
 
-Also here: the speed benchmarks' test image (:func:`test_image`), dots on smooth blobs at :data:`TEST_PEAK_PHOTONS` photons peak.
+Also here: the speed benchmarks' test image (:func:`test_image`), dots on smooth blobs at
+:data:`TEST_PEAK_PHOTONS` photons peak.
 """
 
 from __future__ import annotations

@@ -61,11 +61,11 @@ def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
     more = FIT_BUDGET * rule.k
     if rule.reason == "noise level":
         return more, f"×{FIT_BUDGET}: Richardson–Lucy's fit reached the noise level"
-    d = fm.conv.ndim  # judged beyond twice the PSF's reach of pixels left out of the fit
-    near = near_unfit(fm.mask, tuple(2 * r for r in fm.conv.radius[-d:]))
-    away = None if near is None else ~near
-    if rule.reason == "stalled" and away is not None and rule.signal is not None:
-        where = (rule.signal.reshape(away.shape) & away).reshape(-1).nonzero().squeeze(1)
+    # judged beyond twice the PSF's reach (every axis of the blur) of pixels left out of the fit
+    near = (near_unfit(fm.mask, tuple(2 * r for r in fm.conv.radius[-fm.conv.ndim:]))
+            if rule.reason == "stalled" and rule.signal is not None else None)
+    if near is not None:
+        where = (rule.signal.reshape(near.shape) & ~near).reshape(-1).nonzero().squeeze(1)
         if where.numel():
             ratio = DevianceRatio(rule.ys.reshape(-1).index_select(0, where))(
                 last.mean_at(where))
