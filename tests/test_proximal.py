@@ -262,3 +262,34 @@ def test_a_chunk_takes_its_planes_data_budget():
     assert (meta["sub_iterations"], meta["sub_iterations_accelerated"]) == (15, True)
     meta = restore_iter(y, chunk=chunk, sub_iterations=12, **common).finish().metadata
     assert (meta["sub_iterations"], meta["sub_iterations_accelerated"]) == (12, False)
+
+
+def test_proximal_samples_in_two_halves_equal_one_thread(monkeypatch):
+    """With two threads the samples go in two halves, one on a helper thread; each sample's
+    result (its own y, τ, start and extrapolation) is the one-thread result."""
+    import pkl_dg.guidance.proximal as proximal
+    from pkl_dg.threads import in_two, torch_threads
+
+    halves = []
+    monkeypatch.setattr(proximal, "in_two", lambda fn, items: halves.append(items) or
+                        in_two(fn, items))
+    g = torch.Generator().manual_seed(7)
+    fm = ForwardModel(PSFConvolution(gaussian_psf(1.5)), 2.0, 1.0)
+    y = torch.poisson(torch.rand(3, 1, 40, 36, generator=g) * 50 + 2, generator=g)
+    x_prior = torch.rand(3, 1, 40, 36, generator=g) * 60
+    start = torch.rand(3, 1, 40, 36, generator=g) * 60
+    tau = torch.tensor([0.5, 5.0, 50.0]).reshape(3, 1, 1, 1)
+    args = (x_prior, y, fm, tau, 5)
+    with torch_threads(1):
+        want = poisson_proximal(*args, x_init=start, accelerate=True)
+    assert halves == []
+    with torch_threads(2):
+        got = poisson_proximal(*args, x_init=start, accelerate=True)
+    assert [(h.start, h.stop) for h in halves[0]] == [(0, 2), (2, 3)]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
+    # one measurement for all samples (broadcast, not cut) and a number for τ
+    with torch_threads(1):
+        want = poisson_proximal(x_prior, y[0, 0], fm, 5.0, 3)
+    with torch_threads(2):
+        got = poisson_proximal(x_prior, y[0, 0], fm, 5.0, 3)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
