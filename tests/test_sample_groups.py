@@ -95,7 +95,7 @@ def test_final_pass_level_adds_the_monte_carlo_error_of_the_sample_mean():
     import torch
 
     from pkl_dg.diffusion.mapping import IntensityMapping
-    from pkl_dg.diffusion.mc_error import mean_mc_error
+    from pkl_dg.diffusion.mc_error import mean_mc_error, sample_spread
     from pkl_dg.diffusion.sampler import Problem, final_denoise
     from pkl_dg.diffusion.schedule import DDIMScheduler
     from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf
@@ -104,6 +104,12 @@ def test_final_pass_level_adds_the_monte_carlo_error_of_the_sample_mean():
     samples = 100.0 + 3.0 * torch.randn(16, 64, 64, generator=g)
     assert mean_mc_error(samples) == pytest.approx(3.0 / 4.0, rel=0.02)
     assert mean_mc_error(samples[:1]) == 0.0
+    # the per-pixel spread (the uncertainty map) is torch's unbiased std over the samples
+    spread = sample_spread(samples)
+    assert spread.shape == (64, 64)
+    assert torch.allclose(spread, samples.std(dim=0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="two or more"):
+        sample_spread(samples[:1])
     problem = Problem(torch.zeros(64, 64), ForwardModel(PSFConvolution(gaussian_psf(1.0)), 0.0),
                       IntensityMapping(1000.0))
     sched = DDIMScheduler(10, 1.0)

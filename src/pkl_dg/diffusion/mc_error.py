@@ -1,4 +1,5 @@
-"""The Monte-Carlo error of a mean of posterior samples (the final pass's level adds it)."""
+"""The spread of posterior samples: per pixel (the uncertainty map) and the Monte-Carlo
+error of their mean (the final pass's level adds it)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,36 @@ def mean_mc_error(samples: torch.Tensor) -> float:
     n = samples.shape[0]
     if n < 2:
         return 0.0
-    # Σ (x_i − mean)² accumulated one sample at a time: torch's var(dim=0) over the samples
-    # axis took 3.0 s at 4 × 4096² on a CPU, this 0.1 s (/work/exp24/var.py, session 24)
+    return math.sqrt(float(_squares(samples).mean()) / (n - 1)) / math.sqrt(n)
+
+
+def sample_spread(samples: torch.Tensor) -> torch.Tensor:
+    """Per-pixel standard deviation (unbiased) of posterior samples, photons.
+
+    ``samples`` is (N ≥ 2, *image shape), photons; returns the image shape. The same as
+    ``samples.std(dim=0)`` up to float rounding, at a fraction of its time on a CPU (4 ×
+    502², 2 threads: 57 → 1 ms; see :func:`_squares`).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two samples.
+    """
+    n = samples.shape[0]
+    if n < 2:
+        raise ValueError(f"the spread of samples needs two or more, got {n}")
+    return _squares(samples).div_(n - 1).sqrt_()
+
+
+def _squares(samples: torch.Tensor) -> torch.Tensor:
+    """Σ_i (x_i − mean)² per pixel, accumulated one sample at a time: torch's var(dim=0)
+    over the samples axis took 3.0 s at 4 × 4096² on a CPU, this 0.1 s
+    (/work/exp24/var.py, session 24)."""
     mean = samples.mean(dim=0)
     squares, deviation = torch.zeros_like(mean), torch.empty_like(mean)
     for x in samples:
         squares.addcmul_(torch.sub(x, mean, out=deviation), deviation)
-    return math.sqrt(float(squares.mean()) / (n - 1)) / math.sqrt(n)
+    return squares
 
 
-__all__ = ["mean_mc_error"]
+__all__ = ["mean_mc_error", "sample_spread"]
