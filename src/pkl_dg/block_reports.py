@@ -40,7 +40,10 @@ def auto_info(rule: AutoStop, where: str = "", warn: bool = True) -> dict[str, A
     if note is not None and warn:
         warnings.warn(f"{where + ': ' if where else ''}{note[0].upper()}{note[1:]}",
                       ModelMismatchWarning, stacklevel=5)
-    return {"rl_auto_iterations": rule.k, "rl_auto_deviance_ratio": round(rule.ratio, 4),
+    # an accelerated count (PKL's budget pass) also in plain iterations
+    plain = ({"rl_auto_plain_equivalent": rule.equivalent} if rule.accelerated else {})
+    return {"rl_auto_iterations": rule.k, **plain,
+            "rl_auto_deviance_ratio": round(rule.ratio, 4),
             "rl_auto_noise_target": round(rule.target, 4),
             "rl_auto_stop": rule.reason or f"cap of {RL_AUTO_MAX} iterations",
             **({"rl_auto_misfit": note} if note else {})}

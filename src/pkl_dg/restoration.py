@@ -25,18 +25,19 @@ from pkl_dg._version import __version__
 from pkl_dg.axes import arrange, channel_count, put_back, result_axes
 from pkl_dg.devices import autocast_dtype, resolve_device
 from pkl_dg.diffusion.mapping import SCALE_FACTOR, IntensityMapping, scale_from_estimate
+from pkl_dg.diffusion.mc_error import sample_spread
 from pkl_dg.diffusion.sampler import (Guidance, Problem, SamplerStep, group_budget,
                                       guided_ddim_grouped, sample_groups)
 from pkl_dg.diffusion.schedule import DDIMScheduler
 from pkl_dg.diffusion.step_record import LazyMisfit
 from pkl_dg.diffusion.tiling import needs_tiles, tiled_network
 from pkl_dg.guidance import GuidanceStep, get_likelihood
-from pkl_dg.guidance.data_budget import data_budget
+from pkl_dg.guidance.data_budget import budget_pass, data_budget
 from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations, proximal_sub_iterations
-from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX, AutoStop
+from pkl_dg.guidance.stopping import MAX_ITERATIONS as RL_AUTO_MAX
 from pkl_dg.physics import ForwardModel, PSFConvolution
 from pkl_dg.negatives import negative_value_pedestal
-from pkl_dg.richardson_lucy import richardson_lucy, rl_iterates
+from pkl_dg.richardson_lucy import richardson_lucy
 from pkl_dg.rl_restore import rl_steps
 from pkl_dg.runs import StreamedRun
 from pkl_dg.missing import block_fit
@@ -274,7 +275,7 @@ def _restore_frames(image: Any, settings: RestoreSettings | None, psf: PSF | np.
             yield StepRecord(done, total, rec.t, frame, misfit, idx, rec.index, rec.total)
         out[idx] = frame  # the last frame is the block's result
         if std is not None and len(rec.x0) > 1:  # the spread of the last step's samples
-            spread = rec.x0.std(dim=0).float().cpu().numpy()
+            spread = sample_spread(rec.x0).float().cpu().numpy()
             std[idx] = spread if missing is None else np.where(missing, np.nan, spread)
         for kind in flagged:
             flagged[kind] += kind in block_meta
@@ -325,9 +326,8 @@ def _restore_block(y: torch.Tensor, s: RestoreSettings, operator: PSFConvolution
     proximal = uses_proximal_step(s)
     with torch.inference_mode():
         if proximal:  # RL with the automatic stop sets both the scale and the data budget
-            rule = AutoStop(y, fm)
-            for it in rl_iterates(y, fm, RL_AUTO_MAX, x0=x0, stop=rule):
-                rough = it.x
+            rule, it = budget_pass(y, fm, x0)
+            rough = it.x
             info.update(auto_info(rule, where, warn_misfit))
             budget, why = (chunk.data_budget if chunk is not None and chunk.data_budget
                            else data_budget(rule, it, fm))  # a chunk takes its plane's

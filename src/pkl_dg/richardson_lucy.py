@@ -265,7 +265,7 @@ class _RLLoop:
 def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: float = 0.0,
                 x0: torch.Tensor | None = None, *, accelerate: bool = False,
                 stop: Callable[[RLIterate], bool] | None = None,
-                alpha_max: float = ALPHA_MAX) -> Iterator[RLIterate]:
+                alpha_max: float = ALPHA_MAX, plain_first: int = 0) -> Iterator[RLIterate]:
     """Run Richardson–Lucy and yield every iterate with its misfit readout.
 
     Parameters
@@ -283,6 +283,12 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
         Start (default :func:`initial_estimate`); copied, never modified.
     accelerate
         Biggs–Andrews vector extrapolation (see the module docstring).
+    alpha_max
+        Upper clip of the extrapolation factor α with ``accelerate``.
+    plain_first
+        With ``accelerate``, the first ``plain_first`` iterations are plain RL ones (α = 0);
+        the extrapolation starts from their changes. (PKL's data budget pass,
+        :func:`~pkl_dg.guidance.data_budget.budget_pass`.)
     stop
         Called with each iterate after it is yielded; returning True ends the run there (a
         stopping rule, e.g. a discrepancy principle on ``it.mean()``). A rule with a
@@ -335,7 +341,7 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
     for k in range(1, iterations + 1):
         with one_thread(single):
             alpha, base = 0.0, x
-            if accelerate and g_prev is not None:
+            if accelerate and g_prev is not None and k > plain_first:
                 alpha = float(torch.vdot(g.reshape(-1), g_prev.reshape(-1))) / (gg_prev + 1e-30)
                 alpha = min(max(alpha, 0.0), alpha_max)
             if alpha > 0:

@@ -217,24 +217,26 @@ def _plane_statistics(path: str, index: tuple[int, ...], settings_dict: dict,
            "plane_shape": [int(n) for n in y.shape[-2:]]}
     if auto_rl or proximal:  # the automatic RL count of the whole plane, shared by its chunks
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
-        from pkl_dg.guidance.data_budget import data_budget
+        from pkl_dg.guidance.data_budget import budget_pass, data_budget
         from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
         from pkl_dg.physics import ForwardModel
         from pkl_dg.richardson_lucy import rl_iterates
 
         fm = ForwardModel(op, bg, float(s.read_noise) ** 2, _saturation_mask(raw, op))
-        fast = auto_rl and s.rl_acceleration != "none"  # the count of the run's own RL
-        rule = AutoStop(y, fm, accelerated=fast)
         with torch.inference_mode():
-            for it in rl_iterates(y, fm, MAX_ITERATIONS, accelerate=fast, stop=rule):
-                rough = it.x
-        if auto_rl:
-            out["rl_iterations"] = rule.k
-        else:
-            scale = scale_from_estimate(rough, scale_pixels(fm.mask, op))
-            budget, why = data_budget(rule, it, fm)  # the chunks' data budget
-            out.update(peak_photons=float(scale / SCALE_FACTOR), intensity_scale=float(scale),
-                       rl_auto_iterations=rule.k, data_budget=[budget, why])
+            if auto_rl:  # the count of the run's own RL
+                fast = s.rl_acceleration != "none"
+                rule = AutoStop(y, fm, accelerated=fast)
+                for it in rl_iterates(y, fm, MAX_ITERATIONS, accelerate=fast, stop=rule):
+                    pass
+                out["rl_iterations"] = rule.k
+            else:  # as a whole-plane restore runs it (restoration._restore_block)
+                rule, it = budget_pass(y, fm)
+                scale = scale_from_estimate(it.x, scale_pixels(fm.mask, op))
+                budget, why = data_budget(rule, it, fm)  # the chunks' data budget
+                out.update(peak_photons=float(scale / SCALE_FACTOR),
+                           intensity_scale=float(scale), rl_auto_iterations=rule.k,
+                           data_budget=[budget, why])
     elif uses_prior(s):
         from pkl_dg.diffusion.mapping import SCALE_FACTOR, scale_from_estimate
         from pkl_dg.guidance.steps import auto_discrepancy, auto_sub_iterations

@@ -21,21 +21,69 @@ read off the saturated-bead cases of ``tests/test_bright_spots.py`` (the fit bey
 the PSF's reach of the beads at 0.82–0.88, 1.08 and 1.10× the target: the phantom, case 12's
 simulated pair and its real input; the bead-free references reach the noise level and get
 ×3, so ×1 beside the beads left them 0.5 dB behind), not tuned on held-out data.
+
+The count comes from :func:`budget_pass`: plain RL for :data:`PLAIN_FIRST` iterations (most
+inputs stop there: W2S, C. elegans, the synthetic speed image at 3), then Biggs–Andrews
+extrapolation, each accelerated iteration counted as :data:`~pkl_dg.guidance.stopping.
+ACCELERATED_STALL` plain ones. A long count is then reached in about 0.4 of the
+iterations: the BioSR F-actin dev pair (σ 2 px) 108 plain iterations in 0.35 s → 44
+(10 plain, budget 112) in about 0.2 s, so the first frame of a default restore 0.57 →
+0.43 s (2 threads, ``/work/exp26/full.py``, session 26). The budget moves by what the
+conversion misses: σ 2 108 → 112, fitted σ 1.87 129 → 133, the flowdec bars 28 → 31 (×3:
+84 → 93); the sub-iterations per step at the default 10 steps (⌈budget / steps⌉, halved
+when accelerated) stay 6, 7 and 5. RL's estimate, which sets the intensity scale, moves
+too: scale +1.2 % (BioSR) and +1.6 % (bars).
 """
 
 from __future__ import annotations
 
+import torch
+
 from pkl_dg.guidance.discrepancy import DevianceRatio
-from pkl_dg.guidance.stopping import AutoStop
+from pkl_dg.guidance.stopping import MAX_ITERATIONS, AutoStop
 from pkl_dg.physics.forward import ForwardModel
 from pkl_dg.physics.unfit_reach import near_unfit
+from pkl_dg.richardson_lucy import RLIterate, rl_iterates
 
-__all__ = ["FIT_BUDGET", "FIT_TOLERANCE", "data_budget"]
+__all__ = ["FIT_BUDGET", "FIT_TOLERANCE", "PLAIN_FIRST", "budget_pass", "data_budget"]
 
 #: the budget where the model explains the data, in multiples of RL's automatic count
 FIT_BUDGET = 3
 #: the fit away from unfit pixels counts as at the noise level within this multiple of it
 FIT_TOLERANCE = 1.15
+#: plain RL iterations of :func:`budget_pass` before it extrapolates
+PLAIN_FIRST = 10
+
+
+def budget_pass(y: torch.Tensor, fm: ForwardModel,
+                x0: torch.Tensor | None = None) -> tuple[AutoStop, RLIterate]:
+    """Richardson–Lucy with the automatic stop, run for PKL's data budget and scale.
+
+    Plain for :data:`PLAIN_FIRST` iterations, then Biggs–Andrews accelerated (see the
+    module docstring); :class:`~pkl_dg.guidance.stopping.AutoStop` judges the accelerated
+    iterations with its accelerated threshold and counts them in plain ones
+    (``rule.equivalent``).
+
+    Parameters
+    ----------
+    y
+        Measurement in photons, (H, W) or (Z, H, W).
+    fm
+        The run's forward model.
+    x0
+        Where RL starts (default: its flat start).
+
+    Returns
+    -------
+    (AutoStop, RLIterate)
+        The rule that ended the run and the run's last iterate (its ``x`` in photons, like
+        ``y``).
+    """
+    rule = AutoStop(y, fm, accelerated=True, plain_first=PLAIN_FIRST)
+    for it in rl_iterates(y, fm, MAX_ITERATIONS, x0=x0, accelerate=True,
+                          plain_first=PLAIN_FIRST, stop=rule):
+        pass
+    return rule, it
 
 
 def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
@@ -44,8 +92,8 @@ def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
     Parameters
     ----------
     rule
-        The :class:`~pkl_dg.guidance.stopping.AutoStop` that ended the RL run (``rule.k``
-        iterations).
+        The :class:`~pkl_dg.guidance.stopping.AutoStop` that ended the RL run
+        (``rule.equivalent`` plain iterations).
     last
         The run's last :class:`~pkl_dg.richardson_lucy.RLIterate` (its prediction is read
         where the fit is judged away from unfit pixels).
@@ -55,10 +103,11 @@ def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
     Returns
     -------
     (int, str)
-        The budget in RL-equivalent iterations (``rule.k`` or ``FIT_BUDGET * rule.k``) and
+        The budget in RL-equivalent iterations (``rule.equivalent`` or ``FIT_BUDGET`` times
+        it) and
         why, for the metadata.
     """
-    more = FIT_BUDGET * rule.k
+    more = FIT_BUDGET * rule.equivalent
     if rule.reason == "noise level":
         return more, f"×{FIT_BUDGET}: Richardson–Lucy's fit reached the noise level"
     # judged beyond twice the PSF's reach (every axis of the blur) of pixels left out of the fit
@@ -73,4 +122,4 @@ def data_budget(rule: AutoStop, last, fm: ForwardModel) -> tuple[int, str]:
                 return more, (f"×{FIT_BUDGET}: the fit stalled near pixels left out of it, "
                               f"and away from them it is at {ratio / rule.target:.2f}× the "
                               "noise level")
-    return rule.k, "×1: Richardson–Lucy's fit did not reach the noise level"
+    return rule.equivalent, "×1: Richardson–Lucy's fit did not reach the noise level"

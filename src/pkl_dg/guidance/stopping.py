@@ -117,6 +117,10 @@ class AutoStop:
     accelerated
         The run's iterations are Biggs–Andrews accelerated (the stall threshold is
         :data:`ACCELERATED_STALL` × :data:`STALL`).
+    plain_first
+        With ``accelerated``, the run's first ``plain_first`` iterations are plain ones
+        (``plain_first`` of :func:`~pkl_dg.richardson_lucy.rl_iterates`): judged with the
+        plain threshold.
 
     Attributes
     ----------
@@ -130,8 +134,10 @@ class AutoStop:
         Why the rule fired: ``"noise level"`` or ``"stalled"`` (``""`` if it has not).
     """
 
-    def __init__(self, y: torch.Tensor, fm: ForwardModel, accelerated: bool = False) -> None:
+    def __init__(self, y: torch.Tensor, fm: ForwardModel, accelerated: bool = False,
+                 plain_first: int = 0) -> None:
         self.stall = STALL * (ACCELERATED_STALL if accelerated else 1.0)
+        self.accelerated, self.plain_first = accelerated, plain_first if accelerated else 0
         self.ys = (y + fm.read_noise_var).clamp(min=0)
         self.fit = None if fm.mask is None else fm.mask.to(y.device, y.dtype) > 0
         self.k, self.ratio, self.reason = 0, float("inf"), ""
@@ -140,6 +146,15 @@ class AutoStop:
         self._deviance: DevianceRatio | None = None  # against the data there
         self._where: torch.Tensor | None = None  # its flat indices (a gather, not a mask)
         self.target = auto_discrepancy(peak_photons(y, fm))
+
+    @property
+    def equivalent(self) -> int:
+        """The iterations seen so far in plain RL iterations: an accelerated one counts as
+        :data:`ACCELERATED_STALL` (it fits about as far; see there)."""
+        if not self.accelerated:
+            return self.k
+        plain = min(self.k, self.plain_first)
+        return plain + round(ACCELERATED_STALL * (self.k - plain))
 
     def __call__(self, it) -> bool:
         """Whether the run ends at iterate ``it``."""
@@ -164,7 +179,8 @@ class AutoStop:
             return False
         if ratio <= self.target:
             self.reason = "noise level"
-        elif prev is not None and (prev - ratio) < self.stall * (ratio - self.target):
+        elif prev is not None and (prev - ratio) < (
+                self.stall if k > self.plain_first else STALL) * (ratio - self.target):
             self.reason = "stalled"
         return bool(self.reason)
 
