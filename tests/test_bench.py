@@ -313,7 +313,7 @@ def test_gpu_bench_smoke_on_cpu_and_its_report(tmp_path, quality_json, speed_jso
     assert "| 32² | PKL | fp32 | failed: OutOfMemoryError" in text
 
 
-def test_gpu_rows_are_compared_with_the_cpu_only_on_the_same_test_image():
+def test_gpu_rows_are_compared_with_the_cpu_only_on_the_same_image_and_settings():
     # a GPU run from before the blobs were fixed at σ 8 px (no blob size recorded) restored
     # the same image as today's CPU run at 512² only (σ = n/64 there too)
     from pkl_dg.bench.gpu import gpu_section
@@ -329,6 +329,16 @@ def test_gpu_rows_are_compared_with_the_cpu_only_on_the_same_test_image():
     assert "2.0 s (2× the GPU)" in old and "another test image: not comparable" in old
     new = "\n".join(gpu_section(dict(gpu, test_image_blob_sigma_px=8.0), cpu))
     assert "not comparable" not in new and new.count("× the GPU") == 2
+    # a run without recorded settings used 10 steps × 4 samples; a CPU row at 11 × 4 is
+    # another restoration
+    cpu11 = dict(cpu, sizes=[{"size": n, "restore": {"end_to_end_s": 2.0, "settings": {
+        "steps": 11, "samples": 4, "method": "pkl"}}} for n in (512, 4096)])
+    text = "\n".join(gpu_section(dict(gpu, test_image_blob_sigma_px=8.0), cpu11))
+    assert text.count("other steps × samples: not comparable") == 2
+    assert "(10 steps × 4 samples)" in text
+    ran = dict(gpu, test_image_blob_sigma_px=8.0, settings={"steps": 11, "samples": 4})
+    text = "\n".join(gpu_section(ran, cpu11))
+    assert text.count("× the GPU") == 2 and "(11 steps × 4 samples)" in text
 
 
 def test_gpu_bench_without_cuda_says_so(tmp_path, capsys):

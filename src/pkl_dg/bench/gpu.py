@@ -138,7 +138,8 @@ def run_gpu(sizes: list[int], precisions: list[str], stack: tuple[int, int] | No
     rows = []
     result = {"kind": "gpu", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "device": str(device), "machine": machine, "network": net_info, "rows": rows,
-              "stack": None, "wall_s": 0.0, "test_image_blob_sigma_px": TEST_BLOB_SIGMA}
+              "stack": None, "wall_s": 0.0, "test_image_blob_sigma_px": TEST_BLOB_SIGMA,
+              "settings": _steps_samples(RestoreSettings(**base))}
 
     def saved() -> dict:
         result["wall_s"] = time.perf_counter() - t_start
@@ -189,13 +190,30 @@ def _cpu_pkl_seconds(speed: dict | None) -> dict:
     return out
 
 
-def _same_test_image(gpu: dict, cpu_speed: dict | None, n: int) -> bool:
-    """Whether the GPU and CPU runs restored the same test image at side ``n`` (runs before
-    :data:`~pkl_dg.bench.simulate.TEST_BLOB_SIGMA` record none: their blobs had σ = n/64)."""
+#: the default steps and samples before session 26, when GPU runs began to record theirs
+EARLIER_DEFAULTS = {"steps": 10, "samples": 4}
+
+
+def _steps_samples(settings) -> dict:
+    return {"steps": settings.steps, "samples": settings.samples}
+
+
+def _not_comparable(gpu: dict, cpu_speed: dict | None, n: int) -> str | None:
+    """Why the GPU and CPU default PKL rows at side ``n`` cannot be compared, or None: another
+    test image (runs before :data:`~pkl_dg.bench.simulate.TEST_BLOB_SIGMA` record none: their
+    blobs had σ = n/64), or other steps × samples (runs before session 26 record none: they
+    used :data:`EARLIER_DEFAULTS`)."""
     def blob(recorded):
         return recorded if recorded is not None else max(1.0, n / 64)
     cpu_blob = ((cpu_speed or {}).get("test_image") or {}).get("blob_sigma_px")
-    return blob(gpu.get("test_image_blob_sigma_px")) == blob(cpu_blob)
+    if blob(gpu.get("test_image_blob_sigma_px")) != blob(cpu_blob):
+        return "another test image"
+    row = next((r for r in (cpu_speed or {}).get("sizes", []) if r["size"] == n), {})
+    cpu_settings = (row.get("restore") or {}).get("settings") or EARLIER_DEFAULTS
+    if {k: cpu_settings.get(k) for k in EARLIER_DEFAULTS} != gpu.get("settings",
+                                                                     EARLIER_DEFAULTS):
+        return "other steps × samples"
+    return None
 
 
 def gpu_section(gpu: dict, cpu_speed: dict | None = None) -> list[str]:
@@ -204,11 +222,13 @@ def gpu_section(gpu: dict, cpu_speed: dict | None = None) -> list[str]:
     m = gpu["machine"]
     cpu = _cpu_pkl_seconds(cpu_speed)
     threads = ((cpu_speed or {}).get("machine") or {}).get("torch_threads")
+    run = gpu.get("settings", EARLIER_DEFAULTS)
     L = ["## GPU", "",
          f"`{gpu.get('command') or 'pkl-dg bench gpu'}` on {m.get('gpu', gpu['device'])} "
          f"({m.get('gpu_memory_gb', '?')} GB; CUDA {m.get('cuda_version')}, torch {m['torch']}, "
          f"{m['logical_cpus']} CPUs), {gpu['created']}, {gpu['wall_s'] / 60:.1f} min. "
-         f"Network: {gpu['network']['source']}. Default settings (10 steps × 4 samples); the "
+         f"Network: {gpu['network']['source']}. Default settings of the run ({run['steps']} "
+         f"steps × {run['samples']} samples); the "
          "cold run is the first at that shape (cuFFT plans, cuDNN's search), the others are "
          f"medians of {max((r.get('repeats', 0) for r in gpu['rows']), default=0)} run(s) "
          "after it.", ""]
@@ -226,10 +246,10 @@ def gpu_section(gpu: dict, cpu_speed: dict | None = None) -> list[str]:
         ref = "-"
         if r["method"] == "pkl" and r["size"] in cpu:
             sec, est = cpu[r["size"]]
+            why = _not_comparable(gpu, cpu_speed, r["size"])
             ref = (f"{'~' if est else ''}{sec:.1f} s ("
-                   + (f"{sec / r['end_to_end_s']:.0f}× the GPU)"
-                      if _same_test_image(gpu, cpu_speed, r["size"]) else
-                      "another test image: not comparable)"))
+                   + (f"{sec / r['end_to_end_s']:.0f}× the GPU)" if why is None else
+                      f"{why}: not comparable)"))
         L.append(f"{head} {r['end_to_end_s']:.2f} s | {r['first_frame_s']:.3f} s | "
                  f"{r['cold_s']:.2f} s | {mem} | {ref} |")
     s = gpu.get("stack")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 #: (steps, samples) tried
-GRID = ((25, 4), (15, 4), (12, 3), (10, 4), (10, 3), (8, 4), (6, 4), (8, 2), (15, 1))
+GRID = ((25, 4), (15, 4), (13, 4), (12, 4), (11, 4), (12, 3), (10, 4), (10, 3), (8, 4), (6, 4),
+        (8, 2), (15, 1))
 #: dev inputs used (name prefixes, see :func:`pkl_dg.bench.realdata.dev_inputs`)
 SUBSET = ("BioSR F-actin, σ 2", "BioSR F-actin, σ fitted", "bars, uint16 ADU",
           "celegans, uint16 ADU", "W2S 011_0", "W2S 013_1", "W2S 012_2", "W2S 014_2")
