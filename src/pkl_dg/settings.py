@@ -228,9 +228,9 @@ class RestoreSettings:
 
     # --- Sampler / iterations -------------------------------------------------------
     steps: int = _f(11, "Diffusion steps", "DDIM steps (each shows one frame); 11 scored "
-                    "within 0.03 dB of 13, 15 and 25 on the dev set, fewer lose quality "
-                    "fast (10: −0.1 dB, 8: −0.4 dB, 6: −1.5 dB; below that the result turns "
-                    "blotchy).", "Sampler", min=1, max=1000, applies_when=_PRIOR)
+                    "within 0.03 dB of 13 and 15 and above 25 on the dev set, fewer lose "
+                    "quality fast (10: −0.1 dB, 8: −0.4 dB, 6: −1.5 dB; below that the "
+                    "result turns blotchy).", "Sampler", min=1, max=1000, applies_when=_PRIOR)
     eta: float = _f(1.0, "η (stochasticity)", "DDIM η: how much fresh noise each step "
                     "draws. 1 (ancestral sampling) scored 0.4–0.6 dB above 0 (each sample "
                     "a fixed function of its starting noise) on test phantoms. Either way "

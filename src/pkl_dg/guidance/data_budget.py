@@ -30,8 +30,8 @@ iterations: the BioSR F-actin dev pair (σ 2 px) 108 plain iterations in 0.35 s 
 (10 plain, budget 112) in about 0.2 s, so the first frame of a default restore 0.57 →
 0.43 s (2 threads, ``/work/exp26/full.py``, session 26). The budget moves by what the
 conversion misses: σ 2 108 → 112, fitted σ 1.87 129 → 133, the flowdec bars 28 → 31 (×3:
-84 → 93); the sub-iterations per step at the default 10 steps (⌈budget / steps⌉, halved
-when accelerated) stay 6, 7 and 5. RL's estimate, which sets the intensity scale, moves
+84 → 93); the sub-iterations per step at 10 or 11 steps (⌈budget / steps⌉, halved when
+accelerated) stay 6, 7 and 5. RL's estimate, which sets the intensity scale, moves
 too: scale +1.2 % (BioSR) and +1.6 % (bars).
 """
 
