@@ -462,6 +462,43 @@ def test_an_interrupted_input_resumes_from_its_finished_blocks(tmp_path, cluster
     assert rel(got, restore(read_image(src), settings=other)) <= 1e-5
 
 
+def test_an_interrupted_chunked_plane_keeps_its_finished_chunks(tmp_path, big_plane, cluster,
+                                                                 monkeypatch):
+    """Ctrl-C in the middle of a large plane lost every chunk it had finished; now they are
+    kept, the rerun restores only the plane's other chunks and gives what one run gives."""
+    import tqdm
+
+    from pkl_dg.batch.assemble import CHUNK_LIST, staging_path
+
+    p, y = big_plane
+    s = RL.replace(rl_iterations=10, psf_sigma=2.0)
+    out = tmp_path / "out"
+    staged = staging_path(out / "plane.ome.tif")
+    monkeypatch.setattr(tqdm, "tqdm", _InterruptAfter)  # at the third chunk
+    with pytest.warns(UserWarning, match="finished blocks and chunks are kept"), \
+            pytest.raises(KeyboardInterrupt):
+        run_batch([p], out, s, chunk=256, client=cluster, progress=False)
+    kept = len((staged / CHUNK_LIST).read_text().splitlines())  # those staged before the stop
+    assert kept >= 2
+    monkeypatch.undo()
+    submitted = []
+    real_submit = cluster.submit
+
+    def counting(fn, *args, **kw):
+        submitted.append(getattr(fn, "__name__", ""))
+        return real_submit(fn, *args, **kw)
+
+    monkeypatch.setattr(cluster, "submit", counting)
+    jobs = run_batch([p], out, s, chunk=256, client=cluster, progress=False)
+    assert jobs[0].status == "done" and f"{kept} chunk(s) of unfinished planes" in jobs[0].message
+    assert submitted.count("restore_task") == 16 - kept  # the kept chunks are not redone
+    assert not staged.exists()
+    got = tifffile.imread(out / "plane.ome.tif")
+    whole = run_batch([p], tmp_path / "again", s, chunk=256, client=cluster, progress=False)
+    assert whole[0].status == "done"
+    assert rel(got, tifffile.imread(tmp_path / "again" / "plane.ome.tif")) <= 1e-6
+
+
 def test_summary_gives_compute_seconds_and_wall_time_and_no_output_for_failures(tmp_path):
     from pkl_dg.batch import summary_table
     from pkl_dg.batch.plan import Job

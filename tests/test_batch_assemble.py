@@ -54,6 +54,48 @@ def test_chunks_are_held_until_their_block_is_complete_then_blended(tmp_path):
     a.discard()
 
 
+def test_the_chunks_of_an_unfinished_plane_survive_an_interrupted_run(tmp_path):
+    """A run stopped mid-plane keeps the chunks it finished (on disk, no pickle); the rerun
+    takes them over, is asked only for the others, and assembles what an uninterrupted run
+    does. A plane whose chunks all arrived before the stop is written on take-over."""
+    from pkl_dg.batch.assemble import CHUNK_DIR, staging_record
+
+    rng = np.random.default_rng(2)
+    planes = rng.random((3, 100, 90)).astype(np.float32)
+    chunks = plan_chunks(100, 90, 48, margin=4, blend=16)
+    n = len(chunks)
+    assert n >= 3
+    job = _job(tmp_path, planes.shape, chunks)
+    job.input.write_bytes(b"input")
+    record = staging_record(job, {"method": "pkl"})
+    cut = [[p[c.box[0]:c.box[1], c.box[2]:c.box[3]] for c in chunks] for p in planes]
+    first = BlockAssembler(job, record)
+    first.add(0, 0, (cut[0][0], {"chunk": 0}))  # then the run is interrupted
+    first.add(0, 2, (cut[0][2], {"chunk": 2}))
+    for k in range(n - 1):
+        first.add(2, k, (cut[2][k], {"chunk": k}))
+    first._stage_chunk(2, n - 1, (cut[2][n - 1], {"chunk": n - 1}))  # stopped before block 2
+    assert first.staged_chunks == 2 + n - 1 and not first.done_blocks
+    del first
+    rerun = BlockAssembler(job, record)
+    assert "reused 1 of 3 blocks and" in rerun.note and "chunk(s) of unfinished planes" in rerun.note
+    assert rerun.done_blocks == {2} and rerun.chunks_done(0) == {0, 2}
+    assert rerun.chunks_done(1) == set()
+    for k in set(range(n)) - {0, 2}:
+        rerun.add(0, k, (cut[0][k], {"chunk": k}))
+    for k in range(n):
+        rerun.add(1, k, (cut[1][k], {"chunk": k}))
+    assert rerun.complete and rerun.staged_chunks == 0
+    assert not any((staging_path(job.output) / CHUNK_DIR).iterdir())  # written: deleted
+    want = np.stack([blend_chunks((100, 90), chunks, c) for c in cut])
+    np.testing.assert_allclose(np.asarray(rerun.image()), want, rtol=1e-6)
+    assert rerun.blocks_meta()[0]["chunk"] == 0  # the chunks' metadata came back too
+    # other settings: nothing is taken over
+    other = BlockAssembler(job, staging_record(job, {"method": "rl"}))
+    assert other.chunks_done(0) == set() and other.note.startswith("started over")
+    other.discard()
+
+
 def test_a_stale_staging_array_is_replaced(tmp_path):
     job = _job(tmp_path, (1, 8, 8))
     staging_path(job.output).mkdir()

@@ -10,7 +10,11 @@ OME-Zarr output. The staging array is deleted once the output is written or the 
 failed, and kept when the run is interrupted: it records the settings its blocks were made
 with (:func:`staging_record`) and, after each block's pixels are on disk, one line of that
 block's metadata in ``blocks.jsonl``, so a rerun with the same settings takes over the
-finished blocks (:meth:`BlockAssembler.open`) and restores only the others.
+finished blocks and restores only the others. The chunks of a block not yet complete are
+kept too (``chunks/``: one ``.npy`` each, written without pickle, and a line of its metadata
+in ``chunks.jsonl`` once its pixels are on disk; deleted when their block is written): an
+interrupted run over a large plane keeps the chunks it finished, and the rerun restores
+only the plane's other chunks.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pkl_dg.batch.tiles import blend_chunks
 STAGING_CHUNK = 1024
 #: the file in the staging folder that lists the finished blocks, one JSON line each
 DONE_LIST = "blocks.jsonl"
+#: the folder of the chunks of unfinished blocks, and the file that lists them
+CHUNK_DIR, CHUNK_LIST = "chunks", "chunks.jsonl"
 
 
 def staging_path(output: Path) -> Path:
@@ -124,18 +130,21 @@ class BlockAssembler:
         if old != record:
             return False, ("started over: the staged blocks were not reused: "
                            + _differences(old, record))
-        self.array, self._meta = array, self._read_done()
+        self.array, self._meta = array, {int(r["block"]): r["meta"]
+                                         for r in self._read_list(DONE_LIST)}
+        chunks = self._take_over_chunks()
         n = len(self._meta)
-        return True, f"reused {n} of {len(self.job.blocks)} blocks of an interrupted run" \
-            if n else ""
+        said = [f"{n} of {len(self.job.blocks)} blocks"] if n else []
+        if chunks:
+            said.append(f"{chunks} chunk(s) of unfinished planes")
+        return True, (f"reused {' and '.join(said)} of an interrupted run" if said else "")
 
-    def _read_done(self) -> dict[int, dict[str, Any]]:
-        """The finished blocks listed in the staging folder (a line cut short by a kill is
-        skipped: its block is redone)."""
-        done: dict[int, dict[str, Any]] = {}
-        p = self.path / DONE_LIST
+    def _read_list(self, name: str) -> list[dict[str, Any]]:
+        """The records of a list in the staging folder whose block is one of the job's (a
+        line cut short by a kill is skipped: its block or chunk is redone)."""
+        p, out = self.path / name, []
         if not p.exists():
-            return done
+            return out
         for line in p.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
@@ -143,13 +152,44 @@ class BlockAssembler:
             except (ValueError, KeyError, TypeError):
                 continue
             if 0 <= b < len(self.job.blocks):
-                done[b] = rec["meta"]
-        return done
+                out.append(rec)
+        return out
+
+    def _chunk_file(self, block: int, chunk: int) -> Path:
+        return self.path / CHUNK_DIR / f"{block}_{chunk}.npy"
+
+    def _take_over_chunks(self) -> int:
+        """Load the staged chunks of unfinished blocks as received; a block whose chunks are
+        all there (the run stopped before writing it) is written now. Returns how many
+        chunks were taken over (an unreadable one is redone)."""
+        taken = 0
+        for rec in self._read_list(CHUNK_LIST):
+            b, k = int(rec["block"]), int(rec.get("chunk", -1))
+            if b in self._meta or not 0 <= k < self.per_block:
+                continue
+            try:
+                image = np.load(self._chunk_file(b, k), allow_pickle=False)
+            except (OSError, ValueError):
+                continue
+            self._pending.setdefault(b, {})[k] = (image, rec["meta"])
+            taken += 1
+        for b in [b for b, parts in self._pending.items() if len(parts) == self.per_block]:
+            self._write_block(b)
+        return taken
 
     @property
     def done_blocks(self) -> set[int]:
         """The blocks already written to the staging array."""
         return set(self._meta)
+
+    def chunks_done(self, block: int) -> set[int]:
+        """The chunks of ``block`` already received (this run or a staged one)."""
+        return set(self._pending.get(block, {}))
+
+    @property
+    def staged_chunks(self) -> int:
+        """Chunks of unfinished blocks held (and kept on disk for a rerun)."""
+        return sum(len(parts) for parts in self._pending.values())
 
     @property
     def pending_blocks(self) -> int:
@@ -167,8 +207,22 @@ class BlockAssembler:
         parts = self._pending.setdefault(block, {})
         parts[chunk] = result
         if len(parts) < self.per_block:
+            self._stage_chunk(block, chunk, result)
             return
-        del self._pending[block]
+        self._write_block(block)
+
+    def _stage_chunk(self, block: int, chunk: int, result: tuple[np.ndarray, dict]) -> None:
+        """Keep a chunk of an unfinished block on disk (its pixels, then its list line)."""
+        self._chunk_file(block, chunk).parent.mkdir(exist_ok=True)
+        np.save(self._chunk_file(block, chunk), np.asarray(result[0], dtype=np.float32),
+                allow_pickle=False)
+        with open(self.path / CHUNK_LIST, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"block": block, "chunk": chunk, "meta": result[1]}) + "\n")
+
+    def _write_block(self, block: int) -> None:
+        """Blend a block's chunks, write it to the staging array and list it as done; its
+        staged chunks are deleted."""
+        parts = self._pending.pop(block)
         if self.job.chunks is None:
             image = parts[0][0]
         else:
@@ -179,6 +233,8 @@ class BlockAssembler:
         with open(self.path / DONE_LIST, "a", encoding="utf-8") as fh:  # pixels are on disk
             fh.write(json.dumps({"block": block, "meta": meta}) + "\n")
         self._meta[block] = meta
+        for k in parts:
+            self._chunk_file(block, k).unlink(missing_ok=True)
 
     def blocks_meta(self) -> list[dict[str, Any]]:
         """Each block's index and metadata, in block order."""

@@ -291,18 +291,23 @@ def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm,
                     owner[f] = (j, b, 0)
                     continue
                 stats = client.submit(plane_statistics, path, idx, sd, threads, pure=False)
+                have = staged[j].chunks_done(b)  # kept by an interrupted run
                 for k, ch in enumerate(job.chunks):
+                    if k in have:
+                        continue
                     f = client.submit(restore_task, path, idx, sd, ch.box, stats, threads,
                                       pure=False)
                     owner[f] = (j, b, k)
         _collect(owner, todo, staged, progress, tqdm, t_start)
     except KeyboardInterrupt:
-        for a in staged.values():  # kept only where a rerun has blocks to take over
-            if not a.done_blocks:
+        for a in staged.values():  # kept only where a rerun has blocks or chunks to take over
+            if not (a.done_blocks or a.staged_chunks):
                 a.discard()
-        kept = [a.path.name for a in staged.values() if a.done_blocks]
+        kept = [a.path.name for a in staged.values() if a.done_blocks or a.staged_chunks]
         if kept:  # said before the CLI's "interrupted"
-            warnings.warn(f"the finished blocks are kept in {', '.join(kept)}: rerun the same "
+            what = ("blocks and chunks" if any(a.staged_chunks for a in staged.values())
+                    else "blocks")
+            warnings.warn(f"the finished {what} are kept in {', '.join(kept)}: rerun the same "
                           "command to restore only the others", stacklevel=2)
         raise
 
