@@ -76,3 +76,30 @@ def test_a_plane_in_chunks_gets_the_accelerated_count(tmp_path):
         warnings.simplefilter("ignore")
         stats = plane_statistics(str(path), (), s.to_dict(), threads=1)
     assert stats["rl_iterations"] == _auto_rl(y, "biggs-andrews").metadata["rl_auto_iterations"]
+
+
+def test_accelerated_iterates_judged_apart_on_a_helper_stop_where_judged_inline(monkeypatch):
+    """With two threads an accelerated iterate's prediction (not the run's, which is at the
+    extrapolated point) is computed on the helper in the rule's own buffers; the stop, its
+    count and its deviance ratio are those of the one-thread run that computes it inline."""
+    from pkl_dg.guidance.data_budget import budget_pass
+    from pkl_dg.guidance.stopping import AutoStop
+    from pkl_dg.physics import ForwardModel
+    from pkl_dg.threads import torch_threads
+
+    apart = []
+    real = AutoStop._judge_apart
+    monkeypatch.setattr(AutoStop, "_judge_apart",
+                        lambda self, it: apart.append(it.k) or real(self, it))
+    y, _ = _mismatched()
+    fm = ForwardModel(PSFConvolution(gaussian_psf(2.2)), 5.0)
+    with torch.inference_mode():
+        with torch_threads(1):
+            one, _ = budget_pass(torch.from_numpy(y), fm)
+        assert apart == []
+        with torch_threads(2):
+            two, _ = budget_pass(torch.from_numpy(y), fm)
+    # from the 10th on: each next iteration starts from an extrapolated point
+    assert one.k > 12 and sorted(apart) == list(range(10, two.k + 1))
+    assert (two.k, two.reason) == (one.k, one.reason)
+    assert two.ratio == pytest.approx(one.ratio, rel=1e-5)

@@ -7,7 +7,8 @@ import torch
 
 from pkl_dg.guidance.likelihoods import EPS, get_likelihood
 from pkl_dg.physics import ForwardModel, PSFConvolution, gaussian_psf, gaussian_psf_3d
-from pkl_dg.richardson_lucy import (_Iterates, _tv_divergence, initial_estimate,
+from pkl_dg.iterate_pool import IteratePool
+from pkl_dg.richardson_lucy import (_tv_divergence, initial_estimate,
                                     richardson_lucy, rl_iterates)
 
 
@@ -99,7 +100,7 @@ def test_an_iterate_kept_in_any_form_is_never_overwritten(accelerate):
 
 
 def test_iterate_buffers_are_reused_only_when_nothing_refers_to_them():
-    pool = _Iterates(torch.zeros(8, 9), size=2)
+    pool = IteratePool(torch.zeros(8, 9), size=2)
     a = pool.take()
     ptr = a.data_ptr()
     del a

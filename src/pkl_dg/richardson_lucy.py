@@ -11,7 +11,7 @@ ones) are left out of both Aᵀ terms.
 Cost per iteration: exactly one A and one Aᵀ, i.e. four real FFTs on the padded grid with
 a cached OTF (:class:`~pkl_dg.physics.workspace.ConvWorkspace`), plus a few element-wise
 passes; no buffer is allocated per iteration (the estimates reuse buffers nothing refers to
-any more, :class:`_Iterates`). The forward
+any more, :class:`~pkl_dg.iterate_pool.IteratePool`). The forward
 prediction μ = A x + B that iteration k + 1 needs is that of iterate k, so the misfit of
 iterate k (:meth:`RLIterate.nll`) costs no convolution: only a logarithm pass, and only
 when asked for.
@@ -34,14 +34,13 @@ along with the detail), in 0.3–0.4× the iterations.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from pkl_dg.guidance.likelihoods import EPS
+from pkl_dg.iterate_pool import IteratePool
 from pkl_dg.physics.bands import use_bands
 from pkl_dg.physics.forward import ForwardModel
 from pkl_dg.threads import ONE_THREAD_BELOW_PX, one_thread
@@ -91,12 +90,16 @@ class RLIterate:
         views and numpy arrays included); do not modify it in place while iterating.
     alpha
         The Biggs–Andrews extrapolation factor used to reach it (0 for plain RL).
+    next_from_here
+        The run's next iteration starts from this iterate (plain RL; accelerated RL within
+        its ``plain_first``), so it computes this iterate's prediction anyway.
     """
 
     k: int
     x: torch.Tensor
     alpha: float
     _loop: "_RLLoop" = field(repr=False)
+    next_from_here: bool = True
 
     def mean(self) -> torch.Tensor:
         """μ' = max(A x + B, 0) + s², the shifted Poisson mean of this iterate (a new tensor).
@@ -106,10 +109,24 @@ class RLIterate:
         """
         return self._loop.fit(self.x) - EPS
 
-    def mean_at(self, index: torch.Tensor) -> torch.Tensor:
+    def mean_at(self, index: torch.Tensor, workspace=None) -> torch.Tensor:
         """μ' of this iterate at the flat pixel indices ``index`` (1-D int64, into the
-        data's shape): :meth:`mean` there, without a copy of the whole image."""
-        return torch.take(self._loop.fit(self.x), index).sub_(EPS)
+        data's shape): :meth:`mean` there, without a copy of the whole image. With a
+        ``workspace`` of its own (:meth:`workspace`) the prediction is computed there, not
+        in the run's buffers: on another thread while the run goes on."""
+        if workspace is None:
+            return torch.take(self._loop.fit(self.x), index).sub_(EPS)
+        return torch.take(self._loop.predict(workspace, self.x), index).sub_(EPS)
+
+    @property
+    def prediction_shared(self) -> bool:
+        """Whether the run computes this iterate's prediction anyway (done, or its next
+        iteration starts from here): :meth:`mean` then costs no convolution of its own."""
+        return self.next_from_here or self._loop.fitted is self.x
+
+    def workspace(self):
+        """Buffers of its own in which :meth:`mean_at` can compute this run's predictions."""
+        return self._loop.fm.conv.workspace(tuple(self.x.shape), self.x.dtype, self.x.device)
 
     def nll(self) -> float:
         """The PKL misfit Σ m·(μ' − y'·log(μ' + ε)) of this iterate (m: the fit mask, y' =
@@ -163,46 +180,6 @@ class _Normaliser:
         return x
 
 
-class _Iterates:
-    """Image-sized buffers for the iterates, each reused once nothing else refers to it.
-
-    Why: a fresh CPU tensor of an image's size comes from ``mmap`` (glibc hands blocks over
-    128 KiB to the kernel and back), so writing it page-faults once per 4 KiB page: 256 faults
-    per 512² float32 iterate. Measured at 512² on 2 threads: 260 minor faults per
-    iteration, and the loop 1.3–1.5× the FFT floor against 1.2–1.4× without them (glibc's
-    thresholds raised with ``mallopt``, which a plugin must not do to its host process).
-
-    A buffer is a numpy array that the pool holds; each :meth:`take` hands out a new tensor
-    on it (``torch.from_numpy``), which refers to the array for as long as it, any view of
-    it, or any numpy array made from those lives. So the array's reference count tells
-    whether anything outside the pool still uses it: a buffer is reused only when nothing
-    does, and an iterate a caller keeps is never overwritten. At most ``size`` buffers are
-    pooled; beyond that (a caller keeping every iterate) each iterate is a new allocation,
-    as without the pool. Other devices allocate as usual (CUDA's allocator caches).
-    """
-
-    def __init__(self, like: torch.Tensor, size: int = 8) -> None:
-        self.shape, self.dtype, self.device = tuple(like.shape), like.dtype, like.device
-        self.np_dtype = torch.empty(0, dtype=like.dtype).numpy().dtype
-        self.size, self.arrays, self.idle = size, [], 0
-
-    def _refs(self, i: int) -> int:
-        return sys.getrefcount(self.arrays[i])
-
-    def take(self) -> torch.Tensor:
-        """An uninitialised tensor of the iterates' shape that nothing else refers to."""
-        if self.device.type != "cpu":
-            return torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        for i in range(len(self.arrays)):
-            if self._refs(i) == self.idle:
-                return torch.from_numpy(self.arrays[i])
-        if len(self.arrays) == self.size:
-            return torch.empty(self.shape, dtype=self.dtype)
-        self.arrays.append(np.empty(self.shape, dtype=self.np_dtype))
-        self.idle = self._refs(len(self.arrays) - 1)  # the pool's own references
-        return torch.from_numpy(self.arrays[-1])
-
-
 class _RLLoop:
     """Buffers and the fit cache of one RL run (see :func:`rl_iterates`)."""
 
@@ -226,13 +203,18 @@ class _RLLoop:
 
     def fit(self, x: torch.Tensor) -> torch.Tensor:
         """μ' + ε of ``x`` in the loop's buffer (cached for the last tensor fitted)."""
-        if self.fitted is not x:  # max(A x + B, 0) + s² + ε = max(A x + B + s² + ε, s² + ε)
-            if torch.is_tensor(self.bias):
-                self.mu = self.ws.A(x).add_(self.bias).clamp_(min=self.floor)
-            else:  # a constant rides on the FFT's zero-frequency bin: one pass fewer
-                self.mu = self.ws.A(x, self.bias).clamp_(min=self.floor)
+        if self.fitted is not x:
+            self.mu = self.predict(self.ws, x)
             self.fitted = x
         return self.mu
+
+    def predict(self, ws, x: torch.Tensor) -> torch.Tensor:
+        """μ' + ε of ``x`` computed in the buffers of ``ws`` (a view of them)."""
+        # max(A x + B, 0) + s² + ε = max(A x + B + s² + ε, s² + ε)
+        if torch.is_tensor(self.bias):
+            return ws.A(x).add_(self.bias).clamp_(min=self.floor)
+        # a constant rides on the FFT's zero-frequency bin: one pass fewer
+        return ws.A(x, self.bias).clamp_(min=self.floor)
 
     def fit_constant(self, x: torch.Tensor, blurred: float) -> None:
         """Record the fit of an ``x`` whose blur A x is the constant ``blurred``."""
@@ -336,7 +318,7 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
         x = x0.clone()
     x_prev = g = g_prev = None
     gg_prev = 0.0
-    buffers = _Iterates(y)
+    buffers = IteratePool(y)
     pending = None
     for k in range(1, iterations + 1):
         with one_thread(single):
@@ -361,7 +343,7 @@ def rl_iterates(y: torch.Tensor, fm: ForwardModel, iterations: int, tv_weight: f
             x = x_new
         if pending is not None and pending():  # the previous iterate ends the run
             return
-        it = RLIterate(k, x, alpha, loop)
+        it = RLIterate(k, x, alpha, loop, not accelerate or k < plain_first)
         yield it
         if stop is not None:
             with one_thread(single):

@@ -145,6 +145,7 @@ class AutoStop:
         self.signal: torch.Tensor | None = None
         self._deviance: DevianceRatio | None = None  # against the data there
         self._where: torch.Tensor | None = None  # its flat indices (a gather, not a mask)
+        self._workspace = None  # the helper's buffers for accelerated iterates' predictions
         self.target = auto_discrepancy(peak_photons(y, fm))
 
     @property
@@ -165,12 +166,27 @@ class AutoStop:
         region: a gather, so the run may overwrite its buffers) and judge it on a helper
         thread when the run has ``threads`` ≥ 2 (:func:`pkl_dg.threads.beside`), while the
         next iteration runs; else when asked. Returns the callable that gives the decision
-        (and updates the attributes); call it before the next ``defer``."""
+        (and updates the attributes); call it before the next ``defer``.
+
+        An accelerated iterate's prediction is not the run's (that is at the extrapolated
+        point): with a helper, the helper computes it in buffers of its own, so the run does
+        not wait for those two FFTs (BioSR F-actin 502², 2 threads, PKL's budget pass of 44
+        iterations: 211 → 164 ms, the same count and ratio; ``/work/exp26/judge_far.py``).
+        """
         if self.signal is None:
             self.signal = signal_region(it.mean().reshape(self.ys.shape), self.fit)
             self._where = self.signal.reshape(-1).nonzero().squeeze(1)
             self._deviance = DevianceRatio(self.ys.reshape(-1).index_select(0, self._where))
+        if threads >= 2 and not it.prediction_shared:
+            return beside(self._judge_apart, it, threads=threads)
         return beside(self._judge, it.k, it.mean_at(self._where), threads=threads)
+
+    def _judge_apart(self, it) -> bool:
+        """Judge ``it`` with its prediction computed in the rule's own buffers."""
+        with torch.inference_mode(it.x.is_inference()):
+            if self._workspace is None:
+                self._workspace = it.workspace()
+            return self._judge(it.k, it.mean_at(self._where, self._workspace))
 
     def _judge(self, k: int, mu: torch.Tensor) -> bool:
         ratio = self._deviance(mu)
