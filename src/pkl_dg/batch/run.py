@@ -300,14 +300,15 @@ def _compute(client, todo: list[Job], threads: int | None, progress: bool, tqdm,
                     owner[f] = (j, b, k)
         _collect(owner, todo, staged, progress, tqdm, t_start)
     except KeyboardInterrupt:
-        for a in staged.values():  # kept only where a rerun has blocks or chunks to take over
-            if not (a.done_blocks or a.staged_chunks):
+        # kept only where a rerun has blocks or chunks to take over
+        kept = [a for a in staged.values() if a.done_blocks or a.staged_chunks]
+        for a in staged.values():
+            if a not in kept:
                 a.discard()
-        kept = [a.path.name for a in staged.values() if a.done_blocks or a.staged_chunks]
         if kept:  # said before the CLI's "interrupted"
-            what = ("blocks and chunks" if any(a.staged_chunks for a in staged.values())
-                    else "blocks")
-            warnings.warn(f"the finished {what} are kept in {', '.join(kept)}: rerun the same "
+            what = "blocks and chunks" if any(a.staged_chunks for a in kept) else "blocks"
+            names = ", ".join(a.path.name for a in kept)
+            warnings.warn(f"the finished {what} are kept in {names}: rerun the same "
                           "command to restore only the others", stacklevel=2)
         raise
 

@@ -139,7 +139,7 @@ def run_gpu(sizes: list[int], precisions: list[str], stack: tuple[int, int] | No
     result = {"kind": "gpu", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "device": str(device), "machine": machine, "network": net_info, "rows": rows,
               "stack": None, "wall_s": 0.0, "test_image_blob_sigma_px": TEST_BLOB_SIGMA,
-              "settings": _steps_samples(RestoreSettings(**base))}
+              "settings": {k: getattr(RestoreSettings(), k) for k in EARLIER_DEFAULTS}}
 
     def saved() -> dict:
         result["wall_s"] = time.perf_counter() - t_start
@@ -192,10 +192,6 @@ def _cpu_pkl_seconds(speed: dict | None) -> dict:
 
 #: the default steps and samples before session 26, when GPU runs began to record theirs
 EARLIER_DEFAULTS = {"steps": 10, "samples": 4}
-
-
-def _steps_samples(settings) -> dict:
-    return {"steps": settings.steps, "samples": settings.samples}
 
 
 def _not_comparable(gpu: dict, cpu_speed: dict | None, n: int) -> str | None:
